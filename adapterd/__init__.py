@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code for the adapterd API (`make protos`); never edit by hand."""

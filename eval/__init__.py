@@ -1,0 +1,1 @@
+"""adapterd's evaluation: lm-eval benchmarks, JSON-schema adherence, win rate, gates."""

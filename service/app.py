@@ -1,0 +1,149 @@
+"""The composition root: builds every part of the server from settings, runs and stops it."""
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+from grpc import aio
+from prometheus_client import start_http_server
+
+from service import __version__
+from service.auth import TokenTable
+from service.basemodel import BaseModel, resolve_base_model
+from service.errors import ConfigError
+from service.grpc.health import HealthPublisher
+from service.grpc.server import ENGINE_BACKED_SERVICES, LIVE_SERVICES, bind, build_grpc_server
+from service.inference.engine import InferenceEngine
+from service.inference.lifecycle import EngineLifecycle
+from service.inference.vllm_engine import VllmEngine, VllmEngineConfig, pick_engine_cpus
+from service.metrics import Metrics
+from service.serverinfo import ServerInfo, installed_versions
+from service.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+
+class App:
+    """A running adapterd server: gRPC, metrics endpoint and engine, started and stopped as one."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        base_model: BaseModel,
+        engine: InferenceEngine,
+        tokens: TokenTable | None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.base_model = base_model
+        self.metrics = metrics or Metrics()
+        self.health = HealthPublisher(LIVE_SERVICES, ENGINE_BACKED_SERVICES)
+        self.lifecycle = EngineLifecycle(engine, self.metrics, self.health.on_engine_state)
+        self._auth_enabled = tokens is not None
+        self._libraries = installed_versions()
+        self.grpc: aio.Server = build_grpc_server(self.metrics, tokens, self.health, self.describe)
+        self._metrics_http: tuple[object, object] | None = None
+        self._engine_task: asyncio.Task[None] | None = None
+        self.metrics.build_info.info({"version": __version__, "base_model": base_model.name})
+
+    def describe(self) -> ServerInfo:
+        """A snapshot of this server for GetServerInfo."""
+        return ServerInfo(
+            version=__version__,
+            base_model=self.base_model,
+            engine_state=self.lifecycle.state,
+            max_loras=self.settings.max_loras,
+            max_lora_rank=self.settings.max_lora_rank,
+            libraries=self._libraries,
+            auth_enabled=self._auth_enabled,
+        )
+
+    async def start(self) -> None:
+        """Binds the ports, starts serving, and starts the engine in the background.
+
+        Health reports NOT_SERVING for engine-backed services until the engine is warm.
+
+        Raises:
+            ConfigError: when a port cannot be bound.
+        """
+        settings = self.settings
+        bind(self.grpc, settings.host, settings.port)
+        try:
+            server, thread = start_http_server(
+                settings.metrics_port, settings.host, registry=self.metrics.registry
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"--metrics-port {settings.metrics_port}: cannot listen on "
+                f"{settings.host}:{settings.metrics_port} ({exc.strerror})"
+            ) from None
+        self._metrics_http = (server, thread)
+        await self.health.start()
+        await self.grpc.start()
+        logger.info(
+            "serving gRPC on %s:%d, metrics on :%d, base model %s",
+            settings.host,
+            settings.port,
+            settings.metrics_port,
+            self.base_model.name,
+        )
+        self._engine_task = asyncio.create_task(self.lifecycle.start(), name="engine-start")
+
+    async def stop(self) -> None:
+        """Stops taking work, lets in-flight calls finish within the grace, stops the engine."""
+        logger.info("shutting down (grace %.0f s)", self.settings.drain_grace_seconds)
+        await self.health.shutdown()
+        await self.grpc.stop(self.settings.drain_grace_seconds)
+        if self._engine_task is not None and not self._engine_task.done():
+            self._engine_task.cancel()
+        await self.lifecycle.stop()
+        if self._metrics_http is not None:
+            server, _ = self._metrics_http
+            server.shutdown()  # type: ignore[attr-defined]
+        logger.info("stopped")
+
+    async def serve_until_signal(self) -> None:
+        """Runs until SIGTERM or SIGINT, then stops cleanly."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+
+def _ensure_dir(path: Path, flag: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot create it ({exc.strerror})") from None
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: not readable and writable by this user")
+
+
+def build_app(settings: ServerSettings) -> App:
+    """Builds the production server from settings: checks directories, tokens, base model.
+
+    Raises:
+        ConfigError: naming the setting that is wrong.
+    """
+    _ensure_dir(settings.data_dir, "--data-dir")
+    _ensure_dir(settings.resolved_adapter_root, "--adapter-root")
+    tokens = TokenTable.load(settings.auth_tokens_file) if settings.auth_tokens_file else None
+    base_model = resolve_base_model(settings.base_model, settings.model_cache_dir)
+    engine = VllmEngine(
+        VllmEngineConfig(
+            model_path=base_model.path,
+            max_loras=settings.max_loras,
+            max_lora_rank=settings.max_lora_rank,
+            max_model_len=settings.max_model_len,
+            cpu_ids=pick_engine_cpus(sorted(os.sched_getaffinity(0)), settings.engine_threads),
+            kv_cache_gib=settings.engine_kv_cache_gib,
+        )
+    )
+    return App(settings, base_model, engine, tokens)

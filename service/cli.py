@@ -1,0 +1,99 @@
+"""adapterd: the server and its admin commands.
+
+adapterd serve            run the gRPC server (flags or ADAPTERD_* variables configure it)
+adapterd demo             start a server, show what it does, stop it
+adapterd prepare-model    convert and cache the base model ahead of time
+"""
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from service.app import build_app
+from service.basemodel import resolve_base_model
+from service.demo import run_demo
+from service.errors import ConfigError
+from service.logs import configure_logging
+from service.settings import (
+    ServerSettings,
+    add_settings_flags,
+    flag_name,
+    settings_from_args,
+)
+
+logger = logging.getLogger(__name__)
+
+PREPARE_MODEL_FLAGS = ("base_model", "model_cache_dir", "log_level")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = settings_from_args(ServerSettings, args)
+    configure_logging(settings.log_level)
+
+    async def serve() -> None:
+        # grpc.aio objects belong to the loop they are made in: build the app inside it.
+        await build_app(settings).serve_until_signal()
+
+    asyncio.run(serve())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    settings = settings_from_args(ServerSettings, args)
+    given = [
+        item
+        for name in ServerSettings.model_fields
+        if getattr(args, name) is not None
+        for item in (flag_name(name), str(getattr(args, name)))
+    ]
+    return run_demo(settings, given, keep_running=args.keep_running)
+
+
+def _prepare_model(args: argparse.Namespace) -> int:
+    settings = settings_from_args(ServerSettings, args, only=PREPARE_MODEL_FLAGS)
+    configure_logging(settings.log_level)
+    model = resolve_base_model(settings.base_model, settings.model_cache_dir)
+    print(f"{model.name}: {model.path}")
+    print(f"  weights sha256       {model.fingerprint.weights_sha256}")
+    print(f"  chat template sha256 {model.fingerprint.chat_template_sha256}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The adapterd argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="adapterd",
+        description="Train, score and serve LoRA adapters behind one gRPC API.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="Run the gRPC server until SIGTERM.")
+    add_settings_flags(serve, ServerSettings)
+    serve.set_defaults(run=_serve)
+    demo = commands.add_parser(
+        "demo", help="Start a server, show what it does, and stop it (takes the serve flags)."
+    )
+    add_settings_flags(demo, ServerSettings)
+    demo.add_argument(
+        "--keep-running", action="store_true", help="Leave the server up until Ctrl-C."
+    )
+    demo.set_defaults(run=_demo)
+    prepare = commands.add_parser(
+        "prepare-model", help="Convert and cache the base model (serve does it on first use)."
+    )
+    add_settings_flags(prepare, ServerSettings, only=PREPARE_MODEL_FLAGS)
+    prepare.set_defaults(run=_prepare_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `adapterd`; returns the exit code (2 for invalid settings)."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except ConfigError as exc:
+        print(f"adapterd: error: {exc}", file=sys.stderr)
+        return 2
+    return code

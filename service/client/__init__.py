@@ -1,0 +1,1 @@
+"""adapterctl: the command-line client, and the small client library it and the demo use."""

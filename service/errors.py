@@ -1,0 +1,46 @@
+"""The domain errors of adapterd.
+
+Each class stands for one gRPC status; `service.grpc.status` maps them in exactly one table.
+The domain code raises these without knowing about gRPC. Messages name the field and the value
+("max_lora_rank: 12 is not one of 8, 16, 32, ..."), because they go to the caller verbatim.
+"""
+
+
+class AdapterdError(Exception):
+    """An error the caller can act on. Anything else is a bug and becomes INTERNAL."""
+
+
+class InvalidArgumentError(AdapterdError):
+    """A request field or setting has a value that can never be valid."""
+
+
+class NotFoundError(AdapterdError):
+    """The named object does not exist, or the caller may not know that it exists."""
+
+
+class AlreadyExistsError(AdapterdError):
+    """The object the caller tried to create exists already."""
+
+
+class FailedPreconditionError(AdapterdError):
+    """The request is valid, but the system is not in a state that allows it."""
+
+
+class ResourceExhaustedError(AdapterdError):
+    """A quota, queue or capacity limit was reached."""
+
+
+class UnauthenticatedError(AdapterdError):
+    """The request carries no valid credentials."""
+
+
+class PermissionDeniedError(AdapterdError):
+    """The caller is known but its role does not allow the request."""
+
+
+class UnavailableError(AdapterdError):
+    """The service cannot take the request now (warming up, draining); retrying may work."""
+
+
+class ConfigError(AdapterdError):
+    """A setting is invalid. Raised at start-up; the CLI prints it as one line and exits 2."""

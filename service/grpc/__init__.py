@@ -1,0 +1,1 @@
+"""The gRPC transport: server assembly, interceptors, converters and thin servicers."""

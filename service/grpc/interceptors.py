@@ -1,0 +1,180 @@
+"""Server interceptors: error mapping with RPC metrics, and bearer-token authentication.
+
+Both wrap the method handler that grpc.aio resolved, so they see every call of every kind
+(unary or streaming on either side) and run in the handler's own task (context variables set
+here are visible to the servicer).
+"""
+
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from service.auth import TokenTable, current_principal
+from service.errors import AdapterdError
+from service.grpc.status import status_code_for
+from service.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+# Standard services that must answer without credentials: Kubernetes probes send none.
+UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+Context = aio.ServicerContext[Any, Any]
+Handler = grpc.RpcMethodHandler[Any, Any]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
+# A servicer method: (request or request iterator, context) -> response, or a response stream.
+Behavior = Callable[..., Any]
+# Wraps a behavior: (method name, behavior) -> behavior with the same calling convention.
+Around = Callable[[str, Behavior], Behavior]
+
+
+def _wrap_handler(
+    handler: Handler | None, method: str, around_unary: Around, around_stream: Around
+) -> Handler | None:
+    if handler is None:
+        return None
+    codec = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            around_unary(method, handler.unary_unary), **codec
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            around_unary(method, handler.stream_unary), **codec
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            around_stream(method, handler.unary_stream), **codec
+        )
+    if handler.stream_stream:
+        return grpc.stream_stream_rpc_method_handler(
+            around_stream(method, handler.stream_stream), **codec
+        )
+    return handler
+
+
+async def _stream(behavior: Behavior, request: Any, context: Context) -> AsyncIterator[Any]:
+    # A streaming behavior is either an async generator or a coroutine that writes itself.
+    if inspect.isasyncgenfunction(behavior):
+        async for response in behavior(request, context):
+            yield response
+    else:
+        await behavior(request, context)
+
+
+class ErrorInterceptor(aio.ServerInterceptor):
+    """Maps domain errors to their status and counts every call by method and code.
+
+    Anything that is not an AdapterdError is a bug: the client gets INTERNAL with a
+    correlation id, the log gets the traceback under the same id.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Continuation,
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        return _wrap_handler(
+            handler, handler_call_details.method, self._around_unary, self._around_stream
+        )
+
+    async def _fail(self, method: str, error: Exception, context: Context) -> None:
+        if isinstance(error, AdapterdError):
+            await context.abort(status_code_for(error), str(error))
+        correlation = uuid.uuid4().hex[:12]
+        logger.error("%s failed [correlation id %s]", method, correlation, exc_info=error)
+        await context.abort(
+            grpc.StatusCode.INTERNAL, f"internal error (correlation id {correlation})"
+        )
+
+    def _record(self, method: str, began: float, context: Context) -> None:
+        code = context.code()
+        name = code.name if isinstance(code, grpc.StatusCode) else "OK"
+        self._metrics.grpc_requests.labels(method, name).inc()
+        self._metrics.grpc_latency.labels(method).observe(time.monotonic() - began)
+
+    def _around_unary(self, method: str, behavior: Behavior) -> Behavior:
+        async def run(request: Any, context: Context) -> Any:
+            began = time.monotonic()
+            try:
+                return await behavior(request, context)
+            except aio.AbortError:
+                raise
+            except Exception as error:
+                await self._fail(method, error, context)
+            finally:
+                self._record(method, began, context)
+
+        return run
+
+    def _around_stream(self, method: str, behavior: Behavior) -> Behavior:
+        async def run(request: Any, context: Context) -> AsyncIterator[Any]:
+            began = time.monotonic()
+            try:
+                async for response in _stream(behavior, request, context):
+                    yield response
+            except aio.AbortError:
+                raise
+            except Exception as error:
+                await self._fail(method, error, context)
+            finally:
+                self._record(method, began, context)
+
+        return run
+
+
+class AuthInterceptor(aio.ServerInterceptor):
+    """Authenticates every call but health and reflection; exposes the caller to servicers.
+
+    Must run inside ErrorInterceptor so that a refusal is mapped and counted like any error.
+    """
+
+    def __init__(self, tokens: TokenTable) -> None:
+        self._tokens = tokens
+
+    async def intercept_service(
+        self,
+        continuation: Continuation,
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler_call_details.method.startswith(UNAUTHENTICATED_PREFIXES):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        authorization = metadata.get("authorization")
+        if isinstance(authorization, bytes):  # only "-bin" keys carry bytes; be safe anyway
+            authorization = authorization.decode(errors="replace")
+        return _wrap_handler(
+            handler,
+            handler_call_details.method,
+            lambda _, behavior: self._unary(authorization, behavior),
+            lambda _, behavior: self._stream(authorization, behavior),
+        )
+
+    def _unary(self, authorization: str | None, behavior: Behavior) -> Behavior:
+        async def run(request: Any, context: Context) -> Any:
+            current_principal.set(self._tokens.authenticate(authorization))
+            return await behavior(request, context)
+
+        return run
+
+    def _stream(self, authorization: str | None, behavior: Behavior) -> Behavior:
+        async def run(request: Any, context: Context) -> AsyncIterator[Any]:
+            current_principal.set(self._tokens.authenticate(authorization))
+            async for response in _stream(behavior, request, context):
+                yield response
+
+        return run

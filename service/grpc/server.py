@@ -1,0 +1,70 @@
+"""Assembles the grpc.aio server: interceptors, servicers, health and reflection."""
+
+from collections.abc import Callable
+
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from adapterd.v1 import server_pb2, server_pb2_grpc
+from service.auth import TokenTable
+from service.errors import ConfigError
+from service.grpc.health import HealthPublisher
+from service.grpc.interceptors import AuthInterceptor, ErrorInterceptor
+from service.grpc.server_servicer import ServerServicer
+from service.metrics import Metrics
+from service.serverinfo import ServerInfo
+
+SERVER_SERVICE = server_pb2.DESCRIPTOR.services_by_name["Server"].full_name
+# Services that serve as soon as the process does, and those that need a warm engine.
+LIVE_SERVICES = (SERVER_SERVICE,)
+ENGINE_BACKED_SERVICES: tuple[str, ...] = ()
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def build_grpc_server(
+    metrics: Metrics,
+    tokens: TokenTable | None,
+    health: HealthPublisher,
+    describe: Callable[[], ServerInfo],
+) -> aio.Server:
+    """Creates the server with every adapterd service registered; not yet bound or started."""
+    interceptors: list[aio.ServerInterceptor] = [ErrorInterceptor(metrics)]
+    if tokens is not None:
+        interceptors.append(AuthInterceptor(tokens))
+    server = aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    server_pb2_grpc.add_ServerServicer_to_server(ServerServicer(describe), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    reflection.enable_server_reflection(
+        (
+            SERVER_SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    return server
+
+
+def bind(server: aio.Server, host: str, port: int) -> None:
+    """Binds the server's insecure port.
+
+    Raises:
+        ConfigError: naming --port when the address cannot be bound (in use, bad host).
+    """
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError:
+        raise ConfigError(
+            f"--port {port}: cannot listen on {address} (in use, or --host {host!r} is not "
+            "an address of this machine)"
+        ) from None

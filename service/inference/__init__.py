@@ -1,0 +1,1 @@
+"""Inference: the engine seam, its vLLM implementation, and engine lifecycle."""

