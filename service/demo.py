@@ -69,19 +69,15 @@ def run_demo(settings: ServerSettings, server_flags: list[str], keep_running: bo
 
 
 def _wait_serving(client: Client, server: subprocess.Popen[bytes], log: Path) -> list[str] | None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    seen: list[str] = []
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            tail = log.read_text().strip().splitlines()[-5:]
-            _say("the server exited during start-up:\n  " + "\n  ".join(tail))
-            return None
-        try:
-            seen = client.wait_until_serving(timeout=2.0)
-            return seen
-        except TimeoutError:
-            continue
-    _say(f"the server was not serving after {START_TIMEOUT_SECONDS:.0f} s; see {log}")
+    try:
+        return client.wait_until_serving(
+            timeout=START_TIMEOUT_SECONDS, give_up=lambda: server.poll() is not None
+        )
+    except ConnectionAbortedError:
+        tail = log.read_text().strip().splitlines()[-5:]
+        _say("the server exited during start-up:\n  " + "\n  ".join(tail))
+    except TimeoutError:
+        _say(f"the server was not serving after {START_TIMEOUT_SECONDS:.0f} s; see {log}")
     return None
 
 

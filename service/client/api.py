@@ -1,6 +1,7 @@
 """A thin synchronous client over adapterd's gRPC API, for adapterctl, the demo and tests."""
 
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 import grpc
@@ -50,19 +51,36 @@ class Client:
         )
         return str(STATUS_NAMES(response.status))
 
-    def wait_until_serving(self, service: str = "", timeout: float = 300.0) -> list[str]:
+    def wait_until_serving(
+        self,
+        service: str = "",
+        timeout: float = 300.0,
+        give_up: Callable[[], bool] = lambda: False,
+    ) -> list[str]:
         """Polls health until `service` is SERVING; returns the distinct statuses seen, in order.
+
+        Args:
+            service: health service name; "" is the overall status.
+            timeout: seconds to wait in all.
+            give_up: checked before each poll; True (say, the server process exited) stops it.
 
         Raises:
             TimeoutError: when it is not SERVING within `timeout` seconds.
+            ConnectionAbortedError: when `give_up` returned True.
         """
         seen: list[str] = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if give_up():
+                raise ConnectionAbortedError(f"gave up waiting for {service or 'server'}: {seen}")
             try:
                 status = self.health(service)
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE:  # not listening yet
+                # Not listening yet, or too busy starting to answer in time.
+                if exc.code() not in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                ):
                     raise
                 status = "UNREACHABLE"
             if not seen or seen[-1] != status:

@@ -5,12 +5,14 @@ Both wrap the method handler that grpc.aio resolved, so they see every call of e
 here are visible to the servicer).
 """
 
+from __future__ import annotations
+
 import inspect
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from grpc import aio
@@ -25,9 +27,10 @@ logger = logging.getLogger(__name__)
 # Standard services that must answer without credentials: Kubernetes probes send none.
 UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
-Context = aio.ServicerContext[Any, Any]
-Handler = grpc.RpcMethodHandler[Any, Any]
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
+# The grpc stubs make these generic; at run time they are plain classes, hence the strings.
+Context: TypeAlias = "aio.ServicerContext[Any, Any]"
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]"
 # A servicer method: (request or request iterator, context) -> response, or a response stream.
 Behavior = Callable[..., Any]
 # Wraps a behavior: (method name, behavior) -> behavior with the same calling convention.

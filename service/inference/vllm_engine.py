@@ -6,6 +6,7 @@ The engine core runs in a process vLLM spawns; `shutdown` stops it.
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -69,26 +70,29 @@ class VllmEngine:
     def __init__(self, config: VllmEngineConfig) -> None:
         self._config = config
         self._llm: Any = None
-        self._building: asyncio.Future[Any] | None = None
+        self._building: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         config = self._config
         # vLLM's CPU backend reads these from the environment of the engine-core process.
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(config.kv_cache_gib)
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in config.cpu_ids)
+        # Importing vLLM and building the engine (weights, compilation) take ~30 s: all of it
+        # runs in a thread so the event loop keeps answering health checks meanwhile. The build
+        # is shielded: if start() is cancelled, shutdown() still gets the engine to stop.
+        self._building = asyncio.ensure_future(asyncio.to_thread(self._build))
         try:
-            from vllm.engine.arg_utils import AsyncEngineArgs
-            from vllm.v1.engine.async_llm import AsyncLLM
-
-            args = AsyncEngineArgs(**engine_arguments(config))
-            # Building the engine loads weights and compiles for ~30 s: keep the loop free. The
-            # build is shielded: if start() is cancelled, shutdown() still gets the engine to stop.
-            self._building = asyncio.ensure_future(
-                asyncio.to_thread(AsyncLLM.from_engine_args, args)
-            )
-            self._llm = await asyncio.shield(self._building)
+            await asyncio.shield(self._building)
         except Exception as exc:
             raise EngineError(f"vLLM engine failed to start: {exc}") from exc
+
+    def _build(self) -> None:
+        # Runs in a worker thread. The engine is stored here, not returned: a future that
+        # holds it as its result would keep it alive past shutdown.
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_arguments(self._config)))
 
     async def check_health(self) -> None:
         if self._llm is None:
@@ -124,12 +128,17 @@ class VllmEngine:
 
     async def shutdown(self) -> None:
         building, self._building = self._building, None
-        llm, self._llm = self._llm, None
-        if llm is None and building is not None:
+        if building is not None and not building.done():
             # Cancelled mid-start: the engine core process exists or is about to; wait for it.
             with contextlib.suppress(Exception):
-                llm = await building
+                await building
+        llm, self._llm = self._llm, None
         if llm is not None:
             # Called on the loop thread on purpose: vLLM cancels its output-handler task after
             # stopping the core, and a free loop would let that task log the core's death.
             llm.shutdown()
+            # Let the cancelled output-handler task finish and drop the last references now:
+            # otherwise AsyncLLM.__del__ runs again during interpreter teardown and fails there.
+            await asyncio.sleep(0)
+            del llm
+            gc.collect()

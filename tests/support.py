@@ -1,0 +1,141 @@
+"""Helpers shared by the tests: the tiny model, free ports, and a real server process."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from service.client.api import Client
+
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+USER_TOKEN = "user-token-acme-0123456789abcdef"
+OTHER_USER_TOKEN = "user-token-globex-0123456789abcd"
+TOKENS = [
+    {"token": ADMIN_TOKEN, "tenant": "ops", "role": "admin"},
+    {"token": USER_TOKEN, "tenant": "acme", "role": "user"},
+    {"token": OTHER_USER_TOKEN, "tenant": "globex", "role": "user"},
+]
+
+
+def build_tiny_llama(out: Path, tokenizer_from: Path) -> Path:
+    """Saves a 2-layer random Llama with the real SmolLM2 tokenizer and chat template.
+
+    Loads in transformers, peft and vLLM alike; a few million parameters, most of them the
+    49k-token embedding.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """`adapterd serve` running as a child process on free ports, as a user would run it."""
+
+    data_dir: Path
+    base_model: str
+    tokens: list[dict[str, str]] | None = None
+    extra_flags: list[str] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    health_seen: list[str] = field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "server.log"
+
+    def flags(self) -> list[str]:
+        flags = [
+            "--data-dir", str(self.data_dir),
+            "--base-model", self.base_model,
+            "--port", str(self.port),
+            "--metrics-port", str(self.metrics_port),
+            "--http-port", str(free_port()),
+            "--max-model-len", "1024",
+            *self.extra_flags,
+        ]  # fmt: skip
+        if self.tokens is not None:
+            tokens_file = self.data_dir / "tokens.json"
+            tokens_file.write_text(json.dumps(self.tokens))
+            flags += ["--auth-tokens-file", str(tokens_file)]
+        return flags
+
+    def start(self, timeout: float = 300.0) -> "ServerProcess":
+        """Starts the server and waits until its overall health is SERVING."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service", "serve", *self.flags()],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "ADAPTERD_LOG_LEVEL": "info"},
+            )
+        process = self.process
+        try:
+            with Client(self.target, timeout=5.0) as client:
+                self.health_seen = client.wait_until_serving(
+                    timeout=timeout, give_up=lambda: process.poll() is not None
+                )
+        except (TimeoutError, ConnectionAbortedError) as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}; server log:\n{self.log_path.read_text()[-3000:]}") from exc
+        return self
+
+    def children(self) -> list[psutil.Process]:
+        """Every process the server started (vLLM's engine core and its workers)."""
+        assert self.process is not None
+        return psutil.Process(self.process.pid).children(recursive=True)
+
+    def stop(self, timeout: float = 120.0) -> int:
+        """SIGTERM, then wait; returns the exit code (SIGKILL after `timeout`, code -9)."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode

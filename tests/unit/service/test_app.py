@@ -1,0 +1,124 @@
+"""The composition root with a fake engine: health, errors, auth and shutdown over real gRPC."""
+
+import asyncio
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from adapterd.v1 import common_pb2, server_pb2, server_pb2_grpc
+from service.app import App
+from service.auth import TokenTable
+from service.basemodel import BaseModel
+from service.grpc.server import build_grpc_server
+from service.inference.engine import EngineState
+from service.inference.fake import FakeEngine
+from service.metrics import Metrics
+from service.settings import ServerSettings
+from tests.support import free_port
+from trainer.fingerprint import ModelFingerprint
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+TOKEN = "t" * 24
+BASE = BaseModel(
+    "tiny", Path("/nowhere"), ModelFingerprint("w" * 64, "c" * 64, "LlamaForCausalLM", 7)
+)
+
+
+def make_app(tmp_path, engine, tokens=None):
+    settings = ServerSettings(
+        data_dir=tmp_path, port=free_port(), metrics_port=free_port(), drain_grace_seconds=1
+    )
+    return App(settings, BASE, engine, tokens, Metrics())
+
+
+async def health(channel, service=""):
+    stub = health_pb2_grpc.HealthStub(channel)
+    return (await stub.Check(health_pb2.HealthCheckRequest(service=service))).status
+
+
+async def wait_for(predicate, timeout=5.0):
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_health_is_not_serving_until_the_engine_is_warm(tmp_path):
+    app = make_app(tmp_path, FakeEngine(start_delay=0.3))
+    await app.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.settings.port}") as channel:
+        assert await health(channel) == NOT_SERVING
+        assert await health(channel, "adapterd.v1.Server") == SERVING  # liveness
+        await wait_for(lambda: app.lifecycle.state is EngineState.READY)
+        assert await health(channel) == SERVING
+        info = await server_pb2_grpc.ServerStub(channel).GetServerInfo(
+            server_pb2.GetServerInfoRequest()
+        )
+        assert info.engine_state == server_pb2.ENGINE_STATE_READY
+        assert info.base_model.weights_sha256 == "w" * 64
+        assert info.caller_role == common_pb2.ROLE_ADMIN and not info.auth_enabled
+    await app.stop()
+
+
+async def test_failed_engine_start_keeps_health_not_serving(tmp_path):
+    app = make_app(tmp_path, FakeEngine(fail_start=True))
+    await app.start()
+    await wait_for(lambda: app.lifecycle.state is EngineState.FAILED)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.settings.port}") as channel:
+        assert await health(channel) == NOT_SERVING
+    assert app.metrics.engine_ready._value.get() == 0
+    await app.stop()
+
+
+async def test_stop_turns_health_off_and_shuts_the_engine_down(tmp_path):
+    engine = FakeEngine()
+    app = make_app(tmp_path, engine)
+    await app.start()
+    await wait_for(lambda: app.lifecycle.state is EngineState.READY)
+    await app.stop()
+    assert engine.shutdown_calls == 1
+    assert app.lifecycle.state is EngineState.STOPPING
+    assert app.metrics.engine_ready._value.get() == 0
+
+
+async def test_unexpected_errors_become_internal_with_a_correlation_id(tmp_path, caplog):
+    app = make_app(tmp_path, FakeEngine())
+
+    def broken():
+        raise KeyError("secret internals")
+
+    app.grpc = build_grpc_server(app.metrics, None, app.health, broken)
+    await app.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.settings.port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await server_pb2_grpc.ServerStub(channel).GetServerInfo(
+                server_pb2.GetServerInfoRequest()
+            )
+    await app.stop()
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in caught.value.details()
+    correlation = caught.value.details().split("correlation id ")[1].rstrip(")")
+    assert any(correlation in record.getMessage() for record in caplog.records)
+    counted = app.metrics.grpc_requests.labels("/adapterd.v1.Server/GetServerInfo", "INTERNAL")
+    assert counted._value.get() == 1
+
+
+async def test_auth_refuses_missing_and_unknown_tokens_but_not_health(tmp_path):
+    tokens = TokenTable.parse(json.dumps([{"token": TOKEN, "tenant": "acme", "role": "user"}]), "t")
+    app = make_app(tmp_path, FakeEngine(), tokens)
+    await app.start()
+    request = server_pb2.GetServerInfoRequest()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.settings.port}") as channel:
+        stub = server_pb2_grpc.ServerStub(channel)
+        for metadata in [(), (("authorization", "Bearer " + "x" * 24),)]:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.GetServerInfo(request, metadata=metadata)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        info = await stub.GetServerInfo(request, metadata=(("authorization", f"Bearer {TOKEN}"),))
+        assert (info.caller_tenant, info.caller_role) == ("acme", common_pb2.ROLE_USER)
+        assert info.auth_enabled
+        assert await health(channel, "adapterd.v1.Server") == SERVING
+    await app.stop()

@@ -1,0 +1,71 @@
+import argparse
+
+import pytest
+
+from service.errors import ConfigError
+from service.settings import (
+    VLLM_LORA_RANKS,
+    ClientSettings,
+    ServerSettings,
+    add_settings_flags,
+    load_settings,
+    settings_from_args,
+)
+
+
+def test_defaults_are_valid_and_adapter_root_derives_from_data_dir(tmp_path):
+    settings = load_settings(ServerSettings, {"data_dir": str(tmp_path)})
+    assert settings.port == 50051
+    assert settings.max_lora_rank == 16
+    assert settings.resolved_adapter_root == tmp_path / "adapters"
+    assert settings.engine_threads >= 1
+
+
+def test_environment_is_read_and_flags_win(monkeypatch):
+    monkeypatch.setenv("ADAPTERD_PORT", "6000")
+    monkeypatch.setenv("ADAPTERD_MAX_LORAS", "8")
+    settings = load_settings(ServerSettings, {"port": "7000", "max_loras": None})
+    assert settings.port == 7000  # the flag
+    assert settings.max_loras == 8  # the variable, since the flag was not given
+
+
+def test_every_problem_is_reported_at_once_with_flag_variable_and_value():
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            ServerSettings, {"max_lora_rank": "12", "port": "70000", "drain_grace_seconds": "-1"}
+        )
+    message = str(caught.value)
+    assert "--max-lora-rank (ADAPTERD_MAX_LORA_RANK) = '12'" in message
+    assert ", ".join(str(r) for r in VLLM_LORA_RANKS) in message
+    assert "--port (ADAPTERD_PORT) = '70000'" in message
+    assert "--drain-grace-seconds" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("rank", VLLM_LORA_RANKS)
+def test_every_rank_vllm_accepts_is_accepted(rank):
+    assert load_settings(ServerSettings, {"max_lora_rank": rank}).max_lora_rank == rank
+
+
+def test_engine_threads_cannot_exceed_the_cpus_of_this_process():
+    with pytest.raises(ConfigError, match="--engine-threads"):
+        load_settings(ServerSettings, {"engine_threads": 10_000})
+
+
+def test_unknown_log_level_is_refused():
+    with pytest.raises(ConfigError, match=r"--log-level \(ADAPTERD_LOG_LEVEL\) = 'loud'"):
+        load_settings(ServerSettings, {"log_level": "loud"})
+
+
+def test_flags_are_generated_for_every_field_with_help_naming_the_variable():
+    parser = argparse.ArgumentParser()
+    add_settings_flags(parser, ClientSettings)
+    help_text = parser.format_help()
+    for name in ClientSettings.model_fields:
+        assert f"--{name}" in help_text
+        assert f"ADAPTERCTL_{name.upper()}" in help_text
+    args = parser.parse_args(["--target", "example:1", "--output", "json"])
+    settings = settings_from_args(ClientSettings, args)
+    assert settings.target == "example:1"
+    assert settings.output == "json"
+    assert settings.timeout == 30.0
