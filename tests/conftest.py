@@ -7,14 +7,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
+from collections.abc import Iterator
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-from service.basemodel import BaseModel, resolve_base_model  # noqa: E402
-from service.settings import ServerSettings  # noqa: E402
-from tests.support import TOKENS, ServerProcess, build_tiny_llama  # noqa: E402
+from service.basemodel import BaseModel, resolve_base_model
+from service.settings import ServerSettings
+from tests.support import TOKENS, ServerProcess, build_tiny_llama
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 

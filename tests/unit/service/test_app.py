@@ -40,9 +40,10 @@ async def health(channel, service=""):
     return (await stub.Check(health_pb2.HealthCheckRequest(service=service))).status
 
 
-async def wait_for(predicate, timeout=5.0):
-    async with asyncio.timeout(timeout):
-        while not predicate():
+async def wait_for(predicate, seconds=5.0):
+    # Polling is the point here: the engine state has no event to wait on from outside.
+    async with asyncio.timeout(seconds):
+        while not predicate():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
 

@@ -10,13 +10,13 @@ def test_unknown_name_names_the_flag_and_the_registered_models(tmp_path):
 
 
 def test_directory_without_config_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="has no config.json"):
+    with pytest.raises(ConfigError, match=r"has no config\.json"):
         resolve_base_model(str(tmp_path), tmp_path)
 
 
 def test_directory_without_safetensors_is_refused(tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(ConfigError, match="no \\*.safetensors"):
+    with pytest.raises(ConfigError, match=r"no \*\.safetensors"):
         resolve_base_model(str(tmp_path), tmp_path)
 
 
