@@ -14,6 +14,7 @@ from pydantic import AfterValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import ConfigError
+from trainer.config import describe_validation_error
 
 SERVER_ENV_PREFIX = "ADAPTERD_"
 CLIENT_ENV_PREFIX = "ADAPTERCTL_"
@@ -145,12 +146,9 @@ def load_settings(model: type[S], overrides: dict[str, Any]) -> S:
     try:
         return model(**given)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else "?"
-            message = error["msg"].removeprefix("Value error, ")
-            shown = f" = {error['input']!r}" if error["type"] != "missing" else ""
-            problems.append(f"{describe_field(model, field)}{shown}: {message}")
+        problems = describe_validation_error(
+            exc, lambda loc: describe_field(model, str(loc[0])) if loc else "?"
+        )
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None
 
 

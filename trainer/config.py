@@ -1,0 +1,209 @@
+"""The training job's configuration: typed, validated, every problem reported at once.
+
+`python -m trainer train --config CONFIG.json` reads a `TrainConfig`. Fields are validated with
+their ranges; what the server could not hot-load (a rank above its maximum, saved modules, new
+tokens) is refused here, before any data or model is touched.
+"""
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+
+class ConfigProblem(ValueError):
+    """An invalid configuration; the message lists every problem as `field = value: why`."""
+
+
+def describe_validation_error(exc: ValidationError, name_of: Any = None) -> list[str]:
+    """One `field = value: message` line per pydantic error.
+
+    Args:
+        exc: the validation error.
+        name_of: maps a location tuple to the name shown to the user (default: dotted path).
+    """
+    problems = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if not loc:  # a check across fields: its message names them
+            problems.append(message)
+            continue
+        name = name_of(loc) if name_of else ".".join(str(p) for p in loc)
+        shown = "" if error["type"] == "missing" else f" = {error['input']!r}"
+        if error["type"] == "extra_forbidden":
+            shown, message = "", "unknown field"
+        problems.append(f"{name}{shown}: {message}")
+    return problems
+
+
+def _refuse_unservable(value: list[str] | None) -> None:
+    if value:
+        raise ValueError(
+            "the serving engine hot-loads plain LoRA adapters only: no saved modules, "
+            "no new tokens"
+        )
+
+
+# Fields users bring from other trainers, refused with a reason instead of "unknown field".
+Unservable = Annotated[list[str] | None, AfterValidator(_refuse_unservable)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+DataFormat = Literal["auto", "messages", "prompt_completion", "alpaca", "sharegpt"]
+
+
+class DatasetSpec(_Strict):
+    """One training data file."""
+
+    path: Path
+    """JSONL, JSON (a list of objects), CSV or Parquet file."""
+    weight: float = Field(1.0, gt=0, le=100)
+    """Mixing weight relative to the other datasets; the share of training rows it supplies."""
+    format: DataFormat = "auto"
+    """Row format; "auto" detects it from the fields of each row."""
+    columns: dict[str, str] = Field(default_factory=dict)
+    """Maps a format's fields to this file's columns, e.g. {"prompt": "question",
+    "completion": "answer"} for GSM8K."""
+
+
+class DataSpec(_Strict):
+    """Where the data comes from and how it is checked."""
+
+    datasets: list[DatasetSpec] = Field(min_length=1, max_length=16)
+    """Training files, mixed by weight."""
+    eval_file: Path | None = None
+    """A held-out file for eval loss; exclusive with eval_fraction."""
+    eval_fraction: float = Field(0.0, ge=0.0, le=0.5)
+    """Share of the training rows held out for eval loss when no eval_file is given."""
+    max_length: int = Field(1024, ge=32, le=32768)
+    """Longest tokenized conversation; longer rows are a validation problem, never cut."""
+    policy: Literal["reject", "drop"] = "reject"
+    """On invalid rows: "reject" fails listing every problem, "drop" trains on the rest."""
+    quality_filter: bool = False
+    """Drop rows the quality heuristic flags (too short, sycophantic opener, far too long)."""
+
+    @model_validator(mode="after")
+    def _one_eval_source(self) -> "DataSpec":
+        if self.eval_file is not None and self.eval_fraction > 0:
+            raise ValueError("give eval_file or eval_fraction, not both")
+        return self
+
+
+class LoraSpec(_Strict):
+    """The adapter."""
+
+    rank: int = Field(16, ge=1, le=512)
+    """LoRA rank r."""
+    alpha: float = Field(32.0, gt=0, le=4096)
+    """LoRA alpha; the update is scaled by alpha / r (alpha / sqrt(r) with rslora)."""
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout on the LoRA input."""
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
+    """Module names to adapt, or "all-linear" for every linear layer but the output head."""
+    use_rslora: bool = False
+    """Rank-stabilized LoRA scaling."""
+    modules_to_save: Unservable = None
+    """Refused: vLLM cannot hot-load adapters that carry whole modules."""
+
+
+class QuantizationSpec(_Strict):
+    """How the frozen base is held during training (QLoRA when 4-bit)."""
+
+    mode: Literal["auto", "none", "nf4", "fp4"] = "auto"
+    """"auto": NF4 on a CUDA GPU, none (bf16) on the CPU."""
+    double_quant: bool = True
+    """Quantize the quantization constants too (QLoRA's double quantization)."""
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """Dtype of the matrix multiplies over de-quantized weights."""
+
+
+class TrainingSpec(_Strict):
+    """Optimization hyperparameters."""
+
+    learning_rate: float = Field(2e-4, gt=0, le=1.0)
+    """Peak learning rate (AdamW)."""
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup."""
+    warmup_ratio: float = Field(0.03, ge=0.0, le=0.5)
+    """Share of the steps spent warming up linearly."""
+    epochs: float = Field(1.0, gt=0, le=100)
+    """Passes over the training rows (ignored when max_steps is set)."""
+    max_steps: int | None = Field(None, ge=1, le=1_000_000)
+    """Optimizer steps to run instead of epochs."""
+    batch_size: int = Field(4, ge=1, le=1024)
+    """Conversations per micro-batch (per packed row budget when packing)."""
+    gradient_accumulation: int = Field(1, ge=1, le=1024)
+    """Micro-batches per optimizer step."""
+    seed: int = Field(0, ge=0)
+    """Seed of data order, dropout and initialization."""
+    eval_interval: int = Field(50, ge=1)
+    """Optimizer steps between eval-loss measurements (when there is eval data)."""
+    early_stopping_patience: int | None = Field(None, ge=1, le=1000)
+    """Stop after this many evaluations without a better eval loss."""
+    select: Literal["best", "last"] = "last"
+    """Which checkpoint becomes the adapter: lowest eval loss, or the final one."""
+    packing: Literal["auto", "on", "off"] = "auto"
+    """Pack conversations into rows (no attention across them); "auto" packs when it pays."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Gradient clipping norm."""
+    checkpoint_interval: int = Field(50, ge=1)
+    """Optimizer steps between checkpoints."""
+    keep_checkpoints: int = Field(2, ge=1, le=100)
+    """Newest checkpoints kept on disk."""
+
+
+class TrainConfig(_Strict):
+    """A whole training job, as `python -m trainer train --config` reads it."""
+
+    base_model: Path
+    """Hugging Face checkpoint directory of the base model."""
+    base_model_name: str = ""
+    """The name the base model is served under (recorded in the manifest)."""
+    output_dir: Path
+    """Where checkpoints, the adapter and the manifest are written."""
+    data: DataSpec
+    """Data sources and checks."""
+    lora: LoraSpec = LoraSpec()
+    """The adapter's shape."""
+    quantization: QuantizationSpec = QuantizationSpec()
+    """QLoRA settings."""
+    training: TrainingSpec = TrainingSpec()
+    """Hyperparameters."""
+    added_tokens: Unservable = None
+    """Refused: new tokens change the embedding, which a served adapter cannot."""
+    serving_max_lora_rank: int = Field(16, ge=1, le=512)
+    """The serving engine's max_lora_rank: a larger rank could never be hot-loaded."""
+
+    @model_validator(mode="after")
+    def _rank_within_serving_limit(self) -> "TrainConfig":
+        if self.lora.rank > self.serving_max_lora_rank:
+            raise ValueError(
+                f"lora.rank = {self.lora.rank}: above the server's max_lora_rank "
+                f"{self.serving_max_lora_rank}; the adapter could not be served"
+            )
+        return self
+
+
+def load_config(data: dict[str, Any]) -> TrainConfig:
+    """Validates a configuration mapping.
+
+    Raises:
+        ConfigProblem: listing every problem, one `field = value: why` per item.
+    """
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigProblem("; ".join(describe_validation_error(exc))) from None
