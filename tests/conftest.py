@@ -53,3 +53,11 @@ def default_server(
     ).start()
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(default_model: BaseModel):  # type: ignore[no-untyped-def]
+    """The default model's tokenizer and ChatML template (SmolLM2: no generation markers)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(default_model.path)

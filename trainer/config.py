@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 
-class ConfigProblem(ValueError):
+class TrainConfigError(ValueError):
     """An invalid configuration; the message lists every problem as `field = value: why`."""
 
 
@@ -47,8 +47,7 @@ def describe_validation_error(exc: ValidationError, name_of: Any = None) -> list
 def _refuse_unservable(value: list[str] | None) -> None:
     if value:
         raise ValueError(
-            "the serving engine hot-loads plain LoRA adapters only: no saved modules, "
-            "no new tokens"
+            "the serving engine hot-loads plain LoRA adapters only: no saved modules, no new tokens"
         )
 
 
@@ -201,9 +200,9 @@ def load_config(data: dict[str, Any]) -> TrainConfig:
     """Validates a configuration mapping.
 
     Raises:
-        ConfigProblem: listing every problem, one `field = value: why` per item.
+        TrainConfigError: listing every problem, one `field = value: why` per item.
     """
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigProblem("; ".join(describe_validation_error(exc))) from None
+        raise TrainConfigError("; ".join(describe_validation_error(exc))) from None

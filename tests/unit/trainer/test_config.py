@@ -1,0 +1,55 @@
+import pytest
+
+from trainer.config import TrainConfigError, load_config
+
+BASE = {
+    "base_model": "/models/m",
+    "output_dir": "/out",
+    "data": {"datasets": [{"path": "d.jsonl"}]},
+}
+
+
+def test_defaults_are_the_documented_recipe():
+    config = load_config(BASE)
+    assert (config.lora.rank, config.lora.alpha, config.lora.target_modules) == (
+        16,
+        32.0,
+        "all-linear",
+    )
+    assert config.quantization.mode == "auto"
+    assert config.data.policy == "reject"
+
+
+def test_every_problem_is_reported_with_field_value_and_range():
+    with pytest.raises(TrainConfigError) as caught:
+        load_config({**BASE, "lora": {"rank": 0, "dropout": 1.5},
+                     "training": {"learning_rate": -1, "warmup_ratio": 0.9, "bogus": 1}})  # fmt: skip
+    message = str(caught.value)
+    for expected in (
+        "lora.rank = 0: Input should be greater than or equal to 1",
+        "lora.dropout = 1.5: Input should be less than 1",
+        "training.learning_rate = -1: Input should be greater than 0",
+        "training.warmup_ratio = 0.9: Input should be less than or equal to 0.5",
+        "training.bogus: unknown field",
+    ):
+        assert expected in message
+
+
+def test_what_the_server_cannot_hot_load_is_refused_at_config_time():
+    with pytest.raises(
+        TrainConfigError, match=r"lora.rank = 32: above the server's max_lora_rank 16"
+    ):
+        load_config({**BASE, "lora": {"rank": 32}})
+    assert load_config({**BASE, "lora": {"rank": 32}, "serving_max_lora_rank": 32}).lora.rank == 32
+    with pytest.raises(
+        TrainConfigError, match=r"lora.modules_to_save = \['lm_head'\]: .*plain LoRA"
+    ):
+        load_config({**BASE, "lora": {"modules_to_save": ["lm_head"]}})
+    with pytest.raises(TrainConfigError, match=r"added_tokens = \['<x>'\]"):
+        load_config({**BASE, "added_tokens": ["<x>"]})
+
+
+def test_eval_file_and_fraction_are_exclusive():
+    data = {"datasets": [{"path": "d"}], "eval_file": "e", "eval_fraction": 0.1}
+    with pytest.raises(TrainConfigError, match="eval_file or eval_fraction, not both"):
+        load_config({**BASE, "data": data})

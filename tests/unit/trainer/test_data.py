@@ -1,0 +1,113 @@
+"""Data validation end to end over files: line numbers, duplicates, overlap, policy, mixing."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trainer.config import DataSpec
+from trainer.data import DataRejectedError, prepare_data
+
+ROOT = Path(__file__).resolve().parents[3]
+GSM8K = ROOT / "data/gsm8k/train_slice.jsonl"
+
+
+def qa(i, answer=None):
+    return {
+        "prompt": f"Question number {i}?",
+        "completion": answer or f"The answer is {i}, clearly.",
+    }
+
+
+def write_jsonl(path, rows):
+    lines = [row if isinstance(row, str) else json.dumps(row) for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def spec(*paths, **kwargs):
+    return DataSpec(datasets=[{"path": p} for p in paths], **kwargs)
+
+
+def test_problems_carry_the_line_field_and_code(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", [
+        qa(1),
+        "{not json",
+        {"prompt": "Q", "completion": ""},
+        qa(1),                                   # exact duplicate of line 1
+        {"prompt": "question NUMBER 1", "completion": "the answer is 1 clearly"},  # near dup
+        {"messages": [{"role": "user", "content": "x"}, {"role": "robot", "content": "y"}]},
+        qa(7, answer="word " * 400),            # too long for max_length 128
+    ])  # fmt: skip
+    with pytest.raises(DataRejectedError) as caught:
+        prepare_data(spec(path, max_length=128), tokenizer, seed=0)
+    found = {(p.row, p.field, p.code) for p in caught.value.report.problems}
+    assert found == {
+        (2, "", "invalid_json"),
+        (3, "completion", "empty_content"),
+        (4, "", "duplicate"),
+        (5, "", "near_duplicate"),
+        (6, "messages[1].role", "unknown_role"),
+        (7, "", "too_long"),
+    }
+    assert "d.jsonl:2: invalid JSON" in str(caught.value)
+    assert not caught.value.report.ok
+
+
+def test_drop_policy_trains_on_the_good_rows_and_reports_the_rest(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", [qa(1), qa(2), "{oops", qa(3), qa(1)])
+    prepared = prepare_data(spec(path, policy="drop"), tokenizer, seed=0)
+    assert len(prepared.train) == 3
+    report = prepared.report
+    assert report.ok
+    assert report.problem_counts == {"invalid_json": 1, "duplicate": 1}
+    assert (report.sources[0].rows, report.sources[0].valid) == (5, 3)
+
+
+def test_rows_shared_with_the_eval_file_are_refused(tmp_path, tokenizer):
+    train = write_jsonl(tmp_path / "train.jsonl", [qa(1), qa(2), qa(3)])
+    held = write_jsonl(tmp_path / "eval.jsonl", [qa(2), qa(9)])
+    with pytest.raises(DataRejectedError) as caught:
+        prepare_data(spec(train, eval_file=held), tokenizer, seed=0)
+    [problem] = caught.value.report.problems
+    assert (problem.row, problem.code) == (2, "train_eval_overlap")
+    assert "eval.jsonl:1" in problem.message
+
+
+def test_mixing_weights_set_each_sources_share_and_are_reported(tmp_path, tokenizer):
+    big = write_jsonl(tmp_path / "big.jsonl", [qa(i) for i in range(30)])
+    small = write_jsonl(tmp_path / "small.jsonl", [qa(100 + i) for i in range(10)])
+    data = DataSpec(datasets=[{"path": big, "weight": 1}, {"path": small, "weight": 1}])
+    report = prepare_data(data, tokenizer, seed=0).report
+    # 40 rows in all, half each: the small file is upsampled, the big one subsampled
+    assert [s.used for s in report.sources] == [20, 20]
+    assert report.train_rows == 40
+
+
+def test_eval_fraction_holds_out_rows_before_mixing(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", [qa(i) for i in range(20)])
+    prepared = prepare_data(spec(path, eval_fraction=0.25), tokenizer, seed=0)
+    assert (len(prepared.train), len(prepared.eval)) == (15, 5)
+    train_ids = {tuple(e.input_ids) for e in prepared.train}
+    assert not train_ids & {tuple(e.input_ids) for e in prepared.eval}
+
+
+def test_quality_filter_removes_and_counts(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", [
+        qa(1),
+        {"prompt": "Explain gravity please", "completion": "Sure! Gravity pulls masses together, always."},
+        {"prompt": "Why?", "completion": "Because."},
+    ])  # fmt: skip
+    prepared = prepare_data(spec(path, quality_filter=True), tokenizer, seed=0)
+    assert len(prepared.train) == 1
+    assert prepared.report.quality_filtered == {"sycophantic": 1, "too_short": 1}
+
+
+def test_report_on_gsm8k_has_percentiles_coverage_and_a_sample(tokenizer):
+    data = DataSpec(datasets=[{"path": GSM8K, "columns": {}}], max_length=1024)
+    report = prepare_data(data, tokenizer, seed=0).report
+    assert report.sources[0].formats == {"prompt_completion": 1000}
+    lengths = report.token_lengths
+    assert 100 < lengths["p50"] <= lengths["p90"] <= lengths["p99"] <= lengths["max"] < 1024
+    assert 0.3 < report.assistant_token_fraction < 0.8
+    assert report.sample.count("[[") == 1 and "<|im_end|>]]" in report.sample

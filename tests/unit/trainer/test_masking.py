@@ -1,0 +1,72 @@
+"""Loss masks: exactly the assistant contents and their end-of-turn tokens, every turn."""
+
+import pytest
+
+from trainer.formats import normalize
+from trainer.masking import IGNORE_INDEX, TemplateError, tokenize
+
+ROWS = {
+    "messages_multi_turn": {"messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "4, of course."},
+    ]},
+    "prompt_completion": {"prompt": "Name a colour.", "completion": "Blue."},
+    "alpaca": {"instruction": "Translate", "input": "chat", "output": "cat"},
+    "sharegpt": {"conversations": [
+        {"from": "human", "value": "One?"}, {"from": "gpt", "value": "Two."},
+        {"from": "human", "value": "Three?"}, {"from": "gpt", "value": "Four."},
+    ]},
+}  # fmt: skip
+
+
+def trained_segments(tokenizer, example):
+    """Decoded runs of consecutive trained tokens."""
+    segments, current = [], []
+    for token, label in zip(example.input_ids, example.labels, strict=True):
+        if label != IGNORE_INDEX:
+            assert label == token
+            current.append(token)
+        elif current:
+            segments.append(tokenizer.decode(current))
+            current = []
+    if current:
+        segments.append(tokenizer.decode(current))
+    return segments
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_trained_tokens_are_the_assistant_contents_with_their_end_of_turn(tokenizer, name):
+    _, turns = normalize(ROWS[name], "auto", {})
+    example = tokenize(tokenizer, turns)
+    expected = [f"{t.content}<|im_end|>" for t in turns if t.role == "assistant"]
+    assert trained_segments(tokenizer, example) == expected
+
+
+def test_every_end_of_turn_token_is_trained(tokenizer):
+    _, turns = normalize(ROWS["messages_multi_turn"], "auto", {})
+    example = tokenize(tokenizer, turns)
+    eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    trained_eot = [i for i, label in enumerate(example.labels) if label == eot]
+    all_eot = [i for i, token in enumerate(example.input_ids) if token == eot]
+    # system, user, assistant, user, assistant: only the two assistant ones train
+    assert len(trained_eot) == 2
+    assert len(all_eot) == 5
+
+
+class TemplateWithoutEndOfTurn:
+    """A tokenizer whose template never closes an assistant turn."""
+
+    all_special_tokens = ["<s>"]
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+        return text + ("assistant: " if add_generation_prompt else "")
+
+
+def test_a_template_without_end_of_turn_token_fails_hard():
+    _, turns = normalize({"prompt": "Q", "completion": "A"}, "auto", {})
+    with pytest.raises(TemplateError, match="never learn to stop"):
+        tokenize(TemplateWithoutEndOfTurn(), turns)

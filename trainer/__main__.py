@@ -1,0 +1,125 @@
+"""`python -m trainer`: the trainer's command line.
+
+    python -m trainer validate DATA... --tokenizer MODEL_DIR [options]
+    python -m trainer validate --config CONFIG.json
+
+Exit codes: 0 valid, 1 the data was rejected, 2 invalid arguments or configuration.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from trainer.config import DataSpec, TrainConfigError, describe_validation_error, load_config
+from trainer.data import DataRejectedError, DataReport, prepare_data
+from trainer.masking import TemplateError
+
+
+def _data_spec(args: argparse.Namespace) -> tuple[DataSpec, Path, int]:
+    if args.config:
+        config = load_config(json.loads(Path(args.config).read_text(encoding="utf-8")))
+        return config.data, config.base_model, config.training.seed
+    if not args.data or not args.tokenizer:
+        raise TrainConfigError("give DATA files and --tokenizer, or --config")
+    from pydantic import ValidationError
+
+    try:
+        spec = DataSpec(
+            datasets=[
+                {"path": p, "format": args.format, "columns": json.loads(args.columns)}
+                for p in args.data
+            ],
+            eval_file=args.eval_file,
+            max_length=args.max_length,
+            policy=args.policy,
+            quality_filter=args.quality_filter,
+        )
+    except ValidationError as exc:
+        raise TrainConfigError("; ".join(describe_validation_error(exc))) from None
+    return spec, Path(args.tokenizer), 0
+
+
+def _print_report(report: DataReport) -> None:
+    for source in [*report.sources, *([report.eval_source] if report.eval_source else [])]:
+        formats = ", ".join(f"{k} {v}" for k, v in source.formats.items()) or "none"
+        print(
+            f"{source.path}: {source.rows} rows, {source.valid} valid ({formats}), "
+            f"{source.held_out} held out, {source.used} used"
+        )
+    print(f"train rows {report.train_rows}, eval rows {report.eval_rows}")
+    if report.quality_filtered:
+        print(
+            "quality filter removed: "
+            + ", ".join(f"{k} {v}" for k, v in report.quality_filtered.items())
+        )
+    if report.token_lengths:
+        print(
+            "tokens per conversation: "
+            + ", ".join(f"{k} {v}" for k, v in report.token_lengths.items())
+        )
+        print(
+            f"assistant (trained) tokens: {report.trained_tokens} of {report.total_tokens} "
+            f"({report.assistant_token_fraction:.1%})"
+        )
+    for problem in report.problems[:50]:
+        print(f"  {problem}")
+    if len(report.problems) > 50:
+        print(f"  ... and {len(report.problems) - 50} more")
+    if report.sample:
+        print("sample (trained text in [[...]]):\n" + report.sample)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    spec, tokenizer_dir, seed = _data_spec(args)
+    from transformers import AutoTokenizer  # after the cheap checks: it takes seconds
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    try:
+        report = prepare_data(spec, tokenizer, seed).report
+    except DataRejectedError as exc:
+        report = exc.report
+    if args.output == "json":
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        _print_report(report)
+        print("OK" if report.ok else f"REJECTED: {len(report.problems)} problem(s)")
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The trainer's argument parser."""
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    validate = commands.add_parser("validate", help="Validate data; report, do not train.")
+    validate.add_argument("data", nargs="*", help="JSONL, JSON, CSV or Parquet files.")
+    validate.add_argument("--config", help="A training config; validates its data section.")
+    validate.add_argument("--tokenizer", help="Model directory whose tokenizer and template apply.")
+    validate.add_argument("--format", default="auto", help="Row format (default: detect).")
+    validate.add_argument(
+        "--columns",
+        default="{}",
+        help='JSON field mapping, e.g. \'{"prompt": "question", "completion": "answer"}\'.',
+    )
+    validate.add_argument("--eval-file", help="Held-out file, checked for overlap too.")
+    validate.add_argument("--max-length", type=int, default=1024, help="Token limit per row.")
+    validate.add_argument("--policy", default="reject", help="reject (default) or drop.")
+    validate.add_argument("--quality-filter", action="store_true", help="Apply the filter.")
+    validate.add_argument("--output", choices=("text", "json"), default="text")
+    validate.set_defaults(run=_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except (TrainConfigError, TemplateError, OSError, json.JSONDecodeError) as exc:
+        print(f"trainer: error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

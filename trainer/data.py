@@ -1,0 +1,353 @@
+"""Training data in: read files, validate every row, tokenize, mix, and report.
+
+Everything here runs before any model is loaded (only the tokenizer is needed). Each problem
+names its file, row (the line, for JSONL), field path and a stable code. Over-length rows are
+a problem for the policy to handle, never cut: a cut could drop an end-of-turn token.
+"""
+
+import csv
+import json
+import random
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.config import DatasetSpec, DataSpec
+from trainer.formats import FieldProblem, RowError, Turn, normalize
+from trainer.masking import Example, render_trained, tokenize
+from trainer.quality import quality_flag
+
+MAX_PROBLEMS_SHOWN = 50
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A problem with one row of one file."""
+
+    source: str
+    row: int
+    field: str
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.row}" + (f" {self.field}" if self.field else "")
+        return f"{where}: {self.message} [{self.code}]"
+
+
+@dataclass
+class Record:
+    """A valid row, normalized."""
+
+    source: str
+    row: int
+    format: str
+    turns: list[Turn]
+    example: Example | None = None
+
+
+@dataclass
+class SourceReport:
+    """What became of one file's rows."""
+
+    path: str
+    weight: float
+    rows: int = 0
+    valid: int = 0
+    formats: dict[str, int] = field(default_factory=dict)
+    held_out: int = 0
+    used: int = 0
+
+
+@dataclass
+class DataReport:
+    """The validation report: what `python -m trainer validate` prints and the API returns."""
+
+    ok: bool
+    policy: str
+    sources: list[SourceReport]
+    eval_source: SourceReport | None
+    train_rows: int
+    eval_rows: int
+    problems: list[Problem]
+    problem_counts: dict[str, int]
+    quality_filtered: dict[str, int]
+    token_lengths: dict[str, int]
+    trained_tokens: int
+    total_tokens: int
+    sample: str
+
+    @property
+    def assistant_token_fraction(self) -> float:
+        """Share of all tokens that carry loss."""
+        return self.trained_tokens / self.total_tokens if self.total_tokens else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (problems as dicts, coverage included)."""
+        data = asdict(self)
+        data["assistant_token_fraction"] = round(self.assistant_token_fraction, 4)
+        return data
+
+
+@dataclass
+class PreparedData:
+    """Validated, tokenized and mixed data ready for the recipe."""
+
+    train: list[Example]
+    eval: list[Example]
+    report: DataReport
+
+
+class DataRejectedError(Exception):
+    """Validation failed under the "reject" policy; carries the report."""
+
+    def __init__(self, report: DataReport) -> None:
+        shown = "\n".join(str(p) for p in report.problems[:MAX_PROBLEMS_SHOWN])
+        more = len(report.problems) - MAX_PROBLEMS_SHOWN
+        tail = f"\n... and {more} more" if more > 0 else ""
+        super().__init__(f"{len(report.problems)} problem(s) in the data:\n{shown}{tail}")
+        self.report = report
+
+
+def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """Yields (row number, parsed row or FieldProblem) for a JSONL, JSON, CSV or Parquet file.
+
+    Row numbers are file lines for JSONL and CSV (header = line 1), 1-based positions otherwise.
+    """
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        with path.open(encoding="utf-8") as f:
+            for line_number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield line_number, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield line_number, FieldProblem("", "invalid_json", f"invalid JSON: {exc.msg}")
+    elif suffix == ".json":
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(rows, list):
+            yield 1, FieldProblem("", "not_a_list", "a .json dataset must be a list of rows")
+            return
+        yield from enumerate(rows, start=1)
+    elif suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            for row in reader:
+                yield reader.line_num, row
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        yield from enumerate(pq.read_table(path).to_pylist(), start=1)
+    else:
+        raise ValueError(f"{path}: unsupported file type {suffix!r} (jsonl, json, csv, parquet)")
+
+
+def _normalized_key(turns: list[Turn]) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        (t.role, " ".join(re.sub(r"[^\w\s]", "", t.content.lower()).split())) for t in turns
+    )
+
+
+def _read_source(spec: DatasetSpec, report: SourceReport) -> tuple[list[Record], list[Problem]]:
+    records, problems = [], []
+    formats: Counter[str] = Counter()
+    source = str(spec.path)
+    try:
+        rows = list(read_rows(spec.path))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return [], [Problem(source, 0, "", "unreadable_file", str(exc))]
+    for row_number, parsed in rows:
+        report.rows += 1
+        if isinstance(parsed, FieldProblem):
+            problems.append(Problem(source, row_number, parsed.field, parsed.code, parsed.message))
+            continue
+        try:
+            fmt, turns = normalize(parsed, spec.format, spec.columns)
+        except RowError as exc:
+            problems += [
+                Problem(source, row_number, p.field, p.code, p.message) for p in exc.problems
+            ]
+            continue
+        formats[fmt] += 1
+        records.append(Record(source, row_number, fmt, turns))
+    report.formats = dict(formats)
+    return records, problems
+
+
+def _find_duplicates(records: list[Record]) -> list[Problem]:
+    exact: dict[Any, Record] = {}
+    near: dict[Any, Record] = {}
+    problems = []
+    for record in records:
+        exact_key = tuple((t.role, t.content) for t in record.turns)
+        near_key = _normalized_key(record.turns)
+        first = exact.get(exact_key) or near.get(near_key)
+        if first is not None:
+            code = "duplicate" if exact_key in exact else "near_duplicate"
+            problems.append(
+                Problem(
+                    record.source,
+                    record.row,
+                    "",
+                    code,
+                    f"same conversation as {first.source}:{first.row}",
+                )
+            )
+            continue
+        exact[exact_key] = record
+        near[near_key] = record
+    return problems
+
+
+def _percentiles(values: list[int]) -> dict[str, int]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def at(q: float) -> int:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": ordered[-1]}
+
+
+def _mix(pools: list[list[Record]], weights: list[float], rng: random.Random) -> list[list[Record]]:
+    """Samples each pool to its weight's share of the total row count (with replacement only
+    when a small pool must supply more than it has)."""
+    total = sum(len(pool) for pool in pools)
+    mixed = []
+    for pool, weight in zip(pools, weights, strict=True):
+        want = round(total * weight / sum(weights)) if pool else 0
+        copies, remainder = divmod(want, len(pool)) if pool else (0, 0)
+        mixed.append(pool * copies + rng.sample(pool, remainder))
+    return mixed
+
+
+def _tokenize_all(records: list[Record], tokenizer: Any, max_length: int) -> list[Problem]:
+    problems = []
+    for record in records:
+        record.example = tokenize(tokenizer, record.turns)
+        length = len(record.example.input_ids)
+        if length > max_length:
+            problems.append(
+                Problem(
+                    record.source,
+                    record.row,
+                    "",
+                    "too_long",
+                    f"{length} tokens, above max_length {max_length}",
+                )
+            )
+    return problems
+
+
+def _quality_filter(pool: list[Record], filtered: Counter[str]) -> list[Record]:
+    kept = []
+    for record in pool:
+        flag = quality_flag(record.turns)
+        if flag is None:
+            kept.append(record)
+        else:
+            filtered[flag] += 1
+    return kept
+
+
+def _hold_out(
+    pools: list[list[Record]], reports: list[SourceReport], fraction: float, rng: random.Random
+) -> list[Record]:
+    """Moves `fraction` of each pool, at random, into the eval set (before any upsampling)."""
+    held_out = []
+    for pool, report in zip(pools, reports, strict=True):
+        rng.shuffle(pool)
+        report.held_out = round(len(pool) * fraction)
+        held_out += pool[: report.held_out]
+        del pool[: report.held_out]
+    return held_out
+
+
+def prepare_data(spec: DataSpec, tokenizer: Any, seed: int) -> PreparedData:
+    """Reads, validates, tokenizes, splits and mixes the data of a job.
+
+    Raises:
+        DataRejectedError: under the "reject" policy when any row has a problem.
+        TemplateError: when the chat template cannot be trained on at all.
+    """
+    reports = [SourceReport(str(s.path), s.weight) for s in spec.datasets]
+    pools, problems = [], []
+    for dataset, report in zip(spec.datasets, reports, strict=True):
+        records, found = _read_source(dataset, report)
+        pools.append(records)
+        problems += found
+    eval_report, eval_records = None, []
+    if spec.eval_file is not None:
+        eval_report = SourceReport(str(spec.eval_file), 0.0)
+        eval_records, found = _read_source(DatasetSpec(path=spec.eval_file), eval_report)
+        problems += found
+
+    train_records = [r for pool in pools for r in pool]
+    problems += _find_duplicates(train_records)
+    eval_keys = {_normalized_key(r.turns): r for r in eval_records}
+    for record in train_records:
+        shared = eval_keys.get(_normalized_key(record.turns))
+        if shared is not None:
+            problems.append(
+                Problem(
+                    record.source,
+                    record.row,
+                    "",
+                    "train_eval_overlap",
+                    f"also in the eval data at {shared.source}:{shared.row}",
+                )
+            )
+    problems += _tokenize_all(train_records + eval_records, tokenizer, spec.max_length)
+
+    bad = {(p.source, p.row) for p in problems}
+    pools = [[r for r in pool if (r.source, r.row) not in bad] for pool in pools]
+    eval_records = [r for r in eval_records if (r.source, r.row) not in bad]
+    for pool, report in zip(pools, reports, strict=True):
+        report.valid = len(pool)
+    if eval_report is not None:
+        eval_report.valid = len(eval_records)
+
+    filtered: Counter[str] = Counter()
+    if spec.quality_filter:
+        pools = [_quality_filter(pool, filtered) for pool in pools]
+    rng = random.Random(seed)
+    if spec.eval_fraction > 0:
+        eval_records += _hold_out(pools, reports, spec.eval_fraction, rng)
+    mixed = _mix(pools, [s.weight for s in spec.datasets], rng)
+    for used, report in zip(mixed, reports, strict=True):
+        report.used = len(used)
+    train = [r for pool in mixed for r in pool]
+    rng.shuffle(train)
+
+    examples = [r.example for r in train if r.example is not None]
+    lengths = [len(e.input_ids) for e in examples]
+    report = DataReport(
+        ok=not problems or spec.policy == "drop",
+        policy=spec.policy,
+        sources=reports,
+        eval_source=eval_report,
+        train_rows=len(examples),
+        eval_rows=len(eval_records),
+        problems=problems,
+        problem_counts=dict(Counter(p.code for p in problems)),
+        quality_filtered=dict(filtered),
+        token_lengths=_percentiles(lengths),
+        trained_tokens=sum(e.trained_tokens for e in examples),
+        total_tokens=sum(lengths),
+        sample=render_trained(tokenizer, examples[0]) if examples else "",
+    )
+    if problems and spec.policy == "reject":
+        raise DataRejectedError(report)
+    if not examples:
+        report.ok = False
+        raise DataRejectedError(report)
+    return PreparedData(
+        train=examples,
+        eval=[r.example for r in eval_records if r.example is not None],
+        report=report,
+    )

@@ -1,0 +1,266 @@
+"""Row formats: detect a row's format and normalize it into one conversation form.
+
+Supported: chat `messages` (system/user/assistant, multi-turn), `prompt`/`completion`, Alpaca
+`instruction`/`input`/`output`, ShareGPT `conversations` with `from`/`value`; a column mapping
+renames fields for anything else (GSM8K: {"prompt": "question", "completion": "answer"}).
+Pure: no I/O, no tokenizer. Problems carry a field path and a stable code.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+}
+FORMATS = ("messages", "prompt_completion", "alpaca", "sharegpt")
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of a normalized conversation."""
+
+    role: str
+    """"system", "user" or "assistant"."""
+    content: str
+    """The message text."""
+    origin: str
+    """Field path of the text in the source row, e.g. "messages[3].content" or "output"."""
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """What is wrong with one field of a row."""
+
+    field: str
+    """Field path in the source row ("" for the row as a whole)."""
+    code: str
+    """Stable error code, e.g. "missing_field"."""
+    message: str
+    """Human-readable explanation naming the value."""
+
+
+class RowError(Exception):
+    """A row cannot be normalized; carries every problem found in it."""
+
+    def __init__(self, problems: list[FieldProblem]) -> None:
+        super().__init__("; ".join(p.message for p in problems))
+        self.problems = problems
+
+
+def detect_format(record: Mapping[str, Any], columns: Mapping[str, str]) -> str | None:
+    """The format a row's fields indicate, after the column mapping, or None."""
+
+    def has(name: str) -> bool:
+        return columns.get(name, name) in record
+
+    if has("messages"):
+        return "messages"
+    if has("conversations"):
+        return "sharegpt"
+    if has("instruction") and has("output"):
+        return "alpaca"
+    if has("prompt") and has("completion"):
+        return "prompt_completion"
+    return None
+
+
+class _Reader:
+    """Reads canonical fields through the column mapping, collecting problems."""
+
+    def __init__(self, record: Mapping[str, Any], columns: Mapping[str, str]) -> None:
+        self.record = record
+        self.columns = columns
+        self.problems: list[FieldProblem] = []
+
+    def name(self, field: str) -> str:
+        return self.columns.get(field, field)
+
+    def problem(self, field: str, code: str, message: str) -> None:
+        self.problems.append(FieldProblem(field, code, message))
+
+    def get(self, field: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
+        column = self.name(field)
+        if column not in self.record or self.record[column] is None:
+            if required:
+                self.problem(column, "missing_field", f"missing field '{column}'")
+            return None
+        value = self.record[column]
+        if not isinstance(value, kind):
+            expected = (
+                kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            )
+            self.problem(
+                column, "wrong_type", f"'{column}' must be {expected}, got {type(value).__name__}"
+            )
+            return None
+        return value
+
+    def message_list(
+        self, field: str, role_key: str, text_key: str, roles: Mapping[str, str]
+    ) -> list[Turn]:
+        items = self.get(field, list)
+        if items is None:
+            return []
+        column = self.name(field)
+        turns = []
+        for index, item in enumerate(items):
+            path = f"{column}[{index}]"
+            if not isinstance(item, dict):
+                self.problem(path, "wrong_type", f"'{path}' must be an object")
+                continue
+            role, text = item.get(role_key), item.get(text_key)
+            if role not in roles:
+                allowed = ", ".join(sorted(roles))
+                self.problem(
+                    f"{path}.{role_key}",
+                    "unknown_role",
+                    f"'{path}.{role_key}' is {role!r}, expected one of {allowed}",
+                )
+                continue
+            if not isinstance(text, str):
+                self.problem(
+                    f"{path}.{text_key}", "wrong_type", f"'{path}.{text_key}' must be a string"
+                )
+                continue
+            turns.append(Turn(roles[role], text, f"{path}.{text_key}"))
+        return turns
+
+
+def _messages(reader: _Reader) -> list[Turn]:
+    return reader.message_list("messages", "role", "content", {r: r for r in ROLES})
+
+
+def _sharegpt(reader: _Reader) -> list[Turn]:
+    return reader.message_list("conversations", "from", "value", SHAREGPT_ROLES)
+
+
+def _text_or_messages(reader: _Reader, field: str, role: str) -> list[Turn]:
+    value = reader.get(field, (str, list))
+    if isinstance(value, str):
+        return [Turn(role, value, reader.name(field))]
+    if isinstance(value, list):  # TRL's conversational prompt/completion
+        return reader.message_list(field, "role", "content", {r: r for r in ROLES})
+    return []
+
+
+def _prompt_completion(reader: _Reader) -> list[Turn]:
+    system = reader.get("system", str, required=False)
+    head = [Turn("system", system, reader.name("system"))] if system else []
+    return (
+        head
+        + _text_or_messages(reader, "prompt", "user")
+        + _text_or_messages(reader, "completion", "assistant")
+    )
+
+
+def _alpaca(reader: _Reader) -> list[Turn]:
+    instruction = reader.get("instruction", str)
+    extra = reader.get("input", str, required=False)
+    output = reader.get("output", str)
+    system = reader.get("system", str, required=False)
+    if instruction is None or output is None:
+        return []
+    prompt = f"{instruction}\n\n{extra}" if extra else instruction
+    head = [Turn("system", system, reader.name("system"))] if system else []
+    return [
+        *head,
+        Turn("user", prompt, reader.name("instruction")),
+        Turn("assistant", output, reader.name("output")),
+    ]
+
+
+_NORMALIZERS = {
+    "messages": _messages,
+    "prompt_completion": _prompt_completion,
+    "alpaca": _alpaca,
+    "sharegpt": _sharegpt,
+}
+
+
+def check_structure(turns: list[Turn]) -> list[FieldProblem]:
+    """Problems of a conversation as a training example, whatever its source format."""
+    problems = []
+    assistants = [t for t in turns if t.role == "assistant"]
+    if not assistants:
+        problems.append(FieldProblem("", "no_assistant_turn", "no assistant turn to learn from"))
+    elif turns[-1].role != "assistant":
+        problems.append(
+            FieldProblem(
+                turns[-1].origin,
+                "last_turn_not_assistant",
+                "the conversation must end with an assistant turn",
+            )
+        )
+    for turn in assistants:
+        if not turn.content.strip():
+            problems.append(
+                FieldProblem(
+                    turn.origin, "empty_content", f"'{turn.origin}' is an empty assistant message"
+                )
+            )
+    dialog = [t for t in turns if t.role != "system"]
+    if dialog and dialog[0].role != "user":
+        problems.append(
+            FieldProblem(
+                dialog[0].origin,
+                "assistant_first",
+                "the first non-system message must be the user's",
+            )
+        )
+    for turn in turns[1:]:
+        if turn.role == "system":
+            problems.append(
+                FieldProblem(
+                    turn.origin, "misplaced_system", "a system message may only come first"
+                )
+            )
+    return problems
+
+
+def normalize(record: Any, fmt: str, columns: Mapping[str, str]) -> tuple[str, list[Turn]]:
+    """Normalizes one parsed row.
+
+    Args:
+        record: the parsed row (must be a JSON object).
+        fmt: one of FORMATS, or "auto" to detect it.
+        columns: canonical field name -> column name in this file.
+
+    Returns:
+        The format used and the conversation's turns.
+
+    Raises:
+        RowError: with every problem of the row.
+    """
+    if not isinstance(record, dict):
+        raise RowError(
+            [
+                FieldProblem(
+                    "", "not_an_object", f"a row must be a JSON object, got {type(record).__name__}"
+                )
+            ]
+        )
+    used = detect_format(record, columns) if fmt == "auto" else fmt
+    if used is None:
+        keys = ", ".join(sorted(map(str, record))) or "none"
+        raise RowError(
+            [
+                FieldProblem(
+                    "",
+                    "unknown_format",
+                    f"cannot tell the format from the fields ({keys}); "
+                    "set the dataset's format or columns",
+                )
+            ]
+        )
+    reader = _Reader(record, columns)
+    turns = _NORMALIZERS[used](reader)
+    problems = reader.problems or check_structure(turns)
+    if problems:
+        raise RowError(problems)
+    return used, turns

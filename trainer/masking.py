@@ -1,0 +1,127 @@
+"""Render conversations with the model's own chat template and mark what the loss trains on.
+
+The loss covers every assistant turn, each with its end-of-turn token, and nothing else. This
+works for templates without `{% generation %}` markers (SmolLM2's ChatML has none): each
+assistant turn's span is found by rendering the conversation up to it, with and without the
+turn, and the end-of-turn token is the first special token the template emits after the text.
+Padding is masked by the attention mask elsewhere, never here by token id (pad may equal the
+end-of-turn token).
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from trainer.formats import Turn
+
+IGNORE_INDEX = -100
+
+
+class TemplateError(Exception):
+    """The chat template cannot be trained on as it is; fails the job, not a row."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One tokenized conversation."""
+
+    input_ids: list[int]
+    """Token ids of the rendered conversation."""
+    labels: list[int]
+    """Target ids where the loss trains, IGNORE_INDEX elsewhere."""
+
+    @property
+    def trained_tokens(self) -> int:
+        """Number of positions that carry loss."""
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], prompt: bool) -> str:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+    return str(text)
+
+
+def _end_of_turn(tokenizer: Any, tail: str) -> str:
+    """The first special token in `tail`, the template text after an assistant message."""
+    found = [(tail.find(tok), tok) for tok in tokenizer.all_special_tokens if tok and tok in tail]
+    if not found:
+        raise TemplateError(
+            "the chat template emits no special token after an assistant message: without an "
+            "end-of-turn token the model would never learn to stop"
+        )
+    return min(found)[1]
+
+
+def assistant_spans(tokenizer: Any, turns: Sequence[Turn]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans that train: each assistant message
+    through its end-of-turn token.
+
+    Raises:
+        TemplateError: when rendering is not prefix-stable or alters assistant text.
+    """
+    messages = [{"role": t.role, "content": t.content} for t in turns]
+    full = _render(tokenizer, messages, prompt=False)
+    spans = []
+    for index, turn in enumerate(turns):
+        if turn.role != "assistant":
+            continue
+        before = _render(tokenizer, messages[:index], prompt=True)
+        through = _render(tokenizer, messages[: index + 1], prompt=False)
+        if not (through.startswith(before) and full.startswith(through)):
+            raise TemplateError(
+                "the chat template does not render a conversation as a prefix of its "
+                "continuation; assistant turns cannot be located"
+            )
+        segment = through[len(before) :]
+        if not segment.startswith(turn.content):
+            raise TemplateError(
+                f"the chat template changes assistant text (at {turn.origin}); "
+                "it cannot be trained exactly"
+            )
+        tail = segment[len(turn.content) :]
+        eot = _end_of_turn(tokenizer, tail)
+        end = len(before) + len(turn.content) + tail.find(eot) + len(eot)
+        spans.append((len(before), end))
+    return full, spans
+
+
+def tokenize(tokenizer: Any, turns: Sequence[Turn]) -> Example:
+    """Tokenizes a conversation with labels on its assistant spans.
+
+    Raises:
+        TemplateError: as `assistant_spans`, or when an assistant turn's end-of-turn token
+            does not end up trained (the "model never stops" bug).
+    """
+    text, spans = assistant_spans(tokenizer, turns)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = list(encoded["input_ids"])
+    labels = [IGNORE_INDEX] * len(ids)
+    for span_start, span_end in spans:
+        last = None
+        for position, (start, _) in enumerate(encoded["offset_mapping"]):
+            if span_start <= start < span_end:
+                labels[position] = ids[position]
+                last = position
+        if last is None or encoded["offset_mapping"][last][1] != span_end:
+            raise TemplateError(
+                "an assistant turn's end-of-turn token is not a token of its own after "
+                "tokenization; the model would not learn to stop"
+            )
+    return Example(ids, labels)
+
+
+def render_trained(tokenizer: Any, example: Example) -> str:
+    """The example's text with trained stretches in [[...]], for reports."""
+    parts, current, trained = [], [], False
+    for token, label in zip(example.input_ids, example.labels, strict=True):
+        is_trained = label != IGNORE_INDEX
+        if is_trained != trained and current:
+            text = tokenizer.decode(current)
+            parts.append(f"[[{text}]]" if trained else text)
+            current = []
+        current.append(token)
+        trained = is_trained
+    if current:
+        text = tokenizer.decode(current)
+        parts.append(f"[[{text}]]" if trained else text)
+    return "".join(parts)
