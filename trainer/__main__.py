@@ -2,23 +2,28 @@
 
     python -m trainer validate DATA... --tokenizer MODEL_DIR [options]
     python -m trainer validate --config CONFIG.json
+    python -m trainer train --config CONFIG.json [--events EVENTS.jsonl]
 
-Exit codes: 0 valid, 1 the data was rejected, 2 invalid arguments or configuration.
+validate exits 0 when the data is valid, 1 when it was rejected, 2 on invalid arguments.
+train's exit codes are listed in trainer.sft.
 """
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from trainer.config import DataSpec, TrainConfigError, describe_validation_error, load_config
 from trainer.data import DataRejectedError, DataReport, prepare_data
+from trainer.events import EventWriter
 from trainer.masking import TemplateError
 
 
 def _data_spec(args: argparse.Namespace) -> tuple[DataSpec, Path, int]:
     if args.config:
-        config = load_config(json.loads(Path(args.config).read_text(encoding="utf-8")))
+        config = load_config(_load_config_file(args.config))
         return config.data, config.base_model, config.training.seed
     if not args.data or not args.tokenizer:
         raise TrainConfigError("give DATA files and --tokenizer, or --config")
@@ -87,6 +92,26 @@ def _validate(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _load_config_file(path: str) -> dict[str, Any]:
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise TrainConfigError(f"{path}: a config must be a JSON/YAML object")
+    return data
+
+
+def _train(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = load_config(_load_config_file(args.config))
+    from trainer.sft import run  # torch and transformers load only for training
+
+    with EventWriter(Path(args.events) if args.events else None) as events:
+        return run(config, events)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The trainer's argument parser."""
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.split("\n")[0])
@@ -107,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--quality-filter", action="store_true", help="Apply the filter.")
     validate.add_argument("--output", choices=("text", "json"), default="text")
     validate.set_defaults(run=_validate)
+    train = commands.add_parser("train", help="Train an adapter.")
+    train.add_argument("--config", required=True, help="Training config (JSON or YAML).")
+    train.add_argument("--events", help="Append progress events here as JSON lines.")
+    train.set_defaults(run=_train)
     return parser
 
 

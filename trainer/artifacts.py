@@ -1,0 +1,107 @@
+"""What a finished run leaves: the adapter, its manifest, and the loss curve."""
+
+import csv
+import json
+import shutil
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from trainer.checkpoints import LoopState
+from trainer.config import TrainConfig
+from trainer.fingerprint import fingerprint, sha256_files
+
+LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "trl", "accelerate", "safetensors")
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries that shape a trained adapter."""
+    found = {}
+    for name in LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def install_adapter(source: Path, output_dir: Path) -> Path:
+    """Copies a saved peft adapter (safetensors + config) to OUTPUT/adapter, atomically."""
+    target = output_dir / "adapter"
+    staging = output_dir / ".adapter.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        shutil.copy2(source / name, staging / name)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+def write_manifest(
+    config: TrainConfig,
+    output_dir: Path,
+    quantization: str,
+    metrics: dict[str, Any],
+    data_summary: dict[str, Any],
+) -> Path:
+    """manifest.json: base model identity, dataset hashes and weights, resolved config,
+    library versions, quantization and final metrics."""
+    base = fingerprint(config.base_model)
+    manifest = {
+        "base_model": {
+            "name": config.base_model_name or str(config.base_model),
+            "weights_sha256": base.weights_sha256,
+            "chat_template_sha256": base.chat_template_sha256,
+            "architecture": base.architecture,
+            "parameters": base.parameters,
+        },
+        "datasets": [
+            {"path": str(d.path), "sha256": sha256_files([d.path]), "weight": d.weight}
+            for d in config.data.datasets
+        ],
+        "eval_file_sha256": sha256_files([config.data.eval_file]) if config.data.eval_file else "",
+        "config": json.loads(config.model_dump_json()),
+        "quantization": {
+            "mode": quantization,
+            "double_quant": config.quantization.double_quant if quantization != "none" else False,
+            "compute_dtype": config.quantization.compute_dtype,
+        },
+        "libraries": library_versions(),
+        "metrics": metrics,
+        "data": data_summary,
+    }
+    path = output_dir / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2))
+    return path
+
+
+def write_loss_curve(state: LoopState, output_dir: Path) -> tuple[Path, Path]:
+    """loss.csv (step, epoch, loss, learning_rate, eval_loss) and loss.png."""
+    csv_path = output_dir / "loss.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(
+            f, fieldnames=["step", "epoch", "loss", "learning_rate", "eval_loss"]
+        )
+        writer.writeheader()
+        for record in state.history:
+            writer.writerow({k: record.get(k, "") for k in writer.fieldnames})
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    steps = [r["step"] for r in state.history]
+    axes.plot(steps, [r["loss"] for r in state.history], label="train loss")
+    evals = [(r["step"], r["eval_loss"]) for r in state.history if "eval_loss" in r]
+    if evals:
+        axes.plot(*zip(*evals, strict=True), marker="o", label="eval loss")
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    png_path = output_dir / "loss.png"
+    figure.savefig(png_path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return csv_path, png_path

@@ -1,0 +1,90 @@
+"""Checkpoints: complete or absent, the newest K kept, resumable exactly.
+
+A checkpoint is written into a hidden temporary directory and renamed into place when complete,
+so a crash mid-write never leaves something that looks resumable. It holds the adapter, the
+optimizer, the scheduler, every RNG state and the loop state (step, data position, history).
+"""
+
+import json
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file
+
+PREFIX = "step-"
+
+
+@dataclass
+class LoopState:
+    """Where the training loop is; saved with every checkpoint."""
+
+    step: int = 0
+    """Optimizer steps completed."""
+    micro_batch: int = 0
+    """Micro-batches consumed in all (the data position)."""
+    trained_tokens: int = 0
+    """Loss-carrying tokens seen."""
+    input_tokens: int = 0
+    """Non-padding input tokens seen."""
+    best_eval_loss: float | None = None
+    """Lowest eval loss so far."""
+    best_step: int | None = None
+    """Step of the lowest eval loss."""
+    evals_without_improvement: int = 0
+    """For early stopping."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """Per-step records: step, epoch, loss, lr, and eval_loss where measured."""
+
+
+def checkpoint_dir(root: Path, step: int) -> Path:
+    """The directory of the checkpoint after `step`."""
+    return root / f"{PREFIX}{step:07d}"
+
+
+def save_checkpoint(
+    root: Path, model: Any, optimizer: Any, scheduler: Any, state: LoopState, *, keep: int
+) -> Path:
+    """Writes a complete checkpoint atomically and prunes all but the newest `keep`."""
+    target = checkpoint_dir(root, state.step)
+    staging = root / f".{target.name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    model.save_pretrained(staging / "adapter")
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "python_rng": random.getstate(),
+            "torch_rng": torch.get_rng_state(),
+        },
+        staging / "training_state.pt",
+    )
+    (staging / "state.json").write_text(json.dumps(asdict(state)))
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    for old in sorted(root.glob(f"{PREFIX}*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint, if any (temporary directories are never considered)."""
+    complete = [p for p in sorted(root.glob(f"{PREFIX}*")) if (p / "state.json").is_file()]
+    return complete[-1] if complete else None
+
+
+def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> LoopState:
+    """Restores adapter weights, optimizer, scheduler and RNGs; returns the loop state."""
+    weights = load_file(path / "adapter" / "adapter_model.safetensors")
+    set_peft_model_state_dict(model, weights)
+    saved = torch.load(path / "training_state.pt", weights_only=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    random.setstate(saved["python_rng"])
+    torch.set_rng_state(saved["torch_rng"])
+    return LoopState(**json.loads((path / "state.json").read_text()))

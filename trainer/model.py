@@ -1,0 +1,57 @@
+"""The model: a frozen base (bf16, or 4-bit through bitsandbytes for QLoRA) with a LoRA adapter."""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+from trainer.config import LoraSpec, QuantizationSpec
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def resolve_quantization(spec: QuantizationSpec) -> str:
+    """The 4-bit mode actually used: "auto" means NF4 on a CUDA GPU and none on the CPU."""
+    if spec.mode != "auto":
+        return spec.mode
+    return "nf4" if torch.cuda.is_available() else "none"
+
+
+def load_base(path: Path, quantization: str, spec: QuantizationSpec, checkpointing: bool) -> Any:
+    """Loads the base model frozen: bf16, or NF4/FP4 with (optional) double quantization."""
+    if quantization == "none":
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.bfloat16, attn_implementation="sdpa"
+        )
+    else:
+        bnb = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quantization,
+            bnb_4bit_use_double_quant=spec.double_quant,
+            bnb_4bit_compute_dtype=DTYPES[spec.compute_dtype],
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=bnb, dtype=torch.bfloat16, attn_implementation="sdpa"
+        )
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    model.config.use_cache = False
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return model
+
+
+def attach_lora(model: Any, spec: LoraSpec) -> Any:
+    """Wraps the base in a peft LoRA model; only the adapter trains (kept in fp32)."""
+    config = LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=spec.target_modules,
+        use_rslora=spec.use_rslora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config, autocast_adapter_dtype=True)

@@ -1,0 +1,255 @@
+"""The SFT recipe: setup, train, save, read top to bottom.
+
+Our own loop rather than TRL's SFTTrainer: on these CPUs TRL's default machinery (padding
+collator, gradient checkpointing, fp32 upcasts, per-step bookkeeping) costs most of the
+throughput; the loop below trains padding-free, in bf16, with exactly the loss masks of
+`trainer.masking`. The result is a standard peft adapter.
+
+Exit codes: 0 done, 1 crashed, 2 invalid config, 3 data rejected, 4 unusable chat template,
+75 interrupted by SIGTERM after writing a checkpoint (resume by running it again).
+"""
+
+import logging
+import math
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, get_scheduler
+
+from trainer.artifacts import install_adapter, write_loss_curve, write_manifest
+from trainer.batching import Batch, epoch_order, padded, padding_free, token_losses
+from trainer.checkpoints import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint
+from trainer.config import TrainConfig
+from trainer.data import DataRejectedError, PreparedData, prepare_data
+from trainer.events import EventWriter
+from trainer.masking import Example, TemplateError
+from trainer.model import attach_lora, load_base, resolve_quantization
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_CRASHED, EXIT_CONFIG, EXIT_DATA, EXIT_TEMPLATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 75
+SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+class _StopFlag:
+    """Set by SIGTERM: finish the current step, checkpoint, exit."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._set)
+
+    def _set(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+
+def make_batch(examples: list[Example], packing: bool, pad_id: int) -> Batch:
+    """Padding-free when packing, right-padded otherwise."""
+    return padding_free(examples) if packing else padded(examples, pad_id)
+
+
+def evaluate(
+    model: Any, examples: list[Example], batch_size: int, packing: bool, pad_id: int
+) -> float:
+    """Mean loss per trained token over `examples`."""
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = make_batch(examples[start : start + batch_size], packing, pad_id)
+            total += float(token_losses(model, batch).sum())
+            count += batch.trained_tokens
+    model.train()
+    return total / max(count, 1)
+
+
+def run(config: TrainConfig, events: EventWriter) -> int:
+    """Trains an adapter as `config` says; returns the exit code."""
+    # ---- setup: data first (no model is loaded for bad data), then the model
+    settings = config.training
+    random.seed(settings.seed)
+    torch.manual_seed(settings.seed)
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(config.base_model)
+    try:
+        data: PreparedData = prepare_data(config.data, tokenizer, settings.seed)
+    except DataRejectedError as exc:
+        report = exc.report
+        events.emit(
+            "failed",
+            reason="data_rejected",
+            message=str(exc).split("\n")[0],
+            problem_counts=report.problem_counts,
+            problems=[vars(p) for p in report.problems[:50]],
+        )
+        return EXIT_DATA
+    except TemplateError as exc:
+        events.emit("failed", reason="chat_template", message=str(exc))
+        return EXIT_TEMPLATE
+    events.emit("data", **{k: v for k, v in data.report.to_json().items() if k != "problems"})
+
+    quantization = resolve_quantization(config.quantization)
+    base = load_base(
+        config.base_model, quantization, config.quantization, settings.gradient_checkpointing
+    )
+    model = attach_lora(base, config.lora)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
+    per_epoch = math.ceil(len(data.train) / settings.batch_size)
+    total_steps = settings.max_steps or math.ceil(
+        settings.epochs * per_epoch / settings.gradient_accumulation
+    )
+    scheduler = get_scheduler(
+        SCHEDULERS[settings.scheduler],
+        optimizer,
+        num_warmup_steps=round(settings.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    packing = settings.packing != "off"
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    checkpoints = config.output_dir / "checkpoints"
+    state = LoopState()
+    if (latest := latest_checkpoint(checkpoints)) is not None:
+        state = load_checkpoint(latest, model, optimizer, scheduler)
+        events.emit("resumed", step=state.step, checkpoint=str(latest))
+    events.emit(
+        "started",
+        total_steps=total_steps,
+        quantization=quantization,
+        packing=packing,
+        trainable_parameters=sum(p.numel() for p in trainable),
+        train_rows=len(data.train),
+        eval_rows=len(data.eval),
+    )
+    stop = _StopFlag()
+
+    # ---- train
+    model.train()
+    orders: dict[int, list[list[int]]] = {}
+    run_started, run_start_tokens, start_step = time.monotonic(), state.input_tokens, state.step
+    stopped_early = False
+    while state.step < total_steps:
+        step_started = time.monotonic()
+        batches = []
+        for _ in range(settings.gradient_accumulation):
+            epoch, index = divmod(state.micro_batch, per_epoch)
+            order = orders.setdefault(
+                epoch, epoch_order(len(data.train), settings.batch_size, settings.seed, epoch)
+            )
+            batches.append(make_batch([data.train[i] for i in order[index]], packing, pad_id))
+            state.micro_batch += 1
+        step_trained = sum(b.trained_tokens for b in batches)
+        step_loss = 0.0
+        for batch in batches:
+            loss = token_losses(model, batch).sum() / step_trained
+            loss.backward()
+            step_loss += loss.detach().item()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        state.step += 1
+        step_tokens = sum(b.input_tokens for b in batches)
+        state.trained_tokens += step_trained
+        state.input_tokens += step_tokens
+        elapsed = time.monotonic() - run_started
+        rate = (state.input_tokens - run_start_tokens) / max(elapsed, 1e-9)
+        record: dict[str, Any] = {
+            "step": state.step,
+            "epoch": round(state.micro_batch / per_epoch, 4),
+            "loss": round(step_loss, 5),
+            "learning_rate": scheduler.get_last_lr()[0],
+        }
+        events.emit(
+            "progress",
+            **record,
+            total_steps=total_steps,
+            grad_norm=round(grad_norm, 4),
+            trained_tokens=state.trained_tokens,
+            input_tokens=state.input_tokens,
+            tokens_per_second=round(rate, 1),
+            step_tokens_per_second=round(step_tokens / (time.monotonic() - step_started), 1),
+            eta_seconds=round(elapsed / (state.step - start_step) * (total_steps - state.step), 1),
+        )
+        if data.eval and (state.step % settings.eval_interval == 0 or state.step == total_steps):
+            record["eval_loss"] = round(
+                evaluate(model, data.eval, settings.batch_size, packing, pad_id), 5
+            )
+            events.emit("eval", step=state.step, eval_loss=record["eval_loss"])
+            if state.best_eval_loss is None or record["eval_loss"] < state.best_eval_loss:
+                state.best_eval_loss, state.best_step = record["eval_loss"], state.step
+                state.evals_without_improvement = 0
+                _save_adapter(model, config.output_dir / "best")
+            else:
+                state.evals_without_improvement += 1
+            patience = settings.early_stopping_patience
+            stopped_early = patience is not None and state.evals_without_improvement >= patience
+        state.history.append(record)
+        last = state.step == total_steps or stopped_early
+        if state.step % settings.checkpoint_interval == 0 or last or stop.requested:
+            path = save_checkpoint(
+                checkpoints, model, optimizer, scheduler, state, keep=settings.keep_checkpoints
+            )
+            events.emit("checkpoint", step=state.step, path=str(path))
+        if stop.requested:
+            events.emit("interrupted", step=state.step)
+            return EXIT_INTERRUPTED
+        if stopped_early:
+            events.emit("early_stopped", step=state.step, best_step=state.best_step)
+            break
+
+    # ---- save: the chosen adapter, the manifest, the loss curve
+    use_best = settings.select == "best" and state.best_step is not None
+    if not use_best:
+        _save_adapter(model, config.output_dir / "last")
+    adapter = install_adapter(
+        config.output_dir / ("best" if use_best else "last"), config.output_dir
+    )
+    metrics = _final_metrics(
+        state, per_epoch, use_best, time.monotonic() - run_started, run_start_tokens
+    )
+    summary = {k: v for k, v in data.report.to_json().items() if k not in ("problems", "sample")}
+    manifest = write_manifest(config, config.output_dir, quantization, metrics, summary)
+    curve_csv, curve_png = write_loss_curve(state, config.output_dir)
+    events.emit(
+        "done",
+        status="succeeded",
+        adapter=str(adapter),
+        manifest=str(manifest),
+        loss_csv=str(curve_csv),
+        loss_png=str(curve_png),
+        metrics=metrics,
+    )
+    return EXIT_OK
+
+
+def _save_adapter(model: Any, target: Path) -> None:
+    staging = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
+def _final_metrics(
+    state: LoopState, per_epoch: int, used_best: bool, seconds: float, start_tokens: int
+) -> dict[str, Any]:
+    last_epoch = math.ceil(state.history[-1]["epoch"]) - 1 if state.history else 0
+    last_epoch_losses = [r["loss"] for r in state.history if r["epoch"] > last_epoch]
+    evals = [r["eval_loss"] for r in state.history if "eval_loss" in r]
+    return {
+        "steps": state.step,
+        "train_loss": sum(last_epoch_losses) / max(len(last_epoch_losses), 1),
+        "final_eval_loss": evals[-1] if evals else None,
+        "best_eval_loss": state.best_eval_loss,
+        "best_step": state.best_step,
+        "selected": "best" if used_best else "last",
+        "trained_tokens": state.trained_tokens,
+        "input_tokens": state.input_tokens,
+        "tokens_per_second": (state.input_tokens - start_tokens) / max(seconds, 1e-9),
+    }
