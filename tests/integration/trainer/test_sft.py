@@ -1,0 +1,187 @@
+"""The recipe on the tiny model, run as the service runs it: `python -m trainer train`."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainer.fingerprint import fingerprint
+
+ROOT = Path(__file__).resolve().parents[3]
+GSM8K = ROOT / "data/gsm8k/train_slice.jsonl"
+
+
+def write_config(tmp_path, model_dir, rows=32, **training):
+    data_file = tmp_path / "rows.jsonl"
+    data_file.write_text("".join(GSM8K.read_text().splitlines(keepends=True)[:rows]))
+    config = {
+        "base_model": str(model_dir),
+        "output_dir": str(tmp_path / "out"),
+        "data": {"datasets": [{"path": str(data_file)}], "eval_fraction": 0.125},
+        "training": {
+            "batch_size": 4,
+            "eval_interval": 2,
+            "checkpoint_interval": 2,
+            "learning_rate": 1e-3,
+            **training,
+        },
+    }
+    quantization = training.pop("quantization", None)
+    if quantization:
+        config["quantization"] = quantization
+        config["training"].pop("quantization")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def train(config, events, **kwargs):
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "train",
+            "--config",
+            str(config),
+            "--events",
+            str(events),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
+def read_events(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_training_moves_the_adapter_not_the_base_and_writes_the_artifacts(tmp_path, tiny_model_dir):
+    before = fingerprint(tiny_model_dir)
+    config = write_config(tmp_path, tiny_model_dir, max_steps=4)
+    process = train(config, tmp_path / "events.jsonl")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+
+    out = tmp_path / "out"
+    weights = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert weights and all("lora_" in name for name in weights)
+    lora_b = [t for name, t in weights.items() if "lora_B" in name]
+    assert all(torch.count_nonzero(t) > 0 for t in lora_b)  # B starts at zero: it trained
+    assert fingerprint(tiny_model_dir) == before  # the base is never written
+
+    adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 16 and adapter_config["peft_type"] == "LORA"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["base_model"]["weights_sha256"] == before.weights_sha256
+    assert manifest["quantization"]["mode"] == "none"
+    assert len(manifest["datasets"][0]["sha256"]) == 64
+    assert manifest["metrics"]["steps"] == 4
+    assert {"torch", "transformers", "peft"} <= set(manifest["libraries"])
+    assert (out / "loss.png").stat().st_size > 1000
+    assert len((out / "loss.csv").read_text().splitlines()) == 5  # header + 4 steps
+
+    events = read_events(tmp_path / "events.jsonl")
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "data" and kinds[-1] == "done"
+    progress = [e for e in events if e["event"] == "progress"]
+    assert [e["step"] for e in progress] == [1, 2, 3, 4]
+    for field in (
+        "loss",
+        "learning_rate",
+        "grad_norm",
+        "trained_tokens",
+        "tokens_per_second",
+        "eta_seconds",
+        "epoch",
+    ):
+        assert field in progress[-1]
+    assert [e["step"] for e in events if e["event"] == "eval"] == [2, 4]
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), out / "adapter"
+    )
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
+
+
+def test_sigterm_checkpoints_and_a_rerun_resumes_from_the_next_step(tmp_path, tiny_model_dir):
+    config = write_config(tmp_path, tiny_model_dir, rows=64, max_steps=40, eval_interval=100)
+    events_path = tmp_path / "events.jsonl"
+    process = train(config, events_path)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if events_path.exists() and '"step": 3,' in events_path.read_text():
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 75, output[-3000:]
+    first = read_events(events_path)
+    interrupted = next(e for e in first if e["event"] == "interrupted")["step"]
+    assert first[-2]["event"] == "checkpoint" and first[-2]["step"] == interrupted
+
+    events_path.unlink()
+    process = train(config, events_path)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    second = read_events(events_path)
+    assert next(e for e in second if e["event"] == "resumed")["step"] == interrupted
+    steps = [e["step"] for e in second if e["event"] == "progress"]
+    assert steps == list(range(interrupted + 1, 41))  # no step twice, none skipped
+    checkpoints = sorted((tmp_path / "out" / "checkpoints").iterdir())
+    assert [c.name for c in checkpoints] == ["step-0000038", "step-0000040"]  # newest 2 kept
+
+
+def test_qlora_nf4_trains_on_the_cpu(tmp_path, tiny_model_dir):
+    config = write_config(
+        tmp_path, tiny_model_dir, max_steps=2, quantization={"mode": "nf4", "double_quant": True}
+    )
+    process = train(config, tmp_path / "events.jsonl")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["quantization"] == {
+        "mode": "nf4",
+        "double_quant": True,
+        "compute_dtype": "bfloat16",
+    }
+
+
+def test_rejected_data_fails_before_any_model_loads(tmp_path, tiny_model_dir):
+    config = write_config(tmp_path, tiny_model_dir, max_steps=2)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(rows.read_text() + '{"prompt": "unfinished"\n')
+    process = train(config, tmp_path / "events.jsonl")
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 3, output[-2000:]
+    [failed] = read_events(tmp_path / "events.jsonl")
+    assert failed["event"] == "failed" and failed["reason"] == "data_rejected"
+    assert failed["problems"][0]["row"] == 33 and failed["problems"][0]["code"] == "invalid_json"
+    assert "Loading weights" not in output
+
+
+@pytest.mark.parametrize("bad", [{"lora": {"rank": 64}}, {"training": {"learning_rate": 0}}])
+def test_invalid_config_exits_2_naming_the_field(tmp_path, tiny_model_dir, bad):
+    config = json.loads(write_config(tmp_path, tiny_model_dir).read_text())
+    config.update(bad)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer", "train", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert ("lora.rank = 64" if "lora" in bad else "training.learning_rate = 0") in result.stderr
