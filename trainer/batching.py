@@ -1,9 +1,13 @@
-"""Batches and the loss: padding-free rows without attention across examples.
+"""Batches and the loss, without attention across examples either way.
 
-A padding-free micro-batch concatenates its conversations into one row whose position ids
-restart at 0 for each; with no attention mask, transformers builds a block-diagonal causal mask
-from those position ids, so no example attends to another. The loss is a sum over trained
-tokens, divided by the trained tokens of the whole optimizer step.
+- Padding-free: a micro-batch's conversations are concatenated into one row whose position ids
+  restart at 0 for each; given no attention mask, transformers builds a block-diagonal causal
+  mask from those position ids. No padding at all; attention over the whole row.
+- Right-padded: one row per conversation, padding after the text. A causal model never looks
+  ahead, so real tokens never see the padding and no attention mask is needed; padded positions
+  carry no label. Micro-batches are grouped by length, so little padding is left.
+Logits are computed only where a label trains (most of a chat is prompt), and the loss is a sum
+over trained tokens, divided by the trained tokens of the whole optimizer step.
 """
 
 import random
@@ -21,14 +25,8 @@ class Batch:
     input_ids: torch.Tensor
     labels: torch.Tensor
     position_ids: torch.Tensor | None
-    attention_mask: torch.Tensor | None
-
-    @property
-    def input_tokens(self) -> int:
-        """Non-padding input tokens."""
-        if self.attention_mask is not None:
-            return int(self.attention_mask.sum())
-        return int(self.input_ids.numel())
+    input_tokens: int
+    """Non-padding input tokens."""
 
     @property
     def trained_tokens(self) -> int:
@@ -48,46 +46,71 @@ def padding_free(examples: list[Example]) -> Batch:
         input_ids=torch.tensor([ids]),
         labels=torch.tensor([labels]),
         position_ids=torch.tensor([positions]),
-        attention_mask=None,
+        input_tokens=len(ids),
     )
 
 
 def padded(examples: list[Example], pad_id: int) -> Batch:
-    """A rectangular batch, right-padded; padding is masked by the attention mask and labels."""
+    """A rectangular batch, right-padded; padded positions carry no label (see module doc)."""
     width = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id)
     labels = torch.full((len(examples), width), IGNORE_INDEX)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
     for row, example in enumerate(examples):
         n = len(example.input_ids)
         ids[row, :n] = torch.tensor(example.input_ids)
         labels[row, :n] = torch.tensor(example.labels)
-        mask[row, :n] = 1
-    return Batch(ids, labels, None, mask)
+    return Batch(ids, labels, None, sum(len(e.input_ids) for e in examples))
 
 
 def token_losses(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Cross-entropy of every next-token prediction, 0 where there is no target; [B, T-1]."""
+    """Cross-entropy of every next-token prediction, 0 where there is no target; [B, T-1].
+
+    Only positions with a target in some row get logits: the output head over the full
+    vocabulary is a fifth of the model's compute, and most positions of a chat are prompt.
+    """
+    targets = batch.labels[:, 1:]
+    keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
     output = model(
         input_ids=batch.input_ids,
         position_ids=batch.position_ids,
-        attention_mask=batch.attention_mask,
         use_cache=False,
+        logits_to_keep=keep,
     )
-    logits = output.logits[:, :-1, :].float()
-    targets = batch.labels[:, 1:]
+    kept_targets = targets[:, keep]
     losses = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]),
-        targets.reshape(-1),
+        output.logits.float().reshape(-1, output.logits.shape[-1]),
+        kept_targets.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="none",
     )
-    return losses.view(targets.shape)
+    full = torch.zeros(targets.shape, dtype=losses.dtype)
+    full[:, keep] = losses.view(kept_targets.shape)
+    return full
 
 
-def epoch_order(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The micro-batches of one epoch as example indices: a seeded shuffle, a function of
-    (seed, epoch) alone, so a resumed run sees exactly the same order."""
-    order = list(range(n_examples))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return [order[i : i + batch_size] for i in range(0, n_examples, batch_size)]
+GROUP_WINDOW = 16  # micro-batches whose examples are sorted by length together
+
+
+def epoch_order(
+    lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool
+) -> list[list[int]]:
+    """The micro-batches of one epoch as example indices; a function of (seed, epoch) alone,
+    so a resumed run sees exactly the same order.
+
+    With `group_by_length`, the shuffled examples are sorted by length within windows of
+    GROUP_WINDOW micro-batches (less padding) and the micro-batches shuffled again.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if group_by_length:
+        window = batch_size * GROUP_WINDOW
+        order = [
+            i
+            for start in range(0, len(order), window)
+            for i in sorted(order[start : start + window], key=lengths.__getitem__)
+        ]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if group_by_length:
+        rng.shuffle(batches)
+    return batches

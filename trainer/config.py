@@ -106,8 +106,9 @@ class LoraSpec(_Strict):
     """LoRA rank r."""
     alpha: float = Field(32.0, gt=0, le=4096)
     """LoRA alpha; the update is scaled by alpha / r (alpha / sqrt(r) with rslora)."""
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    """Dropout on the LoRA input."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the LoRA input; 0 by default, since it costs a random mask per adapted
+    module and step (measured 12% of a CPU step)."""
     target_modules: Literal["all-linear"] | list[str] = "all-linear"
     """Module names to adapt, or "all-linear" for every linear layer but the output head."""
     use_rslora: bool = False
@@ -153,7 +154,10 @@ class TrainingSpec(_Strict):
     select: Literal["best", "last"] = "last"
     """Which checkpoint becomes the adapter: lowest eval loss, or the final one."""
     packing: Literal["auto", "on", "off"] = "auto"
-    """Pack conversations into rows (no attention across them); "auto" packs when it pays."""
+    """"on": padding-free rows (one per micro-batch, block-diagonal attention); "off": right-
+    padded micro-batches grouped by length; "auto": padding-free on CUDA, where varlen attention
+    makes it cheap, padded on the CPU, where attention over one long row costs more than the
+    padding that length grouping leaves."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
     max_grad_norm: float = Field(1.0, gt=0)

@@ -58,7 +58,8 @@ def evaluate(
     """Mean loss per trained token over `examples`."""
     model.eval()
     total, count = 0.0, 0
-    with torch.no_grad():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
         for start in range(0, len(examples), batch_size):
             batch = make_batch(examples[start : start + batch_size], packing, pad_id)
             total += float(token_losses(model, batch).sum())
@@ -109,7 +110,11 @@ def run(config: TrainConfig, events: EventWriter) -> int:
         num_warmup_steps=round(settings.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    packing = settings.packing != "off"
+    on_cuda = torch.cuda.is_available()
+    packing = settings.packing == "on" or (settings.packing == "auto" and on_cuda)
+    # bf16 compute over the fp32 adapter weights, which stay the optimizer's master copy.
+    autocast = torch.autocast("cuda" if on_cuda else "cpu", dtype=torch.bfloat16)
+    lengths = [len(e.input_ids) for e in data.train]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     checkpoints = config.output_dir / "checkpoints"
     state = LoopState()
@@ -138,14 +143,16 @@ def run(config: TrainConfig, events: EventWriter) -> int:
         for _ in range(settings.gradient_accumulation):
             epoch, index = divmod(state.micro_batch, per_epoch)
             order = orders.setdefault(
-                epoch, epoch_order(len(data.train), settings.batch_size, settings.seed, epoch)
+                epoch,
+                epoch_order(lengths, settings.batch_size, settings.seed, epoch, not packing),
             )
             batches.append(make_batch([data.train[i] for i in order[index]], packing, pad_id))
             state.micro_batch += 1
         step_trained = sum(b.trained_tokens for b in batches)
         step_loss = 0.0
         for batch in batches:
-            loss = token_losses(model, batch).sum() / step_trained
+            with autocast:
+                loss = token_losses(model, batch).sum() / step_trained
             loss.backward()
             step_loss += loss.detach().item()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm))

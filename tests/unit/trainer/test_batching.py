@@ -60,9 +60,22 @@ def test_each_examples_loss_in_a_packed_row_equals_its_loss_alone(model, example
     assert packed_means == pytest.approx(alone, abs=1e-3)
     # and the packed row really differs from attending across examples
     with torch.no_grad():
-        leaky = token_losses(model, Batch(packed.input_ids, packed.labels, None, None))
+        leaky = token_losses(
+            model, Batch(packed.input_ids, packed.labels, None, packed.input_tokens)
+        )
     leaky_means = per_example_mean(leaky, packed.labels, [len(e.input_ids) for e in examples])
     assert abs(leaky_means[2] - alone[2]) > 1e-3
+
+
+def test_right_padded_batches_need_no_mask_under_a_causal_model(model, examples):
+    with torch.no_grad():
+        batch = padded(examples, pad_id=2)
+        losses = token_losses(model, batch)
+        for row, example in enumerate(examples):
+            alone = padding_free([example])
+            expected = token_losses(model, alone)[alone.labels[:, 1:] != -100].mean()
+            got = losses[row][batch.labels[row, 1:] != -100].mean()
+            assert float(got) == pytest.approx(float(expected), abs=1e-3)
 
 
 def test_padded_and_padding_free_batches_give_the_same_total_loss(model, examples):
@@ -76,9 +89,17 @@ def test_padded_and_padding_free_batches_give_the_same_total_loss(model, example
     assert pad.input_tokens == free.input_tokens == sum(len(e.input_ids) for e in examples)
 
 
-def test_epoch_order_is_a_function_of_seed_and_epoch():
-    first = epoch_order(10, 4, seed=1, epoch=0)
-    assert first == epoch_order(10, 4, seed=1, epoch=0)
-    assert first != epoch_order(10, 4, seed=1, epoch=1)
+@pytest.mark.parametrize("grouped", [False, True])
+def test_epoch_order_is_a_function_of_seed_and_epoch(grouped):
+    lengths = list(range(10))
+    first = epoch_order(lengths, 4, seed=1, epoch=0, group_by_length=grouped)
+    assert first == epoch_order(lengths, 4, seed=1, epoch=0, group_by_length=grouped)
+    assert first != epoch_order(lengths, 4, seed=1, epoch=1, group_by_length=grouped)
     assert sorted(i for batch in first for i in batch) == list(range(10))
-    assert [len(b) for b in first] == [4, 4, 2]
+    assert sorted(len(b) for b in first) == [2, 4, 4]
+
+
+def test_grouping_by_length_puts_similar_lengths_together():
+    lengths = [10, 500] * 32
+    batches = epoch_order(lengths, 8, seed=0, epoch=0, group_by_length=True)
+    assert all(len({lengths[i] for i in batch}) == 1 for batch in batches)
