@@ -26,13 +26,14 @@ def examples(tokenizer):
     return [tokenize(tokenizer, normalize(row, "auto", {})[1]) for row in ROWS]
 
 
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
+@pytest.fixture(scope="module", params=["sdpa", "eager"])
+def model(tiny_model_dir, request):
+    """The tiny model with each attention the trainer uses (sdpa on CUDA, eager on the CPU)."""
     from transformers import AutoModelForCausalLM
 
     # fp32 so that the comparison measures masking, not bf16 rounding
     loaded = AutoModelForCausalLM.from_pretrained(
-        tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa"
+        tiny_model_dir, dtype=torch.float32, attn_implementation=request.param
     )
     return loaded.eval()
 
