@@ -106,10 +106,19 @@ def _train(args: argparse.Namespace) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     config = load_config(_load_config_file(args.config))
-    from trainer.sft import run  # torch and transformers load only for training
+    import torch  # torch and transformers load only for training
+
+    from trainer.sft import EXIT_OOM, OOM_HINT, run
 
     with EventWriter(Path(args.events) if args.events else None) as events:
-        return run(config, events)
+        try:
+            return run(config, events)
+        except torch.OutOfMemoryError as exc:
+            events.emit("failed", reason="out_of_memory", message=f"{exc}; {OOM_HINT}")
+            return EXIT_OOM
+        except Exception as exc:
+            events.emit("failed", reason="crashed", message=f"{type(exc).__name__}: {exc}")
+            raise
 
 
 def build_parser() -> argparse.ArgumentParser:
