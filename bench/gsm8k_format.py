@@ -12,6 +12,7 @@ shows that the trainer's output loads in vLLM). Counts the answers whose last li
 import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,24 +37,26 @@ def format_rate(texts: list[str]) -> float:
 
 
 def train(model_dir: Path, rows: list[dict[str, str]], out: Path) -> tuple[Path, float]:
-    from trainer.config import load_config
-    from trainer.events import EventWriter
-    from trainer.sft import EXIT_OK, run
-
+    """Trains as the service does: `python -m trainer train` in its own process."""
     data = out / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = load_config(
-        {
-            "base_model": str(model_dir),
-            "output_dir": str(out),
-            "data": {"datasets": [{"path": str(data)}]},
-            "training": TRAINING,
-        }
+    config = out / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "base_model": str(model_dir),
+                "output_dir": str(out),
+                "data": {"datasets": [{"path": str(data)}]},
+                "training": TRAINING,
+            }
+        )
     )
     started = time.monotonic()
-    with EventWriter(out / "events.jsonl") as events:
-        if run(config, events) != EXIT_OK:
-            sys.exit(f"training failed; see {out / 'events.jsonl'}")
+    events = out / "events.jsonl"
+    command = [sys.executable, "-m", "trainer", "train", "--config", str(config)]
+    result = subprocess.run([*command, "--events", str(events)], cwd=ROOT, check=False)
+    if result.returncode != 0:
+        sys.exit(f"training failed ({result.returncode}): {events.read_text()[-2000:]}")
     return out / "adapter", time.monotonic() - started
 
 
@@ -76,6 +79,7 @@ def answer(model_dir: Path, adapter: Path, questions: list[str]) -> tuple[list[s
         max_loras=1,
         max_lora_rank=16,
         max_model_len=1024,
+        kv_cache_memory_bytes=2 * 2**30,
         seed=0,
     )
     params = SamplingParams(temperature=0.0, max_tokens=256)

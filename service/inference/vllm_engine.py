@@ -55,6 +55,9 @@ def engine_arguments(config: VllmEngineConfig) -> dict[str, Any]:
         "model": str(config.model_path),
         "dtype": config.dtype,
         "max_model_len": config.max_model_len,
+        # An explicit KV-cache size: without one, vLLM's CPU backend wants 92% of the machine's
+        # memory free at start-up, which fails while a trainer runs beside it.
+        "kv_cache_memory_bytes": config.kv_cache_gib * 2**30,
         "enable_lora": True,
         "max_loras": config.max_loras,
         "max_lora_rank": config.max_lora_rank,
@@ -74,8 +77,7 @@ class VllmEngine:
 
     async def start(self) -> None:
         config = self._config
-        # vLLM's CPU backend reads these from the environment of the engine-core process.
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(config.kv_cache_gib)
+        # vLLM's CPU backend reads its thread binding from the engine-core process's environment.
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in config.cpu_ids)
         # Importing vLLM and building the engine (weights, compilation) take ~30 s: all of it
         # runs in a thread so the event loop keeps answering health checks meanwhile. The build

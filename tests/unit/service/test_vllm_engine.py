@@ -18,3 +18,4 @@ def test_engine_arguments_enable_lora_with_the_configured_limits():
     assert args["enable_lora"] is True
     assert (args["max_loras"], args["max_lora_rank"], args["max_model_len"]) == (3, 32, 512)
     assert args["dtype"] == "bfloat16"
+    assert args["kv_cache_memory_bytes"] == 2 * 2**30
