@@ -111,3 +111,24 @@ def test_report_on_gsm8k_has_percentiles_coverage_and_a_sample(tokenizer):
     assert 100 < lengths["p50"] <= lengths["p90"] <= lengths["p99"] <= lengths["max"] < 1024
     assert 0.3 < report.assistant_token_fraction < 0.8
     assert report.sample.count("[[") == 1 and "<|im_end|>]]" in report.sample
+
+
+def test_csv_and_parquet_rows_are_read_with_their_row_numbers(tmp_path, tokenizer):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text('question,answer\n"Q one?","A one, fully."\n"Q two?",""\n')
+    parquet_path = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist([qa(1), {"prompt": "Q", "completion": None}]), parquet_path)
+    columns = {"prompt": "question", "completion": "answer"}
+    data = DataSpec(
+        datasets=[{"path": csv_path, "columns": columns}, {"path": parquet_path}], policy="drop"
+    )
+    report = prepare_data(data, tokenizer, seed=0).report
+    found = {(Path(p.source).suffix, p.row, p.field, p.code) for p in report.problems}
+    assert found == {
+        (".csv", 3, "answer", "empty_content"),
+        (".parquet", 2, "completion", "missing_field"),
+    }
+    assert [s.valid for s in report.sources] == [1, 1]
