@@ -19,7 +19,7 @@ from service.inference.engine import InferenceEngine
 from service.inference.lifecycle import EngineLifecycle
 from service.inference.vllm_engine import VllmEngine, VllmEngineConfig, pick_engine_cpus
 from service.metrics import Metrics
-from service.serverinfo import ServerInfo, installed_versions
+from service.serverinfo import ServerInfo, reported_libraries
 from service.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class App:
         self.health = HealthPublisher(LIVE_SERVICES, ENGINE_BACKED_SERVICES)
         self.lifecycle = EngineLifecycle(engine, self.metrics, self.health.on_engine_state)
         self._auth_enabled = tokens is not None
-        self._libraries = installed_versions()
+        self._libraries = reported_libraries()
         self.grpc: aio.Server = build_grpc_server(self.metrics, tokens, self.health, self.describe)
         self._metrics_http: tuple[object, object] | None = None
         self._engine_task: asyncio.Task[None] | None = None
@@ -101,7 +101,9 @@ class App:
         await self.lifecycle.stop()
         if self._metrics_http is not None:
             server, _ = self._metrics_http
-            server.shutdown()  # type: ignore[attr-defined]
+            # shutdown() waits for the serving thread's poll loop; then free the port.
+            await asyncio.to_thread(server.shutdown)  # type: ignore[attr-defined]
+            server.server_close()  # type: ignore[attr-defined]
         logger.info("stopped")
 
     async def serve_until_signal(self) -> None:

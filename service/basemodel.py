@@ -11,13 +11,13 @@ import importlib.util
 import logging
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from service.errors import ConfigError
+from trainer.files import fresh_staging, publish_dir
 from trainer.fingerprint import ModelFingerprint, fingerprint, sha256_files
 
 logger = logging.getLogger(__name__)
@@ -122,12 +122,11 @@ def prepare_registered(name: str, cache_dir: Path) -> Path:
         if (target / FINGERPRINT_FILE).is_file():  # another process finished meanwhile
             return target
         logger.info("converting %s into a checkpoint at %s (once)", gguf.name, target)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir))
+        staging = fresh_staging(target)
         try:
             _convert_gguf(gguf, staging)
             (staging / FINGERPRINT_FILE).write_text(fingerprint(staging).to_json())
-            shutil.rmtree(target, ignore_errors=True)
-            staging.rename(target)
+            publish_dir(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -7,7 +7,6 @@ adapterd prepare-model    convert and cache the base model ahead of time
 
 import argparse
 import asyncio
-import logging
 import sys
 
 from service.app import build_app
@@ -21,8 +20,6 @@ from service.settings import (
     flag_name,
     settings_from_args,
 )
-
-logger = logging.getLogger(__name__)
 
 PREPARE_MODEL_FLAGS = ("base_model", "model_cache_dir", "log_level")
 

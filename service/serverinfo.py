@@ -1,10 +1,10 @@
 """What a running server says about itself (GetServerInfo), as a transport-free snapshot."""
 
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 
 from service.basemodel import BaseModel
 from service.inference.engine import EngineState
+from trainer.files import installed_versions
 
 # The libraries whose versions decide what a trained or served adapter does.
 REPORTED_LIBRARIES = (
@@ -34,12 +34,6 @@ class ServerInfo:
     auth_enabled: bool
 
 
-def installed_versions(names: tuple[str, ...] = REPORTED_LIBRARIES) -> tuple[tuple[str, str], ...]:
-    """(name, version) of each installed distribution among `names`; absent ones are left out."""
-    found = []
-    for name in names:
-        try:
-            found.append((name, version(name)))
-        except PackageNotFoundError:
-            continue
-    return tuple(found)
+def reported_libraries() -> tuple[tuple[str, str], ...]:
+    """(name, version) of the installed REPORTED_LIBRARIES."""
+    return tuple(installed_versions(REPORTED_LIBRARIES).items())

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import DataSpec, TrainConfigError, describe_validation_error, load_config
-from trainer.data import DataRejectedError, DataReport, prepare_data
+from trainer.data import MAX_PROBLEMS_SHOWN, DataRejectedError, DataReport, prepare_data
 from trainer.events import EventWriter
 from trainer.masking import TemplateError
 
@@ -30,11 +30,12 @@ def _data_spec(args: argparse.Namespace) -> tuple[DataSpec, Path, int]:
     from pydantic import ValidationError
 
     try:
+        columns = json.loads(args.columns)
+    except json.JSONDecodeError as exc:
+        raise TrainConfigError(f"--columns: not a JSON object ({exc})") from None
+    try:
         spec = DataSpec(
-            datasets=[
-                {"path": p, "format": args.format, "columns": json.loads(args.columns)}
-                for p in args.data
-            ],
+            datasets=[{"path": p, "format": args.format, "columns": columns} for p in args.data],
             eval_file=args.eval_file,
             max_length=args.max_length,
             policy=args.policy,
@@ -67,10 +68,10 @@ def _print_report(report: DataReport) -> None:
             f"assistant (trained) tokens: {report.trained_tokens} of {report.total_tokens} "
             f"({report.assistant_token_fraction:.1%})"
         )
-    for problem in report.problems[:50]:
+    for problem in report.problems[:MAX_PROBLEMS_SHOWN]:
         print(f"  {problem}")
-    if len(report.problems) > 50:
-        print(f"  ... and {len(report.problems) - 50} more")
+    if len(report.problems) > MAX_PROBLEMS_SHOWN:
+        print(f"  ... and {len(report.problems) - MAX_PROBLEMS_SHOWN} more")
     if report.sample:
         print("sample (trained text in [[...]]):\n" + report.sample)
 
@@ -79,11 +80,16 @@ def _validate(args: argparse.Namespace) -> int:
     spec, tokenizer_dir, seed = _data_spec(args)
     from transformers import AutoTokenizer  # after the cheap checks: it takes seconds
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    except OSError as exc:
+        raise TrainConfigError(f"--tokenizer {tokenizer_dir}: {exc}") from None
     try:
         report = prepare_data(spec, tokenizer, seed).report
     except DataRejectedError as exc:
         report = exc.report
+    except TemplateError as exc:
+        raise TrainConfigError(f"chat template of {tokenizer_dir}: {exc}") from None
     if args.output == "json":
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -95,7 +101,10 @@ def _validate(args: argparse.Namespace) -> int:
 def _load_config_file(path: str) -> dict[str, Any]:
     import yaml
 
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise TrainConfigError(f"--config {path}: {exc}") from None
     if not isinstance(data, dict):
         raise TrainConfigError(f"{path}: a config must be a JSON/YAML object")
     return data
@@ -153,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.run(args)
-    except (TrainConfigError, TemplateError, OSError, json.JSONDecodeError) as exc:
+    except TrainConfigError as exc:
         print(f"trainer: error: {exc}", file=sys.stderr)
         return 2
     return code

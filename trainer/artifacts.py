@@ -3,39 +3,24 @@
 import csv
 import json
 import shutil
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from trainer.checkpoints import LoopState
 from trainer.config import TrainConfig
+from trainer.files import fresh_staging, installed_versions, publish_dir
 from trainer.fingerprint import fingerprint, sha256_files
 
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "trl", "accelerate", "safetensors")
 
 
-def library_versions() -> dict[str, str]:
-    """Installed versions of the libraries that shape a trained adapter."""
-    found = {}
-    for name in LIBRARIES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return found
-
-
 def install_adapter(source: Path, output_dir: Path) -> Path:
     """Copies a saved peft adapter (safetensors + config) to OUTPUT/adapter, atomically."""
     target = output_dir / "adapter"
-    staging = output_dir / ".adapter.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = fresh_staging(target)
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         shutil.copy2(source / name, staging / name)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-    return target
+    return publish_dir(staging, target)
 
 
 def write_manifest(
@@ -67,7 +52,7 @@ def write_manifest(
             "double_quant": config.quantization.double_quant if quantization != "none" else False,
             "compute_dtype": config.quantization.compute_dtype,
         },
-        "libraries": library_versions(),
+        "libraries": installed_versions(LIBRARIES),
         "metrics": metrics,
         "data": data_summary,
     }

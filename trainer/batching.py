@@ -28,6 +28,13 @@ class Batch:
     input_tokens: int
     """Non-padding input tokens."""
 
+    def to(self, device: torch.device) -> "Batch":
+        """The same batch with its tensors on `device`."""
+        positions = None if self.position_ids is None else self.position_ids.to(device)
+        return Batch(
+            self.input_ids.to(device), self.labels.to(device), positions, self.input_tokens
+        )
+
     @property
     def trained_tokens(self) -> int:
         """Positions that carry loss (after the shift)."""
@@ -83,7 +90,7 @@ def token_losses(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         ignore_index=IGNORE_INDEX,
         reduction="none",
     )
-    full = torch.zeros(targets.shape, dtype=losses.dtype)
+    full = torch.zeros(targets.shape, dtype=losses.dtype, device=losses.device)
     full[:, keep] = losses.view(kept_targets.shape)
     return full
 

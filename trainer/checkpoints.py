@@ -16,6 +16,8 @@ import torch
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 
+from trainer.files import fresh_staging, publish_dir
+
 PREFIX = "step-"
 
 
@@ -51,9 +53,7 @@ def save_checkpoint(
 ) -> Path:
     """Writes a complete checkpoint atomically and prunes all but the newest `keep`."""
     target = checkpoint_dir(root, state.step)
-    staging = root / f".{target.name}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = fresh_staging(target)
     model.save_pretrained(staging / "adapter")
     torch.save(
         {
@@ -65,8 +65,7 @@ def save_checkpoint(
         staging / "training_state.pt",
     )
     (staging / "state.json").write_text(json.dumps(asdict(state)))
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    publish_dir(staging, target)
     for old in sorted(root.glob(f"{PREFIX}*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target

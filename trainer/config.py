@@ -104,7 +104,7 @@ class LoraSpec(_Strict):
 
     rank: int = Field(16, ge=1, le=512)
     """LoRA rank r."""
-    alpha: float = Field(32.0, gt=0, le=4096)
+    alpha: int = Field(32, ge=1, le=4096)
     """LoRA alpha; the update is scaled by alpha / r (alpha / sqrt(r) with rslora)."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Dropout on the LoRA input; 0 by default, since it costs a random mask per adapted
@@ -189,6 +189,20 @@ class TrainConfig(_Strict):
     """Refused: new tokens change the embedding, which a served adapter cannot."""
     serving_max_lora_rank: int = Field(16, ge=1, le=512)
     """The serving engine's max_lora_rank: a larger rank could never be hot-loaded."""
+
+    @model_validator(mode="after")
+    def _eval_data_for_eval_settings(self) -> "TrainConfig":
+        has_eval = self.data.eval_file is not None or self.data.eval_fraction > 0
+        if not has_eval and self.training.select == "best":
+            raise ValueError(
+                "training.select = 'best' needs eval data (data.eval_file or data.eval_fraction)"
+            )
+        if not has_eval and self.training.early_stopping_patience is not None:
+            raise ValueError(
+                "training.early_stopping_patience needs eval data "
+                "(data.eval_file or data.eval_fraction)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _rank_within_serving_limit(self) -> "TrainConfig":

@@ -21,6 +21,9 @@ from trainer.masking import Example, render_trained, tokenize
 from trainer.quality import quality_flag
 
 MAX_PROBLEMS_SHOWN = 50
+# Problems with a whole file: fatal whatever the policy (dropping a file would silently
+# change the mix).
+FILE_CODES = frozenset({"unreadable_file", "not_a_list"})
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,7 @@ def _read_source(spec: DatasetSpec, report: SourceReport) -> tuple[list[Record],
     source = str(spec.path)
     try:
         rows = list(read_rows(spec.path))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, UnicodeDecodeError, csv.Error) as exc:
         return [], [Problem(source, 0, "", "unreadable_file", str(exc))]
     for row_number, parsed in rows:
         report.rows += 1
@@ -218,9 +221,10 @@ def _mix(pools: list[list[Record]], weights: list[float], rng: random.Random) ->
     """Samples each pool to its weight's share of the total row count (with replacement only
     when a small pool must supply more than it has)."""
     total = sum(len(pool) for pool in pools)
+    weight_sum = sum(w for pool, w in zip(pools, weights, strict=True) if pool)
     mixed = []
     for pool, weight in zip(pools, weights, strict=True):
-        want = round(total * weight / sum(weights)) if pool else 0
+        want = round(total * weight / weight_sum) if pool else 0
         copies, remainder = divmod(want, len(pool)) if pool else (0, 0)
         mixed.append(pool * copies + rng.sample(pool, remainder))
     return mixed
@@ -277,11 +281,12 @@ def prepare_data(spec: DataSpec, tokenizer: Any, seed: int) -> PreparedData:
     """
     reports = [SourceReport(str(s.path), s.weight) for s in spec.datasets]
     pools, problems = [], []
-    for dataset, report in zip(spec.datasets, reports, strict=True):
-        records, found = _read_source(dataset, report)
+    for dataset, source_report in zip(spec.datasets, reports, strict=True):
+        records, found = _read_source(dataset, source_report)
         pools.append(records)
         problems += found
-    eval_report, eval_records = None, []
+    eval_report: SourceReport | None = None
+    eval_records: list[Record] = []
     if spec.eval_file is not None:
         eval_report = SourceReport(str(spec.eval_file), 0.0)
         eval_records, found = _read_source(DatasetSpec(path=spec.eval_file), eval_report)
@@ -307,8 +312,8 @@ def prepare_data(spec: DataSpec, tokenizer: Any, seed: int) -> PreparedData:
     bad = {(p.source, p.row) for p in problems}
     pools = [[r for r in pool if (r.source, r.row) not in bad] for pool in pools]
     eval_records = [r for r in eval_records if (r.source, r.row) not in bad]
-    for pool, report in zip(pools, reports, strict=True):
-        report.valid = len(pool)
+    for pool, source_report in zip(pools, reports, strict=True):
+        source_report.valid = len(pool)
     if eval_report is not None:
         eval_report.valid = len(eval_records)
 
@@ -319,15 +324,16 @@ def prepare_data(spec: DataSpec, tokenizer: Any, seed: int) -> PreparedData:
     if spec.eval_fraction > 0:
         eval_records += _hold_out(pools, reports, spec.eval_fraction, rng)
     mixed = _mix(pools, [s.weight for s in spec.datasets], rng)
-    for used, report in zip(mixed, reports, strict=True):
-        report.used = len(used)
+    for used, source_report in zip(mixed, reports, strict=True):
+        source_report.used = len(used)
     train = [r for pool in mixed for r in pool]
     rng.shuffle(train)
 
     examples = [r.example for r in train if r.example is not None]
     lengths = [len(e.input_ids) for e in examples]
+    fatal = [p for p in problems if p.code in FILE_CODES]
     report = DataReport(
-        ok=not problems or spec.policy == "drop",
+        ok=not problems or (spec.policy == "drop" and not fatal),
         policy=spec.policy,
         sources=reports,
         eval_source=eval_report,
@@ -341,7 +347,7 @@ def prepare_data(spec: DataSpec, tokenizer: Any, seed: int) -> PreparedData:
         total_tokens=sum(lengths),
         sample=render_trained(tokenizer, examples[0]) if examples else "",
     )
-    if problems and spec.policy == "reject":
+    if problems and (spec.policy == "reject" or fatal):
         raise DataRejectedError(report)
     if not examples:
         report.ok = False

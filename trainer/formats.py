@@ -115,7 +115,7 @@ class _Reader:
                 self.problem(path, "wrong_type", f"'{path}' must be an object")
                 continue
             role, text = item.get(role_key), item.get(text_key)
-            if role not in roles:
+            if not isinstance(role, str) or role not in roles:
                 allowed = ", ".join(sorted(roles))
                 self.problem(
                     f"{path}.{role_key}",

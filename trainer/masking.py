@@ -49,7 +49,7 @@ def _end_of_turn(tokenizer: Any, tail: str) -> str:
             "the chat template emits no special token after an assistant message: without an "
             "end-of-turn token the model would never learn to stop"
         )
-    return min(found)[1]
+    return str(min(found)[1])
 
 
 def assistant_spans(tokenizer: Any, turns: Sequence[Turn]) -> tuple[str, list[tuple[int, int]]]:
@@ -112,7 +112,9 @@ def tokenize(tokenizer: Any, turns: Sequence[Turn]) -> Example:
 
 def render_trained(tokenizer: Any, example: Example) -> str:
     """The example's text with trained stretches in [[...]], for reports."""
-    parts, current, trained = [], [], False
+    parts: list[str] = []
+    current: list[int] = []
+    trained = False
     for token, label in zip(example.input_ids, example.labels, strict=True):
         is_trained = label != IGNORE_INDEX
         if is_trained != trained and current:

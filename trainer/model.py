@@ -19,6 +19,11 @@ def resolve_quantization(spec: QuantizationSpec) -> str:
     return "nf4" if torch.cuda.is_available() else "none"
 
 
+def device() -> torch.device:
+    """Where training runs: the first CUDA GPU if there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def attention_implementation() -> str:
     """SDPA (flash kernels) on CUDA; on the CPU, eager attention: measured faster here for chat
     lengths with LoRA under bf16 autocast (torch 2.13's CPU flash kernel is slow at head_dim 64)."""
@@ -30,7 +35,7 @@ def load_base(path: Path, quantization: str, spec: QuantizationSpec, checkpointi
     attention = attention_implementation()
     if quantization == "none":
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.bfloat16, attn_implementation=attention
+            path, dtype=torch.bfloat16, attn_implementation=attention, device_map={"": device()}
         )
     else:
         bnb = BitsAndBytesConfig(

@@ -10,12 +10,11 @@ Exit codes: 0 done, 1 crashed, 2 invalid config, 3 data rejected, 4 unusable cha
 5 out of memory, 75 interrupted by SIGTERM after writing a checkpoint (run it again to resume).
 """
 
-import logging
 import math
 import random
-import shutil
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,11 @@ from trainer.artifacts import install_adapter, write_loss_curve, write_manifest
 from trainer.batching import Batch, epoch_order, padded, padding_free, token_losses
 from trainer.checkpoints import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
-from trainer.data import DataRejectedError, PreparedData, prepare_data
+from trainer.data import MAX_PROBLEMS_SHOWN, DataRejectedError, PreparedData, prepare_data
 from trainer.events import EventWriter
+from trainer.files import fresh_staging, publish_dir
 from trainer.masking import Example, TemplateError
-from trainer.model import attach_lora, load_base, resolve_quantization
-
-logger = logging.getLogger(__name__)
+from trainer.model import attach_lora, device, load_base, resolve_quantization
 
 EXIT_OK, EXIT_CRASHED, EXIT_CONFIG, EXIT_DATA, EXIT_TEMPLATE, EXIT_OOM = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 75
@@ -53,21 +51,34 @@ class _StopFlag:
         self.requested = True
 
 
-def make_batch(examples: list[Example], packing: bool, pad_id: int) -> Batch:
-    """Padding-free when packing, right-padded otherwise."""
-    return padding_free(examples) if packing else padded(examples, pad_id)
+@dataclass(frozen=True)
+class Batching:
+    """How micro-batches are built, and where and in which precision they run."""
+
+    packing: bool
+    """Padding-free rows if True, right-padded length-grouped batches if False."""
+    pad_id: int
+    """Token id that fills padding (never trained: padding carries no label)."""
+    device: torch.device
+    """The model's device."""
+
+    def make(self, examples: list[Example]) -> Batch:
+        """A micro-batch of `examples` on the model's device."""
+        batch = padding_free(examples) if self.packing else padded(examples, self.pad_id)
+        return batch.to(self.device)
+
+    def autocast(self) -> torch.autocast:
+        """bf16 compute over the fp32 adapter weights (the optimizer's master copy)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
 
-def evaluate(
-    model: Any, examples: list[Example], batch_size: int, packing: bool, pad_id: int
-) -> float:
+def evaluate(model: Any, examples: list[Example], batch_size: int, batching: Batching) -> float:
     """Mean loss per trained token over `examples`."""
     model.eval()
     total, count = 0.0, 0
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
+    with torch.no_grad(), batching.autocast():
         for start in range(0, len(examples), batch_size):
-            batch = make_batch(examples[start : start + batch_size], packing, pad_id)
+            batch = batching.make(examples[start : start + batch_size])
             total += float(token_losses(model, batch).sum())
             count += batch.trained_tokens
     model.train()
@@ -91,7 +102,7 @@ def run(config: TrainConfig, events: EventWriter) -> int:
             reason="data_rejected",
             message=str(exc).split("\n")[0],
             problem_counts=report.problem_counts,
-            problems=[vars(p) for p in report.problems[:50]],
+            problems=[vars(p) for p in report.problems[:MAX_PROBLEMS_SHOWN]],
         )
         return EXIT_DATA
     except TemplateError as exc:
@@ -116,12 +127,13 @@ def run(config: TrainConfig, events: EventWriter) -> int:
         num_warmup_steps=round(settings.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    on_cuda = torch.cuda.is_available()
-    packing = settings.packing == "on" or (settings.packing == "auto" and on_cuda)
-    # bf16 compute over the fp32 adapter weights, which stay the optimizer's master copy.
-    autocast = torch.autocast("cuda" if on_cuda else "cpu", dtype=torch.bfloat16)
+    on_cuda = device().type == "cuda"
+    batching = Batching(
+        packing=settings.packing == "on" or (settings.packing == "auto" and on_cuda),
+        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        device=next(model.parameters()).device,
+    )
     lengths = [len(e.input_ids) for e in data.train]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     checkpoints = config.output_dir / "checkpoints"
     state = LoopState()
     if (latest := latest_checkpoint(checkpoints)) is not None:
@@ -131,7 +143,7 @@ def run(config: TrainConfig, events: EventWriter) -> int:
         "started",
         total_steps=total_steps,
         quantization=quantization,
-        packing=packing,
+        packing=batching.packing,
         trainable_parameters=sum(p.numel() for p in trainable),
         train_rows=len(data.train),
         eval_rows=len(data.eval),
@@ -142,22 +154,28 @@ def run(config: TrainConfig, events: EventWriter) -> int:
     model.train()
     orders: dict[int, list[list[int]]] = {}
     run_started, run_start_tokens, start_step = time.monotonic(), state.input_tokens, state.step
-    stopped_early = False
-    while state.step < total_steps:
+    patience = settings.early_stopping_patience
+
+    def should_stop_early() -> bool:  # derived from the saved state: survives a resume
+        return patience is not None and state.evals_without_improvement >= patience
+
+    while state.step < total_steps and not should_stop_early():
         step_started = time.monotonic()
         batches = []
         for _ in range(settings.gradient_accumulation):
             epoch, index = divmod(state.micro_batch, per_epoch)
             order = orders.setdefault(
                 epoch,
-                epoch_order(lengths, settings.batch_size, settings.seed, epoch, not packing),
+                epoch_order(
+                    lengths, settings.batch_size, settings.seed, epoch, not batching.packing
+                ),
             )
-            batches.append(make_batch([data.train[i] for i in order[index]], packing, pad_id))
+            batches.append(batching.make([data.train[i] for i in order[index]]))
             state.micro_batch += 1
         step_trained = sum(b.trained_tokens for b in batches)
         step_loss = 0.0
         for batch in batches:
-            with autocast:
+            with batching.autocast():
                 loss = token_losses(model, batch).sum() / step_trained
             loss.backward()
             step_loss += loss.detach().item()
@@ -191,7 +209,7 @@ def run(config: TrainConfig, events: EventWriter) -> int:
         )
         if data.eval and (state.step % settings.eval_interval == 0 or state.step == total_steps):
             record["eval_loss"] = round(
-                evaluate(model, data.eval, settings.batch_size, packing, pad_id), 5
+                evaluate(model, data.eval, settings.batch_size, batching), 5
             )
             events.emit("eval", step=state.step, eval_loss=record["eval_loss"])
             if state.best_eval_loss is None or record["eval_loss"] < state.best_eval_loss:
@@ -200,10 +218,8 @@ def run(config: TrainConfig, events: EventWriter) -> int:
                 _save_adapter(model, config.output_dir / "best")
             else:
                 state.evals_without_improvement += 1
-            patience = settings.early_stopping_patience
-            stopped_early = patience is not None and state.evals_without_improvement >= patience
         state.history.append(record)
-        last = state.step == total_steps or stopped_early
+        last = state.step == total_steps or should_stop_early()
         if state.step % settings.checkpoint_interval == 0 or last or stop.requested:
             path = save_checkpoint(
                 checkpoints, model, optimizer, scheduler, state, keep=settings.keep_checkpoints
@@ -212,9 +228,8 @@ def run(config: TrainConfig, events: EventWriter) -> int:
         if stop.requested:
             events.emit("interrupted", step=state.step)
             return EXIT_INTERRUPTED
-        if stopped_early:
-            events.emit("early_stopped", step=state.step, best_step=state.best_step)
-            break
+    if should_stop_early():
+        events.emit("early_stopped", step=state.step, best_step=state.best_step)
 
     # ---- save: the chosen adapter, the manifest, the loss curve
     use_best = settings.select == "best" and state.best_step is not None
@@ -242,11 +257,9 @@ def run(config: TrainConfig, events: EventWriter) -> int:
 
 
 def _save_adapter(model: Any, target: Path) -> None:
-    staging = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = fresh_staging(target)
     model.save_pretrained(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    publish_dir(staging, target)
 
 
 def _final_metrics(

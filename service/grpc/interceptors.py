@@ -7,6 +7,7 @@ here are visible to the servicer).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -103,38 +104,47 @@ class ErrorInterceptor(aio.ServerInterceptor):
             grpc.StatusCode.INTERNAL, f"internal error (correlation id {correlation})"
         )
 
-    def _record(self, method: str, began: float, context: Context) -> None:
+    def _record(self, method: str, began: float, context: Context, cancelled: bool) -> None:
         code = context.code()
-        name = code.name if isinstance(code, grpc.StatusCode) else "OK"
+        if cancelled:  # the client went away or its deadline passed: no status was sent
+            name = "CANCELLED"
+        else:
+            name = code.name if isinstance(code, grpc.StatusCode) else "OK"
         self._metrics.grpc_requests.labels(method, name).inc()
         self._metrics.grpc_latency.labels(method).observe(time.monotonic() - began)
 
     def _around_unary(self, method: str, behavior: Behavior) -> Behavior:
         async def run(request: Any, context: Context) -> Any:
-            began = time.monotonic()
+            began, cancelled = time.monotonic(), False
             try:
                 return await behavior(request, context)
+            except asyncio.CancelledError:
+                cancelled = True
+                raise
             except aio.AbortError:
                 raise
             except Exception as error:
                 await self._fail(method, error, context)
             finally:
-                self._record(method, began, context)
+                self._record(method, began, context, cancelled)
 
         return run
 
     def _around_stream(self, method: str, behavior: Behavior) -> Behavior:
         async def run(request: Any, context: Context) -> AsyncIterator[Any]:
-            began = time.monotonic()
+            began, cancelled = time.monotonic(), False
             try:
                 async for response in _stream(behavior, request, context):
                     yield response
+            except asyncio.CancelledError:
+                cancelled = True
+                raise
             except aio.AbortError:
                 raise
             except Exception as error:
                 await self._fail(method, error, context)
             finally:
-                self._record(method, began, context)
+                self._record(method, began, context, cancelled)
 
         return run
 

@@ -7,7 +7,6 @@ The engine core runs in a process vLLM spawns; `shutdown` stops it.
 import asyncio
 import contextlib
 import gc
-import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from service.inference.engine import EngineError, GenerationChunk, GenerationRequest
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -125,6 +122,10 @@ class VllmEngine:
                     token_ids=tuple(completion.token_ids),
                     finish_reason=completion.finish_reason if output.finished else None,
                 )
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as exc:  # vLLM's own errors (EngineDeadError, ...) cross the seam typed
+            raise EngineError(f"generation {request.request_id} failed: {exc}") from exc
         finally:
             await stream.aclose()  # aborts the request in the engine if we stopped early
 

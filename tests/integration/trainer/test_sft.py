@@ -185,3 +185,16 @@ def test_invalid_config_exits_2_naming_the_field(tmp_path, tiny_model_dir, bad):
     )
     assert result.returncode == 2
     assert ("lora.rank = 64" if "lora" in bad else "training.learning_rate = 0") in result.stderr
+
+
+def test_unreadable_config_file_exits_2(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("base_model: [unclosed\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer", "train", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"trainer: error: --config {path}:")

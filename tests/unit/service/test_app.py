@@ -123,3 +123,16 @@ async def test_auth_refuses_missing_and_unknown_tokens_but_not_health(tmp_path):
         assert info.auth_enabled
         assert await health(channel, "adapterd.v1.Server") == SERVING
     await app.stop()
+
+
+async def test_a_call_the_client_cancels_is_counted_as_cancelled(tmp_path):
+    app = make_app(tmp_path, FakeEngine())
+    await app.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.settings.port}") as channel:
+        call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+        await call.read()  # the current status; the stream then waits for changes
+        call.cancel()
+    counted = app.metrics.grpc_requests.labels("/grpc.health.v1.Health/Watch", "CANCELLED")
+    await wait_for(lambda: counted._value.get() == 1)
+    assert app.metrics.grpc_requests.labels("/grpc.health.v1.Health/Watch", "OK")._value.get() == 0
+    await app.stop()

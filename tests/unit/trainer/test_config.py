@@ -53,3 +53,17 @@ def test_eval_file_and_fraction_are_exclusive():
     data = {"datasets": [{"path": "d"}], "eval_file": "e", "eval_fraction": 0.1}
     with pytest.raises(TrainConfigError, match="eval_file or eval_fraction, not both"):
         load_config({**BASE, "data": data})
+
+
+@pytest.mark.parametrize(
+    ("training", "field"),
+    [
+        ({"select": "best"}, "training.select"),
+        ({"early_stopping_patience": 2}, "training.early_stopping_patience"),
+    ],
+)
+def test_settings_that_need_eval_data_are_refused_without_it(training, field):
+    with pytest.raises(TrainConfigError, match=f"{field}.*needs eval data"):
+        load_config({**BASE, "training": training})
+    with_eval = {**BASE, "data": {**BASE["data"], "eval_fraction": 0.1}, "training": training}
+    load_config(with_eval)

@@ -132,3 +132,24 @@ def test_csv_and_parquet_rows_are_read_with_their_row_numbers(tmp_path, tokenize
         (".parquet", 2, "completion", "missing_field"),
     }
     assert [s.valid for s in report.sources] == [1, 1]
+
+
+def test_an_unreadable_file_fails_even_under_drop_and_mix_ignores_empty_sources(
+    tmp_path, tokenizer
+):
+    good = write_jsonl(tmp_path / "good.jsonl", [qa(i) for i in range(10)])
+    data = DataSpec(datasets=[{"path": good}, {"path": tmp_path / "typo.jsonl"}], policy="drop")
+    with pytest.raises(DataRejectedError) as caught:
+        prepare_data(data, tokenizer, seed=0)
+    assert [p.code for p in caught.value.report.problems] == ["unreadable_file"]
+    only_bad_rows = write_jsonl(tmp_path / "bad.jsonl", ["{", "{"])
+    mixed = DataSpec(datasets=[{"path": good}, {"path": only_bad_rows}], policy="drop")
+    assert [s.used for s in prepare_data(mixed, tokenizer, seed=0).report.sources] == [10, 0]
+
+
+def test_a_non_string_role_is_a_row_problem_not_a_crash(tmp_path, tokenizer):
+    path = write_jsonl(
+        tmp_path / "d.jsonl", [qa(1), {"messages": [{"role": ["user"], "content": "x"}]}]
+    )
+    report = prepare_data(spec(path, policy="drop"), tokenizer, seed=0).report
+    assert report.problem_counts == {"unknown_role": 1}
