@@ -171,18 +171,19 @@ def test_rejected_data_fails_before_any_model_loads(tmp_path, tiny_model_dir):
     assert "Loading weights" not in output
 
 
+def train_with_config_file(path):
+    """`python -m trainer train --config PATH`, run to completion."""
+    command = [sys.executable, "-m", "trainer", "train", "--config", str(path)]
+    return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
 @pytest.mark.parametrize("bad", [{"lora": {"rank": 64}}, {"training": {"learning_rate": 0}}])
 def test_invalid_config_exits_2_naming_the_field(tmp_path, tiny_model_dir, bad):
     config = json.loads(write_config(tmp_path, tiny_model_dir).read_text())
     config.update(bad)
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "trainer", "train", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = train_with_config_file(path)
     assert result.returncode == 2
     assert ("lora.rank = 64" if "lora" in bad else "training.learning_rate = 0") in result.stderr
 
@@ -190,11 +191,6 @@ def test_invalid_config_exits_2_naming_the_field(tmp_path, tiny_model_dir, bad):
 def test_unreadable_config_file_exits_2(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("base_model: [unclosed\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "trainer", "train", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = train_with_config_file(path)
     assert result.returncode == 2
     assert result.stderr.startswith(f"trainer: error: --config {path}:")
