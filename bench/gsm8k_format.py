@@ -27,7 +27,7 @@ DATA = ROOT / "data/gsm8k/train_slice.jsonl"
 TRAIN_ROWS = slice(0, 512)
 TEST_ROWS = slice(900, 1000)
 ANSWER = re.compile(r"^#### -?[\d,.]+$")
-TRAINING = {"epochs": 1, "batch_size": 4, "learning_rate": 2e-3, "checkpoint_interval": 10_000}
+TRAINING = {"epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "checkpoint_interval": 10_000}
 
 
 def format_rate(texts: list[str]) -> float:
