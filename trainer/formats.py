@@ -7,7 +7,7 @@ Pure: no I/O, no tokenizer. Problems carry a field path and a stable code.
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
@@ -31,6 +31,14 @@ class Turn:
     """The message text."""
     origin: str
     """Field path of the text in the source row, e.g. "messages[3].content" or "output"."""
+    trained: bool = True
+    """Whether the loss covers it (assistant turns only). False for assistant turns inside a
+    conversational prompt: they are few-shot context, as in TRL's prompt/completion."""
+
+    @property
+    def learns(self) -> bool:
+        """An assistant turn the loss trains on."""
+        return self.role == "assistant" and self.trained
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,9 @@ def _text_or_messages(reader: _Reader, field: str, role: str) -> list[Turn]:
     if isinstance(value, str):
         return [Turn(role, value, reader.name(field))]
     if isinstance(value, list):  # TRL's conversational prompt/completion
-        return reader.message_list(field, "role", "content", {r: r for r in ROLES})
+        turns = reader.message_list(field, "role", "content", {r: r for r in ROLES})
+        # Only the completion trains; assistant turns in the prompt are context.
+        return [replace(t, trained=role == "assistant") for t in turns]
     return []
 
 
@@ -186,7 +196,7 @@ _NORMALIZERS = {
 def check_structure(turns: list[Turn]) -> list[FieldProblem]:
     """Problems of a conversation as a training example, whatever its source format."""
     problems = []
-    assistants = [t for t in turns if t.role == "assistant"]
+    assistants = [t for t in turns if t.learns]
     if not assistants:
         problems.append(FieldProblem("", "no_assistant_turn", "no assistant turn to learn from"))
     elif turns[-1].role != "assistant":

@@ -63,7 +63,7 @@ def assistant_spans(tokenizer: Any, turns: Sequence[Turn]) -> tuple[str, list[tu
     full = _render(tokenizer, messages, prompt=False)
     spans = []
     for index, turn in enumerate(turns):
-        if turn.role != "assistant":
+        if not turn.learns:
             continue
         before = _render(tokenizer, messages[:index], prompt=True)
         through = _render(tokenizer, messages[: index + 1], prompt=False)

@@ -70,3 +70,16 @@ def test_a_template_without_end_of_turn_token_fails_hard():
     _, turns = normalize({"prompt": "Q", "completion": "A"}, "auto", {})
     with pytest.raises(TemplateError, match="never learn to stop"):
         tokenize(TemplateWithoutEndOfTurn(), turns)
+
+
+def test_assistant_turns_inside_a_conversational_prompt_are_context_not_targets(tokenizer):
+    row = {
+        "prompt": [
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "3+3?"},
+        ],
+        "completion": [{"role": "assistant", "content": "6"}],
+    }
+    _, turns = normalize(row, "auto", {})
+    assert trained_segments(tokenizer, tokenize(tokenizer, turns)) == ["6<|im_end|>"]
