@@ -1,4 +1,5 @@
-"""Small file-system helpers shared by the trainer and the server (standard library only)."""
+"""Small standard-library helpers shared by the trainer and the server: atomic directory
+publishing and installed package versions."""
 
 import shutil
 from importlib.metadata import PackageNotFoundError, version
