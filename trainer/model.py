@@ -5,6 +5,7 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from trainer.config import LoraSpec, QuantizationSpec
@@ -24,15 +25,11 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def attention_implementation() -> str:
-    """SDPA (flash kernels) on CUDA; on the CPU, eager attention: measured faster here for chat
-    lengths with LoRA under bf16 autocast (torch 2.13's CPU flash kernel is slow at head_dim 64)."""
-    return "sdpa" if torch.cuda.is_available() else "eager"
-
-
 def load_base(path: Path, quantization: str, spec: QuantizationSpec, checkpointing: bool) -> Any:
-    """Loads the base model frozen: bf16, or NF4/FP4 with (optional) double quantization."""
-    attention = attention_implementation()
+    """Loads the base model frozen: bf16, or NF4/FP4 with (optional) double quantization.
+    Attention is SDPA: flash kernels on CUDA, and on the CPU less memory than eager attention
+    (no materialized probabilities) at the same speed or better (bench/train_throughput.py)."""
+    attention = "sdpa"
     if quantization == "none":
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch.bfloat16, attn_implementation=attention, device_map={"": device()}
@@ -57,7 +54,11 @@ def load_base(path: Path, quantization: str, spec: QuantizationSpec, checkpointi
 
 def attach_lora(model: Any, spec: LoraSpec) -> Any:
     """Wraps the base in a peft LoRA model; only the adapter trains. Its weights stay fp32 (the
-    optimizer's master copy); the recipe computes under bf16 autocast."""
+    optimizer's master copy); the recipe computes under bf16 autocast.
+
+    peft casts each LoRA input to its weights' dtype (here fp32), which under autocast only
+    copies every activation to fp32 and back: a seventh of the step on the CPU. Autocast picks
+    the compute dtype, so that cast is turned off."""
     config = LoraConfig(
         r=spec.rank,
         lora_alpha=spec.alpha,
@@ -67,4 +68,8 @@ def attach_lora(model: Any, spec: LoraSpec) -> Any:
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config, autocast_adapter_dtype=True)
+    peft_model = get_peft_model(model, config, autocast_adapter_dtype=True)
+    for module in peft_model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
+    return peft_model

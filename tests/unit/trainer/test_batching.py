@@ -28,7 +28,7 @@ def examples(tokenizer):
 
 @pytest.fixture(scope="module", params=["sdpa", "eager"])
 def model(tiny_model_dir, request):
-    """The tiny model with each attention the trainer uses (sdpa on CUDA, eager on the CPU)."""
+    """The tiny model with SDPA (what the trainer uses) and eager attention (the fallback)."""
     from transformers import AutoModelForCausalLM
 
     # fp32 so that the comparison measures masking, not bf16 rounding
