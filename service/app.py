@@ -8,17 +8,21 @@ from pathlib import Path
 
 from grpc import aio
 from prometheus_client import start_http_server
+from transformers import AutoTokenizer
 
 from service import __version__
+from service.adapters.checks import AdapterLimits
+from service.adapters.manager import AdapterManager
 from service.auth import TokenTable
-from service.basemodel import BaseModel, resolve_base_model
+from service.basemodel import BaseModel, lora_target_modules, resolve_base_model
 from service.errors import ConfigError
 from service.grpc.health import HealthPublisher
 from service.grpc.server import ENGINE_BACKED_SERVICES, LIVE_SERVICES, bind, build_grpc_server
-from service.inference.engine import InferenceEngine
+from service.inference.engine import EngineState, InferenceEngine
+from service.inference.generation import Generator
 from service.inference.lifecycle import EngineLifecycle
 from service.inference.vllm_engine import VllmEngine, VllmEngineConfig, pick_engine_cpus
-from service.metrics import Metrics
+from service.metrics import AdapterLabels, Metrics
 from service.serverinfo import ServerInfo, reported_libraries
 from service.settings import ServerSettings
 
@@ -40,10 +44,40 @@ class App:
         self.base_model = base_model
         self.metrics = metrics or Metrics()
         self.health = HealthPublisher(LIVE_SERVICES, ENGINE_BACKED_SERVICES)
-        self.lifecycle = EngineLifecycle(engine, self.metrics, self.health.on_engine_state)
+        tokenizer = AutoTokenizer.from_pretrained(base_model.path)
+        self.lifecycle = EngineLifecycle(
+            engine,
+            self.metrics,
+            self.health.on_engine_state,
+            warmup_prompt=tuple(tokenizer("Hello", add_special_tokens=False)["input_ids"]),
+        )
+        self.adapters = AdapterManager(
+            engine=engine,
+            limits=AdapterLimits(
+                root=settings.resolved_adapter_root,
+                max_rank=settings.max_lora_rank,
+                max_bytes=settings.max_adapter_mib * 2**20,
+                base=base_model.fingerprint,
+                base_name=base_model.name,
+                target_modules=lora_target_modules(base_model.path),
+            ),
+            capacity=settings.max_cpu_loras,
+            metrics=self.metrics,
+            labels=AdapterLabels(self.metrics, settings.adapter_labels),
+        )
+        self.generator = Generator(
+            engine=engine,
+            adapters=self.adapters,
+            tokenizer=tokenizer,
+            metrics=self.metrics,
+            max_model_len=settings.max_model_len,
+            ready=lambda: self.lifecycle.state is EngineState.READY,
+        )
         self._auth_enabled = tokens is not None
         self._libraries = reported_libraries()
-        self.grpc: aio.Server = build_grpc_server(self.metrics, tokens, self.health, self.describe)
+        self.grpc: aio.Server = build_grpc_server(
+            self.metrics, tokens, self.health, self.describe, self.generator, self.adapters
+        )
         self._metrics_http: tuple[object, object] | None = None
         self._engine_task: asyncio.Task[None] | None = None
         self.metrics.build_info.info({"version": __version__, "base_model": base_model.name})
@@ -138,14 +172,17 @@ def build_app(settings: ServerSettings) -> App:
     _ensure_dir(settings.resolved_adapter_root, "--adapter-root")
     tokens = TokenTable.load(settings.auth_tokens_file) if settings.auth_tokens_file else None
     base_model = resolve_base_model(settings.base_model, settings.model_cache_dir)
+    metrics = Metrics()
     engine = VllmEngine(
         VllmEngineConfig(
             model_path=base_model.path,
             max_loras=settings.max_loras,
+            max_cpu_loras=settings.max_cpu_loras,
             max_lora_rank=settings.max_lora_rank,
             max_model_len=settings.max_model_len,
             cpu_ids=pick_engine_cpus(sorted(os.sched_getaffinity(0)), settings.engine_threads),
             kv_cache_gib=settings.engine_kv_cache_gib,
-        )
+        ),
+        stats=metrics.record_engine_stats,
     )
-    return App(settings, base_model, engine, tokens)
+    return App(settings, base_model, engine, tokens, metrics)

@@ -59,6 +59,22 @@ class BaseModel:
     """Hashes of its weights and chat template."""
 
 
+def lora_target_modules(path: Path) -> frozenset[str]:
+    """Names of the base model's linear layers that LoRA may target ("q_proj", ...): every
+    linear module but the output head, built on the meta device from config.json alone."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    head = model.get_output_embeddings()
+    return frozenset(
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not head
+    )
+
+
 def resolve_base_model(name: str, cache_dir: Path) -> BaseModel:
     """Turns the `--base-model` setting into a checkpoint directory, preparing it if needed.
 

@@ -9,37 +9,56 @@ The domain code raises these without knowing about gRPC. Messages name the field
 class AdapterdError(Exception):
     """An error the caller can act on. Anything else is a bug and becomes INTERNAL."""
 
+    reason = "internal"
+    """Short name of the error kind, for metric labels."""
+
 
 class InvalidArgumentError(AdapterdError):
     """A request field or setting has a value that can never be valid."""
+
+    reason = "invalid_argument"
 
 
 class NotFoundError(AdapterdError):
     """The named object does not exist, or the caller may not know that it exists."""
 
+    reason = "not_found"
+
 
 class AlreadyExistsError(AdapterdError):
     """The object the caller tried to create exists already."""
+
+    reason = "already_exists"
 
 
 class FailedPreconditionError(AdapterdError):
     """The request is valid, but the system is not in a state that allows it."""
 
+    reason = "failed_precondition"
+
 
 class ResourceExhaustedError(AdapterdError):
     """A quota, queue or capacity limit was reached."""
+
+    reason = "resource_exhausted"
 
 
 class UnauthenticatedError(AdapterdError):
     """The request carries no valid credentials."""
 
+    reason = "unauthenticated"
+
 
 class PermissionDeniedError(AdapterdError):
     """The caller is known but its role does not allow the request."""
 
+    reason = "permission_denied"
+
 
 class UnavailableError(AdapterdError):
     """The service cannot take the request now (warming up, draining); retrying may work."""
+
+    reason = "unavailable"
 
 
 class ConfigError(AdapterdError):

@@ -2,8 +2,12 @@
 
 The page that `/metrics` serves holds this registry only: vLLM registers its own `vllm:*`
 series on prometheus_client's global registry, and colons are reserved for recording rules.
-Labels are bounded: RPC method names come from the protos, never from a request.
+Labels are bounded: RPC method names come from the protos, never from a request; the adapter
+label is one of at most `adapter_labels` registered names or aliases (`AdapterLabels`), "base"
+for the base model and "other" for everything else, never a version.
 """
+
+from collections.abc import Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -15,8 +19,13 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from service.inference.engine import EngineStats
+
 # Unary RPCs answer in milliseconds, streams and engine work take seconds.
 RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Inter-token latency: milliseconds on a GPU, tens of milliseconds on a CPU.
+TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
+BASE_LABEL, OTHER_LABEL = "base", "other"
 
 
 class Metrics:
@@ -52,3 +61,134 @@ class Metrics:
             buckets=RPC_BUCKETS,
             registry=self.registry,
         )
+        # Serving, per adapter (label: see AdapterLabels).
+        self.ttft = Histogram(
+            "adapterd_time_to_first_token_seconds",
+            "From receiving a generation request to its first generated token, by adapter.",
+            ["adapter"],
+            buckets=RPC_BUCKETS,
+            registry=self.registry,
+        )
+        self.inter_token = Histogram(
+            "adapterd_inter_token_latency_seconds",
+            "Time between consecutive streamed chunks of one request, by adapter.",
+            ["adapter"],
+            buckets=TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self.generation_latency = Histogram(
+            "adapterd_generation_duration_seconds",
+            "From receiving a generation request to its last token, by adapter.",
+            ["adapter"],
+            buckets=RPC_BUCKETS,
+            registry=self.registry,
+        )
+        self.generation_requests = Counter(
+            "adapterd_generation_requests",
+            "Generation requests by adapter and outcome (ok, or the status code of the error).",
+            ["adapter", "outcome"],
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "adapterd_prompt_tokens",
+            "Prompt tokens of generation requests, by adapter.",
+            ["adapter"],
+            registry=self.registry,
+        )
+        self.generated_tokens = Counter(
+            "adapterd_generated_tokens",
+            "Tokens generated, by adapter.",
+            ["adapter"],
+            registry=self.registry,
+        )
+        # Adapter loading and residency.
+        self.adapter_load_seconds = Histogram(
+            "adapterd_adapter_load_duration_seconds",
+            "Time to load an adapter into the engine (checks included for registrations), by "
+            "reason: register (LoadAdapter) or reload (after an eviction).",
+            ["reason"],
+            buckets=RPC_BUCKETS,
+            registry=self.registry,
+        )
+        self.adapter_loads = Counter(
+            "adapterd_adapter_loads",
+            "Adapter loads into the engine, by reason: register or reload.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.adapter_evictions = Counter(
+            "adapterd_adapter_evictions",
+            "Adapters evicted from the engine's cache to make room (they stay registered).",
+            registry=self.registry,
+        )
+        self.adapters_resident = Gauge(
+            "adapterd_adapters",
+            "Registered adapter versions by tier: engine (in its cache) or disk (evicted).",
+            ["tier"],
+            registry=self.registry,
+        )
+        # The engine's scheduler, from vLLM's per-step stats.
+        self.engine_waiting = Gauge(
+            "adapterd_engine_waiting_requests",
+            "Requests queued in the engine for a batch slot.",
+            registry=self.registry,
+        )
+        self.engine_running = Gauge(
+            "adapterd_engine_running_requests",
+            "Requests in the engine's running batch.",
+            registry=self.registry,
+        )
+        self.engine_kv_cache_usage = Gauge(
+            "adapterd_engine_kv_cache_usage_ratio",
+            "Fraction of the engine's KV cache in use.",
+            registry=self.registry,
+        )
+
+    def record_engine_stats(self, stats: EngineStats) -> None:
+        """Takes the engine's scheduler stats after a step (called by the engine)."""
+        self.engine_waiting.set(stats.waiting)
+        self.engine_running.set(stats.running)
+        self.engine_kv_cache_usage.set(stats.kv_cache_usage)
+
+    def per_adapter(self) -> Iterable[Counter | Histogram]:
+        """The metrics with an `adapter` label."""
+        return (
+            self.ttft,
+            self.inter_token,
+            self.generation_latency,
+            self.generation_requests,
+            self.prompt_tokens,
+            self.generated_tokens,
+        )
+
+
+class AdapterLabels:
+    """Keeps the `adapter` label bounded.
+
+    A registered name or alias gets its own label while fewer than `limit` have one; the rest
+    share "other". Releasing a name (its last version unregistered, or its alias removed)
+    deletes its series and frees its place.
+    """
+
+    def __init__(self, metrics: Metrics, limit: int) -> None:
+        self._metrics = metrics
+        self._limit = limit
+        self._own: set[str] = set()
+
+    def admit(self, name: str) -> None:
+        """Gives `name` its own label if there is room."""
+        if len(self._own) < self._limit:
+            self._own.add(name)
+
+    def release(self, name: str) -> None:
+        """Takes `name`'s label away and deletes its series."""
+        if name in self._own:
+            self._own.discard(name)
+            for metric in self._metrics.per_adapter():
+                metric.remove_by_labels({"adapter": name})
+
+    def of(self, name: str) -> str:
+        """The label for a request that named `name` ("" for the base model)."""
+        if not name:
+            return BASE_LABEL
+        return name if name in self._own else OTHER_LABEL

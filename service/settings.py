@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import ConfigError
@@ -82,6 +82,22 @@ class ServerSettings(BaseSettings):
         None, description="Root that adapter files must lie under (default: DATA_DIR/adapters)."
     )
     max_loras: int = Field(4, ge=1, le=64, description="Adapters active in one engine batch.")
+    max_cpu_loras: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="Adapters the engine keeps loaded (at least --max-loras); beyond it, the "
+        "least recently used unpinned adapter is evicted and reloaded on its next request.",
+    )
+    max_adapter_mib: int = Field(
+        1024, ge=1, le=65536, description="Size cap of an adapter's safetensors file in MiB."
+    )
+    adapter_labels: int = Field(
+        32,
+        ge=0,
+        le=1000,
+        description="Adapter names or aliases with their own metric label; the rest share 'other'.",
+    )
     max_lora_rank: Annotated[int, AfterValidator(_lora_rank)] = Field(
         16, description="Largest LoRA rank the engine accepts."
     )
@@ -107,6 +123,15 @@ class ServerSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
+
+    @model_validator(mode="after")
+    def _cache_holds_a_batch(self) -> "ServerSettings":
+        if self.max_cpu_loras < self.max_loras:
+            raise ValueError(
+                f"--max-cpu-loras {self.max_cpu_loras} must be at least --max-loras "
+                f"{self.max_loras} (the engine keeps every adapter of a batch loaded)"
+            )
+        return self
 
     @property
     def resolved_adapter_root(self) -> Path:

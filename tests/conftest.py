@@ -14,7 +14,7 @@ import pytest
 
 from service.basemodel import BaseModel, resolve_base_model
 from service.settings import ServerSettings
-from tests.support import TOKENS, ServerProcess, build_tiny_llama
+from tests.support import TOKENS, ServerProcess, build_tiny_llama, make_adapter
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -29,6 +29,13 @@ def default_model() -> BaseModel:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, default_model: BaseModel) -> Path:
     """A 2-layer random Llama with the real tokenizer; loads in transformers, peft and vLLM."""
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), default_model.path)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A random LoRA adapter (rank 8) for the tiny model, with adapterd's manifest. Copy it
+    before changing it."""
+    return make_adapter(tmp_path_factory.mktemp("tiny-adapter"), tiny_model_dir, seed=1)
 
 
 @pytest.fixture(scope="session")

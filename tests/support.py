@@ -54,6 +54,41 @@ def build_tiny_llama(out: Path, tokenizer_from: Path) -> Path:
     return out
 
 
+def make_adapter(out: Path, base_dir: Path, seed: int, rank: int = 8, **lora: object) -> Path:
+    """Saves a random LoRA adapter for the model in `base_dir` with adapterd's manifest.
+
+    Both LoRA matrices are random (peft's init_lora_weights=False), so the adapter changes the
+    model's output, differently per seed.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from trainer.fingerprint import fingerprint
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        target_modules=lora.pop("target_modules", ["q_proj", "v_proj", "down_proj"]),
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+        **lora,
+    )
+    get_peft_model(model, config).save_pretrained(out)
+    base = fingerprint(base_dir)
+    manifest = {
+        "base_model": {
+            "name": "tiny",
+            "weights_sha256": base.weights_sha256,
+            "chat_template_sha256": base.chat_template_sha256,
+        }
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
 def free_port() -> int:
     """A TCP port that was free a moment ago on 127.0.0.1."""
     with socket.socket() as sock:

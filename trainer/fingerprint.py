@@ -6,8 +6,10 @@ these hashes do. Pure standard library, so the server can use it without torch.
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 _CHUNK = 1 << 20
 
@@ -57,19 +59,29 @@ def chat_template(model_dir: Path) -> str:
     return ""
 
 
-def _safetensors_parameters(path: Path) -> int:
-    # A safetensors file starts with an 8-byte little-endian header length and a JSON header.
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The tensors of a safetensors file by name ({"dtype", "shape", "data_offsets"}), read from
+    its header alone: an 8-byte little-endian length, then that much JSON.
+
+    Raises:
+        ValueError: when the file is too short or its header is not a JSON object.
+    """
     with path.open("rb") as f:
-        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-    total = 0
-    for name, tensor in header.items():
-        if name == "__metadata__":
-            continue
-        count = 1
-        for dim in tensor["shape"]:
-            count *= dim
-        total += count
-    return total
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise ValueError(f"{path.name}: not a safetensors file (shorter than its header)")
+        size = int.from_bytes(prefix, "little")
+        if size > path.stat().st_size - 8:
+            raise ValueError(f"{path.name}: not a safetensors file (header length {size})")
+        header = json.loads(f.read(size))
+    if not isinstance(header, dict):
+        raise ValueError(f"{path.name}: not a safetensors file (header is not an object)")
+    header.pop("__metadata__", None)
+    return header
+
+
+def _safetensors_parameters(path: Path) -> int:
+    return sum(math.prod(t["shape"]) for t in safetensors_header(path).values())
 
 
 def fingerprint(model_dir: Path) -> ModelFingerprint:

@@ -85,6 +85,13 @@ def assistant_spans(tokenizer: Any, turns: Sequence[Turn]) -> tuple[str, list[tu
     return full, spans
 
 
+def prompt_token_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """A chat as the model sees it at inference: rendered exactly as in training, plus the
+    assistant prefix, tokenized."""
+    text = _render(tokenizer, messages, prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def tokenize(tokenizer: Any, turns: Sequence[Turn]) -> Example:
     """Tokenizes a conversation with labels on its assistant spans.
 

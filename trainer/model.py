@@ -71,5 +71,6 @@ def attach_lora(model: Any, spec: LoraSpec) -> Any:
     peft_model = get_peft_model(model, config, autocast_adapter_dtype=True)
     for module in peft_model.modules():
         if isinstance(module, BaseTunerLayer):
-            module.cast_input_dtype_enabled = False
+            # nn.Module's __setattr__ is typed for tensors and modules only
+            module.cast_input_dtype_enabled = False  # type: ignore[assignment]
     return peft_model

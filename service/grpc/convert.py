@@ -1,9 +1,15 @@
 """Conversions between domain objects and adapterd.v1 protobuf messages, in one place."""
 
-from adapterd.v1 import common_pb2, server_pb2
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from adapterd.v1 import adapters_pb2, common_pb2, inference_pb2, server_pb2
+from service.adapters.registry import AdapterState, AdapterVersion
 from service.auth import Principal, Role
 from service.basemodel import BaseModel
 from service.inference.engine import EngineState
+from service.inference.generation import Delta, GenerateParams
 from service.serverinfo import ServerInfo
 
 _ENGINE_STATES = {
@@ -39,4 +45,115 @@ def server_info_to_proto(info: ServerInfo, caller: Principal) -> server_pb2.GetS
         caller_tenant=caller.tenant,
         caller_role=_ROLES[caller.role],
         auth_enabled=info.auth_enabled,
+    )
+
+
+_FINISH_REASONS = {
+    None: inference_pb2.FINISH_REASON_UNSPECIFIED,
+    "stop": inference_pb2.FINISH_REASON_STOP,
+    "length": inference_pb2.FINISH_REASON_LENGTH,
+    "abort": inference_pb2.FINISH_REASON_ABORT,
+}
+_ADAPTER_STATES = {
+    AdapterState.LOADING: adapters_pb2.ADAPTER_STATE_LOADING,
+    AdapterState.READY: adapters_pb2.ADAPTER_STATE_READY,
+    AdapterState.FAILED: adapters_pb2.ADAPTER_STATE_FAILED,
+    AdapterState.UNLOADING: adapters_pb2.ADAPTER_STATE_UNLOADING,
+}
+
+
+def generate_params(request: inference_pb2.GenerateRequest) -> GenerateParams:
+    """adapterd.v1.GenerateRequest -> validated GenerateParams (unset sampling fields take
+    their defaults).
+
+    Raises:
+        InvalidArgumentError: naming the field and value.
+    """
+    sampling: dict[str, Any] = {
+        field.name: value for field, value in request.sampling.ListFields() if field.name != "stop"
+    }
+    sampling["stop"] = tuple(request.sampling.stop)
+    fields: dict[str, Any] = {
+        "adapter": request.adapter,
+        "sampling": sampling,
+        "json_schema": request.json_schema,
+        "prompt_logprobs": request.prompt_logprobs,
+    }
+    which = request.WhichOneof("input")
+    if which == "chat":
+        fields["messages"] = [{"role": m.role, "content": m.content} for m in request.chat.messages]
+    elif which == "prompt":
+        fields["prompt"] = request.prompt
+    return GenerateParams.parse(fields)
+
+
+def _prompt_tokens(delta: Delta) -> list[inference_pb2.PromptToken]:
+    return [
+        inference_pb2.PromptToken(
+            token_id=t.token_id, text=t.text, logprob=t.logprob, is_top=t.is_top
+        )
+        for t in delta.prompt_logprobs
+    ]
+
+
+def _usage(delta: Delta) -> inference_pb2.Usage | None:
+    if delta.usage is None:
+        return None
+    return inference_pb2.Usage(
+        prompt_tokens=delta.usage.prompt_tokens, completion_tokens=delta.usage.completion_tokens
+    )
+
+
+def stream_response(delta: Delta) -> inference_pb2.GenerateStreamResponse:
+    """A Delta -> adapterd.v1.GenerateStreamResponse."""
+    return inference_pb2.GenerateStreamResponse(
+        text=delta.text,
+        token_ids=delta.token_ids,
+        finish_reason=_FINISH_REASONS[delta.finish_reason],
+        usage=_usage(delta),
+        adapter_version=delta.adapter_version,
+        prompt_tokens=_prompt_tokens(delta),
+    )
+
+
+def generate_response(deltas: list[Delta]) -> inference_pb2.GenerateResponse:
+    """A whole completion's deltas -> adapterd.v1.GenerateResponse."""
+    last = deltas[-1]
+    return inference_pb2.GenerateResponse(
+        text="".join(d.text for d in deltas),
+        finish_reason=_FINISH_REASONS[last.finish_reason],
+        usage=_usage(last),
+        adapter_version=last.adapter_version,
+        token_ids=[t for d in deltas for t in d.token_ids],
+        prompt_tokens=[p for d in deltas for p in _prompt_tokens(d)],
+    )
+
+
+def _timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def adapter_to_proto(entry: AdapterVersion, aliases: list[str]) -> adapters_pb2.AdapterInfo:
+    """A registered version and its aliases -> adapterd.v1.AdapterInfo."""
+    return adapters_pb2.AdapterInfo(
+        name=entry.name,
+        version=entry.version,
+        ref=entry.ref,
+        state=_ADAPTER_STATES[entry.state],
+        base_model=entry.base_model,
+        rank=entry.rank,
+        pinned=entry.pinned or bool(aliases),
+        last_used=_timestamp(entry.last_used),
+        load_seconds=entry.load_seconds,
+        residency=adapters_pb2.RESIDENCY_ENGINE if entry.resident else adapters_pb2.RESIDENCY_DISK,
+        sha256=entry.sha256,
+        aliases=aliases,
+        error=entry.error,
+        path=str(entry.path),
+        in_flight=entry.in_flight,
+        created=_timestamp(entry.created),
     )

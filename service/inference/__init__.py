@@ -1,1 +1,1 @@
-"""Inference: the engine seam, its vLLM implementation, and engine lifecycle."""
+"""Inference: the engine seam, its vLLM implementation, engine lifecycle, and generation."""

@@ -7,17 +7,24 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 
-from service.inference.engine import EngineError, GenerationChunk, GenerationRequest
+from service.inference.engine import AdapterSlot, EngineError, GenerationChunk, GenerationRequest
 
 
 class FakeEngine:
-    """Echoes a hash of the prompt, one word per token; `fail_start` makes start() raise."""
+    """Echoes a hash of the prompt and adapter id, one word per token.
+
+    `fail_start` makes start() raise; `step` (an Event) paces generation when a test needs
+    requests to stay in flight; `adapters` is the engine's adapter cache.
+    """
 
     def __init__(self, start_delay: float = 0.0, fail_start: bool = False) -> None:
         self.start_delay = start_delay
         self.fail_start = fail_start
         self.running = False
         self.shutdown_calls = 0
+        self.adapters: dict[int, AdapterSlot] = {}
+        self.loads = 0
+        self.step: asyncio.Event | None = None
 
     async def start(self) -> None:
         await asyncio.sleep(self.start_delay)
@@ -29,13 +36,26 @@ class FakeEngine:
         if not self.running:
             raise EngineError("fake engine is not running")
 
+    async def add_adapter(self, adapter: AdapterSlot) -> None:
+        self.adapters[adapter.engine_id] = adapter
+        self.loads += 1
+
+    async def remove_adapter(self, engine_id: int) -> None:
+        self.adapters.pop(engine_id, None)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         if not self.running:
             raise EngineError("fake engine is not running")
-        digest = hashlib.sha256(request.prompt.encode()).hexdigest()
-        for i in range(request.max_tokens):
+        adapter = request.adapter
+        if adapter is not None and adapter.engine_id not in self.adapters:
+            raise EngineError(f"adapter {adapter.ref} is not in the engine")
+        seed = f"{request.prompt_token_ids}/{adapter.engine_id if adapter else 0}"
+        digest = hashlib.sha256(seed.encode()).hexdigest()
+        for i in range(request.sampling.max_tokens):
+            if self.step is not None:
+                await self.step.wait()
             await asyncio.sleep(0)
-            last = i == request.max_tokens - 1
+            last = i == request.sampling.max_tokens - 1
             yield GenerationChunk(
                 text=f" {digest[i % 60 : i % 60 + 4]}",
                 token_ids=(i,),

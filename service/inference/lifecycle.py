@@ -6,12 +6,17 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from service.inference.engine import EngineError, EngineState, GenerationRequest, InferenceEngine
+from service.inference.engine import (
+    EngineError,
+    EngineState,
+    GenerationRequest,
+    InferenceEngine,
+    Sampling,
+)
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-WARMUP_PROMPT = "Hello"
 HEALTH_INTERVAL_SECONDS = 10.0
 
 StateListener = Callable[[EngineState], Awaitable[None]]
@@ -24,8 +29,15 @@ class EngineLifecycle:
     Listeners (the health service) hear every state change.
     """
 
-    def __init__(self, engine: InferenceEngine, metrics: Metrics, listener: StateListener) -> None:
+    def __init__(
+        self,
+        engine: InferenceEngine,
+        metrics: Metrics,
+        listener: StateListener,
+        warmup_prompt: tuple[int, ...],
+    ) -> None:
         self.engine = engine
+        self._warmup_prompt = warmup_prompt
         self._metrics = metrics
         self._listener = listener
         self.state = EngineState.STARTING
@@ -47,7 +59,9 @@ class EngineLifecycle:
         await self._set(EngineState.STARTING)
         try:
             await self.engine.start()
-            request = GenerationRequest(f"warmup-{uuid.uuid4().hex}", WARMUP_PROMPT, max_tokens=2)
+            request = GenerationRequest(
+                f"warmup-{uuid.uuid4().hex}", self._warmup_prompt, Sampling(max_tokens=2)
+            )
             async for _ in self.engine.generate(request):
                 pass
         except EngineError:

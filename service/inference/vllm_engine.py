@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.inference.engine import EngineError, GenerationChunk, GenerationRequest
+from service.inference.engine import (
+    AdapterSlot,
+    EngineError,
+    EngineStats,
+    GenerationChunk,
+    GenerationRequest,
+    PromptLogprob,
+    StatsListener,
+)
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,8 @@ class VllmEngineConfig:
     """Hugging Face checkpoint directory of the base model."""
     max_loras: int
     """LoRA slots in one batch."""
+    max_cpu_loras: int
+    """Adapters the engine's cache holds (adapterd keeps within it and evicts itself)."""
     max_lora_rank: int
     """Largest LoRA rank accepted."""
     max_model_len: int
@@ -57,18 +67,64 @@ def engine_arguments(config: VllmEngineConfig) -> dict[str, Any]:
         "kv_cache_memory_bytes": config.kv_cache_gib * 2**30,
         "enable_lora": True,
         "max_loras": config.max_loras,
+        "max_cpu_loras": config.max_cpu_loras,
         "max_lora_rank": config.max_lora_rank,
-        # adapterd exports its own metrics; vLLM's periodic stats log would only add noise.
+        # vLLM's default stat loggers (its log lines and vllm:* series) stay off; adapterd's own
+        # stat logger still receives every step's stats.
         "disable_log_stats": True,
         "seed": 0,
     }
 
 
+def _stat_logger_factory(listener: StatsListener) -> Any:
+    """A vLLM StatLoggerFactory whose loggers hand scheduler stats to `listener`."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class _Forwarder(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            pass
+
+        def record(
+            self,
+            scheduler_stats: Any,
+            iteration_stats: Any,
+            mm_cache_stats: Any = None,
+            engine_idx: int = 0,
+        ) -> None:
+            if scheduler_stats is not None:
+                listener(
+                    EngineStats(
+                        running=scheduler_stats.num_running_reqs,
+                        waiting=scheduler_stats.num_waiting_reqs,
+                        kv_cache_usage=scheduler_stats.kv_cache_usage,
+                    )
+                )
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return _Forwarder
+
+
+def _prompt_logprobs(output: Any) -> tuple[PromptLogprob, ...]:
+    """vLLM's per-position {token id: Logprob} (None first) as one entry per prompt token."""
+    entries = []
+    for position, token_id in enumerate(output.prompt_token_ids):
+        ranked = output.prompt_logprobs[position] if output.prompt_logprobs else None
+        if ranked is None:  # the first token has no context
+            entries.append(PromptLogprob(token_id, "", 0.0, True))
+            continue
+        own = ranked[token_id]
+        entries.append(PromptLogprob(token_id, own.decoded_token or "", own.logprob, own.rank == 1))
+    return tuple(entries)
+
+
 class VllmEngine:
     """InferenceEngine over vllm.v1.engine.async_llm.AsyncLLM."""
 
-    def __init__(self, config: VllmEngineConfig) -> None:
+    def __init__(self, config: VllmEngineConfig, stats: StatsListener | None = None) -> None:
         self._config = config
+        self._stats = stats
         self._llm: Any = None
         self._building: asyncio.Future[None] | None = None
 
@@ -91,7 +147,10 @@ class VllmEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_arguments(self._config)))
+        loggers = [_stat_logger_factory(self._stats)] if self._stats is not None else None
+        self._llm = AsyncLLM.from_engine_args(
+            AsyncEngineArgs(**engine_arguments(self._config)), stat_loggers=loggers
+        )
 
     async def check_health(self) -> None:
         if self._llm is None:
@@ -101,19 +160,58 @@ class VllmEngine:
         except Exception as exc:
             raise EngineError(f"engine unhealthy: {exc}") from exc
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+    def _running(self) -> Any:
         if self._llm is None:
             raise EngineError("engine not started")
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        return self._llm
 
+    @staticmethod
+    def _lora_request(adapter: AdapterSlot) -> Any:
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(adapter.ref, adapter.engine_id, str(adapter.path))
+
+    async def add_adapter(self, adapter: AdapterSlot) -> None:
+        llm = self._running()
+        try:
+            await llm.add_lora(self._lora_request(adapter))
+        except Exception as exc:  # vLLM raises plain ValueError/RuntimeError for bad adapters
+            raise EngineError(f"engine could not load adapter {adapter.ref}: {exc}") from exc
+
+    async def remove_adapter(self, engine_id: int) -> None:
+        await self._running().remove_lora(engine_id)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        llm = self._running()
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+        sampling = request.sampling
         params = SamplingParams(
-            max_tokens=request.max_tokens,
-            temperature=request.temperature,
-            seed=request.seed,
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            stop=list(sampling.stop),
+            seed=sampling.seed,
+            ignore_eos=sampling.ignore_eos,
+            # 1: the most likely token at each position as well as the actual one (is_top).
+            prompt_logprobs=1 if request.prompt_logprobs else None,
+            structured_outputs=(
+                StructuredOutputsParams(json=request.json_schema)
+                if request.json_schema is not None
+                else None
+            ),
             output_kind=RequestOutputKind.DELTA,
         )
-        stream = self._llm.generate(request.prompt, params, request.request_id)
+        stream = llm.generate(
+            TokensPrompt(prompt_token_ids=list(request.prompt_token_ids)),
+            params,
+            request.request_id,
+            lora_request=self._lora_request(request.adapter) if request.adapter else None,
+        )
+        first = True
         try:
             async for output in stream:
                 completion = output.outputs[0]
@@ -121,7 +219,11 @@ class VllmEngine:
                     text=completion.text,
                     token_ids=tuple(completion.token_ids),
                     finish_reason=completion.finish_reason if output.finished else None,
+                    prompt_logprobs=(
+                        _prompt_logprobs(output) if first and request.prompt_logprobs else ()
+                    ),
                 )
+                first = False
         except (asyncio.CancelledError, GeneratorExit):
             raise
         except Exception as exc:  # vLLM's own errors (EngineDeadError, ...) cross the seam typed

@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-from pathlib import Path
 
 import grpc
 import pytest
@@ -23,16 +22,21 @@ from trainer.fingerprint import ModelFingerprint
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 TOKEN = "t" * 24
-BASE = BaseModel(
-    "tiny", Path("/nowhere"), ModelFingerprint("w" * 64, "c" * 64, "LlamaForCausalLM", 7)
-)
 
 
-def make_app(tmp_path, engine, tokens=None):
-    settings = ServerSettings(
-        data_dir=tmp_path, port=free_port(), metrics_port=free_port(), drain_grace_seconds=1
+@pytest.fixture
+def make_app(tmp_path, tiny_model_dir):
+    base = BaseModel(
+        "tiny", tiny_model_dir, ModelFingerprint("w" * 64, "c" * 64, "LlamaForCausalLM", 7)
     )
-    return App(settings, BASE, engine, tokens, Metrics())
+
+    def make(engine, tokens=None):
+        settings = ServerSettings(
+            data_dir=tmp_path, port=free_port(), metrics_port=free_port(), drain_grace_seconds=1
+        )
+        return App(settings, base, engine, tokens, Metrics())
+
+    return make
 
 
 async def health(channel, service=""):
@@ -47,8 +51,8 @@ async def wait_for(predicate, seconds=5.0):
             await asyncio.sleep(0.01)
 
 
-async def test_health_is_not_serving_until_the_engine_is_warm(tmp_path):
-    app = make_app(tmp_path, FakeEngine(start_delay=0.3))
+async def test_health_is_not_serving_until_the_engine_is_warm(make_app):
+    app = make_app(FakeEngine(start_delay=0.3))
     await app.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.settings.port}") as channel:
         assert await health(channel) == NOT_SERVING
@@ -64,8 +68,8 @@ async def test_health_is_not_serving_until_the_engine_is_warm(tmp_path):
     await app.stop()
 
 
-async def test_failed_engine_start_keeps_health_not_serving(tmp_path):
-    app = make_app(tmp_path, FakeEngine(fail_start=True))
+async def test_failed_engine_start_keeps_health_not_serving(make_app):
+    app = make_app(FakeEngine(fail_start=True))
     await app.start()
     await wait_for(lambda: app.lifecycle.state is EngineState.FAILED)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.settings.port}") as channel:
@@ -74,9 +78,9 @@ async def test_failed_engine_start_keeps_health_not_serving(tmp_path):
     await app.stop()
 
 
-async def test_stop_turns_health_off_and_shuts_the_engine_down(tmp_path):
+async def test_stop_turns_health_off_and_shuts_the_engine_down(make_app):
     engine = FakeEngine()
-    app = make_app(tmp_path, engine)
+    app = make_app(engine)
     await app.start()
     await wait_for(lambda: app.lifecycle.state is EngineState.READY)
     await app.stop()
@@ -85,13 +89,13 @@ async def test_stop_turns_health_off_and_shuts_the_engine_down(tmp_path):
     assert app.metrics.engine_ready._value.get() == 0
 
 
-async def test_unexpected_errors_become_internal_with_a_correlation_id(tmp_path, caplog):
-    app = make_app(tmp_path, FakeEngine())
+async def test_unexpected_errors_become_internal_with_a_correlation_id(make_app, caplog):
+    app = make_app(FakeEngine())
 
     def broken():
         raise KeyError("secret internals")
 
-    app.grpc = build_grpc_server(app.metrics, None, app.health, broken)
+    app.grpc = build_grpc_server(app.metrics, None, app.health, broken, app.generator, app.adapters)
     await app.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.settings.port}") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -107,9 +111,9 @@ async def test_unexpected_errors_become_internal_with_a_correlation_id(tmp_path,
     assert counted._value.get() == 1
 
 
-async def test_auth_refuses_missing_and_unknown_tokens_but_not_health(tmp_path):
+async def test_auth_refuses_missing_and_unknown_tokens_but_not_health(make_app):
     tokens = TokenTable.parse(json.dumps([{"token": TOKEN, "tenant": "acme", "role": "user"}]), "t")
-    app = make_app(tmp_path, FakeEngine(), tokens)
+    app = make_app(FakeEngine(), tokens)
     await app.start()
     request = server_pb2.GetServerInfoRequest()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.settings.port}") as channel:
@@ -125,8 +129,8 @@ async def test_auth_refuses_missing_and_unknown_tokens_but_not_health(tmp_path):
     await app.stop()
 
 
-async def test_a_call_the_client_cancels_is_counted_as_cancelled(tmp_path):
-    app = make_app(tmp_path, FakeEngine())
+async def test_a_call_the_client_cancels_is_counted_as_cancelled(make_app):
+    app = make_app(FakeEngine())
     await app.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.settings.port}") as channel:
         call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))

@@ -11,11 +11,18 @@ def test_engine_takes_the_last_cpus_and_leaves_the_first_to_training():
 
 def test_engine_arguments_enable_lora_with_the_configured_limits():
     config = VllmEngineConfig(
-        Path("/m"), max_loras=3, max_lora_rank=32, max_model_len=512, cpu_ids=(1,), kv_cache_gib=2
+        Path("/m"),
+        max_loras=3,
+        max_cpu_loras=5,
+        max_lora_rank=32,
+        max_model_len=512,
+        cpu_ids=(1,),
+        kv_cache_gib=2,
     )
     args = engine_arguments(config)
     assert args["model"] == "/m"
     assert args["enable_lora"] is True
-    assert (args["max_loras"], args["max_lora_rank"], args["max_model_len"]) == (3, 32, 512)
+    assert (args["max_loras"], args["max_cpu_loras"]) == (3, 5)
+    assert (args["max_lora_rank"], args["max_model_len"]) == (32, 512)
     assert args["dtype"] == "bfloat16"
     assert args["kv_cache_memory_bytes"] == 2 * 2**30

@@ -1,0 +1,1 @@
+"""Adapters: the registry, the checks an adapter must pass, and their management in the engine."""

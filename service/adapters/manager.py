@@ -1,0 +1,201 @@
+"""Adapter operations against the engine: load, lease for a request, evict, unload, alias.
+
+The registry (pure state) decides; this module does the I/O and keeps the engine's adapter
+cache and the registry in step. Every change to the engine's cache happens under one lock, so
+the cache never holds more than its capacity and vLLM never evicts on its own: every eviction is
+ours, counted, and never hits a pinned, aliased or busy adapter.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+
+from service.adapters.checks import AdapterLimits, check_adapter
+from service.adapters.registry import AdapterState, AdapterVersion, Registry, check_name, parse_ref
+from service.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
+from service.inference.engine import EngineError, InferenceEngine
+from service.metrics import AdapterLabels, Metrics
+
+logger = logging.getLogger(__name__)
+
+
+class AdapterManager:
+    """Owns the registry and the engine's adapter cache."""
+
+    def __init__(
+        self,
+        *,
+        engine: InferenceEngine,
+        limits: AdapterLimits,
+        capacity: int,
+        metrics: Metrics,
+        labels: AdapterLabels,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = Registry()
+        self.capacity = capacity
+        self._engine = engine
+        self._limits = limits
+        self._metrics = metrics
+        self._labels = labels
+        self._clock = clock
+        self._cache_lock = asyncio.Lock()
+        self._drained = asyncio.Condition()
+
+    # ---- registration
+    async def load(self, name: str, path: str, pin: bool) -> AdapterVersion:
+        """Checks the adapter at `path` (relative to the root), registers it as the next
+        version of `name` and loads it into the engine.
+
+        Raises:
+            InvalidArgumentError: naming what is refused; nothing is registered then.
+            NotFoundError: when `path` does not exist.
+            ResourceExhaustedError: when the engine's cache is full of held adapters.
+        """
+        check_name(name, "name")
+        began = time.monotonic()
+        checked = await asyncio.to_thread(partial(check_adapter, path, self._limits))
+        entry = self.registry.register(
+            name,
+            path=checked.path,
+            sha256=checked.sha256,
+            rank=checked.rank,
+            base_model=checked.base_model,
+            now=self._clock(),
+        )
+        entry.pinned = pin
+        self._labels.admit(name)
+        try:
+            await self._make_resident(entry)
+        except ResourceExhaustedError as exc:
+            entry.state, entry.error = AdapterState.FAILED, str(exc)
+            self._update_tiers()
+            raise
+        except EngineError as exc:  # passed our checks, yet the engine refuses the files
+            entry.state, entry.error = AdapterState.FAILED, str(exc)
+            self._update_tiers()
+            raise InvalidArgumentError(f"path: {exc}") from exc
+        entry.state = AdapterState.READY
+        self._record_load(entry, "register", time.monotonic() - began)
+        logger.info("adapter %s loaded from %s (%.3f s)", entry.ref, path, entry.load_seconds)
+        return entry
+
+    async def _make_resident(self, entry: AdapterVersion) -> None:
+        """Loads `entry` into the engine's cache, evicting the LRU free adapter if full."""
+        async with self._cache_lock:
+            if entry.resident:
+                return
+            if len(self.registry.resident()) >= self.capacity:
+                victim = self.registry.eviction_candidate()
+                if victim is None:
+                    raise ResourceExhaustedError(
+                        f"the engine's adapter cache ({self.capacity}, --max-cpu-loras) is full "
+                        "of pinned, aliased or busy adapters; unpin or unload one"
+                    )
+                await self._engine.remove_adapter(victim.engine_id)
+                victim.resident = False
+                self._metrics.adapter_evictions.inc()
+                logger.info("adapter %s evicted for %s", victim.ref, entry.ref)
+            await self._engine.add_adapter(entry.slot)
+            entry.resident = True
+            self._update_tiers()
+
+    def _record_load(self, entry: AdapterVersion, reason: str, seconds: float) -> None:
+        entry.load_seconds = seconds
+        self._metrics.adapter_loads.labels(reason).inc()
+        self._metrics.adapter_load_seconds.labels(reason).observe(seconds)
+
+    def _update_tiers(self) -> None:
+        resident = sum(v.resident for v in self.registry.versions.values())
+        self._metrics.adapters_resident.labels("engine").set(resident)
+        self._metrics.adapters_resident.labels("disk").set(len(self.registry.versions) - resident)
+
+    # ---- requests
+    def label(self, requested: str) -> str:
+        """The metric label of a request that named `requested` (never its version)."""
+        return self._labels.of(requested.partition("@")[0])
+
+    @asynccontextmanager
+    async def lease(self, requested: str) -> AsyncIterator[AdapterVersion | None]:
+        """The version a request for `requested` runs on ("" = base model: None), resident in
+        the engine and protected from eviction and unloading until the block exits.
+
+        Raises:
+            NotFoundError, FailedPreconditionError, InvalidArgumentError: see Registry.resolve.
+            ResourceExhaustedError: when an evicted adapter cannot be reloaded for lack of room.
+        """
+        if not requested:
+            yield None
+            return
+        entry = self.registry.resolve(requested)
+        entry.in_flight += 1
+        try:
+            if not entry.resident:
+                began = time.monotonic()
+                await self._make_resident(entry)
+                self._record_load(entry, "reload", time.monotonic() - began)
+            yield entry
+        finally:
+            entry.in_flight -= 1
+            entry.last_used = self._clock()
+            if entry.in_flight == 0:
+                async with self._drained:
+                    self._drained.notify_all()
+
+    # ---- changes
+    async def unload(self, requested: str) -> list[str]:
+        """Unregisters one version ("name@N") or every version of a name, after their requests
+        drain; frees their engine slots. Returns the refs removed.
+
+        Raises:
+            NotFoundError: when nothing matches.
+            FailedPreconditionError: when an alias points at a version to remove.
+        """
+        name, number = parse_ref(requested, "adapter")
+        if number is None:
+            entries = self.registry.of_name(name)
+            if not entries:
+                self.registry.get(f"{name}@1", "adapter")  # raises NotFound naming it
+        else:
+            entries = [self.registry.get(requested, "adapter")]
+        for entry in entries:
+            if aliases := self.registry.aliases_of(entry):
+                raise FailedPreconditionError(
+                    f"adapter: {entry.ref} is the target of alias {aliases[0]!r}; point the "
+                    "alias elsewhere or remove it first"
+                )
+        for entry in entries:
+            entry.state = AdapterState.UNLOADING
+        async with self._drained:
+            await self._drained.wait_for(lambda: all(e.in_flight == 0 for e in entries))
+        async with self._cache_lock:
+            for entry in entries:
+                if entry.resident:
+                    await self._engine.remove_adapter(entry.engine_id)
+                self.registry.remove(entry)
+        self._release_label(name)
+        self._update_tiers()
+        return [e.ref for e in entries]
+
+    def _release_label(self, name: str) -> None:
+        if not self.registry.of_name(name) and name not in self.registry.aliases:
+            self._labels.release(name)
+
+    def pin(self, requested: str, pinned: bool) -> AdapterVersion:
+        """Pins or unpins one version."""
+        entry = self.registry.get(requested, "adapter")
+        entry.pinned = pinned
+        return entry
+
+    def set_alias(self, alias: str, target: str) -> str:
+        """Points `alias` at `target` ("" removes it); returns the previous target."""
+        if not target:
+            previous = self.registry.remove_alias(alias)
+            self._release_label(alias)
+            return previous
+        previous = self.registry.set_alias(alias, target)
+        self._labels.admit(alias)
+        return previous

@@ -1,0 +1,239 @@
+"""Generation as the service offers it: validate, render, route to an adapter, measure.
+
+`GenerateParams` is the validated request (pydantic; errors name the field and value).
+`Generator.stream` renders the prompt with the base model's chat template (the trainer's own
+rendering), leases the adapter the request names, streams the engine's deltas, and records the
+per-adapter latency and token metrics. gRPC and the HTTP API both come through here.
+"""
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import jsonschema
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from service.adapters.manager import AdapterManager
+from service.errors import AdapterdError, InvalidArgumentError, UnavailableError
+from service.inference.engine import (
+    EngineError,
+    GenerationRequest,
+    InferenceEngine,
+    PromptLogprob,
+    Sampling,
+)
+from service.metrics import Metrics
+from trainer.config import describe_validation_error
+from trainer.masking import prompt_token_ids
+
+MAX_STOP_STRINGS = 8
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SamplingParams(_Strict):
+    """How tokens are chosen; defaults as in the proto."""
+
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    max_tokens: int = Field(256, ge=1)
+    stop: tuple[str, ...] = Field((), max_length=MAX_STOP_STRINGS)
+    seed: int | None = None
+    ignore_eos: bool = False
+
+
+class ChatMessage(_Strict):
+    """One message of a chat."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class GenerateParams(_Strict):
+    """A validated generation request."""
+
+    adapter: str = ""
+    """Name, alias or name@N; empty for the base model."""
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = None
+    sampling: SamplingParams = SamplingParams()
+    json_schema: dict[str, Any] | None = None
+    prompt_logprobs: bool = False
+
+    @field_validator("json_schema", mode="before")
+    @classmethod
+    def _parse_schema(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if not value:
+            return None
+        try:
+            schema = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc})") from None
+        if not isinstance(schema, dict):
+            raise ValueError("a JSON Schema must be a JSON object")
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+        return schema
+
+    @model_validator(mode="after")
+    def _one_input(self) -> "GenerateParams":
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("give exactly one of chat or prompt")
+        if self.messages is not None:
+            if not self.messages:
+                raise ValueError("chat.messages: empty; give at least one message")
+            if self.messages[-1].role == "assistant":
+                raise ValueError("chat.messages: the last message is the assistant's")
+        if self.prompt is not None and not self.prompt:
+            raise ValueError("prompt: empty")
+        return self
+
+    @classmethod
+    def parse(cls, fields: dict[str, Any]) -> "GenerateParams":
+        """Validates `fields` (proto field names).
+
+        Raises:
+            InvalidArgumentError: one line per problem, naming the field and value.
+        """
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            raise InvalidArgumentError("; ".join(describe_validation_error(exc))) from None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens a request used."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of a completion as the service returns it."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    adapter_version: str
+    """"name@N" that answers; "" for the base model."""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    """On the last delta."""
+    prompt_logprobs: tuple[PromptLogprob, ...] = ()
+
+
+class Generator:
+    """Serves generation requests on the engine through the adapter manager."""
+
+    def __init__(
+        self,
+        *,
+        engine: InferenceEngine,
+        adapters: AdapterManager,
+        tokenizer: Any,
+        metrics: Metrics,
+        max_model_len: int,
+        ready: Callable[[], bool],
+    ) -> None:
+        self._engine = engine
+        self._adapters = adapters
+        self._tokenizer = tokenizer
+        self._metrics = metrics
+        self._max_model_len = max_model_len
+        self._ready = ready
+
+    def _prompt_ids(self, params: GenerateParams) -> tuple[int, ...]:
+        if params.messages is not None:
+            messages = [m.model_dump() for m in params.messages]
+            ids = prompt_token_ids(self._tokenizer, messages)
+        else:
+            ids = self._tokenizer(params.prompt, add_special_tokens=False)["input_ids"]
+        budget = self._max_model_len - params.sampling.max_tokens
+        if len(ids) > budget:
+            raise InvalidArgumentError(
+                f"prompt: {len(ids)} tokens plus sampling.max_tokens "
+                f"{params.sampling.max_tokens} exceed the engine's max_model_len "
+                f"{self._max_model_len}"
+            )
+        return tuple(ids)
+
+    async def stream(self, params: GenerateParams) -> AsyncIterator[Delta]:
+        """Streams the completion of `params`; the last delta has finish_reason and usage.
+
+        Raises:
+            UnavailableError: while the engine is not ready, or when it fails mid-request.
+            InvalidArgumentError, NotFoundError, FailedPreconditionError,
+            ResourceExhaustedError: about the request or its adapter.
+        """
+        received = time.monotonic()
+        label = self._adapters.label(params.adapter)
+        outcome = "ok"
+        try:
+            if not self._ready():
+                raise UnavailableError("the inference engine is not ready; retry shortly")
+            prompt = self._prompt_ids(params)
+            async with self._adapters.lease(params.adapter) as adapter:
+                request = GenerationRequest(
+                    request_id=uuid.uuid4().hex,
+                    prompt_token_ids=prompt,
+                    sampling=Sampling(**params.sampling.model_dump()),
+                    adapter=None if adapter is None else adapter.slot,
+                    json_schema=params.json_schema,
+                    prompt_logprobs=params.prompt_logprobs,
+                )
+                version = "" if adapter is None else adapter.ref
+                async for delta in self._run(request, version, received, label):
+                    yield delta
+        except AdapterdError as exc:
+            outcome = exc.reason
+            raise
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away
+            outcome = "cancelled"
+            raise
+        except Exception:
+            outcome = "internal"
+            raise
+        finally:
+            self._metrics.generation_requests.labels(label, outcome).inc()
+
+    async def _run(
+        self, request: GenerationRequest, version: str, received: float, label: str
+    ) -> AsyncIterator[Delta]:
+        metrics = self._metrics
+        metrics.prompt_tokens.labels(label).inc(len(request.prompt_token_ids))
+        generated, previous = 0, None
+        try:
+            async for chunk in self._engine.generate(request):
+                now = time.monotonic()
+                if chunk.token_ids:
+                    if previous is None:
+                        metrics.ttft.labels(label).observe(now - received)
+                    else:
+                        metrics.inter_token.labels(label).observe(now - previous)
+                    previous = now
+                generated += len(chunk.token_ids)
+                metrics.generated_tokens.labels(label).inc(len(chunk.token_ids))
+                last = chunk.finish_reason is not None
+                yield Delta(
+                    text=chunk.text,
+                    token_ids=chunk.token_ids,
+                    adapter_version=version,
+                    finish_reason=chunk.finish_reason,
+                    usage=Usage(len(request.prompt_token_ids), generated) if last else None,
+                    prompt_logprobs=chunk.prompt_logprobs,
+                )
+        except EngineError as exc:
+            raise UnavailableError(f"the inference engine failed: {exc}") from exc
+        metrics.generation_latency.labels(label).observe(time.monotonic() - received)

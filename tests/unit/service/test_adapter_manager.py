@@ -1,0 +1,137 @@
+"""The adapter manager over the fake engine: eviction, reloads, draining, aliases, labels."""
+
+import asyncio
+import shutil
+
+import pytest
+
+from service.adapters.checks import AdapterLimits
+from service.adapters.manager import AdapterManager
+from service.adapters.registry import AdapterState
+from service.basemodel import lora_target_modules
+from service.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
+from service.inference.fake import FakeEngine
+from service.metrics import AdapterLabels, Metrics
+from trainer.fingerprint import fingerprint
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_model_dir, tiny_adapter):
+    root = tmp_path / "adapters"
+    for name in ("a", "b", "c"):
+        shutil.copytree(tiny_adapter, root / name)
+    engine = FakeEngine()
+    metrics = Metrics()
+    limits = AdapterLimits(
+        root=root,
+        max_rank=16,
+        max_bytes=2**30,
+        base=fingerprint(tiny_model_dir),
+        base_name="tiny",
+        target_modules=lora_target_modules(tiny_model_dir),
+    )
+    clock = iter(range(1000)).__next__
+
+    def make(capacity=2, labels=8):
+        return AdapterManager(
+            engine=engine,
+            limits=limits,
+            capacity=capacity,
+            metrics=metrics,
+            labels=AdapterLabels(metrics, labels),
+            clock=lambda: float(clock()),
+        )
+
+    return engine, metrics, make
+
+
+def sample(metrics, name, **labels):
+    return metrics.registry.get_sample_value(name, labels)
+
+
+async def test_loading_beyond_capacity_evicts_the_least_recently_used(setup):
+    engine, metrics, make = setup
+    manager = make(capacity=2)
+    a = await manager.load("a", "a", pin=False)
+    b = await manager.load("b", "b", pin=False)
+    async with manager.lease("a"):
+        pass  # a is now more recently used than b
+    c = await manager.load("c", "c", pin=False)
+    assert (a.resident, b.resident, c.resident) == (True, False, True)
+    assert set(engine.adapters) == {a.engine_id, c.engine_id}
+    assert sample(metrics, "adapterd_adapter_evictions_total") == 1
+    assert sample(metrics, "adapterd_adapters", tier="disk") == 1
+
+    async with manager.lease("b") as leased:  # an evicted adapter reloads on its next request
+        assert leased is b
+        assert b.resident
+    assert sample(metrics, "adapterd_adapter_loads_total", reason="reload") == 1
+    assert sample(metrics, "adapterd_adapter_loads_total", reason="register") == 3
+    assert len(engine.adapters) == 2
+
+
+async def test_pinned_and_aliased_adapters_are_never_evicted(setup):
+    _, _, make = setup
+    manager = make(capacity=2)
+    await manager.load("a", "a", pin=True)
+    await manager.load("b", "b", pin=False)
+    manager.set_alias("prod", "b@1")
+    with pytest.raises(ResourceExhaustedError, match="full of pinned, aliased or busy"):
+        await manager.load("c", "c", pin=False)
+    assert manager.registry.versions["c@1"].state is AdapterState.FAILED
+    with pytest.raises(FailedPreconditionError, match="c@1 is failed"):
+        async with manager.lease("c"):
+            pass
+
+
+async def test_unload_drains_requests_in_flight_then_frees_the_slot(setup):
+    engine, _, make = setup
+    manager = make()
+    a = await manager.load("a", "a", pin=False)
+    lease = manager.lease("a")
+    await lease.__aenter__()
+    unloading = asyncio.create_task(manager.unload("a"))
+    await asyncio.sleep(0.05)
+    assert not unloading.done()
+    assert a.state is AdapterState.UNLOADING
+    assert a.engine_id in engine.adapters  # the running request still has it
+    with pytest.raises(FailedPreconditionError, match="a@1 is unloading"):
+        async with manager.lease("a@1"):
+            pass
+    await lease.__aexit__(None, None, None)
+    assert await asyncio.wait_for(unloading, 1) == ["a@1"]
+    assert engine.adapters == {}
+    assert manager.registry.versions == {}
+
+
+async def test_an_alias_target_cannot_be_unloaded(setup):
+    _, _, make = setup
+    manager = make()
+    await manager.load("a", "a", pin=False)
+    manager.set_alias("prod", "a@1")
+    with pytest.raises(FailedPreconditionError, match="target of alias 'prod'"):
+        await manager.unload("a")
+    manager.set_alias("prod", "")
+    assert await manager.unload("a") == ["a@1"]
+
+
+async def test_a_refused_adapter_registers_nothing(setup):
+    _, _, make = setup
+    manager = make()
+    with pytest.raises(InvalidArgumentError, match=r"contains '\.\.'"):
+        await manager.load("a", "../a", pin=False)
+    assert manager.registry.versions == {}
+    assert (await manager.load("a", "a", pin=False)).ref == "a@1"
+
+
+async def test_adapter_labels_are_bounded_and_go_away_with_the_adapter(setup):
+    _, metrics, make = setup
+    manager = make(labels=1)
+    await manager.load("a", "a", pin=False)
+    await manager.load("b", "b", pin=False)
+    assert (manager.label("a@1"), manager.label("b"), manager.label("")) == ("a", "other", "base")
+    metrics.generated_tokens.labels("a").inc(3)
+    await manager.unload("a")
+    assert sample(metrics, "adapterd_generated_tokens_total", adapter="a") is None
+    await manager.load("c", "c", pin=False)
+    assert manager.label("c") == "c"  # the freed place goes to the next name

@@ -1,0 +1,100 @@
+from pathlib import Path
+
+import pytest
+
+from service.adapters.registry import AdapterState, Registry, parse_ref
+from service.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+
+
+def register(registry, name, now=0.0, ready=True):
+    entry = registry.register(
+        name, path=Path("/a") / name, sha256="s", rank=8, base_model="tiny", now=now
+    )
+    if ready:
+        entry.state = AdapterState.READY
+        entry.resident = True
+    return entry
+
+
+def test_versions_count_upward_per_name_and_are_never_reused():
+    registry = Registry()
+    first, second = register(registry, "bot"), register(registry, "bot")
+    other = register(registry, "other-bot")
+    assert (first.ref, second.ref, other.ref) == ("bot@1", "bot@2", "other-bot@1")
+    registry.remove(second)
+    assert register(registry, "bot").ref == "bot@3"
+    engine_ids = [v.engine_id for v in registry.versions.values()]
+    assert len(set(engine_ids)) == len(engine_ids)
+
+
+def test_a_name_resolves_to_its_alias_else_its_newest_ready_version():
+    registry = Registry()
+    one, two = register(registry, "bot"), register(registry, "bot")
+    register(registry, "bot", ready=False)  # bot@3 still loading
+    assert registry.resolve("bot") is two
+    registry.set_alias("bot", "bot@1")
+    assert registry.resolve("bot") is one
+    assert registry.resolve("bot@2") is two
+
+
+def test_unknown_and_not_ready_adapters_are_refused_never_the_base_model():
+    registry = Registry()
+    loading = register(registry, "bot", ready=False)
+    with pytest.raises(NotFoundError, match="no adapter or alias 'nope'"):
+        registry.resolve("nope")
+    with pytest.raises(NotFoundError, match="'bot@7'"):
+        registry.resolve("bot@7")
+    with pytest.raises(FailedPreconditionError, match="bot@1 is loading"):
+        registry.resolve("bot")
+    loading.state, loading.error = AdapterState.FAILED, "rank too large"
+    with pytest.raises(FailedPreconditionError, match="failed, not ready: rank too large"):
+        registry.resolve("bot@1")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("Bot", "not a valid name"),
+        ("-bot", "not a valid name"),
+        ("a" * 64, "not a valid name"),
+        ("bot@0", "no valid version"),
+        ("bot@x", "no valid version"),
+        ("bot@1@2", "no valid version"),
+        ("base", "reserved"),
+        ("other", "reserved"),
+    ],
+)
+def test_bad_names_and_refs_are_invalid_arguments_naming_the_field(text, message):
+    with pytest.raises(InvalidArgumentError, match=f"^adapter: .*{message}"):
+        parse_ref(text, "adapter")
+
+
+def test_alias_needs_an_exact_ready_version_and_returns_the_previous_target():
+    registry = Registry()
+    register(registry, "bot")
+    register(registry, "bot")
+    with pytest.raises(InvalidArgumentError, match="names no version"):
+        registry.set_alias("prod", "bot")
+    assert registry.set_alias("prod", "bot@1") == ""
+    assert registry.set_alias("prod", "bot@2") == "bot@1"
+    assert registry.aliases_of(registry.versions["bot@2"]) == ["prod"]
+    assert registry.remove_alias("prod") == "bot@2"
+    with pytest.raises(NotFoundError):
+        registry.remove_alias("prod")
+
+
+def test_eviction_takes_the_least_recently_used_version_that_nothing_holds():
+    registry = Registry()
+    pinned, aliased, busy, old, recent = (
+        register(registry, n, now=i) for i, n in enumerate(["a", "b", "c", "d", "e"])
+    )
+    pinned.pinned = True
+    registry.set_alias("prod", aliased.ref)
+    busy.in_flight = 1
+    recent.last_used = 100.0
+    old.last_used = 50.0
+    assert registry.eviction_candidate() is old
+    old.resident = False
+    assert registry.eviction_candidate() is recent
+    recent.in_flight = 2
+    assert registry.eviction_candidate() is None
