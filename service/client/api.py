@@ -1,15 +1,24 @@
 """A thin synchronous client over adapterd's gRPC API, for adapterctl, the demo and tests."""
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from adapterd.v1 import server_pb2, server_pb2_grpc
+from adapterd.v1 import (
+    adapters_pb2,
+    adapters_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    server_pb2,
+    server_pb2_grpc,
+)
 
 STATUS_NAMES = health_pb2.HealthCheckResponse.ServingStatus.Name
+R = TypeVar("R")
 
 
 class Client:
@@ -20,6 +29,8 @@ class Client:
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._timeout = timeout
         self.server = server_pb2_grpc.ServerStub(self._channel)
+        self.inference = inference_pb2_grpc.InferenceStub(self._channel)
+        self.adapters = adapters_pb2_grpc.AdaptersStub(self._channel)
         self.health_stub = health_pb2_grpc.HealthStub(self._channel)
 
     def __enter__(self) -> "Client":
@@ -37,12 +48,64 @@ class Client:
         """Closes the channel."""
         self._channel.close()
 
+    def call(self, method: Callable[..., Any], request: Any, response: type[R]) -> R:
+        """Calls a unary stub method with the token and the deadline; `response` is the reply's
+        type (the generated stubs are untyped)."""
+        reply = method(request, metadata=self._metadata, timeout=self._timeout)
+        assert isinstance(reply, response)
+        return reply
+
     def server_info(self) -> server_pb2.GetServerInfoResponse:
         """GetServerInfo."""
-        response: server_pb2.GetServerInfoResponse = self.server.GetServerInfo(
-            server_pb2.GetServerInfoRequest(), metadata=self._metadata, timeout=self._timeout
+        return self.call(
+            self.server.GetServerInfo,
+            server_pb2.GetServerInfoRequest(),
+            server_pb2.GetServerInfoResponse,
         )
-        return response
+
+    def generate(self, request: inference_pb2.GenerateRequest) -> inference_pb2.GenerateResponse:
+        """Generate."""
+        return self.call(self.inference.Generate, request, inference_pb2.GenerateResponse)
+
+    def generate_stream(
+        self, request: inference_pb2.GenerateRequest
+    ) -> Iterator[inference_pb2.GenerateStreamResponse]:
+        """GenerateStream: the deltas as they come."""
+        stream: Iterator[inference_pb2.GenerateStreamResponse] = self.inference.GenerateStream(
+            request, metadata=self._metadata, timeout=self._timeout
+        )
+        return stream
+
+    def load_adapter(self, name: str, path: str, pin: bool = False) -> adapters_pb2.AdapterInfo:
+        """LoadAdapter: registers the adapter at `path` (under the adapter root) as `name`."""
+        request = adapters_pb2.LoadAdapterRequest(name=name, path=path, pin=pin)
+        return self.call(
+            self.adapters.LoadAdapter, request, adapters_pb2.LoadAdapterResponse
+        ).adapter
+
+    def unload_adapter(self, adapter: str) -> list[str]:
+        """UnloadAdapter: "name@N" or every version of "name"; returns the refs removed."""
+        request = adapters_pb2.UnloadAdapterRequest(adapter=adapter)
+        reply = self.call(self.adapters.UnloadAdapter, request, adapters_pb2.UnloadAdapterResponse)
+        return list(reply.refs)
+
+    def list_adapters(self) -> adapters_pb2.ListAdaptersResponse:
+        """ListAdapters."""
+        return self.call(
+            self.adapters.ListAdapters,
+            adapters_pb2.ListAdaptersRequest(),
+            adapters_pb2.ListAdaptersResponse,
+        )
+
+    def pin_adapter(self, adapter: str, pinned: bool = True) -> adapters_pb2.AdapterInfo:
+        """PinAdapter."""
+        request = adapters_pb2.PinAdapterRequest(adapter=adapter, pinned=pinned)
+        return self.call(self.adapters.PinAdapter, request, adapters_pb2.PinAdapterResponse).adapter
+
+    def set_alias(self, alias: str, target: str) -> adapters_pb2.SetAliasResponse:
+        """SetAlias ("" target removes the alias)."""
+        request = adapters_pb2.SetAliasRequest(alias=alias, target=target)
+        return self.call(self.adapters.SetAlias, request, adapters_pb2.SetAliasResponse)
 
     def health(self, service: str = "") -> str:
         """The health status name of `service` ("" = overall), e.g. "SERVING"."""

@@ -1,0 +1,205 @@
+"""Serving on the real vLLM engine (tiny model, shared `server`): adapters hot-loaded,
+unloaded and aliased while requests flow; streaming; refusals; per-adapter metrics."""
+
+import shutil
+import subprocess
+import threading
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from adapterd.v1 import inference_pb2
+from service.client.api import Client
+from tests.support import ADMIN_TOKEN, USER_TOKEN, make_adapter
+
+PROMPTS = ["The capital of France is", "1, 2, 3, 4,", "Once upon a time"]
+
+
+@pytest.fixture(scope="module")
+def admin(server):
+    with Client(server.target, ADMIN_TOKEN, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def user(server):
+    with Client(server.target, USER_TOKEN, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def adapter_dirs(server, tiny_model_dir, tiny_adapter):
+    """Under the server's adapter root: two random adapters (seeds 1 and 2), and three that
+    must be refused (another base model, rank 32 above the limit 16, a pickle file)."""
+    root = server.data_dir / "adapters"
+    shutil.copytree(tiny_adapter, root / "one")
+    make_adapter(root / "two", tiny_model_dir, seed=2)
+    shutil.copytree(tiny_adapter, root / "wrong-base")
+    manifest = root / "wrong-base" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"weights_sha256": "', '"weights_sha256": "0'))
+    make_adapter(root / "rank-32", tiny_model_dir, seed=3, rank=32)
+    shutil.copytree(tiny_adapter, root / "pickled")
+    (root / "pickled" / "adapter_model.bin").write_bytes(b"\x80\x04N.")
+    return root
+
+
+def request(prompt, adapter="", max_tokens=8, **fields):
+    return inference_pb2.GenerateRequest(
+        adapter=adapter,
+        prompt=prompt,
+        sampling=inference_pb2.SamplingParams(temperature=0.0, max_tokens=max_tokens),
+        **fields,
+    )
+
+
+def code_of(call):
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value.code(), caught.value.details()
+
+
+def test_concurrent_requests_for_base_and_two_adapters_match_each_alone(admin, adapter_dirs):
+    admin.load_adapter("one", "one")
+    admin.load_adapter("two", "two")
+    jobs = [(prompt, adapter) for prompt in PROMPTS for adapter in ("", "one", "two")]
+    alone = {job: admin.generate(request(*job)).text for job in jobs}
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        together = dict(
+            zip(jobs, pool.map(lambda j: admin.generate(request(*j)).text, jobs), strict=True)
+        )
+    assert together == alone
+    for prompt in PROMPTS:
+        answers = {alone[(prompt, adapter)] for adapter in ("", "one", "two")}
+        assert len(answers) == 3, f"base and adapters answer alike for {prompt!r}"
+
+
+def test_the_reply_names_the_version_that_answered(admin, adapter_dirs):
+    reply = admin.generate(request(PROMPTS[0], "one"))
+    assert reply.adapter_version.startswith("one@")
+    assert reply.usage.completion_tokens == len(reply.token_ids) == 8
+    assert reply.finish_reason == inference_pb2.FINISH_REASON_LENGTH
+    assert admin.generate(request(PROMPTS[0])).adapter_version == ""
+
+
+def test_streaming_deltas_add_up_to_the_unary_answer(admin, adapter_dirs):
+    deltas = list(admin.generate_stream(request(PROMPTS[1], "one", max_tokens=12)))
+    unary = admin.generate(request(PROMPTS[1], "one", max_tokens=12))
+    assert len(deltas) > 1
+    assert "".join(d.text for d in deltas) == unary.text
+    assert [t for d in deltas for t in d.token_ids] == list(unary.token_ids)
+    assert deltas[-1].usage.completion_tokens == 12
+    assert deltas[-1].finish_reason == inference_pb2.FINISH_REASON_LENGTH
+    assert all(d.finish_reason == inference_pb2.FINISH_REASON_UNSPECIFIED for d in deltas[:-1])
+
+
+def test_load_unload_and_reload_without_a_restart(admin, adapter_dirs):
+    first = admin.load_adapter("cycle", "one")
+    answer = admin.generate(request(PROMPTS[2], "cycle")).text
+    assert admin.unload_adapter("cycle") == [first.ref]
+    code, details = code_of(lambda: admin.generate(request(PROMPTS[2], "cycle")))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert "cycle" in details
+    second = admin.load_adapter("cycle", "one")
+    assert (first.version, second.version) == (1, 2)  # never reused
+    assert admin.generate(request(PROMPTS[2], "cycle")).text == answer
+    admin.unload_adapter("cycle")
+
+
+def test_an_alias_switch_under_32_streams_fails_no_request(admin, adapter_dirs):
+    old = admin.load_adapter("switch", "one")
+    new = admin.load_adapter("switch", "two")
+    admin.set_alias("live", old.ref)
+    started = threading.Barrier(33)
+
+    def stream(i):
+        if i < 32:
+            started.wait()
+        deltas = list(admin.generate_stream(request(PROMPTS[i % 3], "live", max_tokens=24)))
+        return deltas[-1].adapter_version, sum(len(d.token_ids) for d in deltas)
+
+    with ThreadPoolExecutor(32) as pool:
+        running = [pool.submit(stream, i) for i in range(32)]
+        started.wait()
+        assert admin.set_alias("live", new.ref).previous == old.ref
+        results = [f.result() for f in running]
+    assert all(tokens == 24 for _, tokens in results)
+    assert {version for version, _ in results} <= {old.ref, new.ref}
+    assert admin.generate(request(PROMPTS[0], "live")).adapter_version == new.ref
+    listed = {a.ref: a for a in admin.list_adapters().adapters}
+    assert listed[new.ref].aliases == ["live"]
+    assert listed[new.ref].pinned
+
+
+@pytest.mark.parametrize(
+    ("path", "code", "message"),
+    [
+        ("../server.log", grpc.StatusCode.INVALID_ARGUMENT, "contains '..'"),
+        ("/etc", grpc.StatusCode.INVALID_ARGUMENT, "is absolute"),
+        ("nowhere", grpc.StatusCode.NOT_FOUND, "no adapter directory"),
+        ("wrong-base", grpc.StatusCode.INVALID_ARGUMENT, "trained on a different base model"),
+        ("rank-32", grpc.StatusCode.INVALID_ARGUMENT, "rank 32 is above"),
+        ("pickled", grpc.StatusCode.INVALID_ARGUMENT, "is a pickle file"),
+    ],
+)
+def test_unsafe_or_unfit_adapters_are_refused_and_nothing_is_loaded(
+    admin, adapter_dirs, path, code, message
+):
+    before = admin.list_adapters().adapters
+    got, details = code_of(lambda: admin.load_adapter("refused", path))
+    assert got == code
+    assert message in details
+    assert admin.list_adapters().adapters == before
+
+
+def test_unknown_adapters_are_not_found_and_users_cannot_manage_adapters(user, adapter_dirs):
+    code, details = code_of(lambda: user.generate(request(PROMPTS[0], "no-such-adapter")))
+    assert (code, "no-such-adapter" in details) == (grpc.StatusCode.NOT_FOUND, True)
+    code, _ = code_of(lambda: user.load_adapter("mine", "one"))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert user.generate(request(PROMPTS[0])).usage.completion_tokens == 8
+
+
+def test_bad_sampling_values_are_invalid_arguments_naming_the_field(user):
+    bad = request(PROMPTS[0])
+    bad.sampling.temperature = -1
+    code, details = code_of(lambda: user.generate(bad))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "sampling.temperature = -1.0" in details
+    code, details = code_of(lambda: user.generate(request(PROMPTS[0], json_schema="{not json")))
+    assert (code, "json_schema" in details) == (grpc.StatusCode.INVALID_ARGUMENT, True)
+    code, details = code_of(lambda: user.generate(request(PROMPTS[0] * 400, max_tokens=8)))
+    assert (code, "max_model_len" in details) == (grpc.StatusCode.INVALID_ARGUMENT, True)
+
+
+def test_prompt_logprobs_cover_every_prompt_token_and_depend_on_the_adapter(admin, adapter_dirs):
+    base = admin.generate(request(PROMPTS[0], max_tokens=1, prompt_logprobs=True))
+    tuned = admin.generate(request(PROMPTS[0], "one", max_tokens=1, prompt_logprobs=True))
+    assert len(base.prompt_tokens) == base.usage.prompt_tokens > 3
+    assert [t.token_id for t in base.prompt_tokens] == [t.token_id for t in tuned.prompt_tokens]
+    assert base.prompt_tokens[0].logprob == 0.0
+    assert all(t.logprob <= 0.0 for t in base.prompt_tokens)
+    assert [t.logprob for t in base.prompt_tokens] != [t.logprob for t in tuned.prompt_tokens]
+
+
+def test_the_metrics_page_has_per_adapter_series_and_passes_promtool(server, admin, adapter_dirs):
+    admin.generate(request(PROMPTS[0], "one"))
+    page = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    for series in (
+        'adapterd_time_to_first_token_seconds_count{adapter="one"}',
+        'adapterd_inter_token_latency_seconds_count{adapter="one"}',
+        'adapterd_generation_duration_seconds_count{adapter="base"}',
+        'adapterd_generation_requests_total{adapter="one",outcome="ok"}',
+        'adapterd_generated_tokens_total{adapter="one"}',
+        'adapterd_adapter_loads_total{reason="register"}',
+        'adapterd_adapters{tier="engine"}',
+        "adapterd_engine_running_requests",
+    ):
+        assert series in page, series
+    assert "@" not in "".join(line for line in page.splitlines() if "adapter=" in line)
+    assert "vllm:" not in page
+    check = subprocess.run(
+        ["promtool", "check", "metrics"], input=page, capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
