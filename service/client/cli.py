@@ -2,6 +2,12 @@
 
     adapterctl health [--service NAME] [--wait SECONDS]
     adapterctl info
+    adapterctl generate [--adapter NAME] [--max-tokens N] [--temperature T] [--raw] TEXT
+    adapterctl adapters list
+    adapterctl adapters load NAME PATH [--pin]
+    adapterctl adapters unload NAME[@VERSION]
+    adapterctl adapters pin|unpin NAME@VERSION
+    adapterctl adapters alias ALIAS [NAME@VERSION]   (no target: remove the alias)
 
 Global flags (or ADAPTERCTL_* variables): --target, --token, --timeout, --output text|json.
 """
@@ -13,7 +19,9 @@ from collections.abc import Callable
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
+from adapterd.v1 import adapters_pb2, inference_pb2
 from service.client.api import Client
 from service.errors import ConfigError
 from service.settings import ClientSettings, add_settings_flags, settings_from_args
@@ -48,9 +56,66 @@ def _info(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     return 0
 
 
+def _print(message: Message, as_json: bool) -> None:
+    if as_json:
+        print(json_format.MessageToJson(message, always_print_fields_with_no_presence=True))
+    else:
+        print(json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True))
+
+
+def _generate(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    sampling = inference_pb2.SamplingParams(
+        max_tokens=args.max_tokens, temperature=args.temperature
+    )
+    request = inference_pb2.GenerateRequest(adapter=args.adapter, sampling=sampling)
+    if args.raw:
+        request.prompt = args.text
+    else:
+        request.chat.messages.add(role="user", content=args.text)
+    if as_json:
+        _print(client.generate(request), as_json=True)
+        return 0
+    version = ""
+    for delta in client.generate_stream(request):  # print as it comes
+        print(delta.text, end="", flush=True)
+        version = delta.adapter_version
+    print(f"\n[answered by {version or 'the base model'}]", file=sys.stderr)
+    return 0
+
+
+def _adapters(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    action = args.action
+    if action == "list":
+        listing = client.list_adapters()
+        if as_json:
+            _print(listing, as_json=True)
+            return 0
+        print(f"{'ref':<28}{'state':<10}{'where':<8}{'rank':>5}{'pinned':>8}  aliases")
+        for a in listing.adapters:
+            state = adapters_pb2.AdapterState.Name(a.state).removeprefix("ADAPTER_STATE_")
+            where = adapters_pb2.Residency.Name(a.residency).removeprefix("RESIDENCY_")
+            print(
+                f"{a.ref:<28}{state.lower():<10}{where.lower():<8}{a.rank:>5}"
+                f"{'yes' if a.pinned else 'no':>8}  {', '.join(a.aliases)}"
+            )
+        print(f"engine capacity: {listing.engine_capacity}")
+        return 0
+    if action == "load":
+        _print(client.load_adapter(args.name, args.path, args.pin), as_json)
+    elif action == "unload":
+        print("\n".join(client.unload_adapter(args.adapter)))
+    elif action in ("pin", "unpin"):
+        _print(client.pin_adapter(args.adapter, action == "pin"), as_json)
+    else:
+        _print(client.set_alias(args.alias, args.alias_target), as_json)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace, bool], int]] = {
     "health": _health,
     "info": _info,
+    "generate": _generate,
+    "adapters": _adapters,
 }
 
 
@@ -67,6 +132,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", metavar="SECONDS", help="Wait up to SECONDS for the status to become SERVING."
     )
     commands.add_parser("info", help="Show the server's version, base model and limits.")
+    generate = commands.add_parser("generate", help="Answer a chat message (streamed).")
+    generate.add_argument("text", help="The user's message (or, with --raw, the prompt).")
+    generate.add_argument("--adapter", default="", help="Adapter, alias or name@N (default: base).")
+    generate.add_argument("--max-tokens", type=int, default=256, help="Most tokens to generate.")
+    generate.add_argument("--temperature", type=float, default=0.0, help="0 is greedy.")
+    generate.add_argument("--raw", action="store_true", help="Send TEXT as a raw prompt.")
+    adapters = commands.add_parser("adapters", help="List and manage served adapters.")
+    actions = adapters.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="Every registered adapter version.")
+    load = actions.add_parser("load", help="Register an adapter directory as NAME's next version.")
+    load.add_argument("name", help="Adapter name.")
+    load.add_argument("path", help="Directory relative to the server's adapter root.")
+    load.add_argument("--pin", action="store_true", help="Never evict it.")
+    unload = actions.add_parser("unload", help="Unregister NAME@N, or every version of NAME.")
+    unload.add_argument("adapter", help="NAME or NAME@N.")
+    for verb in ("pin", "unpin"):
+        actions.add_parser(verb, help=f"{verb.capitalize()} NAME@N.").add_argument("adapter")
+    alias = actions.add_parser("alias", help="Point ALIAS at NAME@N, or remove it.")
+    alias.add_argument("alias", help="Alias name.")
+    alias.add_argument(
+        "alias_target", metavar="target", nargs="?", default="", help="NAME@N; omit to remove it."
+    )
     return parser
 
 

@@ -1,6 +1,7 @@
 """Serving on the real vLLM engine (tiny model, shared `server`): adapters hot-loaded,
 unloaded and aliased while requests flow; streaming; refusals; per-adapter metrics."""
 
+import json
 import shutil
 import subprocess
 import threading
@@ -12,6 +13,7 @@ import pytest
 
 from adapterd.v1 import inference_pb2
 from service.client.api import Client
+from service.client.cli import main
 from tests.support import ADMIN_TOKEN, USER_TOKEN, make_adapter
 
 PROMPTS = ["The capital of France is", "1, 2, 3, 4,", "Once upon a time"]
@@ -203,3 +205,27 @@ def test_the_metrics_page_has_per_adapter_series_and_passes_promtool(server, adm
         ["promtool", "check", "metrics"], input=page, capture_output=True, text=True, check=False
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_adapterctl_loads_lists_aliases_and_generates(server, adapter_dirs, capsys):
+    def ctl(*args):
+        code = main(["--target", server.target, "--token", ADMIN_TOKEN, "--timeout", "120", *args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    code, out, _ = ctl("--output", "json", "adapters", "load", "cli-bot", "one")
+    assert code == 0
+    assert json.loads(out)["ref"] == "cli-bot@1"
+    assert ctl("adapters", "alias", "cli-live", "cli-bot@1")[0] == 0
+    code, out, _ = ctl("adapters", "list")
+    row = next(line for line in out.splitlines() if line.startswith("cli-bot@1"))
+    assert row.split()[1:5] == ["ready", "engine", "8", "yes"]
+    assert row.endswith("cli-live")
+    code, out, err = ctl("generate", "--adapter", "cli-live", "--max-tokens", "5", "--raw", "Hi")
+    expected = Client(server.target, ADMIN_TOKEN).generate(request("Hi", "cli-bot@1", 5)).text
+    assert (code, out.rstrip("\n"), err.strip()) == (0, expected, "[answered by cli-bot@1]")
+    code, _, err = ctl("adapters", "load", "Bad Name", "one")
+    assert code == 1
+    assert err.startswith("adapterctl: INVALID_ARGUMENT: name: 'Bad Name' is not a valid name")
+    assert ctl("adapters", "alias", "cli-live")[0] == 0
+    assert ctl("adapters", "unload", "cli-bot")[1].split() == ["cli-bot@1"]
