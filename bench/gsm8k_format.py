@@ -83,11 +83,13 @@ def answer(model_dir: Path, adapter: Path, questions: list[str]) -> tuple[list[s
         seed=0,
     )
     params = SamplingParams(temperature=0.0, max_tokens=256)
-    base = [o.outputs[0].text for o in llm.generate(prompts, params)]
-    tuned = [
-        o.outputs[0].text
-        for o in llm.generate(prompts, params, lora_request=LoRARequest("gsm8k", 1, str(adapter)))
-    ]
+    try:
+        base = [o.outputs[0].text for o in llm.generate(prompts, params)]
+        lora = LoRARequest("gsm8k", 1, str(adapter))
+        tuned = [o.outputs[0].text for o in llm.generate(prompts, params, lora_request=lora)]
+    finally:
+        # Without this the engine core outlives the answers and the process never exits.
+        llm.llm_engine.engine_core.shutdown()
     return base, tuned
 
 
