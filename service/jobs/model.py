@@ -1,0 +1,120 @@
+"""Jobs as data: kinds, states, the transition table per kind, events. Pure, no I/O.
+
+A `train` job goes queued -> validating -> running [-> evaluating] -> succeeded; an `evaluate`
+job goes queued -> evaluating -> succeeded. Any live state may end in failed or cancelled, and a
+running job may return to queued (server shutdown: it resumes from its checkpoint later).
+Terminal states are final.
+"""
+
+import enum
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.errors import FailedPreconditionError
+
+
+class JobKind(enum.Enum):
+    """What a job does; mirrors adapterd.v1.JobKind."""
+
+    TRAIN = "train"
+    EVALUATE = "evaluate"
+
+
+class JobState(enum.Enum):
+    """Where a job is; mirrors adapterd.v1.JobState."""
+
+    QUEUED = "queued"
+    VALIDATING = "validating"
+    RUNNING = "running"
+    EVALUATING = "evaluating"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        """Final: no transition leaves it."""
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+_ENDINGS = {JobState.FAILED, JobState.CANCELLED}
+
+TRANSITIONS: dict[JobKind, dict[JobState, frozenset[JobState]]] = {
+    JobKind.TRAIN: {
+        JobState.QUEUED: frozenset({JobState.VALIDATING, *_ENDINGS}),
+        JobState.VALIDATING: frozenset({JobState.RUNNING, JobState.SUCCEEDED, *_ENDINGS}),
+        JobState.RUNNING: frozenset(
+            {JobState.EVALUATING, JobState.SUCCEEDED, JobState.QUEUED, *_ENDINGS}
+        ),
+        JobState.EVALUATING: frozenset({JobState.SUCCEEDED, *_ENDINGS}),
+    },
+    JobKind.EVALUATE: {
+        JobState.QUEUED: frozenset({JobState.EVALUATING, *_ENDINGS}),
+        JobState.EVALUATING: frozenset({JobState.SUCCEEDED, JobState.QUEUED, *_ENDINGS}),
+    },
+}
+"""Allowed next states per kind and state; terminal states have no entry. A train job with
+validate_only goes validating -> succeeded."""
+
+
+def check_transition(kind: JobKind, current: JobState, target: JobState) -> None:
+    """Raises FailedPreconditionError unless `current -> target` is allowed for `kind`."""
+    if target not in TRANSITIONS[kind].get(current, frozenset()):
+        raise FailedPreconditionError(
+            f"a {kind.value} job cannot go from {current.value} to {target.value}"
+        )
+
+
+def spec_digest(spec: dict[str, Any]) -> str:
+    """A stable hash of a job spec: what makes two submissions "the same request"."""
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass
+class Job:
+    """One job row."""
+
+    id: str
+    tenant: str
+    kind: JobKind
+    state: JobState
+    spec: dict[str, Any]
+    """The validated spec, as JSON."""
+    spec_digest: str
+    request_id: str
+    """The client's idempotency key ("" if none)."""
+    priority: int
+    created: float
+    updated: float
+    started: float | None = None
+    finished: float | None = None
+    attempts: int = 0
+    """Trainer runs started (a resumed run counts again)."""
+    result: dict[str, Any] = field(default_factory=dict)
+    """Metrics, adapter path and version, evaluation results."""
+    error_reason: str = ""
+    """Machine-readable failure kind: data_rejected, out_of_memory, trainer_crashed, ..."""
+    error_message: str = ""
+    """What the user can act on."""
+    worker_pid: int | None = None
+    """The trainer process while one runs."""
+    worker_started: float | None = None
+    """Its start time (as the OS reports it), to tell it from a later process with its pid."""
+    lease_until: float | None = None
+    """The running server's claim on the job; a stale lease means its server died."""
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One entry of a job's event feed; `seq` counts from 1 per job."""
+
+    job_id: str
+    seq: int
+    time: float
+    kind: str
+    """state, progress, eval, checkpoint, log, error, ..."""
+    data: dict[str, Any]

@@ -1,0 +1,120 @@
+"""What the server stores, behind one interface: jobs and their events, datasets, adapters.
+
+`SqliteStore` is the embedded implementation. A shared database (PostgreSQL, when several
+replicas share one queue) implements the same protocol; nothing outside `service/store/` knows
+which one runs.
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from service.jobs.model import Job, JobEvent, JobKind, JobState
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """An uploaded dataset file."""
+
+    id: str
+    tenant: str
+    name: str
+    """The file name the client gave."""
+    path: Path
+    sha256: str
+    size: int
+    created: float
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    """A registered adapter version, as it survives a restart."""
+
+    name: str
+    version: int
+    path: Path
+    sha256: str
+    rank: int
+    base_model: str
+    created: float
+    pinned: bool
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of a job listing."""
+
+    jobs: list[Job]
+    next_after: int
+    """Cursor of the next page; 0 when this is the last."""
+
+
+class Store(Protocol):
+    """Durable state. Every write is committed before the call returns."""
+
+    async def open(self) -> None:
+        """Creates or upgrades the schema."""
+
+    async def close(self) -> None:
+        """Releases the connection."""
+
+    async def create_job(self, job: Job) -> tuple[Job, bool]:
+        """Inserts `job` with its first `state` event, unless the tenant already has a job with
+        its request id: then returns that one. The bool says whether `job` was created."""
+
+    async def get_job(self, job_id: str) -> Job | None:
+        """The job, or None."""
+
+    async def list_jobs(
+        self,
+        tenant: str | None,
+        states: Iterable[JobState],
+        kinds: Iterable[JobKind],
+        page_size: int,
+        after_seq: int,
+    ) -> JobPage:
+        """Jobs in submission order; `tenant` None means all tenants; empty filters match all."""
+
+    async def update_job(
+        self,
+        job_id: str,
+        state: JobState | None = None,
+        event: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> Job:
+        """Atomically: an optional transition (checked, with its `state` event carrying
+        `event`), and field updates."""
+
+    async def next_queued(self) -> Job | None:
+        """The queued job to run next: highest priority, then oldest."""
+
+    async def count_jobs(self, states: Iterable[JobState]) -> int:
+        """Jobs in any of `states`."""
+
+    async def append_event(self, job_id: str, kind: str, data: dict[str, Any]) -> JobEvent:
+        """Stores the job's next event."""
+
+    async def events(self, job_id: str, after_seq: int, limit: int = 1000) -> list[JobEvent]:
+        """Events after `after_seq`, in order."""
+
+    async def add_dataset(self, record: DatasetRecord) -> None:
+        """Records an uploaded dataset."""
+
+    async def get_dataset(self, dataset_id: str) -> DatasetRecord | None:
+        """The dataset, or None."""
+
+    async def next_adapter_version(self, name: str) -> int:
+        """Reserves the next version number of `name` (never reused)."""
+
+    async def save_adapter(self, record: AdapterRecord) -> None:
+        """Stores or replaces a registered version."""
+
+    async def delete_adapter(self, name: str, version: int) -> None:
+        """Forgets a version (its number stays reserved)."""
+
+    async def adapters(self) -> tuple[list[AdapterRecord], dict[str, tuple[str, int]]]:
+        """Every registered version, and the aliases (alias -> (name, version))."""
+
+    async def set_alias(self, alias: str, target: tuple[str, int] | None) -> None:
+        """Points `alias` at (name, version), or removes it (None)."""

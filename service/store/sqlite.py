@@ -1,0 +1,390 @@
+"""The embedded store: SQLite under the data directory (WAL; every write committed with
+synchronous=FULL before it returns, so an event is on disk before any client hears of it).
+
+All access goes through one worker thread that owns the connection: the event loop never
+blocks on disk, and writes are serialized without SQLite's busy retries. The schema carries a
+version (PRAGMA user_version) and upgrades in order.
+"""
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from service.errors import FailedPreconditionError, NotFoundError
+from service.jobs.model import Job, JobEvent, JobKind, JobState, check_transition
+from service.store.base import AdapterRecord, DatasetRecord, JobPage
+
+T = TypeVar("T")
+
+MIGRATIONS = [
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL UNIQUE,
+        tenant TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        spec_digest TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        started REAL,
+        finished REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        result TEXT NOT NULL DEFAULT '{}',
+        error_reason TEXT NOT NULL DEFAULT '',
+        error_message TEXT NOT NULL DEFAULT '',
+        worker_pid INTEGER,
+        worker_started REAL,
+        lease_until REAL
+    );
+    CREATE UNIQUE INDEX jobs_request ON jobs (tenant, request_id) WHERE request_id != '';
+    CREATE INDEX jobs_queue ON jobs (state, priority, seq);
+    CREATE TABLE job_events (
+        job_id TEXT NOT NULL REFERENCES jobs (id),
+        seq INTEGER NOT NULL,
+        time REAL NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (job_id, seq)
+    );
+    CREATE TABLE datasets (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        path TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE adapter_names (name TEXT PRIMARY KEY, last_version INTEGER NOT NULL);
+    CREATE TABLE adapters (
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        rank INTEGER NOT NULL,
+        base_model TEXT NOT NULL,
+        created REAL NOT NULL,
+        pinned INTEGER NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    CREATE TABLE aliases (alias TEXT PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL);
+    """,
+]
+
+_JOB_COLUMNS = (
+    "id, tenant, kind, state, spec, spec_digest, request_id, priority, created, updated, "
+    "started, finished, attempts, result, error_reason, error_message, worker_pid, "
+    "worker_started, lease_until"
+)
+_JSON_FIELDS = ("spec", "result")
+
+
+def _job(row: sqlite3.Row) -> Job:
+    values = dict(row)
+    for name in _JSON_FIELDS:
+        values[name] = json.loads(values[name])
+    values["kind"] = JobKind(values["kind"])
+    values["state"] = JobState(values["state"])
+    return Job(**values)
+
+
+class SqliteStore:
+    """The Store over one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    # ---- plumbing
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker, self._in_thread, work)
+
+    def _in_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._db is None:
+            raise RuntimeError("store not open")
+        with self._db:  # one transaction: committed on success, rolled back on error
+            return work(self._db)
+
+    async def open(self) -> None:
+        """Opens (creating or upgrading) the database."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._worker, self._open)
+
+    def _open(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level="DEFERRED")
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            db.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
+        self._db = db
+
+    async def close(self) -> None:
+        """Closes the database and its thread."""
+        loop = asyncio.get_running_loop()
+
+        def close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await loop.run_in_executor(self._worker, close)
+        self._worker.shutdown()
+
+    # ---- jobs
+    async def create_job(self, job: Job) -> tuple[Job, bool]:
+        def work(db: sqlite3.Connection) -> tuple[Job, bool]:
+            if job.request_id:
+                row = db.execute(
+                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND request_id = ?",
+                    (job.tenant, job.request_id),
+                ).fetchone()
+                if row is not None:
+                    return _job(row), False
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
+            db.execute(
+                f"INSERT INTO jobs (seq, {_JOB_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (seq, *self._values(job)),
+            )
+            self._append(db, job.id, "state", {"state": job.state.value}, job.created)
+            return job, True
+
+        return await self._run(work)
+
+    @staticmethod
+    def _values(job: Job) -> tuple[Any, ...]:
+        return (
+            job.id, job.tenant, job.kind.value, job.state.value, json.dumps(job.spec),
+            job.spec_digest, job.request_id, job.priority, job.created, job.updated,
+            job.started, job.finished, job.attempts, json.dumps(job.result), job.error_reason,
+            job.error_message, job.worker_pid, job.worker_started, job.lease_until,
+        )  # fmt: skip
+
+    async def get_job(self, job_id: str) -> Job | None:
+        def work(db: sqlite3.Connection) -> Job | None:
+            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return None if row is None else _job(row)
+
+        return await self._run(work)
+
+    async def list_jobs(
+        self,
+        tenant: str | None,
+        states: Iterable[JobState],
+        kinds: Iterable[JobKind],
+        page_size: int,
+        after_seq: int,
+    ) -> JobPage:
+        states, kinds = list(states), list(kinds)
+
+        def work(db: sqlite3.Connection) -> JobPage:
+            where, args = ["seq > ?"], [after_seq]
+            if tenant is not None:
+                where.append("tenant = ?")
+                args.append(tenant)  # type: ignore[arg-type]
+            if states:
+                where.append(f"state IN ({','.join('?' * len(states))})")
+                args += [s.value for s in states]  # type: ignore[misc]
+            if kinds:
+                where.append(f"kind IN ({','.join('?' * len(kinds))})")
+                args += [k.value for k in kinds]  # type: ignore[misc]
+            rows = db.execute(
+                f"SELECT seq, {_JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} "
+                "ORDER BY seq LIMIT ?",
+                (*args, page_size + 1),
+            ).fetchall()
+            jobs = [_job(_without_seq(r)) for r in rows[:page_size]]
+            more = len(rows) > page_size
+            return JobPage(jobs, rows[page_size - 1]["seq"] if more else 0)
+
+        return await self._run(work)
+
+    async def update_job(
+        self,
+        job_id: str,
+        state: JobState | None = None,
+        event: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> Job:
+        """Changes a job atomically: an optional state transition (checked against the table),
+        other fields, and the matching `state` event. Raises NotFoundError or
+        FailedPreconditionError (a transition the table forbids, or out of a terminal state)."""
+
+        def work(db: sqlite3.Connection) -> Job:
+            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"job_id: no job {job_id!r}")
+            job = _job(row)
+            now = time.time()
+            if state is not None and state is not job.state:
+                check_transition(job.kind, job.state, state)
+                job.state = state
+                self._append(db, job_id, "state", {"state": state.value, **(event or {})}, now)
+            elif job.state.terminal and fields:
+                raise FailedPreconditionError(f"job {job_id} is {job.state.value}: it is final")
+            for name, value in fields.items():
+                setattr(job, name, value)
+            job.updated = now
+            db.execute(
+                f"UPDATE jobs SET ({_JOB_COLUMNS}) = "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) WHERE id = ?",
+                (*self._values(job), job_id),
+            )
+            return job
+
+        return await self._run(work)
+
+    async def next_queued(self) -> Job | None:
+        def work(db: sqlite3.Connection) -> Job | None:
+            row = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ? ORDER BY priority DESC, seq "
+                "LIMIT 1",
+                (JobState.QUEUED.value,),
+            ).fetchone()
+            return None if row is None else _job(row)
+
+        return await self._run(work)
+
+    async def count_jobs(self, states: Iterable[JobState]) -> int:
+        values = [s.value for s in states]
+
+        def work(db: sqlite3.Connection) -> int:
+            marks = ",".join("?" * len(values))
+            return int(
+                db.execute(
+                    f"SELECT COUNT(*) FROM jobs WHERE state IN ({marks})", values
+                ).fetchone()[0]
+            )
+
+        return await self._run(work)
+
+    # ---- events
+    @staticmethod
+    def _append(
+        db: sqlite3.Connection, job_id: str, kind: str, data: dict[str, Any], now: float
+    ) -> JobEvent:
+        seq = db.execute(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM job_events WHERE job_id = ?", (job_id,)
+        ).fetchone()[0]
+        db.execute(
+            "INSERT INTO job_events (job_id, seq, time, kind, data) VALUES (?, ?, ?, ?, ?)",
+            (job_id, seq, now, kind, json.dumps(data)),
+        )
+        return JobEvent(job_id, seq, now, kind, data)
+
+    async def append_event(self, job_id: str, kind: str, data: dict[str, Any]) -> JobEvent:
+        return await self._run(lambda db: self._append(db, job_id, kind, data, time.time()))
+
+    async def events(self, job_id: str, after_seq: int, limit: int = 1000) -> list[JobEvent]:
+        def work(db: sqlite3.Connection) -> list[JobEvent]:
+            rows = db.execute(
+                "SELECT job_id, seq, time, kind, data FROM job_events "
+                "WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (job_id, after_seq, limit),
+            ).fetchall()
+            return [JobEvent(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+        return await self._run(work)
+
+    # ---- datasets
+    async def add_dataset(self, record: DatasetRecord) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "INSERT INTO datasets (id, tenant, name, path, sha256, size, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (record.id, record.tenant, record.name, str(record.path), record.sha256,
+                 record.size, record.created),
+            )
+        )  # fmt: skip
+
+    async def get_dataset(self, dataset_id: str) -> DatasetRecord | None:
+        def work(db: sqlite3.Connection) -> DatasetRecord | None:
+            row = db.execute(
+                "SELECT id, tenant, name, path, sha256, size, created FROM datasets WHERE id = ?",
+                (dataset_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            return DatasetRecord(**{**dict(row), "path": Path(row["path"])})
+
+        return await self._run(work)
+
+    # ---- adapters
+    async def next_adapter_version(self, name: str) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            db.execute(
+                "INSERT INTO adapter_names (name, last_version) VALUES (?, 1) "
+                "ON CONFLICT (name) DO UPDATE SET last_version = last_version + 1",
+                (name,),
+            )
+            row = db.execute("SELECT last_version FROM adapter_names WHERE name = ?", (name,))
+            return int(row.fetchone()[0])
+
+        return await self._run(work)
+
+    async def save_adapter(self, record: AdapterRecord) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO adapters "
+                "(name, version, path, sha256, rank, base_model, created, pinned) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.name, record.version, str(record.path), record.sha256, record.rank,
+                 record.base_model, record.created, int(record.pinned)),
+            )
+        )  # fmt: skip
+
+    async def delete_adapter(self, name: str, version: int) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "DELETE FROM adapters WHERE name = ? AND version = ?", (name, version)
+            )
+        )
+
+    async def adapters(self) -> tuple[list[AdapterRecord], dict[str, tuple[str, int]]]:
+        def work(db: sqlite3.Connection) -> tuple[list[AdapterRecord], dict[str, tuple[str, int]]]:
+            records = [
+                AdapterRecord(**{**dict(r), "path": Path(r["path"]), "pinned": bool(r["pinned"])})
+                for r in db.execute(
+                    "SELECT name, version, path, sha256, rank, base_model, created, pinned "
+                    "FROM adapters ORDER BY name, version"
+                )
+            ]
+            aliases = {
+                r["alias"]: (r["name"], r["version"])
+                for r in db.execute("SELECT alias, name, version FROM aliases")
+            }
+            return records, aliases
+
+        return await self._run(work)
+
+    async def set_alias(self, alias: str, target: tuple[str, int] | None) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            if target is None:
+                db.execute("DELETE FROM aliases WHERE alias = ?", (alias,))
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO aliases (alias, name, version) VALUES (?, ?, ?)",
+                    (alias, *target),
+                )
+
+        await self._run(work)
+
+
+def _without_seq(row: sqlite3.Row) -> Any:
+    values = dict(row)
+    values.pop("seq")
+    return values

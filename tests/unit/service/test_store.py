@@ -1,0 +1,99 @@
+"""The SQLite store on a real file: idempotent creation, transitions, events, paging, reopen."""
+
+import time
+
+import pytest
+
+from service.errors import FailedPreconditionError, NotFoundError
+from service.jobs.model import Job, JobKind, JobState, spec_digest
+from service.store.base import AdapterRecord
+from service.store.sqlite import SqliteStore
+
+
+@pytest.fixture
+async def store(tmp_path):
+    store = SqliteStore(tmp_path / "adapterd.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+def job(n, tenant="acme", request_id="", kind=JobKind.TRAIN, priority=0):
+    spec = {"n": n}
+    now = time.time()
+    return Job(
+        id=f"job-{n}", tenant=tenant, kind=kind, state=JobState.QUEUED, spec=spec,
+        spec_digest=spec_digest(spec), request_id=request_id, priority=priority,
+        created=now, updated=now,
+    )  # fmt: skip
+
+
+async def test_a_request_id_creates_one_job_per_tenant(store):
+    first, created = await store.create_job(job(1, request_id="r1"))
+    again, created_again = await store.create_job(job(2, request_id="r1"))
+    other, created_other = await store.create_job(job(3, tenant="globex", request_id="r1"))
+    assert (created, created_again, created_other) == (True, False, True)
+    assert again.id == first.id == "job-1"
+    assert again.spec == {"n": 1}
+    assert other.id == "job-3"
+
+
+async def test_transitions_follow_the_table_and_terminal_states_are_final(store):
+    await store.create_job(job(1))
+    with pytest.raises(FailedPreconditionError, match="cannot go from queued to succeeded"):
+        await store.update_job("job-1", JobState.SUCCEEDED)
+    await store.update_job("job-1", JobState.VALIDATING)
+    done = await store.update_job("job-1", JobState.CANCELLED, attempts=2)
+    assert (done.state, done.attempts) == (JobState.CANCELLED, 2)
+    with pytest.raises(FailedPreconditionError, match="cannot go from cancelled"):
+        await store.update_job("job-1", JobState.RUNNING)
+    with pytest.raises(FailedPreconditionError, match="final"):
+        await store.update_job("job-1", attempts=3)
+    with pytest.raises(NotFoundError, match="job_id: no job 'nope'"):
+        await store.update_job("nope", JobState.RUNNING)
+
+
+async def test_events_are_numbered_per_job_and_read_from_a_cursor(store):
+    await store.create_job(job(1))
+    await store.update_job("job-1", JobState.VALIDATING, event={"detail": "checking data"})
+    await store.append_event("job-1", "progress", {"step": 1})
+    events = await store.events("job-1", after_seq=0)
+    assert [(e.seq, e.kind) for e in events] == [(1, "state"), (2, "state"), (3, "progress")]
+    assert events[1].data == {"state": "validating", "detail": "checking data"}
+    assert [e.seq for e in await store.events("job-1", after_seq=2)] == [3]
+
+
+async def test_listing_filters_by_tenant_state_and_kind_and_pages(store):
+    for n in range(5):
+        await store.create_job(job(n, tenant="acme" if n % 2 else "globex"))
+    await store.create_job(job(9, kind=JobKind.EVALUATE))
+    page = await store.list_jobs(None, [], [], page_size=4, after_seq=0)
+    assert [j.id for j in page.jobs] == ["job-0", "job-1", "job-2", "job-3"]
+    rest = await store.list_jobs(None, [], [], page_size=4, after_seq=page.next_after)
+    assert ([j.id for j in rest.jobs], rest.next_after) == (["job-4", "job-9"], 0)
+    acme = await store.list_jobs("acme", [JobState.QUEUED], [JobKind.TRAIN], 10, 0)
+    assert [j.id for j in acme.jobs] == ["job-1", "job-3"]
+
+
+async def test_the_queue_takes_priority_then_age(store):
+    await store.create_job(job(1))
+    await store.create_job(job(2, priority=5))
+    await store.create_job(job(3, priority=5))
+    assert (await store.next_queued()).id == "job-2"
+
+
+async def test_adapter_versions_and_aliases_survive_a_reopen(tmp_path):
+    path = tmp_path / "adapterd.db"
+    store = SqliteStore(path)
+    await store.open()
+    assert [await store.next_adapter_version("bot") for _ in range(2)] == [1, 2]
+    record = AdapterRecord("bot", 2, tmp_path / "a", "s" * 64, 8, "tiny", 1.0, pinned=True)
+    await store.save_adapter(record)
+    await store.set_alias("prod", ("bot", 2))
+    await store.close()
+    reopened = SqliteStore(path)
+    await reopened.open()
+    assert await reopened.adapters() == ([record], {"prod": ("bot", 2)})
+    await reopened.delete_adapter("bot", 2)
+    assert await reopened.next_adapter_version("bot") == 3
+    await reopened.close()
