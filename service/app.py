@@ -25,8 +25,11 @@ from service.inference.vllm_engine import VllmEngine, VllmEngineConfig, pick_eng
 from service.metrics import AdapterLabels, Metrics
 from service.serverinfo import ServerInfo, reported_libraries
 from service.settings import ServerSettings
+from service.store.sqlite import SqliteStore
 
 logger = logging.getLogger(__name__)
+
+STORE_FILE = "adapterd.db"
 
 
 class App:
@@ -51,8 +54,10 @@ class App:
             self.health.on_engine_state,
             warmup_prompt=tuple(tokenizer("Hello", add_special_tokens=False)["input_ids"]),
         )
+        self.store = SqliteStore(settings.data_dir / STORE_FILE)
         self.adapters = AdapterManager(
             engine=engine,
+            store=self.store,
             limits=AdapterLimits(
                 root=settings.resolved_adapter_root,
                 max_rank=settings.max_lora_rank,
@@ -104,6 +109,8 @@ class App:
         """
         settings = self.settings
         bind(self.grpc, settings.host, settings.port)
+        await self.store.open()
+        await self.adapters.restore()
         try:
             server, thread = start_http_server(
                 settings.metrics_port, settings.host, registry=self.metrics.registry
@@ -133,6 +140,7 @@ class App:
         if self._engine_task is not None and not self._engine_task.done():
             self._engine_task.cancel()
         await self.lifecycle.stop()
+        await self.store.close()
         if self._metrics_http is not None:
             server, _ = self._metrics_http
             # shutdown() waits for the serving thread's poll loop; then free the port.

@@ -1,7 +1,9 @@
 """Adapter operations against the engine: load, lease for a request, evict, unload, alias.
 
 The registry (pure state) decides; this module does the I/O and keeps the engine's adapter
-cache and the registry in step. Every change to the engine's cache happens under one lock, so
+cache, the registry and the store in step. Registered versions and aliases are stored, so a
+restarted server serves them again (each is checked again and reloads on its first request).
+Every change to the engine's cache happens under one lock, so
 the cache never holds more than its capacity and vLLM never evicts on its own: every eviction is
 ours, counted, and never hits a pinned, aliased or busy adapter.
 """
@@ -15,9 +17,15 @@ from functools import partial
 
 from service.adapters.checks import AdapterLimits, check_adapter
 from service.adapters.registry import AdapterState, AdapterVersion, Registry, check_name, parse_ref
-from service.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
+from service.errors import (
+    AdapterdError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+)
 from service.inference.engine import EngineError, InferenceEngine
 from service.metrics import AdapterLabels, Metrics
+from service.store.base import AdapterRecord, Store
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +37,7 @@ class AdapterManager:
         self,
         *,
         engine: InferenceEngine,
+        store: Store,
         limits: AdapterLimits,
         capacity: int,
         metrics: Metrics,
@@ -38,6 +47,7 @@ class AdapterManager:
         self.registry = Registry()
         self.capacity = capacity
         self._engine = engine
+        self._store = store
         self._limits = limits
         self._metrics = metrics
         self._labels = labels
@@ -60,13 +70,15 @@ class AdapterManager:
         checked = await asyncio.to_thread(partial(check_adapter, path, self._limits))
         entry = self.registry.register(
             name,
+            await self._store.next_adapter_version(name),
             path=checked.path,
             sha256=checked.sha256,
             rank=checked.rank,
             base_model=checked.base_model,
-            now=self._clock(),
+            created=self._clock(),
         )
         entry.pinned = pin
+        await self._save(entry)
         self._labels.admit(name)
         try:
             await self._make_resident(entry)
@@ -82,6 +94,51 @@ class AdapterManager:
         self._record_load(entry, "register", time.monotonic() - began)
         logger.info("adapter %s loaded from %s (%.3f s)", entry.ref, path, entry.load_seconds)
         return entry
+
+    async def _save(self, entry: AdapterVersion) -> None:
+        await self._store.save_adapter(
+            AdapterRecord(
+                name=entry.name,
+                version=entry.version,
+                path=entry.path,
+                sha256=entry.sha256,
+                rank=entry.rank,
+                base_model=entry.base_model,
+                created=entry.created,
+                pinned=entry.pinned,
+            )
+        )
+
+    async def restore(self) -> None:
+        """Registers the stored versions and aliases again, after checking each adapter again
+        (a version whose files changed or went away is FAILED, with the reason). They load into
+        the engine on their first request."""
+        records, aliases = await self._store.adapters()
+        for record in records:
+            entry = self.registry.register(
+                record.name,
+                record.version,
+                path=record.path,
+                sha256=record.sha256,
+                rank=record.rank,
+                base_model=record.base_model,
+                created=record.created,
+            )
+            entry.pinned = record.pinned
+            self._labels.admit(record.name)
+            try:
+                relative = str(record.path.relative_to(self._limits.root.resolve()))
+                checked = await asyncio.to_thread(partial(check_adapter, relative, self._limits))
+                if checked.sha256 != record.sha256:
+                    raise InvalidArgumentError("adapter_model.safetensors changed since loading")
+            except (ValueError, AdapterdError) as exc:
+                entry.state, entry.error = AdapterState.FAILED, f"on restart: {exc}"
+                continue
+            entry.state = AdapterState.READY
+        for alias, (name, version) in aliases.items():
+            self.registry.aliases[alias] = f"{name}@{version}"
+            self._labels.admit(alias)
+        self._update_tiers()
 
     async def _make_resident(self, entry: AdapterVersion) -> None:
         """Loads `entry` into the engine's cache, evicting the LRU free adapter if full."""
@@ -176,6 +233,7 @@ class AdapterManager:
                 if entry.resident:
                     await self._engine.remove_adapter(entry.engine_id)
                 self.registry.remove(entry)
+                await self._store.delete_adapter(entry.name, entry.version)
         self._release_label(name)
         self._update_tiers()
         return [e.ref for e in entries]
@@ -184,18 +242,22 @@ class AdapterManager:
         if not self.registry.of_name(name) and name not in self.registry.aliases:
             self._labels.release(name)
 
-    def pin(self, requested: str, pinned: bool) -> AdapterVersion:
+    async def pin(self, requested: str, pinned: bool) -> AdapterVersion:
         """Pins or unpins one version."""
         entry = self.registry.get(requested, "adapter")
         entry.pinned = pinned
+        await self._save(entry)
         return entry
 
-    def set_alias(self, alias: str, target: str) -> str:
+    async def set_alias(self, alias: str, target: str) -> str:
         """Points `alias` at `target` ("" removes it); returns the previous target."""
         if not target:
             previous = self.registry.remove_alias(alias)
+            await self._store.set_alias(alias, None)
             self._release_label(alias)
             return previous
         previous = self.registry.set_alias(alias, target)
+        entry = self.registry.versions[target]
+        await self._store.set_alias(alias, (entry.name, entry.version))
         self._labels.admit(alias)
         return previous

@@ -1,9 +1,10 @@
 """The adapter registry: names, versions, aliases, pins and residency. Pure state, no I/O.
 
 A name registered again gets the next version, `name@N`, counted upward per name and never
-reused. A request names a version exactly (`name@3`), or a name: its alias if one is set, else
-its newest ready version. An alias is one dictionary entry, so switching it is atomic: requests
-that resolved the old target keep it (they hold a lease), new ones get the new target.
+reused (the store hands out the numbers, so they survive restarts). A request names a version
+exactly (`name@3`), or a name: its alias if one is set, else its newest ready version. An alias
+is one dictionary entry, so switching it is atomic: requests that resolved the old target keep
+it (they hold a lease), new ones get the new target.
 
 Eviction (`eviction_candidate`) picks the least recently used resident version that nothing
 holds: not pinned, not an alias target, no request in flight, ready.
@@ -108,26 +109,33 @@ class Registry:
     """By ref."""
     aliases: dict[str, str] = field(default_factory=dict)
     """Alias -> ref."""
-    _last_version: dict[str, int] = field(default_factory=dict)
     _last_engine_id: int = 0
 
     def register(
-        self, name: str, *, path: Path, sha256: str, rank: int, base_model: str, now: float
+        self,
+        name: str,
+        version: int,
+        *,
+        path: Path,
+        sha256: str,
+        rank: int,
+        base_model: str,
+        created: float,
     ) -> AdapterVersion:
-        """Adds the next version of `name`, in state LOADING."""
+        """Adds version `version` of `name` (above every version it has), in state LOADING."""
         check_name(name, "name")
-        number = self._last_version.get(name, 0) + 1
-        self._last_version[name] = number
+        if any(v.version >= version for v in self.of_name(name)):
+            raise ValueError(f"{name}@{version} is not above the versions registered")
         self._last_engine_id += 1
         entry = AdapterVersion(
             name=name,
-            version=number,
+            version=version,
             engine_id=self._last_engine_id,
             path=path,
             sha256=sha256,
             rank=rank,
             base_model=base_model,
-            created=now,
+            created=created,
         )
         self.versions[entry.ref] = entry
         return entry

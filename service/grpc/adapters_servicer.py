@@ -47,12 +47,12 @@ class AdaptersServicer(adapters_pb2_grpc.AdaptersServicer):
         self, request: adapters_pb2.PinAdapterRequest, context: aio.ServicerContext[Any, Any]
     ) -> adapters_pb2.PinAdapterResponse:
         current_principal.get().require(Role.ADMIN)
-        entry = self._manager.pin(request.adapter, request.pinned)
+        entry = await self._manager.pin(request.adapter, request.pinned)
         return adapters_pb2.PinAdapterResponse(adapter=self._info(entry.ref))
 
     async def SetAlias(
         self, request: adapters_pb2.SetAliasRequest, context: aio.ServicerContext[Any, Any]
     ) -> adapters_pb2.SetAliasResponse:
         current_principal.get().require(Role.ADMIN)
-        previous = self._manager.set_alias(request.alias, request.target)
+        previous = await self._manager.set_alias(request.alias, request.target)
         return adapters_pb2.SetAliasResponse(target=request.target, previous=previous)

@@ -12,11 +12,20 @@ from service.basemodel import lora_target_modules
 from service.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
 from service.inference.fake import FakeEngine
 from service.metrics import AdapterLabels, Metrics
+from service.store.sqlite import SqliteStore
 from trainer.fingerprint import fingerprint
 
 
 @pytest.fixture
-def setup(tmp_path, tiny_model_dir, tiny_adapter):
+async def store(tmp_path):
+    store = SqliteStore(tmp_path / "adapterd.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_model_dir, tiny_adapter, store):
     root = tmp_path / "adapters"
     for name in ("a", "b", "c"):
         shutil.copytree(tiny_adapter, root / name)
@@ -35,6 +44,7 @@ def setup(tmp_path, tiny_model_dir, tiny_adapter):
     def make(capacity=2, labels=8):
         return AdapterManager(
             engine=engine,
+            store=store,
             limits=limits,
             capacity=capacity,
             metrics=metrics,
@@ -75,7 +85,7 @@ async def test_pinned_and_aliased_adapters_are_never_evicted(setup):
     manager = make(capacity=2)
     await manager.load("a", "a", pin=True)
     await manager.load("b", "b", pin=False)
-    manager.set_alias("prod", "b@1")
+    await manager.set_alias("prod", "b@1")
     with pytest.raises(ResourceExhaustedError, match="full of pinned, aliased or busy"):
         await manager.load("c", "c", pin=False)
     assert manager.registry.versions["c@1"].state is AdapterState.FAILED
@@ -108,10 +118,10 @@ async def test_an_alias_target_cannot_be_unloaded(setup):
     _, _, make = setup
     manager = make()
     await manager.load("a", "a", pin=False)
-    manager.set_alias("prod", "a@1")
+    await manager.set_alias("prod", "a@1")
     with pytest.raises(FailedPreconditionError, match="target of alias 'prod'"):
         await manager.unload("a")
-    manager.set_alias("prod", "")
+    await manager.set_alias("prod", "")
     assert await manager.unload("a") == ["a@1"]
 
 
@@ -135,3 +145,27 @@ async def test_adapter_labels_are_bounded_and_go_away_with_the_adapter(setup):
     assert sample(metrics, "adapterd_generated_tokens_total", adapter="a") is None
     await manager.load("c", "c", pin=False)
     assert manager.label("c") == "c"  # the freed place goes to the next name
+
+
+async def test_a_restarted_manager_serves_the_stored_versions_and_aliases(setup, tmp_path):
+    _, _, make = setup
+    before = make()
+    await before.load("a", "a", pin=True)
+    await before.load("a", "b", pin=False)
+    await before.load("c", "c", pin=False)
+    await before.set_alias("prod", "a@1")
+    await before.unload("a@2")
+    (tmp_path / "adapters" / "c" / "adapter_model.safetensors").write_bytes(b"\x00" * 16)
+
+    after = make()  # same store, a new process's worth of state
+    await after.restore()
+    restored = after.registry.versions
+    assert sorted(restored) == ["a@1", "c@1"]
+    assert (restored["a@1"].state, restored["a@1"].pinned) == (AdapterState.READY, True)
+    assert not restored["a@1"].resident  # loads on its first request
+    assert restored["c@1"].state is AdapterState.FAILED
+    assert "on restart" in restored["c@1"].error
+    assert after.registry.resolve("prod") is restored["a@1"]
+    async with after.lease("prod") as entry:
+        assert entry.resident
+    assert (await after.load("a", "a", pin=False)).ref == "a@3"  # a@2 stays used

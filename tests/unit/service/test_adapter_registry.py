@@ -7,8 +7,9 @@ from service.errors import FailedPreconditionError, InvalidArgumentError, NotFou
 
 
 def register(registry, name, now=0.0, ready=True):
+    version = max((v.version for v in registry.of_name(name)), default=0) + 1
     entry = registry.register(
-        name, path=Path("/a") / name, sha256="s", rank=8, base_model="tiny", now=now
+        name, version, path=Path("/a") / name, sha256="s", rank=8, base_model="tiny", created=now
     )
     if ready:
         entry.state = AdapterState.READY
@@ -16,13 +17,15 @@ def register(registry, name, now=0.0, ready=True):
     return entry
 
 
-def test_versions_count_upward_per_name_and_are_never_reused():
+def test_versions_only_go_up_and_engine_ids_are_unique():
     registry = Registry()
     first, second = register(registry, "bot"), register(registry, "bot")
     other = register(registry, "other-bot")
     assert (first.ref, second.ref, other.ref) == ("bot@1", "bot@2", "other-bot@1")
-    registry.remove(second)
-    assert register(registry, "bot").ref == "bot@3"
+    with pytest.raises(ValueError, match="bot@2 is not above"):
+        registry.register(
+            "bot", 2, path=Path("/a"), sha256="s", rank=8, base_model="tiny", created=0.0
+        )
     engine_ids = [v.engine_id for v in registry.versions.values()]
     assert len(set(engine_ids)) == len(engine_ids)
 
