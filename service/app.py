@@ -5,6 +5,7 @@ import logging
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 from grpc import aio
 from prometheus_client import start_http_server
@@ -22,6 +23,9 @@ from service.inference.engine import EngineState, InferenceEngine
 from service.inference.generation import Generator
 from service.inference.lifecycle import EngineLifecycle
 from service.inference.vllm_engine import VllmEngine, VllmEngineConfig, pick_engine_cpus
+from service.jobs.model import Job
+from service.jobs.runner import JobRunner
+from service.jobs.service import JobLimits, JobService
 from service.metrics import AdapterLabels, Metrics
 from service.serverinfo import ServerInfo, reported_libraries
 from service.settings import ServerSettings
@@ -78,14 +82,51 @@ class App:
             max_model_len=settings.max_model_len,
             ready=lambda: self.lifecycle.state is EngineState.READY,
         )
+        self.runner = JobRunner(
+            self.store,
+            settings.data_dir / "jobs",
+            self.metrics,
+            trainer_threads=settings.resolved_trainer_threads,
+            cancel_grace=settings.cancel_grace_seconds,
+            on_change=self._on_job_change,
+            on_success=self._on_job_success,
+        )
+        self.jobs = JobService(
+            store=self.store,
+            runner=self.runner,
+            adapters=self.adapters,
+            limits=JobLimits(
+                datasets_dir=settings.data_dir / "datasets",
+                adapter_root=settings.resolved_adapter_root,
+                base_model_path=base_model.path,
+                base_model_name=base_model.name,
+                max_lora_rank=settings.max_lora_rank,
+                max_upload_bytes=settings.max_upload_mib * 2**20,
+                max_queued=settings.max_queued_jobs,
+            ),
+            metrics=self.metrics,
+            tokenizer=tokenizer,
+        )
         self._auth_enabled = tokens is not None
         self._libraries = reported_libraries()
         self.grpc: aio.Server = build_grpc_server(
-            self.metrics, tokens, self.health, self.describe, self.generator, self.adapters
+            self.metrics,
+            tokens,
+            self.health,
+            self.describe,
+            self.generator,
+            self.adapters,
+            self.jobs,
         )
         self._metrics_http: tuple[object, object] | None = None
         self._engine_task: asyncio.Task[None] | None = None
         self.metrics.build_info.info({"version": __version__, "base_model": base_model.name})
+
+    async def _on_job_change(self, job: Job) -> None:
+        await self.jobs.on_change(job)
+
+    async def _on_job_success(self, job: Job) -> dict[str, Any]:
+        return await self.jobs.on_success(job)
 
     def describe(self) -> ServerInfo:
         """A snapshot of this server for GetServerInfo."""
@@ -111,6 +152,7 @@ class App:
         bind(self.grpc, settings.host, settings.port)
         await self.store.open()
         await self.adapters.restore()
+        await self.runner.recover()
         try:
             server, thread = start_http_server(
                 settings.metrics_port, settings.host, registry=self.metrics.registry
@@ -131,11 +173,13 @@ class App:
             self.base_model.name,
         )
         self._engine_task = asyncio.create_task(self.lifecycle.start(), name="engine-start")
+        self.runner.start()
 
     async def stop(self) -> None:
         """Stops taking work, lets in-flight calls finish within the grace, stops the engine."""
         logger.info("shutting down (grace %.0f s)", self.settings.drain_grace_seconds)
         await self.health.shutdown()
+        await self.runner.stop(self.settings.drain_grace_seconds)
         await self.grpc.stop(self.settings.drain_grace_seconds)
         if self._engine_task is not None and not self._engine_task.done():
             self._engine_task.cancel()

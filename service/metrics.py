@@ -144,6 +144,37 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Jobs.
+        self.jobs = Gauge(
+            "adapterd_jobs",
+            "Jobs in the store by kind and state.",
+            ["kind", "state"],
+            registry=self.registry,
+        )
+        self.job_duration = Histogram(
+            "adapterd_job_duration_seconds",
+            "From a job's first trainer start to its final state, by kind and final state.",
+            ["kind", "state"],
+            buckets=(10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400),
+            registry=self.registry,
+        )
+        self.training_tokens_per_second = Gauge(
+            "adapterd_training_tokens_per_second",
+            "Input tokens per second of the running training job.",
+            registry=self.registry,
+        )
+        self.training_loss = Gauge(
+            "adapterd_training_loss",
+            "Last step loss of the running training job.",
+            registry=self.registry,
+        )
+        self.trainer_failures = Counter(
+            "adapterd_trainer_failures",
+            "Training jobs that failed, by reason (data_rejected, out_of_memory, ...).",
+            ["reason"],
+            registry=self.registry,
+        )
+
     def record_engine_stats(self, stats: EngineStats) -> None:
         """Takes the engine's scheduler stats after a step (called by the engine)."""
         self.engine_waiting.set(stats.waiting)

@@ -117,6 +117,25 @@ class ServerSettings(BaseSettings):
     engine_kv_cache_gib: int = Field(
         1, ge=1, le=1024, description="KV-cache size of the engine in GiB (CPU builds)."
     )
+    trainer_threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="CPU threads of a training job (default: the CPUs the engine does not use, "
+        "at least 1).",
+    )
+    max_queued_jobs: int = Field(
+        100, ge=1, le=100_000, description="Queued jobs at most; past it SubmitJob is refused."
+    )
+    max_upload_mib: int = Field(
+        1024, ge=1, le=1_048_576, description="Size cap of an uploaded dataset in MiB."
+    )
+    cancel_grace_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="After SIGTERM, how long a cancelled trainer may take before SIGKILL.",
+    )
     drain_grace_seconds: float = Field(
         10.0, gt=0, le=3600, description="On SIGTERM, how long in-flight calls may take to finish."
     )
@@ -132,6 +151,11 @@ class ServerSettings(BaseSettings):
                 f"{self.max_loras} (the engine keeps every adapter of a batch loaded)"
             )
         return self
+
+    @property
+    def resolved_trainer_threads(self) -> int:
+        """Training threads: the setting, or the CPUs the engine leaves (at least 1)."""
+        return self.trainer_threads or max(1, _available_cpus() - self.engine_threads)
 
     @property
     def resolved_adapter_root(self) -> Path:

@@ -9,8 +9,11 @@ train's exit codes are listed in trainer.sft.
 """
 
 import argparse
+import ctypes
 import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -110,10 +113,27 @@ def _load_config_file(path: str) -> dict[str, Any]:
     return data
 
 
+PARENT_PID_VARIABLE = "ADAPTERD_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def _follow_parent() -> None:
+    """When the server that started us dies (even by SIGKILL), get SIGTERM: the loop then
+    writes a checkpoint and exits, and the restarted server resumes the job (Linux only)."""
+    parent = os.environ.get(PARENT_PID_VARIABLE)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(parent):  # it died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _train(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    _follow_parent()
     config = load_config(_load_config_file(args.config))
     import torch  # torch and transformers load only for training
 

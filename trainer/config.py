@@ -187,6 +187,8 @@ class TrainConfig(_Strict):
     """Hyperparameters."""
     added_tokens: Unservable = None
     """Refused: new tokens change the embedding, which a served adapter cannot."""
+    validate_only: bool = False
+    """Check the data and the settings, report, and stop: nothing trains."""
     serving_max_lora_rank: int = Field(16, ge=1, le=512)
     """The serving engine's max_lora_rank: a larger rank could never be hot-loaded."""
 

@@ -109,6 +109,9 @@ def run(config: TrainConfig, events: EventWriter) -> int:
         events.emit("failed", reason="chat_template", message=str(exc))
         return EXIT_TEMPLATE
     events.emit("data", **{k: v for k, v in data.report.to_json().items() if k != "problems"})
+    if config.validate_only:
+        events.emit("done", status="validated", metrics={})
+        return EXIT_OK
 
     quantization = resolve_quantization(config.quantization)
     base = load_base(

@@ -12,10 +12,11 @@ the manifest's base-model weights and chat-template hashes equal those of the se
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from service.errors import InvalidArgumentError, NotFoundError
+from service.paths import confined
 from trainer.fingerprint import ModelFingerprint, safetensors_header
 
 CONFIG_FILE = "adapter_config.json"
@@ -63,25 +64,10 @@ def resolve_directory(root: Path, relative: str) -> Path:
         InvalidArgumentError: for an empty, absolute or '..' path, or one that leads out.
         NotFoundError: when there is no such directory.
     """
-    if not relative:
-        raise InvalidArgumentError("path: empty; give a directory relative to the adapter root")
-    pure = PurePosixPath(relative)
-    if pure.is_absolute():
-        raise InvalidArgumentError(
-            f"path: {relative!r} is absolute; give it relative to the adapter root"
-        )
-    if ".." in pure.parts:
-        raise InvalidArgumentError(
-            f"path: {relative!r} contains '..'; adapters must lie in the adapter root"
-        )
-    real_root = root.resolve()
-    candidate = (root / pure).resolve()
-    if not candidate.is_relative_to(real_root):
-        raise InvalidArgumentError(
-            f"path: {relative!r} leads outside the adapter root (through a symlink)"
-        )
+    candidate = confined(root, relative, "path")
     if not candidate.is_dir():
-        raise NotFoundError(f"path: no adapter directory {relative!r} under the adapter root")
+        raise NotFoundError(f"path: {relative!r} is not a directory")
+    real_root = root.resolve()
     for entry in candidate.rglob("*"):
         name = entry.relative_to(candidate)
         if entry.is_symlink() and not entry.resolve().is_relative_to(real_root):
@@ -136,7 +122,8 @@ def _check_config(config: dict[str, Any], limits: AdapterLimits) -> int:
         raise InvalidArgumentError(
             f"{CONFIG_FILE}: target_modules must list module names, got {targets!r}"
         )
-    unknown = sorted(set(names) - limits.target_modules)
+    # peft matches a target by its last name component; "all-linear" adapters list full paths
+    unknown = sorted(n for n in names if str(n).rsplit(".", 1)[-1] not in limits.target_modules)
     if unknown:
         raise InvalidArgumentError(
             f"{CONFIG_FILE}: target_modules {unknown} are not linear modules of the base model "

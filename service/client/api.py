@@ -1,7 +1,9 @@
 """A thin synchronous client over adapterd's gRPC API, for adapterctl, the demo and tests."""
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -13,6 +15,8 @@ from adapterd.v1 import (
     adapters_pb2_grpc,
     inference_pb2,
     inference_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
     server_pb2,
     server_pb2_grpc,
 )
@@ -31,6 +35,7 @@ class Client:
         self.server = server_pb2_grpc.ServerStub(self._channel)
         self.inference = inference_pb2_grpc.InferenceStub(self._channel)
         self.adapters = adapters_pb2_grpc.AdaptersStub(self._channel)
+        self.jobs = jobs_pb2_grpc.JobsStub(self._channel)
         self.health_stub = health_pb2_grpc.HealthStub(self._channel)
 
     def __enter__(self) -> "Client":
@@ -74,6 +79,54 @@ class Client:
         stream: Iterator[inference_pb2.GenerateStreamResponse] = self.inference.GenerateStream(
             request, metadata=self._metadata, timeout=self._timeout
         )
+        return stream
+
+    def upload_dataset(self, path: Path, chunk_bytes: int = 1 << 20) -> str:
+        """UploadDataset: streams the file in chunks; returns the dataset id."""
+        data = path.read_bytes()
+        header = jobs_pb2.DatasetHeader(
+            file_name=path.name, size=len(data), sha256=hashlib.sha256(data).hexdigest()
+        )
+
+        def parts() -> Iterator[jobs_pb2.UploadDatasetRequest]:
+            yield jobs_pb2.UploadDatasetRequest(header=header)
+            for start in range(0, len(data), chunk_bytes):
+                yield jobs_pb2.UploadDatasetRequest(chunk=data[start : start + chunk_bytes])
+
+        return self.call(
+            self.jobs.UploadDataset, parts(), jobs_pb2.UploadDatasetResponse
+        ).dataset_id
+
+    def validate_dataset(self, data: jobs_pb2.DataSettings) -> jobs_pb2.ValidateDatasetResponse:
+        """ValidateDataset."""
+        request = jobs_pb2.ValidateDatasetRequest(data=data)
+        return self.call(self.jobs.ValidateDataset, request, jobs_pb2.ValidateDatasetResponse)
+
+    def submit_job(
+        self, train: jobs_pb2.TrainSpec, request_id: str = "", priority: int = 0
+    ) -> jobs_pb2.Job:
+        """SubmitJob."""
+        request = jobs_pb2.SubmitJobRequest(train=train, request_id=request_id, priority=priority)
+        return self.call(self.jobs.SubmitJob, request, jobs_pb2.Job)
+
+    def get_job(self, job_id: str) -> jobs_pb2.Job:
+        """GetJob."""
+        return self.call(self.jobs.GetJob, jobs_pb2.GetJobRequest(job_id=job_id), jobs_pb2.Job)
+
+    def list_jobs(self, request: jobs_pb2.ListJobsRequest) -> jobs_pb2.ListJobsResponse:
+        """ListJobs."""
+        return self.call(self.jobs.ListJobs, request, jobs_pb2.ListJobsResponse)
+
+    def cancel_job(self, job_id: str) -> jobs_pb2.Job:
+        """CancelJob."""
+        request = jobs_pb2.CancelJobRequest(job_id=job_id)
+        return self.call(self.jobs.CancelJob, request, jobs_pb2.Job)
+
+    def watch_job(self, job_id: str, after_seq: int = 0) -> Iterator[jobs_pb2.JobEvent]:
+        """WatchJob: the events after `after_seq`, then live ones until the job ends (no
+        deadline: a job may run for hours)."""
+        request = jobs_pb2.WatchJobRequest(job_id=job_id, after_seq=after_seq)
+        stream: Iterator[jobs_pb2.JobEvent] = self.jobs.WatchJob(request, metadata=self._metadata)
         return stream
 
     def load_adapter(self, name: str, path: str, pin: bool = False) -> adapters_pb2.AdapterInfo:

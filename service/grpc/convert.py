@@ -2,14 +2,19 @@
 
 from typing import Any
 
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from adapterd.v1 import adapters_pb2, common_pb2, inference_pb2, server_pb2
+from adapterd.v1 import adapters_pb2, common_pb2, inference_pb2, jobs_pb2, server_pb2
 from service.adapters.registry import AdapterState, AdapterVersion
 from service.auth import Principal, Role
 from service.basemodel import BaseModel
+from service.errors import InvalidArgumentError
 from service.inference.engine import EngineState
 from service.inference.generation import Delta, GenerateParams
+from service.jobs.model import Job, JobEvent, JobKind, JobState
 from service.serverinfo import ServerInfo
 
 _ENGINE_STATES = {
@@ -156,4 +161,72 @@ def adapter_to_proto(entry: AdapterVersion, aliases: list[str]) -> adapters_pb2.
         path=str(entry.path),
         in_flight=entry.in_flight,
         created=_timestamp(entry.created),
+    )
+
+
+_JOB_STATES = {
+    JobState.QUEUED: jobs_pb2.JOB_STATE_QUEUED,
+    JobState.VALIDATING: jobs_pb2.JOB_STATE_VALIDATING,
+    JobState.RUNNING: jobs_pb2.JOB_STATE_RUNNING,
+    JobState.EVALUATING: jobs_pb2.JOB_STATE_EVALUATING,
+    JobState.SUCCEEDED: jobs_pb2.JOB_STATE_SUCCEEDED,
+    JobState.FAILED: jobs_pb2.JOB_STATE_FAILED,
+    JobState.CANCELLED: jobs_pb2.JOB_STATE_CANCELLED,
+}
+_JOB_KINDS = {JobKind.TRAIN: jobs_pb2.JOB_KIND_TRAIN, JobKind.EVALUATE: jobs_pb2.JOB_KIND_EVALUATE}
+
+
+def _struct(values: dict[str, Any]) -> Struct:
+    struct = Struct()
+    struct.update(values)
+    return struct
+
+
+def message_fields(message: Message) -> dict[str, Any]:
+    """A request message as a plain dict with its proto field names; unset fields absent."""
+    return dict(json_format.MessageToDict(message, preserving_proto_field_name=True))
+
+
+def job_to_proto(job: Job) -> jobs_pb2.Job:
+    """A Job -> adapterd.v1.Job."""
+    return jobs_pb2.Job(
+        id=job.id,
+        tenant=job.tenant,
+        kind=_JOB_KINDS[job.kind],
+        state=_JOB_STATES[job.state],
+        train=json_format.ParseDict(job.spec, jobs_pb2.TrainSpec()),
+        request_id=job.request_id,
+        priority=job.priority,
+        created=_timestamp(job.created),
+        updated=_timestamp(job.updated),
+        started=_timestamp(job.started),
+        finished=_timestamp(job.finished),
+        attempts=job.attempts,
+        result=_struct(job.result),
+        error_reason=job.error_reason,
+        error_message=job.error_message,
+    )
+
+
+def job_filters(request: jobs_pb2.ListJobsRequest) -> tuple[list[JobState], list[JobKind]]:
+    """The state and kind filters of a ListJobsRequest.
+
+    Raises:
+        InvalidArgumentError: for an unspecified or unknown enum value.
+    """
+    states = {v: k for k, v in _JOB_STATES.items()}
+    kinds = {v: k for k, v in _JOB_KINDS.items()}
+    for field, values, known in (
+        ("states", request.states, states),
+        ("kinds", request.kinds, kinds),
+    ):
+        if unknown := [v for v in values if v not in known]:
+            raise InvalidArgumentError(f"{field}: {unknown} are not valid values")
+    return [states[v] for v in request.states], [kinds[v] for v in request.kinds]
+
+
+def event_to_proto(event: JobEvent) -> jobs_pb2.JobEvent:
+    """A JobEvent -> adapterd.v1.JobEvent."""
+    return jobs_pb2.JobEvent(
+        seq=event.seq, time=_timestamp(event.time), kind=event.kind, data=_struct(event.data)
     )

@@ -11,6 +11,8 @@ from adapterd.v1 import (
     adapters_pb2_grpc,
     inference_pb2,
     inference_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
     server_pb2,
     server_pb2_grpc,
 )
@@ -21,16 +23,19 @@ from service.grpc.adapters_servicer import AdaptersServicer
 from service.grpc.health import HealthPublisher
 from service.grpc.inference_servicer import InferenceServicer
 from service.grpc.interceptors import AuthInterceptor, ErrorInterceptor
+from service.grpc.jobs_servicer import JobsServicer
 from service.grpc.server_servicer import ServerServicer
 from service.inference.generation import Generator
+from service.jobs.service import JobService
 from service.metrics import Metrics
 from service.serverinfo import ServerInfo
 
 SERVER_SERVICE = server_pb2.DESCRIPTOR.services_by_name["Server"].full_name
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 ADAPTERS_SERVICE = adapters_pb2.DESCRIPTOR.services_by_name["Adapters"].full_name
+JOBS_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name
 # Services that serve as soon as the process does, and those that need a warm engine.
-LIVE_SERVICES = (SERVER_SERVICE,)
+LIVE_SERVICES = (SERVER_SERVICE, JOBS_SERVICE)
 ENGINE_BACKED_SERVICES = (INFERENCE_SERVICE, ADAPTERS_SERVICE)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -43,6 +48,7 @@ def build_grpc_server(  # noqa: PLR0917 (the parts it assembles)
     describe: Callable[[], ServerInfo],
     generator: Generator,
     adapters: AdapterManager,
+    jobs: JobService,
 ) -> aio.Server:
     """Creates the server with every adapterd service registered; not yet bound or started."""
     interceptors: list[aio.ServerInterceptor] = [ErrorInterceptor(metrics)]
@@ -59,12 +65,14 @@ def build_grpc_server(  # noqa: PLR0917 (the parts it assembles)
     server_pb2_grpc.add_ServerServicer_to_server(ServerServicer(describe), server)
     inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(generator), server)
     adapters_pb2_grpc.add_AdaptersServicer_to_server(AdaptersServicer(adapters), server)
+    jobs_pb2_grpc.add_JobsServicer_to_server(JobsServicer(jobs), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     reflection.enable_server_reflection(
         (
             SERVER_SERVICE,
             INFERENCE_SERVICE,
             ADAPTERS_SERVICE,
+            JOBS_SERVICE,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),

@@ -2,7 +2,7 @@
 
 A `train` job goes queued -> validating -> running [-> evaluating] -> succeeded; an `evaluate`
 job goes queued -> evaluating -> succeeded. Any live state may end in failed or cancelled, and a
-running job may return to queued (server shutdown: it resumes from its checkpoint later).
+started job may return to queued (server shutdown: it resumes from its checkpoint later).
 Terminal states are final.
 """
 
@@ -45,7 +45,9 @@ _ENDINGS = {JobState.FAILED, JobState.CANCELLED}
 TRANSITIONS: dict[JobKind, dict[JobState, frozenset[JobState]]] = {
     JobKind.TRAIN: {
         JobState.QUEUED: frozenset({JobState.VALIDATING, *_ENDINGS}),
-        JobState.VALIDATING: frozenset({JobState.RUNNING, JobState.SUCCEEDED, *_ENDINGS}),
+        JobState.VALIDATING: frozenset(
+            {JobState.RUNNING, JobState.SUCCEEDED, JobState.QUEUED, *_ENDINGS}
+        ),
         JobState.RUNNING: frozenset(
             {JobState.EVALUATING, JobState.SUCCEEDED, JobState.QUEUED, *_ENDINGS}
         ),

@@ -89,8 +89,8 @@ class Store(Protocol):
     async def next_queued(self) -> Job | None:
         """The queued job to run next: highest priority, then oldest."""
 
-    async def count_jobs(self, states: Iterable[JobState]) -> int:
-        """Jobs in any of `states`."""
+    async def count_jobs(self) -> dict[tuple[JobKind, JobState], int]:
+        """Jobs per (kind, state) present."""
 
     async def append_event(self, job_id: str, kind: str, data: dict[str, Any]) -> JobEvent:
         """Stores the job's next event."""

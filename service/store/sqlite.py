@@ -259,16 +259,10 @@ class SqliteStore:
 
         return await self._run(work)
 
-    async def count_jobs(self, states: Iterable[JobState]) -> int:
-        values = [s.value for s in states]
-
-        def work(db: sqlite3.Connection) -> int:
-            marks = ",".join("?" * len(values))
-            return int(
-                db.execute(
-                    f"SELECT COUNT(*) FROM jobs WHERE state IN ({marks})", values
-                ).fetchone()[0]
-            )
+    async def count_jobs(self) -> dict[tuple[JobKind, JobState], int]:
+        def work(db: sqlite3.Connection) -> dict[tuple[JobKind, JobState], int]:
+            rows = db.execute("SELECT kind, state, COUNT(*) FROM jobs GROUP BY kind, state")
+            return {(JobKind(k), JobState(s)): n for k, s, n in rows}
 
         return await self._run(work)
 

@@ -139,7 +139,7 @@ def test_an_alias_switch_under_32_streams_fails_no_request(admin, adapter_dirs):
     [
         ("../server.log", grpc.StatusCode.INVALID_ARGUMENT, "contains '..'"),
         ("/etc", grpc.StatusCode.INVALID_ARGUMENT, "is absolute"),
-        ("nowhere", grpc.StatusCode.NOT_FOUND, "no adapter directory"),
+        ("nowhere", grpc.StatusCode.NOT_FOUND, "nothing at"),
         ("wrong-base", grpc.StatusCode.INVALID_ARGUMENT, "trained on a different base model"),
         ("rank-32", grpc.StatusCode.INVALID_ARGUMENT, "rank 32 is above"),
         ("pickled", grpc.StatusCode.INVALID_ARGUMENT, "is a pickle file"),

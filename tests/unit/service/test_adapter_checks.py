@@ -43,6 +43,14 @@ def test_the_base_models_linear_layers_are_the_allowed_targets(tiny_model_dir):
     }  # fmt: skip
 
 
+def test_targets_named_by_full_module_path_pass(root, limits):
+    config = root / "good" / "adapter_config.json"
+    edit_json(
+        config, target_modules=["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.up_proj"]
+    )
+    assert check_adapter("good", limits).rank == 8
+
+
 def test_a_good_adapter_passes_with_its_sha256_and_rank(root, limits):
     checked = check_adapter("good", limits)
     weights = root / "good" / "adapter_model.safetensors"
@@ -56,7 +64,7 @@ def test_a_good_adapter_passes_with_its_sha256_and_rank(root, limits):
         ("", InvalidArgumentError, "path: empty"),
         ("/etc", InvalidArgumentError, "'/etc' is absolute"),
         ("good/../../x", InvalidArgumentError, "contains '..'"),
-        ("missing", NotFoundError, "no adapter directory 'missing'"),
+        ("missing", NotFoundError, "nothing at 'missing'"),
     ],
 )
 def test_paths_outside_the_root_or_missing_are_refused(limits, path, error, message):
@@ -68,7 +76,7 @@ def test_symlinks_that_lead_out_of_the_root_are_refused(root, limits, tmp_path, 
     outside = tmp_path / "outside"
     shutil.copytree(tiny_adapter, outside)
     (root / "linked").symlink_to(outside)
-    with pytest.raises(InvalidArgumentError, match="'linked' leads outside the adapter root"):
+    with pytest.raises(InvalidArgumentError, match="'linked' leads outside the server's root"):
         check_adapter("linked", limits)
     weights = root / "good" / "adapter_model.safetensors"
     weights.unlink()

@@ -1,0 +1,89 @@
+"""adapterd.v1.Jobs: datasets, and fine-tuning jobs submitted, followed and cancelled."""
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from grpc import aio
+
+from adapterd.v1 import jobs_pb2, jobs_pb2_grpc
+from service.auth import current_principal
+from service.errors import InvalidArgumentError
+from service.grpc.convert import event_to_proto, job_filters, job_to_proto, message_fields
+from service.jobs.service import JobService
+
+
+class JobsServicer(jobs_pb2_grpc.JobsServicer):
+    """Thin: converts, calls the job service with the caller, converts back."""
+
+    def __init__(self, jobs: JobService) -> None:
+        self._jobs = jobs
+
+    async def UploadDataset(
+        self,
+        request_iterator: AsyncIterator[jobs_pb2.UploadDatasetRequest],
+        context: aio.ServicerContext[Any, Any],
+    ) -> jobs_pb2.UploadDatasetResponse:
+        first = await anext(request_iterator, None)
+        if first is None or not first.HasField("header"):
+            raise InvalidArgumentError("header: the first message must carry the header")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for message in request_iterator:
+                if not message.HasField("chunk"):
+                    raise InvalidArgumentError("header: only the first message may be a header")
+                yield message.chunk
+
+        header = first.header
+        record = await self._jobs.upload(
+            current_principal.get(), header.file_name, header.size, header.sha256, chunks()
+        )
+        return jobs_pb2.UploadDatasetResponse(
+            dataset_id=record.id, size=record.size, sha256=record.sha256
+        )
+
+    async def ValidateDataset(
+        self, request: jobs_pb2.ValidateDatasetRequest, context: aio.ServicerContext[Any, Any]
+    ) -> jobs_pb2.ValidateDatasetResponse:
+        fields = message_fields(request.data)
+        report = await self._jobs.validate(current_principal.get(), fields)
+        response = jobs_pb2.ValidateDatasetResponse(valid=bool(report.get("ok")))
+        response.report.update(report)
+        return response
+
+    async def SubmitJob(
+        self, request: jobs_pb2.SubmitJobRequest, context: aio.ServicerContext[Any, Any]
+    ) -> jobs_pb2.Job:
+        job = await self._jobs.submit(
+            current_principal.get(), message_fields(request.train), request.request_id,
+            request.priority,
+        )  # fmt: skip
+        return job_to_proto(job)
+
+    async def GetJob(
+        self, request: jobs_pb2.GetJobRequest, context: aio.ServicerContext[Any, Any]
+    ) -> jobs_pb2.Job:
+        return job_to_proto(await self._jobs.get(current_principal.get(), request.job_id))
+
+    async def ListJobs(
+        self, request: jobs_pb2.ListJobsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> jobs_pb2.ListJobsResponse:
+        states, kinds = job_filters(request)
+        page = await self._jobs.list(
+            current_principal.get(), states, kinds, request.page_size, request.page_token
+        )
+        return jobs_pb2.ListJobsResponse(
+            jobs=[job_to_proto(j) for j in page.jobs],
+            next_page_token=str(page.next_after) if page.next_after else "",
+        )
+
+    async def CancelJob(
+        self, request: jobs_pb2.CancelJobRequest, context: aio.ServicerContext[Any, Any]
+    ) -> jobs_pb2.Job:
+        return job_to_proto(await self._jobs.cancel(current_principal.get(), request.job_id))
+
+    async def WatchJob(
+        self, request: jobs_pb2.WatchJobRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[jobs_pb2.JobEvent]:
+        principal = current_principal.get()
+        async for event in self._jobs.watch(principal, request.job_id, request.after_seq):
+            yield event_to_proto(event)

@@ -1,0 +1,307 @@
+"""Runs queued jobs, one at a time: the trainer as a subprocess, its events into the store.
+
+The trainer (`python -m trainer train`) runs in its own process group with a thread budget
+(`--trainer-threads`), writes JSON-line events that are stored as the job's feed, and exits with
+a code that says how it ended (trainer.sft). Cancelling sends SIGTERM to its group, SIGKILL after
+the grace. On server shutdown the trainer gets SIGTERM, writes a checkpoint and exits 75: the job
+returns to the queue and resumes from that checkpoint on the next start. A trainer whose server
+died notices (parent-death signal, see trainer.__main__) and does the same.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from service.jobs.model import Job, JobState
+from service.metrics import Metrics
+from service.store.base import Store
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE, EVENTS_FILE, LOG_FILE = "config.json", "events.jsonl", "trainer.log"
+LOG_TAIL_LINES = 20
+POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a trainer run ended, for the job."""
+
+    state: JobState
+    reason: str = ""
+    message: str = ""
+
+
+def outcome(exit_code: int, failure: dict[str, Any] | None, log_tail: str) -> Outcome:
+    """The job's state after its trainer exited with `exit_code`; `failure` is the trainer's
+    own `failed` event, if it wrote one. Pure."""
+    if exit_code == 0:
+        return Outcome(JobState.SUCCEEDED)
+    if exit_code in (75, -signal.SIGTERM):  # stopped: from its checkpoint, or before training
+        return Outcome(JobState.QUEUED, "interrupted", "stopped by the server; resumes later")
+    if failure is not None:
+        return Outcome(JobState.FAILED, str(failure.get("reason")), str(failure.get("message")))
+    if exit_code == 2:
+        return Outcome(JobState.FAILED, "invalid_config", log_tail)
+    if exit_code in (-signal.SIGKILL, 137):
+        return Outcome(
+            JobState.FAILED,
+            "out_of_memory",
+            "the trainer was killed (SIGKILL), most likely by the kernel's OOM killer: lower "
+            "training.batch_size or data.max_length, or use quantization.mode nf4",
+        )
+    return Outcome(
+        JobState.FAILED, "trainer_crashed", f"trainer exited with {exit_code}:\n{log_tail}"
+    )
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+class _EventTail:
+    """Reads whole new lines of the trainer's events file."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._offset = 0
+        self._partial = b""
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            with self._path.open("rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+Listener = Callable[[Job], Awaitable[None]]
+SuccessHook = Callable[[Job], Awaitable[dict[str, Any]]]
+"""Runs when a job's trainer succeeded, before the job is final; returns result additions."""
+
+
+class JobRunner:
+    """Takes queued jobs in order and drives each trainer to its end."""
+
+    def __init__(
+        self,
+        store: Store,
+        jobs_dir: Path,
+        metrics: Metrics,
+        *,
+        trainer_threads: int,
+        cancel_grace: float,
+        on_change: Listener,
+        on_success: SuccessHook,
+    ) -> None:
+        self._store = store
+        self._jobs_dir = jobs_dir
+        self._metrics = metrics
+        self._threads = trainer_threads
+        self._grace = cancel_grace
+        self._on_change = on_change
+        self._on_success = on_success
+        self._wake = asyncio.Event()
+        self._process: asyncio.subprocess.Process | None = None
+        self._current: str | None = None
+        self._run_ended = asyncio.Event()
+        self._cancelled: set[str] = set()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def job_dir(self, job_id: str) -> Path:
+        """Where a job's config, events, log, checkpoints and adapter live."""
+        return self._jobs_dir / job_id
+
+    # ---- lifecycle
+    async def recover(self) -> None:
+        """After a restart: every job this server was running goes back to the queue; a
+        trainer of the dead server that still runs is stopped first (no two trainers ever
+        write one job's directory)."""
+        page = await self._store.list_jobs(
+            None, [JobState.VALIDATING, JobState.RUNNING], [], 10_000, 0
+        )
+        for job in page.jobs:
+            _stop_stale_trainer(job)
+            await self._store.update_job(
+                job.id,
+                JobState.QUEUED,
+                event={"reason": "server restarted; resumes from its last checkpoint"},
+                worker_pid=None,
+                worker_started=None,
+            )
+
+    def start(self) -> None:
+        """Starts taking jobs."""
+        self._task = asyncio.create_task(self._loop(), name="job-runner")
+
+    def notify(self) -> None:
+        """A job was queued."""
+        self._wake.set()
+
+    async def stop(self, grace: float) -> None:
+        """Stops taking jobs; the running trainer writes a checkpoint and its job returns to the
+        queue. After `grace` seconds the trainer is killed (its last checkpoint stays)."""
+        self._stopping = True
+        self._wake.set()
+        process = self._process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), grace)
+        except TimeoutError:
+            if process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def cancel(self, job_id: str) -> bool:
+        """Stops the job's trainer if it is the one running and returns True once the job is
+        CANCELLED; False if it was not running."""
+        process, ended = self._process, self._run_ended
+        if self._current != job_id or process is None or process.returncode is not None:
+            return False
+        self._cancelled.add(job_id)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), self._grace)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        await ended.wait()
+        return True
+
+    # ---- the loop
+    async def _loop(self) -> None:
+        while not self._stopping:
+            job = await self._store.next_queued()
+            if job is None:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                await self._run(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not stop the queue
+                logger.exception("job %s: runner failed", job.id)
+                await self._finish(job.id, Outcome(JobState.FAILED, "internal", "see server log"))
+
+    async def _run(self, job: Job) -> None:
+        directory = self.job_dir(job.id)
+        events = directory / EVENTS_FILE
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(self._threads),
+            "ADAPTERD_PARENT_PID": str(os.getpid()),
+        }
+        with (directory / LOG_FILE).open("ab") as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "trainer", "train",
+                "--config", str(directory / CONFIG_FILE), "--events", str(events),
+                stdout=log, stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
+            )  # fmt: skip
+        self._process, self._current, self._run_ended = process, job.id, asyncio.Event()
+        started = time.time()
+        job = await self._store.update_job(
+            job.id,
+            JobState.VALIDATING,
+            attempts=job.attempts + 1,
+            started=job.started or started,
+            worker_pid=process.pid,
+            worker_started=psutil.Process(process.pid).create_time(),
+        )
+        await self._on_change(job)
+        tail, failure = _EventTail(events), None
+        tail.read()  # skip what earlier attempts wrote
+        while True:
+            finished = process.returncode is not None
+            for event in tail.read():
+                failure = event if event.get("event") == "failed" else failure
+                await self._record(job, event)
+            if finished:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), POLL_SECONDS)
+        self._process = self._current = None
+        assert process.returncode is not None
+        result = outcome(process.returncode, failure, _tail(directory / LOG_FILE))
+        if job.id in self._cancelled:
+            self._cancelled.discard(job.id)
+            result = Outcome(JobState.CANCELLED, "cancelled", "cancelled by a client")
+        try:
+            await self._finish(job.id, result)
+        finally:
+            self._run_ended.set()
+
+    async def _record(self, job: Job, event: dict[str, Any]) -> None:
+        kind = str(event.pop("event", "log"))
+        event.pop("time", None)
+        await self._store.append_event(job.id, kind, event)
+        if kind == "started":
+            await self._on_change(await self._store.update_job(job.id, JobState.RUNNING))
+        elif kind == "progress":
+            self._metrics.training_tokens_per_second.set(event.get("tokens_per_second", 0))
+            self._metrics.training_loss.set(event.get("loss", 0))
+        elif kind == "done":
+            await self._store.update_job(job.id, result=event)
+        await self._on_change(job)
+
+    async def _finish(self, job_id: str, result: Outcome) -> None:
+        now = time.time()
+        fields: dict[str, Any] = {"worker_pid": None, "worker_started": None}
+        if result.state.terminal:
+            fields["finished"] = now
+        if result.state is not JobState.QUEUED:
+            fields |= {"error_reason": result.reason, "error_message": result.message}
+        if result.state is JobState.SUCCEEDED:
+            job = await self._store.update_job(job_id)
+            fields["result"] = {**job.result, **await self._on_success(job)}
+        job = await self._store.update_job(
+            job_id, result.state, event={"reason": result.reason} if result.reason else None,
+            **fields,
+        )  # fmt: skip
+        if job.state is JobState.FAILED:
+            self._metrics.trainer_failures.labels(result.reason).inc()
+        if job.state.terminal and job.started is not None:
+            self._metrics.job_duration.labels(job.kind.value, job.state.value).observe(
+                now - job.started
+            )
+        await self._on_change(job)
+
+
+def _stop_stale_trainer(job: Job) -> None:
+    """Kills the process group of a trainer a previous server started, if it still runs."""
+    if job.worker_pid is None:
+        return
+    try:
+        process = psutil.Process(job.worker_pid)
+        if job.worker_started is not None and abs(process.create_time() - job.worker_started) > 1:
+            return  # the pid was reused by another process
+        os.killpg(job.worker_pid, signal.SIGKILL)
+        process.wait(10)
+    except (psutil.NoSuchProcess, ProcessLookupError, psutil.TimeoutExpired):
+        pass

@@ -1,0 +1,339 @@
+"""The jobs API as domain operations: datasets, submit, get, list, cancel, watch.
+
+Tenancy: a user sees and touches only its tenant's jobs and datasets (anything else is
+NOT_FOUND, so ids of other tenants are not even confirmed); an admin sees all. A job spec is
+validated completely at submission, into the trainer's own config (trainer.config), so a job
+that is queued has a config the trainer accepts.
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from service.adapters.manager import AdapterManager
+from service.auth import Principal, Role
+from service.errors import (
+    AdapterdError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from service.jobs.model import Job, JobEvent, JobKind, JobState, spec_digest
+from service.jobs.runner import CONFIG_FILE, JobRunner
+from service.metrics import Metrics
+from service.paths import confined
+from service.store.base import DatasetRecord, JobPage, Store
+from trainer.config import DataSpec, TrainConfigError, describe_validation_error, load_config
+
+DATASET_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+WATCH_POLL_SECONDS = 5.0
+MAX_REQUEST_ID = 128
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """What the server allows and where it keeps things."""
+
+    datasets_dir: Path
+    """Uploads go under it; a job's `path` sources resolve under it."""
+    adapter_root: Path
+    """Finished jobs' adapters are installed under `jobs/<id>` here."""
+    base_model_path: Path
+    base_model_name: str
+    max_lora_rank: int
+    max_upload_bytes: int
+    max_queued: int
+
+
+def _visible(principal: Principal) -> str | None:
+    """The tenant whose objects `principal` sees; None for all (admin)."""
+    return None if principal.role is Role.ADMIN else principal.tenant
+
+
+class JobService:
+    """Jobs and datasets over the store and the runner."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        runner: JobRunner,
+        adapters: AdapterManager,
+        limits: JobLimits,
+        metrics: Metrics,
+        tokenizer: Any,
+    ) -> None:
+        self._store = store
+        self._runner = runner
+        self._adapters = adapters
+        self._limits = limits
+        self._metrics = metrics
+        self._tokenizer = tokenizer
+        self._changes: dict[str, asyncio.Event] = {}
+
+    # ---- datasets
+    async def upload(
+        self,
+        principal: Principal,
+        file_name: str,
+        size: int,
+        sha256: str,
+        chunks: AsyncIterator[bytes],
+    ) -> DatasetRecord:
+        """Stores an uploaded file after checking its size and sha256.
+
+        Raises:
+            InvalidArgumentError: bad name, size or checksum (nothing is kept).
+        """
+        name = PurePosixPath(file_name).name
+        if not name or name != file_name or not name.endswith(DATASET_SUFFIXES):
+            raise InvalidArgumentError(
+                f"header.file_name: {file_name!r} must be a plain file name ending in "
+                f"{', '.join(DATASET_SUFFIXES)}"
+            )
+        cap = self._limits.max_upload_bytes
+        if not 0 < size <= cap:
+            raise InvalidArgumentError(f"header.size: {size} must be 1 to {cap} bytes")
+        dataset_id = f"ds-{uuid.uuid4().hex[:16]}"
+        directory = self._limits.datasets_dir / "uploads" / dataset_id
+        directory.mkdir(parents=True)
+        target, digest, received = directory / name, hashlib.sha256(), 0
+        try:
+            with target.open("wb") as f:
+                async for chunk in chunks:
+                    received += len(chunk)
+                    if received > size:
+                        raise InvalidArgumentError(
+                            f"chunk: more than the {size} bytes header.size announced"
+                        )
+                    digest.update(chunk)
+                    f.write(chunk)
+            if received != size:
+                raise InvalidArgumentError(f"header.size: announced {size} bytes, got {received}")
+            if digest.hexdigest() != sha256.lower():
+                raise InvalidArgumentError(
+                    f"header.sha256: the bytes hash to {digest.hexdigest()}, not {sha256}"
+                )
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        record = DatasetRecord(
+            dataset_id, principal.tenant, name, target, digest.hexdigest(), size, time.time()
+        )
+        await self._store.add_dataset(record)
+        return record
+
+    async def _dataset_path(self, principal: Principal, ref: dict[str, Any], where: str) -> str:
+        if "dataset_id" in ref:
+            record = await self._store.get_dataset(ref["dataset_id"])
+            tenant = _visible(principal)
+            if record is None or (tenant is not None and record.tenant != tenant):
+                raise NotFoundError(f"{where}.dataset_id: no dataset {ref['dataset_id']!r}")
+            return str(record.path)
+        if "path" in ref:
+            return str(confined(self._limits.datasets_dir, ref["path"], f"{where}.path"))
+        raise InvalidArgumentError(f"{where}: give dataset_id or path")
+
+    async def _data_section(self, principal: Principal, data: dict[str, Any]) -> dict[str, Any]:
+        """The trainer's `data` config from the API's DataSettings (as a dict)."""
+        section: dict[str, Any] = {
+            k: v for k, v in data.items() if k not in ("datasets", "eval_dataset")
+        }
+        section["datasets"] = []
+        for i, ref in enumerate(data.get("datasets", [])):
+            where = f"data.datasets[{i}]"
+            entry = {"path": await self._dataset_path(principal, ref, where)}
+            entry |= {k: ref[k] for k in ("weight", "format", "columns") if k in ref}
+            section["datasets"].append(entry)
+        if "eval_dataset" in data:
+            section["eval_file"] = await self._dataset_path(
+                principal, data["eval_dataset"], "data.eval_dataset"
+            )
+        return section
+
+    async def validate(self, principal: Principal, data: dict[str, Any]) -> dict[str, Any]:
+        """The trainer's data report for `data` (no model is loaded)."""
+        from pydantic import ValidationError
+
+        from trainer.data import DataRejectedError, prepare_data
+
+        try:
+            spec = DataSpec.model_validate(await self._data_section(principal, data))
+        except ValidationError as exc:
+            problems = describe_validation_error(exc)
+            raise InvalidArgumentError("data." + "; data.".join(problems)) from None
+
+        def report() -> dict[str, Any]:
+            try:
+                return dict(prepare_data(spec, self._tokenizer, seed=0).report.to_json())
+            except DataRejectedError as exc:
+                return dict(exc.report.to_json())
+
+        return await asyncio.to_thread(report)
+
+    # ---- jobs
+    async def submit(
+        self, principal: Principal, spec: dict[str, Any], request_id: str, priority: int
+    ) -> Job:
+        """Queues a training job (or returns the one this request id already made).
+
+        Raises:
+            InvalidArgumentError: naming the spec field; or a request id reused with another spec.
+            ResourceExhaustedError: when the queue is full.
+        """
+        if len(request_id) > MAX_REQUEST_ID:
+            raise InvalidArgumentError(f"request_id: longer than {MAX_REQUEST_ID} characters")
+        if not -100 <= priority <= 100:
+            raise InvalidArgumentError(f"priority: {priority} is outside -100..100")
+        job_id = f"job-{uuid.uuid4().hex[:16]}"
+        directory = self._runner.job_dir(job_id)
+        config = await self._train_config(principal, spec, directory)
+        now = time.time()
+        job = Job(
+            id=job_id, tenant=principal.tenant, kind=JobKind.TRAIN, state=JobState.QUEUED,
+            spec=spec, spec_digest=spec_digest(spec), request_id=request_id, priority=priority,
+            created=now, updated=now,
+        )  # fmt: skip
+        queued = (await self._store.count_jobs()).get((JobKind.TRAIN, JobState.QUEUED), 0)
+        if queued >= self._limits.max_queued:
+            raise ResourceExhaustedError(
+                f"the queue holds {queued} jobs, its cap (--max-queued-jobs); retry later"
+            )
+        directory.mkdir(parents=True)
+        (directory / CONFIG_FILE).write_text(config)
+        stored, created = await self._store.create_job(job)
+        if not created:
+            shutil.rmtree(directory, ignore_errors=True)
+            if stored.spec_digest != job.spec_digest:
+                raise InvalidArgumentError(
+                    f"request_id: {request_id!r} was used for job {stored.id} with another spec"
+                )
+            return stored
+        await self.on_change(stored)
+        self._runner.notify()
+        return stored
+
+    async def _train_config(
+        self, principal: Principal, spec: dict[str, Any], directory: Path
+    ) -> str:
+        """The trainer config (JSON) of a spec, validated by the trainer's own model."""
+        limits = self._limits
+        config = {
+            "base_model": str(limits.base_model_path),
+            "base_model_name": limits.base_model_name,
+            "output_dir": str(directory),
+            "data": await self._data_section(principal, spec.get("data", {})),
+            "serving_max_lora_rank": limits.max_lora_rank,
+            "validate_only": spec.get("validate_only", False),
+        }
+        config |= {k: spec[k] for k in ("lora", "quantization", "training") if k in spec}
+        try:
+            return load_config(config).model_dump_json()
+        except TrainConfigError as exc:
+            raise InvalidArgumentError(f"train: {exc}") from None
+
+    async def get(self, principal: Principal, job_id: str) -> Job:
+        """The job, if the caller may see it.
+
+        Raises:
+            NotFoundError: no such job, or another tenant's.
+        """
+        job = await self._store.get_job(job_id)
+        tenant = _visible(principal)
+        if job is None or (tenant is not None and job.tenant != tenant):
+            raise NotFoundError(f"job_id: no job {job_id!r}")
+        return job
+
+    async def list(
+        self,
+        principal: Principal,
+        states: Iterable[JobState],
+        kinds: Iterable[JobKind],
+        page_size: int,
+        page_token: str,
+    ) -> JobPage:
+        """A page of the jobs the caller may see."""
+        if not 0 <= page_size <= 500:
+            raise InvalidArgumentError(f"page_size: {page_size} is outside 0..500")
+        if page_token and not page_token.isdigit():
+            raise InvalidArgumentError(f"page_token: {page_token!r} is not a token we issued")
+        return await self._store.list_jobs(
+            _visible(principal), states, kinds, page_size or 50, int(page_token or 0)
+        )
+
+    async def cancel(self, principal: Principal, job_id: str) -> Job:
+        """Cancels a job that has not ended.
+
+        Raises:
+            NotFoundError: as `get`.
+            FailedPreconditionError: when the job has ended already.
+        """
+        job = await self.get(principal, job_id)
+        if job.state.terminal:
+            raise FailedPreconditionError(f"job {job_id} is {job.state.value}; nothing to cancel")
+        if not await self._runner.cancel(job_id):  # not running: cancel it in the store
+            with contextlib.suppress(FailedPreconditionError):  # unless it ended meanwhile
+                job = await self._store.update_job(
+                    job_id, JobState.CANCELLED, event={"reason": "cancelled"},
+                    finished=time.time(), error_reason="cancelled",
+                    error_message="cancelled by a client",
+                )  # fmt: skip
+            await self.on_change(job)
+        return await self.get(principal, job_id)
+
+    async def watch(
+        self, principal: Principal, job_id: str, after_seq: int
+    ) -> AsyncIterator[JobEvent]:
+        """The job's events after `after_seq`, then live ones; ends when the job has ended."""
+        await self.get(principal, job_id)
+        if after_seq < 0:
+            raise InvalidArgumentError(f"after_seq: {after_seq} is negative")
+        cursor = after_seq
+        while True:
+            changed = self._changes.setdefault(job_id, asyncio.Event())
+            events = await self._store.events(job_id, cursor)
+            for event in events:
+                yield event
+                cursor = event.seq
+            if events:
+                continue
+            job = await self._store.get_job(job_id)
+            if job is not None and job.state.terminal:
+                return
+            with contextlib.suppress(TimeoutError):  # a missed wake-up costs one poll
+                await asyncio.wait_for(changed.wait(), WATCH_POLL_SECONDS)
+
+    # ---- hooks of the runner
+    async def on_change(self, job: Job) -> None:
+        """Wakes the job's watchers and refreshes the job gauges."""
+        waiting = self._changes.pop(job.id, None)
+        if waiting is not None:
+            waiting.set()
+        counts = await self._store.count_jobs()
+        for kind in JobKind:
+            for state in JobState:
+                self._metrics.jobs.labels(kind.value, state.value).set(counts.get((kind, state), 0))
+
+    async def on_success(self, job: Job) -> dict[str, Any]:
+        """Registers the adapter of a finished job when its spec names one."""
+        name = job.spec.get("adapter_name", "")
+        if job.spec.get("validate_only") or not name:
+            return {}
+        source = self._runner.job_dir(job.id)
+        relative = f"jobs/{job.id}"
+        target = self._limits.adapter_root / relative
+        await asyncio.to_thread(shutil.copytree, source / "adapter", target, dirs_exist_ok=True)
+        await asyncio.to_thread(shutil.copy2, source / "manifest.json", target / "manifest.json")
+        try:
+            entry = await self._adapters.load(name, relative, pin=False)
+        except AdapterdError as exc:
+            return {"registration_error": str(exc)}
+        return {"adapter_version": entry.ref}

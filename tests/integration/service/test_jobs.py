@@ -1,0 +1,180 @@
+"""Jobs on the real server (tiny model, shared `server`), the real trainer and real SQLite."""
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import json_format
+
+from adapterd.v1 import inference_pb2, jobs_pb2
+from service.client.api import Client
+from tests.support import ADMIN_TOKEN, OTHER_USER_TOKEN, USER_TOKEN
+
+SLICE = Path(__file__).resolve().parents[3] / "data/gsm8k/train_slice.jsonl"
+
+
+@pytest.fixture(scope="module")
+def user(server):
+    with Client(server.target, USER_TOKEN, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def dataset_id(user, tmp_path_factory):
+    rows = SLICE.read_text().splitlines()[:24]
+    path = tmp_path_factory.mktemp("upload") / "gsm8k.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    return user.upload_dataset(path, chunk_bytes=4096)  # several chunks
+
+
+def spec(dataset_id, **fields):
+    training = {"max_steps": 3, "batch_size": 4, "checkpoint_interval": 2}
+    training |= fields.pop("training", {})
+    return json_format.ParseDict(
+        {"data": {"datasets": [{"dataset_id": dataset_id}]}, "training": training, **fields},
+        jobs_pb2.TrainSpec(),
+    )
+
+
+def watch_to_end(client, job_id, after_seq=0):
+    return list(client.watch_job(job_id, after_seq))
+
+
+def code_of(call):
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value.code(), caught.value.details()
+
+
+def test_a_job_trains_registers_its_adapter_and_serves_it(user, server, dataset_id):
+    job = user.submit_job(spec(dataset_id, adapter_name="job-bot"))
+    assert job.state == jobs_pb2.JOB_STATE_QUEUED
+    events = watch_to_end(user, job.id)
+    states = [e.data["state"] for e in events if e.kind == "state"]
+    assert states == ["queued", "validating", "running", "succeeded"], events[-3:]
+    kinds = [e.kind for e in events]
+    assert {"data", "started", "progress", "checkpoint", "done"} <= set(kinds)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    steps = [e.data["step"] for e in events if e.kind == "progress"]
+    assert steps == [1, 2, 3]
+    done = user.get_job(job.id)
+    assert done.state == jobs_pb2.JOB_STATE_SUCCEEDED
+    result = json_format.MessageToDict(done.result)
+    assert result["adapter_version"] == "job-bot@1", result
+    assert done.attempts == 1
+    with Client(server.target, ADMIN_TOKEN, timeout=120) as admin:
+        reply = admin.generate(
+            inference_pb2.GenerateRequest(
+                adapter="job-bot", prompt="2 + 2 =",
+                sampling=inference_pb2.SamplingParams(max_tokens=4),
+            )
+        )  # fmt: skip
+    assert reply.adapter_version == "job-bot@1"
+
+
+def test_a_reconnecting_watch_gets_exactly_what_it_missed(user, dataset_id):
+    job = user.submit_job(spec(dataset_id, validate_only=True))
+    everything = watch_to_end(user, job.id)
+    assert everything[-1].data["state"] == "succeeded"
+    for cursor in (1, 3, len(everything)):
+        missed = watch_to_end(user, job.id, after_seq=cursor)
+        assert [e.seq for e in missed] == [e.seq for e in everything[cursor:]]
+
+
+def test_fifty_concurrent_submits_with_one_request_id_make_one_job(user, dataset_id):
+    request = spec(dataset_id, validate_only=True)
+    with ThreadPoolExecutor(50) as pool:
+        jobs = list(pool.map(lambda _: user.submit_job(request, "same-request"), range(50)))
+    assert len({j.id for j in jobs}) == 1
+    other = spec(dataset_id, validate_only=True, training={"seed": 7})
+    code, details = code_of(lambda: user.submit_job(other, "same-request"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "request_id: 'same-request' was used for job" in details
+    watch_to_end(user, jobs[0].id)
+
+
+def test_cancel_stops_a_running_trainer_and_a_final_job_cannot_be_cancelled(user, dataset_id):
+    job = user.submit_job(spec(dataset_id, training={"max_steps": 100_000, "batch_size": 1}))
+    running = threading.Event()
+
+    def follow():
+        for event in user.watch_job(job.id):
+            if event.kind == "progress":
+                running.set()
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    assert running.wait(120)
+    cancelled = user.cancel_job(job.id)
+    follower.join(60)
+    assert cancelled.state == jobs_pb2.JOB_STATE_CANCELLED
+    assert cancelled.error_reason == "cancelled"
+    code, _ = code_of(lambda: user.cancel_job(job.id))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_other_tenants_cannot_see_a_job_but_admins_can(server, user, dataset_id):
+    job = user.submit_job(spec(dataset_id, validate_only=True))
+    with Client(server.target, OTHER_USER_TOKEN) as other:
+        assert code_of(lambda: other.get_job(job.id))[0] == grpc.StatusCode.NOT_FOUND
+        assert code_of(lambda: other.cancel_job(job.id))[0] == grpc.StatusCode.NOT_FOUND
+        listed = other.list_jobs(jobs_pb2.ListJobsRequest())
+        assert job.id not in [j.id for j in listed.jobs]
+        spec_of_other = spec(dataset_id, validate_only=True)
+        code, details = code_of(lambda: other.submit_job(spec_of_other))
+        assert (code, "no dataset" in details) == (grpc.StatusCode.NOT_FOUND, True)
+    with Client(server.target, ADMIN_TOKEN) as admin:
+        assert admin.get_job(job.id).tenant == "acme"
+    watch_to_end(user, job.id)
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "message"),
+    [
+        ({"training": {"learning_rate": -1}}, "INVALID_ARGUMENT", "training.learning_rate"),
+        ({"training": {"bogus": 1}}, "INVALID_ARGUMENT", "training.bogus: unknown field"),
+        ({"lora": {"rank": 64}}, "INVALID_ARGUMENT", "above the server's max_lora_rank"),
+        ({"data": {"datasets": [{"path": "../../etc/passwd"}]}}, "INVALID_ARGUMENT", "'..'"),
+        ({"data": {"datasets": [{"path": "/etc/passwd"}]}}, "INVALID_ARGUMENT", "is absolute"),
+        ({"data": {"datasets": [{"dataset_id": "ds-nope"}]}}, "NOT_FOUND", "no dataset"),
+        ({"data": {"datasets": []}}, "INVALID_ARGUMENT", "data.datasets"),
+    ],
+)
+def test_malformed_submissions_get_the_right_status_naming_the_field(
+    user, dataset_id, fields, code, message
+):
+    base = {"data": {"datasets": [{"dataset_id": dataset_id}]}}
+    request = json_format.ParseDict({**base, **fields}, jobs_pb2.TrainSpec())
+    got, details = code_of(lambda: user.submit_job(request))
+    assert (got.name, message in details) == (code, True), details
+
+
+def test_uploads_with_a_bad_checksum_or_name_are_refused(user, tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
+    bad = jobs_pb2.UploadDatasetRequest(
+        header=jobs_pb2.DatasetHeader(
+            file_name="rows.jsonl", size=path.stat().st_size, sha256="0" * 64
+        )
+    )
+    chunk = jobs_pb2.UploadDatasetRequest(chunk=path.read_bytes())
+    code, details = code_of(lambda: user.call(user.jobs.UploadDataset, iter([bad, chunk]), object))
+    assert (code, "header.sha256" in details) == (grpc.StatusCode.INVALID_ARGUMENT, True)
+    bad.header.file_name = "../x.jsonl"
+    code, details = code_of(lambda: user.call(user.jobs.UploadDataset, iter([bad, chunk]), object))
+    assert (code, "header.file_name" in details) == (grpc.StatusCode.INVALID_ARGUMENT, True)
+
+
+def test_validate_dataset_reports_problems_with_line_numbers(user, tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"prompt": "a", "completion": "b"}\n{not json\n{"prompt": "c"}\n')
+    dataset = user.upload_dataset(path)
+    data = jobs_pb2.DataSettings(datasets=[jobs_pb2.DatasetRef(dataset_id=dataset)])
+    response = user.validate_dataset(data)
+    assert not response.valid
+    problems = json_format.MessageToDict(response.report)["problems"]
+    assert {(p["row"], p["code"]) for p in problems} >= {(2, "invalid_json")}
+    assert any(p["row"] == 3 for p in problems)
