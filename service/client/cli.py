@@ -8,6 +8,8 @@
     adapterctl adapters unload NAME[@VERSION]
     adapterctl adapters pin|unpin NAME@VERSION
     adapterctl adapters alias ALIAS [NAME@VERSION]   (no target: remove the alias)
+    adapterctl upload FILE | validate-data --dataset ID | submit JOB.yaml [--watch]
+    adapterctl get|cancel|watch JOB_ID | list [--state STATE]
 
 Global flags (or ADAPTERCTL_* variables): --target, --token, --timeout, --output text|json.
 """
@@ -23,6 +25,7 @@ from google.protobuf.message import Message
 
 from adapterd.v1 import adapters_pb2, inference_pb2
 from service.client.api import Client
+from service.client.job_commands import add_job_commands
 from service.errors import ConfigError
 from service.settings import ClientSettings, add_settings_flags, settings_from_args
 
@@ -154,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     alias.add_argument(
         "alias_target", metavar="target", nargs="?", default="", help="NAME@N; omit to remove it."
     )
+    COMMANDS.update(add_job_commands(commands))
     return parser
 
 
@@ -171,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as exc:
         print(f"adapterctl: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
-    except TimeoutError as exc:
+    except (TimeoutError, ConfigError) as exc:
         print(f"adapterctl: {exc}", file=sys.stderr)
         return 1
 

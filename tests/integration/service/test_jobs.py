@@ -11,6 +11,7 @@ from google.protobuf import json_format
 
 from adapterd.v1 import inference_pb2, jobs_pb2
 from service.client.api import Client
+from service.client.cli import main
 from tests.support import ADMIN_TOKEN, OTHER_USER_TOKEN, USER_TOKEN
 
 SLICE = Path(__file__).resolve().parents[3] / "data/gsm8k/train_slice.jsonl"
@@ -178,3 +179,31 @@ def test_validate_dataset_reports_problems_with_line_numbers(user, tmp_path):
     problems = json_format.MessageToDict(response.report)["problems"]
     assert {(p["row"], p["code"]) for p in problems} >= {(2, "invalid_json")}
     assert any(p["row"] == 3 for p in problems)
+
+
+def test_adapterctl_uploads_submits_and_follows_a_job(server, tmp_path, capsys):
+    def ctl(*args):
+        code = main(["--target", server.target, "--token", USER_TOKEN, *args])
+        return code, capsys.readouterr()
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(SLICE.read_text().splitlines()[:8]) + "\n")
+    code, out = ctl("upload", str(data))
+    dataset = out.out.strip()
+    assert (code, dataset.startswith("ds-")) == (0, True)
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(
+        f"data: {{datasets: [{{dataset_id: {dataset}}}]}}\n"
+        "training: {max_steps: 2, batch_size: 4}\n"
+    )
+    code, out = ctl("submit", str(job_file), "--watch")
+    assert code == 0, out.err
+    summary = next(line for line in out.out.splitlines() if line.startswith("job-"))
+    job_id, state = summary.split(": ")
+    assert state == "succeeded"
+    assert "[1] queued" in out.out
+    assert "2/2" in out.err  # the progress bar reached the last step
+    code, out = ctl("list", "--state", "succeeded")
+    assert job_id in out.out
+    code, out = ctl("validate-data", "--dataset", "ds-nope")
+    assert (code, "NOT_FOUND" in out.err) == (1, True)

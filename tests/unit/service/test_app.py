@@ -95,7 +95,9 @@ async def test_unexpected_errors_become_internal_with_a_correlation_id(make_app,
     def broken():
         raise KeyError("secret internals")
 
-    app.grpc = build_grpc_server(app.metrics, None, app.health, broken, app.generator, app.adapters)
+    app.grpc = build_grpc_server(
+        app.metrics, None, app.health, broken, app.generator, app.adapters, app.jobs
+    )
     await app.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.settings.port}") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -1,0 +1,172 @@
+"""adapterctl's job commands: upload, validate-data, submit, get, list, cancel, watch.
+
+A job file is the TrainSpec message as YAML or JSON (field names as in jobs.proto), e.g.
+
+    data: {datasets: [{path: gsm8k/train.jsonl, columns: {prompt: question}}]}
+    training: {epochs: 1, learning_rate: 0.0002}
+    adapter_name: gsm8k-bot
+"""
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf import json_format
+from tqdm import tqdm
+
+from adapterd.v1 import jobs_pb2
+from service.client.api import Client
+from service.errors import ConfigError
+
+Command = Callable[[Client, argparse.Namespace, bool], int]
+
+
+def _show(message: Any, as_json: bool) -> None:
+    data = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    print(json.dumps(data, indent=2 if as_json else None))
+
+
+def _upload(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    dataset_id = client.upload_dataset(Path(args.file))
+    print(json.dumps({"dataset_id": dataset_id}) if as_json else dataset_id)
+    return 0
+
+
+def _data_settings(args: argparse.Namespace) -> jobs_pb2.DataSettings:
+    refs = [jobs_pb2.DatasetRef(dataset_id=d) for d in args.dataset or []]
+    refs += [jobs_pb2.DatasetRef(path=p) for p in args.path or []]
+    if not refs:
+        raise ConfigError("give at least one --dataset ID or --path PATH")
+    return jobs_pb2.DataSettings(datasets=refs, max_length=args.max_length)
+
+
+def _validate_data(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    response = client.validate_dataset(_data_settings(args))
+    report = json_format.MessageToDict(response.report)
+    if as_json:
+        print(json.dumps({"valid": response.valid, "report": report}, indent=2))
+    else:
+        print(f"train rows {report.get('train_rows')}, eval rows {report.get('eval_rows')}")
+        for problem in report.get("problems", []):
+            print(f"  {problem['source']}:{problem['row']} {problem['field']}: "
+                  f"{problem['message']} [{problem['code']}]")  # fmt: skip
+        print("OK" if response.valid else "REJECTED")
+    return 0 if response.valid else 1
+
+
+def _submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    try:
+        spec = yaml.safe_load(Path(args.job_file).read_text(encoding="utf-8"))
+        train = json_format.ParseDict(spec, jobs_pb2.TrainSpec())
+    except (OSError, yaml.YAMLError, json_format.ParseError) as exc:
+        raise ConfigError(f"{args.job_file}: {exc}") from None
+    job = client.submit_job(train, args.request_id, args.priority)
+    if args.watch:
+        return _follow(client, job.id, as_json)
+    _show(job, as_json) if as_json else print(job.id)
+    return 0
+
+
+def _get(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    _show(client.get_job(args.job_id), as_json)
+    return 0
+
+
+def _list(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    states = [f"JOB_STATE_{s.upper()}" for s in args.state or []]
+    response = client.list_jobs(jobs_pb2.ListJobsRequest(states=states, page_size=args.limit))
+    if as_json:
+        _show(response, True)
+        return 0
+    for job in response.jobs:
+        state = jobs_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
+        print(f"{job.id}  {state:<11} {job.error_reason}")
+    return 0
+
+
+def _cancel(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    _show(client.cancel_job(args.job_id), as_json)
+    return 0
+
+
+def _watch(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    return _follow(client, args.job_id, as_json, args.after)
+
+
+def _follow(client: Client, job_id: str, as_json: bool, after: int = 0) -> int:
+    """Prints the job's events (JSON lines) or a progress bar, then a summary; the exit code
+    is 0 when the job succeeded."""
+    bar: tqdm[Any] | None = None
+    for event in client.watch_job(job_id, after):
+        data = json_format.MessageToDict(event.data)
+        if as_json:
+            print(json.dumps({"seq": event.seq, "kind": event.kind, **data}), flush=True)
+            continue
+        if event.kind == "started":
+            bar = tqdm(total=int(data.get("total_steps", 0)), unit="step", desc=job_id)
+        elif event.kind == "progress" and bar is not None:
+            bar.update(int(data["step"]) - bar.n)
+            bar.set_postfix(
+                loss=data.get("loss"), tok_s=data.get("tokens_per_second"),
+                eta_s=data.get("eta_seconds"),
+            )  # fmt: skip
+        elif event.kind == "state":
+            tqdm.write(f"[{event.seq}] {data['state']} {data.get('reason', '')}".rstrip())
+        elif event.kind in ("eval", "checkpoint", "resumed", "failed"):
+            tqdm.write(f"[{event.seq}] {event.kind}: {json.dumps(data)}")
+    if bar is not None:
+        bar.close()
+    job = client.get_job(job_id)
+    if not as_json:
+        _summary(job)
+    return 0 if job.state == jobs_pb2.JOB_STATE_SUCCEEDED else 1
+
+
+def _summary(job: jobs_pb2.Job) -> None:
+    state = jobs_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
+    result = json_format.MessageToDict(job.result)
+    metrics = result.get("metrics", {})
+    print(f"{job.id}: {state}" + (f" ({job.error_reason})" if job.error_reason else ""))
+    if job.error_message:
+        print(job.error_message)
+    for key in ("train_loss", "final_eval_loss", "steps", "tokens_per_second"):
+        if metrics.get(key) is not None:
+            print(f"  {key}: {metrics[key]}")
+    for key in ("adapter_version", "registration_error", "loss_png"):
+        if key in result:
+            print(f"  {key}: {result[key]}")
+
+
+def add_job_commands(commands: Any) -> dict[str, Command]:
+    """Adds the job subcommands to adapterctl's parser; returns their handlers by name."""
+    upload = commands.add_parser("upload", help="Upload a dataset file; prints its id.")
+    upload.add_argument("file", help="JSONL, JSON, CSV or Parquet file.")
+    validate = commands.add_parser("validate-data", help="The server's report on datasets.")
+    validate.add_argument("--dataset", action="append", help="Uploaded dataset id (repeatable).")
+    validate.add_argument("--path", action="append", help="File under the server's data root.")
+    validate.add_argument("--max-length", type=int, default=1024, help="Token limit per row.")
+    submit = commands.add_parser("submit", help="Submit a job from a YAML/JSON job file.")
+    submit.add_argument("job_file", help="A TrainSpec as YAML or JSON.")
+    submit.add_argument("--request-id", default="", help="Idempotency key.")
+    submit.add_argument("--priority", type=int, default=0, help="-100 to 100.")
+    submit.add_argument("--watch", action="store_true", help="Follow it to its end.")
+    for name, text in (("get", "Show a job."), ("cancel", "Cancel a job.")):
+        commands.add_parser(name, help=text).add_argument("job_id")
+    listing = commands.add_parser("list", help="List jobs.")
+    listing.add_argument("--state", action="append", help="Only this state (repeatable).")
+    listing.add_argument("--limit", type=int, default=50, help="Jobs per page.")
+    watch = commands.add_parser("watch", help="Follow a job with a progress bar.")
+    watch.add_argument("job_id")
+    watch.add_argument("--after", type=int, default=0, help="Skip events up to this seq.")
+    return {
+        "upload": _upload,
+        "validate-data": _validate_data,
+        "submit": _submit,
+        "get": _get,
+        "list": _list,
+        "cancel": _cancel,
+        "watch": _watch,
+    }
