@@ -236,7 +236,12 @@ class JobRunner:
         )
         await self._on_change(job)
         tail, failure = _EventTail(events), None
-        tail.read()  # skip what earlier attempts wrote
+        # Lines an earlier attempt's trainer wrote after its server died are not in the feed
+        # yet: every stored event but the state changes came from this file, in order.
+        stored = await self._store.events(job.id, 0, limit=1_000_000)
+        seen = sum(1 for e in stored if e.kind != "state")
+        for event in tail.read()[seen:]:
+            await self._record(job, event)
         while True:
             finished = process.returncode is not None
             for event in tail.read():

@@ -1,0 +1,73 @@
+"""A server killed with SIGKILL mid-training: its trainer checkpoints and stops on its own,
+and the restarted server resumes the job from that checkpoint to success."""
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+from google.protobuf import json_format
+
+from adapterd.v1 import jobs_pb2
+from service.client.api import Client
+from tests.support import ServerProcess
+
+pytestmark = pytest.mark.engine
+
+SLICE = Path(__file__).resolve().parents[3] / "data/gsm8k/train_slice.jsonl"
+
+
+def test_kill_9_mid_training_then_restart_resumes_from_the_checkpoint(tmp_path, tiny_model_dir):
+    data_dir = tmp_path / "data"
+    rows = data_dir / "datasets" / "rows.jsonl"
+    rows.parent.mkdir(parents=True)
+    rows.write_text("\n".join(SLICE.read_text().splitlines()[:32]) + "\n")
+    server = ServerProcess(data_dir=data_dir, base_model=str(tiny_model_dir)).start()
+    spec = json_format.ParseDict(
+        {
+            "data": {"datasets": [{"path": "rows.jsonl"}]},
+            "training": {"max_steps": 40, "batch_size": 1, "checkpoint_interval": 3},
+        },
+        jobs_pb2.TrainSpec(),
+    )
+    with Client(server.target, timeout=60) as client:
+        job = client.submit_job(spec)
+        for event in client.watch_job(job.id):
+            if event.kind == "checkpoint":
+                break
+    trainer = next(
+        p for p in psutil.process_iter(["cmdline"]) if "trainer" in (p.info["cmdline"] or [])
+        and job.id in " ".join(p.info["cmdline"] or [])
+    )  # fmt: skip
+    engine_children = [c for c in server.children() if c.pid != trainer.pid]
+    os.kill(server.process.pid, signal.SIGKILL)  # the server dies without any cleanup
+    server.process.wait()
+    for child in engine_children:  # as in a crashed container: the engine goes with it
+        child.kill()
+    # The trainer hears of its parent's death, writes a checkpoint and exits by itself.
+    trainer.wait(60)
+    trainer_log = data_dir / "jobs" / job.id / "events.jsonl"
+    assert json.loads(trainer_log.read_text().splitlines()[-1])["event"] == "interrupted"
+
+    restarted = ServerProcess(data_dir=data_dir, base_model=str(tiny_model_dir)).start()
+    try:
+        with Client(restarted.target, timeout=60) as client:
+            events = list(client.watch_job(job.id))
+            final = client.get_job(job.id)
+    finally:
+        restarted.stop()
+    assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED, final.error_message
+    assert final.attempts == 2
+    feed = [(e.kind, json_format.MessageToDict(e.data)) for e in events]
+    resumed = next(data for kind, data in feed if kind == "resumed")
+    progress = [int(data["step"]) for kind, data in feed if kind == "progress"]
+    # Every step ran exactly once, and the feed has them all: the trainer checkpointed the
+    # step it was on when its server died, and the second run started right after it.
+    assert progress == list(range(1, 41))
+    assert 3 <= int(resumed["step"]) < 40
+    states = [data["state"] for kind, data in feed if kind == "state"]
+    assert states[-3:] == ["validating", "running", "succeeded"]
+    assert "queued" in states[states.index("running") :]  # requeued after the restart
+    assert json.loads(trainer_log.read_text().splitlines()[-1])["event"] == "done"
