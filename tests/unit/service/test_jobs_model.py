@@ -1,0 +1,56 @@
+"""The job state machine and how a trainer's exit becomes a job state."""
+
+import signal
+
+import pytest
+
+from service.errors import FailedPreconditionError
+from service.jobs.model import TRANSITIONS, JobKind, JobState, check_transition, spec_digest
+from service.jobs.runner import outcome
+
+
+def test_terminal_states_have_no_way_out_and_every_live_state_can_fail_or_be_cancelled():
+    for kind, table in TRANSITIONS.items():
+        assert not set(table) & {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}
+        for state, targets in table.items():
+            assert {JobState.FAILED, JobState.CANCELLED} <= targets, (kind, state)
+
+
+@pytest.mark.parametrize(
+    ("kind", "current", "target"),
+    [
+        (JobKind.TRAIN, JobState.QUEUED, JobState.RUNNING),  # must validate first
+        (JobKind.TRAIN, JobState.SUCCEEDED, JobState.QUEUED),
+        (JobKind.EVALUATE, JobState.QUEUED, JobState.VALIDATING),
+    ],
+)
+def test_transitions_outside_the_table_are_refused(kind, current, target):
+    with pytest.raises(FailedPreconditionError, match=f"from {current.value} to {target.value}"):
+        check_transition(kind, current, target)
+
+
+def test_the_spec_digest_ignores_key_order():
+    assert spec_digest({"a": 1, "b": {"c": 2}}) == spec_digest({"b": {"c": 2}, "a": 1})
+    assert spec_digest({"a": 1}) != spec_digest({"a": 2})
+
+
+@pytest.mark.parametrize(
+    ("code", "failure", "state", "reason"),
+    [
+        (0, None, JobState.SUCCEEDED, ""),
+        (75, None, JobState.QUEUED, "interrupted"),
+        (-signal.SIGTERM, None, JobState.QUEUED, "interrupted"),
+        (3, {"reason": "data_rejected", "message": "rows.jsonl:2 ..."}, JobState.FAILED,
+         "data_rejected"),
+        (5, {"reason": "out_of_memory", "message": "lower batch_size"}, JobState.FAILED,
+         "out_of_memory"),
+        (-signal.SIGKILL, None, JobState.FAILED, "out_of_memory"),
+        (2, None, JobState.FAILED, "invalid_config"),
+        (1, None, JobState.FAILED, "trainer_crashed"),
+    ],
+)  # fmt: skip
+def test_a_trainer_exit_becomes_a_job_state_with_a_reason(code, failure, state, reason):
+    result = outcome(code, failure, "last log lines")
+    assert (result.state, result.reason) == (state, reason)
+    if reason == "trainer_crashed":
+        assert "last log lines" in result.message
