@@ -149,7 +149,7 @@ class App:
             ConfigError: when a port cannot be bound.
         """
         settings = self.settings
-        bind(self.grpc, settings.host, settings.port)
+        bind(self.grpc, settings.host, settings.port, settings.tls_pair())
         await self.store.open()
         await self.adapters.restore()
         await self.runner.recover()

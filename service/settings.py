@@ -104,6 +104,10 @@ class ServerSettings(BaseSettings):
     max_model_len: int = Field(
         2048, ge=128, le=131072, description="Longest sequence (prompt plus output) in tokens."
     )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate chain; with --tls-key-file, gRPC is served over TLS."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of --tls-cert-file.")
     auth_tokens_file: Path | None = Field(
         None,
         description="YAML/JSON list of {token, tenant, role}; when unset, authentication is off.",
@@ -144,6 +148,31 @@ class ServerSettings(BaseSettings):
     )
 
     @model_validator(mode="after")
+    def _tls_pair(self) -> "ServerSettings":
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("--tls-cert-file and --tls-key-file go together: give both or neither")
+        return self
+
+    def tls_pair(self) -> tuple[bytes, bytes] | None:
+        """(certificate chain, private key) PEM bytes, or None without TLS.
+
+        Raises:
+            ConfigError: naming the flag whose file cannot be read.
+        """
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        pair = []
+        for flag, path in (
+            ("--tls-cert-file", self.tls_cert_file),
+            ("--tls-key-file", self.tls_key_file),
+        ):
+            try:
+                pair.append(path.read_bytes())
+            except OSError as exc:
+                raise ConfigError(f"{flag} {path}: cannot read it ({exc.strerror})") from None
+        return pair[0], pair[1]
+
+    @model_validator(mode="after")
     def _cache_holds_a_batch(self) -> "ServerSettings":
         if self.max_cpu_loras < self.max_loras:
             raise ValueError(
@@ -170,6 +199,9 @@ class ClientSettings(BaseSettings):
 
     target: str = Field("127.0.0.1:50051", min_length=1, description="host:port of the server.")
     token: str | None = Field(None, description="Bearer token, when the server has auth on.")
+    tls_ca_file: Path | None = Field(
+        None, description="PEM CA certificate to verify the server with; connects over TLS."
+    )
     timeout: float = Field(30.0, gt=0, description="Deadline of each call in seconds.")
     output: Literal["text", "json"] = Field("text", description="Output format.")
 

@@ -28,8 +28,18 @@ R = TypeVar("R")
 class Client:
     """One channel to a server, with the caller's bearer token attached to every call."""
 
-    def __init__(self, target: str, token: str | None = None, timeout: float = 30.0) -> None:
-        self._channel = grpc.insecure_channel(target)
+    def __init__(
+        self,
+        target: str,
+        token: str | None = None,
+        timeout: float = 30.0,
+        tls_ca: bytes | None = None,
+    ) -> None:
+        self._channel = (
+            grpc.insecure_channel(target)
+            if tls_ca is None
+            else grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=tls_ca))
+        )
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._timeout = timeout
         self.server = server_pb2_grpc.ServerStub(self._channel)

@@ -170,12 +170,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"adapterctl: error: {exc}", file=sys.stderr)
         return 2
     try:
-        with Client(settings.target, settings.token, settings.timeout) as client:
+        ca = settings.tls_ca_file.read_bytes() if settings.tls_ca_file else None
+        with Client(settings.target, settings.token, settings.timeout, ca) as client:
             return COMMANDS[args.command](client, args, settings.output == "json")
     except grpc.RpcError as exc:
         print(f"adapterctl: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
-    except (TimeoutError, ConfigError) as exc:
+    except (TimeoutError, ConfigError, OSError) as exc:
         print(f"adapterctl: {exc}", file=sys.stderr)
         return 1
 

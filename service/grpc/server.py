@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -81,15 +82,19 @@ def build_grpc_server(  # noqa: PLR0917 (the parts it assembles)
     return server
 
 
-def bind(server: aio.Server, host: str, port: int) -> None:
-    """Binds the server's insecure port.
+def bind(server: aio.Server, host: str, port: int, tls: tuple[bytes, bytes] | None = None) -> None:
+    """Binds the server's port: TLS with `tls` = (certificate chain PEM, private key PEM),
+    else plaintext.
 
     Raises:
         ConfigError: naming --port when the address cannot be bound (in use, bad host).
     """
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        server.add_insecure_port(address)
+        if tls is None:
+            server.add_insecure_port(address)
+        else:
+            server.add_secure_port(address, grpc.ssl_server_credentials([(tls[1], tls[0])]))
     except RuntimeError:
         raise ConfigError(
             f"--port {port}: cannot listen on {address} (in use, or --host {host!r} is not "

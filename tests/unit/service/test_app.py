@@ -2,10 +2,12 @@
 
 import asyncio
 import json
+import subprocess
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import ValidationError
 
 from adapterd.v1 import common_pb2, server_pb2, server_pb2_grpc
 from service.app import App
@@ -30,9 +32,13 @@ def make_app(tmp_path, tiny_model_dir):
         "tiny", tiny_model_dir, ModelFingerprint("w" * 64, "c" * 64, "LlamaForCausalLM", 7)
     )
 
-    def make(engine, tokens=None):
+    def make(engine, tokens=None, **settings):
         settings = ServerSettings(
-            data_dir=tmp_path, port=free_port(), metrics_port=free_port(), drain_grace_seconds=1
+            data_dir=tmp_path,
+            port=free_port(),
+            metrics_port=free_port(),
+            drain_grace_seconds=1,
+            **settings,
         )
         return App(settings, base, engine, tokens, Metrics())
 
@@ -142,3 +148,38 @@ async def test_a_call_the_client_cancels_is_counted_as_cancelled(make_app):
     await wait_for(lambda: counted._value.get() == 1)
     assert app.metrics.grpc_requests.labels("/grpc.health.v1.Health/Watch", "OK")._value.get() == 0
     await app.stop()
+
+
+@pytest.fixture
+def self_signed(tmp_path):
+    """A self-signed certificate for localhost and 127.0.0.1, and its key."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_with_a_certificate_the_server_speaks_tls_only(make_app, self_signed):
+    cert, key = self_signed
+    app = make_app(FakeEngine(), tls_cert_file=cert, tls_key_file=key)
+    await app.start()
+    target = f"127.0.0.1:{app.settings.port}"
+    credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    request = server_pb2.GetServerInfoRequest()
+    async with grpc.aio.secure_channel(target, credentials) as channel:
+        info = await server_pb2_grpc.ServerStub(channel).GetServerInfo(request)
+        assert info.version
+    async with grpc.aio.insecure_channel(target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await server_pb2_grpc.ServerStub(channel).GetServerInfo(request, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    await app.stop()
+
+
+def test_a_certificate_without_its_key_is_a_settings_error(tmp_path):
+    with pytest.raises(ValidationError, match="--tls-cert-file and --tls-key-file go together"):
+        ServerSettings(data_dir=tmp_path, tls_cert_file=tmp_path / "cert.pem")
