@@ -71,3 +71,52 @@ def test_kill_9_mid_training_then_restart_resumes_from_the_checkpoint(tmp_path, 
     assert states[-3:] == ["validating", "running", "succeeded"]
     assert "queued" in states[states.index("running") :]  # requeued after the restart
     assert json.loads(trainer_log.read_text().splitlines()[-1])["event"] == "done"
+
+
+def test_sigterm_mid_training_requeues_the_job_and_the_queue_keeps_its_order(
+    tmp_path, tiny_model_dir
+):
+    data_dir = tmp_path / "data"
+    rows = data_dir / "datasets" / "rows.jsonl"
+    rows.parent.mkdir(parents=True)
+    rows.write_text("\n".join(SLICE.read_text().splitlines()[:16]) + "\n")
+
+    def train(max_steps, validate_only=False):
+        return json_format.ParseDict(
+            {
+                "data": {"datasets": [{"path": "rows.jsonl"}]},
+                "training": {"max_steps": max_steps, "batch_size": 1, "checkpoint_interval": 50},
+                "validate_only": validate_only,
+            },
+            jobs_pb2.TrainSpec(),
+        )
+
+    server = ServerProcess(data_dir=data_dir, base_model=str(tiny_model_dir)).start()
+    with Client(server.target, timeout=60) as client:
+        running = client.submit_job(train(30))
+        queued = [client.submit_job(train(1, validate_only=True)) for _ in range(6)]
+        urgent = client.submit_job(train(1, validate_only=True), priority=10)
+        for event in client.watch_job(running.id):
+            if event.kind == "progress":
+                break
+    assert server.stop(timeout=60) == 0  # SIGTERM: drain, checkpoint, requeue
+
+    restarted = ServerProcess(data_dir=data_dir, base_model=str(tiny_model_dir)).start()
+    try:
+        with Client(restarted.target, timeout=60) as client:
+            for job in [running, urgent, *queued]:
+                list(client.watch_job(job.id))
+            final = {j.id: client.get_job(j.id) for j in [running, urgent, *queued]}
+            feed = list(client.watch_job(running.id))
+    finally:
+        restarted.stop()
+    assert {j.state for j in final.values()} == {jobs_pb2.JOB_STATE_SUCCEEDED}
+    assert final[running.id].attempts == 2
+    states = [e.data["state"] for e in feed if e.kind == "state"]
+    assert states[:4] == ["queued", "validating", "running", "queued"]
+    progress = [int(e.data["step"]) for e in feed if e.kind == "progress"]
+    assert progress == list(range(1, 31))  # resumed from the SIGTERM checkpoint
+    # After the restart the queue runs by priority, then submission order (the requeued job
+    # keeps its place as the oldest).
+    by_end = sorted(final.values(), key=lambda j: j.finished.ToNanoseconds())
+    assert [j.id for j in by_end] == [urgent.id, running.id, *[j.id for j in queued]]
