@@ -106,8 +106,6 @@ class Job:
     """The trainer process while one runs."""
     worker_started: float | None = None
     """Its start time (as the OS reports it), to tell it from a later process with its pid."""
-    lease_until: float | None = None
-    """The running server's claim on the job; a stale lease means its server died."""
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,7 @@ MIGRATIONS = [
         error_reason TEXT NOT NULL DEFAULT '',
         error_message TEXT NOT NULL DEFAULT '',
         worker_pid INTEGER,
-        worker_started REAL,
-        lease_until REAL
+        worker_started REAL
     );
     CREATE UNIQUE INDEX jobs_request ON jobs (tenant, request_id) WHERE request_id != '';
     CREATE INDEX jobs_queue ON jobs (state, priority, seq);
@@ -83,8 +82,9 @@ MIGRATIONS = [
 _JOB_COLUMNS = (
     "id, tenant, kind, state, spec, spec_digest, request_id, priority, created, updated, "
     "started, finished, attempts, result, error_reason, error_message, worker_pid, "
-    "worker_started, lease_until"
+    "worker_started"
 )
+_JOB_MARKS = ", ".join("?" * len(_JOB_COLUMNS.split(",")))
 _JSON_FIELDS = ("spec", "result")
 
 
@@ -156,8 +156,7 @@ class SqliteStore:
                     return _job(row), False
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
             db.execute(
-                f"INSERT INTO jobs (seq, {_JOB_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO jobs (seq, {_JOB_COLUMNS}) VALUES (?, {_JOB_MARKS})",
                 (seq, *self._values(job)),
             )
             self._append(db, job.id, "state", {"state": job.state.value}, job.created)
@@ -171,7 +170,7 @@ class SqliteStore:
             job.id, job.tenant, job.kind.value, job.state.value, json.dumps(job.spec),
             job.spec_digest, job.request_id, job.priority, job.created, job.updated,
             job.started, job.finished, job.attempts, json.dumps(job.result), job.error_reason,
-            job.error_message, job.worker_pid, job.worker_started, job.lease_until,
+            job.error_message, job.worker_pid, job.worker_started,
         )  # fmt: skip
 
     async def get_job(self, job_id: str) -> Job | None:
@@ -240,8 +239,7 @@ class SqliteStore:
                 setattr(job, name, value)
             job.updated = now
             db.execute(
-                f"UPDATE jobs SET ({_JOB_COLUMNS}) = "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) WHERE id = ?",
+                f"UPDATE jobs SET ({_JOB_COLUMNS}) = ({_JOB_MARKS}) WHERE id = ?",
                 (*self._values(job), job_id),
             )
             return job
