@@ -94,7 +94,7 @@ def test_sigterm_mid_training_requeues_the_job_and_the_queue_keeps_its_order(
     server = ServerProcess(data_dir=data_dir, base_model=str(tiny_model_dir)).start()
     with Client(server.target, timeout=60) as client:
         running = client.submit_job(train(30))
-        queued = [client.submit_job(train(1, validate_only=True)) for _ in range(6)]
+        queued = [client.submit_job(train(1, validate_only=True)) for _ in range(3)]
         urgent = client.submit_job(train(1, validate_only=True), priority=10)
         for event in client.watch_job(running.id):
             if event.kind == "progress":
