@@ -1,11 +1,15 @@
 """`adapterd demo`: what a new user runs first.
 
 Starts `adapterd serve` as a child process (as a user or Kubernetes would), waits until the engine
-is warm, shows what the server reports about itself and its metrics, then stops it with SIGTERM
-as a rollout would. Later stages (train, evaluate, promote, compare) extend this script.
+is warm, shows what the server reports about itself; uploads a slice of GSM8K, trains an adapter
+on it through a job (live progress), which registers itself with the engine; answers held-out
+questions with the base model and the adapter side by side; shows the metrics; then stops the
+server with SIGTERM as a rollout would. The evaluation stage (scores, gates, promotion) comes
+with the evaluation issue.
 """
 
 import contextlib
+import json
 import signal
 import subprocess
 import sys
@@ -13,10 +17,17 @@ import time
 import urllib.request
 from pathlib import Path
 
+from google.protobuf import json_format
+
+from adapterd.v1 import inference_pb2, jobs_pb2
 from service.client.api import Client
+from service.client.job_commands import follow_job
 from service.settings import ServerSettings
 
 START_TIMEOUT_SECONDS = 600.0
+GSM8K = Path(__file__).resolve().parents[1] / "data/gsm8k/train_slice.jsonl"
+TRAIN_ROWS = 64
+ADAPTER = "gsm8k"
 
 
 def _say(message: str) -> None:
@@ -53,11 +64,17 @@ def run_demo(settings: ServerSettings, server_flags: list[str], keep_running: bo
                 f"weights sha256 {base.weights_sha256[:16]}…, "
                 f"chat template sha256 {base.chat_template_sha256[:16]}…"
             )
+            if _train_and_compare(client, settings.data_dir) != 0:
+                return 1
         metrics_url = f"http://{settings.host}:{settings.metrics_port}/metrics"
         with urllib.request.urlopen(metrics_url, timeout=10) as response:
             page = response.read().decode()
-        shown = [line for line in page.splitlines() if line.startswith("adapterd_engine")]
-        _say(f"{metrics_url}: " + "; ".join(shown))
+        shown = [
+            line
+            for line in page.splitlines()
+            if line.startswith(("adapterd_engine_ready", "adapterd_generated_tokens_total"))
+        ]
+        _say(f"{metrics_url}:\n  " + "\n  ".join(shown))
         if keep_running:
             _say(f"server running: try `adapterctl --target {target} info`; Ctrl-C stops it")
             with contextlib.suppress(KeyboardInterrupt):
@@ -66,6 +83,43 @@ def run_demo(settings: ServerSettings, server_flags: list[str], keep_running: bo
         code = _stop(server)
     _say(f"server stopped with exit code {code}; demo took {time.monotonic() - began:.1f} s")
     return 0 if code == 0 else 1
+
+
+def _train_and_compare(client: Client, data_dir: Path) -> int:
+    """Upload -> validate -> train (followed live) -> the adapter answers beside the base."""
+    rows = GSM8K.read_text(encoding="utf-8").splitlines()
+    train_file = data_dir / "demo-gsm8k.jsonl"
+    train_file.write_text("\n".join(rows[:TRAIN_ROWS]) + "\n", encoding="utf-8")
+    dataset = client.upload_dataset(train_file)
+    data = jobs_pb2.DataSettings(datasets=[jobs_pb2.DatasetRef(dataset_id=dataset)])
+    report = json_format.MessageToDict(client.validate_dataset(data).report)
+    _say(
+        f"uploaded {TRAIN_ROWS} GSM8K rows as {dataset}: {report['train_rows']} valid, "
+        f"{report['assistant_token_fraction']:.0%} of tokens are the assistant's (trained)"
+    )
+    spec = json_format.ParseDict(
+        {
+            "data": {"datasets": [{"dataset_id": dataset}]},
+            "training": {"epochs": 1, "batch_size": 4, "learning_rate": 1e-3},
+            "adapter_name": ADAPTER,
+        },
+        jobs_pb2.TrainSpec(),
+    )
+    job = client.submit_job(spec, request_id="demo-gsm8k")
+    _say(f"submitted {job.id}; following it (adapterctl watch {job.id})")
+    if follow_job(client, job.id, as_json=False) != 0:
+        return 1
+    for question in (json.loads(line)["prompt"] for line in rows[-2:]):
+        _say(f"Q: {question}")
+        for adapter in ("", ADAPTER):
+            request = inference_pb2.GenerateRequest(
+                adapter=adapter, sampling=inference_pb2.SamplingParams(max_tokens=160)
+            )
+            request.chat.messages.add(role="user", content=question)
+            reply = client.generate(request)
+            answer = reply.text.strip().splitlines() or [""]
+            _say(f"  {reply.adapter_version or 'base model':>12}: ... {answer[-1][:100]}")
+    return 0
 
 
 def _wait_serving(client: Client, server: subprocess.Popen[bytes], log: Path) -> list[str] | None:

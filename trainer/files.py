@@ -1,9 +1,32 @@
-"""Small standard-library helpers shared by the trainer and the server: atomic directory
-publishing and installed package versions."""
+"""Small standard-library helpers shared by the trainer, the server and eval: atomic directory
+publishing, installed package versions, and paths confined under a root."""
 
 import shutil
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+
+class OutsideRootError(ValueError):
+    """A path that is empty, absolute, contains '..' or resolves outside its root."""
+
+
+def inside_root(root: Path, relative: str) -> Path:
+    """`relative` resolved under `root` (it need not exist).
+
+    Raises:
+        OutsideRootError: saying why the path is refused, naming it.
+    """
+    if not relative:
+        raise OutsideRootError("empty; give a path relative to the server's root")
+    pure = PurePosixPath(relative)
+    if pure.is_absolute():
+        raise OutsideRootError(f"{relative!r} is absolute; give it relative to the server's root")
+    if ".." in pure.parts:
+        raise OutsideRootError(f"{relative!r} contains '..'")
+    candidate = (root / pure).resolve()
+    if not candidate.is_relative_to(root.resolve()):
+        raise OutsideRootError(f"{relative!r} leads outside the server's root (through a symlink)")
+    return candidate
 
 
 def publish_dir(staging: Path, target: Path) -> Path:

@@ -65,7 +65,7 @@ def _submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         raise ConfigError(f"{args.job_file}: {exc}") from None
     job = client.submit_job(train, args.request_id, args.priority)
     if args.watch:
-        return _follow(client, job.id, as_json)
+        return follow_job(client, job.id, as_json)
     _show(job, as_json) if as_json else print(job.id)
     return 0
 
@@ -93,10 +93,10 @@ def _cancel(client: Client, args: argparse.Namespace, as_json: bool) -> int:
 
 
 def _watch(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    return _follow(client, args.job_id, as_json, args.after)
+    return follow_job(client, args.job_id, as_json, args.after)
 
 
-def _follow(client: Client, job_id: str, as_json: bool, after: int = 0) -> int:
+def follow_job(client: Client, job_id: str, as_json: bool, after: int = 0) -> int:
     """Prints the job's events (JSON lines) or a progress bar, then a summary; the exit code
     is 0 when the job succeeded."""
     bar: tqdm[Any] | None = None
