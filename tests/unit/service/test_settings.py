@@ -8,6 +8,7 @@ from service.settings import (
     ClientSettings,
     ServerSettings,
     add_settings_flags,
+    flag_name,
     load_settings,
     settings_from_args,
 )
@@ -62,7 +63,7 @@ def test_flags_are_generated_for_every_field_with_help_naming_the_variable():
     add_settings_flags(parser, ClientSettings)
     help_text = parser.format_help()
     for name in ClientSettings.model_fields:
-        assert f"--{name}" in help_text
+        assert flag_name(name) in help_text
         assert f"ADAPTERCTL_{name.upper()}" in help_text
     args = parser.parse_args(["--target", "example:1", "--output", "json"])
     settings = settings_from_args(ClientSettings, args)
