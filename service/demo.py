@@ -94,7 +94,7 @@ def _train_and_compare(client: Client, data_dir: Path) -> int:
     data = jobs_pb2.DataSettings(datasets=[jobs_pb2.DatasetRef(dataset_id=dataset)])
     report = json_format.MessageToDict(client.validate_dataset(data).report)
     _say(
-        f"uploaded {TRAIN_ROWS} GSM8K rows as {dataset}: {report['train_rows']} valid, "
+        f"uploaded {TRAIN_ROWS} GSM8K rows as {dataset}: {report['train_rows']:.0f} valid, "
         f"{report['assistant_token_fraction']:.0%} of tokens are the assistant's (trained)"
     )
     spec = json_format.ParseDict(

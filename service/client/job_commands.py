@@ -134,7 +134,7 @@ def _summary(job: jobs_pb2.Job) -> None:
         print(job.error_message)
     for key in ("train_loss", "final_eval_loss", "steps", "tokens_per_second"):
         if metrics.get(key) is not None:
-            print(f"  {key}: {metrics[key]}")
+            print(f"  {key}: {metrics[key]:.4g}")
     for key in ("adapter_version", "registration_error", "loss_png"):
         if key in result:
             print(f"  {key}: {result[key]}")
