@@ -43,3 +43,20 @@ def test_extract_json_takes_the_whole_text_or_the_first_fence():
 def test_an_empty_set_scores_zero_without_dividing_by_zero():
     report = score_outputs([], SCHEMA)
     assert (report.parse_rate, report.valid_rate) == (0.0, 0.0)
+
+
+def test_the_bundled_prompt_set_and_schema_are_usable():
+    import json
+    from pathlib import Path
+
+    assets = Path(__file__).resolve().parents[3] / "eval/assets"
+    schema = json.loads((assets / "contact_card.schema.json").read_text())
+    prompts = [
+        json.loads(line)["prompt"] for line in (assets / "contact_card.prompts.jsonl").open()
+    ]
+    assert len(prompts) == 20 and all(p.strip() for p in prompts)
+    good = '{"name": "Ana Ruiz", "email": "ana.ruiz@lumenlabs.io", "company": "Lumen Labs"}'
+    bad = '{"name": "Ana Ruiz", "email": "not-an-address", "fax": "1"}'
+    report = score_outputs([good, bad], schema)
+    assert report.valid == 1
+    assert report.errors_by_keyword == {"pattern": 1, "additionalProperties": 1}
