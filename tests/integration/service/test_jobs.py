@@ -1,7 +1,9 @@
 """Jobs on the real server (tiny model, shared `server`), the real trainer and real SQLite."""
 
 import json
+import subprocess
 import threading
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -207,3 +209,19 @@ def test_adapterctl_uploads_submits_and_follows_a_job(server, tmp_path, capsys):
     assert job_id in out.out
     code, out = ctl("validate-data", "--dataset", "ds-nope")
     assert (code, "NOT_FOUND" in out.err) == (1, True)
+
+
+def test_job_metrics_are_on_the_page_and_pass_promtool(server, user, dataset_id):
+    watch_to_end(user, user.submit_job(spec(dataset_id, validate_only=True)).id)
+    page = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    succeeded = [
+        line for line in page.splitlines()
+        if line.startswith('adapterd_jobs{kind="train",state="succeeded"}')
+    ]  # fmt: skip
+    assert succeeded and float(succeeded[0].split()[-1]) >= 1
+    assert 'adapterd_jobs{kind="train",state="queued"}' in page  # the queue depth
+    assert "adapterd_job_duration_seconds_bucket" in page
+    check = subprocess.run(
+        ["promtool", "check", "metrics"], input=page, capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr

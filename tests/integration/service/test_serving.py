@@ -229,3 +229,42 @@ def test_adapterctl_loads_lists_aliases_and_generates(server, adapter_dirs, caps
     assert err.startswith("adapterctl: INVALID_ARGUMENT: name: 'Bad Name' is not a valid name")
     assert ctl("adapters", "alias", "cli-live")[0] == 0
     assert ctl("adapters", "unload", "cli-bot")[1].split() == ["cli-bot@1"]
+
+
+def test_past_the_engine_capacity_the_lru_adapter_is_evicted_and_reloads_on_request(
+    server, admin, adapter_dirs
+):
+    from adapterd.v1 import adapters_pb2
+
+    def reloads():
+        page = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+        line = next(
+            (
+                x
+                for x in page.splitlines()
+                if x.startswith('adapterd_adapter_loads_total{reason="reload"}')
+            ),
+            "0 0",
+        )
+        return float(line.split()[-1])
+
+    listing = admin.list_adapters()
+    capacity = listing.engine_capacity
+    resident = sum(a.residency == adapters_pb2.RESIDENCY_ENGINE for a in listing.adapters)
+    names = [f"fill-{i}" for i in range(capacity - resident + 2)]
+    for name in names:
+        admin.load_adapter(name, "one")  # same weights as "one"
+    listing = admin.list_adapters()
+    residency = {a.ref: a.residency for a in listing.adapters}
+    assert sum(r == adapters_pb2.RESIDENCY_ENGINE for r in residency.values()) == capacity
+    evicted = sorted(ref for ref, r in residency.items() if r == adapters_pb2.RESIDENCY_DISK)
+    assert len(evicted) >= 2
+    before = reloads()
+    reply = admin.generate(request(PROMPTS[0], evicted[0]))
+    assert reply.adapter_version == evicted[0]
+    assert reloads() == before + 1
+    after = {a.ref: a.residency for a in admin.list_adapters().adapters}
+    assert after[evicted[0]] == adapters_pb2.RESIDENCY_ENGINE
+    assert sum(r == adapters_pb2.RESIDENCY_ENGINE for r in after.values()) == capacity
+    for name in names:
+        admin.unload_adapter(name)
