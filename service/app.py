@@ -87,6 +87,7 @@ class App:
             settings.data_dir / "jobs",
             self.metrics,
             trainer_threads=settings.resolved_trainer_threads,
+            max_attempts=settings.max_job_attempts,
             cancel_grace=settings.cancel_grace_seconds,
             on_change=self._on_job_change,
             on_success=self._on_job_success,

@@ -128,6 +128,13 @@ class ServerSettings(BaseSettings):
         description="CPU threads of a training job (default: the CPUs the engine does not use, "
         "at least 1).",
     )
+    max_job_attempts: int = Field(
+        2,
+        ge=1,
+        le=10,
+        description="Trainer runs a job gets when its trainer crashes (not for bad data, bad "
+        "settings or out of memory, which would only repeat).",
+    )
     max_queued_jobs: int = Field(
         100, ge=1, le=100_000, description="Queued jobs at most; past it SubmitJob is refused."
     )

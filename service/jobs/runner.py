@@ -66,6 +66,21 @@ def outcome(exit_code: int, failure: dict[str, Any] | None, log_tail: str) -> Ou
     )
 
 
+RETRYABLE = frozenset({"trainer_crashed"})
+"""Failures that may be the machine's rather than the job's; data, config, template and memory
+failures would only repeat."""
+
+
+def retry(result: Outcome, attempts: int, max_attempts: int) -> Outcome:
+    """`result`, or a requeue when a retryable failure still has attempts left. Pure."""
+    if result.state is JobState.FAILED and result.reason in RETRYABLE and attempts < max_attempts:
+        return Outcome(
+            JobState.QUEUED, "retrying", f"attempt {attempts} of {max_attempts} failed: "
+            f"{result.message.splitlines()[0] if result.message else result.reason}",
+        )  # fmt: skip
+    return result
+
+
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     with contextlib.suppress(OSError):
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -107,6 +122,7 @@ class JobRunner:
         metrics: Metrics,
         *,
         trainer_threads: int,
+        max_attempts: int,
         cancel_grace: float,
         on_change: Listener,
         on_success: SuccessHook,
@@ -115,6 +131,7 @@ class JobRunner:
         self._jobs_dir = jobs_dir
         self._metrics = metrics
         self._threads = trainer_threads
+        self._max_attempts = max_attempts
         self._grace = cancel_grace
         self._on_change = on_change
         self._on_success = on_success
@@ -254,6 +271,7 @@ class JobRunner:
         self._process = self._current = None
         assert process.returncode is not None
         result = outcome(process.returncode, failure, _tail(directory / LOG_FILE))
+        result = retry(result, job.attempts, self._max_attempts)
         if job.id in self._cancelled:
             self._cancelled.discard(job.id)
             result = Outcome(JobState.CANCELLED, "cancelled", "cancelled by a client")
@@ -282,13 +300,13 @@ class JobRunner:
             fields["finished"] = now
         if result.state is not JobState.QUEUED:
             fields |= {"error_reason": result.reason, "error_message": result.message}
+        event = {"reason": result.reason} if result.reason else None
+        if result.state is JobState.QUEUED and result.message and event is not None:
+            event["message"] = result.message
         if result.state is JobState.SUCCEEDED:
             job = await self._store.update_job(job_id)
             fields["result"] = {**job.result, **await self._on_success(job)}
-        job = await self._store.update_job(
-            job_id, result.state, event={"reason": result.reason} if result.reason else None,
-            **fields,
-        )  # fmt: skip
+        job = await self._store.update_job(job_id, result.state, event=event, **fields)
         if job.state is JobState.FAILED:
             self._metrics.trainer_failures.labels(result.reason).inc()
         if job.state.terminal and job.started is not None:

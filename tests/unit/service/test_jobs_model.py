@@ -6,7 +6,7 @@ import pytest
 
 from service.errors import FailedPreconditionError
 from service.jobs.model import TRANSITIONS, JobKind, JobState, check_transition, spec_digest
-from service.jobs.runner import outcome
+from service.jobs.runner import Outcome, outcome, retry
 
 
 def test_terminal_states_have_no_way_out_and_every_live_state_can_fail_or_be_cancelled():
@@ -54,3 +54,14 @@ def test_a_trainer_exit_becomes_a_job_state_with_a_reason(code, failure, state, 
     assert (result.state, result.reason) == (state, reason)
     if reason == "trainer_crashed":
         assert "last log lines" in result.message
+
+
+def test_only_a_crash_is_retried_and_only_while_attempts_remain():
+    crash = outcome(1, None, "Traceback ...\nRuntimeError: bus error")
+    assert retry(crash, attempts=1, max_attempts=2).state is JobState.QUEUED
+    assert "attempt 1 of 2 failed" in retry(crash, attempts=1, max_attempts=2).message
+    assert retry(crash, attempts=2, max_attempts=2) is crash
+    rejected = Outcome(JobState.FAILED, "data_rejected", "rows.jsonl:2 ...")
+    oom = outcome(-signal.SIGKILL, None, "")
+    assert retry(rejected, 1, 3) is rejected
+    assert retry(oom, 1, 3) is oom
