@@ -90,6 +90,7 @@ class App:
             max_attempts=settings.max_job_attempts,
             cancel_grace=settings.cancel_grace_seconds,
             on_change=self._on_job_change,
+            on_event=self._on_job_event,
             on_success=self._on_job_success,
         )
         self.jobs = JobService(
@@ -125,6 +126,9 @@ class App:
 
     async def _on_job_change(self, job: Job) -> None:
         await self.jobs.on_change(job)
+
+    def _on_job_event(self, job_id: str) -> None:
+        self.jobs.wake(job_id)
 
     async def _on_job_success(self, job: Job) -> dict[str, Any]:
         return await self.jobs.on_success(job)

@@ -21,11 +21,10 @@ from collections.abc import Callable
 
 import grpc
 from google.protobuf import json_format
-from google.protobuf.message import Message
 
 from adapterd.v1 import adapters_pb2, inference_pb2
 from service.client.api import Client
-from service.client.job_commands import add_job_commands
+from service.client.job_commands import add_job_commands, show
 from service.errors import ConfigError
 from service.settings import ClientSettings, add_settings_flags, settings_from_args
 
@@ -59,13 +58,6 @@ def _info(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     return 0
 
 
-def _print(message: Message, as_json: bool) -> None:
-    if as_json:
-        print(json_format.MessageToJson(message, always_print_fields_with_no_presence=True))
-    else:
-        print(json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True))
-
-
 def _generate(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     sampling = inference_pb2.SamplingParams(
         max_tokens=args.max_tokens, temperature=args.temperature
@@ -76,7 +68,7 @@ def _generate(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     else:
         request.chat.messages.add(role="user", content=args.text)
     if as_json:
-        _print(client.generate(request), as_json=True)
+        show(client.generate(request), as_json=True)
         return 0
     version = ""
     for delta in client.generate_stream(request):  # print as it comes
@@ -91,7 +83,7 @@ def _adapters(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     if action == "list":
         listing = client.list_adapters()
         if as_json:
-            _print(listing, as_json=True)
+            show(listing, as_json=True)
             return 0
         print(f"{'ref':<28}{'state':<10}{'where':<8}{'rank':>5}{'pinned':>8}  aliases")
         for a in listing.adapters:
@@ -104,13 +96,13 @@ def _adapters(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         print(f"engine capacity: {listing.engine_capacity}")
         return 0
     if action == "load":
-        _print(client.load_adapter(args.name, args.path, args.pin), as_json)
+        show(client.load_adapter(args.name, args.path, args.pin), as_json)
     elif action == "unload":
         print("\n".join(client.unload_adapter(args.adapter)))
     elif action in ("pin", "unpin"):
-        _print(client.pin_adapter(args.adapter, action == "pin"), as_json)
+        show(client.pin_adapter(args.adapter, action == "pin"), as_json)
     else:
-        _print(client.set_alias(args.alias, args.alias_target), as_json)
+        show(client.set_alias(args.alias, args.alias_target), as_json)
     return 0
 
 

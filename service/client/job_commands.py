@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from tqdm import tqdm
 
 from adapterd.v1 import jobs_pb2
@@ -24,9 +25,12 @@ from service.errors import ConfigError
 Command = Callable[[Client, argparse.Namespace, bool], int]
 
 
-def _show(message: Any, as_json: bool) -> None:
-    data = json_format.MessageToDict(message, preserving_proto_field_name=True)
-    print(json.dumps(data, indent=2 if as_json else None))
+def show(message: Message, as_json: bool) -> None:
+    """Prints a reply: pretty JSON with every field for --output json, else one compact line."""
+    if as_json:
+        print(json_format.MessageToJson(message, always_print_fields_with_no_presence=True))
+    else:
+        print(json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True))
 
 
 def _upload(client: Client, args: argparse.Namespace, as_json: bool) -> int:
@@ -66,12 +70,15 @@ def _submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     job = client.submit_job(train, args.request_id, args.priority)
     if args.watch:
         return follow_job(client, job.id, as_json)
-    _show(job, as_json) if as_json else print(job.id)
+    if as_json:
+        show(job, as_json)
+    else:
+        print(job.id)
     return 0
 
 
 def _get(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    _show(client.get_job(args.job_id), as_json)
+    show(client.get_job(args.job_id), as_json)
     return 0
 
 
@@ -79,7 +86,7 @@ def _list(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     states = [f"JOB_STATE_{s.upper()}" for s in args.state or []]
     response = client.list_jobs(jobs_pb2.ListJobsRequest(states=states, page_size=args.limit))
     if as_json:
-        _show(response, True)
+        show(response, True)
         return 0
     for job in response.jobs:
         state = jobs_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
@@ -88,7 +95,7 @@ def _list(client: Client, args: argparse.Namespace, as_json: bool) -> int:
 
 
 def _cancel(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    _show(client.cancel_job(args.job_id), as_json)
+    show(client.cancel_job(args.job_id), as_json)
     return 0
 
 

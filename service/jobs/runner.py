@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 
+from service.errors import FailedPreconditionError
 from service.jobs.model import Job, JobState
 from service.metrics import Metrics
 from service.store.base import Store
@@ -81,6 +82,12 @@ def retry(result: Outcome, attempts: int, max_attempts: int) -> Outcome:
     return result
 
 
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    """Sends `sig` to the process group led by `pid`, if it still exists."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     with contextlib.suppress(OSError):
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -108,6 +115,9 @@ class _EventTail:
 
 
 Listener = Callable[[Job], Awaitable[None]]
+"""Hears every state change of a job."""
+EventListener = Callable[[str], None]
+"""Hears that a job (by id) has new events."""
 SuccessHook = Callable[[Job], Awaitable[dict[str, Any]]]
 """Runs when a job's trainer succeeded, before the job is final; returns result additions."""
 
@@ -125,6 +135,7 @@ class JobRunner:
         max_attempts: int,
         cancel_grace: float,
         on_change: Listener,
+        on_event: EventListener,
         on_success: SuccessHook,
     ) -> None:
         self._store = store
@@ -134,6 +145,7 @@ class JobRunner:
         self._max_attempts = max_attempts
         self._grace = cancel_grace
         self._on_change = on_change
+        self._on_event = on_event
         self._on_success = on_success
         self._wake = asyncio.Event()
         self._process: asyncio.subprocess.Process | None = None
@@ -180,16 +192,14 @@ class JobRunner:
         self._wake.set()
         process = self._process
         if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
+            _signal_group(process.pid, signal.SIGTERM)
         if self._task is None:
             return
         try:
             await asyncio.wait_for(asyncio.shield(self._task), grace)
         except TimeoutError:
             if process is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
+                _signal_group(process.pid, signal.SIGKILL)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -201,13 +211,11 @@ class JobRunner:
         if self._current != job_id or process is None or process.returncode is not None:
             return False
         self._cancelled.add(job_id)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
+        _signal_group(process.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(process.wait(), self._grace)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+            _signal_group(process.pid, signal.SIGKILL)
         await ended.wait()
         return True
 
@@ -225,9 +233,24 @@ class JobRunner:
                 raise
             except Exception:  # a bug here must not stop the queue
                 logger.exception("job %s: runner failed", job.id)
-                await self._finish(job.id, Outcome(JobState.FAILED, "internal", "see server log"))
+                with contextlib.suppress(FailedPreconditionError):  # unless it ended already
+                    await self._finish(
+                        job.id, Outcome(JobState.FAILED, "internal", "see server log")
+                    )
 
     async def _run(self, job: Job) -> None:
+        # Claim the job first: if a client cancelled it since it was read from the queue, the
+        # transition is refused and no trainer starts.
+        try:
+            job = await self._store.update_job(
+                job.id,
+                JobState.VALIDATING,
+                attempts=job.attempts + 1,
+                started=job.started or time.time(),
+            )
+        except FailedPreconditionError:
+            return
+        await self._on_change(job)
         directory = self.job_dir(job.id)
         events = directory / EVENTS_FILE
         env = {
@@ -242,16 +265,11 @@ class JobRunner:
                 stdout=log, stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
             )  # fmt: skip
         self._process, self._current, self._run_ended = process, job.id, asyncio.Event()
-        started = time.time()
         job = await self._store.update_job(
             job.id,
-            JobState.VALIDATING,
-            attempts=job.attempts + 1,
-            started=job.started or started,
             worker_pid=process.pid,
             worker_started=psutil.Process(process.pid).create_time(),
         )
-        await self._on_change(job)
         tail, failure = _EventTail(events), None
         # Lines an earlier attempt's trainer wrote after its server died are not in the feed
         # yet: every stored event but the state changes came from this file, in order.
@@ -286,12 +304,13 @@ class JobRunner:
         await self._store.append_event(job.id, kind, event)
         if kind == "started":
             await self._on_change(await self._store.update_job(job.id, JobState.RUNNING))
-        elif kind == "progress":
+            return
+        if kind == "progress":
             self._metrics.training_tokens_per_second.set(event.get("tokens_per_second", 0))
             self._metrics.training_loss.set(event.get("loss", 0))
         elif kind == "done":
             await self._store.update_job(job.id, result=event)
-        await self._on_change(job)
+        self._on_event(job.id)
 
     async def _finish(self, job_id: str, result: Outcome) -> None:
         now = time.time()
@@ -304,8 +323,9 @@ class JobRunner:
         if result.state is JobState.QUEUED and result.message and event is not None:
             event["message"] = result.message
         if result.state is JobState.SUCCEEDED:
-            job = await self._store.update_job(job_id)
-            fields["result"] = {**job.result, **await self._on_success(job)}
+            succeeded = await self._store.get_job(job_id)
+            assert succeeded is not None
+            fields["result"] = {**succeeded.result, **await self._on_success(succeeded)}
         job = await self._store.update_job(job_id, result.state, event=event, **fields)
         if job.state is JobState.FAILED:
             self._metrics.trainer_failures.labels(result.reason).inc()
@@ -324,7 +344,7 @@ def _stop_stale_trainer(job: Job) -> None:
         process = psutil.Process(job.worker_pid)
         if job.worker_started is not None and abs(process.create_time() - job.worker_started) > 1:
             return  # the pid was reused by another process
-        os.killpg(job.worker_pid, signal.SIGKILL)
+        _signal_group(job.worker_pid, signal.SIGKILL)
         process.wait(10)
-    except (psutil.NoSuchProcess, ProcessLookupError, psutil.TimeoutExpired):
+    except (psutil.NoSuchProcess, psutil.TimeoutExpired):
         pass

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pydantic import ValidationError
+
 from service.adapters.manager import AdapterManager
 from service.auth import Principal, Role
 from service.errors import (
@@ -161,9 +163,7 @@ class JobService:
 
     async def validate(self, principal: Principal, data: dict[str, Any]) -> dict[str, Any]:
         """The trainer's data report for `data` (no model is loaded)."""
-        from pydantic import ValidationError
-
-        from trainer.data import DataRejectedError, prepare_data
+        from trainer.data import DataRejectedError, prepare_data  # torch: load on first use
 
         try:
             spec = DataSpec.model_validate(await self._data_section(principal, data))
@@ -312,11 +312,15 @@ class JobService:
                 await asyncio.wait_for(changed.wait(), WATCH_POLL_SECONDS)
 
     # ---- hooks of the runner
-    async def on_change(self, job: Job) -> None:
-        """Wakes the job's watchers and refreshes the job gauges."""
-        waiting = self._changes.pop(job.id, None)
+    def wake(self, job_id: str) -> None:
+        """Wakes the job's watchers: it has new events."""
+        waiting = self._changes.pop(job_id, None)
         if waiting is not None:
             waiting.set()
+
+    async def on_change(self, job: Job) -> None:
+        """A job changed state: wakes its watchers and refreshes the job gauges."""
+        self.wake(job.id)
         counts = await self._store.count_jobs()
         for kind in JobKind:
             for state in JobState:
