@@ -8,10 +8,14 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
 from service.client.api import Client
+
+if TYPE_CHECKING:
+    from service.adapters.checks import AdapterLimits
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
 USER_TOKEN = "user-token-acme-0123456789abcdef"
@@ -87,6 +91,22 @@ def make_adapter(out: Path, base_dir: Path, seed: int, rank: int = 8, **lora: ob
     }
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
+
+
+def adapter_limits(root: Path, base_dir: Path, max_bytes: int) -> "AdapterLimits":
+    """What a server on the model in `base_dir` accepts: rank 16, adapters under `root`."""
+    from service.adapters.checks import AdapterLimits
+    from service.basemodel import lora_target_modules
+    from trainer.fingerprint import fingerprint
+
+    return AdapterLimits(
+        root=root,
+        max_rank=16,
+        max_bytes=max_bytes,
+        base=fingerprint(base_dir),
+        base_name="tiny",
+        target_modules=lora_target_modules(base_dir),
+    )
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ import pytest
 from service.adapters.checks import AdapterLimits, check_adapter
 from service.basemodel import lora_target_modules
 from service.errors import InvalidArgumentError, NotFoundError
-from trainer.fingerprint import fingerprint
+from tests.support import adapter_limits
 
 
 @pytest.fixture
@@ -21,14 +21,7 @@ def root(tmp_path, tiny_adapter):
 
 @pytest.fixture
 def limits(root, tiny_model_dir):
-    return AdapterLimits(
-        root=root,
-        max_rank=16,
-        max_bytes=10 * 2**20,
-        base=fingerprint(tiny_model_dir),
-        base_name="tiny",
-        target_modules=lora_target_modules(tiny_model_dir),
-    )
+    return adapter_limits(root, tiny_model_dir, max_bytes=10 * 2**20)
 
 
 def edit_json(path, **changes):

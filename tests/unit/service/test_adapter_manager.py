@@ -5,15 +5,13 @@ import shutil
 
 import pytest
 
-from service.adapters.checks import AdapterLimits
 from service.adapters.manager import AdapterManager
 from service.adapters.registry import AdapterState
-from service.basemodel import lora_target_modules
 from service.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
 from service.inference.fake import FakeEngine
 from service.metrics import AdapterLabels, Metrics
 from service.store.sqlite import SqliteStore
-from trainer.fingerprint import fingerprint
+from tests.support import adapter_limits
 
 
 @pytest.fixture
@@ -31,14 +29,7 @@ def setup(tmp_path, tiny_model_dir, tiny_adapter, store):
         shutil.copytree(tiny_adapter, root / name)
     engine = FakeEngine()
     metrics = Metrics()
-    limits = AdapterLimits(
-        root=root,
-        max_rank=16,
-        max_bytes=2**30,
-        base=fingerprint(tiny_model_dir),
-        base_name="tiny",
-        target_modules=lora_target_modules(tiny_model_dir),
-    )
+    limits = adapter_limits(root, tiny_model_dir, max_bytes=2**30)
     clock = iter(range(1000)).__next__
 
     def make(capacity=2, labels=8):
