@@ -21,6 +21,7 @@ from service.errors import (
     AdapterdError,
     FailedPreconditionError,
     InvalidArgumentError,
+    NotFoundError,
     ResourceExhaustedError,
 )
 from service.inference.engine import EngineError, InferenceEngine
@@ -215,7 +216,7 @@ class AdapterManager:
         if number is None:
             entries = self.registry.of_name(name)
             if not entries:
-                self.registry.get(f"{name}@1", "adapter")  # raises NotFound naming it
+                raise NotFoundError(f"adapter: no adapter {name!r} is registered")
         else:
             entries = [self.registry.get(requested, "adapter")]
         for entry in entries:
