@@ -17,6 +17,7 @@ from service.adapters.manager import AdapterManager
 from service.auth import TokenTable
 from service.basemodel import BaseModel, lora_target_modules, resolve_base_model
 from service.errors import ConfigError
+from service.evaluation import EvaluationLimits, Evaluator
 from service.grpc.health import HealthPublisher
 from service.grpc.server import ENGINE_BACKED_SERVICES, LIVE_SERVICES, bind, build_grpc_server
 from service.inference.engine import EngineState, InferenceEngine
@@ -24,7 +25,7 @@ from service.inference.generation import Generator
 from service.inference.lifecycle import EngineLifecycle
 from service.inference.vllm_engine import VllmEngine, VllmEngineConfig, pick_engine_cpus
 from service.jobs.model import Job
-from service.jobs.runner import JobRunner
+from service.jobs.runner import Emit, JobRunner
 from service.jobs.service import JobLimits, JobService
 from service.metrics import AdapterLabels, Metrics
 from service.serverinfo import ServerInfo, reported_libraries
@@ -59,6 +60,7 @@ class App:
             warmup_prompt=tuple(tokenizer("Hello", add_special_tokens=False)["input_ids"]),
         )
         self.store = SqliteStore(settings.data_dir / STORE_FILE)
+        labels = AdapterLabels(self.metrics, settings.adapter_labels)
         self.adapters = AdapterManager(
             engine=engine,
             store=self.store,
@@ -72,7 +74,7 @@ class App:
             ),
             capacity=settings.max_cpu_loras,
             metrics=self.metrics,
-            labels=AdapterLabels(self.metrics, settings.adapter_labels),
+            labels=labels,
         )
         self.generator = Generator(
             engine=engine,
@@ -92,6 +94,21 @@ class App:
             on_change=self._on_job_change,
             on_event=self._on_job_event,
             on_success=self._on_job_success,
+            on_evaluate=self._on_job_evaluate,
+        )
+        self.evaluator = Evaluator(
+            generator=self.generator,
+            adapters=self.adapters,
+            store=self.store,
+            tokenizer=tokenizer,
+            metrics=self.metrics,
+            labels=labels,
+            limits=EvaluationLimits(
+                data_root=settings.data_dir / "datasets",
+                concurrency=settings.eval_concurrency,
+                max_model_len=settings.max_model_len,
+            ),
+            ready=lambda: self.lifecycle.state is EngineState.READY,
         )
         self.jobs = JobService(
             store=self.store,
@@ -132,6 +149,9 @@ class App:
 
     async def _on_job_success(self, job: Job) -> dict[str, Any]:
         return await self.jobs.on_success(job)
+
+    async def _on_job_evaluate(self, job: Job, emit: Emit) -> dict[str, Any]:
+        return await self.evaluator.evaluate(job, emit, self.runner.job_dir(job.id))
 
     def describe(self) -> ServerInfo:
         """A snapshot of this server for GetServerInfo."""

@@ -175,13 +175,43 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Quality, per adapter (the adapter label as above; "base" for the base model).
+        self.eval_task_score = Gauge(
+            "adapterd_eval_task_score",
+            "Last benchmark score by adapter, task (bundled tasks by name, else other) and "
+            "metric (lm-eval's name, with its filter for bundled tasks; else other).",
+            ["adapter", "task", "metric"],
+            registry=self.registry,
+        )
+        self.eval_quality = Gauge(
+            "adapterd_eval_quality",
+            "Last schema and win-rate scores by adapter: schema_valid_rate, "
+            "schema_valid_rate_constrained, schema_parse_rate, win_rate, win_rate_lower, "
+            "win_rate_upper, win_rate_length_controlled.",
+            ["adapter", "metric"],
+            registry=self.registry,
+        )
+        self.eval_timestamp = Gauge(
+            "adapterd_eval_last_timestamp_seconds",
+            "When the adapter's last evaluation finished (Unix time).",
+            ["adapter"],
+            registry=self.registry,
+        )
+        self.evaluation_duration = Histogram(
+            "adapterd_evaluation_duration_seconds",
+            "How long evaluations took, baseline included, by outcome (succeeded, failed).",
+            ["outcome"],
+            buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+            registry=self.registry,
+        )
+
     def record_engine_stats(self, stats: EngineStats) -> None:
         """Takes the engine's scheduler stats after a step (called by the engine)."""
         self.engine_waiting.set(stats.waiting)
         self.engine_running.set(stats.running)
         self.engine_kv_cache_usage.set(stats.kv_cache_usage)
 
-    def per_adapter(self) -> Iterable[Counter | Histogram]:
+    def per_adapter(self) -> Iterable[Counter | Gauge | Histogram]:
         """The metrics with an `adapter` label."""
         return (
             self.ttft,
@@ -190,6 +220,9 @@ class Metrics:
             self.generation_requests,
             self.prompt_tokens,
             self.generated_tokens,
+            self.eval_task_score,
+            self.eval_quality,
+            self.eval_timestamp,
         )
 
 

@@ -147,6 +147,13 @@ class ServerSettings(BaseSettings):
         le=600,
         description="After SIGTERM, how long a cancelled trainer may take before SIGKILL.",
     )
+    eval_concurrency: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Engine requests one evaluation keeps in flight (they queue behind client "
+        "traffic).",
+    )
     drain_grace_seconds: float = Field(
         10.0, gt=0, le=3600, description="On SIGTERM, how long in-flight calls may take to finish."
     )

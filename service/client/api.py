@@ -119,6 +119,18 @@ class Client:
         request = jobs_pb2.SubmitJobRequest(train=train, request_id=request_id, priority=priority)
         return self.call(self.jobs.SubmitJob, request, jobs_pb2.Job)
 
+    def evaluate(
+        self, spec: jobs_pb2.EvaluateSpec, request_id: str = "", priority: int = 0
+    ) -> jobs_pb2.Job:
+        """Evaluate."""
+        request = jobs_pb2.EvaluateRequest(spec=spec, request_id=request_id, priority=priority)
+        return self.call(self.jobs.Evaluate, request, jobs_pb2.Job)
+
+    def evaluation_report(self, job_id: str) -> jobs_pb2.EvaluationReport:
+        """GetEvaluationReport."""
+        request = jobs_pb2.GetEvaluationReportRequest(job_id=job_id)
+        return self.call(self.jobs.GetEvaluationReport, request, jobs_pb2.EvaluationReport)
+
     def get_job(self, job_id: str) -> jobs_pb2.Job:
         """GetJob."""
         return self.call(self.jobs.GetJob, jobs_pb2.GetJobRequest(job_id=job_id), jobs_pb2.Job)

@@ -10,6 +10,7 @@
     adapterctl adapters alias ALIAS [NAME@VERSION]   (no target: remove the alias)
     adapterctl upload FILE | validate-data --dataset ID | submit JOB.yaml [--watch]
     adapterctl get|cancel|watch JOB_ID | list [--state STATE]
+    adapterctl eval run SPEC.yaml [--adapter NAME] [--watch] | eval report JOB_ID [--out DIR]
 
 Global flags (or ADAPTERCTL_* variables): --target, --token, --timeout, --output text|json.
 """

@@ -1,28 +1,38 @@
-"""adapterctl's job commands: upload, validate-data, submit, get, list, cancel, watch.
+"""adapterctl's job commands: upload, validate-data, submit, get, list, cancel, watch, eval.
 
 A job file is the TrainSpec message as YAML or JSON (field names as in jobs.proto), e.g.
 
     data: {datasets: [{path: gsm8k/train.jsonl, columns: {prompt: question}}]}
     training: {epochs: 1, learning_rate: 0.0002}
     adapter_name: gsm8k-bot
+
+An evaluation file is the EvaluationSpec message (evaluation.proto), e.g.
+
+    benchmarks: {tasks: [adapterd_arith_mc], limit: 50}
+    win_rate: {limit: 20}
+    gates: [{metric: GATE_METRIC_WIN_RATE, comparator: COMPARATOR_GE, threshold: 0.5}]
+    promote_alias: prod
 """
 
 import argparse
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import grpc
 import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from tqdm import tqdm
 
-from adapterd.v1 import jobs_pb2
+from adapterd.v1 import evaluation_pb2, jobs_pb2
 from service.client.api import Client
 from service.errors import ConfigError
 
 Command = Callable[[Client, argparse.Namespace, bool], int]
+M = TypeVar("M", bound=Message)
 
 
 def show(message: Message, as_json: bool) -> None:
@@ -61,14 +71,63 @@ def _validate_data(client: Client, args: argparse.Namespace, as_json: bool) -> i
     return 0 if response.valid else 1
 
 
-def _submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+def read_message(path: str, message: M) -> M:
+    """A protobuf message from a YAML or JSON file (proto field and enum names).
+
+    Raises:
+        ConfigError: naming the file and the problem.
+    """
     try:
-        spec = yaml.safe_load(Path(args.job_file).read_text(encoding="utf-8"))
-        train = json_format.ParseDict(spec, jobs_pb2.TrainSpec())
+        fields = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return json_format.ParseDict(fields, message)
     except (OSError, yaml.YAMLError, json_format.ParseError) as exc:
-        raise ConfigError(f"{args.job_file}: {exc}") from None
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    train = read_message(args.job_file, jobs_pb2.TrainSpec())
     job = client.submit_job(train, args.request_id, args.priority)
-    if args.watch:
+    return _queued(client, job, args.watch, as_json)
+
+
+def _evaluate(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    if args.action == "report":
+        return _report(client, args.job_id, Path(args.out), as_json)
+    evaluation = read_message(args.spec_file, evaluation_pb2.EvaluationSpec())
+    spec = jobs_pb2.EvaluateSpec(adapter=args.adapter, evaluation=evaluation)
+    job = client.evaluate(spec, args.request_id, args.priority)
+    status = _queued(client, job, args.watch, as_json)
+    if args.watch and not as_json:
+        with contextlib.suppress(grpc.RpcError):  # a failed evaluation has no report
+            _report(client, job.id, Path(args.out), as_json)
+    return status
+
+
+def _report(client: Client, job_id: str, out: Path, as_json: bool) -> int:
+    """Writes the job's report as JSON and HTML into `out`; prints the scores and gates."""
+    reply = client.evaluation_report(job_id)
+    report = json_format.MessageToDict(reply.report)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{job_id}.json").write_text(json.dumps(report, indent=2))
+    (out / f"{job_id}.html").write_text(reply.html)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return 0
+    scores = report["scores"]
+    print(f"{report['candidate']} against {report['baseline']}:")
+    for key, value in sorted(scores["candidate"].items()):
+        base = scores.get("baseline", {}).get(key)
+        against = f"   baseline {base:8.4f}" if base is not None else ""
+        print(f"  {key:<48} {value:8.4f}{against}")
+    for gate in report["gates"]:
+        print(f"  gate {'PASS' if gate['passed'] else 'FAIL'}: {gate['reason']}")
+    print(f"report: {out / (job_id + '.html')}")
+    return 0
+
+
+def _queued(client: Client, job: jobs_pb2.Job, watch: bool, as_json: bool) -> int:
+    """Follows a job just queued, or prints it."""
+    if watch:
         return follow_job(client, job.id, as_json)
     if as_json:
         show(job, as_json)
@@ -145,6 +204,11 @@ def _summary(job: jobs_pb2.Job) -> None:
     for key in ("adapter_version", "registration_error", "loss_png"):
         if key in result:
             print(f"  {key}: {result[key]}")
+    if evaluation := result.get("evaluation"):
+        promoted = f", promoted to {evaluation['promote_alias']}" if evaluation["promoted"] else ""
+        print(f"  evaluation: {'passed' if evaluation['passed'] else 'blocked'}{promoted}")
+        for reason in evaluation["failed_gates"]:
+            print(f"    failed gate: {reason}")
 
 
 def add_job_commands(commands: Any) -> dict[str, Command]:
@@ -168,7 +232,20 @@ def add_job_commands(commands: Any) -> dict[str, Command]:
     watch = commands.add_parser("watch", help="Follow a job with a progress bar.")
     watch.add_argument("job_id")
     watch.add_argument("--after", type=int, default=0, help="Skip events up to this seq.")
+    evaluate = commands.add_parser("eval", help="Evaluate an adapter, or fetch a report.")
+    actions = evaluate.add_subparsers(dest="action", required=True)
+    run = actions.add_parser("run", help="Queue an evaluation from an EvaluationSpec file.")
+    run.add_argument("spec_file", help="An EvaluationSpec as YAML or JSON.")
+    run.add_argument("--adapter", default="", help="Name, alias or NAME@N (default: base).")
+    run.add_argument("--request-id", default="", help="Idempotency key.")
+    run.add_argument("--priority", type=int, default=0, help="-100 to 100.")
+    run.add_argument("--watch", action="store_true", help="Follow it, then write its report.")
+    run.add_argument("--out", default=".", help="Directory for the report (with --watch).")
+    report = actions.add_parser("report", help="Write a job's report (JSON and HTML).")
+    report.add_argument("job_id")
+    report.add_argument("--out", default=".", help="Directory to write JOB_ID.json/.html.")
     return {
+        "eval": _evaluate,
         "upload": _upload,
         "validate-data": _validate_data,
         "submit": _submit,

@@ -7,7 +7,15 @@ from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from adapterd.v1 import adapters_pb2, common_pb2, inference_pb2, jobs_pb2, server_pb2
+from adapterd.v1 import (
+    adapters_pb2,
+    common_pb2,
+    evaluation_pb2,
+    inference_pb2,
+    jobs_pb2,
+    server_pb2,
+)
+from eval.gates import Comparator
 from service.adapters.registry import AdapterState, AdapterVersion
 from service.auth import Principal, Role
 from service.basemodel import BaseModel
@@ -187,14 +195,54 @@ def message_fields(message: Message) -> dict[str, Any]:
     return dict(json_format.MessageToDict(message, preserving_proto_field_name=True))
 
 
+def evaluation_fields(message: evaluation_pb2.EvaluationSpec) -> dict[str, Any]:
+    """An EvaluationSpec as eval.spec's fields: enum names become the domain's values
+    (GATE_METRIC_WIN_RATE -> "win_rate", COMPARATOR_GE -> ">=", JUDGE_LLM -> "llm")."""
+    fields = message_fields(message)
+    for gate in fields.get("gates", []):
+        if "metric" in gate:  # an unknown number stays a number, for the spec to refuse
+            gate["metric"] = str(gate["metric"]).removeprefix("GATE_METRIC_").lower()
+        if "comparator" in gate:
+            name = str(gate["comparator"]).removeprefix("COMPARATOR_")
+            gate["comparator"] = Comparator[name].value if name in Comparator.__members__ else name
+    if "judge" in fields.get("win_rate", {}):
+        judge = str(fields["win_rate"]["judge"])
+        fields["win_rate"]["judge"] = judge.removeprefix("JUDGE_").lower()
+    return fields
+
+
+def _evaluation_message_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of evaluation_fields, for ParseDict."""
+    fields = {**fields, "gates": [dict(g) for g in fields.get("gates", [])]}
+    for gate in fields["gates"]:
+        gate["metric"] = "GATE_METRIC_" + gate["metric"].upper()
+        gate["comparator"] = "COMPARATOR_" + Comparator(gate["comparator"]).name
+    if "judge" in fields.get("win_rate", {}):
+        fields["win_rate"] = {**fields["win_rate"]}
+        fields["win_rate"]["judge"] = "JUDGE_" + fields["win_rate"]["judge"].upper()
+    return fields
+
+
+def _spec_with_evaluation(spec: dict[str, Any]) -> dict[str, Any]:
+    if "evaluation" not in spec:
+        return spec
+    return {**spec, "evaluation": _evaluation_message_fields(spec["evaluation"])}
+
+
 def job_to_proto(job: Job) -> jobs_pb2.Job:
     """A Job -> adapterd.v1.Job."""
+    spec = _spec_with_evaluation(job.spec)
     return jobs_pb2.Job(
         id=job.id,
         tenant=job.tenant,
         kind=_JOB_KINDS[job.kind],
         state=_JOB_STATES[job.state],
-        train=json_format.ParseDict(job.spec, jobs_pb2.TrainSpec()),
+        train=json_format.ParseDict(spec, jobs_pb2.TrainSpec())
+        if job.kind is JobKind.TRAIN
+        else None,
+        evaluate=json_format.ParseDict(spec, jobs_pb2.EvaluateSpec())
+        if job.kind is JobKind.EVALUATE
+        else None,
         request_id=job.request_id,
         priority=job.priority,
         created=_timestamp(job.created),

@@ -8,7 +8,13 @@ from grpc import aio
 from adapterd.v1 import jobs_pb2, jobs_pb2_grpc
 from service.auth import current_principal
 from service.errors import InvalidArgumentError
-from service.grpc.convert import event_to_proto, job_filters, job_to_proto, message_fields
+from service.grpc.convert import (
+    evaluation_fields,
+    event_to_proto,
+    job_filters,
+    job_to_proto,
+    message_fields,
+)
 from service.jobs.service import JobService
 
 
@@ -53,10 +59,12 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
     async def SubmitJob(
         self, request: jobs_pb2.SubmitJobRequest, context: aio.ServicerContext[Any, Any]
     ) -> jobs_pb2.Job:
+        spec = message_fields(request.train)
+        if request.train.HasField("evaluation"):
+            spec["evaluation"] = evaluation_fields(request.train.evaluation)
         job = await self._jobs.submit(
-            current_principal.get(), message_fields(request.train), request.request_id,
-            request.priority,
-        )  # fmt: skip
+            current_principal.get(), spec, request.request_id, request.priority
+        )
         return job_to_proto(job)
 
     async def GetJob(
@@ -87,3 +95,23 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         principal = current_principal.get()
         async for event in self._jobs.watch(principal, request.job_id, request.after_seq):
             yield event_to_proto(event)
+
+    async def Evaluate(
+        self, request: jobs_pb2.EvaluateRequest, context: aio.ServicerContext[Any, Any]
+    ) -> jobs_pb2.Job:
+        spec = {
+            "adapter": request.spec.adapter,
+            "evaluation": evaluation_fields(request.spec.evaluation),
+        }
+        job = await self._jobs.evaluate(
+            current_principal.get(), spec, request.request_id, request.priority
+        )
+        return job_to_proto(job)
+
+    async def GetEvaluationReport(
+        self, request: jobs_pb2.GetEvaluationReportRequest, context: aio.ServicerContext[Any, Any]
+    ) -> jobs_pb2.EvaluationReport:
+        report, html = await self._jobs.report(current_principal.get(), request.job_id)
+        response = jobs_pb2.EvaluationReport(html=html)
+        response.report.update(report)
+        return response

@@ -2,8 +2,9 @@
 
 A `train` job goes queued -> validating -> running [-> evaluating] -> succeeded; an `evaluate`
 job goes queued -> evaluating -> succeeded. Any live state may end in failed or cancelled, and a
-started job may return to queued (server shutdown: it resumes from its checkpoint later).
-Terminal states are final.
+started job may return to queued (server shutdown: it resumes from its checkpoint later; a train
+job stopped while evaluating its registered adapter goes from queued straight back to
+evaluating). Terminal states are final.
 """
 
 import enum
@@ -44,14 +45,14 @@ _ENDINGS = {JobState.FAILED, JobState.CANCELLED}
 
 TRANSITIONS: dict[JobKind, dict[JobState, frozenset[JobState]]] = {
     JobKind.TRAIN: {
-        JobState.QUEUED: frozenset({JobState.VALIDATING, *_ENDINGS}),
+        JobState.QUEUED: frozenset({JobState.VALIDATING, JobState.EVALUATING, *_ENDINGS}),
         JobState.VALIDATING: frozenset(
             {JobState.RUNNING, JobState.SUCCEEDED, JobState.QUEUED, *_ENDINGS}
         ),
         JobState.RUNNING: frozenset(
             {JobState.EVALUATING, JobState.SUCCEEDED, JobState.QUEUED, *_ENDINGS}
         ),
-        JobState.EVALUATING: frozenset({JobState.SUCCEEDED, *_ENDINGS}),
+        JobState.EVALUATING: frozenset({JobState.SUCCEEDED, JobState.QUEUED, *_ENDINGS}),
     },
     JobKind.EVALUATE: {
         JobState.QUEUED: frozenset({JobState.EVALUATING, *_ENDINGS}),
@@ -74,6 +75,16 @@ def spec_digest(spec: dict[str, Any]) -> str:
     """A stable hash of a job spec: what makes two submissions "the same request"."""
     canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class JobFailedError(Exception):
+    """A job step failed for a reason its owner can act on (not a bug of the server)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        """Machine-readable, as Job.error_reason."""
+        self.message = message
 
 
 @dataclass

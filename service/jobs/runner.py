@@ -1,11 +1,14 @@
-"""Runs queued jobs, one at a time: the trainer as a subprocess, its events into the store.
+"""Runs queued jobs, one at a time: the trainer as a subprocess, its events into the store;
+evaluations in the server process, on its engine (the `on_evaluate` hook).
 
 The trainer (`python -m trainer train`) runs in its own process group with a thread budget
 (`--trainer-threads`), writes JSON-line events that are stored as the job's feed, and exits with
 a code that says how it ended (trainer.sft). Cancelling sends SIGTERM to its group, SIGKILL after
 the grace. On server shutdown the trainer gets SIGTERM, writes a checkpoint and exits 75: the job
 returns to the queue and resumes from that checkpoint on the next start. A trainer whose server
-died notices (parent-death signal, see trainer.__main__) and does the same.
+died notices (parent-death signal, see trainer.__main__) and does the same. A training job whose
+spec asks for an evaluation registers its adapter and then evaluates it; an `evaluate` job only
+evaluates. Cancelling or stopping an evaluation cancels its task.
 """
 
 import asyncio
@@ -16,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from typing import Any
 import psutil
 
 from service.errors import FailedPreconditionError
-from service.jobs.model import Job, JobState
+from service.jobs.model import Job, JobFailedError, JobKind, JobState
 from service.metrics import Metrics
 from service.store.base import Store
 
@@ -120,6 +123,10 @@ EventListener = Callable[[str], None]
 """Hears that a job (by id) has new events."""
 SuccessHook = Callable[[Job], Awaitable[dict[str, Any]]]
 """Runs when a job's trainer succeeded, before the job is final; returns result additions."""
+Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+"""Stores an event (kind, data) in the job's feed and wakes its watchers."""
+EvaluateHook = Callable[[Job, Emit], Coroutine[Any, Any, dict[str, Any]]]
+"""Evaluates a job's target; returns result additions; raises JobFailedError."""
 
 
 class JobRunner:
@@ -137,6 +144,7 @@ class JobRunner:
         on_change: Listener,
         on_event: EventListener,
         on_success: SuccessHook,
+        on_evaluate: EvaluateHook,
     ) -> None:
         self._store = store
         self._jobs_dir = jobs_dir
@@ -147,8 +155,10 @@ class JobRunner:
         self._on_change = on_change
         self._on_event = on_event
         self._on_success = on_success
+        self._on_evaluate = on_evaluate
         self._wake = asyncio.Event()
         self._process: asyncio.subprocess.Process | None = None
+        self._evaluation: asyncio.Task[dict[str, Any]] | None = None
         self._current: str | None = None
         self._run_ended = asyncio.Event()
         self._cancelled: set[str] = set()
@@ -165,7 +175,7 @@ class JobRunner:
         trainer of the dead server that still runs is stopped first (no two trainers ever
         write one job's directory)."""
         page = await self._store.list_jobs(
-            None, [JobState.VALIDATING, JobState.RUNNING], [], 10_000, 0
+            None, [JobState.VALIDATING, JobState.RUNNING, JobState.EVALUATING], [], 10_000, 0
         )
         for job in page.jobs:
             _stop_stale_trainer(job)
@@ -190,6 +200,8 @@ class JobRunner:
         queue. After `grace` seconds the trainer is killed (its last checkpoint stays)."""
         self._stopping = True
         self._wake.set()
+        if self._evaluation is not None:
+            self._evaluation.cancel()
         process = self._process
         if process is not None and process.returncode is None:
             _signal_group(process.pid, signal.SIGTERM)
@@ -205,17 +217,23 @@ class JobRunner:
                 await self._task
 
     async def cancel(self, job_id: str) -> bool:
-        """Stops the job's trainer if it is the one running and returns True once the job is
-        CANCELLED; False if it was not running."""
-        process, ended = self._process, self._run_ended
-        if self._current != job_id or process is None or process.returncode is not None:
+        """Stops the job if it is the one running (from the moment it was claimed) and returns
+        True once it is CANCELLED; False if it was not running."""
+        if self._current != job_id:
             return False
+        ended = self._run_ended
         self._cancelled.add(job_id)
-        _signal_group(process.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), self._grace)
-        except TimeoutError:
-            _signal_group(process.pid, signal.SIGKILL)
+        process = self._process
+        if self._evaluation is not None:
+            self._evaluation.cancel()
+        elif process is not None and process.returncode is None:
+            _signal_group(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), self._grace)
+            except TimeoutError:
+                _signal_group(process.pid, signal.SIGKILL)
+        # Otherwise the job is between its claim and its trainer's start: _train signals the
+        # trainer as soon as it exists.
         await ended.wait()
         return True
 
@@ -239,18 +257,30 @@ class JobRunner:
                     )
 
     async def _run(self, job: Job) -> None:
+        # A train job stopped while evaluating its registered adapter only evaluates again.
+        evaluate_only = job.kind is JobKind.EVALUATE or "adapter_version" in job.result
+        first = JobState.EVALUATING if evaluate_only else JobState.VALIDATING
         # Claim the job first: if a client cancelled it since it was read from the queue, the
-        # transition is refused and no trainer starts.
+        # transition is refused and nothing starts.
         try:
             job = await self._store.update_job(
-                job.id,
-                JobState.VALIDATING,
-                attempts=job.attempts + 1,
-                started=job.started or time.time(),
+                job.id, first, attempts=job.attempts + 1, started=job.started or time.time()
             )
         except FailedPreconditionError:
             return
-        await self._on_change(job)
+        self._current, self._run_ended = job.id, asyncio.Event()
+        try:
+            await self._on_change(job)
+            result = await (self._evaluate(job) if evaluate_only else self._train(job))
+            if job.id in self._cancelled:
+                result = Outcome(JobState.CANCELLED, "cancelled", "cancelled by a client")
+            await self._finish(job.id, result)
+        finally:
+            self._cancelled.discard(job.id)
+            self._current = None
+            self._run_ended.set()
+
+    async def _train(self, job: Job) -> Outcome:
         directory = self.job_dir(job.id)
         events = directory / EVENTS_FILE
         env = {
@@ -264,7 +294,9 @@ class JobRunner:
                 "--config", str(directory / CONFIG_FILE), "--events", str(events),
                 stdout=log, stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
             )  # fmt: skip
-        self._process, self._current, self._run_ended = process, job.id, asyncio.Event()
+        self._process = process
+        if job.id in self._cancelled:  # cancelled while the trainer was starting
+            _signal_group(process.pid, signal.SIGTERM)
         job = await self._store.update_job(
             job.id,
             worker_pid=process.pid,
@@ -274,7 +306,7 @@ class JobRunner:
         # Lines an earlier attempt's trainer wrote after its server died are not in the feed
         # yet: every stored event but the state changes came from this file, in order.
         stored = await self._store.events(job.id, 0, limit=1_000_000)
-        seen = sum(1 for e in stored if e.kind != "state")
+        seen = sum(1 for e in stored if e.kind not in ("state", "eval"))
         for event in tail.read()[seen:]:
             await self._record(job, event)
         while True:
@@ -286,17 +318,48 @@ class JobRunner:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(process.wait(), POLL_SECONDS)
-        self._process = self._current = None
+        self._process = None
         assert process.returncode is not None
         result = outcome(process.returncode, failure, _tail(directory / LOG_FILE))
         result = retry(result, job.attempts, self._max_attempts)
+        if result.state is not JobState.SUCCEEDED or job.id in self._cancelled:
+            return result
+        job = await self._store.get_job(job.id) or job
+        job = await self._store.update_job(
+            job.id, result={**job.result, **await self._on_success(job)}
+        )
+        if "evaluation" in job.spec and "adapter_version" in job.result:
+            return await self._evaluate(job)
+        return result
+
+    async def _evaluate(self, job: Job) -> Outcome:
+        if job.state is not JobState.EVALUATING:
+            job = await self._store.update_job(job.id, JobState.EVALUATING)
+            await self._on_change(job)
         if job.id in self._cancelled:
-            self._cancelled.discard(job.id)
-            result = Outcome(JobState.CANCELLED, "cancelled", "cancelled by a client")
+            return Outcome(JobState.CANCELLED, "cancelled", "cancelled by a client")
+
+        async def emit(kind: str, data: dict[str, Any]) -> None:
+            await self._store.append_event(job.id, kind, data)
+            self._on_event(job.id)
+
+        self._evaluation = asyncio.create_task(self._on_evaluate(job, emit))
         try:
-            await self._finish(job.id, result)
+            additions = await self._evaluation
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():  # the runner itself is torn down
+                raise
+            if job.id in self._cancelled:
+                return Outcome(JobState.CANCELLED, "cancelled", "cancelled by a client")
+            return Outcome(JobState.QUEUED, "interrupted", "stopped by the server; evaluates later")
+        except JobFailedError as exc:
+            return Outcome(JobState.FAILED, exc.reason, exc.message)
         finally:
-            self._run_ended.set()
+            self._evaluation = None
+        job = await self._store.get_job(job.id) or job
+        await self._store.update_job(job.id, result={**job.result, **additions})
+        return Outcome(JobState.SUCCEEDED)
 
     async def _record(self, job: Job, event: dict[str, Any]) -> None:
         kind = str(event.pop("event", "log"))
@@ -322,10 +385,6 @@ class JobRunner:
         event = {"reason": result.reason} if result.reason else None
         if result.state is JobState.QUEUED and result.message and event is not None:
             event["message"] = result.message
-        if result.state is JobState.SUCCEEDED:
-            succeeded = await self._store.get_job(job_id)
-            assert succeeded is not None
-            fields["result"] = {**succeeded.result, **await self._on_success(succeeded)}
         job = await self._store.update_job(job_id, result.state, event=event, **fields)
         if job.state is JobState.FAILED:
             self._metrics.trainer_failures.labels(result.reason).inc()

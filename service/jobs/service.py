@@ -9,6 +9,7 @@ that is queued has a config the trainer accepts.
 import asyncio
 import contextlib
 import hashlib
+import json
 import shutil
 import time
 import uuid
@@ -19,6 +20,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from eval.report import REPORT_HTML, REPORT_JSON
+from eval.spec import EvalSpecError, parse_eval_spec
 from service.adapters.manager import AdapterManager
 from service.auth import Principal, Role
 from service.errors import (
@@ -53,6 +56,23 @@ class JobLimits:
     max_lora_rank: int
     max_upload_bytes: int
     max_queued: int
+
+
+def _check_request(request_id: str, priority: int) -> None:
+    if len(request_id) > MAX_REQUEST_ID:
+        raise InvalidArgumentError(f"request_id: longer than {MAX_REQUEST_ID} characters")
+    if not -100 <= priority <= 100:
+        raise InvalidArgumentError(f"priority: {priority} is outside -100..100")
+
+
+def _evaluation(fields: dict[str, Any], where: str, training: bool) -> dict[str, Any]:
+    """An evaluation spec validated (eval.spec) and normalized to its non-default fields."""
+    try:
+        spec = parse_eval_spec(fields, training=training)
+    except EvalSpecError as exc:
+        problems = str(exc).split("; ")
+        raise InvalidArgumentError("; ".join(f"{where}: {p}" for p in problems)) from None
+    return dict(spec.model_dump(mode="json", exclude_defaults=True))
 
 
 def _visible(principal: Principal) -> str | None:
@@ -189,26 +209,75 @@ class JobService:
             InvalidArgumentError: naming the spec field; or a request id reused with another spec.
             ResourceExhaustedError: when the queue is full.
         """
-        if len(request_id) > MAX_REQUEST_ID:
-            raise InvalidArgumentError(f"request_id: longer than {MAX_REQUEST_ID} characters")
-        if not -100 <= priority <= 100:
-            raise InvalidArgumentError(f"priority: {priority} is outside -100..100")
+        _check_request(request_id, priority)
+        if "evaluation" in spec:
+            if not spec.get("adapter_name") or spec.get("validate_only"):
+                raise InvalidArgumentError(
+                    "train.evaluation: needs train.adapter_name (the adapter it evaluates) and "
+                    "no validate_only"
+                )
+            spec = {**spec, "evaluation": _evaluation(spec["evaluation"], "train.evaluation", True)}
         job_id = f"job-{uuid.uuid4().hex[:16]}"
-        directory = self._runner.job_dir(job_id)
-        config = await self._train_config(principal, spec, directory)
+        config = await self._train_config(principal, spec, self._runner.job_dir(job_id))
+        return await self._enqueue(
+            principal, job_id, JobKind.TRAIN, spec, request_id, priority, {CONFIG_FILE: config}
+        )
+
+    async def evaluate(
+        self, principal: Principal, spec: dict[str, Any], request_id: str, priority: int
+    ) -> Job:
+        """Queues an evaluation of `spec["adapter"]` (resolved to its version now; "" is the
+        base model), or returns the one this request id already made.
+
+        Raises:
+            InvalidArgumentError: naming the spec field; or a request id reused with another spec.
+            NotFoundError: the adapter or the baseline is not registered.
+            ResourceExhaustedError: when the queue is full.
+        """
+        _check_request(request_id, priority)
+        evaluation = _evaluation(spec.get("evaluation", {}), "spec.evaluation", False)
+        adapter = spec.get("adapter", "")
+        ref = self._adapters.registry.resolve(adapter).ref if adapter else ""
+        if evaluation.get("baseline"):
+            self._adapters.registry.resolve(evaluation["baseline"])
+        if evaluation.get("promote_alias") and not ref:
+            raise InvalidArgumentError(
+                "spec.evaluation.promote_alias: the base model cannot be promoted to an alias"
+            )
+        job_id = f"job-{uuid.uuid4().hex[:16]}"
+        return await self._enqueue(
+            principal, job_id, JobKind.EVALUATE, {"adapter": ref, "evaluation": evaluation},
+            request_id, priority, {},
+        )  # fmt: skip
+
+    async def _enqueue(  # noqa: PLR0917 (one call per job kind, each with every argument)
+        self,
+        principal: Principal,
+        job_id: str,
+        kind: JobKind,
+        spec: dict[str, Any],
+        request_id: str,
+        priority: int,
+        files: dict[str, str],
+    ) -> Job:
+        """Stores a new queued job with `files` in its directory; with a known request id,
+        returns that job instead (the same spec) or refuses (another spec)."""
         now = time.time()
         job = Job(
-            id=job_id, tenant=principal.tenant, kind=JobKind.TRAIN, state=JobState.QUEUED,
-            spec=spec, spec_digest=spec_digest(spec), request_id=request_id, priority=priority,
+            id=job_id, tenant=principal.tenant, kind=kind, state=JobState.QUEUED, spec=spec,
+            spec_digest=spec_digest(spec), request_id=request_id, priority=priority,
             created=now, updated=now,
         )  # fmt: skip
-        queued = (await self._store.count_jobs()).get((JobKind.TRAIN, JobState.QUEUED), 0)
+        counts = await self._store.count_jobs()
+        queued = sum(counts.get((k, JobState.QUEUED), 0) for k in JobKind)
         if queued >= self._limits.max_queued:
             raise ResourceExhaustedError(
                 f"the queue holds {queued} jobs, its cap (--max-queued-jobs); retry later"
             )
+        directory = self._runner.job_dir(job_id)
         directory.mkdir(parents=True)
-        (directory / CONFIG_FILE).write_text(config)
+        for name, text in files.items():
+            (directory / name).write_text(text)
         stored, created = await self._store.create_job(job)
         if not created:
             shutil.rmtree(directory, ignore_errors=True)
@@ -220,6 +289,25 @@ class JobService:
         await self.on_change(stored)
         self._runner.notify()
         return stored
+
+    async def report(self, principal: Principal, job_id: str) -> tuple[dict[str, Any], str]:
+        """The evaluation report of a job: (JSON, HTML).
+
+        Raises:
+            NotFoundError: as `get`.
+            FailedPreconditionError: the job has no report (yet, or it evaluates nothing).
+        """
+        job = await self.get(principal, job_id)
+        directory = self._runner.job_dir(job.id)
+        try:
+            report = json.loads((directory / REPORT_JSON).read_text())
+            html = (directory / REPORT_HTML).read_text()
+        except FileNotFoundError:
+            raise FailedPreconditionError(
+                f"job {job_id} has no evaluation report ({job.state.value}"
+                f"{'' if 'evaluation' in job.spec else ', and its spec has no evaluation'})"
+            ) from None
+        return report, html
 
     async def _train_config(
         self, principal: Principal, spec: dict[str, Any], directory: Path

@@ -1,0 +1,74 @@
+"""Prompt sets for schema adherence and win rate: JSONL rows, bundled or a client's file."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+class PromptSetError(ValueError):
+    """A prompt set cannot be used; the message names the file, line and field."""
+
+
+def bundled_prompts(name: str) -> Path:
+    """The bundled prompt file of set `name`."""
+    return ASSETS / f"{name}.prompts.jsonl"
+
+
+def bundled_schema(name: str) -> Path:
+    """The JSON Schema of bundled set `name`."""
+    return ASSETS / f"{name}.schema.json"
+
+
+def read_prompts(path: Path, fields: tuple[str, ...], limit: int | None) -> list[dict[str, str]]:
+    """The first `limit` rows of a JSONL prompt file, each with the string `fields`.
+
+    Raises:
+        PromptSetError: unreadable file, invalid JSON, a missing or non-string field, no rows.
+    """
+    rows: list[dict[str, str]] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PromptSetError(f"{path.name}: cannot be read ({exc})") from None
+    for number, line in enumerate(lines, start=1):
+        if limit is not None and len(rows) >= limit:
+            break
+        if not line.strip():
+            continue
+        try:
+            row: Any = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PromptSetError(f"{path.name}:{number}: invalid JSON ({exc.msg})") from None
+        for field in fields:
+            value = row.get(field) if isinstance(row, dict) else None
+            if not isinstance(value, str) or not value.strip():
+                raise PromptSetError(
+                    f"{path.name}:{number}: {field}: a non-empty string is required"
+                )
+        rows.append({field: row[field] for field in fields})
+    if not rows:
+        raise PromptSetError(f"{path.name}: the prompt set is empty")
+    return rows
+
+
+def read_schema(path: Path) -> dict[str, Any]:
+    """A JSON Schema file, checked against its metaschema.
+
+    Raises:
+        PromptSetError: unreadable, not JSON, not an object, or not a valid schema.
+    """
+    import jsonschema
+
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PromptSetError(f"{path.name}: not a readable JSON file ({exc})") from None
+    if not isinstance(schema, dict):
+        raise PromptSetError(f"{path.name}: a JSON Schema must be a JSON object")
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise PromptSetError(f"{path.name}: not a valid JSON Schema: {exc.message}") from None
+    return schema
