@@ -81,6 +81,7 @@ def run_hf(model_dir: Path) -> list[float]:
 
 def run_direct(model_dir: Path, engine_threads: int) -> list[float]:
     """tokens/s of the 16 prompts at once on VllmEngine, without gRPC or the service, per run."""
+    from service.basemodel import lora_target_modules
     from service.inference.engine import GenerationRequest, Sampling
     from service.inference.vllm_engine import VllmEngine, VllmEngineConfig, pick_engine_cpus
 
@@ -92,6 +93,7 @@ def run_direct(model_dir: Path, engine_threads: int) -> list[float]:
         max_model_len=1024,
         cpu_ids=pick_engine_cpus(sorted(os.sched_getaffinity(0)), engine_threads),
         kv_cache_gib=1,
+        lora_target_modules=tuple(sorted(lora_target_modules(model_dir))),
     )
     sampling = Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)
     prompts = prompt_ids(model_dir)

@@ -259,6 +259,7 @@ def build_app(settings: ServerSettings) -> App:
             max_model_len=settings.max_model_len,
             cpu_ids=pick_engine_cpus(sorted(os.sched_getaffinity(0)), settings.engine_threads),
             kv_cache_gib=settings.engine_kv_cache_gib,
+            lora_target_modules=tuple(sorted(lora_target_modules(base_model.path))),
         ),
         stats=metrics.record_engine_stats,
     )

@@ -265,9 +265,9 @@ class Evaluator:
             )
         return done.text, time.monotonic() - began
 
-    def resolve(self, relative: str, where: str) -> Path:
-        """A client's file or directory under the data root."""
-        return confined(self._limits.data_root, relative, where)
+    @property
+    def data_root(self) -> Path:
+        return self._limits.data_root
 
     @property
     def tokenizer(self) -> Any:
@@ -276,6 +276,63 @@ class Evaluator:
     @property
     def max_model_len(self) -> int:
         return self._limits.max_model_len
+
+
+def task_configs(spec: EvalSpec, data_root: Path) -> list[dict[str, Any]]:
+    """The lm-eval configs of the spec's tasks (bundled, or from its task_dir).
+
+    Raises:
+        BenchmarkError, AdapterdError: naming the task or the path.
+    """
+    if spec.benchmarks is None:
+        return []
+    directories = [BUNDLED_TASKS]
+    if spec.benchmarks.task_dir:
+        directories.insert(0, confined(data_root, spec.benchmarks.task_dir, "benchmarks.task_dir"))
+    return [load_task(name, directories) for name in spec.benchmarks.tasks]
+
+
+def schema_set(spec: SchemaSpec, data_root: Path) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """The prompts and the JSON Schema of a schema-adherence section.
+
+    Raises:
+        PromptSetError, AdapterdError: naming the file, line or path.
+    """
+    if spec.prompts:
+        prompts = confined(data_root, spec.prompts, "schema_adherence.prompts")
+        schema = confined(data_root, spec.schema_file, "schema_adherence.schema_file")
+    else:
+        prompts, schema = bundled_prompts(spec.set), bundled_schema(spec.set)
+    checked = read_schema(schema)
+    return read_prompts(prompts, ("prompt",), spec.limit), checked
+
+
+def win_rate_set(spec: WinRateSpec, data_root: Path) -> list[dict[str, str]]:
+    """The prompts with reference answers of a win-rate section.
+
+    Raises:
+        PromptSetError, AdapterdError: naming the file, line or path.
+    """
+    path = (
+        confined(data_root, spec.prompts, "win_rate.prompts")
+        if spec.prompts
+        else bundled_prompts(spec.set)
+    )
+    return read_prompts(path, ("prompt", "reference"), spec.limit)
+
+
+def check_sources(spec: EvalSpec, data_root: Path) -> None:
+    """Loads every task, prompt set and schema the spec names, so that a submission with a
+    missing file or a forbidden task is refused at once.
+
+    Raises:
+        BenchmarkError, PromptSetError, AdapterdError: naming what is wrong.
+    """
+    task_configs(spec, data_root)
+    if spec.schema_adherence:
+        schema_set(spec.schema_adherence, data_root)
+    if spec.win_rate:
+        win_rate_set(spec.win_rate, data_root)
 
 
 class _Run:
@@ -309,10 +366,7 @@ class _Run:
     async def benchmarks(self, role: str, adapter: str, scores: _Scores) -> None:
         spec = self._spec.benchmarks
         assert spec is not None
-        directories = [BUNDLED_TASKS]
-        if spec.task_dir:
-            directories.insert(0, self._evaluator.resolve(spec.task_dir, "benchmarks.task_dir"))
-        configs = [load_task(name, directories) for name in spec.tasks]
+        configs = task_configs(self._spec, self._evaluator.data_root)
         loop = asyncio.get_running_loop()
         bridge = _Bridge(loop)
 
@@ -342,13 +396,7 @@ class _Run:
         )
 
     async def schema(self, role: str, adapter: str, spec: SchemaSpec, scores: _Scores) -> None:
-        if spec.prompts:
-            prompts_file = self._evaluator.resolve(spec.prompts, "schema_adherence.prompts")
-            schema_file = self._evaluator.resolve(spec.schema_file, "schema_adherence.schema_file")
-        else:
-            prompts_file, schema_file = bundled_prompts(spec.set), bundled_schema(spec.set)
-        schema = read_schema(schema_file)
-        rows = read_prompts(prompts_file, ("prompt",), spec.limit)
+        rows, schema = schema_set(spec, self._evaluator.data_root)
         details = {}
         for constrained in (False, True):
             phase = "schema_constrained" if constrained else "schema"
@@ -378,11 +426,7 @@ class _Run:
     async def win_rate(
         self, candidate: str, baseline: str, spec: WinRateSpec, scores: dict[str, _Scores]
     ) -> None:
-        if spec.prompts:
-            path = self._evaluator.resolve(spec.prompts, "win_rate.prompts")
-        else:
-            path = bundled_prompts(spec.set)
-        rows = read_prompts(path, ("prompt", "reference"), spec.limit)
+        rows = win_rate_set(spec, self._evaluator.data_root)
         answers = {}
         for role, adapter in (("candidate", candidate), ("baseline", baseline)):
             replies = await self._gather(

@@ -42,6 +42,8 @@ class VllmEngineConfig:
     """CPUs the engine's OpenMP threads are bound to (CPU builds)."""
     kv_cache_gib: int
     """KV-cache size in GiB (CPU builds)."""
+    lora_target_modules: tuple[str, ...]
+    """The linear layers adapters may target (service.basemodel.lora_target_modules)."""
     dtype: str = "bfloat16"
     """Weight and activation dtype."""
 
@@ -69,6 +71,10 @@ def engine_arguments(config: VllmEngineConfig) -> dict[str, Any]:
         "max_loras": config.max_loras,
         "max_cpu_loras": config.max_cpu_loras,
         "max_lora_rank": config.max_lora_rank,
+        # LoRA only where adapterd lets adapters go. Without this, vLLM also wraps the output
+        # head, and its CPU LoRA logits path crashes the engine core on prompt log-probabilities
+        # of more than one request in a batch (vllm-project/vllm#29955, #17766).
+        "lora_target_modules": list(config.lora_target_modules),
         # vLLM's default stat loggers (its log lines and vllm:* series) stay off; adapterd's own
         # stat logger still receives every step's stats.
         "disable_log_stats": True,

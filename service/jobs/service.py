@@ -20,6 +20,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from eval.benchmarks import BenchmarkError
+from eval.prompts import PromptSetError
 from eval.report import REPORT_HTML, REPORT_JSON
 from eval.spec import EvalSpecError, parse_eval_spec
 from service.adapters.manager import AdapterManager
@@ -31,6 +33,7 @@ from service.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
+from service.evaluation import check_sources
 from service.jobs.model import Job, JobEvent, JobKind, JobState, spec_digest
 from service.jobs.runner import CONFIG_FILE, JobRunner
 from service.metrics import Metrics
@@ -65,13 +68,19 @@ def _check_request(request_id: str, priority: int) -> None:
         raise InvalidArgumentError(f"priority: {priority} is outside -100..100")
 
 
-def _evaluation(fields: dict[str, Any], where: str, training: bool) -> dict[str, Any]:
-    """An evaluation spec validated (eval.spec) and normalized to its non-default fields."""
+def _evaluation(
+    fields: dict[str, Any], where: str, training: bool, data_root: Path
+) -> dict[str, Any]:
+    """An evaluation spec validated (eval.spec), its tasks and files loaded, normalized to its
+    non-default fields."""
     try:
         spec = parse_eval_spec(fields, training=training)
-    except EvalSpecError as exc:
+        check_sources(spec, data_root)
+    except (EvalSpecError, BenchmarkError, PromptSetError) as exc:
         problems = str(exc).split("; ")
         raise InvalidArgumentError("; ".join(f"{where}: {p}" for p in problems)) from None
+    except InvalidArgumentError as exc:  # a path outside the data root
+        raise InvalidArgumentError(f"{where}: {exc}") from None
     return dict(spec.model_dump(mode="json", exclude_defaults=True))
 
 
@@ -216,7 +225,12 @@ class JobService:
                     "train.evaluation: needs train.adapter_name (the adapter it evaluates) and "
                     "no validate_only"
                 )
-            spec = {**spec, "evaluation": _evaluation(spec["evaluation"], "train.evaluation", True)}
+            spec = {
+                **spec,
+                "evaluation": _evaluation(
+                    spec["evaluation"], "train.evaluation", True, self._limits.datasets_dir
+                ),
+            }
         job_id = f"job-{uuid.uuid4().hex[:16]}"
         config = await self._train_config(principal, spec, self._runner.job_dir(job_id))
         return await self._enqueue(
@@ -235,7 +249,9 @@ class JobService:
             ResourceExhaustedError: when the queue is full.
         """
         _check_request(request_id, priority)
-        evaluation = _evaluation(spec.get("evaluation", {}), "spec.evaluation", False)
+        evaluation = _evaluation(
+            spec.get("evaluation", {}), "spec.evaluation", False, self._limits.datasets_dir
+        )
         adapter = spec.get("adapter", "")
         ref = self._adapters.registry.resolve(adapter).ref if adapter else ""
         if evaluation.get("baseline"):
@@ -387,13 +403,15 @@ class JobService:
         cursor = after_seq
         while True:
             changed = self._changes.setdefault(job_id, asyncio.Event())
+            # The job before its events: a job read as final has every event it will ever
+            # have stored already, so the read that follows sees them all.
+            job = await self._store.get_job(job_id)
             events = await self._store.events(job_id, cursor)
             for event in events:
                 yield event
                 cursor = event.seq
             if events:
                 continue
-            job = await self._store.get_job(job_id)
             if job is not None and job.state.terminal:
                 return
             with contextlib.suppress(TimeoutError):  # a missed wake-up costs one poll

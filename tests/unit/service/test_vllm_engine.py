@@ -18,6 +18,7 @@ def test_engine_arguments_enable_lora_with_the_configured_limits():
         max_model_len=512,
         cpu_ids=(1,),
         kv_cache_gib=2,
+        lora_target_modules=("down_proj", "q_proj"),
     )
     args = engine_arguments(config)
     assert args["model"] == "/m"
@@ -26,3 +27,5 @@ def test_engine_arguments_enable_lora_with_the_configured_limits():
     assert (args["max_lora_rank"], args["max_model_len"]) == (32, 512)
     assert args["dtype"] == "bfloat16"
     assert args["kv_cache_memory_bytes"] == 2 * 2**30
+    assert args["lora_target_modules"] == ["down_proj", "q_proj"]  # never the output head
+    assert args["scheduling_policy"] == "priority"

@@ -1,0 +1,192 @@
+"""Evaluations on the real server (tiny model, shared `server`): lm-eval through the engine
+against lm-eval's own HF backend, schema adherence, win rate with both judges, gates that
+promote or block, reports, quality gauges, and refusals of bad specs."""
+
+import json
+import shutil
+import urllib.request
+
+import grpc
+import pytest
+from google.protobuf import json_format
+
+from adapterd.v1 import evaluation_pb2, jobs_pb2
+from eval.benchmarks import BUNDLED_TASKS, load_task, run_tasks
+from service.client.api import Client
+from tests.support import ADMIN_TOKEN, USER_TOKEN
+
+
+@pytest.fixture(scope="module")
+def admin(server, tiny_adapter):
+    with Client(server.target, ADMIN_TOKEN, timeout=120) as client:
+        shutil.copytree(tiny_adapter, server.data_dir / "adapters" / "eval-one")
+        client.load_adapter("eval-one", "eval-one")
+        yield client
+
+
+def evaluate(client, evaluation, adapter="eval-one"):
+    spec = jobs_pb2.EvaluateSpec(
+        adapter=adapter,
+        evaluation=json_format.ParseDict(evaluation, evaluation_pb2.EvaluationSpec()),
+    )
+    return client.evaluate(spec)
+
+
+def finish(client, job_id):
+    events = list(client.watch_job(job_id))
+    return client.get_job(job_id), events
+
+
+def result_of(job):
+    return json_format.MessageToDict(job.result)
+
+
+def code_of(call):
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value.code(), caught.value.details()
+
+
+SMALL = {"limit": 4, "max_tokens": 12}
+
+
+def test_a_bundled_task_through_the_engine_scores_as_lm_evals_hf_backend(admin, tiny_model_dir):
+    job = evaluate(
+        admin,
+        {"benchmarks": {"tasks": ["adapterd_arith_mc"], "limit": 40, "chat_template": False}},
+        adapter="",
+    )
+    assert job.kind == jobs_pb2.JOB_KIND_EVALUATE
+    done, events = finish(admin, job.id)
+    assert done.state == jobs_pb2.JOB_STATE_SUCCEEDED, done.error_message
+    states = [e.data["state"] for e in events if e.kind == "state"]
+    assert states == ["queued", "evaluating", "succeeded"]
+    phases = [json_format.MessageToDict(e.data).get("phase") for e in events if e.kind == "eval"]
+    assert phases[0] == "benchmarks" and phases[-1] == "done"
+    report = json_format.MessageToDict(admin.evaluation_report(job.id).report)
+    ours = report["scores"]["candidate"]["task:adapterd_arith_mc/acc"]
+    stderr = report["stderr"]["candidate"]["task:adapterd_arith_mc/acc"]
+    assert report["baseline"] == "base" and "baseline" not in report["scores"]
+
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = HFLM(
+        pretrained=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir),
+        batch_size=8,
+    )
+    config = load_task("adapterd_arith_mc", [BUNDLED_TASKS])
+    theirs = {
+        s.metric: s.value
+        for s in run_tasks(hf, [config], limit=40, num_fewshot=None, seed=0, chat_template=False)
+    }
+    assert abs(ours - theirs["acc"]) <= stderr, (ours, theirs, stderr)
+
+
+def test_gates_promote_a_passing_adapter_and_block_a_strict_one(admin, server):
+    spec = {
+        "schema_adherence": SMALL,
+        "win_rate": SMALL,
+        "gates": [
+            {"metric": "GATE_METRIC_WIN_RATE_LOWER", "comparator": "COMPARATOR_GE",
+             "threshold": 0.0},
+            {"metric": "GATE_METRIC_SCHEMA_VALID_RATE", "comparator": "COMPARATOR_GE",
+             "margin": -1.0},
+        ],
+        "promote_alias": "eval-prod",
+    }  # fmt: skip
+    passing, _ = finish(admin, evaluate(admin, spec).id)
+    assert passing.state == jobs_pb2.JOB_STATE_SUCCEEDED, passing.error_message
+    summary = result_of(passing)["evaluation"]
+    assert summary["passed"] and summary["promoted"] and summary["failed_gates"] == []
+    aliases = {a.name: list(a.aliases) for a in admin.list_adapters().adapters}
+    assert aliases["eval-one"] == ["eval-prod"]
+    scores = summary["scores"]
+    assert 0.0 <= scores["win_rate_lower"] <= scores["win_rate"] <= scores["win_rate_upper"] <= 1
+    assert {"schema_valid_rate", "schema_parse_rate", "schema_valid_rate_constrained"} <= set(
+        scores
+    )
+    assert scores["latency_p95_seconds"] >= scores["latency_p50_seconds"] > 0
+
+    strict = {**spec, "gates": [{"metric": "GATE_METRIC_WIN_RATE", "comparator": "COMPARATOR_GT",
+                                 "threshold": 1.0}]}  # fmt: skip
+    admin.set_alias("eval-prod", "")
+    blocked, _ = finish(admin, evaluate(admin, strict).id)
+    assert blocked.state == jobs_pb2.JOB_STATE_SUCCEEDED  # a blocked gate is not a failure
+    summary = result_of(blocked)["evaluation"]
+    assert not summary["passed"] and not summary["promoted"]
+    assert summary["failed_gates"] == [f"win_rate {summary['scores']['win_rate']:.4g} not > 1"]
+    assert all(not a.aliases for a in admin.list_adapters().adapters)
+
+    report = admin.evaluation_report(blocked.id)
+    assert "blocked by a gate" in report.html and "eval-one@1" in report.html
+    data = json_format.MessageToDict(report.report)
+    assert data["gates"][0]["passed"] is False
+    schema = data["details"]["candidate"]["schema_adherence"]
+    assert schema["unconstrained"]["total"] == schema["constrained"]["total"] == 4
+    assert len(data["details"]["candidate"]["win_rate"]["samples"]) == 4
+    page = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    line = 'adapterd_eval_quality{adapter="eval-one",metric="win_rate"} '
+    exported = float(next(x for x in page.splitlines() if x.startswith(line)).split()[-1])
+    assert exported == pytest.approx(summary["scores"]["win_rate"])
+    assert 'adapterd_eval_last_timestamp_seconds{adapter="eval-one"}' in page
+
+
+def test_an_llm_judge_answering_garbage_fails_the_job_with_the_count_not_a_number(admin):
+    spec = {"win_rate": {**SMALL, "judge": "JUDGE_LLM", "judge_model": ""}}
+    done, _ = finish(admin, evaluate(admin, spec).id)
+    # The tiny random model never answers "A", "B" or "tie": no verdict parses.
+    assert done.state == jobs_pb2.JOB_STATE_FAILED
+    assert done.error_reason == "evaluation_failed"
+    assert "did not parse" in done.error_message
+
+
+def test_cancelling_a_running_evaluation_cancels_it(admin):
+    job = evaluate(admin, {"benchmarks": {"tasks": ["adapterd_gsm8k"], "limit": 200}})
+    for event in admin.watch_job(job.id):
+        if event.kind == "eval":
+            break
+    cancelled = admin.cancel_job(job.id)
+    assert cancelled.state == jobs_pb2.JOB_STATE_CANCELLED
+    assert code_of(lambda: admin.evaluation_report(job.id))[0] == (
+        grpc.StatusCode.FAILED_PRECONDITION
+    )
+
+
+def test_bad_evaluation_specs_are_refused_naming_the_field(admin, server):
+    tasks = server.data_dir / "datasets" / "tasks"
+    tasks.mkdir(parents=True, exist_ok=True)
+    (tasks / "evil.yaml").write_text("task: evil\nprocess_docs: !function os.system\n")
+    (server.data_dir / "datasets" / "empty.jsonl").write_text("\n")
+    (server.data_dir / "datasets" / "bad.schema.json").write_text('{"type": "nonsense"}')
+    cases = [
+        ({"benchmarks": {"tasks": ["no_such_task"]}}, "no_such_task"),
+        ({"benchmarks": {"tasks": ["evil"], "task_dir": "tasks"}}, "evil"),
+        ({"win_rate": {"prompts": "empty.jsonl"}}, "empty"),
+        ({"schema_adherence": {"prompts": "empty.jsonl", "schema_file": "bad.schema.json"}},
+         "bad.schema.json"),
+        ({"schema_adherence": {}, "gates": [{"metric": "GATE_METRIC_WIN_RATE",
+          "comparator": "COMPARATOR_GE", "threshold": 0.5}]}, "gates[0]"),
+        ({"win_rate": {}, "gates": [{"metric": "GATE_METRIC_WIN_RATE", "threshold": 0.5}]},
+         "comparator"),
+        ({"win_rate": {}, "gates": [{"metric": "GATE_METRIC_TRAIN_LOSS",
+          "comparator": "COMPARATOR_LE", "threshold": 2}]}, "train_loss"),
+        ({}, "at least one of"),
+        ({"benchmarks": {"tasks": ["adapterd_arith_mc"], "task_dir": "../.."}}, "task_dir"),
+    ]  # fmt: skip
+    for spec, named in cases:
+        code, details = code_of(lambda spec=spec: evaluate(admin, spec))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (spec, details)
+        assert named in details, (spec, details)
+    code, details = code_of(lambda: evaluate(admin, {"win_rate": {}}, adapter="nobody"))
+    assert code == grpc.StatusCode.NOT_FOUND and "nobody" in details
+
+
+def test_a_user_sees_only_its_tenants_evaluations(admin, server):
+    job = evaluate(admin, {"schema_adherence": {"limit": 1, "max_tokens": 4}})
+    finish(admin, job.id)
+    with Client(server.target, USER_TOKEN, timeout=60) as user:
+        code, _ = code_of(lambda: user.evaluation_report(job.id))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert json.loads(json.dumps(result_of(admin.get_job(job.id))))["evaluation"]["passed"]
