@@ -32,13 +32,14 @@ class TaskScore:
 
 
 def find_tasks(directory: Path) -> dict[str, Path]:
-    """Task name -> YAML file, for every task YAML in `directory`."""
+    """Task name -> YAML file, for every task YAML in `directory`; a YAML that may not load
+    is listed under its file name, so that asking for it reports why."""
     tasks = {}
     for path in sorted(directory.glob("*.yaml")):
         try:
             name = load_task_yaml(path, directory).get("task")
         except TaskYamlError:
-            continue  # reported by load_task when it is asked for
+            name = path.stem
         if isinstance(name, str):
             tasks[name] = path
     return tasks

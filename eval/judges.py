@@ -40,6 +40,7 @@ Answer B:
 Reply with one word: A, B or tie."""
 
 _VERDICT = re.compile(r"^\W*(A|B|tie)\b", re.IGNORECASE)
+_PLACEHOLDER = re.compile(r"\{(question|reference|first|second)\}")
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,5 @@ class LlmJudge:
         return [parse_verdict(reply) for reply in replies]
 
     def _render(self, pair: Pair) -> str:
-        text = self._prompt
-        for key in ("question", "reference", "first", "second"):
-            text = text.replace("{" + key + "}", getattr(pair, key))
-        return text
+        """One pass, so that an answer containing "{second}" stays as it is."""
+        return _PLACEHOLDER.sub(lambda m: str(getattr(pair, m.group(1))), self._prompt)

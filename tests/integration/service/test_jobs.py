@@ -119,6 +119,38 @@ def test_cancel_stops_a_running_trainer_and_a_final_job_cannot_be_cancelled(user
     assert code == grpc.StatusCode.FAILED_PRECONDITION
 
 
+def test_a_job_cancelled_while_its_trainer_starts_is_cancelled(user, dataset_id, server):
+    job = user.submit_job(spec(dataset_id, training={"max_steps": 100_000, "batch_size": 1}))
+    for event in user.watch_job(job.id):
+        if event.kind == "state" and event.data["state"] == "validating":
+            break  # claimed: the trainer is starting or about to
+    cancelled = user.cancel_job(job.id)
+    assert cancelled.state == jobs_pb2.JOB_STATE_CANCELLED
+    trainers = [p for p in server.children() if "trainer" in " ".join(p.cmdline())]
+    assert not [p for p in trainers if job.id in " ".join(p.cmdline())]
+
+
+def test_a_job_with_an_evaluation_trains_evaluates_and_promotes(user, dataset_id):
+    evaluation = {
+        "schema_adherence": {"limit": 2, "max_tokens": 8},
+        "gates": [{"metric": "GATE_METRIC_TRAIN_LOSS", "comparator": "COMPARATOR_LT",
+                   "threshold": 100.0}],
+        "promote_alias": "job-eval-prod",
+    }  # fmt: skip
+    job = user.submit_job(spec(dataset_id, adapter_name="job-eval", evaluation=evaluation))
+    assert job.train.evaluation.promote_alias == "job-eval-prod"
+    events = watch_to_end(user, job.id)
+    states = [e.data["state"] for e in events if e.kind == "state"]
+    assert states == ["queued", "validating", "running", "evaluating", "succeeded"]
+    result = json_format.MessageToDict(user.get_job(job.id).result)
+    summary = result["evaluation"]
+    assert summary["passed"] and summary["promoted"]
+    assert summary["scores"]["train_loss"] == pytest.approx(result["metrics"]["train_loss"])
+    report = json_format.MessageToDict(user.evaluation_report(job.id).report)
+    assert [step for step, _ in report["loss_curve"]] == [1, 2, 3]
+    assert report["candidate"] == "job-eval@1"
+
+
 def test_other_tenants_cannot_see_a_job_but_admins_can(server, user, dataset_id):
     job = user.submit_job(spec(dataset_id, validate_only=True))
     with Client(server.target, OTHER_USER_TOKEN) as other:

@@ -1,0 +1,63 @@
+"""The evaluation spec: whole-spec checks that name the field."""
+
+import pytest
+
+from eval.spec import EvalSpecError, parse_eval_spec
+
+
+def gate(metric, **fields):
+    return {"metric": metric, "comparator": ">=", "threshold": 0.5, **fields}
+
+
+def test_a_complete_spec_parses_with_defaults():
+    spec = parse_eval_spec(
+        {
+            "benchmarks": {"tasks": ["adapterd_arith_mc"], "limit": 10},
+            "schema_adherence": {},
+            "win_rate": {"judge": "llm", "judge_model": "judge-bot"},
+            "gates": [gate("task", task="adapterd_arith_mc", task_metric="acc"),
+                      gate("win_rate_lower"), gate("latency_p95_seconds")],
+            "promote_alias": "prod",
+        },  # fmt: skip
+        training=False,
+    )
+    assert spec.schema_adherence.set == "contact_card" and spec.win_rate.limit == 20
+    assert [g.key for g in spec.gates] == [
+        "task:adapterd_arith_mc/acc", "win_rate_lower", "latency_p95_seconds"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({}, "give at least one of benchmarks, schema_adherence or win_rate"),
+        ({"benchmarks": {"tasks": []}}, "benchmarks.tasks"),
+        ({"benchmarks": {"tasks": ["a"], "limit": 0}}, "benchmarks.limit = 0"),
+        ({"schema_adherence": {"prompts": "p.jsonl"}}, "give prompts and schema_file together"),
+        ({"schema_adherence": {"set": "nope"}}, "set 'nope' is not bundled"),
+        ({"win_rate": {"judge": "oracle"}}, "win_rate.judge = 'oracle'"),
+        ({"win_rate": {"judge_model": "x"}}, 'judge_model and judge_prompt are for judge "llm"'),
+        ({"win_rate": {"judge": "llm", "judge_prompt": "A or B?"}}, "must contain {first} and"),
+        ({"schema_adherence": {}, "gates": [gate("win_rate")]}, "gates[0]: win_rate needs a"),
+        ({"win_rate": {}, "gates": [gate("task", task="t", task_metric="acc")]},
+         "task 't' is not in benchmarks.tasks"),
+        ({"win_rate": {}, "gates": [{"metric": "win_rate", "comparator": ">=", "margin": 0.1}]},
+         "measured against the baseline: give a threshold"),
+        ({"win_rate": {}, "gates": [{"metric": "win_rate", "comparator": "~", "threshold": 1}]},
+         "gates.0.comparator = '~'"),
+        ({"win_rate": {}, "gates": [gate("eval_loss")]}, "exists only for a training job"),
+        ({"win_rate": {}, "surprise": 1}, "surprise: unknown field"),
+    ],
+)  # fmt: skip
+def test_invalid_specs_name_the_field(fields, message):
+    with pytest.raises(EvalSpecError) as caught:
+        parse_eval_spec(fields, training=False)
+    assert message in str(caught.value)
+
+
+def test_a_training_jobs_evaluation_may_gate_on_its_losses():
+    spec = parse_eval_spec(
+        {"win_rate": {}, "gates": [gate("eval_loss", comparator="<=", threshold=2.0)]},
+        training=True,
+    )
+    assert spec.gates[0].key == "eval_loss"

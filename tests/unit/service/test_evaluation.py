@@ -1,0 +1,54 @@
+"""Evaluation plumbing that needs no engine: proto <-> spec fields, bounded metric labels."""
+
+from google.protobuf import json_format
+
+from adapterd.v1 import evaluation_pb2
+from eval.benchmarks import TaskScore
+from eval.spec import parse_eval_spec
+from service.evaluation import task_labels
+from service.grpc.convert import evaluation_fields, job_to_proto
+from service.jobs.model import Job, JobKind, JobState
+
+MESSAGE = {
+    "win_rate": {"judge": "JUDGE_LLM", "limit": 5},
+    "gates": [
+        {"metric": "GATE_METRIC_WIN_RATE_LOWER", "comparator": "COMPARATOR_GE",
+         "threshold": 0.4},
+        {"metric": "GATE_METRIC_LATENCY_P95_SECONDS", "comparator": "COMPARATOR_LT",
+         "threshold": 2.0},
+    ],
+    "promote_alias": "prod",
+}  # fmt: skip
+
+
+def test_enum_names_become_the_specs_values_and_back():
+    fields = evaluation_fields(json_format.ParseDict(MESSAGE, evaluation_pb2.EvaluationSpec()))
+    spec = parse_eval_spec(fields, training=False)
+    assert [g.key for g in spec.gates] == ["win_rate_lower", "latency_p95_seconds"]
+    assert [g.comparator.value for g in spec.gates] == [">=", "<"]
+    assert spec.win_rate.judge == "llm"
+    stored = spec.model_dump(mode="json", exclude_defaults=True)
+    job = Job(
+        id="job-1", tenant="t", kind=JobKind.EVALUATE, state=JobState.QUEUED,
+        spec={"adapter": "bot@1", "evaluation": stored}, spec_digest="", request_id="",
+        priority=0, created=0.0, updated=0.0,
+    )  # fmt: skip
+    proto = job_to_proto(job)
+    assert proto.evaluate.adapter == "bot@1" and not proto.HasField("train")
+    back = json_format.MessageToDict(proto.evaluate.evaluation, preserving_proto_field_name=True)
+    assert back == MESSAGE
+
+
+def test_an_unknown_enum_number_reaches_the_spec_as_a_value_it_refuses():
+    message = evaluation_pb2.EvaluationSpec(win_rate=evaluation_pb2.WinRateSettings())
+    message.gates.add(metric=99, comparator=evaluation_pb2.COMPARATOR_GE, threshold=1)
+    fields = evaluation_fields(message)
+    assert fields["gates"][0]["metric"] == "99"
+
+
+def test_task_labels_stay_bounded():
+    assert task_labels(TaskScore("adapterd_gsm8k", "exact_match,strict-match", 0, None)) == (
+        "adapterd_gsm8k", "exact_match,strict-match"
+    )  # fmt: skip
+    assert task_labels(TaskScore("my_task", "acc_norm,none", 0, None)) == ("other", "acc_norm")
+    assert task_labels(TaskScore("my_task", "rouge_secret", 0, None)) == ("other", "other")
