@@ -42,7 +42,9 @@ def test_a_pair_is_encoded_as_lm_evals_hf_backend_does(tokenizer):
 def test_loglikelihood_sums_the_continuation_tokens_and_reports_greediness(tokenizer):
     batch = Recorder()
     lm = EngineLM(batch, tokenizer, max_length=64, name="t")
-    (logprob, greedy), = lm.loglikelihood([instance("loglikelihood", "The sky is", " blue today")])
+    ((logprob, greedy),) = lm.loglikelihood(
+        [instance("loglikelihood", "The sky is", " blue today")]
+    )
     call = batch.calls[0]
     n = len(call.prompt_ids)
     continuation = lm.encode_pair("The sky is", " blue today")[1]

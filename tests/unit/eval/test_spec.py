@@ -10,17 +10,15 @@ def gate(metric, **fields):
 
 
 def test_a_complete_spec_parses_with_defaults():
-    spec = parse_eval_spec(
-        {
-            "benchmarks": {"tasks": ["adapterd_arith_mc"], "limit": 10},
-            "schema_adherence": {},
-            "win_rate": {"judge": "llm", "judge_model": "judge-bot"},
-            "gates": [gate("task", task="adapterd_arith_mc", task_metric="acc"),
-                      gate("win_rate_lower"), gate("latency_p95_seconds")],
-            "promote_alias": "prod",
-        },  # fmt: skip
-        training=False,
-    )
+    fields = {
+        "benchmarks": {"tasks": ["adapterd_arith_mc"], "limit": 10},
+        "schema_adherence": {},
+        "win_rate": {"judge": "llm", "judge_model": "judge-bot"},
+        "gates": [gate("task", task="adapterd_arith_mc", task_metric="acc"),
+                  gate("win_rate_lower"), gate("latency_p95_seconds")],
+        "promote_alias": "prod",
+    }  # fmt: skip
+    spec = parse_eval_spec(fields, training=False)
     assert spec.schema_adherence.set == "contact_card" and spec.win_rate.limit == 20
     assert [g.key for g in spec.gates] == [
         "task:adapterd_arith_mc/acc", "win_rate_lower", "latency_p95_seconds"
