@@ -2,10 +2,12 @@
 
 Starts `adapterd serve` as a child process (as a user or Kubernetes would), waits until the engine
 is warm, shows what the server reports about itself; uploads a slice of GSM8K, trains an adapter
-on it through a job (live progress), which registers itself with the engine; answers held-out
-questions with the base model and the adapter side by side; shows the metrics; then stops the
-server with SIGTERM as a rollout would. The evaluation stage (scores, gates, promotion) comes
-with the evaluation issue.
+on it through a job (live progress) that registers it with the engine and evaluates it against
+the base model (two bundled benchmarks, schema adherence, win rate with the reference judge),
+with gates an honestly trained adapter passes, so it is promoted to an alias; evaluates it again
+with a deliberately strict gate to show a block; answers held-out questions with the base model
+and the alias side by side; shows the metrics; then stops the server with SIGTERM as a rollout
+would.
 """
 
 import contextlib
@@ -19,15 +21,39 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
-from adapterd.v1 import inference_pb2, jobs_pb2
+from adapterd.v1 import evaluation_pb2, inference_pb2, jobs_pb2
 from service.client.api import Client
 from service.client.job_commands import follow_job
 from service.settings import ServerSettings
 
 START_TIMEOUT_SECONDS = 600.0
 GSM8K = Path(__file__).resolve().parents[1] / "data/gsm8k/train_slice.jsonl"
-TRAIN_ROWS = 64
-ADAPTER = "gsm8k"
+TRAIN_ROWS = 256
+ADAPTER, ALIAS = "gsm8k", "gsm8k-prod"
+BENCHMARKS = {"tasks": ["adapterd_gsm8k", "adapterd_arith_mc"], "limit": 20}
+EVALUATION = {
+    "benchmarks": BENCHMARKS,
+    "schema_adherence": {"limit": 10, "max_tokens": 128},
+    "win_rate": {"limit": 20, "max_tokens": 256},
+    "gates": [
+        # No worse than the base model at GSM8K's answer format and result...
+        {"metric": "GATE_METRIC_TASK", "task": "adapterd_gsm8k",
+         "task_metric": "exact_match,strict-match", "comparator": "COMPARATOR_GE", "margin": 0.0},
+        # ...answers closer to the reference solutions than the base model's, more often...
+        {"metric": "GATE_METRIC_WIN_RATE", "comparator": "COMPARATOR_GE", "threshold": 0.5},
+        # ...and training converged.
+        {"metric": "GATE_METRIC_TRAIN_LOSS", "comparator": "COMPARATOR_LT", "threshold": 1.5},
+    ],
+    "promote_alias": ALIAS,
+}  # fmt: skip
+STRICT = {
+    "benchmarks": BENCHMARKS,  # measured already: the evaluation reuses those scores
+    "gates": [
+        {"metric": "GATE_METRIC_TASK", "task": "adapterd_gsm8k",
+         "task_metric": "exact_match,strict-match", "comparator": "COMPARATOR_GE",
+         "threshold": 0.9},
+    ],
+}  # fmt: skip
 
 
 def _say(message: str) -> None:
@@ -102,24 +128,49 @@ def _train_and_compare(client: Client, data_dir: Path) -> int:
             "data": {"datasets": [{"dataset_id": dataset}]},
             "training": {"epochs": 1, "batch_size": 4, "learning_rate": 1e-3},
             "adapter_name": ADAPTER,
+            "evaluation": EVALUATION,
         },
         jobs_pb2.TrainSpec(),
     )
     job = client.submit_job(spec, request_id="demo-gsm8k")
-    _say(f"submitted {job.id}; following it (adapterctl watch {job.id})")
+    _say(f"submitted {job.id}: train, then evaluate against the base model with 3 gates")
     if follow_job(client, job.id, as_json=False) != 0:
+        return 1
+    _report(client, job.id)
+    _say("evaluating it again with a deliberately strict gate (GSM8K exact match >= 0.9):")
+    strict = client.evaluate(
+        jobs_pb2.EvaluateSpec(
+            adapter=ADAPTER,
+            evaluation=json_format.ParseDict(STRICT, evaluation_pb2.EvaluationSpec()),
+        )
+    )
+    if follow_job(client, strict.id, as_json=False) != 0:
         return 1
     for question in (json.loads(line)["prompt"] for line in rows[-2:]):
         _say(f"Q: {question}")
-        for adapter in ("", ADAPTER):
+        for adapter in ("", ALIAS):
             request = inference_pb2.GenerateRequest(
                 adapter=adapter, sampling=inference_pb2.SamplingParams(max_tokens=160)
             )
             request.chat.messages.add(role="user", content=question)
             reply = client.generate(request)
             answer = reply.text.strip().splitlines() or [""]
-            _say(f"  {reply.adapter_version or 'base model':>12}: ... {answer[-1][:100]}")
+            who = f"{adapter} ({reply.adapter_version})" if adapter else "base model"
+            _say(f"  {who:>22}: ... {answer[-1][:100]}")
     return 0
+
+
+def _report(client: Client, job_id: str) -> None:
+    """The evaluation's scores side by side, and where its report and loss plot are."""
+    report = json_format.MessageToDict(client.evaluation_report(job_id).report)
+    ours, base = report["scores"]["candidate"], report["scores"].get("baseline", {})
+    _say(f"{'metric':<46}{'adapter':>9}{'base':>9}")
+    for key in sorted(k for k in ours if k in base or k.startswith("win_rate")):
+        shown = f"{base[key]:>9.3f}" if key in base else f"{'':>9}"
+        _say(f"{key:<46}{ours[key]:>9.3f}{shown}")
+    result = json_format.MessageToDict(client.get_job(job_id).result)
+    _say(f"report: {result['evaluation']['report']}")
+    _say(f"loss plot: {result.get('loss_png', '-')}")
 
 
 def _wait_serving(client: Client, server: subprocess.Popen[bytes], log: Path) -> list[str] | None:

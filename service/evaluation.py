@@ -14,12 +14,14 @@ import concurrent.futures
 import json
 import statistics
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jsonschema import SchemaError
+from pydantic import BaseModel
 
 from eval.benchmarks import BUNDLED_TASKS, BenchmarkError, TaskScore, load_task, run_tasks
 from eval.gates import GateResult, Metric, check_gates, metric_key
@@ -44,6 +46,7 @@ from trainer.masking import prompt_token_ids
 PROGRESS_SECONDS = 2.0
 READY_WAIT_SECONDS = 600.0
 SAMPLES = 5
+CACHE_ENTRIES = 64
 BUNDLED_TASK_NAMES = frozenset(p.stem for p in BUNDLED_TASKS.glob("*.yaml"))
 COMMON_TASK_METRICS = frozenset(
     {"acc", "acc_norm", "exact_match", "f1", "mcc", "bleu", "perplexity", "word_perplexity"}
@@ -77,6 +80,43 @@ class _Scores:
     stderr: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
+
+    def add(self, part: "_Scores") -> None:
+        """Takes in one section's measurements."""
+        self.values |= part.values
+        self.stderr |= part.stderr
+        self.details |= part.details
+        self.latencies += part.latencies
+
+
+class _Cache:
+    """Measurements of one section of one adapter version on bundled data, kept for later
+    evaluations: versions never change and decoding is greedy, so the same section measures
+    the same again (the baseline, above all, is measured once, not once per candidate)."""
+
+    def __init__(self, size: int = CACHE_ENTRIES) -> None:
+        self._size = size
+        self._entries: OrderedDict[tuple[str, str, str], _Scores] = OrderedDict()
+
+    @staticmethod
+    def key(section: str, ref: str, spec: BaseModel) -> tuple[str, str, str] | None:
+        """None when the section reads a client's files (which may change)."""
+        if getattr(spec, "task_dir", "") or getattr(spec, "prompts", ""):
+            return None
+        return section, ref, spec.model_dump_json()
+
+    def get(self, key: tuple[str, str, str] | None) -> _Scores | None:
+        if key is None or key not in self._entries:
+            return None
+        self._entries.move_to_end(key)
+        return self._entries[key]
+
+    def put(self, key: tuple[str, str, str] | None, part: _Scores) -> None:
+        if key is None:
+            return
+        self._entries[key] = part
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
 
 
 class _Bridge:
@@ -124,6 +164,7 @@ class Evaluator:
         self._limits = limits
         self._ready = ready
         self._slots = asyncio.Semaphore(limits.concurrency)
+        self.cache = _Cache()
 
     async def evaluate(self, job: Job, emit: Emit, out_dir: Path) -> dict[str, Any]:
         """Measures the job's candidate and baseline, checks the gates, promotes, reports.
@@ -157,9 +198,9 @@ class Evaluator:
         scores = {role: _Scores() for role in targets}
         for role, ref in targets.items():
             if spec.benchmarks:
-                await run.benchmarks(role, ref, scores[role])
+                await run.section("benchmarks", role, ref, spec.benchmarks, scores[role])
             if spec.schema_adherence:
-                await run.schema(role, ref, spec.schema_adherence, scores[role])
+                await run.section("schema", role, ref, spec.schema_adherence, scores[role])
         if spec.win_rate and "baseline" in targets:
             await run.win_rate(candidate, baseline, spec.win_rate, scores)
         own = scores["candidate"]
@@ -363,7 +404,26 @@ class _Run:
 
         return list(await asyncio.gather(*(tracked(j) for j in jobs)))
 
-    async def benchmarks(self, role: str, adapter: str, scores: _Scores) -> None:
+    async def section(
+        self, name: str, role: str, adapter: str, spec: BaseModel, scores: _Scores
+    ) -> None:
+        """Measures one section ("benchmarks" or "schema") of `adapter`, or takes it from the
+        cache."""
+        key = _Cache.key(name, adapter, spec)
+        part = self._evaluator.cache.get(key)
+        cached = part is not None
+        if part is None:
+            measure = self._benchmarks if name == "benchmarks" else self._schema
+            part = await measure(role, adapter)
+            self._evaluator.cache.put(key, part)
+        scores.add(part)
+        prefix = "task:" if name == "benchmarks" else "schema_"
+        await self._emit(
+            "eval",
+            {"phase": name, "target": role, "cached": cached, "scores": _only(part.values, prefix)},
+        )
+
+    async def _benchmarks(self, role: str, adapter: str) -> _Scores:
         spec = self._spec.benchmarks
         assert spec is not None
         configs = task_configs(self._spec, self._evaluator.data_root)
@@ -385,19 +445,19 @@ class _Run:
         except asyncio.CancelledError:
             bridge.cancel()
             raise
+        part = _Scores(details={"benchmarks": [vars(s) for s in results]})
         for score in results:
             key = metric_key_of(score)
-            scores.values[key] = score.value
+            part.values[key] = score.value
             if score.stderr is not None:
-                scores.stderr[key] = score.stderr
-        scores.details["benchmarks"] = [vars(s) for s in results]
-        await self._emit(
-            "eval", {"phase": "benchmarks", "target": role, "scores": _only(scores.values, "task:")}
-        )
+                part.stderr[key] = score.stderr
+        return part
 
-    async def schema(self, role: str, adapter: str, spec: SchemaSpec, scores: _Scores) -> None:
+    async def _schema(self, role: str, adapter: str) -> _Scores:
+        spec = self._spec.schema_adherence
+        assert spec is not None
         rows, schema = schema_set(spec, self._evaluator.data_root)
-        details = {}
+        part, details = _Scores(), {}
         for constrained in (False, True):
             phase = "schema_constrained" if constrained else "schema"
             answers = await self._gather(
@@ -413,15 +473,13 @@ class _Run:
             report = score_outputs([text for text, _ in answers], schema)
             details["constrained" if constrained else "unconstrained"] = report.to_json()
             if not constrained:
-                scores.latencies += [seconds for _, seconds in answers]
-                scores.values["schema_valid_rate"] = report.valid_rate
-                scores.values["schema_parse_rate"] = report.parse_rate
+                part.latencies += [seconds for _, seconds in answers]
+                part.values["schema_valid_rate"] = report.valid_rate
+                part.values["schema_parse_rate"] = report.parse_rate
             else:
-                scores.values["schema_valid_rate_constrained"] = report.valid_rate
-        scores.details["schema_adherence"] = details
-        await self._emit(
-            "eval", {"phase": "schema", "target": role, "scores": _only(scores.values, "schema_")}
-        )
+                part.values["schema_valid_rate_constrained"] = report.valid_rate
+        part.details["schema_adherence"] = details
+        return part
 
     async def win_rate(
         self, candidate: str, baseline: str, spec: WinRateSpec, scores: dict[str, _Scores]
@@ -429,13 +487,19 @@ class _Run:
         rows = win_rate_set(spec, self._evaluator.data_root)
         answers = {}
         for role, adapter in (("candidate", candidate), ("baseline", baseline)):
-            replies = await self._gather(
-                "win_rate_answers",
-                role,
-                [self._evaluator.answer(adapter, r["prompt"], spec.max_tokens) for r in rows],
-            )
-            answers[role] = [text for text, _ in replies]
-            scores[role].latencies += [seconds for _, seconds in replies]
+            key = _Cache.key("answers", adapter, spec)
+            part = self._evaluator.cache.get(key)
+            if part is None:
+                replies = await self._gather(
+                    "win_rate_answers",
+                    role,
+                    [self._evaluator.answer(adapter, r["prompt"], spec.max_tokens) for r in rows],
+                )
+                part = _Scores(latencies=[seconds for _, seconds in replies])
+                part.details["answers"] = [text for text, _ in replies]
+                self._evaluator.cache.put(key, part)
+            answers[role] = part.details["answers"]
+            scores[role].latencies += part.latencies
         judge = self._judge(spec)
         shown = []
         for row, mine, theirs in zip(rows, answers["candidate"], answers["baseline"], strict=True):

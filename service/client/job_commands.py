@@ -163,32 +163,72 @@ def _watch(client: Client, args: argparse.Namespace, as_json: bool) -> int:
 
 
 def follow_job(client: Client, job_id: str, as_json: bool, after: int = 0) -> int:
-    """Prints the job's events (JSON lines) or a progress bar, then a summary; the exit code
+    """Prints the job's events (JSON lines) or progress bars, then a summary; the exit code
     is 0 when the job succeeded."""
-    bar: tqdm[Any] | None = None
-    for event in client.watch_job(job_id, after):
-        data = json_format.MessageToDict(event.data)
-        if as_json:
-            print(json.dumps({"seq": event.seq, "kind": event.kind, **data}), flush=True)
-            continue
-        if event.kind == "started":
-            bar = tqdm(total=int(data.get("total_steps", 0)), unit="step", desc=job_id)
-        elif event.kind == "progress" and bar is not None:
-            bar.update(int(data["step"]) - bar.n)
-            bar.set_postfix(
-                loss=data.get("loss"), tok_s=data.get("tokens_per_second"),
-                eta_s=data.get("eta_seconds"),
-            )  # fmt: skip
-        elif event.kind == "state":
-            tqdm.write(f"[{event.seq}] {data['state']} {data.get('reason', '')}".rstrip())
-        elif event.kind in ("eval", "checkpoint", "resumed", "failed"):
-            tqdm.write(f"[{event.seq}] {event.kind}: {json.dumps(data)}")
-    if bar is not None:
-        bar.close()
+    view = _LiveView(job_id)
+    try:
+        for event in client.watch_job(job_id, after):
+            data = json_format.MessageToDict(event.data)
+            if as_json:
+                print(json.dumps({"seq": event.seq, "kind": event.kind, **data}), flush=True)
+            else:
+                view.show(event.seq, event.kind, data)
+    finally:
+        view.close()
     job = client.get_job(job_id)
     if not as_json:
         _summary(job)
     return 0 if job.state == jobs_pb2.JOB_STATE_SUCCEEDED else 1
+
+
+class _LiveView:
+    """A job on the terminal: a bar for training steps, one per evaluation phase, and a line
+    for each state change, score and checkpoint."""
+
+    def __init__(self, job_id: str) -> None:
+        self._job_id = job_id
+        self._training: tqdm[Any] | None = None
+        self._phase: tqdm[Any] | None = None
+
+    def show(self, seq: int, kind: str, data: dict[str, Any]) -> None:
+        if kind == "started":
+            self._training = tqdm(total=int(data.get("total_steps", 0)), unit="step",
+                                  desc=self._job_id)  # fmt: skip
+        elif kind == "progress" and self._training is not None:
+            self._training.update(int(data["step"]) - self._training.n)
+            self._training.set_postfix(
+                loss=data.get("loss"), tok_s=data.get("tokens_per_second"),
+                eta_s=data.get("eta_seconds"),
+            )  # fmt: skip
+        elif kind == "eval":
+            self._eval(seq, data)
+        elif kind == "state":
+            tqdm.write(f"[{seq}] {data['state']} {data.get('reason', '')}".rstrip())
+        elif kind in ("checkpoint", "resumed", "failed"):
+            tqdm.write(f"[{seq}] {kind}: {json.dumps(data)}")
+
+    def _eval(self, seq: int, data: dict[str, Any]) -> None:
+        if "total" in data:  # progress of one phase
+            phase = f"{data['phase']} ({data['target']})"
+            if self._phase is None or self._phase.desc != phase:
+                self.close_phase()
+                self._phase = tqdm(total=int(data["total"]), unit="req", desc=phase)
+            self._phase.update(int(data["done"]) - self._phase.n)
+        elif "scores" in data and data["phase"] != "done":
+            self.close_phase()
+            scores = ", ".join(f"{k} {v:.3f}" for k, v in data["scores"].items())
+            cached = " (cached)" if data.get("cached") else ""
+            tqdm.write(f"[{seq}] {data['phase']} of the {data['target']}{cached}: {scores}")
+
+    def close_phase(self) -> None:
+        if self._phase is not None:
+            self._phase.close()
+            self._phase = None
+
+    def close(self) -> None:
+        self.close_phase()
+        if self._training is not None:
+            self._training.close()
 
 
 def _summary(job: jobs_pb2.Job) -> None:

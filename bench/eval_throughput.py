@@ -1,0 +1,179 @@
+"""Evaluation throughput: 3 adapters scored through adapterd's warm engine, against lm-eval's
+own CLI run once per adapter.
+
+The default SmolLM2-135M, 3 random rank-16 all-linear adapters, the bundled multiple-choice task
+`adapterd_arith_mc` (100 two-digit arithmetic questions, 4 options each: 400 log-likelihood
+requests per adapter at the default --limit 100), no chat template, zero-shot.
+  - adapterd: the server is started and the adapters loaded first (a warm server is the point);
+    the time is from the first Evaluate call to the third evaluation's end.
+  - baseline: `python -m lm_eval --model vllm` with `lora_local_path`, once per adapter, each a
+    new process that loads the model and its engine, as a user without adapterd would run it;
+    if that backend fails here, `--model hf` with `peft=` (which one ran is printed).
+The accuracies must agree within their standard errors. The last line is one JSON object; the
+ratio is the CLI's time over adapterd's (larger is better for adapterd).
+
+    .venv/bin/python bench/eval_throughput.py [--limit 100]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+TASK = "adapterd_arith_mc"
+ADAPTERS = 3
+RANK = 16
+
+
+def run_cli(backend: str, model: Path, adapter: Path, limit: int, out: Path) -> dict[str, float]:
+    """One lm-eval CLI run on `adapter`; returns {"acc": ..., "acc_stderr": ...}.
+
+    Raises:
+        RuntimeError: with the tail of its output when the run fails.
+    """
+    if backend == "vllm":
+        model_args = (
+            f"pretrained={model},enable_lora=True,max_lora_rank={RANK},"
+            f"lora_local_path={adapter},max_model_len=1024,dtype=bfloat16"
+        )
+    else:
+        model_args = f"pretrained={model},peft={adapter},dtype=bfloat16"
+    command = [
+        sys.executable, "-m", "lm_eval", "--model", backend, "--model_args", model_args,
+        "--tasks", TASK, "--include_path", str(ROOT / "eval/tasks"), "--limit", str(limit),
+        "--batch_size", "auto" if backend == "vllm" else "8", "--output_path", str(out),
+    ]  # fmt: skip
+    # The bundled task names its data file relative to the task directory.
+    result = subprocess.run(
+        command, cwd=ROOT / "eval/tasks", capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"lm_eval --model {backend} failed:\n{result.stderr[-2000:]}")
+    found = sorted(out.rglob("results_*.json"), key=lambda p: p.stat().st_mtime)
+    scores = json.loads(found[-1].read_text())["results"][TASK]
+    return {"acc": scores["acc,none"], "acc_stderr": scores["acc_stderr,none"]}
+
+
+def measure_cli(
+    model: Path, adapters: list[Path], limit: int, out: Path
+) -> tuple[str, float, list[dict[str, float]]]:
+    """(backend, seconds for all adapters, scores per adapter)."""
+    for backend in ("vllm", "hf"):
+        started, scores = time.perf_counter(), []
+        try:
+            for i, adapter in enumerate(adapters):
+                print(f"lm_eval --model {backend}, adapter {i} ...", file=sys.stderr, flush=True)
+                scores.append(run_cli(backend, model, adapter, limit, out / f"{backend}-{i}"))
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
+            continue
+        return backend, time.perf_counter() - started, scores
+    raise RuntimeError("neither lm-eval backend ran")
+
+
+def measure_adapterd(data: Path, limit: int) -> tuple[float, list[dict[str, float]]]:
+    """(seconds for the three evaluations on the warm server, scores per adapter)."""
+    from google.protobuf import json_format
+
+    from adapterd.v1 import evaluation_pb2, jobs_pb2
+    from service.client.api import Client
+    from tests.support import ServerProcess
+
+    server = ServerProcess(data, "smollm2-135m-instruct").start()
+    try:
+        with Client(server.target, timeout=300) as client:
+            for i in range(ADAPTERS):
+                client.load_adapter(f"a{i}", f"a{i}")
+            evaluation = json_format.ParseDict(
+                {"benchmarks": {"tasks": [TASK], "limit": limit, "chat_template": False}},
+                evaluation_pb2.EvaluationSpec(),
+            )
+            started = time.perf_counter()
+            jobs = [
+                client.evaluate(jobs_pb2.EvaluateSpec(adapter=f"a{i}", evaluation=evaluation))
+                for i in range(ADAPTERS)
+            ]
+            for job in jobs:
+                for _ in client.watch_job(job.id):
+                    pass
+            seconds = time.perf_counter() - started
+            scores = []
+            for job in jobs:
+                done = client.get_job(job.id)
+                if done.state != jobs_pb2.JOB_STATE_SUCCEEDED:
+                    raise RuntimeError(f"{job.id}: {done.error_message}")
+                report = json_format.MessageToDict(client.evaluation_report(job.id).report)
+                key = f"task:{TASK}/acc"
+                scores.append(
+                    {
+                        "acc": report["scores"]["candidate"][key],
+                        "acc_stderr": report["stderr"]["candidate"][key],
+                    }
+                )
+    finally:
+        server.stop()
+    return seconds, scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--limit", type=int, default=100, help="Questions per adapter.")
+    args = parser.parse_args()
+
+    from service.basemodel import resolve_base_model
+    from service.settings import ServerSettings
+    from tests.support import make_adapter
+
+    model = resolve_base_model("smollm2-135m-instruct", ServerSettings().model_cache_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        root = data / "adapters"
+        adapters = [
+            make_adapter(root / f"a{i}", model.path, seed=i, rank=RANK, target_modules="all-linear")
+            for i in range(ADAPTERS)
+        ]
+        warm_seconds, ours = measure_adapterd(data, args.limit)
+        backend, cli_seconds, theirs = measure_cli(model.path, adapters, args.limit, data / "cli")
+
+    agree = all(
+        abs(a["acc"] - b["acc"]) <= max(a["acc_stderr"], b["acc_stderr"])
+        for a, b in zip(ours, theirs, strict=True)
+    )
+    figures = {
+        "adapterd_warm_engine_s": warm_seconds,
+        "lm_eval_cli_s": cli_seconds,
+        "questions_per_adapter": args.limit,
+        "adapters": ADAPTERS,
+    }
+    ratios = {"cli_vs_warm_engine": cli_seconds / warm_seconds}
+    print(
+        f"\nmachine: {os.cpu_count()} CPUs; task {TASK}, limit {args.limit}; CLI backend {backend}"
+    )
+    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        print(f"adapter a{i}: acc adapterd {a['acc']:.3f} ± {a['acc_stderr']:.3f}, "
+              f"lm-eval {b['acc']:.3f} ± {b['acc_stderr']:.3f}")  # fmt: skip
+    print(f"scores agree within stderr: {agree}")
+    for name, value in figures.items():
+        print(f"{name:<40}{value:>10.3f}")
+    for name, value in ratios.items():
+        print(f"{name:<40}{value:>10.2f}x")
+    rounded = {k: round(v, 3) for k, v in figures.items()}
+    summary = {
+        "benchmark": "eval_throughput",
+        "figures": {**rounded, "cli_backend": backend, "scores_agree": agree},
+        "ratios": {k: round(v, 3) for k, v in ratios.items()},
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
