@@ -26,6 +26,8 @@ class Metric(enum.Enum):
     """Lower bound of the win rate's confidence interval."""
     LATENCY_P50 = "latency_p50_seconds"
     LATENCY_P95 = "latency_p95_seconds"
+    OVERLAP_RATE = "overlap_rate"
+    """Largest share of an evaluation set's items sharing a 13-gram with the training rows."""
 
 
 class Comparator(enum.Enum):

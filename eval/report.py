@@ -135,6 +135,17 @@ def render_html(report: dict[str, Any]) -> str:
                         [_failure_row(f) for f in s["failures"]],
                     )
                 )
+    if "overlap" in details:
+        parts += [
+            "<h2>Overlap with the training rows (13-grams)</h2>",
+            _table(
+                ["evaluation set", "items", "sharing a 13-gram", "share"],
+                [
+                    [escape(name), str(o["items"]), str(o["contaminated"]), _number(o["rate"])]
+                    for name, o in details["overlap"].items()
+                ],
+            ),
+        ]
     if curve := loss_svg(report.get("loss_curve", [])):
         parts += ["<h2>Training loss</h2>", curve]
     parts.append("</body></html>")

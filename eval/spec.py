@@ -14,7 +14,7 @@ from trainer.config import describe_validation_error
 
 BUNDLED_SCHEMA_SETS = ("contact_card",)
 BUNDLED_PROMPT_SETS = ("gsm8k_heldout",)
-TRAIN_ONLY_METRICS = frozenset({Metric.EVAL_LOSS, Metric.TRAIN_LOSS})
+TRAIN_ONLY_METRICS = frozenset({Metric.EVAL_LOSS, Metric.TRAIN_LOSS, Metric.OVERLAP_RATE})
 """Metrics that only a training job's evaluation has (from its trainer)."""
 
 

@@ -27,6 +27,7 @@ from eval.benchmarks import BUNDLED_TASKS, BenchmarkError, TaskScore, load_task,
 from eval.gates import GateResult, Metric, check_gates, metric_key
 from eval.judges import Judge, LlmJudge, Pair, ReferenceJudge
 from eval.lm import EngineCall, EngineLM, EngineReply
+from eval.overlap import overlap
 from eval.prompts import PromptSetError, bundled_prompts, bundled_schema, read_prompts, read_schema
 from eval.report import REPORT_HTML, REPORT_JSON, render_html
 from eval.schema import score_outputs
@@ -37,7 +38,7 @@ from service.errors import AdapterdError
 from service.inference.engine import Sampling
 from service.inference.generation import Generator
 from service.jobs.model import Job, JobFailedError, JobKind
-from service.jobs.runner import Emit
+from service.jobs.runner import CONFIG_FILE, Emit
 from service.metrics import AdapterLabels, Metrics
 from service.paths import confined
 from service.store.base import Store
@@ -209,6 +210,12 @@ class Evaluator:
             own.values["latency_p95_seconds"] = _percentile(own.latencies, 95)
         if training:
             own.values |= _trainer_losses(job.result)
+            own.details["overlap"] = await asyncio.to_thread(
+                contamination, out_dir / CONFIG_FILE, spec, self._limits.data_root
+            )
+            own.values["overlap_rate"] = max(
+                (o["rate"] for o in own.details["overlap"].values()), default=0.0
+            )
         base_values = scores["baseline"].values if "baseline" in scores else {}
         gates = check_gates(list(spec.gates), own.values, base_values)
         passed = all(g.passed for g in gates)
@@ -360,6 +367,33 @@ def win_rate_set(spec: WinRateSpec, data_root: Path) -> list[dict[str, str]]:
         else bundled_prompts(spec.set)
     )
     return read_prompts(path, ("prompt", "reference"), spec.limit)
+
+
+def contamination(config_file: Path, spec: EvalSpec, data_root: Path) -> dict[str, Any]:
+    """13-gram overlap of a training job's rows (its trainer config names the files) with
+    each evaluation set of the spec: {set: {"rate", "items", "contaminated", "examples"}}."""
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    training = [
+        line
+        for source in config["data"]["datasets"]
+        for line in Path(source["path"]).read_text(encoding="utf-8", errors="replace").splitlines()
+    ]
+    sets: dict[str, list[str]] = {}
+    for task in task_configs(spec, data_root):
+        for split, file in task["dataset_kwargs"]["data_files"].items():
+            sets[f"{task['task']}/{split}"] = Path(file).read_text(encoding="utf-8").splitlines()
+    if spec.schema_adherence:
+        sets["schema_adherence"] = [
+            r["prompt"] for r in schema_set(spec.schema_adherence, data_root)[0]
+        ]
+    if spec.win_rate:
+        rows = win_rate_set(spec.win_rate, data_root)
+        sets["win_rate"] = [f"{r['prompt']} {r['reference']}" for r in rows]
+    reports = {}
+    for name, items in sets.items():
+        found = overlap(training, items)
+        reports[name] = {"rate": found.rate, **vars(found)}
+    return reports
 
 
 def check_sources(spec: EvalSpec, data_root: Path) -> None:

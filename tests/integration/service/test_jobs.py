@@ -134,7 +134,9 @@ def test_a_job_with_an_evaluation_trains_evaluates_and_promotes(user, dataset_id
     evaluation = {
         "schema_adherence": {"limit": 2, "max_tokens": 8},
         "gates": [{"metric": "GATE_METRIC_TRAIN_LOSS", "comparator": "COMPARATOR_LT",
-                   "threshold": 100.0}],
+                   "threshold": 100.0},
+                  {"metric": "GATE_METRIC_OVERLAP_RATE", "comparator": "COMPARATOR_LE",
+                   "threshold": 0.0}],
         "promote_alias": "job-eval-prod",
     }  # fmt: skip
     job = user.submit_job(spec(dataset_id, adapter_name="job-eval", evaluation=evaluation))
@@ -148,6 +150,7 @@ def test_a_job_with_an_evaluation_trains_evaluates_and_promotes(user, dataset_id
     assert summary["scores"]["train_loss"] == pytest.approx(result["metrics"]["train_loss"])
     report = json_format.MessageToDict(user.evaluation_report(job.id).report)
     assert [step for step, _ in report["loss_curve"]] == [1, 2, 3]
+    assert report["details"]["candidate"]["overlap"]["schema_adherence"]["items"] == 2
     assert report["candidate"] == "job-eval@1"
 
 
