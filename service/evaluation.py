@@ -12,6 +12,7 @@ field, file or line.
 import asyncio
 import concurrent.futures
 import json
+import math
 import statistics
 import time
 from collections import OrderedDict
@@ -209,7 +210,7 @@ class Evaluator:
             own.values["latency_p50_seconds"] = _percentile(own.latencies, 50)
             own.values["latency_p95_seconds"] = _percentile(own.latencies, 95)
         if training:
-            own.values |= _trainer_losses(job.result)
+            own.values |= trainer_losses(job.result)
             own.details["overlap"] = await asyncio.to_thread(
                 contamination, out_dir / CONFIG_FILE, spec, self._limits.data_root
             )
@@ -607,16 +608,19 @@ def _percentile(values: list[float], percent: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[percent - 1]
 
 
-def _trainer_losses(result: dict[str, Any]) -> dict[str, float]:
-    """train_loss (mean over the last epoch) and the eval loss of the adapter that was kept,
-    from the trainer's `done` event."""
+def trainer_losses(result: dict[str, Any]) -> dict[str, float]:
+    """train_loss (mean over the last epoch), the eval loss of the adapter that was kept and
+    its perplexity, from the trainer's `done` event."""
     metrics = result.get("metrics", {})
     kept = "best_eval_loss" if metrics.get("selected") == "best" else "final_eval_loss"
-    return {
+    losses = {
         key: float(metrics[source])
         for key, source in (("train_loss", "train_loss"), ("eval_loss", kept))
         if isinstance(metrics.get(source), int | float)
     }
+    if "eval_loss" in losses:
+        losses["eval_perplexity"] = math.exp(losses["eval_loss"])
+    return losses
 
 
 def _write_report(out_dir: Path, report: dict[str, Any]) -> None:

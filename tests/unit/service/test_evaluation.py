@@ -1,6 +1,7 @@
 """Evaluation plumbing that needs no engine: proto <-> spec fields, bounded metric labels."""
 
 import json
+import math
 
 from google.protobuf import json_format
 
@@ -8,7 +9,7 @@ from adapterd.v1 import evaluation_pb2
 from eval.benchmarks import TaskScore
 from eval.prompts import bundled_prompts, read_prompts
 from eval.spec import parse_eval_spec
-from service.evaluation import contamination, task_labels
+from service.evaluation import contamination, task_labels, trainer_losses
 from service.grpc.convert import evaluation_fields, job_to_proto
 from service.jobs.model import Job, JobKind, JobState
 
@@ -72,3 +73,13 @@ def test_contamination_finds_evaluation_items_in_the_training_rows(tmp_path):
     found = contamination(config, spec, tmp_path)
     assert found["win_rate"]["rate"] == 0.3 and found["win_rate"]["examples"] == [0, 1, 2]
     assert found["adapterd_arith_mc/test"]["contaminated"] == 0
+
+
+def test_the_trainers_losses_are_read_for_the_adapter_that_was_kept():
+    metrics = {"train_loss": 0.9, "final_eval_loss": 1.2, "best_eval_loss": 1.0}
+    best = trainer_losses({"metrics": {**metrics, "selected": "best"}})
+    assert best == {"train_loss": 0.9, "eval_loss": 1.0, "eval_perplexity": math.exp(1.0)}
+    assert trainer_losses({"metrics": {**metrics, "selected": "last"}})["eval_loss"] == 1.2
+    assert trainer_losses({"metrics": {"train_loss": 0.5, "final_eval_loss": None}}) == {
+        "train_loss": 0.5
+    }
