@@ -4,8 +4,10 @@ own CLI run once per adapter.
 The default SmolLM2-135M, 3 random rank-16 all-linear adapters, the bundled multiple-choice task
 `adapterd_arith_mc` (100 two-digit arithmetic questions, 4 options each: 400 log-likelihood
 requests per adapter at the default --limit 100), no chat template, zero-shot.
-  - adapterd: the server is started and the adapters loaded first (a warm server is the point);
-    the time is from the first Evaluate call to the third evaluation's end.
+  - adapterd: the server is started (its engine on every core, as the CLI uses them) and the
+    adapters loaded first (a warm server is the point); the time is from the first Evaluate
+    call to the third evaluation's end. Each evaluation also scores the base model as its
+    baseline: measured once, then reused.
   - baseline: `python -m lm_eval --model vllm` with `lora_local_path`, once per adapter, each a
     new process that loads the model and its engine, as a user without adapterd would run it;
     if that backend fails here, `--model hf` with `peft=` (which one ran is printed).
@@ -88,7 +90,9 @@ def measure_adapterd(data: Path, limit: int) -> tuple[float, list[dict[str, floa
     from service.client.api import Client
     from tests.support import ServerProcess
 
-    server = ServerProcess(data, "smollm2-135m-instruct").start()
+    # The engine gets every core, as the CLI's process does.
+    flags = ["--engine-threads", str(os.cpu_count() or 1)]
+    server = ServerProcess(data, "smollm2-135m-instruct", extra_flags=flags).start()
     try:
         with Client(server.target, timeout=300) as client:
             for i in range(ADAPTERS):

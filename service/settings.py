@@ -148,7 +148,7 @@ class ServerSettings(BaseSettings):
         description="After SIGTERM, how long a cancelled trainer may take before SIGKILL.",
     )
     eval_concurrency: int = Field(
-        16,
+        64,
         ge=1,
         le=256,
         description="Engine requests one evaluation keeps in flight (they queue behind client "

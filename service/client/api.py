@@ -2,7 +2,7 @@
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -97,11 +97,16 @@ class Client:
         header = jobs_pb2.DatasetHeader(
             file_name=path.name, size=len(data), sha256=hashlib.sha256(data).hexdigest()
         )
+        chunks = (data[start : start + chunk_bytes] for start in range(0, len(data), chunk_bytes))
+        return self.upload(header, chunks)
+
+    def upload(self, header: jobs_pb2.DatasetHeader, chunks: Iterable[bytes]) -> str:
+        """UploadDataset with the header as given (size and sha256 are the caller's claim)."""
 
         def parts() -> Iterator[jobs_pb2.UploadDatasetRequest]:
             yield jobs_pb2.UploadDatasetRequest(header=header)
-            for start in range(0, len(data), chunk_bytes):
-                yield jobs_pb2.UploadDatasetRequest(chunk=data[start : start + chunk_bytes])
+            for chunk in chunks:
+                yield jobs_pb2.UploadDatasetRequest(chunk=chunk)
 
         return self.call(
             self.jobs.UploadDataset, parts(), jobs_pb2.UploadDatasetResponse

@@ -47,9 +47,12 @@ class Outcome:
     message: str = ""
 
 
-def outcome(exit_code: int, failure: dict[str, Any] | None, log_tail: str) -> Outcome:
+def outcome(
+    exit_code: int, failure: dict[str, Any] | None, log_tail: str, oom_killed: bool | None = None
+) -> Outcome:
     """The job's state after its trainer exited with `exit_code`; `failure` is the trainer's
-    own `failed` event, if it wrote one. Pure."""
+    own `failed` event, if it wrote one; `oom_killed` whether the kernel's OOM killer struck in
+    the meantime (None: this machine does not tell). Pure."""
     if exit_code == 0:
         return Outcome(JobState.SUCCEEDED)
     if exit_code in (75, -signal.SIGTERM):  # stopped: from its checkpoint, or before training
@@ -58,16 +61,34 @@ def outcome(exit_code: int, failure: dict[str, Any] | None, log_tail: str) -> Ou
         return Outcome(JobState.FAILED, str(failure.get("reason")), str(failure.get("message")))
     if exit_code == 2:
         return Outcome(JobState.FAILED, "invalid_config", log_tail)
-    if exit_code in (-signal.SIGKILL, 137):
+    if exit_code in (-signal.SIGKILL, 137) and oom_killed is not False:
+        certainty = "by" if oom_killed else "most likely by"
         return Outcome(
             JobState.FAILED,
             "out_of_memory",
-            "the trainer was killed (SIGKILL), most likely by the kernel's OOM killer: lower "
+            f"the trainer was killed (SIGKILL) {certainty} the kernel's OOM killer: lower "
             "training.batch_size or data.max_length, or use quantization.mode nf4",
         )
     return Outcome(
         JobState.FAILED, "trainer_crashed", f"trainer exited with {exit_code}:\n{log_tail}"
     )
+
+
+CGROUP_OOM_FILES = (
+    Path("/sys/fs/cgroup/memory.events"),  # cgroup v2
+    Path("/sys/fs/cgroup/memory/memory.oom_control"),  # cgroup v1
+)
+
+
+def oom_kills(files: tuple[Path, ...] = CGROUP_OOM_FILES) -> int | None:
+    """The `oom_kill` counter of this container's memory cgroup, or None where there is none."""
+    for path in files:
+        with contextlib.suppress(OSError, ValueError):
+            for line in path.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    return None
 
 
 RETRYABLE = frozenset({"trainer_crashed"})
@@ -295,6 +316,7 @@ class JobRunner:
                 stdout=log, stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
             )  # fmt: skip
         self._process = process
+        kills_before = oom_kills()
         if job.id in self._cancelled:  # cancelled while the trainer was starting
             _signal_group(process.pid, signal.SIGTERM)
         job = await self._store.update_job(
@@ -320,7 +342,11 @@ class JobRunner:
                 await asyncio.wait_for(process.wait(), POLL_SECONDS)
         self._process = None
         assert process.returncode is not None
-        result = outcome(process.returncode, failure, _tail(directory / LOG_FILE))
+        kills_after = oom_kills()
+        oom_killed = (
+            None if kills_before is None or kills_after is None else (kills_after > kills_before)
+        )
+        result = outcome(process.returncode, failure, _tail(directory / LOG_FILE), oom_killed)
         result = retry(result, job.attempts, self._max_attempts)
         if result.state is not JobState.SUCCEEDED or job.id in self._cancelled:
             return result

@@ -32,8 +32,14 @@ def test_kill_9_mid_training_then_restart_resumes_from_the_checkpoint(tmp_path, 
         },
         jobs_pb2.TrainSpec(),
     )
+    check = json_format.ParseDict(
+        {"data": {"datasets": [{"path": "rows.jsonl"}]}, "validate_only": True},
+        jobs_pb2.TrainSpec(),
+    )
     with Client(server.target, timeout=60) as client:
         job = client.submit_job(spec)
+        # 20 jobs wait behind it, in three priorities.
+        waiting = [client.submit_job(check, priority=(i % 3 - 1) * 5) for i in range(20)]
         for event in client.watch_job(job.id):
             if event.kind == "checkpoint":
                 break
@@ -56,8 +62,16 @@ def test_kill_9_mid_training_then_restart_resumes_from_the_checkpoint(tmp_path, 
         with Client(restarted.target, timeout=60) as client:
             events = list(client.watch_job(job.id))
             final = client.get_job(job.id)
+            for queued in waiting:
+                list(client.watch_job(queued.id))
+            ended = [client.get_job(queued.id) for queued in waiting]
     finally:
         restarted.stop()
+    # The 20 survived the kill in order: by priority, then submission; each ran once.
+    assert {(j.state, j.attempts) for j in ended} == {(jobs_pb2.JOB_STATE_SUCCEEDED, 1)}
+    by_end = [j.id for j in sorted(ended, key=lambda j: j.finished.ToNanoseconds())]
+    expected = sorted(waiting, key=lambda j: -j.priority)  # stable: submission order kept
+    assert by_end == [j.id for j in expected]
     assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED, final.error_message
     assert final.attempts == 2
     feed = [(e.kind, json_format.MessageToDict(e.data)) for e in events]

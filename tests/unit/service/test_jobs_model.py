@@ -6,7 +6,7 @@ import pytest
 
 from service.errors import FailedPreconditionError
 from service.jobs.model import TRANSITIONS, JobKind, JobState, check_transition, spec_digest
-from service.jobs.runner import Outcome, outcome, retry
+from service.jobs.runner import Outcome, oom_kills, outcome, retry
 
 
 def test_terminal_states_have_no_way_out_and_every_live_state_can_fail_or_be_cancelled():
@@ -65,3 +65,21 @@ def test_only_a_crash_is_retried_and_only_while_attempts_remain():
     oom = outcome(-signal.SIGKILL, None, "")
     assert retry(rejected, 1, 3) is rejected
     assert retry(oom, 1, 3) is oom
+
+
+def test_a_sigkill_is_out_of_memory_only_when_the_oom_killer_struck_or_nobody_can_tell():
+    assert outcome(-signal.SIGKILL, None, "", oom_killed=True).message.startswith(
+        "the trainer was killed (SIGKILL) by the kernel's OOM killer"
+    )
+    assert "most likely by" in outcome(-signal.SIGKILL, None, "", oom_killed=None).message
+    killed = outcome(-signal.SIGKILL, None, "tail", oom_killed=False)
+    assert (killed.reason, killed.state) == ("trainer_crashed", JobState.FAILED)
+
+
+def test_the_oom_kill_counter_is_read_from_cgroup_v2_or_v1(tmp_path):
+    v2, v1 = tmp_path / "memory.events", tmp_path / "memory.oom_control"
+    v2.write_text("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\n")
+    v1.write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 5\n")
+    assert oom_kills((v2, v1)) == 2
+    assert oom_kills((tmp_path / "absent", v1)) == 5
+    assert oom_kills((tmp_path / "absent",)) is None

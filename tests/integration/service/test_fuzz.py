@@ -1,0 +1,136 @@
+"""A bounded fuzz run against the real server (shared `server`): random uploads, data settings
+and validate-only job specs never get INTERNAL, never start training, and leave the server
+healthy."""
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from adapterd.v1 import inference_pb2, jobs_pb2
+from service.client.api import Client
+from tests.support import USER_TOKEN
+
+ALLOWED = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
+TRAINING_KEYS = ["learning_rate", "epochs", "max_steps", "batch_size", "scheduler", "seed",
+                 "warmup_ratio", "gradient_accumulation", "select", "packing", "eval_interval"]  # fmt: skip
+LORA_KEYS = ["rank", "alpha", "dropout", "target_modules", "use_rslora"]
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**12), 10**12)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)  # fmt: skip
+
+
+def fields(keys: list[str]) -> st.SearchStrategy[dict[str, object]]:
+    return st.dictionaries(st.sampled_from(keys) | st.text(max_size=12), json_values, max_size=4)
+
+
+jsonl_rows = st.lists(
+    st.dictionaries(st.sampled_from(["prompt", "completion", "messages", "question"]),
+                    json_values, max_size=3),
+    max_size=5,
+).map(lambda rows: "\n".join(json_format.MessageToJson(_struct(r), indent=None) for r in rows))  # fmt: skip
+
+
+def _struct(values: dict[str, object]):  # type: ignore[no-untyped-def]
+    from google.protobuf.struct_pb2 import Struct
+
+    struct = Struct()
+    struct.update(values)
+    return struct
+
+
+@pytest.fixture(scope="module")
+def user(server) -> Iterator[Client]:
+    with Client(server.target, USER_TOKEN, timeout=60) as client:
+        yield client
+
+
+def call(rpc, function, *args):  # type: ignore[no-untyped-def]
+    """The reply, or None for an allowed error status; anything else fails the test."""
+    try:
+        reply = function(*args)
+    except grpc.RpcError as exc:
+        assert exc.code() in ALLOWED, (exc.code(), exc.details())
+        assert exc.details(), "an error without a message"
+        return None
+    ANSWERED[rpc] += 1
+    return reply
+
+
+REQUESTS = st.fixed_dictionaries({
+    "name": st.sampled_from(["rows.jsonl", "rows.csv", "../up.jsonl", "", "a.exe"])
+    | st.text(max_size=12),
+    "body": st.binary(max_size=300) | jsonl_rows.map(str.encode),
+    "size_delta": st.sampled_from([0, 0, 0, 1, -1]),
+    "good_hash": st.booleans(),
+    "format": st.sampled_from(["", "auto", "messages", "alpaca", "nonsense"]),
+    "columns": st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=2),
+    "max_length": st.integers(-5, 5000),
+    "policy": st.sampled_from(["", "reject", "drop", "maybe"]),
+    "training": fields(TRAINING_KEYS),
+    "lora": fields(LORA_KEYS),
+    "path": st.sampled_from(["", "rows.jsonl", "../../etc/passwd", "/etc/passwd"]),
+})  # fmt: skip
+ANSWERED: Counter[str] = Counter()
+"""Requests the server accepted, by RPC: the fuzz must reach past the first checks."""
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(case=REQUESTS)
+def test_random_requests_get_a_named_error_or_an_answer_never_internal(user, case):
+    body = case["body"]
+    header = jobs_pb2.DatasetHeader(
+        file_name=case["name"],
+        size=len(body) + case["size_delta"],
+        sha256=hashlib.sha256(body).hexdigest() if case["good_hash"] else "0" * 64,
+    )
+    dataset_id = call("upload", user.upload, header, [body] if body else [])
+    source = (
+        jobs_pb2.DatasetRef(dataset_id=dataset_id)
+        if dataset_id
+        else jobs_pb2.DatasetRef(path=case["path"])
+    )
+    source.format = case["format"]
+    source.columns.update(case["columns"])
+    data = jobs_pb2.DataSettings(
+        datasets=[source], max_length=case["max_length"], policy=case["policy"]
+    )
+    call("validate", user.validate_dataset, data)
+    spec = jobs_pb2.TrainSpec(data=data, validate_only=True)
+    spec.training.update(case["training"])
+    spec.lora.update(case["lora"])
+    job = call("submit", user.submit_job, spec)
+    if job is not None:
+        assert job.train.validate_only
+
+
+def test_after_the_fuzz_no_job_trained_and_the_server_serves(user, server):
+    assert min(ANSWERED[rpc] for rpc in ("upload", "validate", "submit")) >= 3, ANSWERED
+    jobs = user.list_jobs(jobs_pb2.ListJobsRequest(page_size=500)).jobs
+    fuzzed = [j for j in jobs if j.train.validate_only]
+    for job in fuzzed:
+        feed = list(user.watch_job(job.id))
+        states = [e.data["state"] for e in feed if e.kind == "state"]
+        assert "running" not in states  # validated at most: nothing trained
+    reply = user.generate(
+        inference_pb2.GenerateRequest(
+            prompt="1, 2, 3,", sampling=inference_pb2.SamplingParams(max_tokens=4)
+        )
+    )
+    assert reply.finish_reason
+    assert user.health() == "SERVING"
