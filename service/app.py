@@ -25,7 +25,7 @@ from service.inference.generation import Generator
 from service.inference.lifecycle import EngineLifecycle
 from service.inference.vllm_engine import VllmEngine, VllmEngineConfig, pick_engine_cpus
 from service.jobs.model import Job
-from service.jobs.runner import Emit, JobRunner
+from service.jobs.runner import Emit, JobRunner, shared_accelerator
 from service.jobs.service import JobLimits, JobService
 from service.metrics import AdapterLabels, Metrics
 from service.serverinfo import ServerInfo, reported_libraries
@@ -95,6 +95,9 @@ class App:
             on_event=self._on_job_event,
             on_success=self._on_job_success,
             on_evaluate=self._on_job_evaluate,
+            accelerator=(
+                self.lifecycle.lent if settings.engine_sleep_while_training else shared_accelerator
+            ),
         )
         self.evaluator = Evaluator(
             generator=self.generator,
@@ -248,6 +251,15 @@ def build_app(settings: ServerSettings) -> App:
     _ensure_dir(settings.data_dir, "--data-dir")
     _ensure_dir(settings.resolved_adapter_root, "--adapter-root")
     tokens = TokenTable.load(settings.auth_tokens_file) if settings.auth_tokens_file else None
+    if settings.engine_sleep_while_training:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "--engine-sleep-while-training: vLLM's sleep mode needs a CUDA GPU and this "
+                "machine has none; on the CPU the engine and a trainer share the cores "
+                "(--engine-threads, --trainer-threads)"
+            )
     base_model = resolve_base_model(settings.base_model, settings.model_cache_dir)
     metrics = Metrics()
     engine = VllmEngine(
@@ -260,6 +272,8 @@ def build_app(settings: ServerSettings) -> App:
             cpu_ids=pick_engine_cpus(sorted(os.sched_getaffinity(0)), settings.engine_threads),
             kv_cache_gib=settings.engine_kv_cache_gib,
             lora_target_modules=tuple(sorted(lora_target_modules(base_model.path))),
+            gpu_memory_fraction=settings.engine_gpu_memory_fraction,
+            sleep_mode=settings.engine_sleep_while_training,
         ),
         stats=metrics.record_engine_stats,
     )

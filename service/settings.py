@@ -147,6 +147,19 @@ class ServerSettings(BaseSettings):
         le=600,
         description="After SIGTERM, how long a cancelled trainer may take before SIGKILL.",
     )
+    engine_gpu_memory_fraction: float = Field(
+        0.5,
+        ge=0.05,
+        le=0.95,
+        description="Share of the GPU's memory the engine takes (vLLM's gpu_memory_utilization); "
+        "a training job on the same GPU has the rest. Ignored on the CPU.",
+    )
+    engine_sleep_while_training: bool = Field(
+        False,
+        description="Put the engine to sleep (vLLM sleep mode: weights to host memory, KV cache "
+        "freed) while a job trains, so the trainer has the whole GPU; inference is UNAVAILABLE "
+        "and readiness NOT_SERVING meanwhile. Needs a CUDA GPU.",
+    )
     eval_concurrency: int = Field(
         64,
         ge=1,

@@ -30,6 +30,7 @@ _ENGINE_STATES = {
     EngineState.READY: server_pb2.ENGINE_STATE_READY,
     EngineState.FAILED: server_pb2.ENGINE_STATE_FAILED,
     EngineState.STOPPING: server_pb2.ENGINE_STATE_STOPPING,
+    EngineState.SLEEPING: server_pb2.ENGINE_STATE_SLEEPING,
 }
 
 _ROLES = {Role.USER: common_pb2.ROLE_USER, Role.ADMIN: common_pb2.ROLE_ADMIN}

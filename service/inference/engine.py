@@ -19,6 +19,8 @@ class EngineState(enum.Enum):
     READY = "ready"
     FAILED = "failed"
     STOPPING = "stopping"
+    SLEEPING = "sleeping"
+    """Weights offloaded and cache freed while a job trains on the same GPU."""
 
 
 class EngineError(Exception):
@@ -152,6 +154,21 @@ class InferenceEngine(Protocol):
 
         Raises:
             EngineError: when the engine is not running.
+        """
+
+    async def sleep(self) -> None:
+        """Frees the accelerator's memory (weights offloaded, KV cache dropped) until
+        `wake_up`; requests in flight are aborted.
+
+        Raises:
+            EngineError: when the engine cannot sleep (sleep mode needs a CUDA GPU).
+        """
+
+    async def wake_up(self) -> None:
+        """Restores what `sleep` freed; the engine serves again.
+
+        Raises:
+            EngineError: when the engine cannot wake.
         """
 
     async def shutdown(self) -> None:

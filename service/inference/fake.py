@@ -25,6 +25,7 @@ class FakeEngine:
         self.adapters: dict[int, AdapterSlot] = {}
         self.loads = 0
         self.step: asyncio.Event | None = None
+        self.asleep = False
 
     async def start(self) -> None:
         await asyncio.sleep(self.start_delay)
@@ -43,9 +44,15 @@ class FakeEngine:
     async def remove_adapter(self, engine_id: int) -> None:
         self.adapters.pop(engine_id, None)
 
+    async def sleep(self) -> None:
+        self.asleep = True
+
+    async def wake_up(self) -> None:
+        self.asleep = False
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        if not self.running:
-            raise EngineError("fake engine is not running")
+        if not self.running or self.asleep:
+            raise EngineError("fake engine is not running or asleep")
         adapter = request.adapter
         if adapter is not None and adapter.engine_id not in self.adapters:
             raise EngineError(f"adapter {adapter.ref} is not in the engine")

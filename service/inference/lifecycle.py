@@ -1,10 +1,11 @@
 """Engine lifecycle: start, warm up, watch health, stop; the state everyone else reads."""
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from service.inference.engine import (
     EngineError,
@@ -73,9 +74,44 @@ class EngineLifecycle:
         await self._set(EngineState.READY)
         self._monitor = asyncio.create_task(self._watch(), name="engine-health")
 
+    async def sleep(self) -> None:
+        """Puts a READY engine to sleep (SLEEPING: not ready, health NOT_SERVING) to lend its
+        accelerator memory to a trainer; does nothing in any other state.
+
+        Raises:
+            EngineError: when the engine cannot sleep (it stays READY).
+        """
+        if self.state is not EngineState.READY:
+            return
+        await self.engine.sleep()
+        await self._set(EngineState.SLEEPING)
+
+    async def wake(self) -> None:
+        """Wakes a SLEEPING engine back to READY; a failure is the FAILED state."""
+        if self.state is not EngineState.SLEEPING:
+            return
+        try:
+            await self.engine.wake_up()
+        except EngineError:
+            logger.exception("engine failed to wake up")
+            await self._set(EngineState.FAILED)
+            return
+        await self._set(EngineState.READY)
+
+    @contextlib.asynccontextmanager
+    async def lent(self) -> AsyncIterator[None]:
+        """The engine asleep for the duration of the block (a job training on its GPU)."""
+        await self.sleep()
+        try:
+            yield
+        finally:
+            await self.wake()
+
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(HEALTH_INTERVAL_SECONDS)
+            if self.state is EngineState.SLEEPING:
+                continue
             try:
                 await self.engine.check_health()
             except EngineError:

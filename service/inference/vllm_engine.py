@@ -44,6 +44,10 @@ class VllmEngineConfig:
     """KV-cache size in GiB (CPU builds)."""
     lora_target_modules: tuple[str, ...]
     """The linear layers adapters may target (service.basemodel.lora_target_modules)."""
+    gpu_memory_fraction: float = 0.5
+    """Share of the GPU's memory the engine takes (GPU builds); the trainer has the rest."""
+    sleep_mode: bool = False
+    """Build the engine able to sleep while a job trains (CUDA only)."""
     dtype: str = "bfloat16"
     """Weight and activation dtype."""
 
@@ -67,6 +71,8 @@ def engine_arguments(config: VllmEngineConfig) -> dict[str, Any]:
         # An explicit KV-cache size: without one, vLLM's CPU backend wants 92% of the machine's
         # memory free at start-up, which fails while a trainer runs beside it.
         "kv_cache_memory_bytes": config.kv_cache_gib * 2**30,
+        "gpu_memory_utilization": config.gpu_memory_fraction,
+        "enable_sleep_mode": config.sleep_mode,
         "enable_lora": True,
         "max_loras": config.max_loras,
         "max_cpu_loras": config.max_cpu_loras,
@@ -239,6 +245,18 @@ class VllmEngine:
             raise EngineError(f"generation {request.request_id} failed: {exc}") from exc
         finally:
             await stream.aclose()  # aborts the request in the engine if we stopped early
+
+    async def sleep(self) -> None:
+        try:
+            await self._running().sleep(level=1)
+        except Exception as exc:
+            raise EngineError(f"engine could not sleep: {exc}") from exc
+
+    async def wake_up(self) -> None:
+        try:
+            await self._running().wake_up()
+        except Exception as exc:
+            raise EngineError(f"engine could not wake up: {exc}") from exc
 
     async def shutdown(self) -> None:
         building, self._building = self._building, None

@@ -19,7 +19,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,15 @@ Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 """Stores an event (kind, data) in the job's feed and wakes its watchers."""
 EvaluateHook = Callable[[Job, Emit], Coroutine[Any, Any, dict[str, Any]]]
 """Evaluates a job's target; returns result additions; raises JobFailedError."""
+AcceleratorLease = Callable[[], AbstractAsyncContextManager[None]]
+"""Held while a trainer runs: where the engine sleeps during training, it sleeps in it."""
+
+
+@contextlib.asynccontextmanager
+async def shared_accelerator() -> AsyncIterator[None]:
+    """The default lease: the engine and the trainer share the device (CPU threads or a GPU
+    memory split fixed at start)."""
+    yield
 
 
 class JobRunner:
@@ -166,6 +176,7 @@ class JobRunner:
         on_event: EventListener,
         on_success: SuccessHook,
         on_evaluate: EvaluateHook,
+        accelerator: AcceleratorLease = shared_accelerator,
     ) -> None:
         self._store = store
         self._jobs_dir = jobs_dir
@@ -177,6 +188,7 @@ class JobRunner:
         self._on_event = on_event
         self._on_success = on_success
         self._on_evaluate = on_evaluate
+        self._accelerator = accelerator
         self._wake = asyncio.Event()
         self._process: asyncio.subprocess.Process | None = None
         self._evaluation: asyncio.Task[dict[str, Any]] | None = None
@@ -302,6 +314,19 @@ class JobRunner:
             self._run_ended.set()
 
     async def _train(self, job: Job) -> Outcome:
+        async with self._accelerator():
+            result = await self._run_trainer(job)
+        if result.state is not JobState.SUCCEEDED or job.id in self._cancelled:
+            return result
+        job = await self._store.get_job(job.id) or job
+        job = await self._store.update_job(
+            job.id, result={**job.result, **await self._on_success(job)}
+        )
+        if "evaluation" in job.spec and "adapter_version" in job.result:
+            return await self._evaluate(job)
+        return result
+
+    async def _run_trainer(self, job: Job) -> Outcome:
         directory = self.job_dir(job.id)
         events = directory / EVENTS_FILE
         env = {
@@ -347,16 +372,7 @@ class JobRunner:
             None if kills_before is None or kills_after is None else (kills_after > kills_before)
         )
         result = outcome(process.returncode, failure, _tail(directory / LOG_FILE), oom_killed)
-        result = retry(result, job.attempts, self._max_attempts)
-        if result.state is not JobState.SUCCEEDED or job.id in self._cancelled:
-            return result
-        job = await self._store.get_job(job.id) or job
-        job = await self._store.update_job(
-            job.id, result={**job.result, **await self._on_success(job)}
-        )
-        if "evaluation" in job.spec and "adapter_version" in job.result:
-            return await self._evaluate(job)
-        return result
+        return retry(result, job.attempts, self._max_attempts)
 
     async def _evaluate(self, job: Job) -> Outcome:
         if job.state is not JobState.EVALUATING:

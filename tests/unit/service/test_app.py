@@ -183,3 +183,31 @@ async def test_with_a_certificate_the_server_speaks_tls_only(make_app, self_sign
 def test_a_certificate_without_its_key_is_a_settings_error(tmp_path):
     with pytest.raises(ValidationError, match="--tls-cert-file and --tls-key-file go together"):
         ServerSettings(data_dir=tmp_path, tls_cert_file=tmp_path / "cert.pem")
+
+
+async def test_while_the_engine_is_lent_to_a_trainer_it_sleeps_and_readiness_is_off(make_app):
+    engine = FakeEngine()
+    app = make_app(engine, engine_sleep_while_training=True)
+    await app.start()
+    await wait_for(lambda: app.lifecycle.state is EngineState.READY)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.settings.port}") as channel:
+        async with app.lifecycle.lent():  # what the runner holds around a trainer
+            assert engine.asleep and app.lifecycle.state is EngineState.SLEEPING
+            assert await health(channel) == NOT_SERVING
+            assert await health(channel, "adapterd.v1.Server") == SERVING  # alive, not killed
+            info = await server_pb2_grpc.ServerStub(channel).GetServerInfo(
+                server_pb2.GetServerInfoRequest()
+            )
+            assert info.engine_state == server_pb2.ENGINE_STATE_SLEEPING
+        assert not engine.asleep and app.lifecycle.state is EngineState.READY
+        assert await health(channel) == SERVING
+    await app.stop()
+
+
+def test_sleeping_while_training_is_refused_without_a_cuda_gpu(tmp_path):
+    from service.app import build_app
+    from service.errors import ConfigError
+
+    settings = ServerSettings(data_dir=tmp_path, engine_sleep_while_training=True)
+    with pytest.raises(ConfigError, match="--engine-sleep-while-training: vLLM's sleep mode"):
+        build_app(settings)

@@ -29,3 +29,4 @@ def test_engine_arguments_enable_lora_with_the_configured_limits():
     assert args["kv_cache_memory_bytes"] == 2 * 2**30
     assert args["lora_target_modules"] == ["down_proj", "q_proj"]  # never the output head
     assert args["scheduling_policy"] == "priority"
+    assert (args["gpu_memory_utilization"], args["enable_sleep_mode"]) == (0.5, False)
