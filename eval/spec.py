@@ -68,13 +68,16 @@ class WinRateSpec(_Strict):
     """A bundled prompt set with reference answers; ignored when `prompts` is given."""
     prompts: str = ""
     """A JSONL file of {"prompt": ..., "reference": ...} rows under the data root."""
-    judge: Literal["reference", "llm"] = "reference"
+    judge: Literal["reference", "llm", "url"] = "reference"
     """reference: the answer closer to the reference (sentence embeddings) wins; llm: a model
-    served by this engine judges."""
+    served by this engine judges; url: a model at an allowlisted OpenAI-compatible server."""
     judge_model: str = ""
-    """For judge "llm": an adapter name or alias, empty for the base model."""
+    """For "llm": an adapter name or alias, empty for the base model; for "url": the model
+    name that server knows."""
+    judge_url: str = ""
+    """For "url": the name of a server in the server's --judge-urls allowlist (never a URL)."""
     judge_prompt: str = ""
-    """For judge "llm": a template with {question}, {reference}, {first} and {second}."""
+    """For "llm" and "url": a template with {question}, {reference}, {first} and {second}."""
     limit: int | None = Field(20, ge=1, le=10_000)
     max_tokens: int = Field(256, ge=1, le=4096)
     seed: int = Field(0, ge=0)
@@ -84,8 +87,12 @@ class WinRateSpec(_Strict):
     def _source(self) -> "WinRateSpec":
         if not self.prompts and self.set not in BUNDLED_PROMPT_SETS:
             raise ValueError(f"set {self.set!r} is not bundled; bundled: {BUNDLED_PROMPT_SETS}")
-        if self.judge != "llm" and (self.judge_model or self.judge_prompt):
-            raise ValueError('judge_model and judge_prompt are for judge "llm" only')
+        if self.judge == "reference" and (self.judge_model or self.judge_prompt):
+            raise ValueError('judge_model and judge_prompt are for judges "llm" and "url"')
+        if (self.judge == "url") != bool(self.judge_url):
+            raise ValueError('judge_url names the allowlisted server of judge "url", and only it')
+        if self.judge == "url" and not self.judge_model:
+            raise ValueError('judge "url" needs judge_model, the model name at that server')
         if self.judge_prompt:
             missing = [k for k in ("{first}", "{second}") if k not in self.judge_prompt]
             if missing:

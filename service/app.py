@@ -20,6 +20,8 @@ from service.errors import ConfigError
 from service.evaluation import EvaluationLimits, Evaluator
 from service.grpc.health import HealthPublisher
 from service.grpc.server import ENGINE_BACKED_SERVICES, LIVE_SERVICES, bind, build_grpc_server
+from service.http.openai_api import build_openai_app
+from service.http.server import HttpServer
 from service.inference.engine import EngineState, InferenceEngine
 from service.inference.generation import Generator
 from service.inference.lifecycle import EngineLifecycle
@@ -110,6 +112,10 @@ class App:
                 data_root=settings.data_dir / "datasets",
                 concurrency=settings.eval_concurrency,
                 max_model_len=settings.max_model_len,
+                judge_urls=settings.judge_urls,
+                judge_api_key=(
+                    settings.judge_api_key.get_secret_value() if settings.judge_api_key else None
+                ),
             ),
             ready=lambda: self.lifecycle.state is EngineState.READY,
         )
@@ -125,9 +131,21 @@ class App:
                 max_lora_rank=settings.max_lora_rank,
                 max_upload_bytes=settings.max_upload_mib * 2**20,
                 max_queued=settings.max_queued_jobs,
+                judge_urls=frozenset(settings.judge_urls),
             ),
             metrics=self.metrics,
             tokenizer=tokenizer,
+        )
+        self.http = HttpServer(
+            build_openai_app(
+                generator=self.generator,
+                adapters=self.adapters,
+                tokens=tokens,
+                base_model=base_model.name,
+                metrics=self.metrics,
+            ),
+            settings.host,
+            settings.http_port,
         )
         self._auth_enabled = tokens is not None
         self._libraries = reported_libraries()
@@ -192,11 +210,13 @@ class App:
             ) from None
         self._metrics_http = (server, thread)
         await self.health.start()
+        self.http.start()
         await self.grpc.start()
         logger.info(
-            "serving gRPC on %s:%d, metrics on :%d, base model %s",
+            "serving gRPC on %s:%d, HTTP on :%d, metrics on :%d, base model %s",
             settings.host,
             settings.port,
+            settings.http_port,
             settings.metrics_port,
             self.base_model.name,
         )
@@ -208,7 +228,10 @@ class App:
         logger.info("shutting down (grace %.0f s)", self.settings.drain_grace_seconds)
         await self.health.shutdown()
         await self.runner.stop(self.settings.drain_grace_seconds)
-        await self.grpc.stop(self.settings.drain_grace_seconds)
+        await asyncio.gather(
+            self.grpc.stop(self.settings.drain_grace_seconds),
+            self.http.stop(self.settings.drain_grace_seconds),
+        )
         if self._engine_task is not None and not self._engine_task.done():
             self._engine_task.cancel()
         await self.lifecycle.stop()

@@ -16,7 +16,7 @@ import math
 import statistics
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,14 @@ from pydantic import BaseModel
 
 from eval.benchmarks import BUNDLED_TASKS, BenchmarkError, TaskScore, load_task, run_tasks
 from eval.gates import GateResult, Metric, check_gates, metric_key
-from eval.judges import Judge, LlmJudge, Pair, ReferenceJudge
+from eval.judges import (
+    Judge,
+    JudgeUnreachableError,
+    LlmJudge,
+    Pair,
+    ReferenceJudge,
+    remote_ask,
+)
 from eval.lm import EngineCall, EngineLM, EngineReply
 from eval.overlap import overlap
 from eval.prompts import PromptSetError, bundled_prompts, bundled_schema, read_prompts, read_schema
@@ -64,6 +71,9 @@ class EvaluationLimits:
     concurrency: int
     """Engine requests in flight per evaluation."""
     max_model_len: int
+    judge_urls: dict[str, str] = field(default_factory=dict)
+    """The allowlist of OpenAI-compatible judges: name -> base URL."""
+    judge_api_key: str | None = None
 
 
 def task_labels(score: TaskScore) -> tuple[str, str]:
@@ -180,7 +190,8 @@ class Evaluator:
         try:
             result = await self._evaluate(job, emit, out_dir, began)
         except (
-            EvalSpecError, BenchmarkError, PromptSetError, SchemaError, AdapterdError, ValueError
+            EvalSpecError, BenchmarkError, PromptSetError, SchemaError, AdapterdError, ValueError,
+            JudgeUnreachableError,
         ) as exc:  # fmt: skip
             self._metrics.evaluation_duration.labels("failed").observe(time.monotonic() - began)
             raise JobFailedError("evaluation_failed", str(exc)) from exc
@@ -319,6 +330,10 @@ class Evaluator:
         return self._limits.data_root
 
     @property
+    def limits(self) -> EvaluationLimits:
+        return self._limits
+
+    @property
     def tokenizer(self) -> Any:
         return self._tokenizer
 
@@ -397,13 +412,21 @@ def contamination(config_file: Path, spec: EvalSpec, data_root: Path) -> dict[st
     return reports
 
 
-def check_sources(spec: EvalSpec, data_root: Path) -> None:
-    """Loads every task, prompt set and schema the spec names, so that a submission with a
-    missing file or a forbidden task is refused at once.
+def check_sources(spec: EvalSpec, data_root: Path, judge_urls: Iterable[str]) -> None:
+    """Loads every task, prompt set and schema the spec names and checks its judge against the
+    allowlist, so that a submission with a missing file, a forbidden task or an unknown judge
+    is refused at once.
 
     Raises:
-        BenchmarkError, PromptSetError, AdapterdError: naming what is wrong.
+        BenchmarkError, PromptSetError, EvalSpecError, AdapterdError: naming what is wrong.
     """
+    if spec.win_rate and spec.win_rate.judge == "url":
+        allowed = sorted(judge_urls)
+        if spec.win_rate.judge_url not in allowed:
+            raise EvalSpecError(
+                f"win_rate.judge_url: {spec.win_rate.judge_url!r} is not in the server's "
+                f"--judge-urls allowlist ({', '.join(allowed) or 'empty'})"
+            )
     task_configs(spec, data_root)
     if spec.schema_adherence:
         schema_set(spec.schema_adherence, data_root)
@@ -573,12 +596,17 @@ class _Run:
     def _judge(self, spec: WinRateSpec) -> Judge:
         if spec.judge == "reference":
             return ReferenceJudge()
+        if spec.judge == "url":
+            limits = self._evaluator.limits
+            url = limits.judge_urls[spec.judge_url]
+            remote = remote_ask(spec.judge_url, url, spec.judge_model, limits.judge_api_key)
+            return LlmJudge(remote, spec.judge_prompt)
 
-        async def ask(message: str) -> str:
+        async def served(message: str) -> str:
             text, _ = await self._evaluator.answer(spec.judge_model, message, max_tokens=8)
             return text
 
-        return LlmJudge(ask, spec.judge_prompt)
+        return LlmJudge(served, spec.judge_prompt)
 
 
 def metric_key_of(score: TaskScore) -> str:

@@ -175,6 +175,22 @@ class Metrics:
             registry=self.registry,
         )
 
+        # The OpenAI-compatible HTTP API (its generations count in the per-adapter series too).
+        self.http_requests = Counter(
+            "adapterd_http_requests",
+            "HTTP API requests by route (/v1/models, /v1/chat/completions, /v1/completions, "
+            "other) and status code.",
+            ["path", "code"],
+            registry=self.registry,
+        )
+        self.http_latency = Histogram(
+            "adapterd_http_request_duration_seconds",
+            "Time from an HTTP API request to its response headers, by route.",
+            ["path"],
+            buckets=RPC_BUCKETS,
+            registry=self.registry,
+        )
+
         # Quality, per adapter (the adapter label as above; "base" for the base model).
         self.eval_task_score = Gauge(
             "adapterd_eval_task_score",

@@ -10,8 +10,15 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.errors import ConfigError
 from trainer.config import describe_validation_error
@@ -48,6 +55,19 @@ def _cpu_count(value: int) -> int:
 
 S = TypeVar("S", bound=BaseSettings)
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _name_url_pairs(value: Any) -> Any:
+    """ "name=url,name=url" -> {name: url}; a dict passes through."""
+    if not isinstance(value, str):
+        return value
+    pairs = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, equals, url = item.partition("=")
+        if not equals or not name.strip() or not url.strip().startswith(("http://", "https://")):
+            raise ValueError(f"{item!r} is not name=http(s)://host/path")
+        pairs[name.strip()] = url.strip().rstrip("/")
+    return pairs
 
 
 class ServerSettings(BaseSettings):
@@ -159,6 +179,15 @@ class ServerSettings(BaseSettings):
         description="Put the engine to sleep (vLLM sleep mode: weights to host memory, KV cache "
         "freed) while a job trains, so the trainer has the whole GPU; inference is UNAVAILABLE "
         "and readiness NOT_SERVING meanwhile. Needs a CUDA GPU.",
+    )
+    judge_urls: Annotated[dict[str, str], NoDecode, BeforeValidator(_name_url_pairs)] = Field(
+        default_factory=dict,
+        description="OpenAI-compatible servers an evaluation's LLM judge may use, as "
+        "name=url pairs separated by commas (e.g. 'gpt=https://api.openai.com/v1'); an "
+        "evaluation names one of them, never a URL.",
+    )
+    judge_api_key: SecretStr | None = Field(
+        None, description="Bearer token sent to the judge_urls servers (unset: none)."
     )
     eval_concurrency: int = Field(
         64,

@@ -42,10 +42,15 @@ def tiny_adapter(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path)
 def server(
     tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
 ) -> Iterator[ServerProcess]:
-    """One real server for the session: vLLM on the tiny model, auth on with `TOKENS`."""
+    """One real server for the session: vLLM on the tiny model, auth on with `TOKENS`; its own
+    HTTP API is its allowlisted LLM judge "self"."""
     process = ServerProcess(
         data_dir=tmp_path_factory.mktemp("server"), base_model=str(tiny_model_dir), tokens=TOKENS
-    ).start()
+    )
+    process.extra_flags += [
+        "--judge-urls", f"self={process.http_url}", "--judge-api-key", TOKENS[0]["token"],
+    ]  # fmt: skip
+    process.start()
     yield process
     process.stop()
 

@@ -126,12 +126,17 @@ class ServerProcess:
     extra_flags: list[str] = field(default_factory=list)
     port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     health_seen: list[str] = field(default_factory=list)
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/v1"
 
     @property
     def metrics_url(self) -> str:
@@ -147,7 +152,7 @@ class ServerProcess:
             "--base-model", self.base_model,
             "--port", str(self.port),
             "--metrics-port", str(self.metrics_port),
-            "--http-port", str(free_port()),
+            "--http-port", str(self.http_port),
             "--max-model-len", "1024",
             *self.extra_flags,
         ]  # fmt: skip

@@ -59,6 +59,8 @@ class JobLimits:
     max_lora_rank: int
     max_upload_bytes: int
     max_queued: int
+    judge_urls: frozenset[str] = frozenset()
+    """Names of the allowlisted judge servers."""
 
 
 def _check_request(request_id: str, priority: int) -> None:
@@ -69,13 +71,13 @@ def _check_request(request_id: str, priority: int) -> None:
 
 
 def _evaluation(
-    fields: dict[str, Any], where: str, training: bool, data_root: Path
+    fields: dict[str, Any], where: str, training: bool, limits: "JobLimits"
 ) -> dict[str, Any]:
     """An evaluation spec validated (eval.spec), its tasks and files loaded, normalized to its
     non-default fields."""
     try:
         spec = parse_eval_spec(fields, training=training)
-        check_sources(spec, data_root)
+        check_sources(spec, limits.datasets_dir, limits.judge_urls)
     except (EvalSpecError, BenchmarkError, PromptSetError) as exc:
         problems = str(exc).split("; ")
         raise InvalidArgumentError("; ".join(f"{where}: {p}" for p in problems)) from None
@@ -228,7 +230,7 @@ class JobService:
             spec = {
                 **spec,
                 "evaluation": _evaluation(
-                    spec["evaluation"], "train.evaluation", True, self._limits.datasets_dir
+                    spec["evaluation"], "train.evaluation", True, self._limits
                 ),
             }
         job_id = f"job-{uuid.uuid4().hex[:16]}"
@@ -249,9 +251,7 @@ class JobService:
             ResourceExhaustedError: when the queue is full.
         """
         _check_request(request_id, priority)
-        evaluation = _evaluation(
-            spec.get("evaluation", {}), "spec.evaluation", False, self._limits.datasets_dir
-        )
+        evaluation = _evaluation(spec.get("evaluation", {}), "spec.evaluation", False, self._limits)
         adapter = spec.get("adapter", "")
         ref = self._adapters.registry.resolve(adapter).ref if adapter else ""
         if evaluation.get("baseline"):

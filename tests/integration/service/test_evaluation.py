@@ -142,6 +142,26 @@ def test_an_llm_judge_answering_garbage_fails_the_job_with_the_count_not_a_numbe
     assert "did not parse" in done.error_message
 
 
+def test_a_judge_at_an_allowlisted_url_is_asked_over_http(admin, server):
+    def judged() -> float:
+        page = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+        line = 'adapterd_http_requests_total{code="200",path="/v1/chat/completions"} '
+        return sum(float(x.split()[-1]) for x in page.splitlines() if x.startswith(line))
+
+    base = admin.server_info().base_model.name
+    before = judged()
+    spec = {"win_rate": {**SMALL, "judge": "JUDGE_URL", "judge_url": "self", "judge_model": base}}
+    done, _ = finish(admin, evaluate(admin, spec).id)
+    # Both orders of each of the 4 pairs went to the server's own OpenAI-compatible API, whose
+    # tiny random model answers no verdict: the job fails saying so.
+    assert judged() - before == 8
+    assert done.state == jobs_pb2.JOB_STATE_FAILED and "did not parse" in done.error_message
+    code, details = code_of(
+        lambda: evaluate(admin, {"win_rate": {**spec["win_rate"], "judge_url": "elsewhere"}})
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "allowlist (self)" in details
+
+
 def test_cancelling_a_running_evaluation_cancels_it(admin):
     job = evaluate(admin, {"benchmarks": {"tasks": ["adapterd_gsm8k"], "limit": 200}})
     for event in admin.watch_job(job.id):

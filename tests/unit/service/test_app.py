@@ -37,6 +37,7 @@ def make_app(tmp_path, tiny_model_dir):
             data_dir=tmp_path,
             port=free_port(),
             metrics_port=free_port(),
+            http_port=free_port(),
             drain_grace_seconds=1,
             **settings,
         )

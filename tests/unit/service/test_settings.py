@@ -70,3 +70,14 @@ def test_flags_are_generated_for_every_field_with_help_naming_the_variable():
     assert settings.target == "example:1"
     assert settings.output == "json"
     assert settings.timeout == 30.0
+
+
+def test_judge_urls_are_name_url_pairs_from_a_flag_or_the_environment(monkeypatch):
+    settings = load_settings(
+        ServerSettings, {"judge_urls": "gpt=https://api.example/v1/, me=http://h:8000/v1"}
+    )
+    assert settings.judge_urls == {"gpt": "https://api.example/v1", "me": "http://h:8000/v1"}
+    monkeypatch.setenv("ADAPTERD_JUDGE_URLS", "env=http://e/v1")
+    assert load_settings(ServerSettings, {}).judge_urls == {"env": "http://e/v1"}
+    with pytest.raises(ConfigError, match=r"--judge-urls \(ADAPTERD_JUDGE_URLS\) = 'ftp://x'"):
+        load_settings(ServerSettings, {"judge_urls": "ftp://x"})

@@ -1,0 +1,247 @@
+"""The OpenAI-compatible HTTP API: /v1/models, /v1/chat/completions, /v1/completions.
+
+A thin transport over the same `Generator` as gRPC: the request becomes `GenerateParams`
+(`model` names an adapter, an alias, `name@N`, or the base model by its name), the answer is
+OpenAI's JSON or its server-sent events. The same tokens file authenticates (`Authorization:
+Bearer`), the same per-adapter metrics count the requests, and domain errors map to HTTP
+statuses in one table with OpenAI's error body. vLLM's own HTTP server is never exposed.
+"""
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from service import errors
+from service.adapters.manager import AdapterManager
+from service.auth import TokenTable
+from service.inference.generation import Delta, GenerateParams, Generator
+from service.metrics import Metrics
+
+ROUTES = ("/v1/models", "/v1/chat/completions", "/v1/completions")
+
+HTTP_STATUS: dict[type[errors.AdapterdError], tuple[int, str]] = {
+    errors.InvalidArgumentError: (400, "invalid_request_error"),
+    errors.NotFoundError: (404, "not_found_error"),
+    errors.FailedPreconditionError: (409, "conflict_error"),
+    errors.ResourceExhaustedError: (429, "rate_limit_error"),
+    errors.UnauthenticatedError: (401, "authentication_error"),
+    errors.PermissionDeniedError: (403, "permission_error"),
+    errors.UnavailableError: (503, "service_unavailable_error"),
+}
+"""Domain error -> (HTTP status, OpenAI error type); anything else is 500."""
+
+
+class _Request(BaseModel):
+    # OpenAI clients send fields adapterd ignores (user, n=1, logprobs=False, ...): allowed.
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1)
+
+
+class _Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(_Request):
+    """POST /v1/chat/completions."""
+
+    messages: list[_Message]
+    max_completion_tokens: int | None = Field(None, ge=1)
+    response_format: dict[str, Any] | None = None
+
+
+class CompletionRequest(_Request):
+    """POST /v1/completions."""
+
+    prompt: str
+    max_tokens: int | None = Field(16, ge=1)
+
+
+def params_of(request: ChatRequest | CompletionRequest, base_model: str) -> GenerateParams:
+    """The request as GenerateParams (validated there, errors naming the field). Pure.
+
+    Raises:
+        InvalidArgumentError: a field the engine cannot serve.
+    """
+    stop = [request.stop] if isinstance(request.stop, str) else request.stop or []
+    sampling: dict[str, Any] = {
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "stop": tuple(stop),
+        "seed": request.seed,
+    }
+    fields: dict[str, Any] = {"adapter": "" if request.model == base_model else request.model}
+    if isinstance(request, ChatRequest):
+        fields["messages"] = [m.model_dump() for m in request.messages]
+        limit = request.max_completion_tokens or request.max_tokens
+        fields["json_schema"] = _schema_of(request.response_format)
+    else:
+        fields["prompt"] = request.prompt
+        limit = request.max_tokens
+    if limit is not None:
+        sampling["max_tokens"] = limit
+    fields["sampling"] = sampling
+    return GenerateParams.parse(fields)
+
+
+def _schema_of(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not response_format or response_format.get("type") == "text":
+        return None
+    if response_format.get("type") == "json_schema":
+        schema = response_format.get("json_schema", {}).get("schema")
+        if isinstance(schema, dict):
+            return schema
+    raise errors.InvalidArgumentError(
+        "response_format: only {'type': 'json_schema', 'json_schema': {'schema': {...}}} or "
+        "'text' are supported"
+    )
+
+
+def _error(exc: errors.AdapterdError) -> JSONResponse:
+    status, kind = next(
+        (HTTP_STATUS[c] for c in type(exc).__mro__ if c in HTTP_STATUS), (500, "internal_error")
+    )
+    return JSONResponse(
+        {"error": {"message": str(exc), "type": kind, "code": exc.reason}}, status_code=status
+    )
+
+
+def _finish(delta: Delta) -> str | None:
+    return {"stop": "stop", "length": "length", "abort": "stop", None: None}[delta.finish_reason]
+
+
+def build_openai_app(
+    *,
+    generator: Generator,
+    adapters: AdapterManager,
+    tokens: TokenTable | None,
+    base_model: str,
+    metrics: Metrics,
+    created: Callable[[], int] = lambda: int(time.time()),
+) -> FastAPI:
+    """The FastAPI application of the HTTP API."""
+    app = FastAPI(title="adapterd OpenAI-compatible API", docs_url=None, redoc_url=None)
+
+    @app.middleware("http")
+    async def authenticate_and_count(request: Request, call_next: Any) -> Any:
+        began = time.monotonic()
+        response: Any = None
+        if tokens is not None:
+            try:
+                tokens.authenticate(request.headers.get("authorization"))
+            except errors.UnauthenticatedError as exc:
+                response = _error(exc)
+        if response is None:
+            response = await call_next(request)
+        path = request.url.path if request.url.path in ROUTES else "other"
+        metrics.http_requests.labels(path, str(response.status_code)).inc()
+        metrics.http_latency.labels(path).observe(time.monotonic() - began)
+        return response
+
+    @app.exception_handler(errors.AdapterdError)
+    async def domain_error(request: Request, exc: errors.AdapterdError) -> JSONResponse:
+        return _error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        return _error(errors.InvalidArgumentError(problems))
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        registry = adapters.registry
+        names = [base_model, *sorted({v.name for v in registry.versions.values()})]
+        names += sorted(registry.aliases)
+        now = created()
+        return {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": now, "owned_by": "adapterd"}
+                for name in names
+            ],
+        }
+
+    async def respond(
+        params: GenerateParams, model: str, stream: bool, chat: bool
+    ) -> JSONResponse | StreamingResponse:
+        completion_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        deltas = generator.stream(params)
+        if stream:
+            first = await anext(deltas)  # errors before the first token are HTTP errors
+            template = {
+                "id": completion_id,
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": created(),
+                "model": model,
+            }
+            return StreamingResponse(
+                _events(first, deltas, template), media_type="text/event-stream"
+            )
+        parts = [delta async for delta in deltas]
+        text, last = "".join(d.text for d in parts), parts[-1]
+        usage = last.usage
+        choice: dict[str, Any] = {"index": 0, "finish_reason": _finish(last)}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        return JSONResponse(
+            {
+                "id": completion_id,
+                "object": "chat.completion" if chat else "text_completion",
+                "created": created(),
+                "model": model,
+                "system_fingerprint": last.adapter_version or base_model,
+                "choices": [choice],
+                "usage": {
+                    "prompt_tokens": usage.prompt_tokens if usage else 0,
+                    "completion_tokens": usage.completion_tokens if usage else 0,
+                    "total_tokens": (usage.prompt_tokens + usage.completion_tokens) if usage else 0,
+                },
+            }
+        )
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatRequest) -> JSONResponse | StreamingResponse:
+        return await respond(params_of(body, base_model), body.model, body.stream, chat=True)
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(body: CompletionRequest) -> JSONResponse | StreamingResponse:
+        return await respond(params_of(body, base_model), body.model, body.stream, chat=False)
+
+    return app
+
+
+async def _events(
+    first: Delta, rest: AsyncIterator[Delta], template: dict[str, Any]
+) -> AsyncIterator[str]:
+    """OpenAI's server-sent events for a stream of deltas (each chunk `template` plus its
+    choice), then [DONE]."""
+    chat = template["object"] == "chat.completion.chunk"
+    delta: Delta | None = first
+    while delta is not None:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": _finish(delta)}
+        if chat:
+            choice["delta"] = {"role": "assistant", "content": delta.text}
+        else:
+            choice["text"] = delta.text
+        yield f"data: {json.dumps({**template, 'choices': [choice]})}\n\n"
+        delta = await anext(rest, None)
+    yield "data: [DONE]\n\n"
