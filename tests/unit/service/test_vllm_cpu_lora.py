@@ -21,8 +21,10 @@ def tensors():
     }
 
 
+@pytest.mark.parametrize("dense_max_slots", [8, 1])  # every slot at once, or one per adapter
 @pytest.mark.parametrize("indices", ["mixed", "one"])
-def test_shrink_and_expand_match_the_reference(tensors, indices):
+def test_shrink_and_expand_match_the_reference(tensors, indices, dense_max_slots, monkeypatch):
+    monkeypatch.setattr(grouped, "DENSE_MAX_SLOTS", dense_max_slots)
     x, a, b, idx = tensors["x"], tensors["a"], tensors["b"], tensors[indices]
     want, got = torch.zeros(T, R), torch.zeros(T, R)
     reference.bgmv_shrink(x, a, want, idx, 0.5)
