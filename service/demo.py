@@ -74,7 +74,7 @@ def run_demo(settings: ServerSettings, server_flags: list[str], keep_running: bo
         )
     target = f"{settings.host}:{settings.port}"
     try:
-        with Client(target, timeout=10.0) as client:
+        with Client(target, timeout=300.0) as client:  # generous: answers run on the CPU
             seen = _wait_serving(client, server, log_path)
             if seen is None:
                 return 1
@@ -132,7 +132,7 @@ def _train_and_compare(client: Client, data_dir: Path) -> int:
         },
         jobs_pb2.TrainSpec(),
     )
-    job = client.submit_job(spec, request_id="demo-gsm8k")
+    job = client.submit_job(spec, request_id=f"demo-{dataset}")  # one job per upload
     _say(f"submitted {job.id}: train, then evaluate against the base model with 3 gates")
     if follow_job(client, job.id, as_json=False) != 0:
         return 1
