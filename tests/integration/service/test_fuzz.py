@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from google.protobuf import json_format
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from adapterd.v1 import inference_pb2, jobs_pb2
@@ -88,9 +88,24 @@ ANSWERED: Counter[str] = Counter()
 """Requests the server accepted, by RPC: the fuzz must reach past the first checks."""
 
 
+VALID = {
+    "name": "rows.jsonl", "body": b'{"prompt": "2+2?", "completion": "4"}\n', "size_delta": 0,
+    "good_hash": True, "format": "", "columns": {}, "max_length": 512, "policy": "",
+    "training": {}, "lora": {}, "path": "",
+}  # fmt: skip
+
+
+# Derandomized: the same cases here and in CI. The explicit examples are accepted all the way
+# (upload, validation, submission), so the run provably reaches past the first checks.
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
+@example(case=VALID)
+@example(case={**VALID, "policy": "drop", "training": {"epochs": 2}})
+@example(case={**VALID, "format": "prompt_completion", "lora": {"rank": 8}})
 @given(case=REQUESTS)
 def test_random_requests_get_a_named_error_or_an_answer_never_internal(user, case):
     body = case["body"]
