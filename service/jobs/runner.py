@@ -92,6 +92,9 @@ def oom_kills(files: tuple[Path, ...] = CGROUP_OOM_FILES) -> int | None:
     return None
 
 
+CANCELLED = Outcome(JobState.CANCELLED, "cancelled", "cancelled by a client")
+"""How every job a client cancelled ends, whatever its trainer or evaluation did."""
+
 RETRYABLE = frozenset({"trainer_crashed"})
 """Failures that may be the machine's rather than the job's; data, config, template and memory
 failures would only repeat."""
@@ -305,9 +308,7 @@ class JobRunner:
         try:
             await self._on_change(job)
             result = await (self._evaluate(job) if evaluate_only else self._train(job))
-            if job.id in self._cancelled:
-                result = Outcome(JobState.CANCELLED, "cancelled", "cancelled by a client")
-            await self._finish(job.id, result)
+            await self._finish(job.id, CANCELLED if job.id in self._cancelled else result)
         finally:
             self._cancelled.discard(job.id)
             self._current = None
@@ -318,10 +319,7 @@ class JobRunner:
             result = await self._run_trainer(job)
         if result.state is not JobState.SUCCEEDED or job.id in self._cancelled:
             return result
-        job = await self._store.get_job(job.id) or job
-        job = await self._store.update_job(
-            job.id, result={**job.result, **await self._on_success(job)}
-        )
+        job = await self._add_result(job, await self._on_success(job))
         if "evaluation" in job.spec and "adapter_version" in job.result:
             return await self._evaluate(job)
         return result
@@ -378,8 +376,8 @@ class JobRunner:
         if job.state is not JobState.EVALUATING:
             job = await self._store.update_job(job.id, JobState.EVALUATING)
             await self._on_change(job)
-        if job.id in self._cancelled:
-            return Outcome(JobState.CANCELLED, "cancelled", "cancelled by a client")
+        if job.id in self._cancelled:  # before the evaluation started: nothing to stop
+            return CANCELLED
 
         async def emit(kind: str, data: dict[str, Any]) -> None:
             await self._store.append_event(job.id, kind, data)
@@ -392,16 +390,19 @@ class JobRunner:
             current = asyncio.current_task()
             if current is not None and current.cancelling():  # the runner itself is torn down
                 raise
-            if job.id in self._cancelled:
-                return Outcome(JobState.CANCELLED, "cancelled", "cancelled by a client")
+            # Stopped by the server (a client's cancel is turned into CANCELLED by _run).
             return Outcome(JobState.QUEUED, "interrupted", "stopped by the server; evaluates later")
         except JobFailedError as exc:
             return Outcome(JobState.FAILED, exc.reason, exc.message)
         finally:
             self._evaluation = None
-        job = await self._store.get_job(job.id) or job
-        await self._store.update_job(job.id, result={**job.result, **additions})
+        await self._add_result(job, additions)
         return Outcome(JobState.SUCCEEDED)
+
+    async def _add_result(self, job: Job, additions: dict[str, Any]) -> Job:
+        """The job with `additions` merged into its stored result."""
+        job = await self._store.get_job(job.id) or job
+        return await self._store.update_job(job.id, result={**job.result, **additions})
 
     async def _record(self, job: Job, event: dict[str, Any]) -> None:
         kind = str(event.pop("event", "log"))
