@@ -42,7 +42,7 @@ from eval.schema import score_outputs
 from eval.spec import EvalSpec, EvalSpecError, SchemaSpec, WinRateSpec, parse_eval_spec
 from eval.winrate import combine, win_rate
 from service.adapters.manager import AdapterManager
-from service.errors import AdapterdError
+from service.errors import AdapterdError, InvalidArgumentError
 from service.inference.engine import Sampling
 from service.inference.generation import Generator
 from service.jobs.model import Job, JobFailedError, JobKind
@@ -50,7 +50,6 @@ from service.jobs.runner import CONFIG_FILE, Emit
 from service.metrics import AdapterLabels, Metrics
 from service.paths import confined
 from service.store.base import Store
-from trainer.masking import prompt_token_ids
 
 PROGRESS_SECONDS = 2.0
 READY_WAIT_SECONDS = 600.0
@@ -310,14 +309,10 @@ class Evaluator:
         self, adapter: str, prompt: str, max_tokens: int, schema: dict[str, Any] | None = None
     ) -> tuple[str, float]:
         """The adapter's answer to a one-turn chat, and how long it took."""
-        ids = prompt_token_ids(self._tokenizer, [{"role": "user", "content": prompt}])
-        budget = self._limits.max_model_len - max_tokens
-        if len(ids) > budget:
-            raise JobFailedError(
-                "evaluation_failed",
-                f"a prompt of {len(ids)} tokens does not fit max_model_len "
-                f"{self._limits.max_model_len} with max_tokens {max_tokens}: {prompt[:80]!r}",
-            )
+        try:
+            ids = self._generator.chat_prompt_ids([{"role": "user", "content": prompt}], max_tokens)
+        except InvalidArgumentError as exc:
+            raise JobFailedError("evaluation_failed", f"{exc}: {prompt[:80]!r}") from None
         began = time.monotonic()
         async with self._slots:
             done = await self._generator.complete(

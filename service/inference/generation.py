@@ -168,15 +168,23 @@ class Generator:
     def _prompt_ids(self, params: GenerateParams) -> tuple[int, ...]:
         if params.messages is not None:
             messages = [m.model_dump() for m in params.messages]
-            ids = prompt_token_ids(self._tokenizer, messages)
-        else:
-            ids = self._tokenizer(params.prompt, add_special_tokens=False)["input_ids"]
-        budget = self._max_model_len - params.sampling.max_tokens
-        if len(ids) > budget:
+            return self.chat_prompt_ids(messages, params.sampling.max_tokens)
+        ids = self._tokenizer(params.prompt, add_special_tokens=False)["input_ids"]
+        return self._fitting(ids, params.sampling.max_tokens)
+
+    def chat_prompt_ids(self, messages: list[dict[str, str]], max_tokens: int) -> tuple[int, ...]:
+        """A chat rendered as in training plus the assistant prefix, tokenized.
+
+        Raises:
+            InvalidArgumentError: when it leaves no room for `max_tokens` in the engine.
+        """
+        return self._fitting(prompt_token_ids(self._tokenizer, messages), max_tokens)
+
+    def _fitting(self, ids: list[int], max_tokens: int) -> tuple[int, ...]:
+        if len(ids) > self._max_model_len - max_tokens:
             raise InvalidArgumentError(
-                f"prompt: {len(ids)} tokens plus sampling.max_tokens "
-                f"{params.sampling.max_tokens} exceed the engine's max_model_len "
-                f"{self._max_model_len}"
+                f"prompt: {len(ids)} tokens plus sampling.max_tokens {max_tokens} exceed the "
+                f"engine's max_model_len {self._max_model_len}"
             )
         return tuple(ids)
 
