@@ -117,7 +117,6 @@ class App:
                     settings.judge_api_key.get_secret_value() if settings.judge_api_key else None
                 ),
             ),
-            ready=lambda: self.lifecycle.state is EngineState.READY,
         )
         self.jobs = JobService(
             store=self.store,

@@ -75,11 +75,11 @@ class EvaluationLimits:
     judge_api_key: str | None = None
 
 
-def task_labels(score: TaskScore) -> tuple[str, str]:
+def task_labels(task: str, metric: str) -> tuple[str, str]:
     """The bounded (task, metric) labels of a benchmark score. Pure."""
-    if score.task in BUNDLED_TASK_NAMES:
-        return score.task, score.metric
-    metric = score.metric.partition(",")[0]
+    if task in BUNDLED_TASK_NAMES:
+        return task, metric
+    metric = metric.partition(",")[0]
     return "other", metric if metric in COMMON_TASK_METRICS else "other"
 
 
@@ -164,7 +164,6 @@ class Evaluator:
         metrics: Metrics,
         labels: AdapterLabels,
         limits: EvaluationLimits,
-        ready: Callable[[], bool],
     ) -> None:
         self._generator = generator
         self._adapters = adapters
@@ -173,7 +172,6 @@ class Evaluator:
         self._metrics = metrics
         self._labels = labels
         self._limits = limits
-        self._ready = ready
         self._slots = asyncio.Semaphore(limits.concurrency)
         self.cache = _Cache()
 
@@ -261,7 +259,7 @@ class Evaluator:
 
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_WAIT_SECONDS
-        while not self._ready():
+        while not self._generator.ready():
             if time.monotonic() > deadline:
                 raise JobFailedError("engine_unavailable", "the inference engine did not get ready")
             await asyncio.sleep(1.0)
@@ -287,8 +285,7 @@ class Evaluator:
         for key, value in scores.values.items():
             if key.startswith("task:"):
                 task, _, metric = key.removeprefix("task:").partition("/")
-                labels = task_labels(TaskScore(task, metric, value, None))
-                self._metrics.eval_task_score.labels(label, *labels).set(value)
+                self._metrics.eval_task_score.labels(label, *task_labels(task, metric)).set(value)
             elif key.startswith(("schema_", "win_rate")):
                 self._metrics.eval_quality.labels(label, key).set(value)
         self._metrics.eval_timestamp.labels(label).set(time.time())

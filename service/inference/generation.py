@@ -165,6 +165,10 @@ class Generator:
         self._max_model_len = max_model_len
         self._ready = ready
 
+    def ready(self) -> bool:
+        """Whether the engine is warm and serving."""
+        return self._ready()
+
     def _prompt_ids(self, params: GenerateParams) -> tuple[int, ...]:
         if params.messages is not None:
             messages = [m.model_dump() for m in params.messages]

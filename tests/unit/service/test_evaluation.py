@@ -6,7 +6,6 @@ import math
 from google.protobuf import json_format
 
 from adapterd.v1 import evaluation_pb2
-from eval.benchmarks import TaskScore
 from eval.prompts import bundled_prompts, read_prompts
 from eval.spec import parse_eval_spec
 from service.evaluation import contamination, task_labels, trainer_losses
@@ -51,11 +50,11 @@ def test_an_unknown_enum_number_reaches_the_spec_as_a_value_it_refuses():
 
 
 def test_task_labels_stay_bounded():
-    assert task_labels(TaskScore("adapterd_gsm8k", "exact_match,strict-match", 0, None)) == (
+    assert task_labels("adapterd_gsm8k", "exact_match,strict-match") == (
         "adapterd_gsm8k", "exact_match,strict-match"
     )  # fmt: skip
-    assert task_labels(TaskScore("my_task", "acc_norm,none", 0, None)) == ("other", "acc_norm")
-    assert task_labels(TaskScore("my_task", "rouge_secret", 0, None)) == ("other", "other")
+    assert task_labels("my_task", "acc_norm,none") == ("other", "acc_norm")
+    assert task_labels("my_task", "rouge_secret") == ("other", "other")
 
 
 def test_contamination_finds_evaluation_items_in_the_training_rows(tmp_path):
