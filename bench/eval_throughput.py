@@ -28,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.results import report  # noqa: E402 (needs ROOT on the path)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -166,17 +168,7 @@ def main() -> None:
         print(f"adapter a{i}: acc adapterd {a['acc']:.3f} ± {a['acc_stderr']:.3f}, "
               f"lm-eval {b['acc']:.3f} ± {b['acc_stderr']:.3f}")  # fmt: skip
     print(f"scores agree within stderr: {agree}")
-    for name, value in figures.items():
-        print(f"{name:<40}{value:>10.3f}")
-    for name, value in ratios.items():
-        print(f"{name:<40}{value:>10.2f}x")
-    rounded = {k: round(v, 3) for k, v in figures.items()}
-    summary = {
-        "benchmark": "eval_throughput",
-        "figures": {**rounded, "cli_backend": backend, "scores_agree": agree},
-        "ratios": {k: round(v, 3) for k, v in ratios.items()},
-    }
-    print(json.dumps(summary))
+    report("eval_throughput", figures, ratios, cli_backend=backend, scores_agree=agree)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.results import report  # noqa: E402 (needs ROOT on the path)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -249,20 +251,7 @@ def main() -> None:
         "grpc_vs_direct": median(runs["base"]) / median(direct),
     }
     print(f"\nmachine: {os.cpu_count()} CPUs, engine threads {threads}; {NEW_TOKENS} new tokens")
-    for name, value in figures.items():
-        print(f"{name:<40}{value:>10.3f}")
-    for name, value in ratios.items():
-        print(f"{name:<40}{value:>10.2f}x")
-    rounded = {k: round(v, 4) for k, v in figures.items()}
-    print(
-        json.dumps(
-            {
-                "benchmark": "serve_throughput",
-                "figures": rounded,
-                "ratios": {k: round(v, 3) for k, v in ratios.items()},
-            }
-        )
-    )
+    report("serve_throughput", figures, ratios)
 
 
 if __name__ == "__main__":
