@@ -32,7 +32,10 @@ lint: setup
 	$(VENV)/bin/ruff format --check service trainer eval tests bench
 	$(VENV)/bin/mypy
 
-demo: setup
+# The demo prints its own run time at the end; setup's is printed first, on its own.
+demo:
+	@start=$$(date +%s); $(MAKE) --no-print-directory setup \
+		&& echo "[demo] setup took $$(( $$(date +%s) - start )) s"
 	$(VENV)/bin/adapterd demo
 
 clean:

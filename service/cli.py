@@ -11,7 +11,7 @@ import sys
 
 from service.app import build_app
 from service.basemodel import resolve_base_model
-from service.demo import run_demo
+from service.demo import FULL, QUICK, run_demo
 from service.errors import ConfigError
 from service.logs import configure_logging
 from service.settings import (
@@ -44,7 +44,8 @@ def _demo(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None
         for item in (flag_name(name), str(getattr(args, name)))
     ]
-    return run_demo(settings, given, keep_running=args.keep_running)
+    plan = QUICK if args.quick else FULL
+    return run_demo(settings, given, plan, keep_running=args.keep_running)
 
 
 def _prepare_model(args: argparse.Namespace) -> int:
@@ -75,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_flags(demo, ServerSettings)
     demo.add_argument(
         "--keep-running", action="store_true", help="Leave the server up until Ctrl-C."
+    )
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"Train on {QUICK.train_rows} rows and ask {QUICK.questions} questions per "
+        f"evaluation section (not {FULL.train_rows} and {FULL.questions}): the whole flow in a "
+        "few minutes, without expecting the gates to pass.",
     )
     demo.set_defaults(run=_demo)
     prepare = commands.add_parser(

@@ -189,6 +189,7 @@ class _LiveView:
         self._job_id = job_id
         self._training: tqdm[Any] | None = None
         self._phase: tqdm[Any] | None = None
+        self._phase_name = ""  # not the bar's desc: a disabled bar (TQDM_DISABLE) has none
 
     def show(self, seq: int, kind: str, data: dict[str, Any]) -> None:
         if kind == "started":
@@ -210,9 +211,10 @@ class _LiveView:
     def _eval(self, seq: int, data: dict[str, Any]) -> None:
         if "total" in data:  # progress of one phase
             phase = f"{data['phase']} ({data['target']})"
-            if self._phase is None or self._phase.desc != phase:
+            if self._phase is None or self._phase_name != phase:
                 self.close_phase()
                 self._phase = tqdm(total=int(data["total"]), unit="req", desc=phase)
+                self._phase_name = phase
             self._phase.update(int(data["done"]) - self._phase.n)
         elif "scores" in data and data["phase"] != "done":
             self.close_phase()

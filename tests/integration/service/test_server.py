@@ -1,20 +1,26 @@
 """The real server (subprocess, vLLM on the tiny model, auth on), shared by the session."""
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from adapterd.v1 import common_pb2, server_pb2
 from service.client.api import Client
 from tests.support import ADMIN_TOKEN, USER_TOKEN
 from trainer.fingerprint import fingerprint
+
+ROOT = Path(__file__).resolve().parents[3]
 
 pytestmark = pytest.mark.engine
 
@@ -81,6 +87,37 @@ def test_metrics_page_passes_promtool_and_holds_only_adapterd_series(server):
         [promtool, "check", "metrics"], input=page, capture_output=True, text=True, check=False
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def sample_names(page: str) -> set[str]:
+    """Every series name each metric family of the page can have, by its type (a family
+    without children yet has no samples on the page, only its HELP and TYPE)."""
+    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum",
+                "_created"), "gauge": ("",)}  # fmt: skip
+    return {
+        family.name + suffix
+        for family in text_string_to_metric_families(page)
+        for suffix in suffixes[family.type]
+    }
+
+
+def test_every_metric_the_grafana_dashboard_queries_is_on_the_metrics_page(server):
+    dashboard = json.loads((ROOT / "deploy/grafana-dashboard.json").read_text())
+    queries = [
+        target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])
+    ]
+    queried = {name for expr in queries for name in re.findall(r"\badapterd_[a-z_]+", expr)}
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        available = sample_names(response.read().decode())
+    assert queried - available == set()
+    # Latency per adapter, throughput, jobs and quality scores are all on it.
+    assert any("by (le, adapter)" in expr for expr in queries)
+    assert {
+        "adapterd_generated_tokens_total",
+        "adapterd_jobs",
+        "adapterd_eval_task_score",
+        "adapterd_eval_quality",
+    } <= queried
 
 
 def test_adapterctl_reports_health_and_info_as_json(server):
