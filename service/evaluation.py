@@ -27,6 +27,8 @@ from pydantic import BaseModel
 from eval.benchmarks import BUNDLED_TASKS, BenchmarkError, TaskScore, load_task, run_tasks
 from eval.gates import GateResult, Metric, check_gates, metric_key
 from eval.judges import (
+    JUDGE_MAX_TOKENS,
+    VERDICT_SCHEMA,
     Judge,
     JudgeUnreachableError,
     LlmJudge,
@@ -595,7 +597,9 @@ class _Run:
             return LlmJudge(remote, spec.judge_prompt)
 
         async def served(message: str) -> str:
-            text, _ = await self._evaluator.answer(spec.judge_model, message, max_tokens=8)
+            text, _ = await self._evaluator.answer(
+                spec.judge_model, message, JUDGE_MAX_TOKENS, schema=VERDICT_SCHEMA
+            )
             return text
 
         return LlmJudge(served, spec.judge_prompt)

@@ -14,7 +14,13 @@ import pytest
 
 from service.basemodel import BaseModel, resolve_base_model
 from service.settings import ServerSettings
-from tests.support import TOKENS, ServerProcess, build_tiny_llama, make_adapter
+from tests.support import (
+    TOKENS,
+    ServerProcess,
+    build_tiny_llama,
+    make_adapter,
+    serve_garbage_judge,
+)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -39,16 +45,25 @@ def tiny_adapter(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path)
 
 
 @pytest.fixture(scope="session")
+def garbage_judge() -> Iterator[str]:
+    """The base URL of an OpenAI-compatible judge that ignores response_format and rambles."""
+    judge = serve_garbage_judge()
+    yield f"http://127.0.0.1:{judge.server_address[1]}/v1"
+    judge.shutdown()
+
+
+@pytest.fixture(scope="session")
 def server(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, garbage_judge: str
 ) -> Iterator[ServerProcess]:
-    """One real server for the session: vLLM on the tiny model, auth on with `TOKENS`; its own
-    HTTP API is its allowlisted LLM judge "self"."""
+    """One real server for the session: vLLM on the tiny model, auth on with `TOKENS`; its
+    allowlisted LLM judges are its own HTTP API ("self") and `garbage_judge` ("garbage")."""
     process = ServerProcess(
         data_dir=tmp_path_factory.mktemp("server"), base_model=str(tiny_model_dir), tokens=TOKENS
     )
     process.extra_flags += [
-        "--judge-urls", f"self={process.http_url}", "--judge-api-key", TOKENS[0]["token"],
+        "--judge-urls", f"self={process.http_url},garbage={garbage_judge}",
+        "--judge-api-key", TOKENS[0]["token"],
     ]  # fmt: skip
     process.start()
     yield process

@@ -1,11 +1,13 @@
 """Helpers shared by the tests: the tiny model, free ports, and a real server process."""
 
+import http.server
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -199,3 +201,30 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+class _GarbageJudgeHandler(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat endpoint whose model ignores response_format and rambles."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps({
+            "id": "chatcmpl-garbage", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "Both have merits."}}],
+        }).encode()  # fmt: skip
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def serve_garbage_judge() -> http.server.ThreadingHTTPServer:
+    """A judge that answers garbage, on a free port of 127.0.0.1, served from a thread."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _GarbageJudgeHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

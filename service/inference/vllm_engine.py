@@ -212,8 +212,10 @@ class VllmEngine:
             ignore_eos=sampling.ignore_eos,
             # 1: the most likely token at each position as well as the actual one (is_top).
             prompt_logprobs=1 if request.prompt_logprobs else None,
+            # Compact JSON: a small model cannot pad a constrained answer with whitespace
+            # until max_tokens runs out.
             structured_outputs=(
-                StructuredOutputsParams(json=request.json_schema)
+                StructuredOutputsParams(json=request.json_schema, disable_any_whitespace=True)
                 if request.json_schema is not None
                 else None
             ),

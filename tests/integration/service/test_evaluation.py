@@ -133,13 +133,24 @@ def test_gates_promote_a_passing_adapter_and_block_a_strict_one(admin, server):
     assert 'adapterd_eval_last_timestamp_seconds{adapter="eval-one"}' in page
 
 
-def test_an_llm_judge_answering_garbage_fails_the_job_with_the_count_not_a_number(admin):
-    spec = {"win_rate": {**SMALL, "judge": "JUDGE_LLM", "judge_model": ""}}
+def win_rate_details(client, job):
+    report = json_format.MessageToDict(client.evaluation_report(job.id).report)
+    return report["details"]["candidate"]["win_rate"]
+
+
+def test_a_served_llm_judge_gives_a_verdict_for_every_pair(admin):
+    # The judge's structured output holds even the tiny random model to A, B or tie.
+    spec = {"win_rate": {**SMALL, "judge": "JUDGE_LLM", "judge_model": "eval-one"}}
     done, _ = finish(admin, evaluate(admin, spec).id)
-    # The tiny random model never answers "A", "B" or "tie": no verdict parses.
-    assert done.state == jobs_pb2.JOB_STATE_FAILED
-    assert done.error_reason == "evaluation_failed"
-    assert "did not parse" in done.error_message
+    assert done.state == jobs_pb2.JOB_STATE_SUCCEEDED, done.error_message
+    details = win_rate_details(admin, done)
+    assert (details["judge"], details["unparsed_verdicts"], details["n"]) == ("llm", 0, 4)
+    outcomes = [s["outcome"] for s in details["samples"]]
+    assert len(outcomes) == 4 and set(outcomes) <= {"win", "tie", "loss"}
+    wins, ties = outcomes.count("win"), outcomes.count("tie")
+    assert result_of(done)["evaluation"]["scores"]["win_rate"] == pytest.approx(
+        (wins + ties / 2) / 4
+    )
 
 
 def test_a_judge_at_an_allowlisted_url_is_asked_over_http(admin, server):
@@ -152,14 +163,23 @@ def test_a_judge_at_an_allowlisted_url_is_asked_over_http(admin, server):
     before = judged()
     spec = {"win_rate": {**SMALL, "judge": "JUDGE_URL", "judge_url": "self", "judge_model": base}}
     done, _ = finish(admin, evaluate(admin, spec).id)
-    # Both orders of each of the 4 pairs went to the server's own OpenAI-compatible API, whose
-    # tiny random model answers no verdict: the job fails saying so.
+    # Both orders of each of the 4 pairs went to the server's own OpenAI-compatible API, with
+    # the verdict schema as response_format: every verdict parses.
     assert judged() - before == 8
-    assert done.state == jobs_pb2.JOB_STATE_FAILED and "did not parse" in done.error_message
+    assert done.state == jobs_pb2.JOB_STATE_SUCCEEDED, done.error_message
+    assert win_rate_details(admin, done)["unparsed_verdicts"] == 0
     code, details = code_of(
         lambda: evaluate(admin, {"win_rate": {**spec["win_rate"], "judge_url": "elsewhere"}})
     )
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "allowlist (self)" in details
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "allowlist (garbage, self)" in details
+
+
+def test_a_judge_answering_garbage_fails_the_job_saying_so_not_a_number(admin):
+    spec = {"win_rate": {**SMALL, "judge": "JUDGE_URL", "judge_url": "garbage", "judge_model": "m"}}
+    done, _ = finish(admin, evaluate(admin, spec).id)
+    assert done.state == jobs_pb2.JOB_STATE_FAILED
+    assert done.error_reason == "evaluation_failed"
+    assert "did not parse" in done.error_message
 
 
 def test_cancelling_a_running_evaluation_cancels_it(admin):

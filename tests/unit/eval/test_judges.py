@@ -47,3 +47,15 @@ def test_the_llm_judge_fills_its_template_as_text_never_as_a_format_string():
     verdicts = asyncio.run(judge.judge([Pair("why?", "ref", "{second}", "two")]))
     assert verdicts == [Verdict.SECOND]
     assert seen == ["Q=why? 1={second} 2=two {first.__class__}"]
+
+
+@pytest.mark.parametrize(
+    ("reply", "verdict"),
+    [
+        ('{"verdict": "A"}', Verdict.FIRST), ('{"verdict":"tie"}', Verdict.TIE),
+        ('{"verdict": "B"}', Verdict.SECOND), ('{"verdict": "C"}', Verdict.INVALID),
+        ('{"winner": "A"}', Verdict.INVALID), ('{"verdict": "A"', Verdict.INVALID),
+    ],
+)  # fmt: skip
+def test_a_structured_reply_is_read_by_its_verdict_field(reply, verdict):
+    assert parse_verdict(reply) is verdict
