@@ -1,4 +1,5 @@
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,13 @@ def test_judge_urls_are_name_url_pairs_from_a_flag_or_the_environment(monkeypatc
     assert load_settings(ServerSettings, {}).judge_urls == {"env": "http://e/v1"}
     with pytest.raises(ConfigError, match=r"--judge-urls \(ADAPTERD_JUDGE_URLS\) = 'ftp://x'"):
         load_settings(ServerSettings, {"judge_urls": "ftp://x"})
+
+
+@pytest.mark.parametrize("model", [ServerSettings, ClientSettings])
+def test_the_readme_documents_every_setting_with_its_flag_and_variable(model):
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    prefix = model.model_config["env_prefix"]
+    rows = [line for line in readme.splitlines() if line.startswith("| `--")]
+    for name in model.model_fields:
+        flag, variable = f"`{flag_name(name)}`", f"`{prefix}{name.upper()}`"
+        assert any(flag in row and variable in row for row in rows), name
