@@ -86,6 +86,11 @@ def engine_arguments(config: VllmEngineConfig) -> dict[str, Any]:
         "disable_log_stats": True,
         # Client traffic (priority 0) goes ahead of evaluations (GenerationRequest.priority).
         "scheduling_policy": "priority",
+        # Constrained JSON is compact, so a small model cannot pad it with whitespace until
+        # max_tokens runs out. An engine setting (vLLM ignores it per request) that needs a
+        # named backend: llguidance, which honours it everywhere (vLLM notes that its xgrammar
+        # still emits a space after commas) and covers more of JSON Schema.
+        "structured_outputs_config": {"backend": "guidance", "disable_any_whitespace": True},
         "seed": 0,
     }
 
@@ -212,10 +217,8 @@ class VllmEngine:
             ignore_eos=sampling.ignore_eos,
             # 1: the most likely token at each position as well as the actual one (is_top).
             prompt_logprobs=1 if request.prompt_logprobs else None,
-            # Compact JSON: a small model cannot pad a constrained answer with whitespace
-            # until max_tokens runs out.
             structured_outputs=(
-                StructuredOutputsParams(json=request.json_schema, disable_any_whitespace=True)
+                StructuredOutputsParams(json=request.json_schema)
                 if request.json_schema is not None
                 else None
             ),

@@ -82,4 +82,6 @@ def test_structured_output_validates_against_the_schema(default_server):
     )
     with Client(default_server.target, timeout=120) as client:
         reply = client.generate(request)
-    jsonschema.validate(json.loads(reply.text), schema)
+    answer = json.loads(reply.text)
+    jsonschema.validate(answer, schema)
+    assert reply.text == json.dumps(answer, separators=(",", ":"), ensure_ascii=False)  # compact
