@@ -10,11 +10,11 @@ and the alias side by side; shows the metrics; then stops the server with SIGTER
 would.
 """
 
-import contextlib
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -29,6 +29,7 @@ from service.client.job_commands import follow_job
 from service.settings import ServerSettings
 
 START_TIMEOUT_SECONDS = 600.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 GSM8K = Path(__file__).resolve().parents[1] / "data/gsm8k/train_slice.jsonl"
 ADAPTER, ALIAS = "gsm8k", "gsm8k-prod"
 TASKS = ["adapterd_gsm8k", "adapterd_arith_mc"]
@@ -136,8 +137,7 @@ def run_demo(
         _say(f"{metrics_url}:\n  " + "\n  ".join(shown))
         if keep_running:
             _say(f"server running: try `adapterctl --target {target} info`; Ctrl-C stops it")
-            with contextlib.suppress(KeyboardInterrupt):
-                server.wait()
+            _wait_for_stop(server)
     finally:
         code = _stop(server)
     _say(f"server stopped with exit code {code}; demo took {time.monotonic() - began:.1f} s")
@@ -231,6 +231,20 @@ def _wait_serving(client: Client, server: subprocess.Popen[bytes], log: Path) ->
     except TimeoutError:
         _say(f"the server was not serving after {START_TIMEOUT_SECONDS:.0f} s; see {log}")
     return None
+
+
+def _wait_for_stop(server: subprocess.Popen[bytes]) -> None:
+    """Returns on Ctrl-C or SIGTERM, or when the server exits. The handlers are installed here
+    because a shell starts a background job with SIGINT ignored, and Python then raises no
+    KeyboardInterrupt."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in STOP_SIGNALS}
+    try:
+        while not stop.is_set() and server.poll() is None:
+            stop.wait(0.5)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _stop(server: subprocess.Popen[bytes]) -> int:

@@ -41,7 +41,9 @@ def test_the_quick_demo_runs_the_whole_loop_and_keeps_serving(tmp_path, tiny_mod
     ]  # fmt: skip
     with log.open("w") as out:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "service", "demo", *flags],
+            # As a shell starts a background job: with SIGINT ignored (no KeyboardInterrupt).
+            ["sh", "-c", 'trap "" INT; exec "$0" "$@"', sys.executable, "-m", "service", "demo",
+             *flags],
             stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
             env={**os.environ, "TQDM_DISABLE": "1"},
         )  # fmt: skip
