@@ -11,8 +11,11 @@ requests per adapter at the default --limit 100), no chat template, zero-shot.
   - baseline: `python -m lm_eval --model vllm` with `lora_local_path`, once per adapter, each a
     new process that loads the model and its engine, as a user without adapterd would run it;
     if that backend fails here, `--model hf` with `peft=` (which one ran is printed).
-The accuracies must agree within their standard errors. The last line is one JSON object; the
-ratio is the CLI's time over adapterd's (larger is better for adapterd).
+The accuracies must agree within their standard errors. Also measured, to show what the engine
+itself costs: the same requests (the base model's and each adapter's) sent straight to a vLLM
+engine built with the server's engine arguments, each model's requests in one `LLM.generate`.
+The last line is one JSON object; the ratio is the CLI's time over adapterd's (larger is better
+for adapterd).
 
     .venv/bin/python bench/eval_throughput.py [--limit 100]
 """
@@ -130,6 +133,60 @@ def measure_adapterd(data: Path, limit: int) -> tuple[float, list[dict[str, floa
     return seconds, scores
 
 
+def measure_engine_direct(model: Path, adapters: list[Path], limit: int) -> float:
+    """Seconds for the requests adapterd's evaluations send (4 per question, for the base model
+    and each adapter), sent straight to a vLLM engine built as the server builds it, on every
+    core; each model's requests in one `LLM.generate`, the adapters loaded beforehand."""
+    from transformers import AutoTokenizer
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+    from vllm.lora.request import LoRARequest
+
+    from eval.lm import EngineLM
+    from service.basemodel import lora_target_modules
+    from service.inference.vllm_engine import VllmEngineConfig, engine_arguments
+    from service.settings import ServerSettings
+
+    settings = ServerSettings()
+    cpus = tuple(sorted(os.sched_getaffinity(0)))
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cpus)
+    config = VllmEngineConfig(
+        model_path=model,
+        max_loras=settings.max_loras,
+        max_cpu_loras=settings.max_cpu_loras,
+        max_lora_rank=settings.max_lora_rank,
+        max_model_len=settings.max_model_len,
+        cpu_ids=cpus,
+        kv_cache_gib=settings.engine_kv_cache_gib,
+        lora_target_modules=tuple(sorted(lora_target_modules(model))),
+    )
+    # The task's requests, tokenized as EngineLM does: doc_to_text of adapterd_arith_mc, and
+    # each choice after lm-eval's target delimiter (a space).
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    lm = EngineLM(lambda calls: [], tokenizer, settings.max_model_len, "direct")
+    with (ROOT / "eval/tasks/arith_mc.jsonl").open() as f:
+        docs = [json.loads(line) for line in f][:limit]
+    pairs = [
+        lm.encode_pair(f"Question: {doc['question']}\nAnswer:", f" {choice}")
+        for doc in docs
+        for choice in doc["choices"]
+    ]
+    prompts = [TokensPrompt(prompt_token_ids=[*context, *rest]) for context, rest in pairs]
+    sampling = SamplingParams(max_tokens=1, prompt_logprobs=1)  # as adapterd's requests
+    targets = [None] + [LoRARequest(f"a{i}", i + 1, str(a)) for i, a in enumerate(adapters)]
+    llm = LLM(**engine_arguments(config))
+    try:
+        for target in targets:  # warm-up, and the adapters loaded, as on the warm server
+            llm.generate(prompts[:8], sampling, lora_request=target, use_tqdm=False)
+        started = time.perf_counter()
+        for target in targets:
+            llm.generate(prompts, sampling, lora_request=target, use_tqdm=False)
+        return time.perf_counter() - started
+    finally:
+        # Without this the engine core outlives the run and the process never exits.
+        llm.llm_engine.engine_core.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=100, help="Questions per adapter.")
@@ -148,6 +205,7 @@ def main() -> None:
             for i in range(ADAPTERS)
         ]
         warm_seconds, ours = measure_adapterd(data, args.limit)
+        direct_seconds = measure_engine_direct(model.path, adapters, args.limit)
         backend, cli_seconds, theirs = measure_cli(model.path, adapters, args.limit, data / "cli")
 
     agree = all(
@@ -156,6 +214,7 @@ def main() -> None:
     )
     figures = {
         "adapterd_warm_engine_s": warm_seconds,
+        "engine_direct_s": direct_seconds,
         "lm_eval_cli_s": cli_seconds,
         "questions_per_adapter": args.limit,
         "adapters": ADAPTERS,
