@@ -27,11 +27,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.results import report  # noqa: E402 (needs ROOT on the path)
+
+if TYPE_CHECKING:
+    from service.settings import ServerSettings
+    from tests.support import ServerProcess
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -87,17 +93,32 @@ def measure_cli(
     raise RuntimeError("neither lm-eval backend ran")
 
 
-def measure_adapterd(data: Path, limit: int) -> tuple[float, list[dict[str, float]]]:
+def bench_server(data: Path) -> "ServerProcess":
+    """adapterd's server for the benchmark, not started yet: its engine gets every core, as the
+    CLI's process does."""
+    from tests.support import ServerProcess
+
+    flags = ["--engine-threads", str(os.cpu_count() or 1)]
+    return ServerProcess(data, "smollm2-135m-instruct", extra_flags=flags)
+
+
+def server_settings(server: "ServerProcess") -> "ServerSettings":
+    """The settings `server` runs with, parsed from its flags as `adapterd serve` parses them."""
+    from service.cli import build_parser
+    from service.settings import ServerSettings, settings_from_args
+
+    args = build_parser().parse_args(["serve", *server.flags()])
+    return settings_from_args(ServerSettings, args)
+
+
+def measure_adapterd(server: "ServerProcess", limit: int) -> tuple[float, list[dict[str, float]]]:
     """(seconds for the three evaluations on the warm server, scores per adapter)."""
     from google.protobuf import json_format
 
     from adapterd.v1 import evaluation_pb2, jobs_pb2
     from service.client.api import Client
-    from tests.support import ServerProcess
 
-    # The engine gets every core, as the CLI's process does.
-    flags = ["--engine-threads", str(os.cpu_count() or 1)]
-    server = ServerProcess(data, "smollm2-135m-instruct", extra_flags=flags).start()
+    server.start()
     try:
         with Client(server.target, timeout=300) as client:
             for i in range(ADAPTERS):
@@ -133,45 +154,43 @@ def measure_adapterd(data: Path, limit: int) -> tuple[float, list[dict[str, floa
     return seconds, scores
 
 
-def measure_engine_direct(model: Path, adapters: list[Path], limit: int) -> float:
-    """Seconds for the requests adapterd's evaluations send (4 per question, for the base model
-    and each adapter), sent straight to a vLLM engine built as the server builds it, on every
-    core; each model's requests in one `LLM.generate`, the adapters loaded beforehand."""
+def evaluation_prompts(model: Path, max_model_len: int, limit: int) -> list[tuple[int, ...]]:
+    """The prompts adapterd's evaluation of TASK sends the engine: lm-eval runs the task on
+    `EngineLM` over a batch function that records the calls (and answers each with zeros)."""
     from transformers import AutoTokenizer
+
+    from eval.benchmarks import BUNDLED_TASKS, load_task, run_tasks
+    from eval.lm import EngineCall, EngineLM, EngineReply
+
+    prompts: list[tuple[int, ...]] = []
+
+    def record(calls: Sequence[EngineCall]) -> list[EngineReply]:
+        prompts.extend(call.prompt_ids for call in calls)
+        return [EngineReply("", tuple((0.0, True) for _ in call.prompt_ids)) for call in calls]
+
+    lm = EngineLM(record, AutoTokenizer.from_pretrained(model), max_model_len, "recorder")
+    configs = [load_task(TASK, [BUNDLED_TASKS])]
+    run_tasks(lm, configs, limit=limit, num_fewshot=None, seed=0, chat_template=False)
+    return prompts
+
+
+def measure_engine_direct(
+    settings: "ServerSettings", model: Path, adapters: list[Path], limit: int
+) -> float:
+    """Seconds for the requests adapterd's evaluations send (the base model's and each
+    adapter's), sent straight to the vLLM engine of a server with `settings`; each model's
+    requests in one `LLM.generate`, the adapters loaded beforehand."""
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
 
-    from eval.lm import EngineLM
-    from service.basemodel import lora_target_modules
-    from service.inference.vllm_engine import VllmEngineConfig, engine_arguments
-    from service.settings import ServerSettings
+    from service.app import engine_config
+    from service.inference.vllm_engine import bind_engine_cpus, engine_arguments
 
-    settings = ServerSettings()
-    cpus = tuple(sorted(os.sched_getaffinity(0)))
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cpus)
-    config = VllmEngineConfig(
-        model_path=model,
-        max_loras=settings.max_loras,
-        max_cpu_loras=settings.max_cpu_loras,
-        max_lora_rank=settings.max_lora_rank,
-        max_model_len=settings.max_model_len,
-        cpu_ids=cpus,
-        kv_cache_gib=settings.engine_kv_cache_gib,
-        lora_target_modules=tuple(sorted(lora_target_modules(model))),
-    )
-    # The task's requests, tokenized as EngineLM does: doc_to_text of adapterd_arith_mc, and
-    # each choice after lm-eval's target delimiter (a space).
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    lm = EngineLM(lambda calls: [], tokenizer, settings.max_model_len, "direct")
-    with (ROOT / "eval/tasks/arith_mc.jsonl").open() as f:
-        docs = [json.loads(line) for line in f][:limit]
-    pairs = [
-        lm.encode_pair(f"Question: {doc['question']}\nAnswer:", f" {choice}")
-        for doc in docs
-        for choice in doc["choices"]
-    ]
-    prompts = [TokensPrompt(prompt_token_ids=[*context, *rest]) for context, rest in pairs]
+    config = engine_config(settings, model)
+    bind_engine_cpus(config)
+    recorded = evaluation_prompts(model, settings.max_model_len, limit)
+    prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in recorded]
     sampling = SamplingParams(max_tokens=1, prompt_logprobs=1)  # as adapterd's requests
     targets = [None] + [LoRARequest(f"a{i}", i + 1, str(a)) for i, a in enumerate(adapters)]
     llm = LLM(**engine_arguments(config))
@@ -204,8 +223,10 @@ def main() -> None:
             make_adapter(root / f"a{i}", model.path, seed=i, rank=RANK, target_modules="all-linear")
             for i in range(ADAPTERS)
         ]
-        warm_seconds, ours = measure_adapterd(data, args.limit)
-        direct_seconds = measure_engine_direct(model.path, adapters, args.limit)
+        server = bench_server(data)
+        warm_seconds, ours = measure_adapterd(server, args.limit)
+        settings = server_settings(server)
+        direct_seconds = measure_engine_direct(settings, model.path, adapters, args.limit)
         backend, cli_seconds, theirs = measure_cli(model.path, adapters, args.limit, data / "cli")
 
     agree = all(

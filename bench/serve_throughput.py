@@ -83,20 +83,20 @@ def run_hf(model_dir: Path) -> list[float]:
 
 def run_direct(model_dir: Path, engine_threads: int) -> list[float]:
     """tokens/s of the 16 prompts at once on VllmEngine, without gRPC or the service, per run."""
-    from service.basemodel import lora_target_modules
+    from service.app import engine_config
     from service.inference.engine import GenerationRequest, Sampling
-    from service.inference.vllm_engine import VllmEngine, VllmEngineConfig, pick_engine_cpus
+    from service.inference.vllm_engine import VllmEngine
+    from service.settings import ServerSettings
 
-    config = VllmEngineConfig(
-        model_path=model_dir,
+    settings = ServerSettings(
         max_loras=ADAPTERS,
         max_cpu_loras=2 * ADAPTERS,
         max_lora_rank=16,
         max_model_len=1024,
-        cpu_ids=pick_engine_cpus(sorted(os.sched_getaffinity(0)), engine_threads),
-        kv_cache_gib=1,
-        lora_target_modules=tuple(sorted(lora_target_modules(model_dir))),
+        engine_threads=engine_threads,
+        engine_kv_cache_gib=1,
     )
+    config = engine_config(settings, model_dir)
     sampling = Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)
     prompts = prompt_ids(model_dir)
 

@@ -284,19 +284,21 @@ def build_app(settings: ServerSettings) -> App:
             )
     base_model = resolve_base_model(settings.base_model, settings.model_cache_dir)
     metrics = Metrics()
-    engine = VllmEngine(
-        VllmEngineConfig(
-            model_path=base_model.path,
-            max_loras=settings.max_loras,
-            max_cpu_loras=settings.max_cpu_loras,
-            max_lora_rank=settings.max_lora_rank,
-            max_model_len=settings.max_model_len,
-            cpu_ids=pick_engine_cpus(sorted(os.sched_getaffinity(0)), settings.engine_threads),
-            kv_cache_gib=settings.engine_kv_cache_gib,
-            lora_target_modules=tuple(sorted(lora_target_modules(base_model.path))),
-            gpu_memory_fraction=settings.engine_gpu_memory_fraction,
-            sleep_mode=settings.engine_sleep_while_training,
-        ),
-        stats=metrics.record_engine_stats,
-    )
+    engine = VllmEngine(engine_config(settings, base_model.path), stats=metrics.record_engine_stats)
     return App(settings, base_model, engine, tokens, metrics)
+
+
+def engine_config(settings: ServerSettings, model_path: Path) -> VllmEngineConfig:
+    """The vLLM engine the settings describe, for the base model at `model_path`."""
+    return VllmEngineConfig(
+        model_path=model_path,
+        max_loras=settings.max_loras,
+        max_cpu_loras=settings.max_cpu_loras,
+        max_lora_rank=settings.max_lora_rank,
+        max_model_len=settings.max_model_len,
+        cpu_ids=pick_engine_cpus(sorted(os.sched_getaffinity(0)), settings.engine_threads),
+        kv_cache_gib=settings.engine_kv_cache_gib,
+        lora_target_modules=tuple(sorted(lora_target_modules(model_path))),
+        gpu_memory_fraction=settings.engine_gpu_memory_fraction,
+        sleep_mode=settings.engine_sleep_while_training,
+    )

@@ -62,6 +62,12 @@ def pick_engine_cpus(available: list[int], threads: int) -> tuple[int, ...]:
     return tuple(available[-threads:])
 
 
+def bind_engine_cpus(config: VllmEngineConfig) -> None:
+    """Binds the engine's OpenMP threads to `config.cpu_ids`: vLLM's CPU backend reads the
+    binding from the environment of the engine-core process it is about to start."""
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in config.cpu_ids)
+
+
 def engine_arguments(config: VllmEngineConfig) -> dict[str, Any]:
     """The AsyncEngineArgs keyword arguments for `config` (values validated by the settings)."""
     return {
@@ -148,9 +154,7 @@ class VllmEngine:
         self._building: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
-        config = self._config
-        # vLLM's CPU backend reads its thread binding from the engine-core process's environment.
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in config.cpu_ids)
+        bind_engine_cpus(self._config)
         # Importing vLLM and building the engine (weights, compilation) take ~30 s: all of it
         # runs in a thread so the event loop keeps answering health checks meanwhile. The build
         # is shielded: if start() is cancelled, shutdown() still gets the engine to stop.
