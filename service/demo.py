@@ -58,10 +58,16 @@ QUICK = DemoPlan(train_rows=16, questions=4, schema_questions=2, answer_tokens=2
                  expect_promotion=False)  # fmt: skip
 
 
+def benchmarks(plan: DemoPlan) -> dict[str, Any]:
+    """The benchmarks of both evaluations: the same spec, so the second reuses the first's
+    scores."""
+    return {"tasks": TASKS, "limit": plan.questions}
+
+
 def evaluation(plan: DemoPlan) -> dict[str, Any]:
     """The evaluation after training: gates an honestly trained adapter passes, then promotion."""
     return {
-        "benchmarks": {"tasks": TASKS, "limit": plan.questions},
+        "benchmarks": benchmarks(plan),
         "schema_adherence": {"limit": plan.schema_questions, "max_tokens": 128},
         "win_rate": {"limit": plan.questions, "max_tokens": 256},
         "gates": [
@@ -83,9 +89,8 @@ def evaluation(plan: DemoPlan) -> dict[str, Any]:
 
 
 def strict_evaluation(plan: DemoPlan) -> dict[str, Any]:
-    """A deliberately strict gate; the benchmarks are measured already, so their scores are
-    reused."""
-    return {"benchmarks": {"tasks": TASKS, "limit": plan.questions}, "gates": [STRICT_GATE]}
+    """A deliberately strict gate on the benchmarks measured already."""
+    return {"benchmarks": benchmarks(plan), "gates": [STRICT_GATE]}
 
 
 def _say(message: str) -> None:
