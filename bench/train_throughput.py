@@ -96,8 +96,9 @@ def run_reference(model_dir: Path) -> dict[str, float]:
 
 def run_adapterd(model_dir: Path, quantization: str) -> dict[str, float]:
     from trainer.config import load_config
+    from trainer.contract import ExitCode
     from trainer.events import EventWriter
-    from trainer.sft import EXIT_OK, run
+    from trainer.sft import run
 
     with tempfile.TemporaryDirectory() as out:
         data = Path(out) / "rows.jsonl"
@@ -114,7 +115,7 @@ def run_adapterd(model_dir: Path, quantization: str) -> dict[str, float]:
         )
         events = Path(out) / "events.jsonl"
         with EventWriter(events) as writer:
-            assert run(config, writer) == EXIT_OK
+            assert run(config, writer) == ExitCode.OK
         done = [json.loads(line) for line in events.read_text().splitlines()][-1]
     metrics = done["metrics"]
     return {

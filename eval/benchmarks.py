@@ -1,16 +1,18 @@
 """Benchmarks through lm-eval: resolve tasks to configs, run them on an `LM`, read the scores.
 
 Tasks come from YAML files in a task directory: the bundled `eval/tasks/` (written for adapterd)
-or a client's directory under the server's data root. Either way each YAML goes through the
-restricted loader (`eval.taskyaml`) and its data files are resolved inside its own directory and
-checked to exist, so a missing file is an error that names it, before any scoring. Tasks are then
-handed to lm-eval as config dicts, which keeps its registry (and its `!function` loader) out.
+or a client's uploaded one. Either way each YAML goes through the allowlisting loader
+(`eval.taskyaml`) and its data files are resolved inside its own directory and checked to exist,
+so a missing file is an error that names it, before any scoring. Tasks are then handed to lm-eval
+as config dicts, which keeps its registry (and its `!function` loader) out, and lm-eval renders
+their templates in the sandbox and runs their regular expressions in RE2 (`eval.sandbox`).
 """
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eval.sandbox import harden_lm_eval
 from eval.taskyaml import TaskYamlError, load_task_yaml
 from trainer.files import OutsideRootError, inside_root
 
@@ -100,6 +102,7 @@ def run_tasks(
     from lm_eval import simple_evaluate  # heavy: loads on first use
     from lm_eval.tasks import TaskManager
 
+    harden_lm_eval()
     try:
         output = simple_evaluate(
             model=lm,

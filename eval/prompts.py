@@ -4,6 +4,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from eval.schema import check_schema
+
 ASSETS = Path(__file__).parent / "assets"
 
 
@@ -41,6 +43,8 @@ def read_prompts(path: Path, fields: tuple[str, ...], limit: int | None) -> list
             row: Any = json.loads(line)
         except json.JSONDecodeError as exc:
             raise PromptSetError(f"{path.name}:{number}: invalid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise PromptSetError(f"{path.name}:{number}: nested too deep") from None
         for field in fields:
             value = row.get(field) if isinstance(row, dict) else None
             if not isinstance(value, str) or not value.strip():
@@ -59,16 +63,14 @@ def read_schema(path: Path) -> dict[str, Any]:
     Raises:
         PromptSetError: unreadable, not JSON, not an object, or not a valid schema.
     """
-    import jsonschema
-
     try:
         schema = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise PromptSetError(f"{path.name}: nested too deep") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PromptSetError(f"{path.name}: not a readable JSON file ({exc})") from None
-    if not isinstance(schema, dict):
-        raise PromptSetError(f"{path.name}: a JSON Schema must be a JSON object")
     try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise PromptSetError(f"{path.name}: not a valid JSON Schema: {exc.message}") from None
-    return schema
+        check_schema(schema)
+    except ValueError as exc:
+        raise PromptSetError(f"{path.name}: {exc}") from None
+    return dict(schema)

@@ -3,15 +3,25 @@
 For each output: does it parse as JSON (the whole text, or the first fenced ```json block), does
 it validate, which required top-level fields are present, and which schema keywords its errors
 come from ("required", "type", "enum", ...). The report keeps a few failing samples.
+
+A schema is a client's: its `pattern` and `patternProperties` run in RE2 (linear time; Python's
+`re`, which jsonschema uses, backtracks exponentially on `^(?:(x+x+)+y|x+)$` and holds the GIL),
+and `check_schema` refuses at submission what RE2 cannot compile, naming the JSON pointer.
 """
 
 import json
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
+from jsonschema.exceptions import ValidationError
+
+from eval.sandbox import compile_re2
+
+MAX_SCHEMA_DEPTH = 64
 
 FENCED = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 MAX_SAMPLES = 5
@@ -78,12 +88,77 @@ def extract_json(text: str) -> Any:
     raise ValueError("not JSON")
 
 
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not compile_re2(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(
+    validator: Any, patterns: dict[str, Any], instance: Any, schema: Any
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        compiled = compile_re2(pattern)
+        for key, value in instance.items():
+            if compiled.search(key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def check_schema(schema: Any) -> None:
+    """Refuses a schema that is not a JSON object, breaks its metaschema, nests deeper than
+    MAX_SCHEMA_DEPTH, or has a `pattern` or `patternProperties` key that RE2 cannot compile.
+
+    Raises:
+        ValueError: naming the JSON pointer and the problem.
+    """
+    if not isinstance(schema, dict):
+        raise ValueError("a JSON Schema must be a JSON object")
+    _check_patterns(schema, "", 0)
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+
+
+def _check_patterns(node: Any, pointer: str, depth: int) -> None:
+    if depth > MAX_SCHEMA_DEPTH:
+        raise ValueError(f"{pointer}: nested deeper than {MAX_SCHEMA_DEPTH}")
+    items = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if isinstance(node, list)
+        else ()
+    )
+    for key, value in items:
+        where = f"{pointer}/{str(key).replace('~', '~0').replace('/', '~1')}"
+        try:
+            if key == "pattern" and isinstance(value, str):
+                compile_re2(value)
+            elif key == "patternProperties" and isinstance(value, dict):
+                for pattern in value:
+                    compile_re2(pattern)
+        except ValueError as exc:
+            raise ValueError(f"{where or '/'}: {exc}") from None
+        _check_patterns(value, where, depth + 1)
+
+
+def validator_of(schema: dict[str, Any]) -> Any:
+    """A validator of `schema` whose regular expressions run in RE2 (checked first: see
+    `check_schema`)."""
+    check_schema(schema)
+    base = jsonschema.validators.validator_for(schema)
+    re2_class = jsonschema.validators.extend(
+        base, {"pattern": _pattern, "patternProperties": _pattern_properties}
+    )
+    return re2_class(schema)
+
+
 def score_outputs(outputs: list[str], schema: dict[str, Any]) -> SchemaReport:
     """Scores every output against `schema` (checked first: an invalid schema raises
-    jsonschema.SchemaError)."""
-    validator_class = jsonschema.validators.validator_for(schema)
-    validator_class.check_schema(schema)
-    validator = validator_class(schema)
+    ValueError naming the problem)."""
+    validator = validator_of(schema)
     required = list(schema.get("required", []))
     report = SchemaReport(required_present=dict.fromkeys(required, 0))
     for index, output in enumerate(outputs):

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jsonschema import SchemaError
 from pydantic import BaseModel
 
 from eval.benchmarks import BUNDLED_TASKS, BenchmarkError, TaskScore, load_task, run_tasks
@@ -189,7 +188,7 @@ class Evaluator:
         try:
             result = await self._evaluate(job, emit, out_dir, began)
         except (
-            EvalSpecError, BenchmarkError, PromptSetError, SchemaError, AdapterdError, ValueError,
+            EvalSpecError, BenchmarkError, PromptSetError, AdapterdError, ValueError,
             JudgeUnreachableError,
         ) as exc:  # fmt: skip
             self._metrics.evaluation_duration.labels("failed").observe(time.monotonic() - began)

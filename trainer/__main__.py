@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import DataSpec, TrainConfigError, describe_validation_error, load_config
+from trainer.contract import PARENT_PID_VARIABLE, ExitCode, FailureReason
 from trainer.data import MAX_PROBLEMS_SHOWN, DataRejectedError, DataReport, prepare_data
 from trainer.events import EventWriter
 from trainer.masking import TemplateError
@@ -113,7 +114,6 @@ def _load_config_file(path: str) -> dict[str, Any]:
     return data
 
 
-PARENT_PID_VARIABLE = "ADAPTERD_PARENT_PID"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -137,16 +137,18 @@ def _train(args: argparse.Namespace) -> int:
     config = load_config(_load_config_file(args.config))
     import torch  # torch and transformers load only for training
 
-    from trainer.sft import EXIT_OOM, OOM_HINT, run
+    from trainer.sft import OOM_HINT, run
 
     with EventWriter(Path(args.events) if args.events else None) as events:
         try:
             return run(config, events)
         except torch.OutOfMemoryError as exc:
-            events.emit("failed", reason="out_of_memory", message=f"{exc}; {OOM_HINT}")
-            return EXIT_OOM
+            events.emit("failed", reason=FailureReason.OUT_OF_MEMORY, message=f"{exc}; {OOM_HINT}")
+            return ExitCode.OUT_OF_MEMORY
         except Exception as exc:
-            events.emit("failed", reason="crashed", message=f"{type(exc).__name__}: {exc}")
+            events.emit(
+                "failed", reason=FailureReason.CRASHED, message=f"{type(exc).__name__}: {exc}"
+            )
             raise
 
 
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.run(args)
     except TrainConfigError as exc:
         print(f"trainer: error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     return code
 
 

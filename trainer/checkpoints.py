@@ -81,7 +81,8 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> L
     """Restores adapter weights, optimizer, scheduler and RNGs; returns the loop state."""
     weights = load_file(path / "adapter" / "adapter_model.safetensors")
     set_peft_model_state_dict(model, weights)
-    saved = torch.load(path / "training_state.pt", weights_only=False)
+    # Tensors, numbers and containers only: a checkpoint file can never run code on load.
+    saved = torch.load(path / "training_state.pt", weights_only=True)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     random.setstate(saved["python_rng"])

@@ -6,8 +6,8 @@ per-step metrics over them) trains at under 60% of this loop's rate. The loop co
 over fp32 adapter weights, only where labels train, with exactly the loss masks of
 `trainer.masking`. The result is a standard peft adapter.
 
-Exit codes: 0 done, 1 crashed, 2 invalid config, 3 data rejected, 4 unusable chat template,
-5 out of memory, 75 interrupted by SIGTERM after writing a checkpoint (run it again to resume).
+Exit codes and failure reasons are `trainer.contract`'s (75: interrupted by SIGTERM after
+writing a checkpoint; run it again to resume).
 """
 
 import math
@@ -25,14 +25,13 @@ from trainer.artifacts import install_adapter, write_loss_curve, write_manifest
 from trainer.batching import Batch, epoch_order, padded, padding_free, token_losses
 from trainer.checkpoints import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
+from trainer.contract import ExitCode, FailureReason
 from trainer.data import MAX_PROBLEMS_SHOWN, DataRejectedError, PreparedData, prepare_data
 from trainer.events import EventWriter
 from trainer.files import fresh_staging, publish_dir
 from trainer.masking import Example, TemplateError
 from trainer.model import attach_lora, device, load_base, resolve_quantization
 
-EXIT_OK, EXIT_CRASHED, EXIT_CONFIG, EXIT_DATA, EXIT_TEMPLATE, EXIT_OOM = 0, 1, 2, 3, 4, 5
-EXIT_INTERRUPTED = 75
 OOM_HINT = (
     "lower training.batch_size or data.max_length, or turn on training.gradient_checkpointing "
     "or 4-bit quantization (quantization.mode nf4)"
@@ -99,19 +98,19 @@ def run(config: TrainConfig, events: EventWriter) -> int:
         report = exc.report
         events.emit(
             "failed",
-            reason="data_rejected",
+            reason=FailureReason.DATA_REJECTED,
             message=str(exc).split("\n")[0],
             problem_counts=report.problem_counts,
             problems=[vars(p) for p in report.problems[:MAX_PROBLEMS_SHOWN]],
         )
-        return EXIT_DATA
+        return ExitCode.DATA
     except TemplateError as exc:
-        events.emit("failed", reason="chat_template", message=str(exc))
-        return EXIT_TEMPLATE
+        events.emit("failed", reason=FailureReason.CHAT_TEMPLATE, message=str(exc))
+        return ExitCode.TEMPLATE
     events.emit("data", **{k: v for k, v in data.report.to_json().items() if k != "problems"})
     if config.validate_only:
         events.emit("done", status="validated", metrics={})
-        return EXIT_OK
+        return ExitCode.OK
 
     quantization = resolve_quantization(config.quantization)
     base = load_base(
@@ -230,7 +229,7 @@ def run(config: TrainConfig, events: EventWriter) -> int:
             events.emit("checkpoint", step=state.step, path=str(path))
         if stop.requested:
             events.emit("interrupted", step=state.step)
-            return EXIT_INTERRUPTED
+            return ExitCode.INTERRUPTED
     if should_stop_early():
         events.emit("early_stopped", step=state.step, best_step=state.best_step)
 
@@ -256,7 +255,7 @@ def run(config: TrainConfig, events: EventWriter) -> int:
         loss_png=str(curve_png),
         metrics=metrics,
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _save_adapter(model: Any, target: Path) -> None:

@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from eval.schema import check_schema
 from service.adapters.manager import AdapterManager
 from service.errors import AdapterdError, InvalidArgumentError, UnavailableError
 from service.inference.engine import (
@@ -72,21 +72,17 @@ class GenerateParams(_Strict):
     @field_validator("json_schema", mode="before")
     @classmethod
     def _parse_schema(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        if not value:
+        if value is None or value == "":
             return None
-        try:
-            schema = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not valid JSON ({exc})") from None
-        if not isinstance(schema, dict):
-            raise ValueError("a JSON Schema must be a JSON object")
-        try:
-            jsonschema.validators.validator_for(schema).check_schema(schema)
-        except jsonschema.SchemaError as exc:
-            raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
-        return schema
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON ({exc})") from None
+            except RecursionError:
+                raise ValueError("nested too deep") from None
+        check_schema(value)  # a dict from HTTP is checked the same way
+        return value
 
     @model_validator(mode="after")
     def _one_input(self) -> "GenerateParams":

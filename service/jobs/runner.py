@@ -3,12 +3,12 @@ evaluations in the server process, on its engine (the `on_evaluate` hook).
 
 The trainer (`python -m trainer train`) runs in its own process group with a thread budget
 (`--trainer-threads`), writes JSON-line events that are stored as the job's feed, and exits with
-a code that says how it ended (trainer.sft). Cancelling sends SIGTERM to its group, SIGKILL after
-the grace. On server shutdown the trainer gets SIGTERM, writes a checkpoint and exits 75: the job
-returns to the queue and resumes from that checkpoint on the next start. A trainer whose server
-died notices (parent-death signal, see trainer.__main__) and does the same. A training job whose
-spec asks for an evaluation registers its adapter and then evaluates it; an `evaluate` job only
-evaluates. Cancelling or stopping an evaluation cancels its task.
+a code that says how it ended (`trainer.contract`). Cancelling sends SIGTERM to its group,
+SIGKILL after the grace. On server shutdown the trainer gets SIGTERM, writes a checkpoint and
+exits 75: the job returns to the queue and resumes from that checkpoint on the next start. A
+trainer whose server died notices (parent-death signal, see trainer.__main__) and does the same.
+A training job whose spec asks for an evaluation registers its adapter and then evaluates it; an
+`evaluate` job only evaluates. Cancelling or stopping an evaluation cancels its task.
 """
 
 import asyncio
@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ from service.errors import FailedPreconditionError
 from service.jobs.model import Job, JobFailedError, JobKind, JobState
 from service.metrics import Metrics
 from service.store.base import Store
+from trainer.contract import PARENT_PID_VARIABLE, ExitCode, FailureReason
 
 logger = logging.getLogger(__name__)
 
@@ -54,25 +55,52 @@ def outcome(
     """The job's state after its trainer exited with `exit_code`; `failure` is the trainer's
     own `failed` event, if it wrote one; `oom_killed` whether the kernel's OOM killer struck in
     the meantime (None: this machine does not tell). Pure."""
-    if exit_code == 0:
+    if exit_code == ExitCode.OK:
         return Outcome(JobState.SUCCEEDED)
-    if exit_code in (75, -signal.SIGTERM):  # stopped: from its checkpoint, or before training
+    if exit_code in (
+        ExitCode.INTERRUPTED,
+        -signal.SIGTERM,
+    ):  # stopped: from its checkpoint, or before training
         return Outcome(JobState.QUEUED, "interrupted", "stopped by the server; resumes later")
     if failure is not None:
         return Outcome(JobState.FAILED, str(failure.get("reason")), str(failure.get("message")))
-    if exit_code == 2:
-        return Outcome(JobState.FAILED, "invalid_config", log_tail)
+    if exit_code == ExitCode.CONFIG:
+        return Outcome(JobState.FAILED, FailureReason.INVALID_CONFIG, log_tail)
     if exit_code in (-signal.SIGKILL, 137) and oom_killed is not False:
         certainty = "by" if oom_killed else "most likely by"
         return Outcome(
             JobState.FAILED,
-            "out_of_memory",
+            FailureReason.OUT_OF_MEMORY,
             f"the trainer was killed (SIGKILL) {certainty} the kernel's OOM killer: lower "
             "training.batch_size or data.max_length, or use quantization.mode nf4",
         )
     return Outcome(
-        JobState.FAILED, "trainer_crashed", f"trainer exited with {exit_code}:\n{log_tail}"
+        JobState.FAILED, FailureReason.CRASHED, f"trainer exited with {exit_code}:\n{log_tail}"
     )
+
+
+TRAINER_ENV_NAMES = frozenset(
+    {"PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH",
+     "VIRTUAL_ENV", "XDG_CACHE_HOME", "LD_LIBRARY_PATH"}
+)  # fmt: skip
+TRAINER_ENV_PREFIXES = (
+    "HF_", "TRANSFORMERS_", "TOKENIZERS_", "CUDA_", "NVIDIA_", "OMP_", "MKL_", "KMP_",
+    "OPENBLAS_", "PYTORCH_", "TORCH_", "BNB_",
+)  # fmt: skip
+
+
+def trainer_environment(
+    environ: Mapping[str, str], threads: int, parent_pid: int
+) -> dict[str, str]:
+    """The trainer's environment: an allowlist of the server's (locale, paths, the libraries'
+    own switches), never its settings or secrets (no ADAPTERD_*, no judge API key, no tokens
+    file), plus its thread budget and the parent it follows. Pure."""
+    kept = {
+        k: v
+        for k, v in environ.items()
+        if k in TRAINER_ENV_NAMES or k.startswith(TRAINER_ENV_PREFIXES)
+    }
+    return kept | {"OMP_NUM_THREADS": str(threads), PARENT_PID_VARIABLE: str(parent_pid)}
 
 
 CGROUP_OOM_FILES = (
@@ -95,7 +123,7 @@ def oom_kills(files: tuple[Path, ...] = CGROUP_OOM_FILES) -> int | None:
 CANCELLED = Outcome(JobState.CANCELLED, "cancelled", "cancelled by a client")
 """How every job a client cancelled ends, whatever its trainer or evaluation did."""
 
-RETRYABLE = frozenset({"trainer_crashed"})
+RETRYABLE = frozenset({FailureReason.CRASHED})
 """Failures that may be the machine's rather than the job's; data, config, template and memory
 failures would only repeat."""
 
@@ -327,11 +355,7 @@ class JobRunner:
     async def _run_trainer(self, job: Job) -> Outcome:
         directory = self.job_dir(job.id)
         events = directory / EVENTS_FILE
-        env = {
-            **os.environ,
-            "OMP_NUM_THREADS": str(self._threads),
-            "ADAPTERD_PARENT_PID": str(os.getpid()),
-        }
+        env = trainer_environment(os.environ, self._threads, os.getpid())
         with (directory / LOG_FILE).open("ab") as log:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "trainer", "train",

@@ -15,7 +15,7 @@ def test_bundled_tasks_load_with_their_data_files_resolved():
     ("yaml", "message"),
     [
         ("task: t\ndataset_path: json\n", "dataset_kwargs.data_files must map splits"),
-        ("task: t\ndataset_path: gsm8k\n", "dataset_path must be json, csv or parquet"),
+        ("task: t\ndataset_path: gsm8k\n", "dataset_path = .gsm8k.: Input should be .json."),
         ("task: t\ndataset_path: json\ndataset_kwargs: {data_files: {test: gone.jsonl}}\n",
          "data_files.test: gone.jsonl does not exist"),
         ("task: t\ndataset_path: json\ndataset_kwargs: {data_files: {test: ../x.jsonl}}\n",

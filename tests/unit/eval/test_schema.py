@@ -1,7 +1,16 @@
-import jsonschema
+import json
+
 import pytest
 
-from eval.schema import extract_json, score_outputs
+from eval.schema import check_schema, extract_json, score_outputs
+
+
+def _deep(levels):
+    node = {}
+    for _ in range(levels):
+        node = {"not": node}
+    return node
+
 
 SCHEMA = {
     "type": "object",
@@ -29,8 +38,40 @@ def test_outputs_are_scored_for_parsing_validity_fields_and_error_keywords():
 
 
 def test_an_invalid_schema_is_refused_before_any_scoring():
-    with pytest.raises(jsonschema.SchemaError):
+    with pytest.raises(ValueError, match="not a valid JSON Schema"):
         score_outputs(["{}"], {"type": "no-such-type"})
+
+
+REDOS = "^(?:(x+x+)+y|x+)$"
+
+
+def test_a_redos_pattern_is_scored_in_re2():
+    # Python's re (jsonschema's own) takes 3.5 s at 26 characters here, doubling per character;
+    # at 60 it would run for years, and pytest-timeout would fail this test.
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string", "pattern": REDOS}},
+        "patternProperties": {REDOS: {"type": "integer"}},
+    }
+    long = "x" * 60
+    report = score_outputs([json.dumps({"a": long}), json.dumps({"a": long + "z"})], schema)
+    assert (report.valid, report.errors_by_keyword) == (1, {"pattern": 1})
+    report = score_outputs([json.dumps({long: "not an integer"})], schema)
+    assert report.errors_by_keyword == {"type": 1}
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        ({"properties": {"a": {"pattern": "(a)\\1"}}}, "/properties/a/pattern: .*RE2"),
+        ({"patternProperties": {"(?=x)": {}}}, "/patternProperties: .*RE2"),
+        ({"items": {"items": {}}} | {"x": _deep(100)}, "nested deeper than 64"),
+        ([1], "must be a JSON object"),
+    ],
+)
+def test_check_schema_names_the_json_pointer_of_what_re2_cannot_run(schema, message):
+    with pytest.raises(ValueError, match=message):
+        check_schema(schema)
 
 
 def test_extract_json_takes_the_whole_text_or_the_first_fence():

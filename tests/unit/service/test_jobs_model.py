@@ -6,7 +6,8 @@ import pytest
 
 from service.errors import FailedPreconditionError
 from service.jobs.model import TRANSITIONS, JobKind, JobState, check_transition, spec_digest
-from service.jobs.runner import Outcome, oom_kills, outcome, retry
+from service.jobs.runner import Outcome, oom_kills, outcome, retry, trainer_environment
+from trainer.contract import PARENT_PID_VARIABLE, FailureReason
 
 
 def test_terminal_states_have_no_way_out_and_every_live_state_can_fail_or_be_cancelled():
@@ -65,6 +66,28 @@ def test_only_a_crash_is_retried_and_only_while_attempts_remain():
     oom = outcome(-signal.SIGKILL, None, "")
     assert retry(rejected, 1, 3) is rejected
     assert retry(oom, 1, 3) is oom
+
+
+def test_a_python_exception_in_the_trainer_is_the_retried_crash():
+    # The trainer's own `failed` event for an exception carries the contract's reason, so the
+    # runner retries it like any other crash (it once wrote "crashed", which was never retried).
+    failure = {"reason": FailureReason.CRASHED.value, "message": "RuntimeError: bus error"}
+    crash = outcome(1, failure, "tail")
+    assert crash.reason == "trainer_crashed"
+    assert retry(crash, attempts=1, max_attempts=2).state is JobState.QUEUED
+
+
+def test_the_trainer_environment_keeps_no_setting_or_secret_of_the_server():
+    server = {
+        "PATH": "/usr/bin", "HOME": "/home/a", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "0",
+        "ADAPTERD_JUDGE_API_KEY": "sk-secret", "ADAPTERD_AUTH_TOKENS_FILE": "/etc/tokens",
+        "OPENAI_API_KEY": "sk-other", "AWS_SECRET_ACCESS_KEY": "x", "OMP_NUM_THREADS": "64",
+    }  # fmt: skip
+    env = trainer_environment(server, threads=3, parent_pid=42)
+    assert env == {
+        "PATH": "/usr/bin", "HOME": "/home/a", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "0",
+        "OMP_NUM_THREADS": "3", PARENT_PID_VARIABLE: "42",
+    }  # fmt: skip
 
 
 def test_a_sigkill_is_out_of_memory_only_when_the_oom_killer_struck_or_nobody_can_tell():
