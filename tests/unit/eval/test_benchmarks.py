@@ -1,8 +1,17 @@
 """Task loading (restricted, data files confined and checked) and lm-eval's results parsed."""
 
+import json
+
 import pytest
 
-from eval.benchmarks import BUNDLED_TASKS, BenchmarkError, TaskScore, load_task, parse_results
+from eval.benchmarks import (
+    BUNDLED_TASKS,
+    BenchmarkError,
+    TaskScore,
+    load_task,
+    parse_results,
+    run_tasks,
+)
 
 
 def test_bundled_tasks_load_with_their_data_files_resolved():
@@ -46,3 +55,42 @@ def test_results_keep_metric_filter_and_stderr():
         TaskScore("gen", "exact_match,strict-match", 0.25, 0.1),
         TaskScore("mc", "acc", 0.75, 0.05),
     ]
+
+
+def test_lm_evals_stock_gsm8k_runs_sandboxed_with_its_filters_in_re2(tmp_path, tokenizer):
+    from eval.lm import EngineLM, EngineReply
+    from eval.sandbox import SANDBOX
+    from tests.unit.eval.test_taskyaml import STOCK_GSM8K
+
+    rows = [
+        {"question": f"What is {n} + {n}?", "answer": f"{n} + {n} = {2 * n}\n#### {2 * n}"}
+        for n in range(1, 9)
+    ]
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "gsm8k.yaml").write_text(STOCK_GSM8K)
+    prompts: list[str] = []
+
+    def batch(calls):
+        # Right for the first four questions only; every prompt carries 5 shots.
+        out = []
+        for call in calls:
+            text = tokenizer.decode(call.prompt_ids)
+            prompts.append(text)
+            n = int(text.rsplit("What is ", 1)[1].split(" ")[0])
+            out.append(EngineReply(text=f" so #### {2 * n if n <= 4 else 0}", prompt_logprobs=()))
+        return out
+
+    lm = EngineLM(batch, tokenizer, 2048, "scripted")
+    scores = run_tasks(
+        lm, [load_task("gsm8k", [tmp_path])], limit=None, num_fewshot=None, seed=0,
+        chat_template=False,
+    )  # fmt: skip
+    by_metric = {s.metric: s.value for s in scores}
+    assert by_metric["exact_match,strict-match"] == 0.5
+    assert all(p.count("Question: ") == 6 for p in prompts)  # 5 shots and the question
+    import lm_eval.filters.extraction
+    import lm_eval.utils
+    import re2
+
+    assert lm_eval.utils.env is SANDBOX and lm_eval.filters.extraction.re is re2
