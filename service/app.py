@@ -142,6 +142,7 @@ class App:
                 tokens=tokens,
                 base_model=base_model.name,
                 metrics=self.metrics,
+                max_body_bytes=settings.max_http_body_mib * 2**20,
             ),
             settings.host,
             settings.http_port,
@@ -156,6 +157,7 @@ class App:
             self.generator,
             self.adapters,
             self.jobs,
+            settings.max_concurrent_rpcs,
         )
         self._metrics_http: tuple[object, object] | None = None
         self._engine_task: asyncio.Task[None] | None = None

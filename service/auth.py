@@ -7,17 +7,25 @@ sha256 digests in memory. Pure logic: the gRPC interceptor that applies it is in
 
 import enum
 import hashlib
+import re
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from service.errors import ConfigError, PermissionDeniedError, UnauthenticatedError
+from service.errors import ConfigError, UnauthenticatedError
 
 MIN_TOKEN_LENGTH = 16
+TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+TENANT_RULE = "a tenant is lowercase letters, digits, '_' and '-', 1 to 64 characters"
+SHARED_TENANT = "shared"
+"""The reserved tenant of what an admin publishes to all: every caller may use it, only admins
+may change it. No token may belong to it."""
+DEFAULT_TENANT = "default"
+"""The tenant of every caller when authentication is off."""
 
 
 class Role(enum.Enum):
@@ -32,19 +40,15 @@ class Principal:
     """The authenticated caller of one request."""
 
     tenant: str
-    """Tenant whose jobs, datasets and adapters the caller sees; empty when auth is off."""
+    """Tenant whose jobs, datasets and adapters the caller owns; DEFAULT_TENANT when auth is
+    off."""
     role: Role
     """The caller's role."""
 
-    def require(self, role: Role) -> None:
-        """Raises PermissionDeniedError unless the caller holds `role` (admin holds all)."""
-        if self.role is not Role.ADMIN and self.role is not role:
-            raise PermissionDeniedError(f"this call needs the {role.value} role")
-
 
 # Who is calling, set by the auth interceptor around each RPC. With auth off, every caller is
-# an admin of the unnamed tenant.
-ANONYMOUS_ADMIN = Principal(tenant="", role=Role.ADMIN)
+# an admin of the default tenant.
+ANONYMOUS_ADMIN = Principal(tenant=DEFAULT_TENANT, role=Role.ADMIN)
 current_principal: ContextVar[Principal] = ContextVar("current_principal", default=ANONYMOUS_ADMIN)
 
 
@@ -52,8 +56,15 @@ class _TokenEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     token: str = Field(min_length=MIN_TOKEN_LENGTH)
-    tenant: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    tenant: str = Field(pattern=TENANT_PATTERN.pattern)
     role: Literal["user", "admin"]
+
+    @field_validator("tenant")
+    @classmethod
+    def _not_shared(cls, value: str) -> str:
+        if value == SHARED_TENANT:
+            raise ValueError(f"{SHARED_TENANT!r} is reserved for what admins publish to all")
+        return value
 
 
 _ENTRIES = TypeAdapter(list[_TokenEntry])

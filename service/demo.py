@@ -175,7 +175,7 @@ def _train_and_compare(client: Client, data_dir: Path, plan: DemoPlan) -> int:
     _say(f"submitted {job.id}: train, then evaluate against the base model with 3 gates")
     if follow_job(client, job.id, as_json=False) != 0:
         return 1
-    result = _report(client, job.id)
+    result = _report(client, job.id, data_dir)
     if result["evaluation"]["promoted"]:
         answering = ALIAS
     elif plan.expect_promotion:
@@ -210,18 +210,23 @@ def _train_and_compare(client: Client, data_dir: Path, plan: DemoPlan) -> int:
     return 0
 
 
-def _report(client: Client, job_id: str) -> dict[str, Any]:
-    """Prints the evaluation's scores side by side, and where its report and loss plot are;
-    returns the job's result."""
-    report = json_format.MessageToDict(client.evaluation_report(job_id).report)
+def _report(client: Client, job_id: str, data_dir: Path) -> dict[str, Any]:
+    """Prints the evaluation's scores side by side, and where its report and loss plot are
+    (the report as the API hands it to any client, written next to the demo's server log; the
+    plot in the job's directory of the server the demo started); returns the job's result."""
+    fetched = client.evaluation_report(job_id)
+    report = json_format.MessageToDict(fetched.report)
     ours, base = report["scores"]["candidate"], report["scores"].get("baseline", {})
     _say(f"{'metric':<46}{'adapter':>9}{'base':>9}")
     for key in sorted(k for k in ours if k in base or k.startswith("win_rate")):
         shown = f"{base[key]:>9.3f}" if key in base else f"{'':>9}"
         _say(f"{key:<46}{ours[key]:>9.3f}{shown}")
     result = json_format.MessageToDict(client.get_job(job_id).result)
-    _say(f"report: {result['evaluation']['report']}")
-    _say(f"loss plot: {result.get('loss_png', '-')}")
+    local = data_dir / f"demo-report-{job_id}.html"
+    local.write_text(fetched.html)
+    _say(f"report: {local}")
+    if "loss_png" in result:
+        _say(f"loss plot: {data_dir / 'jobs' / job_id / result['loss_png']}")
     return result
 
 

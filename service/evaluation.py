@@ -200,7 +200,7 @@ class Evaluator:
         training = job.kind is JobKind.TRAIN
         spec = parse_eval_spec(job.spec["evaluation"], training=training)
         candidate = job.result["adapter_version"] if training else job.spec.get("adapter", "")
-        baseline = self._adapters.registry.resolve(spec.baseline).ref if spec.baseline else ""
+        baseline = self._adapters.resolve(spec.baseline).ref if spec.baseline else ""
         await self._wait_ready()
         run = _Run(self, spec, emit)
         targets = {"candidate": candidate, "baseline": baseline}
@@ -253,7 +253,6 @@ class Evaluator:
             "scores": own.values,
             "baseline_scores": base_values,
             "failed_gates": [g["reason"] for g in report["gates"] if not g["passed"]],
-            "report": str(out_dir / REPORT_HTML),
         }
         await emit("eval", {"phase": "done", **summary})
         return {"evaluation": summary}

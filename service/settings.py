@@ -161,6 +161,15 @@ class ServerSettings(BaseSettings):
     max_upload_mib: int = Field(
         1024, ge=1, le=1_048_576, description="Size cap of an uploaded dataset in MiB."
     )
+    max_http_body_mib: int = Field(
+        4, ge=1, le=1024, description="Size cap of an HTTP request body in MiB (413 beyond)."
+    )
+    max_concurrent_rpcs: int = Field(
+        1024,
+        ge=16,
+        le=100_000,
+        description="gRPC calls the server runs at once; past it a call is RESOURCE_EXHAUSTED.",
+    )
     cancel_grace_seconds: float = Field(
         10.0,
         gt=0,

@@ -1,7 +1,10 @@
 """Adapter operations against the engine: load, lease for a request, evict, unload, alias.
 
 The registry (pure state) decides; this module does the I/O and keeps the engine's adapter
-cache, the registry and the store in step. Registered versions and aliases are stored, so a
+cache, the registry and the store in step. The methods that take a `Principal` are what clients
+reach (through gRPC and HTTP alike): they qualify the names the caller wrote and apply its tenant
+rights (`service.authz`). The others take qualified names that the service checked already, at
+a job's submission. Registered versions and aliases are stored, so a
 restarted server serves them again (each is checked again and reloads on its first request).
 Every change to the engine's cache happens under one lock, so
 the cache never holds more than its capacity and vLLM never evicts on its own: every eviction is
@@ -13,10 +16,21 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 
 from service.adapters.checks import AdapterLimits, check_adapter
-from service.adapters.registry import AdapterState, AdapterVersion, Registry, check_name, parse_ref
+from service.adapters.registry import (
+    NOT_REGISTERED,
+    AdapterState,
+    AdapterVersion,
+    Registry,
+    check_name,
+    parse_ref,
+    tenant_of,
+)
+from service.auth import Principal
+from service.authz import can_read, qualify_read, qualify_write
 from service.errors import (
     AdapterdError,
     FailedPreconditionError,
@@ -29,6 +43,20 @@ from service.metrics import AdapterLabels, Metrics
 from service.store.base import AdapterRecord, Store
 
 logger = logging.getLogger(__name__)
+
+UNLOAD_DRAIN_SECONDS = 60.0
+"""How long an unload waits for the requests of what it removes to finish."""
+
+
+@dataclass(frozen=True)
+class AdapterView:
+    """One version as clients see it."""
+
+    entry: AdapterVersion
+    aliases: tuple[str, ...]
+    """Aliases that point at it."""
+    path: str
+    """Its directory relative to the adapter root (never an absolute server path)."""
 
 
 class AdapterManager:
@@ -44,8 +72,10 @@ class AdapterManager:
         metrics: Metrics,
         labels: AdapterLabels,
         clock: Callable[[], float] = time.time,
+        drain_seconds: float = UNLOAD_DRAIN_SECONDS,
     ) -> None:
-        self.registry = Registry()
+        self._registry = Registry()
+        self._drain_seconds = drain_seconds
         self.capacity = capacity
         self._engine = engine
         self._store = store
@@ -56,10 +86,60 @@ class AdapterManager:
         self._cache_lock = asyncio.Lock()
         self._drained = asyncio.Condition()
 
+    # ---- what clients reach, with their rights
+    async def load_for(self, principal: Principal, name: str, path: str, pin: bool) -> AdapterView:
+        """`load` of the name the caller wrote (`[tenant/]name`), in a tenant it may change."""
+        entry = await self.load(qualify_write(principal, name, "name"), path, pin)
+        return self.view(entry.ref)
+
+    async def unload_for(self, principal: Principal, requested: str) -> list[str]:
+        """`unload` of a version or name the caller may change."""
+        qualified = qualify_read(principal, requested, "adapter")
+        return await self.unload(qualify_write(principal, qualified, "adapter"))
+
+    async def pin_for(self, principal: Principal, requested: str, pinned: bool) -> AdapterView:
+        """`pin` of a version the caller may see (pinning is an admin's, by the policy table)."""
+        entry = await self.pin(qualify_read(principal, requested, "adapter"), pinned)
+        return self.view(entry.ref)
+
+    async def set_alias_for(self, principal: Principal, alias: str, target: str) -> tuple[str, str]:
+        """`set_alias` of an alias in a tenant the caller may change, to a version it may see
+        ("" removes the alias). Returns the qualified target and the previous one."""
+        qualified_alias = qualify_write(principal, alias, "alias")
+        qualified_target = qualify_read(principal, target, "target") if target else ""
+        return qualified_target, await self.set_alias(qualified_alias, qualified_target)
+
+    def find(self, principal: Principal, requested: str, field: str = "adapter") -> str:
+        """The ready version a reference the caller wrote resolves to now, if it may see it.
+
+        Raises:
+            InvalidArgumentError, NotFoundError, FailedPreconditionError: see Registry.resolve.
+        """
+        return self._registry.resolve(qualify_read(principal, requested, field), field).ref
+
+    def visible(self, principal: Principal) -> list[AdapterView]:
+        """Every version the caller may see, by name and version."""
+        entries = sorted(self._registry.versions.values(), key=lambda v: (v.name, v.version))
+        return [self.view(v.ref) for v in entries if can_read(principal, v.tenant)]
+
+    def model_names(self, principal: Principal) -> list[str]:
+        """The names and aliases the caller may address, sorted (for /v1/models)."""
+        names = {v.name for v in self._registry.versions.values()} | set(self._registry.aliases)
+        return sorted(n for n in names if can_read(principal, tenant_of(n)))
+
+    def view(self, ref: str) -> AdapterView:
+        """What clients are told of one version."""
+        entry = self._registry.get(ref, "adapter")
+        return AdapterView(
+            entry=entry,
+            aliases=tuple(self._registry.aliases_of(entry)),
+            path=str(entry.path.relative_to(self._limits.root.resolve())),
+        )
+
     # ---- registration
     async def load(self, name: str, path: str, pin: bool) -> AdapterVersion:
         """Checks the adapter at `path` (relative to the root), registers it as the next
-        version of `name` and loads it into the engine.
+        version of the qualified `name` and loads it into the engine.
 
         Raises:
             InvalidArgumentError: naming what is refused; nothing is registered then.
@@ -69,7 +149,7 @@ class AdapterManager:
         check_name(name, "name")
         began = time.monotonic()
         checked = await asyncio.to_thread(partial(check_adapter, path, self._limits))
-        entry = self.registry.register(
+        entry = self._registry.register(
             name,
             await self._store.next_adapter_version(name),
             path=checked.path,
@@ -116,7 +196,7 @@ class AdapterManager:
         the engine on their first request."""
         records, aliases = await self._store.adapters()
         for record in records:
-            entry = self.registry.register(
+            entry = self._registry.register(
                 record.name,
                 record.version,
                 path=record.path,
@@ -137,7 +217,7 @@ class AdapterManager:
                 continue
             entry.state = AdapterState.READY
         for alias, (name, version) in aliases.items():
-            self.registry.aliases[alias] = f"{name}@{version}"
+            self._registry.aliases[alias] = f"{name}@{version}"
             self._labels.admit(alias)
         self._update_tiers()
 
@@ -146,8 +226,8 @@ class AdapterManager:
         async with self._cache_lock:
             if entry.resident:
                 return
-            if len(self.registry.resident()) >= self.capacity:
-                victim = self.registry.eviction_candidate()
+            if len(self._registry.resident()) >= self.capacity:
+                victim = self._registry.eviction_candidate()
                 if victim is None:
                     raise ResourceExhaustedError(
                         f"the engine's adapter cache ({self.capacity}, --max-cpu-loras) is full "
@@ -167,14 +247,19 @@ class AdapterManager:
         self._metrics.adapter_load_seconds.labels(reason).observe(seconds)
 
     def _update_tiers(self) -> None:
-        resident = sum(v.resident for v in self.registry.versions.values())
+        resident = sum(v.resident for v in self._registry.versions.values())
         self._metrics.adapters_resident.labels("engine").set(resident)
-        self._metrics.adapters_resident.labels("disk").set(len(self.registry.versions) - resident)
+        self._metrics.adapters_resident.labels("disk").set(len(self._registry.versions) - resident)
 
     # ---- requests
     def label(self, requested: str) -> str:
-        """The metric label of a request that named `requested` (never its version)."""
+        """The metric label of a request that named the qualified `requested` (its tenant and
+        name, never its version)."""
         return self._labels.of(requested.partition("@")[0])
+
+    def resolve(self, requested: str) -> AdapterVersion:
+        """The ready version a qualified reference resolves to now (see Registry.resolve)."""
+        return self._registry.resolve(requested)
 
     @asynccontextmanager
     async def lease(self, requested: str) -> AsyncIterator[AdapterVersion | None]:
@@ -188,7 +273,7 @@ class AdapterManager:
         if not requested:
             yield None
             return
-        entry = self.registry.resolve(requested)
+        entry = self._registry.resolve(requested)
         entry.in_flight += 1
         try:
             if not entry.resident:
@@ -205,60 +290,76 @@ class AdapterManager:
 
     # ---- changes
     async def unload(self, requested: str) -> list[str]:
-        """Unregisters one version ("name@N") or every version of a name, after their requests
-        drain; frees their engine slots. Returns the refs removed.
+        """Unregisters one version ("tenant/name@N") or every version of a name, after their
+        requests drain (at most `drain_seconds`); frees their engine slots. Returns the refs
+        removed. While it waits, new requests for them are refused; if the wait runs out or the
+        call is cancelled (its deadline passed), they are as they were before.
 
         Raises:
             NotFoundError: when nothing matches.
-            FailedPreconditionError: when an alias points at a version to remove.
+            FailedPreconditionError: when an alias points at a version to remove, or its
+                requests did not drain in time.
         """
         name, number = parse_ref(requested, "adapter")
         if number is None:
-            entries = self.registry.of_name(name)
+            entries = self._registry.of_name(name)
             if not entries:
-                raise NotFoundError(f"adapter: no adapter {name!r} is registered")
+                raise NotFoundError("adapter: " + NOT_REGISTERED.format(ref=repr(name)))
         else:
-            entries = [self.registry.get(requested, "adapter")]
+            entries = [self._registry.get(requested, "adapter")]
         for entry in entries:
-            if aliases := self.registry.aliases_of(entry):
+            if aliases := self._registry.aliases_of(entry):
                 raise FailedPreconditionError(
                     f"adapter: {entry.ref} is the target of alias {aliases[0]!r}; point the "
                     "alias elsewhere or remove it first"
                 )
+        before = [entry.state for entry in entries]
         for entry in entries:
             entry.state = AdapterState.UNLOADING
-        async with self._drained:
-            await self._drained.wait_for(lambda: all(e.in_flight == 0 for e in entries))
+        try:
+            async with asyncio.timeout(self._drain_seconds), self._drained:
+                await self._drained.wait_for(lambda: all(e.in_flight == 0 for e in entries))
+        except BaseException as exc:  # timed out, or the caller went away: undo
+            for entry, state in zip(entries, before, strict=True):
+                entry.state = state
+            if isinstance(exc, TimeoutError):
+                busy = sum(e.in_flight for e in entries)
+                raise FailedPreconditionError(
+                    f"adapter: {requested} still has {busy} requests in flight after "
+                    f"{self._drain_seconds:g} s; it stays loaded, retry later"
+                ) from None
+            raise
         async with self._cache_lock:
             for entry in entries:
                 if entry.resident:
                     await self._engine.remove_adapter(entry.engine_id)
-                self.registry.remove(entry)
+                self._registry.remove(entry)
                 await self._store.delete_adapter(entry.name, entry.version)
         self._release_label(name)
         self._update_tiers()
         return [e.ref for e in entries]
 
     def _release_label(self, name: str) -> None:
-        if not self.registry.of_name(name) and name not in self.registry.aliases:
+        if not self._registry.of_name(name) and name not in self._registry.aliases:
             self._labels.release(name)
 
     async def pin(self, requested: str, pinned: bool) -> AdapterVersion:
         """Pins or unpins one version."""
-        entry = self.registry.get(requested, "adapter")
+        entry = self._registry.get(requested, "adapter")
         entry.pinned = pinned
         await self._save(entry)
         return entry
 
     async def set_alias(self, alias: str, target: str) -> str:
-        """Points `alias` at `target` ("" removes it); returns the previous target."""
+        """Points the qualified `alias` at the version `target` ("" removes it); returns the
+        previous target."""
         if not target:
-            previous = self.registry.remove_alias(alias)
+            previous = self._registry.remove_alias(alias)
             await self._store.set_alias(alias, None)
             self._release_label(alias)
             return previous
-        previous = self.registry.set_alias(alias, target)
-        entry = self.registry.versions[target]
+        previous = self._registry.set_alias(alias, target)
+        entry = self._registry.versions[target]
         await self._store.set_alias(alias, (entry.name, entry.version))
         self._labels.admit(alias)
         return previous

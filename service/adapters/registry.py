@@ -1,10 +1,13 @@
 """The adapter registry: names, versions, aliases, pins and residency. Pure state, no I/O.
 
-A name registered again gets the next version, `name@N`, counted upward per name and never
-reused (the store hands out the numbers, so they survive restarts). A request names a version
-exactly (`name@3`), or a name: its alias if one is set, else its newest ready version. An alias
-is one dictionary entry, so switching it is atomic: requests that resolved the old target keep
-it (they hold a lease), new ones get the new target.
+Every name and alias belongs to a tenant and is kept qualified, `tenant/name`; `qualify` turns
+what a caller wrote (`[tenant/]name[@N]`, a bare name meaning the caller's tenant) into that
+form, and `service.authz` decides whether the caller may see or change it. A name registered
+again gets the next version, `tenant/name@N`, counted upward per name and never reused (the
+store hands out the numbers, so they survive restarts). A request names a version exactly
+(`acme/bot@3`), or a name: its alias if one is set, else its newest ready version. An alias is
+one dictionary entry, so switching it is atomic: requests that resolved the old target keep it
+(they hold a lease), new ones get the new target.
 
 Eviction (`eviction_candidate`) picks the least recently used resident version that nothing
 holds: not pinned, not an alias target, no request in flight, ready.
@@ -15,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.auth import TENANT_PATTERN, TENANT_RULE
 from service.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from service.inference.engine import AdapterSlot
 
@@ -22,6 +26,9 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 NAME_RULE = "lowercase letters, digits and '-', 1 to 63 characters, starting with a letter or digit"
 RESERVED_NAMES = frozenset({"base", "other"})
 """Metric labels of their own (the base model, and names beyond the label limit)."""
+MAX_REF_CHARS = 200
+NOT_REGISTERED = "no adapter or alias {ref} is registered"
+"""The one answer for a name that does not exist, or that the caller may not see."""
 
 
 class AdapterState(enum.Enum):
@@ -62,8 +69,13 @@ class AdapterVersion:
 
     @property
     def ref(self) -> str:
-        """ "name@version"."""
+        """ "tenant/name@version"."""
         return f"{self.name}@{self.version}"
+
+    @property
+    def tenant(self) -> str:
+        """The tenant that owns it."""
+        return tenant_of(self.name)
 
     @property
     def slot(self) -> AdapterSlot:
@@ -71,21 +83,46 @@ class AdapterVersion:
         return AdapterSlot(engine_id=self.engine_id, ref=self.ref, path=self.path)
 
 
+def tenant_of(qualified: str) -> str:
+    """The tenant of "tenant/name" or "tenant/name@N"."""
+    return qualified.partition("/")[0]
+
+
 def check_name(value: str, field_name: str) -> str:
-    """`value` if it is a valid adapter or alias name.
+    """`value` if it is a valid qualified name, "tenant/name".
 
     Raises:
         InvalidArgumentError: naming `field_name` and the rule.
     """
-    if not NAME_PATTERN.match(value):
-        raise InvalidArgumentError(f"{field_name}: {value!r} is not a valid name ({NAME_RULE})")
-    if value in RESERVED_NAMES:
-        raise InvalidArgumentError(f"{field_name}: {value!r} is reserved")
+    tenant, slash, name = value.partition("/")
+    if not slash or not TENANT_PATTERN.match(tenant):
+        raise InvalidArgumentError(
+            f"{field_name}: {value!r} names no valid tenant (expected tenant/name; {TENANT_RULE})"
+        )
+    if not NAME_PATTERN.match(name):
+        raise InvalidArgumentError(f"{field_name}: {name!r} is not a valid name ({NAME_RULE})")
+    if name in RESERVED_NAMES:
+        raise InvalidArgumentError(f"{field_name}: {name!r} is reserved")
     return value
 
 
+def qualify(text: str, tenant: str, field_name: str) -> str:
+    """What a caller wrote, `[tenant/]name[@N]`, in the qualified form `tenant/name[@N]`; a bare
+    name is in `tenant`. Pure.
+
+    Raises:
+        InvalidArgumentError: naming `field_name` when the text is no valid reference.
+    """
+    if len(text) > MAX_REF_CHARS:
+        raise InvalidArgumentError(f"{field_name}: longer than {MAX_REF_CHARS} characters")
+    qualified = text if "/" in text else f"{tenant}/{text}"
+    parse_ref(qualified, field_name)
+    return qualified
+
+
 def parse_ref(text: str, field_name: str) -> tuple[str, int | None]:
-    """Splits "name@3" into ("name", 3) and "name" into ("name", None).
+    """Splits "tenant/name@3" into ("tenant/name", 3) and "tenant/name" into ("tenant/name",
+    None).
 
     Raises:
         InvalidArgumentError: naming `field_name` when the text is neither form.
@@ -94,7 +131,7 @@ def parse_ref(text: str, field_name: str) -> tuple[str, int | None]:
     check_name(name, field_name)
     if not at:
         return name, None
-    if not version.isdigit() or int(version) < 1:
+    if not version.isdigit() or not 1 <= int(version) < 2**31:
         raise InvalidArgumentError(
             f"{field_name}: {text!r} has no valid version after '@' (expected name@N, N >= 1)"
         )
@@ -155,7 +192,7 @@ class Registry:
             raise InvalidArgumentError(f"{field_name}: {text!r} names no version (use name@N)")
         entry = self.versions.get(text)
         if entry is None:
-            raise NotFoundError(f"{field_name}: no adapter {text!r} is registered")
+            raise NotFoundError(f"{field_name}: " + NOT_REGISTERED.format(ref=repr(text)))
         return entry
 
     def of_name(self, name: str) -> list[AdapterVersion]:
@@ -180,7 +217,7 @@ class Registry:
         else:
             candidates = self.of_name(name)
             if not candidates:
-                raise NotFoundError(f"{field_name}: no adapter or alias {text!r} is registered")
+                raise NotFoundError(f"{field_name}: " + NOT_REGISTERED.format(ref=repr(text)))
             ready = [v for v in candidates if v.state is AdapterState.READY]
             entry = ready[-1] if ready else candidates[-1]
         if entry.state is not AdapterState.READY:
@@ -210,7 +247,7 @@ class Registry:
         """
         check_name(alias, "alias")
         if alias not in self.aliases:
-            raise NotFoundError(f"alias: no alias {alias!r} exists")
+            raise NotFoundError("alias: " + NOT_REGISTERED.format(ref=repr(alias)))
         return self.aliases.pop(alias)
 
     def aliases_of(self, entry: AdapterVersion) -> list[str]:

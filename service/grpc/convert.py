@@ -16,7 +16,8 @@ from adapterd.v1 import (
     server_pb2,
 )
 from eval.gates import Comparator
-from service.adapters.registry import AdapterState, AdapterVersion
+from service.adapters.manager import AdapterView
+from service.adapters.registry import AdapterState
 from service.auth import Principal, Role
 from service.basemodel import BaseModel
 from service.errors import InvalidArgumentError
@@ -151,8 +152,9 @@ def _timestamp(seconds: float | None) -> Timestamp | None:
     return stamp
 
 
-def adapter_to_proto(entry: AdapterVersion, aliases: list[str]) -> adapters_pb2.AdapterInfo:
-    """A registered version and its aliases -> adapterd.v1.AdapterInfo."""
+def adapter_to_proto(view: AdapterView) -> adapters_pb2.AdapterInfo:
+    """A registered version as clients see it -> adapterd.v1.AdapterInfo."""
+    entry, aliases = view.entry, list(view.aliases)
     return adapters_pb2.AdapterInfo(
         name=entry.name,
         version=entry.version,
@@ -167,7 +169,7 @@ def adapter_to_proto(entry: AdapterVersion, aliases: list[str]) -> adapters_pb2.
         sha256=entry.sha256,
         aliases=aliases,
         error=entry.error,
-        path=str(entry.path),
+        path=view.path,
         in_flight=entry.in_flight,
         created=_timestamp(entry.created),
     )

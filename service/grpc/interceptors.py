@@ -1,4 +1,4 @@
-"""Server interceptors: error mapping with RPC metrics, and bearer-token authentication.
+"""Server interceptors: error mapping with RPC metrics, and authentication with authorization.
 
 Both wrap the method handler that grpc.aio resolved, so they see every call of every kind
 (unary or streaming on either side) and run in the handler's own task (context variables set
@@ -18,15 +18,13 @@ from typing import Any, TypeAlias
 import grpc
 from grpc import aio
 
-from service.auth import TokenTable, current_principal
+from service.auth import ANONYMOUS_ADMIN, Principal, TokenTable, current_principal
+from service.authz import Access, access_of, authorize
 from service.errors import AdapterdError
 from service.grpc.status import status_code_for
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
-
-# Standard services that must answer without credentials: Kubernetes probes send none.
-UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 # The grpc stubs make these generic; at run time they are plain classes, hence the strings.
 Context: TypeAlias = "aio.ServicerContext[Any, Any]"
@@ -150,12 +148,14 @@ class ErrorInterceptor(aio.ServerInterceptor):
 
 
 class AuthInterceptor(aio.ServerInterceptor):
-    """Authenticates every call but health and reflection; exposes the caller to servicers.
+    """Authenticates the caller (with `tokens`; with none, every caller is ANONYMOUS_ADMIN),
+    checks it against the method's row of the policy table (`service.authz`) and exposes it to
+    servicers. Public methods (health, reflection) answer without credentials.
 
     Must run inside ErrorInterceptor so that a refusal is mapped and counted like any error.
     """
 
-    def __init__(self, tokens: TokenTable) -> None:
+    def __init__(self, tokens: TokenTable | None) -> None:
         self._tokens = tokens
 
     async def intercept_service(
@@ -164,7 +164,8 @@ class AuthInterceptor(aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         handler = await continuation(handler_call_details)
-        if handler_call_details.method.startswith(UNAUTHENTICATED_PREFIXES):
+        method = handler_call_details.method
+        if access_of(method) is Access.PUBLIC:
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
         authorization = metadata.get("authorization")
@@ -172,21 +173,28 @@ class AuthInterceptor(aio.ServerInterceptor):
             authorization = authorization.decode(errors="replace")
         return _wrap_handler(
             handler,
-            handler_call_details.method,
-            lambda _, behavior: self._unary(authorization, behavior),
-            lambda _, behavior: self._stream(authorization, behavior),
+            method,
+            lambda _, behavior: self._unary(method, authorization, behavior),
+            lambda _, behavior: self._stream(method, authorization, behavior),
         )
 
-    def _unary(self, authorization: str | None, behavior: Behavior) -> Behavior:
+    def _caller(self, method: str, authorization: str | None) -> Principal:
+        principal = ANONYMOUS_ADMIN
+        if self._tokens is not None:
+            principal = self._tokens.authenticate(authorization)
+        authorize(method, principal)
+        return principal
+
+    def _unary(self, method: str, authorization: str | None, behavior: Behavior) -> Behavior:
         async def run(request: Any, context: Context) -> Any:
-            current_principal.set(self._tokens.authenticate(authorization))
+            current_principal.set(self._caller(method, authorization))
             return await behavior(request, context)
 
         return run
 
-    def _stream(self, authorization: str | None, behavior: Behavior) -> Behavior:
+    def _stream(self, method: str, authorization: str | None, behavior: Behavior) -> Behavior:
         async def run(request: Any, context: Context) -> AsyncIterator[Any]:
-            current_principal.set(self._tokens.authenticate(authorization))
+            current_principal.set(self._caller(method, authorization))
             async for response in _stream(behavior, request, context):
                 yield response
 

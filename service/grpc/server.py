@@ -40,6 +40,9 @@ LIVE_SERVICES = (SERVER_SERVICE, JOBS_SERVICE)
 ENGINE_BACKED_SERVICES = (INFERENCE_SERVICE, ADAPTERS_SERVICE)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""Far above an upload chunk (the client sends 1 MiB); a bigger message is refused by grpc."""
+MAX_CONCURRENT_STREAMS = 128
+"""Per client connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)."""
 
 
 def build_grpc_server(  # noqa: PLR0917 (the parts it assembles)
@@ -50,18 +53,19 @@ def build_grpc_server(  # noqa: PLR0917 (the parts it assembles)
     generator: Generator,
     adapters: AdapterManager,
     jobs: JobService,
+    max_concurrent_rpcs: int,
 ) -> aio.Server:
-    """Creates the server with every adapterd service registered; not yet bound or started."""
-    interceptors: list[aio.ServerInterceptor] = [ErrorInterceptor(metrics)]
-    if tokens is not None:
-        interceptors.append(AuthInterceptor(tokens))
+    """Creates the server with every adapterd service registered; not yet bound or started.
+    Past `max_concurrent_rpcs` calls at once, grpc answers RESOURCE_EXHAUSTED by itself."""
     server = aio.server(
-        interceptors=interceptors,
+        interceptors=[ErrorInterceptor(metrics), AuthInterceptor(tokens)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
             ("grpc.so_reuseport", 0),
         ],
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     server_pb2_grpc.add_ServerServicer_to_server(ServerServicer(describe), server)
     inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(generator), server)

@@ -1,10 +1,13 @@
 """The OpenAI-compatible HTTP API: /v1/models, /v1/chat/completions, /v1/completions.
 
 A thin transport over the same `Generator` as gRPC: the request becomes `GenerateParams`
-(`model` names an adapter, an alias, `name@N`, or the base model by its name), the answer is
-OpenAI's JSON or its server-sent events. The same tokens file authenticates (`Authorization:
-Bearer`), the same per-adapter metrics count the requests, and domain errors map to HTTP
-statuses in one table with OpenAI's error body. vLLM's own HTTP server is never exposed.
+(`model` names an adapter, an alias, `[tenant/]name@N`, or the base model by its name), the
+answer is OpenAI's JSON or its server-sent events. The same tokens file authenticates
+(`Authorization: Bearer`), the same policy table (`service.authz`) says who may call each route,
+the caller's tenant decides which adapters it sees, exactly as in gRPC; the same per-adapter
+metrics count the requests, and domain errors map to HTTP statuses in one table with OpenAI's
+error body. Bodies are capped before anything parses them (uvicorn has no cap of its own).
+vLLM's own HTTP server is never exposed.
 """
 
 import json
@@ -16,15 +19,16 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import errors
 from service.adapters.manager import AdapterManager
-from service.auth import TokenTable
+from service.auth import ANONYMOUS_ADMIN, TokenTable
+from service.authz import POLICY, authorize
 from service.inference.generation import Delta, GenerateParams, Generator
 from service.metrics import Metrics
-
-ROUTES = ("/v1/models", "/v1/chat/completions", "/v1/completions")
 
 HTTP_STATUS: dict[type[errors.AdapterdError], tuple[int, str]] = {
     errors.InvalidArgumentError: (400, "invalid_request_error"),
@@ -103,7 +107,8 @@ def _schema_of(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
     if not response_format or response_format.get("type") == "text":
         return None
     if response_format.get("type") == "json_schema":
-        schema = response_format.get("json_schema", {}).get("schema")
+        wrapper = response_format.get("json_schema")
+        schema = wrapper.get("schema") if isinstance(wrapper, dict) else None
         if isinstance(schema, dict):
             return schema
     raise errors.InvalidArgumentError(
@@ -125,6 +130,58 @@ def _finish(delta: Delta) -> str | None:
     return {"stop": "stop", "length": "length", "abort": "stop", None: None}[delta.finish_reason]
 
 
+class BodyLimit:
+    """ASGI middleware: refuses a body over `max_bytes` with 413 before the app reads any of
+    it (by its Content-Length, or while it arrives chunked), and hands the app the whole body."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self._app = app
+        self._max = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or ()).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self._max:
+            await self._refuse(scope, receive, send)
+            return
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self._max:
+                await self._refuse(scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self._app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = errors.InvalidArgumentError(f"body: larger than {self._max} bytes")
+        response = JSONResponse(
+            {
+                "error": {
+                    "message": str(error),
+                    "type": "invalid_request_error",
+                    "code": "too_large",
+                }
+            },
+            status_code=413,
+        )
+        await response(scope, receive, send)
+
+
 def build_openai_app(
     *,
     generator: Generator,
@@ -132,23 +189,31 @@ def build_openai_app(
     tokens: TokenTable | None,
     base_model: str,
     metrics: Metrics,
+    max_body_bytes: int,
     created: Callable[[], int] = lambda: int(time.time()),
 ) -> FastAPI:
     """The FastAPI application of the HTTP API."""
     app = FastAPI(title="adapterd OpenAI-compatible API", docs_url=None, redoc_url=None)
 
     @app.middleware("http")
-    async def authenticate_and_count(request: Request, call_next: Any) -> Any:
+    async def authorize_and_count(request: Request, call_next: Any) -> Any:
         began = time.monotonic()
         response: Any = None
-        if tokens is not None:
-            try:
-                tokens.authenticate(request.headers.get("authorization"))
-            except errors.UnauthenticatedError as exc:
-                response = _error(exc)
+        route = f"{request.method} {request.url.path}"
+        try:
+            principal = None
+            if tokens is None:
+                principal = ANONYMOUS_ADMIN
+            elif request.headers.get("authorization"):
+                principal = tokens.authenticate(request.headers.get("authorization"))
+            if route in POLICY or route in routes:  # others are FastAPI's 404 or 405
+                authorize(route, principal)
+            request.state.principal = principal
+        except errors.AdapterdError as exc:
+            response = _error(exc)
         if response is None:
             response = await call_next(request)
-        path = request.url.path if request.url.path in ROUTES else "other"
+        path = request.url.path if route in routes else "other"
         metrics.http_requests.labels(path, str(response.status_code)).inc()
         metrics.http_latency.labels(path).observe(time.monotonic() - began)
         return response
@@ -165,10 +230,8 @@ def build_openai_app(
         return _error(errors.InvalidArgumentError(problems))
 
     @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        registry = adapters.registry
-        names = [base_model, *sorted({v.name for v in registry.versions.values()})]
-        names += sorted(registry.aliases)
+    async def models(request: Request) -> dict[str, Any]:
+        names = [base_model, *adapters.model_names(request.state.principal)]
         now = created()
         return {
             "object": "list",
@@ -179,10 +242,10 @@ def build_openai_app(
         }
 
     async def respond(
-        params: GenerateParams, model: str, stream: bool, chat: bool
+        request: Request, params: GenerateParams, model: str, stream: bool, chat: bool
     ) -> JSONResponse | StreamingResponse:
         completion_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        deltas = generator.stream(params)
+        deltas = generator.stream(params, request.state.principal)
         if stream:
             first = await anext(deltas)  # errors before the first token are HTTP errors
             template = {
@@ -219,14 +282,32 @@ def build_openai_app(
         )
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: ChatRequest) -> JSONResponse | StreamingResponse:
-        return await respond(params_of(body, base_model), body.model, body.stream, chat=True)
+    async def chat_completions(
+        request: Request, body: ChatRequest
+    ) -> JSONResponse | StreamingResponse:
+        params = params_of(body, base_model)
+        return await respond(request, params, body.model, body.stream, chat=True)
 
     @app.post("/v1/completions", response_model=None)
-    async def completions(body: CompletionRequest) -> JSONResponse | StreamingResponse:
-        return await respond(params_of(body, base_model), body.model, body.stream, chat=False)
+    async def completions(
+        request: Request, body: CompletionRequest
+    ) -> JSONResponse | StreamingResponse:
+        params = params_of(body, base_model)
+        return await respond(request, params, body.model, body.stream, chat=False)
 
+    routes = route_keys(app)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     return app
+
+
+def route_keys(app: FastAPI) -> frozenset[str]:
+    """ "METHOD /path" of every route the application serves (the rows `service.authz` needs)."""
+    return frozenset(
+        f"{method} {route.path}"
+        for route in app.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods
+    )
 
 
 async def _events(

@@ -12,12 +12,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from eval.schema import check_schema
 from service.adapters.manager import AdapterManager
+from service.auth import Principal
+from service.authz import qualify_read
 from service.errors import AdapterdError, InvalidArgumentError, UnavailableError
 from service.inference.engine import (
     EngineError,
@@ -31,6 +33,10 @@ from trainer.config import describe_validation_error
 from trainer.masking import prompt_token_ids
 
 MAX_STOP_STRINGS = 8
+MAX_PROMPT_CHARS = 1 << 20
+"""The longest prompt or chat (all messages) a request may send; the engine's max_model_len
+bounds it in tokens, this in the work of tokenizing it."""
+MAX_MESSAGES = 1024
 INTERNAL_PRIORITY = 10
 """Scheduling priority of the service's own requests (evaluations): after client traffic."""
 
@@ -46,8 +52,8 @@ class SamplingParams(_Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0)
     max_tokens: int = Field(256, ge=1)
-    stop: tuple[str, ...] = Field((), max_length=MAX_STOP_STRINGS)
-    seed: int | None = None
+    stop: tuple[Annotated[str, Field(max_length=256)], ...] = Field((), max_length=MAX_STOP_STRINGS)
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
     ignore_eos: bool = False
 
 
@@ -55,16 +61,16 @@ class ChatMessage(_Strict):
     """One message of a chat."""
 
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: str = Field(max_length=MAX_PROMPT_CHARS)
 
 
 class GenerateParams(_Strict):
     """A validated generation request."""
 
     adapter: str = ""
-    """Name, alias or name@N; empty for the base model."""
-    messages: tuple[ChatMessage, ...] | None = None
-    prompt: str | None = None
+    """`[tenant/]name[@N]` or an alias; empty for the base model."""
+    messages: tuple[ChatMessage, ...] | None = Field(None, max_length=MAX_MESSAGES)
+    prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     sampling: SamplingParams = SamplingParams()
     json_schema: dict[str, Any] | None = None
     prompt_logprobs: bool = False
@@ -89,6 +95,8 @@ class GenerateParams(_Strict):
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("give exactly one of chat or prompt")
         if self.messages is not None:
+            if sum(len(m.content) for m in self.messages) > MAX_PROMPT_CHARS:
+                raise ValueError(f"chat.messages: longer than {MAX_PROMPT_CHARS} characters")
             if not self.messages:
                 raise ValueError("chat.messages: empty; give at least one message")
             if self.messages[-1].role == "assistant":
@@ -188,8 +196,9 @@ class Generator:
             )
         return tuple(ids)
 
-    async def stream(self, params: GenerateParams) -> AsyncIterator[Delta]:
-        """Streams the completion of `params`; the last delta has finish_reason and usage.
+    async def stream(self, params: GenerateParams, principal: Principal) -> AsyncIterator[Delta]:
+        """Streams the completion of `params` for `principal` (who must be able to see the
+        adapter it names); the last delta has finish_reason and usage.
 
         Raises:
             UnavailableError: while the engine is not ready, or when it fails mid-request.
@@ -197,13 +206,15 @@ class Generator:
             ResourceExhaustedError: about the request or its adapter.
         """
         received = time.monotonic()
-        label = self._adapters.label(params.adapter)
-        outcome = "ok"
+        label, outcome = self._adapters.label(""), "ok"
         try:
+            requested = qualify_read(principal, params.adapter, "adapter") if params.adapter else ""
+            label = self._adapters.label(requested)
             if not self._ready():
                 raise UnavailableError("the inference engine is not ready; retry shortly")
-            prompt = self._prompt_ids(params)
-            async with self._adapters.lease(params.adapter) as adapter:
+            # Tokenizing a long prompt is CPU work on client input: off the event loop.
+            prompt = await asyncio.to_thread(self._prompt_ids, params)
+            async with self._adapters.lease(requested) as adapter:
                 request = GenerationRequest(
                     request_id=uuid.uuid4().hex,
                     prompt_token_ids=prompt,

@@ -128,6 +128,16 @@ RETRYABLE = frozenset({FailureReason.CRASHED})
 failures would only repeat."""
 
 
+def relative_paths(event: dict[str, Any], job_dir: Path) -> dict[str, Any]:
+    """The trainer's event with the paths inside the job's directory made relative to it
+    ("loss.png", "checkpoints/step-00010"): clients see no absolute server paths. Pure."""
+    prefix = f"{job_dir}/"
+    return {
+        key: value.removeprefix(prefix) if isinstance(value, str) else value
+        for key, value in event.items()
+    }
+
+
 def retry(result: Outcome, attempts: int, max_attempts: int) -> Outcome:
     """`result`, or a requeue when a retryable failure still has attempts left. Pure."""
     if result.state is JobState.FAILED and result.reason in RETRYABLE and attempts < max_attempts:
@@ -431,6 +441,7 @@ class JobRunner:
     async def _record(self, job: Job, event: dict[str, Any]) -> None:
         kind = str(event.pop("event", "log"))
         event.pop("time", None)
+        event = relative_paths(event, self.job_dir(job.id))
         await self._store.append_event(job.id, kind, event)
         if kind == "started":
             await self._on_change(await self._store.update_job(job.id, JobState.RUNNING))

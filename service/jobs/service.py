@@ -1,9 +1,14 @@
 """The jobs API as domain operations: datasets, submit, get, list, cancel, watch.
 
 Tenancy: a user sees and touches only its tenant's jobs and datasets (anything else is
-NOT_FOUND, so ids of other tenants are not even confirmed); an admin sees all. A job spec is
-validated completely at submission, into the trainer's own config (trainer.config), so a job
-that is queued has a config the trainer accepts.
+NOT_FOUND, so ids of other tenants are not even confirmed); an admin sees all. Rights on what a
+job will change are checked at submission, not when it ends: a training job's `adapter_name`
+and an evaluation's `promote_alias` must be in the caller's tenant, and the adapters it reads
+(candidate, baseline, judge) ones the caller may see; they are stored qualified
+(`tenant/name`), so the job runs with exactly what was checked. Raw server paths (`path`
+sources, `task_dir`, `prompts`, `schema_file`) are for admins. A job spec is validated
+completely at submission, into the trainer's own config (trainer.config), so a job that is
+queued has a config the trainer accepts.
 """
 
 import asyncio
@@ -23,14 +28,16 @@ from pydantic import ValidationError
 from eval.benchmarks import BenchmarkError
 from eval.prompts import PromptSetError
 from eval.report import REPORT_HTML, REPORT_JSON
-from eval.spec import EvalSpecError, parse_eval_spec
+from eval.spec import EvalSpec, EvalSpecError, parse_eval_spec
 from service.adapters.manager import AdapterManager
-from service.auth import Principal, Role
+from service.auth import Principal
+from service.authz import is_admin, qualify_read, qualify_write, visible_tenant
 from service.errors import (
     AdapterdError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
 )
 from service.evaluation import check_sources
@@ -70,11 +77,11 @@ def _check_request(request_id: str, priority: int) -> None:
         raise InvalidArgumentError(f"priority: {priority} is outside -100..100")
 
 
-def _evaluation(
+def _check_evaluation(
     fields: dict[str, Any], where: str, training: bool, limits: "JobLimits"
-) -> dict[str, Any]:
-    """An evaluation spec validated (eval.spec), its tasks and files loaded, normalized to its
-    non-default fields."""
+) -> EvalSpec:
+    """An evaluation spec validated (eval.spec), its tasks and files loaded. CPU and file work
+    on client input: run it off the event loop."""
     try:
         spec = parse_eval_spec(fields, training=training)
         check_sources(spec, limits.datasets_dir, limits.judge_urls)
@@ -83,12 +90,23 @@ def _evaluation(
         raise InvalidArgumentError("; ".join(f"{where}: {p}" for p in problems)) from None
     except InvalidArgumentError as exc:  # a path outside the data root
         raise InvalidArgumentError(f"{where}: {exc}") from None
-    return dict(spec.model_dump(mode="json", exclude_defaults=True))
+    return spec
 
 
-def _visible(principal: Principal) -> str | None:
-    """The tenant whose objects `principal` sees; None for all (admin)."""
-    return None if principal.role is Role.ADMIN else principal.tenant
+_SERVER_PATHS = (
+    ("benchmarks", "task_dir"),
+    ("schema_adherence", "prompts"),
+    ("schema_adherence", "schema_file"),
+    ("win_rate", "prompts"),
+)
+"""Evaluation fields that name files on the server by path."""
+
+
+def _admin_only(principal: Principal, field: str) -> None:
+    if not is_admin(principal):
+        raise PermissionDeniedError(
+            f"{field}: raw server paths are for admins; name your own uploads by id"
+        )
 
 
 class JobService:
@@ -167,13 +185,41 @@ class JobService:
     async def _dataset_path(self, principal: Principal, ref: dict[str, Any], where: str) -> str:
         if "dataset_id" in ref:
             record = await self._store.get_dataset(ref["dataset_id"])
-            tenant = _visible(principal)
+            tenant = visible_tenant(principal)
             if record is None or (tenant is not None and record.tenant != tenant):
                 raise NotFoundError(f"{where}.dataset_id: no dataset {ref['dataset_id']!r}")
             return str(record.path)
         if "path" in ref:
+            _admin_only(principal, f"{where}.path")
             return str(confined(self._limits.datasets_dir, ref["path"], f"{where}.path"))
         raise InvalidArgumentError(f"{where}: give dataset_id or path")
+
+    async def _evaluation(
+        self, principal: Principal, fields: dict[str, Any], where: str, training: bool
+    ) -> dict[str, Any]:
+        """An evaluation spec checked for `principal` and normalized to its non-default fields,
+        with every adapter it reads and the alias it may move qualified (`tenant/name`)."""
+        spec = await asyncio.to_thread(_check_evaluation, fields, where, training, self._limits)
+        for section, key in _SERVER_PATHS:
+            if getattr(getattr(spec, section), key, ""):
+                _admin_only(principal, f"{where}.{section}.{key}")
+        updates: dict[str, Any] = {}
+        if spec.baseline:
+            updates["baseline"] = self._adapters.find(principal, spec.baseline, f"{where}.baseline")
+        if spec.win_rate and spec.win_rate.judge == "llm" and spec.win_rate.judge_model:
+            field = f"{where}.win_rate.judge_model"
+            self._adapters.find(principal, spec.win_rate.judge_model, field)
+            judge = qualify_read(principal, spec.win_rate.judge_model, field)
+            updates["win_rate"] = spec.win_rate.model_copy(update={"judge_model": judge})
+        if spec.promote_alias:
+            if not spec.gates:
+                raise InvalidArgumentError(
+                    f"{where}.promote_alias: a promotion must be earned; give at least one gate"
+                )
+            field = f"{where}.promote_alias"
+            updates["promote_alias"] = qualify_write(principal, spec.promote_alias, field)
+        spec = spec.model_copy(update=updates)
+        return dict(spec.model_dump(mode="json", exclude_defaults=True))
 
     async def _data_section(self, principal: Principal, data: dict[str, Any]) -> dict[str, Any]:
         """The trainer's `data` config from the API's DataSettings (as a dict)."""
@@ -221,18 +267,19 @@ class JobService:
             ResourceExhaustedError: when the queue is full.
         """
         _check_request(request_id, priority)
+        if spec.get("adapter_name"):
+            name = qualify_write(principal, spec["adapter_name"], "train.adapter_name")
+            spec = {**spec, "adapter_name": name}
         if "evaluation" in spec:
             if not spec.get("adapter_name") or spec.get("validate_only"):
                 raise InvalidArgumentError(
                     "train.evaluation: needs train.adapter_name (the adapter it evaluates) and "
                     "no validate_only"
                 )
-            spec = {
-                **spec,
-                "evaluation": _evaluation(
-                    spec["evaluation"], "train.evaluation", True, self._limits
-                ),
-            }
+            evaluation = await self._evaluation(
+                principal, spec["evaluation"], "train.evaluation", True
+            )
+            spec = {**spec, "evaluation": evaluation}
         job_id = f"job-{uuid.uuid4().hex[:16]}"
         config = await self._train_config(principal, spec, self._runner.job_dir(job_id))
         return await self._enqueue(
@@ -251,11 +298,11 @@ class JobService:
             ResourceExhaustedError: when the queue is full.
         """
         _check_request(request_id, priority)
-        evaluation = _evaluation(spec.get("evaluation", {}), "spec.evaluation", False, self._limits)
+        evaluation = await self._evaluation(
+            principal, spec.get("evaluation", {}), "spec.evaluation", False
+        )
         adapter = spec.get("adapter", "")
-        ref = self._adapters.registry.resolve(adapter).ref if adapter else ""
-        if evaluation.get("baseline"):
-            self._adapters.registry.resolve(evaluation["baseline"])
+        ref = self._adapters.find(principal, adapter, "spec.adapter") if adapter else ""
         if evaluation.get("promote_alias") and not ref:
             raise InvalidArgumentError(
                 "spec.evaluation.promote_alias: the base model cannot be promoted to an alias"
@@ -351,7 +398,7 @@ class JobService:
             NotFoundError: no such job, or another tenant's.
         """
         job = await self._store.get_job(job_id)
-        tenant = _visible(principal)
+        tenant = visible_tenant(principal)
         if job is None or (tenant is not None and job.tenant != tenant):
             raise NotFoundError(f"job_id: no job {job_id!r}")
         return job
@@ -367,10 +414,12 @@ class JobService:
         """A page of the jobs the caller may see."""
         if not 0 <= page_size <= 500:
             raise InvalidArgumentError(f"page_size: {page_size} is outside 0..500")
-        if page_token and not page_token.isdigit():
+        if page_token and not (
+            page_token.isascii() and page_token.isdigit() and len(page_token) <= 18
+        ):
             raise InvalidArgumentError(f"page_token: {page_token!r} is not a token we issued")
         return await self._store.list_jobs(
-            _visible(principal), states, kinds, page_size or 50, int(page_token or 0)
+            visible_tenant(principal), states, kinds, page_size or 50, int(page_token or 0)
         )
 
     async def cancel(self, principal: Principal, job_id: str) -> Job:

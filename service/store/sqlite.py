@@ -77,6 +77,16 @@ MIGRATIONS = [
     );
     CREATE TABLE aliases (alias TEXT PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL);
     """,
+    # Names and aliases belong to tenants ("tenant/name"); what was stored before had none and
+    # goes to the tenant of a server without authentication, as do its jobs.
+    """
+    UPDATE adapter_names SET name = 'default/' || name WHERE instr(name, '/') = 0;
+    UPDATE adapters SET name = 'default/' || name WHERE instr(name, '/') = 0;
+    UPDATE aliases SET name = 'default/' || name WHERE instr(name, '/') = 0;
+    UPDATE aliases SET alias = 'default/' || alias WHERE instr(alias, '/') = 0;
+    UPDATE jobs SET tenant = 'default' WHERE tenant = '';
+    UPDATE datasets SET tenant = 'default' WHERE tenant = '';
+    """,
 ]
 
 _JOB_COLUMNS = (

@@ -7,11 +7,22 @@ import pytest
 
 from service.adapters.manager import AdapterManager
 from service.adapters.registry import AdapterState
-from service.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
+from service.auth import Principal, Role
+from service.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+)
 from service.inference.fake import FakeEngine
 from service.metrics import AdapterLabels, Metrics
 from service.store.sqlite import SqliteStore
 from tests.support import adapter_limits
+
+ADMIN = Principal("ops", Role.ADMIN)
+ACME = Principal("acme", Role.USER)
+GLOBEX = Principal("globex", Role.USER)
 
 
 @pytest.fixture
@@ -32,7 +43,7 @@ def setup(tmp_path, tiny_model_dir, tiny_adapter, store):
     limits = adapter_limits(root, tiny_model_dir, max_bytes=2**30)
     clock = iter(range(1000)).__next__
 
-    def make(capacity=2, labels=8):
+    def make(capacity=2, labels=8, drain_seconds=60.0):
         return AdapterManager(
             engine=engine,
             store=store,
@@ -41,6 +52,7 @@ def setup(tmp_path, tiny_model_dir, tiny_adapter, store):
             metrics=metrics,
             labels=AdapterLabels(metrics, labels),
             clock=lambda: float(clock()),
+            drain_seconds=drain_seconds,
         )
 
     return engine, metrics, make
@@ -53,17 +65,17 @@ def sample(metrics, name, **labels):
 async def test_loading_beyond_capacity_evicts_the_least_recently_used(setup):
     engine, metrics, make = setup
     manager = make(capacity=2)
-    a = await manager.load("a", "a", pin=False)
-    b = await manager.load("b", "b", pin=False)
-    async with manager.lease("a"):
+    a = await manager.load("t/a", "a", pin=False)
+    b = await manager.load("t/b", "b", pin=False)
+    async with manager.lease("t/a"):
         pass  # a is now more recently used than b
-    c = await manager.load("c", "c", pin=False)
+    c = await manager.load("t/c", "c", pin=False)
     assert (a.resident, b.resident, c.resident) == (True, False, True)
     assert set(engine.adapters) == {a.engine_id, c.engine_id}
     assert sample(metrics, "adapterd_adapter_evictions_total") == 1
     assert sample(metrics, "adapterd_adapters", tier="disk") == 1
 
-    async with manager.lease("b") as leased:  # an evicted adapter reloads on its next request
+    async with manager.lease("t/b") as leased:  # an evicted adapter reloads on its next request
         assert leased is b
         assert b.resident
     assert sample(metrics, "adapterd_adapter_loads_total", reason="reload") == 1
@@ -74,89 +86,143 @@ async def test_loading_beyond_capacity_evicts_the_least_recently_used(setup):
 async def test_pinned_and_aliased_adapters_are_never_evicted(setup):
     _, _, make = setup
     manager = make(capacity=2)
-    await manager.load("a", "a", pin=True)
-    await manager.load("b", "b", pin=False)
-    await manager.set_alias("prod", "b@1")
+    await manager.load("t/a", "a", pin=True)
+    await manager.load("t/b", "b", pin=False)
+    await manager.set_alias("t/prod", "t/b@1")
     with pytest.raises(ResourceExhaustedError, match="full of pinned, aliased or busy"):
-        await manager.load("c", "c", pin=False)
-    assert manager.registry.versions["c@1"].state is AdapterState.FAILED
-    with pytest.raises(FailedPreconditionError, match="c@1 is failed"):
-        async with manager.lease("c"):
+        await manager.load("t/c", "c", pin=False)
+    assert manager.view("t/c@1").entry.state is AdapterState.FAILED
+    with pytest.raises(FailedPreconditionError, match="t/c@1 is failed"):
+        async with manager.lease("t/c"):
             pass
 
 
 async def test_unload_drains_requests_in_flight_then_frees_the_slot(setup):
     engine, _, make = setup
     manager = make()
-    a = await manager.load("a", "a", pin=False)
-    lease = manager.lease("a")
+    a = await manager.load("t/a", "a", pin=False)
+    lease = manager.lease("t/a")
     await lease.__aenter__()
-    unloading = asyncio.create_task(manager.unload("a"))
+    unloading = asyncio.create_task(manager.unload("t/a"))
     await asyncio.sleep(0.05)
     assert not unloading.done()
     assert a.state is AdapterState.UNLOADING
     assert a.engine_id in engine.adapters  # the running request still has it
-    with pytest.raises(FailedPreconditionError, match="a@1 is unloading"):
-        async with manager.lease("a@1"):
+    with pytest.raises(FailedPreconditionError, match="t/a@1 is unloading"):
+        async with manager.lease("t/a@1"):
             pass
     await lease.__aexit__(None, None, None)
-    assert await asyncio.wait_for(unloading, 1) == ["a@1"]
+    assert await asyncio.wait_for(unloading, 1) == ["t/a@1"]
     assert engine.adapters == {}
-    assert manager.registry.versions == {}
+    assert manager.visible(ADMIN) == []
 
 
 async def test_an_alias_target_cannot_be_unloaded(setup):
     _, _, make = setup
     manager = make()
-    await manager.load("a", "a", pin=False)
-    await manager.set_alias("prod", "a@1")
-    with pytest.raises(FailedPreconditionError, match="target of alias 'prod'"):
-        await manager.unload("a")
-    await manager.set_alias("prod", "")
-    assert await manager.unload("a") == ["a@1"]
+    await manager.load("t/a", "a", pin=False)
+    await manager.set_alias("t/prod", "t/a@1")
+    with pytest.raises(FailedPreconditionError, match="target of alias 't/prod'"):
+        await manager.unload("t/a")
+    await manager.set_alias("t/prod", "")
+    assert await manager.unload("t/a") == ["t/a@1"]
 
 
 async def test_a_refused_adapter_registers_nothing(setup):
     _, _, make = setup
     manager = make()
     with pytest.raises(InvalidArgumentError, match=r"contains '\.\.'"):
-        await manager.load("a", "../a", pin=False)
-    assert manager.registry.versions == {}
-    assert (await manager.load("a", "a", pin=False)).ref == "a@1"
+        await manager.load("t/a", "../a", pin=False)
+    assert manager.visible(ADMIN) == []
+    assert (await manager.load("t/a", "a", pin=False)).ref == "t/a@1"
 
 
 async def test_adapter_labels_are_bounded_and_go_away_with_the_adapter(setup):
     _, metrics, make = setup
     manager = make(labels=1)
-    await manager.load("a", "a", pin=False)
-    await manager.load("b", "b", pin=False)
-    assert (manager.label("a@1"), manager.label("b"), manager.label("")) == ("a", "other", "base")
-    metrics.generated_tokens.labels("a").inc(3)
-    await manager.unload("a")
-    assert sample(metrics, "adapterd_generated_tokens_total", adapter="a") is None
-    await manager.load("c", "c", pin=False)
-    assert manager.label("c") == "c"  # the freed place goes to the next name
+    await manager.load("t/a", "a", pin=False)
+    await manager.load("t/b", "b", pin=False)
+    labels = (manager.label("t/a@1"), manager.label("t/b"), manager.label(""))
+    assert labels == ("t/a", "other", "base")
+    metrics.generated_tokens.labels("t/a").inc(3)
+    await manager.unload("t/a")
+    assert sample(metrics, "adapterd_generated_tokens_total", adapter="t/a") is None
+    await manager.load("t/c", "c", pin=False)
+    assert manager.label("t/c") == "t/c"  # the freed place goes to the next name
 
 
 async def test_a_restarted_manager_serves_the_stored_versions_and_aliases(setup, tmp_path):
     _, _, make = setup
     before = make()
-    await before.load("a", "a", pin=True)
-    await before.load("a", "b", pin=False)
-    await before.load("c", "c", pin=False)
-    await before.set_alias("prod", "a@1")
-    await before.unload("a@2")
+    await before.load("t/a", "a", pin=True)
+    await before.load("t/a", "b", pin=False)
+    await before.load("t/c", "c", pin=False)
+    await before.set_alias("t/prod", "t/a@1")
+    await before.unload("t/a@2")
     (tmp_path / "adapters" / "c" / "adapter_model.safetensors").write_bytes(b"\x00" * 16)
 
     after = make()  # same store, a new process's worth of state
     await after.restore()
-    restored = after.registry.versions
-    assert sorted(restored) == ["a@1", "c@1"]
-    assert (restored["a@1"].state, restored["a@1"].pinned) == (AdapterState.READY, True)
-    assert not restored["a@1"].resident  # loads on its first request
-    assert restored["c@1"].state is AdapterState.FAILED
-    assert "on restart" in restored["c@1"].error
-    assert after.registry.resolve("prod") is restored["a@1"]
-    async with after.lease("prod") as entry:
+    restored = {v.entry.ref: v.entry for v in after.visible(ADMIN)}
+    assert sorted(restored) == ["t/a@1", "t/c@1"]
+    assert (restored["t/a@1"].state, restored["t/a@1"].pinned) == (AdapterState.READY, True)
+    assert not restored["t/a@1"].resident  # loads on its first request
+    assert restored["t/c@1"].state is AdapterState.FAILED
+    assert "on restart" in restored["t/c@1"].error
+    assert after.resolve("t/prod") is restored["t/a@1"]
+    async with after.lease("t/prod") as entry:
         assert entry.resident
-    assert (await after.load("a", "a", pin=False)).ref == "a@3"  # a@2 stays used
+    assert (await after.load("t/a", "a", pin=False)).ref == "t/a@3"  # a@2 stays used
+
+
+async def test_an_unload_that_cannot_drain_in_time_or_is_cancelled_leaves_the_adapter_serving(
+    setup,
+):
+    _, _, make = setup
+    manager = make(drain_seconds=0.1)
+    a = await manager.load("t/a", "a", pin=False)
+    lease = manager.lease("t/a")
+    await lease.__aenter__()
+    with pytest.raises(FailedPreconditionError, match="still has 1 requests in flight after 0.1 s"):
+        await manager.unload("t/a")
+    assert a.state is AdapterState.READY
+    task = asyncio.create_task(manager.unload("t/a@1"))
+    await asyncio.sleep(0.02)
+    task.cancel()  # the client's deadline passed
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert a.state is AdapterState.READY
+    async with manager.lease("t/a"):
+        pass
+    await lease.__aexit__(None, None, None)
+
+
+async def test_tenants_see_and_change_only_their_own_and_shared_adapters(setup):
+    _, _, make = setup
+    manager = make(capacity=3)
+    await manager.load_for(ADMIN, "acme/a", "a", pin=False)
+    await manager.load_for(ADMIN, "shared/b", "b", pin=False)
+    await manager.load_for(ADMIN, "globex/c", "c", pin=False)
+    assert [v.entry.ref for v in manager.visible(ACME)] == ["acme/a@1", "shared/b@1"]
+    assert manager.model_names(GLOBEX) == ["globex/c", "shared/b"]
+    assert manager.find(ACME, "a") == "acme/a@1"  # a bare name is the caller's tenant
+    assert manager.find(ACME, "shared/b") == "shared/b@1"
+    # Another tenant's adapter answers exactly as one that does not exist.
+    with pytest.raises(NotFoundError) as theirs:
+        manager.find(ACME, "globex/c")
+    with pytest.raises(NotFoundError) as nobodys:
+        manager.find(ACME, "globex/zzz")
+    assert str(theirs.value) == str(nobodys.value).replace("zzz", "c")
+    with pytest.raises(NotFoundError):
+        await manager.unload_for(ACME, "globex/c")
+    with pytest.raises(PermissionDeniedError, match="a user changes only its own tenant"):
+        await manager.unload_for(ACME, "shared/b")
+    with pytest.raises(PermissionDeniedError, match="'globex/prod' is in tenant 'globex'"):
+        await manager.set_alias_for(ACME, "globex/prod", "shared/b@1")
+    with pytest.raises(NotFoundError):
+        await manager.set_alias_for(ACME, "prod", "globex/c@1")
+    assert await manager.set_alias_for(ACME, "prod", "shared/b@1") == ("shared/b@1", "")
+    assert manager.find(ACME, "prod") == "shared/b@1"
+    with pytest.raises(NotFoundError):  # acme's alias is acme's alone
+        manager.find(GLOBEX, "acme/prod")
+    assert await manager.unload_for(ACME, "a") == ["acme/a@1"]

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from service.auth import Principal, Role, TokenTable
-from service.errors import ConfigError, PermissionDeniedError, UnauthenticatedError
+from service.errors import ConfigError, UnauthenticatedError
 
 ADMIN = "a" * 20
 USER = "u" * 20
@@ -68,9 +68,7 @@ def test_duplicate_and_empty_files_are_refused(tmp_path):
         TokenTable.load(tmp_path / "missing.json")
 
 
-def test_roles():
-    Principal("ops", Role.ADMIN).require(Role.ADMIN)
-    Principal("ops", Role.ADMIN).require(Role.USER)
-    Principal("acme", Role.USER).require(Role.USER)
-    with pytest.raises(PermissionDeniedError, match="admin role"):
-        Principal("acme", Role.USER).require(Role.ADMIN)
+def test_no_token_may_belong_to_the_shared_tenant():
+    entry = {"token": USER, "tenant": "shared", "role": "admin"}
+    with pytest.raises(ConfigError, match=r"\[0.tenant\]: .*'shared' is reserved"):
+        TokenTable.parse(json.dumps([entry]), "t")
