@@ -40,6 +40,7 @@ _SERVER, _INFER, _ADAPTERS, _JOBS = (
 POLICY: dict[str, Access] = {
     "/grpc.health.v1.Health/Check": Access.PUBLIC,
     "/grpc.health.v1.Health/Watch": Access.PUBLIC,
+    "/grpc.health.v1.Health/List": Access.PUBLIC,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Access.PUBLIC,
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": Access.PUBLIC,
     _SERVER + "GetServerInfo": Access.USER,

@@ -189,11 +189,11 @@ def test_the_metrics_page_has_per_adapter_series_and_passes_promtool(server, adm
     admin.generate(request(PROMPTS[0], "one"))
     page = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
     for series in (
-        'adapterd_time_to_first_token_seconds_count{adapter="one"}',
-        'adapterd_inter_token_latency_seconds_count{adapter="one"}',
+        'adapterd_time_to_first_token_seconds_count{adapter="ops/one"}',
+        'adapterd_inter_token_latency_seconds_count{adapter="ops/one"}',
         'adapterd_generation_duration_seconds_count{adapter="base"}',
-        'adapterd_generation_requests_total{adapter="one",outcome="ok"}',
-        'adapterd_generated_tokens_total{adapter="one"}',
+        'adapterd_generation_requests_total{adapter="ops/one",outcome="ok"}',
+        'adapterd_generated_tokens_total{adapter="ops/one"}',
         'adapterd_adapter_loads_total{reason="register"}',
         'adapterd_adapters{tier="engine"}',
         "adapterd_engine_running_requests",
@@ -215,20 +215,20 @@ def test_adapterctl_loads_lists_aliases_and_generates(server, adapter_dirs, caps
 
     code, out, _ = ctl("--output", "json", "adapters", "load", "cli-bot", "one")
     assert code == 0
-    assert json.loads(out)["ref"] == "cli-bot@1"
+    assert json.loads(out)["ref"] == "ops/cli-bot@1"
     assert ctl("adapters", "alias", "cli-live", "cli-bot@1")[0] == 0
     code, out, _ = ctl("adapters", "list")
-    row = next(line for line in out.splitlines() if line.startswith("cli-bot@1"))
+    row = next(line for line in out.splitlines() if line.startswith("ops/cli-bot@1"))
     assert row.split()[1:5] == ["ready", "engine", "8", "yes"]
     assert row.endswith("cli-live")
     code, out, err = ctl("generate", "--adapter", "cli-live", "--max-tokens", "5", "--raw", "Hi")
     expected = Client(server.target, ADMIN_TOKEN).generate(request("Hi", "cli-bot@1", 5)).text
-    assert (code, out.rstrip("\n"), err.strip()) == (0, expected, "[answered by cli-bot@1]")
+    assert (code, out.rstrip("\n"), err.strip()) == (0, expected, "[answered by ops/cli-bot@1]")
     code, _, err = ctl("adapters", "load", "Bad Name", "one")
     assert code == 1
     assert err.startswith("adapterctl: INVALID_ARGUMENT: name: 'Bad Name' is not a valid name")
     assert ctl("adapters", "alias", "cli-live")[0] == 0
-    assert ctl("adapters", "unload", "cli-bot")[1].split() == ["cli-bot@1"]
+    assert ctl("adapters", "unload", "cli-bot")[1].split() == ["ops/cli-bot@1"]
 
 
 def test_past_the_engine_capacity_the_lru_adapter_is_evicted_and_reloads_on_request(

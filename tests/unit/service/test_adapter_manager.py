@@ -183,7 +183,9 @@ async def test_an_unload_that_cannot_drain_in_time_or_is_cancelled_leaves_the_ad
     a = await manager.load("t/a", "a", pin=False)
     lease = manager.lease("t/a")
     await lease.__aenter__()
-    with pytest.raises(FailedPreconditionError, match=r"still has 1 requests in flight after 0\.1 s"):
+    with pytest.raises(
+        FailedPreconditionError, match=r"still has 1 requests in flight after 0\.1 s"
+    ):
         await manager.unload("t/a")
     assert a.state is AdapterState.READY
     task = asyncio.create_task(manager.unload("t/a@1"))

@@ -9,7 +9,13 @@ from service.errors import FailedPreconditionError, InvalidArgumentError, NotFou
 def register(registry, name, now=0.0, ready=True):
     version = max((v.version for v in registry.of_name(name)), default=0) + 1
     entry = registry.register(
-        name, version, path=Path("/a") / name.partition("/")[2], sha256="s", rank=8, base_model="tiny", created=now
+        name,
+        version,
+        path=Path("/a") / name.partition("/")[2],
+        sha256="s",
+        rank=8,
+        base_model="tiny",
+        created=now,
     )
     if ready:
         entry.state = AdapterState.READY
