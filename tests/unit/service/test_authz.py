@@ -78,6 +78,6 @@ def test_users_read_their_own_and_shared_and_change_only_their_own():
         qualify_read(ACME, "globex/bot", "adapter")
     assert qualify_write(ACME, "bot", "train.adapter_name") == "acme/bot"
     for other in ("globex/bot", "shared/bot"):
-        with pytest.raises(PermissionDeniedError, match="train.adapter_name: .* own tenant"):
+        with pytest.raises(PermissionDeniedError, match=r"train\.adapter_name: .* own tenant"):
             qualify_write(ACME, other, "train.adapter_name")
     assert qualify_write(ADMIN, "shared/bot", "name") == "shared/bot"
