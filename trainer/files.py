@@ -12,6 +12,11 @@ class OutsideRootError(ValueError):
     """A path that is empty, absolute, contains '..' or resolves outside its root."""
 
 
+MAX_PATH_CHARS = 1024
+MAX_NAME_BYTES = 255
+"""Linux's NAME_MAX: a longer component fails in the kernel, not in a check."""
+
+
 def inside_root(root: Path, relative: str) -> Path:
     """`relative` resolved under `root` (it need not exist).
 
@@ -20,7 +25,13 @@ def inside_root(root: Path, relative: str) -> Path:
     """
     if not relative:
         raise OutsideRootError("empty; give a path relative to the server's root")
+    if "\x00" in relative:
+        raise OutsideRootError(f"{relative!r} contains a NUL byte")
+    if len(relative) > MAX_PATH_CHARS:
+        raise OutsideRootError(f"longer than {MAX_PATH_CHARS} characters")
     pure = PurePosixPath(relative)
+    if any(len(part.encode()) > MAX_NAME_BYTES for part in pure.parts):
+        raise OutsideRootError(f"{relative!r} has a component longer than {MAX_NAME_BYTES} bytes")
     if pure.is_absolute():
         raise OutsideRootError(f"{relative!r} is absolute; give it relative to the server's root")
     if ".." in pure.parts:

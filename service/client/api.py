@@ -35,6 +35,7 @@ class Client:
         timeout: float = 30.0,
         tls_ca: bytes | None = None,
     ) -> None:
+        self.target = target
         self._channel = (
             grpc.insecure_channel(target)
             if tls_ca is None

@@ -101,7 +101,7 @@ def test_gates_promote_a_passing_adapter_and_block_a_strict_one(admin, server):
     summary = result_of(passing)["evaluation"]
     assert summary["passed"] and summary["promoted"] and summary["failed_gates"] == []
     aliases = {a.name: list(a.aliases) for a in admin.list_adapters().adapters}
-    assert aliases["eval-one"] == ["eval-prod"]
+    assert aliases["ops/eval-one"] == ["ops/eval-prod"]
     scores = summary["scores"]
     assert 0.0 <= scores["win_rate_lower"] <= scores["win_rate"] <= scores["win_rate_upper"] <= 1
     assert {"schema_valid_rate", "schema_parse_rate", "schema_valid_rate_constrained"} <= set(
@@ -117,20 +117,20 @@ def test_gates_promote_a_passing_adapter_and_block_a_strict_one(admin, server):
     summary = result_of(blocked)["evaluation"]
     assert not summary["passed"] and not summary["promoted"]
     assert summary["failed_gates"] == [f"win_rate {summary['scores']['win_rate']:.4g} not > 1"]
-    assert all(not a.aliases for a in admin.list_adapters().adapters if a.name == "eval-one")
+    assert all(not a.aliases for a in admin.list_adapters().adapters if a.name == "ops/eval-one")
 
     report = admin.evaluation_report(blocked.id)
-    assert "blocked by a gate" in report.html and "eval-one@1" in report.html
+    assert "blocked by a gate" in report.html and "ops/eval-one@1" in report.html
     data = json_format.MessageToDict(report.report)
     assert data["gates"][0]["passed"] is False
     schema = data["details"]["candidate"]["schema_adherence"]
     assert schema["unconstrained"]["total"] == schema["constrained"]["total"] == 4
     assert len(data["details"]["candidate"]["win_rate"]["samples"]) == 4
     page = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
-    line = 'adapterd_eval_quality{adapter="eval-one",metric="win_rate"} '
+    line = 'adapterd_eval_quality{adapter="ops/eval-one",metric="win_rate"} '
     exported = float(next(x for x in page.splitlines() if x.startswith(line)).split()[-1])
     assert exported == pytest.approx(summary["scores"]["win_rate"])
-    assert 'adapterd_eval_last_timestamp_seconds{adapter="eval-one"}' in page
+    assert 'adapterd_eval_last_timestamp_seconds{adapter="ops/eval-one"}' in page
 
 
 def win_rate_details(client, job):

@@ -79,7 +79,7 @@ def test_concurrent_requests_for_base_and_two_adapters_match_each_alone(admin, a
 
 def test_the_reply_names_the_version_that_answered(admin, adapter_dirs):
     reply = admin.generate(request(PROMPTS[0], "one"))
-    assert reply.adapter_version.startswith("one@")
+    assert reply.adapter_version.startswith("ops/one@")  # the admin's own tenant
     assert reply.usage.completion_tokens == len(reply.token_ids) == 8
     assert reply.finish_reason == inference_pb2.FINISH_REASON_LENGTH
     assert admin.generate(request(PROMPTS[0])).adapter_version == ""
@@ -130,7 +130,7 @@ def test_an_alias_switch_under_32_streams_fails_no_request(admin, adapter_dirs):
     assert {version for version, _ in results} <= {old.ref, new.ref}
     assert admin.generate(request(PROMPTS[0], "live")).adapter_version == new.ref
     listed = {a.ref: a for a in admin.list_adapters().adapters}
-    assert listed[new.ref].aliases == ["live"]
+    assert listed[new.ref].aliases == ["ops/live"]
     assert listed[new.ref].pinned
 
 
@@ -157,7 +157,7 @@ def test_unsafe_or_unfit_adapters_are_refused_and_nothing_is_loaded(
 
 def test_unknown_adapters_are_not_found_and_users_cannot_manage_adapters(user, adapter_dirs):
     code, details = code_of(lambda: user.generate(request(PROMPTS[0], "no-such-adapter")))
-    assert (code, "no-such-adapter" in details) == (grpc.StatusCode.NOT_FOUND, True)
+    assert (code, "acme/no-such-adapter" in details) == (grpc.StatusCode.NOT_FOUND, True)
     code, _ = code_of(lambda: user.load_adapter("mine", "one"))
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert user.generate(request(PROMPTS[0])).usage.completion_tokens == 8
