@@ -1,8 +1,8 @@
 """The OpenAI-compatible HTTP API on the real server (tiny model, shared `server`), driven by
 the official `openai` client: same engine, adapters, aliases, tokens and metrics as gRPC."""
 
-import shutil
 import http.client
+import shutil
 import urllib.request
 
 import openai
