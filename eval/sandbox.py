@@ -84,7 +84,7 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
     elif (
         operator == "%"
         and isinstance(left, str)
-        and re2.search(r"%[-+ #0]*[0-9]{6,}|\.[0-9]{6,}", left)
+        and re2.search(r"%[-+ #0]*(?:[0-9]{6,}|[0-9]*\.[0-9]{6,})", left)
     ):
         raise SecurityError("a format width above the template limit")
 
@@ -99,7 +99,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     def wrap_str_format(self, value: Any) -> Any:
         # str.format's widths ('{:>999999999}') would build the string first
         owner = getattr(value, "__self__", None)
-        if isinstance(owner, str) and re2.search(r"[0-9]{6,}", owner):
+        is_format = getattr(value, "__name__", "") in ("format", "format_map")
+        if is_format and isinstance(owner, str) and re2.search(r"\{[^{}]*[0-9]{6,}[^{}]*\}", owner):
             raise SecurityError("a format width above the template limit")
         return super().wrap_str_format(value)
 

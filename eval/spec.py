@@ -26,18 +26,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _one_of(path: str, upload: str, field: str) -> None:
+    if path and upload:
+        raise ValueError(
+            f"give {field} (a server path) or {field.split('_', maxsplit=1)[0]}_upload, not both"
+        )
+
+
 class BenchmarkSpec(_Strict):
     """lm-eval tasks: bundled ones by name, or from a task directory under the data root."""
 
     tasks: tuple[str, ...] = Field(min_length=1, max_length=8)
     task_dir: str = ""
     """A directory of task YAMLs under the server's data root (besides the bundled tasks)."""
+    task_upload: str = Field("", max_length=64)
+    """Instead of task_dir: the id of an uploaded task archive."""
     limit: int | None = Field(None, ge=1, le=100_000)
     """Documents per task (all when unset)."""
     num_fewshot: int | None = Field(None, ge=0, le=25)
     seed: int = Field(0, ge=0)
     chat_template: bool = True
     """Render prompts with the model's chat template, as served."""
+
+    @model_validator(mode="after")
+    def _source(self) -> "BenchmarkSpec":
+        if self.task_dir and self.task_upload:
+            raise ValueError("give task_dir (a server path) or task_upload, not both")
+        return self
 
 
 class SchemaSpec(_Strict):
@@ -49,14 +64,21 @@ class SchemaSpec(_Strict):
     """A JSONL file of {"prompt": ...} rows under the data root."""
     schema_file: str = ""
     """Its JSON Schema under the data root (with `prompts`)."""
+    prompts_upload: str = Field("", max_length=64)
+    """Instead of prompts: the id of an uploaded prompt set."""
+    schema_upload: str = Field("", max_length=64)
+    """Instead of schema_file: the id of an uploaded JSON Schema."""
     limit: int | None = Field(None, ge=1, le=10_000)
     max_tokens: int = Field(256, ge=1, le=4096)
 
     @model_validator(mode="after")
     def _source(self) -> "SchemaSpec":
-        if bool(self.prompts) != bool(self.schema_file):
+        _one_of(self.prompts, self.prompts_upload, "prompts")
+        _one_of(self.schema_file, self.schema_upload, "schema_file")
+        has_prompts = bool(self.prompts or self.prompts_upload)
+        if has_prompts != bool(self.schema_file or self.schema_upload):
             raise ValueError("give prompts and schema_file together, or neither (a bundled set)")
-        if not self.prompts and self.set not in BUNDLED_SCHEMA_SETS:
+        if not has_prompts and self.set not in BUNDLED_SCHEMA_SETS:
             raise ValueError(f"set {self.set!r} is not bundled; bundled: {BUNDLED_SCHEMA_SETS}")
         return self
 
@@ -68,6 +90,8 @@ class WinRateSpec(_Strict):
     """A bundled prompt set with reference answers; ignored when `prompts` is given."""
     prompts: str = ""
     """A JSONL file of {"prompt": ..., "reference": ...} rows under the data root."""
+    prompts_upload: str = Field("", max_length=64)
+    """Instead of prompts: the id of an uploaded prompt set."""
     judge: Literal["reference", "llm", "url"] = "reference"
     """reference: the answer closer to the reference (sentence embeddings) wins; llm: a model
     served by this engine judges; url: a model at an allowlisted OpenAI-compatible server."""
@@ -85,7 +109,8 @@ class WinRateSpec(_Strict):
 
     @model_validator(mode="after")
     def _source(self) -> "WinRateSpec":
-        if not self.prompts and self.set not in BUNDLED_PROMPT_SETS:
+        _one_of(self.prompts, self.prompts_upload, "prompts")
+        if not (self.prompts or self.prompts_upload) and self.set not in BUNDLED_PROMPT_SETS:
             raise ValueError(f"set {self.set!r} is not bundled; bundled: {BUNDLED_PROMPT_SETS}")
         if self.judge == "reference" and (self.judge_model or self.judge_prompt):
             raise ValueError('judge_model and judge_prompt are for judges "llm" and "url"')

@@ -33,6 +33,7 @@ from service.metrics import AdapterLabels, Metrics
 from service.serverinfo import ServerInfo, reported_libraries
 from service.settings import ServerSettings
 from service.store.sqlite import SqliteStore
+from service.uploads import UploadLimits, UploadService, staging_name
 
 logger = logging.getLogger(__name__)
 
@@ -101,15 +102,25 @@ class App:
                 self.lifecycle.lent if settings.engine_sleep_while_training else shared_accelerator
             ),
         )
+        self.uploads = UploadService(
+            store=self.store,
+            limits=UploadLimits(
+                root=settings.data_dir / "datasets" / "uploads",
+                data_root=settings.data_dir / "datasets",
+                max_file_bytes=settings.max_upload_mib * 2**20,
+                tenant_quota_bytes=settings.tenant_upload_quota_mib * 2**20,
+            ),
+            staging=staging_name(),
+        )
         self.evaluator = Evaluator(
             generator=self.generator,
             adapters=self.adapters,
+            uploads=self.uploads,
             store=self.store,
             tokenizer=tokenizer,
             metrics=self.metrics,
             labels=labels,
             limits=EvaluationLimits(
-                data_root=settings.data_dir / "datasets",
                 concurrency=settings.eval_concurrency,
                 max_model_len=settings.max_model_len,
                 judge_urls=settings.judge_urls,
@@ -122,13 +133,13 @@ class App:
             store=self.store,
             runner=self.runner,
             adapters=self.adapters,
+            uploads=self.uploads,
             limits=JobLimits(
                 datasets_dir=settings.data_dir / "datasets",
                 adapter_root=settings.resolved_adapter_root,
                 base_model_path=base_model.path,
                 base_model_name=base_model.name,
                 max_lora_rank=settings.max_lora_rank,
-                max_upload_bytes=settings.max_upload_mib * 2**20,
                 max_queued=settings.max_queued_jobs,
                 judge_urls=frozenset(settings.judge_urls),
             ),
@@ -157,6 +168,7 @@ class App:
             self.generator,
             self.adapters,
             self.jobs,
+            self.uploads,
             settings.max_concurrent_rpcs,
         )
         self._metrics_http: tuple[object, object] | None = None
@@ -198,6 +210,7 @@ class App:
         settings = self.settings
         bind(self.grpc, settings.host, settings.port, settings.tls_pair())
         await self.store.open()
+        await asyncio.to_thread(self.uploads.clean_staging)
         await self.adapters.restore()
         await self.runner.recover()
         try:

@@ -54,6 +54,7 @@ POLICY: dict[str, Access] = {
     _ADAPTERS + "PinAdapter": Access.ADMIN,
     _ADAPTERS + "SetAlias": Access.USER,
     _JOBS + "UploadDataset": Access.USER,
+    _JOBS + "Upload": Access.USER,
     _JOBS + "ValidateDataset": Access.USER,
     _JOBS + "SubmitJob": Access.USER,
     _JOBS + "GetJob": Access.USER,

@@ -16,14 +16,14 @@ import math
 import statistics
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from eval.benchmarks import BUNDLED_TASKS, BenchmarkError, TaskScore, load_task, run_tasks
+from eval.benchmarks import BUNDLED_TASKS, BenchmarkError, TaskScore, run_tasks
 from eval.gates import GateResult, Metric, check_gates, metric_key
 from eval.judges import (
     JUDGE_MAX_TOKENS,
@@ -36,11 +36,11 @@ from eval.judges import (
     remote_ask,
 )
 from eval.lm import EngineCall, EngineLM, EngineReply
-from eval.overlap import overlap
-from eval.prompts import PromptSetError, bundled_prompts, bundled_schema, read_prompts, read_schema
+from eval.prompts import PromptSetError
 from eval.report import REPORT_HTML, REPORT_JSON, render_html
 from eval.schema import score_outputs
-from eval.spec import EvalSpec, EvalSpecError, SchemaSpec, WinRateSpec, parse_eval_spec
+from eval.sources import ClientFiles, contamination, schema_set, task_configs, win_rate_set
+from eval.spec import EvalSpec, EvalSpecError, WinRateSpec, parse_eval_spec
 from eval.winrate import combine, win_rate
 from service.adapters.manager import AdapterManager
 from service.errors import AdapterdError, InvalidArgumentError
@@ -49,8 +49,8 @@ from service.inference.generation import Generator
 from service.jobs.model import Job, JobFailedError, JobKind
 from service.jobs.runner import CONFIG_FILE, Emit
 from service.metrics import AdapterLabels, Metrics
-from service.paths import confined
 from service.store.base import Store
+from service.uploads import UploadService
 
 PROGRESS_SECONDS = 2.0
 READY_WAIT_SECONDS = 600.0
@@ -64,10 +64,8 @@ COMMON_TASK_METRICS = frozenset(
 
 @dataclass(frozen=True)
 class EvaluationLimits:
-    """Where client files live and how much of the engine evaluations may use."""
+    """How much of the engine evaluations may use, and the judges they may call."""
 
-    data_root: Path
-    """Task directories and prompt files of a spec resolve under it."""
     concurrency: int
     """Engine requests in flight per evaluation."""
     max_model_len: int
@@ -112,7 +110,8 @@ class _Cache:
 
     @staticmethod
     def key(section: str, ref: str, spec: BaseModel) -> tuple[str, str, str] | None:
-        """None when the section reads a client's files (which may change)."""
+        """None when the section reads files by a server path (which may change); uploads
+        never change, so their ids are part of the key."""
         if getattr(spec, "task_dir", "") or getattr(spec, "prompts", ""):
             return None
         return section, ref, spec.model_dump_json()
@@ -160,6 +159,7 @@ class Evaluator:
         *,
         generator: Generator,
         adapters: AdapterManager,
+        uploads: UploadService,
         store: Store,
         tokenizer: Any,
         metrics: Metrics,
@@ -168,6 +168,7 @@ class Evaluator:
     ) -> None:
         self._generator = generator
         self._adapters = adapters
+        self._uploads = uploads
         self._store = store
         self._tokenizer = tokenizer
         self._metrics = metrics
@@ -201,8 +202,10 @@ class Evaluator:
         spec = parse_eval_spec(job.spec["evaluation"], training=training)
         candidate = job.result["adapter_version"] if training else job.spec.get("adapter", "")
         baseline = self._adapters.resolve(spec.baseline).ref if spec.baseline else ""
+        # The uploads of the spec were the submitter's at submission; they never change.
+        files = await self._uploads.client_files(None, spec, "evaluation")
         await self._wait_ready()
-        run = _Run(self, spec, emit)
+        run = _Run(self, spec, files, emit)
         targets = {"candidate": candidate, "baseline": baseline}
         if candidate == baseline:
             del targets["baseline"]
@@ -221,7 +224,7 @@ class Evaluator:
         if training:
             own.values |= trainer_losses(job.result)
             own.details["overlap"] = await asyncio.to_thread(
-                contamination, out_dir / CONFIG_FILE, spec, self._limits.data_root
+                contamination, out_dir / CONFIG_FILE, spec, files
             )
             own.values["overlap_rate"] = max(
                 (o["rate"] for o in own.details["overlap"].values()), default=0.0
@@ -318,10 +321,6 @@ class Evaluator:
         return done.text, time.monotonic() - began
 
     @property
-    def data_root(self) -> Path:
-        return self._limits.data_root
-
-    @property
     def limits(self) -> EvaluationLimits:
         return self._limits
 
@@ -334,104 +333,15 @@ class Evaluator:
         return self._limits.max_model_len
 
 
-def task_configs(spec: EvalSpec, data_root: Path) -> list[dict[str, Any]]:
-    """The lm-eval configs of the spec's tasks (bundled, or from its task_dir).
-
-    Raises:
-        BenchmarkError, AdapterdError: naming the task or the path.
-    """
-    if spec.benchmarks is None:
-        return []
-    directories = [BUNDLED_TASKS]
-    if spec.benchmarks.task_dir:
-        directories.insert(0, confined(data_root, spec.benchmarks.task_dir, "benchmarks.task_dir"))
-    return [load_task(name, directories) for name in spec.benchmarks.tasks]
-
-
-def schema_set(spec: SchemaSpec, data_root: Path) -> tuple[list[dict[str, str]], dict[str, Any]]:
-    """The prompts and the JSON Schema of a schema-adherence section.
-
-    Raises:
-        PromptSetError, AdapterdError: naming the file, line or path.
-    """
-    if spec.prompts:
-        prompts = confined(data_root, spec.prompts, "schema_adherence.prompts")
-        schema = confined(data_root, spec.schema_file, "schema_adherence.schema_file")
-    else:
-        prompts, schema = bundled_prompts(spec.set), bundled_schema(spec.set)
-    checked = read_schema(schema)
-    return read_prompts(prompts, ("prompt",), spec.limit), checked
-
-
-def win_rate_set(spec: WinRateSpec, data_root: Path) -> list[dict[str, str]]:
-    """The prompts with reference answers of a win-rate section.
-
-    Raises:
-        PromptSetError, AdapterdError: naming the file, line or path.
-    """
-    path = (
-        confined(data_root, spec.prompts, "win_rate.prompts")
-        if spec.prompts
-        else bundled_prompts(spec.set)
-    )
-    return read_prompts(path, ("prompt", "reference"), spec.limit)
-
-
-def contamination(config_file: Path, spec: EvalSpec, data_root: Path) -> dict[str, Any]:
-    """13-gram overlap of a training job's rows (its trainer config names the files) with
-    each evaluation set of the spec: {set: {"rate", "items", "contaminated", "examples"}}."""
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    training = [
-        line
-        for source in config["data"]["datasets"]
-        for line in Path(source["path"]).read_text(encoding="utf-8", errors="replace").splitlines()
-    ]
-    sets: dict[str, list[str]] = {}
-    for task in task_configs(spec, data_root):
-        for split, file in task["dataset_kwargs"]["data_files"].items():
-            sets[f"{task['task']}/{split}"] = Path(file).read_text(encoding="utf-8").splitlines()
-    if spec.schema_adherence:
-        sets["schema_adherence"] = [
-            r["prompt"] for r in schema_set(spec.schema_adherence, data_root)[0]
-        ]
-    if spec.win_rate:
-        rows = win_rate_set(spec.win_rate, data_root)
-        sets["win_rate"] = [f"{r['prompt']} {r['reference']}" for r in rows]
-    reports = {}
-    for name, items in sets.items():
-        found = overlap(training, items)
-        reports[name] = {"rate": found.rate, **vars(found)}
-    return reports
-
-
-def check_sources(spec: EvalSpec, data_root: Path, judge_urls: Iterable[str]) -> None:
-    """Loads every task, prompt set and schema the spec names and checks its judge against the
-    allowlist, so that a submission with a missing file, a forbidden task or an unknown judge
-    is refused at once.
-
-    Raises:
-        BenchmarkError, PromptSetError, EvalSpecError, AdapterdError: naming what is wrong.
-    """
-    if spec.win_rate and spec.win_rate.judge == "url":
-        allowed = sorted(judge_urls)
-        if spec.win_rate.judge_url not in allowed:
-            raise EvalSpecError(
-                f"win_rate.judge_url: {spec.win_rate.judge_url!r} is not in the server's "
-                f"--judge-urls allowlist ({', '.join(allowed) or 'empty'})"
-            )
-    task_configs(spec, data_root)
-    if spec.schema_adherence:
-        schema_set(spec.schema_adherence, data_root)
-    if spec.win_rate:
-        win_rate_set(spec.win_rate, data_root)
-
-
 class _Run:
     """The measurements of one evaluation, with its progress events."""
 
-    def __init__(self, evaluator: Evaluator, spec: EvalSpec, emit: Emit) -> None:
+    def __init__(
+        self, evaluator: Evaluator, spec: EvalSpec, files: ClientFiles, emit: Emit
+    ) -> None:
         self._evaluator = evaluator
         self._spec = spec
+        self._files = files
         self._emit = emit
         self._last_progress = 0.0
 
@@ -476,7 +386,7 @@ class _Run:
     async def _benchmarks(self, role: str, adapter: str) -> _Scores:
         spec = self._spec.benchmarks
         assert spec is not None
-        configs = task_configs(self._spec, self._evaluator.data_root)
+        configs = task_configs(self._spec, self._files)
         loop = asyncio.get_running_loop()
         bridge = _Bridge(loop)
 
@@ -506,7 +416,7 @@ class _Run:
     async def _schema(self, role: str, adapter: str) -> _Scores:
         spec = self._spec.schema_adherence
         assert spec is not None
-        rows, schema = schema_set(spec, self._evaluator.data_root)
+        rows, schema = schema_set(spec, self._files)
         part, details = _Scores(), {}
         for constrained in (False, True):
             phase = "schema_constrained" if constrained else "schema"
@@ -534,7 +444,7 @@ class _Run:
     async def win_rate(
         self, candidate: str, baseline: str, spec: WinRateSpec, scores: dict[str, _Scores]
     ) -> None:
-        rows = win_rate_set(spec, self._evaluator.data_root)
+        rows = win_rate_set(spec, self._files)
         answers = {}
         for role, adapter in (("candidate", candidate), ("baseline", baseline)):
             key = _Cache.key("answers", adapter, spec)

@@ -161,6 +161,13 @@ class ServerSettings(BaseSettings):
     max_upload_mib: int = Field(
         1024, ge=1, le=1_048_576, description="Size cap of an uploaded dataset in MiB."
     )
+    tenant_upload_quota_mib: int = Field(
+        10_240,
+        ge=1,
+        le=100_000_000,
+        description="Bytes one tenant's uploads may hold on disk, in MiB (counted in the store, "
+        "so it holds across replicas); past it an upload is RESOURCE_EXHAUSTED.",
+    )
     max_http_body_mib: int = Field(
         4, ge=1, le=1024, description="Size cap of an HTTP request body in MiB (413 beyond)."
     )

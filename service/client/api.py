@@ -101,6 +101,25 @@ class Client:
         chunks = (data[start : start + chunk_bytes] for start in range(0, len(data), chunk_bytes))
         return self.upload(header, chunks)
 
+    def upload_file(
+        self, path: Path, kind: "jobs_pb2.UploadKind.ValueType", chunk_bytes: int = 1 << 20
+    ) -> jobs_pb2.UploadResponse:
+        """Upload: streams a file of `kind` (an adapterd.v1.UploadKind) in chunks."""
+        data = path.read_bytes()
+        header = jobs_pb2.UploadHeader(
+            kind=jobs_pb2.UploadKind.Name(kind),
+            file_name=path.name,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+
+        def parts() -> Iterator[jobs_pb2.UploadRequest]:
+            yield jobs_pb2.UploadRequest(header=header)
+            for start in range(0, len(data), chunk_bytes):
+                yield jobs_pb2.UploadRequest(chunk=data[start : start + chunk_bytes])
+
+        return self.call(self.jobs.Upload, parts(), jobs_pb2.UploadResponse)
+
     def upload(self, header: jobs_pb2.DatasetHeader, chunks: Iterable[bytes]) -> str:
         """UploadDataset with the header as given (size and sha256 are the caller's claim)."""
 

@@ -8,7 +8,8 @@
     adapterctl adapters unload NAME[@VERSION]
     adapterctl adapters pin|unpin NAME@VERSION
     adapterctl adapters alias ALIAS [NAME@VERSION]   (no target: remove the alias)
-    adapterctl upload FILE | validate-data --dataset ID | submit JOB.yaml [--watch]
+    adapterctl upload FILE [--kind dataset|task-archive|prompts|schema] | validate-data --dataset ID
+    adapterctl submit JOB.yaml [--watch]
     adapterctl get|cancel|watch JOB_ID | list [--state STATE]
     adapterctl eval run SPEC.yaml [--adapter NAME] [--watch] | eval report JOB_ID [--out DIR]
 

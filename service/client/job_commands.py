@@ -43,9 +43,20 @@ def show(message: Message, as_json: bool) -> None:
         print(json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True))
 
 
+UPLOAD_KINDS: dict[str, "jobs_pb2.UploadKind.ValueType"] = {
+    "dataset": jobs_pb2.UPLOAD_KIND_DATASET,
+    "task-archive": jobs_pb2.UPLOAD_KIND_TASK_ARCHIVE,
+    "prompts": jobs_pb2.UPLOAD_KIND_PROMPT_SET,
+    "schema": jobs_pb2.UPLOAD_KIND_JSON_SCHEMA,
+}
+
+
 def _upload(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    dataset_id = client.upload_dataset(Path(args.file))
-    print(json.dumps({"dataset_id": dataset_id}) if as_json else dataset_id)
+    reply = client.upload_file(Path(args.file), UPLOAD_KINDS[args.kind])
+    if as_json:
+        show(reply, as_json)
+    else:
+        print(reply.upload_id)
     return 0
 
 
@@ -255,8 +266,13 @@ def _summary(job: jobs_pb2.Job) -> None:
 
 def add_job_commands(commands: Any) -> dict[str, Command]:
     """Adds the job subcommands to adapterctl's parser; returns their handlers by name."""
-    upload = commands.add_parser("upload", help="Upload a dataset file; prints its id.")
-    upload.add_argument("file", help="JSONL, JSON, CSV or Parquet file.")
+    upload = commands.add_parser("upload", help="Upload a file; prints its id.")
+    upload.add_argument(
+        "file",
+        help="dataset: JSONL, JSON, CSV or Parquet; task-archive: .tar(.gz), .tgz or .zip of "
+        "lm-eval task YAMLs and their data; prompts: JSONL; schema: a JSON Schema (.json).",
+    )
+    upload.add_argument("--kind", choices=sorted(UPLOAD_KINDS), default="dataset")
     validate = commands.add_parser("validate-data", help="The server's report on datasets.")
     validate.add_argument("--dataset", action="append", help="Uploaded dataset id (repeatable).")
     validate.add_argument("--path", action="append", help="File under the server's data root.")

@@ -1,5 +1,6 @@
 """Conversions between domain objects and adapterd.v1 protobuf messages, in one place."""
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf import json_format
@@ -25,6 +26,8 @@ from service.inference.engine import EngineState
 from service.inference.generation import Delta, GenerateParams
 from service.jobs.model import Job, JobEvent, JobKind, JobState
 from service.serverinfo import ServerInfo
+from service.store.base import UploadRecord
+from service.uploads import UploadKind
 
 _ENGINE_STATES = {
     EngineState.STARTING: server_pb2.ENGINE_STATE_STARTING,
@@ -281,3 +284,55 @@ def event_to_proto(event: JobEvent) -> jobs_pb2.JobEvent:
     return jobs_pb2.JobEvent(
         seq=event.seq, time=_timestamp(event.time), kind=event.kind, data=_struct(event.data)
     )
+
+
+_UPLOAD_KINDS: dict[int, UploadKind] = {
+    jobs_pb2.UPLOAD_KIND_DATASET: UploadKind.DATASET,
+    jobs_pb2.UPLOAD_KIND_TASK_ARCHIVE: UploadKind.TASK_ARCHIVE,
+    jobs_pb2.UPLOAD_KIND_PROMPT_SET: UploadKind.PROMPT_SET,
+    jobs_pb2.UPLOAD_KIND_JSON_SCHEMA: UploadKind.JSON_SCHEMA,
+}
+
+
+def upload_kind(value: int) -> UploadKind:
+    """adapterd.v1.UploadKind -> the domain's kind.
+
+    Raises:
+        InvalidArgumentError: for UNSPECIFIED or an unknown number.
+    """
+    if value not in _UPLOAD_KINDS:
+        known = ", ".join(jobs_pb2.UploadKind.Name(k) for k in _UPLOAD_KINDS)
+        raise InvalidArgumentError(f"header.kind: {value} is not one of {known}")
+    return _UPLOAD_KINDS[value]
+
+
+def upload_to_proto(record: UploadRecord, tenant_bytes: int) -> jobs_pb2.UploadResponse:
+    """A stored upload -> adapterd.v1.UploadResponse."""
+    kind = next(k for k, v in _UPLOAD_KINDS.items() if v.value == record.kind)
+    return jobs_pb2.UploadResponse(
+        upload_id=record.id,
+        kind=jobs_pb2.UploadKind.Name(kind),
+        size=record.size,
+        sha256=record.sha256,
+        files=record.files,
+        tenant_bytes=tenant_bytes,
+    )
+
+
+async def upload_parts(messages: AsyncIterator[Any]) -> tuple[Any, AsyncIterator[bytes]]:
+    """An upload stream (UploadRequest or UploadDatasetRequest) as its header and its chunks.
+
+    Raises:
+        InvalidArgumentError: when the first message is no header, or a later one is.
+    """
+    first = await anext(messages, None)
+    if first is None or not first.HasField("header"):
+        raise InvalidArgumentError("header: the first message must carry the header")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        async for message in messages:
+            if not message.HasField("chunk"):
+                raise InvalidArgumentError("header: only the first message may be a header")
+            yield message.chunk
+
+    return first.header, chunks()

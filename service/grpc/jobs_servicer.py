@@ -7,45 +7,50 @@ from grpc import aio
 
 from adapterd.v1 import jobs_pb2, jobs_pb2_grpc
 from service.auth import current_principal
-from service.errors import InvalidArgumentError
 from service.grpc.convert import (
     evaluation_fields,
     event_to_proto,
     job_filters,
     job_to_proto,
     message_fields,
+    upload_kind,
+    upload_parts,
+    upload_to_proto,
 )
 from service.jobs.service import JobService
+from service.uploads import Announced, UploadKind, UploadService
 
 
 class JobsServicer(jobs_pb2_grpc.JobsServicer):
     """Thin: converts, calls the job service with the caller, converts back."""
 
-    def __init__(self, jobs: JobService) -> None:
+    def __init__(self, jobs: JobService, uploads: UploadService) -> None:
         self._jobs = jobs
+        self._uploads = uploads
 
     async def UploadDataset(
         self,
         request_iterator: AsyncIterator[jobs_pb2.UploadDatasetRequest],
         context: aio.ServicerContext[Any, Any],
     ) -> jobs_pb2.UploadDatasetResponse:
-        first = await anext(request_iterator, None)
-        if first is None or not first.HasField("header"):
-            raise InvalidArgumentError("header: the first message must carry the header")
-
-        async def chunks() -> AsyncIterator[bytes]:
-            async for message in request_iterator:
-                if not message.HasField("chunk"):
-                    raise InvalidArgumentError("header: only the first message may be a header")
-                yield message.chunk
-
-        header = first.header
-        record = await self._jobs.upload(
-            current_principal.get(), header.file_name, header.size, header.sha256, chunks()
-        )
+        header, chunks = await upload_parts(request_iterator)
+        announced = Announced(UploadKind.DATASET, header.file_name, header.size, header.sha256)
+        record, _ = await self._uploads.upload(current_principal.get(), announced, chunks)
         return jobs_pb2.UploadDatasetResponse(
             dataset_id=record.id, size=record.size, sha256=record.sha256
         )
+
+    async def Upload(
+        self,
+        request_iterator: AsyncIterator[jobs_pb2.UploadRequest],
+        context: aio.ServicerContext[Any, Any],
+    ) -> jobs_pb2.UploadResponse:
+        header, chunks = await upload_parts(request_iterator)
+        announced = Announced(
+            upload_kind(header.kind), header.file_name, header.size, header.sha256
+        )
+        record, total = await self._uploads.upload(current_principal.get(), announced, chunks)
+        return upload_to_proto(record, total)
 
     async def ValidateDataset(
         self, request: jobs_pb2.ValidateDatasetRequest, context: aio.ServicerContext[Any, Any]

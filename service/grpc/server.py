@@ -30,6 +30,7 @@ from service.inference.generation import Generator
 from service.jobs.service import JobService
 from service.metrics import Metrics
 from service.serverinfo import ServerInfo
+from service.uploads import UploadService
 
 SERVER_SERVICE = server_pb2.DESCRIPTOR.services_by_name["Server"].full_name
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
@@ -53,6 +54,7 @@ def build_grpc_server(  # noqa: PLR0917 (the parts it assembles)
     generator: Generator,
     adapters: AdapterManager,
     jobs: JobService,
+    uploads: UploadService,
     max_concurrent_rpcs: int,
 ) -> aio.Server:
     """Creates the server with every adapterd service registered; not yet bound or started.
@@ -70,7 +72,7 @@ def build_grpc_server(  # noqa: PLR0917 (the parts it assembles)
     server_pb2_grpc.add_ServerServicer_to_server(ServerServicer(describe), server)
     inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(generator), server)
     adapters_pb2_grpc.add_AdaptersServicer_to_server(AdaptersServicer(adapters), server)
-    jobs_pb2_grpc.add_JobsServicer_to_server(JobsServicer(jobs), server)
+    jobs_pb2_grpc.add_JobsServicer_to_server(JobsServicer(jobs, uploads), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     reflection.enable_server_reflection(
         (

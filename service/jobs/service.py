@@ -13,14 +13,13 @@ queued has a config the trainer accepts.
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -28,6 +27,7 @@ from pydantic import ValidationError
 from eval.benchmarks import BenchmarkError
 from eval.prompts import PromptSetError
 from eval.report import REPORT_HTML, REPORT_JSON
+from eval.sources import ClientFiles, check_sources
 from eval.spec import EvalSpec, EvalSpecError, parse_eval_spec
 from service.adapters.manager import AdapterManager
 from service.auth import Principal
@@ -40,15 +40,15 @@ from service.errors import (
     PermissionDeniedError,
     ResourceExhaustedError,
 )
-from service.evaluation import check_sources
 from service.jobs.model import Job, JobEvent, JobKind, JobState, spec_digest
 from service.jobs.runner import CONFIG_FILE, JobRunner
 from service.metrics import Metrics
 from service.paths import confined
-from service.store.base import DatasetRecord, JobPage, Store
+from service.store.base import JobPage, Store
+from service.uploads import UploadKind, UploadService
 from trainer.config import DataSpec, TrainConfigError, describe_validation_error, load_config
 
-DATASET_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+DATASET = UploadKind.DATASET
 WATCH_POLL_SECONDS = 5.0
 MAX_REQUEST_ID = 128
 
@@ -64,7 +64,6 @@ class JobLimits:
     base_model_path: Path
     base_model_name: str
     max_lora_rank: int
-    max_upload_bytes: int
     max_queued: int
     judge_urls: frozenset[str] = frozenset()
     """Names of the allowlisted judge servers."""
@@ -77,29 +76,19 @@ def _check_request(request_id: str, priority: int) -> None:
         raise InvalidArgumentError(f"priority: {priority} is outside -100..100")
 
 
-def _check_evaluation(
-    fields: dict[str, Any], where: str, training: bool, limits: "JobLimits"
-) -> EvalSpec:
-    """An evaluation spec validated (eval.spec), its tasks and files loaded. CPU and file work
-    on client input: run it off the event loop."""
+def _prefixed(where: str, exc: Exception) -> str:
+    return "; ".join(f"{where}: {p}" for p in str(exc).split("; "))
+
+
+def _check_sources(
+    spec: EvalSpec, files: ClientFiles, where: str, judge_urls: frozenset[str]
+) -> None:
+    """Every task and file of an evaluation loaded and checked. CPU and file work on client
+    input: run it off the event loop."""
     try:
-        spec = parse_eval_spec(fields, training=training)
-        check_sources(spec, limits.datasets_dir, limits.judge_urls)
+        check_sources(spec, files, judge_urls)
     except (EvalSpecError, BenchmarkError, PromptSetError) as exc:
-        problems = str(exc).split("; ")
-        raise InvalidArgumentError("; ".join(f"{where}: {p}" for p in problems)) from None
-    except InvalidArgumentError as exc:  # a path outside the data root
-        raise InvalidArgumentError(f"{where}: {exc}") from None
-    return spec
-
-
-_SERVER_PATHS = (
-    ("benchmarks", "task_dir"),
-    ("schema_adherence", "prompts"),
-    ("schema_adherence", "schema_file"),
-    ("win_rate", "prompts"),
-)
-"""Evaluation fields that name files on the server by path."""
+        raise InvalidArgumentError(_prefixed(where, exc)) from None
 
 
 def _admin_only(principal: Principal, field: str) -> None:
@@ -118,6 +107,7 @@ class JobService:
         store: Store,
         runner: JobRunner,
         adapters: AdapterManager,
+        uploads: UploadService,
         limits: JobLimits,
         metrics: Metrics,
         tokenizer: Any,
@@ -125,70 +115,17 @@ class JobService:
         self._store = store
         self._runner = runner
         self._adapters = adapters
+        self._uploads = uploads
         self._limits = limits
         self._metrics = metrics
         self._tokenizer = tokenizer
         self._changes: dict[str, asyncio.Event] = {}
 
     # ---- datasets
-    async def upload(
-        self,
-        principal: Principal,
-        file_name: str,
-        size: int,
-        sha256: str,
-        chunks: AsyncIterator[bytes],
-    ) -> DatasetRecord:
-        """Stores an uploaded file after checking its size and sha256.
-
-        Raises:
-            InvalidArgumentError: bad name, size or checksum (nothing is kept).
-        """
-        name = PurePosixPath(file_name).name
-        if not name or name != file_name or not name.endswith(DATASET_SUFFIXES):
-            raise InvalidArgumentError(
-                f"header.file_name: {file_name!r} must be a plain file name ending in "
-                f"{', '.join(DATASET_SUFFIXES)}"
-            )
-        cap = self._limits.max_upload_bytes
-        if not 0 < size <= cap:
-            raise InvalidArgumentError(f"header.size: {size} must be 1 to {cap} bytes")
-        dataset_id = f"ds-{uuid.uuid4().hex[:16]}"
-        directory = self._limits.datasets_dir / "uploads" / dataset_id
-        directory.mkdir(parents=True)
-        target, digest, received = directory / name, hashlib.sha256(), 0
-        try:
-            with target.open("wb") as f:
-                async for chunk in chunks:
-                    received += len(chunk)
-                    if received > size:
-                        raise InvalidArgumentError(
-                            f"chunk: more than the {size} bytes header.size announced"
-                        )
-                    digest.update(chunk)
-                    f.write(chunk)
-            if received != size:
-                raise InvalidArgumentError(f"header.size: announced {size} bytes, got {received}")
-            if digest.hexdigest() != sha256.lower():
-                raise InvalidArgumentError(
-                    f"header.sha256: the bytes hash to {digest.hexdigest()}, not {sha256}"
-                )
-        except BaseException:
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
-        record = DatasetRecord(
-            dataset_id, principal.tenant, name, target, digest.hexdigest(), size, time.time()
-        )
-        await self._store.add_dataset(record)
-        return record
-
     async def _dataset_path(self, principal: Principal, ref: dict[str, Any], where: str) -> str:
         if "dataset_id" in ref:
-            record = await self._store.get_dataset(ref["dataset_id"])
-            tenant = visible_tenant(principal)
-            if record is None or (tenant is not None and record.tenant != tenant):
-                raise NotFoundError(f"{where}.dataset_id: no dataset {ref['dataset_id']!r}")
-            return str(record.path)
+            field = f"{where}.dataset_id"
+            return str(await self._uploads.path_of(principal, ref["dataset_id"], DATASET, field))
         if "path" in ref:
             _admin_only(principal, f"{where}.path")
             return str(confined(self._limits.datasets_dir, ref["path"], f"{where}.path"))
@@ -199,10 +136,12 @@ class JobService:
     ) -> dict[str, Any]:
         """An evaluation spec checked for `principal` and normalized to its non-default fields,
         with every adapter it reads and the alias it may move qualified (`tenant/name`)."""
-        spec = await asyncio.to_thread(_check_evaluation, fields, where, training, self._limits)
-        for section, key in _SERVER_PATHS:
-            if getattr(getattr(spec, section), key, ""):
-                _admin_only(principal, f"{where}.{section}.{key}")
+        try:
+            spec = parse_eval_spec(fields, training=training)
+        except EvalSpecError as exc:
+            raise InvalidArgumentError(_prefixed(where, exc)) from None
+        files = await self._uploads.client_files(principal, spec, where)
+        await asyncio.to_thread(_check_sources, spec, files, where, self._limits.judge_urls)
         updates: dict[str, Any] = {}
         if spec.baseline:
             updates["baseline"] = self._adapters.find(principal, spec.baseline, f"{where}.baseline")

@@ -10,21 +10,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from service.errors import ResourceExhaustedError
 from service.jobs.model import Job, JobEvent, JobKind, JobState
 
 
 @dataclass(frozen=True)
-class DatasetRecord:
-    """An uploaded dataset file."""
+class UploadRecord:
+    """An upload: a dataset, an extracted task archive, a prompt set or a JSON Schema."""
 
     id: str
     tenant: str
+    kind: str
+    """An `service.uploads.UploadKind` value."""
     name: str
     """The file name the client gave."""
     path: Path
+    """The stored file, or the directory an archive was extracted to."""
     sha256: str
     size: int
+    """Bytes received."""
+    stored: int
+    """Bytes on disk (an archive's extracted files), counted against the tenant's quota."""
+    files: int
     created: float
+
+
+def upload_quota_error(tenant: str, held: int, more: int, quota: int) -> ResourceExhaustedError:
+    """The refusal of an upload past its tenant's quota, naming the quota."""
+    return ResourceExhaustedError(
+        f"upload quota: tenant {tenant!r} holds {held} bytes; {more} more exceed its {quota} "
+        "(--tenant-upload-quota-mib)"
+    )
 
 
 @dataclass(frozen=True)
@@ -98,11 +114,20 @@ class Store(Protocol):
     async def events(self, job_id: str, after_seq: int, limit: int = 1000) -> list[JobEvent]:
         """Events after `after_seq`, in order."""
 
-    async def add_dataset(self, record: DatasetRecord) -> None:
-        """Records an uploaded dataset."""
+    async def add_upload(self, record: UploadRecord, quota_bytes: int) -> int:
+        """Records an upload if its tenant's uploads stay within `quota_bytes` (checked in the
+        same transaction, so the quota holds across replicas on one database); returns the
+        tenant's bytes with it.
 
-    async def get_dataset(self, dataset_id: str) -> DatasetRecord | None:
-        """The dataset, or None."""
+        Raises:
+            ResourceExhaustedError: naming the quota, when it would be exceeded.
+        """
+
+    async def get_upload(self, upload_id: str) -> UploadRecord | None:
+        """The upload, or None."""
+
+    async def tenant_upload_bytes(self, tenant: str) -> int:
+        """Bytes the tenant's uploads hold."""
 
     async def next_adapter_version(self, name: str) -> int:
         """Reserves the next version number of `name` (never reused)."""

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from service.errors import FailedPreconditionError, NotFoundError
 from service.jobs.model import Job, JobEvent, JobKind, JobState, check_transition
-from service.store.base import AdapterRecord, DatasetRecord, JobPage
+from service.store.base import AdapterRecord, JobPage, UploadRecord, upload_quota_error
 
 T = TypeVar("T")
 
@@ -87,6 +87,14 @@ MIGRATIONS = [
     UPDATE jobs SET tenant = 'default' WHERE tenant = '';
     UPDATE datasets SET tenant = 'default' WHERE tenant = '';
     """,
+    # The datasets table holds every kind of upload; the quota counts bytes on disk.
+    """
+    ALTER TABLE datasets ADD COLUMN kind TEXT NOT NULL DEFAULT 'dataset';
+    ALTER TABLE datasets ADD COLUMN files INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE datasets ADD COLUMN stored INTEGER NOT NULL DEFAULT 0;
+    UPDATE datasets SET stored = size;
+    CREATE INDEX datasets_tenant ON datasets (tenant);
+    """,
 ]
 
 _JOB_COLUMNS = (
@@ -96,6 +104,8 @@ _JOB_COLUMNS = (
 )
 _JOB_MARKS = ", ".join("?" * len(_JOB_COLUMNS.split(",")))
 _JSON_FIELDS = ("spec", "result")
+_UPLOAD_COLUMNS = "id, tenant, kind, name, path, sha256, size, stored, files, created"
+_UPLOAD_MARKS = ", ".join("?" * len(_UPLOAD_COLUMNS.split(",")))
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -302,28 +312,34 @@ class SqliteStore:
 
         return await self._run(work)
 
-    # ---- datasets
-    async def add_dataset(self, record: DatasetRecord) -> None:
-        await self._run(
-            lambda db: db.execute(
-                "INSERT INTO datasets (id, tenant, name, path, sha256, size, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (record.id, record.tenant, record.name, str(record.path), record.sha256,
-                 record.size, record.created),
-            )
-        )  # fmt: skip
+    # ---- uploads
+    async def add_upload(self, record: UploadRecord, quota_bytes: int) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            held = _tenant_bytes(db, record.tenant)
+            if held + record.stored > quota_bytes:
+                raise upload_quota_error(record.tenant, held, record.stored, quota_bytes)
+            db.execute(
+                f"INSERT INTO datasets ({_UPLOAD_COLUMNS}) VALUES ({_UPLOAD_MARKS})",
+                (record.id, record.tenant, record.kind, record.name, str(record.path),
+                 record.sha256, record.size, record.stored, record.files, record.created),
+            )  # fmt: skip
+            return held + record.stored
 
-    async def get_dataset(self, dataset_id: str) -> DatasetRecord | None:
-        def work(db: sqlite3.Connection) -> DatasetRecord | None:
+        return await self._run(work)
+
+    async def get_upload(self, upload_id: str) -> UploadRecord | None:
+        def work(db: sqlite3.Connection) -> UploadRecord | None:
             row = db.execute(
-                "SELECT id, tenant, name, path, sha256, size, created FROM datasets WHERE id = ?",
-                (dataset_id,),
+                f"SELECT {_UPLOAD_COLUMNS} FROM datasets WHERE id = ?", (upload_id,)
             ).fetchone()
             if row is None:
                 return None
-            return DatasetRecord(**{**dict(row), "path": Path(row["path"])})
+            return UploadRecord(**{**dict(row), "path": Path(row["path"])})
 
         return await self._run(work)
+
+    async def tenant_upload_bytes(self, tenant: str) -> int:
+        return await self._run(lambda db: _tenant_bytes(db, tenant))
 
     # ---- adapters
     async def next_adapter_version(self, name: str) -> int:
@@ -384,6 +400,11 @@ class SqliteStore:
                 )
 
         await self._run(work)
+
+
+def _tenant_bytes(db: sqlite3.Connection, tenant: str) -> int:
+    row = db.execute("SELECT COALESCE(SUM(stored), 0) FROM datasets WHERE tenant = ?", (tenant,))
+    return int(row.fetchone()[0])
 
 
 def _without_seq(row: sqlite3.Row) -> Any:

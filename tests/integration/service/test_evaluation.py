@@ -2,9 +2,12 @@
 against lm-eval's own HF backend, schema adherence, win rate with both judges, gates that
 promote or block, reports, quality gauges, and refusals of bad specs."""
 
+import io
 import json
 import shutil
+import tarfile
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,7 +16,7 @@ from google.protobuf import json_format
 from adapterd.v1 import evaluation_pb2, jobs_pb2
 from eval.benchmarks import BUNDLED_TASKS, load_task, run_tasks
 from service.client.api import Client
-from tests.support import ADMIN_TOKEN, USER_TOKEN
+from tests.support import ADMIN_TOKEN, OTHER_USER_TOKEN, USER_TOKEN
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +233,51 @@ def test_a_user_sees_only_its_tenants_evaluations(admin, server):
         code, _ = code_of(lambda: user.evaluation_report(job.id))
     assert code == grpc.StatusCode.NOT_FOUND
     assert json.loads(json.dumps(result_of(admin.get_job(job.id))))["evaluation"]["passed"]
+
+
+def test_a_remote_client_uploads_lm_evals_stock_gsm8k_and_gets_scores(server, tmp_path):
+    """lm-eval 0.4.13's own gsm8k.yaml (only dataset_path and data_files changed), with local
+    train and test files, uploaded as a task archive; a JSON Schema and prompt set as uploads."""
+    from tests.unit.eval.test_taskyaml import STOCK_GSM8K
+
+    repo = Path(__file__).resolve().parents[3]
+    rows = (repo / "data" / "gsm8k" / "train_slice.jsonl").read_text().splitlines()
+    questions = [{"question": json.loads(r)["prompt"], "answer": json.loads(r)["completion"]}
+                 for r in rows[:12]]  # fmt: skip
+    archive = tmp_path / "gsm8k.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, text in (
+            ("gsm8k.yaml", STOCK_GSM8K),
+            ("train.jsonl", "".join(json.dumps(q) + "\n" for q in questions[:8])),
+            ("test.jsonl", "".join(json.dumps(q) + "\n" for q in questions[8:])),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    schema = tmp_path / "card.schema.json"
+    schema.write_text(json.dumps({"type": "object", "required": ["name"],
+                                  "properties": {"name": {"type": "string", "pattern": "^[A-Z]"}}}))  # fmt: skip
+    prompts = tmp_path / "card.prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Give a JSON object with a name."}) + "\n")
+    with Client(server.target, USER_TOKEN, timeout=300) as user:
+        task = user.upload_file(archive, jobs_pb2.UPLOAD_KIND_TASK_ARCHIVE)
+        assert (task.files, task.upload_id[:5]) == (3, "task-")
+        schema_id = user.upload_file(schema, jobs_pb2.UPLOAD_KIND_JSON_SCHEMA).upload_id
+        prompts_id = user.upload_file(prompts, jobs_pb2.UPLOAD_KIND_PROMPT_SET).upload_id
+        spec = {
+            "benchmarks": {"tasks": ["gsm8k"], "task_upload": task.upload_id, "limit": 2,
+                           "chat_template": False},
+            "schema_adherence": {"prompts_upload": prompts_id, "schema_upload": schema_id,
+                                 "max_tokens": 8},
+        }  # fmt: skip
+        job = evaluate(user, spec, adapter="")
+        done, _ = finish(user, job.id)
+        assert done.state == jobs_pb2.JOB_STATE_SUCCEEDED, done.error_message
+        scores = result_of(done)["evaluation"]["scores"]
+        assert 0.0 <= scores["task:gsm8k/exact_match,strict-match"] <= 1.0
+        assert 0.0 <= scores["schema_valid_rate"] <= 1.0
+        report = json_format.MessageToDict(user.evaluation_report(job.id).report)
+        assert report["spec"]["benchmarks"]["task_upload"] == task.upload_id
+    with Client(server.target, OTHER_USER_TOKEN, timeout=60) as other:
+        code, details = code_of(lambda: evaluate(other, spec, adapter=""))
+        assert code == grpc.StatusCode.NOT_FOUND and "task_upload" in details

@@ -175,8 +175,11 @@ def test_other_tenants_cannot_see_a_job_but_admins_can(server, user, dataset_id)
         ({"training": {"learning_rate": -1}}, "INVALID_ARGUMENT", "training.learning_rate"),
         ({"training": {"bogus": 1}}, "INVALID_ARGUMENT", "training.bogus: unknown field"),
         ({"lora": {"rank": 64}}, "INVALID_ARGUMENT", "above the server's max_lora_rank"),
-        ({"data": {"datasets": [{"path": "../../etc/passwd"}]}}, "PERMISSION_DENIED",
-         "data.datasets[0].path: raw server paths are for admins"),
+        (
+            {"data": {"datasets": [{"path": "../../etc/passwd"}]}},
+            "PERMISSION_DENIED",
+            "data.datasets[0].path: raw server paths are for admins",
+        ),
         ({"data": {"datasets": [{"path": "/etc/passwd"}]}}, "PERMISSION_DENIED", "raw server"),
         ({"data": {"datasets": [{"dataset_id": "ds-nope"}]}}, "NOT_FOUND", "no dataset"),
         ({"data": {"datasets": []}}, "INVALID_ARGUMENT", "data.datasets"),

@@ -208,6 +208,11 @@ def test_the_sandbox_still_renders_what_real_tasks_need():
         "1. 3 2. 4 "
     )
     assert render("{{ answer|regex_replace('#+ ', '') }}", doc) == "It is 4.\n4"
+    # Long numbers in the data and '%' in text are no format widths.
+    big = {"answer": "1234567 + 1 = 1234568\n#### 1234568"}
+    assert render("{{ answer.split('#### ')[-1] }}", big) == "1234568"
+    assert render("{{ '%d%% of 1234567' % 5 }}", big) == "5% of 1234567"
+    assert render("{{ 'Total 1234567: {}'.format(3) }}", big) == "Total 1234567: 3"
 
 
 def test_a_redos_pattern_in_regex_replace_runs_in_re2():

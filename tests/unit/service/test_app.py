@@ -103,7 +103,15 @@ async def test_unexpected_errors_become_internal_with_a_correlation_id(make_app,
         raise KeyError("secret internals")
 
     app.grpc = build_grpc_server(
-        app.metrics, None, app.health, broken, app.generator, app.adapters, app.jobs, 64
+        app.metrics,
+        None,
+        app.health,
+        broken,
+        app.generator,
+        app.adapters,
+        app.jobs,
+        app.uploads,
+        64,
     )
     await app.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.settings.port}") as channel:

@@ -1,14 +1,12 @@
 """Evaluation plumbing that needs no engine: proto <-> spec fields, bounded metric labels."""
 
-import json
 import math
 
 from google.protobuf import json_format
 
 from adapterd.v1 import evaluation_pb2
-from eval.prompts import bundled_prompts, read_prompts
 from eval.spec import parse_eval_spec
-from service.evaluation import contamination, task_labels, trainer_losses
+from service.evaluation import task_labels, trainer_losses
 from service.grpc.convert import evaluation_fields, job_to_proto
 from service.jobs.model import Job, JobKind, JobState
 
@@ -55,23 +53,6 @@ def test_task_labels_stay_bounded():
     )  # fmt: skip
     assert task_labels("my_task", "acc_norm,none") == ("other", "acc_norm")
     assert task_labels("my_task", "rouge_secret") == ("other", "other")
-
-
-def test_contamination_finds_evaluation_items_in_the_training_rows(tmp_path):
-    prompts = read_prompts(bundled_prompts("gsm8k_heldout"), ("prompt", "reference"), 10)
-    train = tmp_path / "train.jsonl"
-    rows = [{"prompt": r["prompt"], "completion": "..."} for r in prompts[:3]]
-    rows.append({"prompt": "What is the capital of France?", "completion": "Paris"})
-    train.write_text("\n".join(json.dumps(r) for r in rows))
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({"data": {"datasets": [{"path": str(train)}]}}))
-    spec = parse_eval_spec(
-        {"benchmarks": {"tasks": ["adapterd_arith_mc"]}, "win_rate": {"limit": 10}},
-        training=True,
-    )
-    found = contamination(config, spec, tmp_path)
-    assert found["win_rate"]["rate"] == 0.3 and found["win_rate"]["examples"] == [0, 1, 2]
-    assert found["adapterd_arith_mc/test"]["contaminated"] == 0
 
 
 def test_the_trainers_losses_are_read_for_the_adapter_that_was_kept():

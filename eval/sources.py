@@ -1,0 +1,115 @@
+"""What an evaluation reads: its tasks, prompt sets and JSON Schemas, bundled or a client's.
+
+A client's files reach an evaluation as uploads named by id (or, for an admin, as paths on the
+server). Which file an id or path stands for, and whether the caller may read it, is the
+service's business: it hands these loaders a `ClientFiles` of resolved paths. The loaders only
+read and check, so the same code runs at submission (to refuse a bad spec at once) and when the
+evaluation runs. Each raises an error that names the file, line or task.
+"""
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eval.benchmarks import BUNDLED_TASKS, load_task
+from eval.overlap import overlap
+from eval.prompts import bundled_prompts, bundled_schema, read_prompts, read_schema
+from eval.spec import EvalSpec, EvalSpecError, SchemaSpec, WinRateSpec
+
+
+@dataclass(frozen=True)
+class ClientFiles:
+    """The client files of one evaluation spec, as paths on this server (None: not used)."""
+
+    task_dir: Path | None = None
+    """The directory of `benchmarks.task_upload` or `benchmarks.task_dir`."""
+    schema_prompts: Path | None = None
+    schema: Path | None = None
+    win_rate_prompts: Path | None = None
+
+
+def task_configs(spec: EvalSpec, files: ClientFiles) -> list[dict[str, Any]]:
+    """The lm-eval configs of the spec's tasks: the client's task directory first, then the
+    bundled tasks.
+
+    Raises:
+        BenchmarkError: naming the task and what is wrong.
+    """
+    if spec.benchmarks is None:
+        return []
+    directories = [BUNDLED_TASKS] if files.task_dir is None else [files.task_dir, BUNDLED_TASKS]
+    return [load_task(name, directories) for name in spec.benchmarks.tasks]
+
+
+def schema_set(spec: SchemaSpec, files: ClientFiles) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """The prompts and the JSON Schema of a schema-adherence section.
+
+    Raises:
+        PromptSetError: naming the file, line or JSON pointer.
+    """
+    if files.schema_prompts is not None and files.schema is not None:
+        prompts, schema = files.schema_prompts, files.schema
+    else:
+        prompts, schema = bundled_prompts(spec.set), bundled_schema(spec.set)
+    return read_prompts(prompts, ("prompt",), spec.limit), read_schema(schema)
+
+
+def win_rate_set(spec: WinRateSpec, files: ClientFiles) -> list[dict[str, str]]:
+    """The prompts with reference answers of a win-rate section.
+
+    Raises:
+        PromptSetError: naming the file and line.
+    """
+    path = files.win_rate_prompts or bundled_prompts(spec.set)
+    return read_prompts(path, ("prompt", "reference"), spec.limit)
+
+
+def check_sources(spec: EvalSpec, files: ClientFiles, judge_urls: Iterable[str]) -> None:
+    """Loads every task, prompt set and schema the spec names and checks its judge against the
+    allowlist, so that a submission with a missing file, a forbidden task or an unknown judge
+    is refused at once.
+
+    Raises:
+        BenchmarkError, PromptSetError, EvalSpecError: naming what is wrong.
+    """
+    if spec.win_rate and spec.win_rate.judge == "url":
+        allowed = sorted(judge_urls)
+        if spec.win_rate.judge_url not in allowed:
+            raise EvalSpecError(
+                f"win_rate.judge_url: {spec.win_rate.judge_url!r} is not in the server's "
+                f"--judge-urls allowlist ({', '.join(allowed) or 'empty'})"
+            )
+    task_configs(spec, files)
+    if spec.schema_adherence:
+        schema_set(spec.schema_adherence, files)
+    if spec.win_rate:
+        win_rate_set(spec.win_rate, files)
+
+
+def contamination(config_file: Path, spec: EvalSpec, files: ClientFiles) -> dict[str, Any]:
+    """13-gram overlap of a training job's rows (its trainer config names the files) with
+    each evaluation set of the spec: {set: {"rate", "items", "contaminated", "examples"}}."""
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    training = [
+        line
+        for source in config["data"]["datasets"]
+        for line in Path(source["path"]).read_text(encoding="utf-8", errors="replace").splitlines()
+    ]
+    sets: dict[str, list[str]] = {}
+    for task in task_configs(spec, files):
+        for split, file in task["dataset_kwargs"]["data_files"].items():
+            sets[f"{task['task']}/{split}"] = Path(file).read_text(encoding="utf-8").splitlines()
+    if spec.schema_adherence:
+        sets["schema_adherence"] = [
+            r["prompt"] for r in schema_set(spec.schema_adherence, files)[0]
+        ]
+    if spec.win_rate:
+        rows = win_rate_set(spec.win_rate, files)
+        sets["win_rate"] = [f"{r['prompt']} {r['reference']}" for r in rows]
+    reports = {}
+    for name, items in sets.items():
+        found = overlap(training, items)
+        reports[name] = {"rate": found.rate, **vars(found)}
+    return reports

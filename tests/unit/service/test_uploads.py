@@ -1,0 +1,164 @@
+"""Uploads of every kind on a real SQLite store: checks per kind, ownership, the quota, staging."""
+
+import hashlib
+import io
+import json
+import tarfile
+
+import pytest
+
+from eval.spec import parse_eval_spec
+from service.auth import Principal, Role
+from service.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+)
+from service.store.sqlite import SqliteStore
+from service.uploads import Announced, UploadKind, UploadLimits, UploadService
+from tests.unit.eval.test_taskyaml import STOCK_GSM8K
+
+ACME, GLOBEX = Principal("acme", Role.USER), Principal("globex", Role.USER)
+ADMIN = Principal("ops", Role.ADMIN)
+ROWS = b'{"question": "What is 1 + 1?", "answer": "1 + 1 = 2\\n#### 2"}\n'
+
+
+@pytest.fixture
+async def store(tmp_path):
+    store = SqliteStore(tmp_path / "adapterd.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def make(tmp_path, store):
+    def make(quota=1 << 20, staging="host-1"):
+        limits = UploadLimits(
+            root=tmp_path / "datasets" / "uploads", data_root=tmp_path / "datasets",
+            max_file_bytes=1 << 16, tenant_quota_bytes=quota,
+        )  # fmt: skip
+        service = UploadService(store=store, limits=limits, staging=staging)
+        service.clean_staging()
+        return service
+
+    return make
+
+
+async def send(service, principal, kind, name, data, *, sha=None):
+    async def chunks():
+        for start in range(0, len(data), 7):
+            yield data[start : start + 7]
+
+    header = Announced(kind, name, len(data), sha or hashlib.sha256(data).hexdigest())
+    return await service.upload(principal, header, chunks())
+
+
+def task_archive(files):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, text in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            archive.addfile(info, io.BytesIO(text.encode()))
+    return buffer.getvalue()
+
+
+async def test_a_task_archive_is_extracted_checked_and_found_only_by_its_tenant(make):
+    uploads = make()
+    data = task_archive(
+        {"gsm8k.yaml": STOCK_GSM8K, "train.jsonl": ROWS.decode(), "test.jsonl": ROWS.decode()}
+    )
+    record, total = await send(uploads, ACME, UploadKind.TASK_ARCHIVE, "gsm8k.tgz", data)
+    assert record.id.startswith("task-") and record.files == 3
+    assert total == record.stored == len(STOCK_GSM8K) + 2 * len(ROWS)
+    directory = await uploads.path_of(ACME, record.id, UploadKind.TASK_ARCHIVE, "f")
+    assert (directory / "gsm8k.yaml").is_file()
+    spec = parse_eval_spec(
+        {"benchmarks": {"tasks": ["gsm8k"], "task_upload": record.id}}, training=False
+    )
+    assert (await uploads.client_files(ACME, spec, "spec")).task_dir == directory
+    with pytest.raises(
+        NotFoundError, match=r"spec\.benchmarks\.task_upload: no task_archive upload"
+    ):
+        await uploads.client_files(GLOBEX, spec, "spec")
+    with pytest.raises(NotFoundError):  # the right id as another kind is no upload either
+        await uploads.path_of(ACME, record.id, UploadKind.PROMPT_SET, "f")
+    assert await uploads.path_of(ADMIN, record.id, UploadKind.TASK_ARCHIVE, "f") == directory
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "data", "message"),
+    [
+        (UploadKind.TASK_ARCHIVE, "t.tgz", task_archive({"evil.yaml": "task: x\nclass: os.system\n"}),
+         "t.tgz: evil.yaml: class: unknown field"),
+        (UploadKind.TASK_ARCHIVE, "t.tgz", task_archive({"../up.yaml": "task: x\n"}), "'..'"),
+        (UploadKind.TASK_ARCHIVE, "t.tgz", task_archive({"notes.txt": "hi"}), "no task YAML"),
+        (UploadKind.TASK_ARCHIVE, "t.tgz", b"not a tarball", "not a readable tar archive"),
+        (UploadKind.PROMPT_SET, "p.jsonl", b'{"prompt": "a"}\n{broken\n', "p.jsonl: p.jsonl:2"),
+        (UploadKind.JSON_SCHEMA, "s.json",
+         json.dumps({"properties": {"a": {"pattern": "(a)\\1"}}}).encode(),
+         "/properties/a/pattern: .*RE2"),
+        (UploadKind.JSON_SCHEMA, "s.json", b"[" * 60_000, "nested too deep"),
+        (UploadKind.DATASET, "rows.exe", ROWS, "header.file_name"),
+        (UploadKind.DATASET, "../rows.jsonl", ROWS, "header.file_name"),
+        (UploadKind.DATASET, "a\x00.jsonl", ROWS, "header.file_name"),
+        (UploadKind.DATASET, "x" * 300 + ".jsonl", ROWS, "header.file_name"),
+    ],
+)  # fmt: skip
+async def test_bad_uploads_are_refused_naming_what_and_keep_nothing(  # noqa: PLR0917
+    make, tmp_path, kind, name, data, message
+):
+    uploads = make()
+    with pytest.raises(InvalidArgumentError, match=message):
+        await send(uploads, ACME, kind, name, data)
+    root = tmp_path / "datasets" / "uploads"
+    assert [p.name for p in root.iterdir()] == [".staging"]
+    assert list((root / ".staging" / "host-1").iterdir()) == []
+
+
+async def test_size_and_checksum_are_checked(make):
+    uploads = make()
+    with pytest.raises(InvalidArgumentError, match=r"header\.sha256"):
+        await send(uploads, ACME, UploadKind.DATASET, "r.jsonl", ROWS, sha="0" * 64)
+    header = Announced(UploadKind.DATASET, "r.jsonl", 1 << 20, "0" * 64)
+    with pytest.raises(InvalidArgumentError, match=r"header\.size: 1048576 must be 1 to 65536"):
+        await uploads.upload(ACME, header, None)
+
+
+async def test_the_quota_counts_each_tenants_bytes_in_the_store(make, store):
+    uploads = make(quota=2 * len(ROWS))
+    await send(uploads, ACME, UploadKind.DATASET, "a.jsonl", ROWS)
+    await send(uploads, ACME, UploadKind.DATASET, "b.jsonl", ROWS)
+    with pytest.raises(
+        ResourceExhaustedError, match=f"upload quota: tenant 'acme' holds {2 * len(ROWS)} bytes"
+    ):
+        await send(uploads, ACME, UploadKind.DATASET, "c.jsonl", ROWS)
+    await send(uploads, GLOBEX, UploadKind.DATASET, "c.jsonl", ROWS)  # its own quota
+    # A second process (replica) on the same store sees the same count.
+    other = make(quota=2 * len(ROWS), staging="host-2")
+    with pytest.raises(ResourceExhaustedError):
+        await send(other, ACME, UploadKind.DATASET, "d.jsonl", ROWS)
+    assert await store.tenant_upload_bytes("acme") == 2 * len(ROWS)
+
+
+async def test_raw_paths_are_for_admins(make, tmp_path):
+    uploads = make()
+    (tmp_path / "datasets" / "p.jsonl").write_text('{"prompt": "x", "reference": "y"}\n')
+    spec = parse_eval_spec({"win_rate": {"prompts": "p.jsonl"}}, training=False)
+    with pytest.raises(PermissionDeniedError, match=r"spec\.win_rate\.prompts: raw server paths"):
+        await uploads.client_files(ACME, spec, "spec")
+    files = await uploads.client_files(ADMIN, spec, "spec")
+    assert files.win_rate_prompts == tmp_path / "datasets" / "p.jsonl"
+
+
+def test_a_process_cleans_only_its_own_staging(make, tmp_path):
+    first = make(staging="host-1")
+    staging = tmp_path / "datasets" / "uploads" / ".staging"
+    (staging / "host-1" / "ds-left").mkdir()
+    (staging / "host-2").mkdir()
+    (staging / "host-2" / "ds-inflight").mkdir()
+    first.clean_staging()
+    assert list((staging / "host-1").iterdir()) == []
+    assert (staging / "host-2" / "ds-inflight").is_dir()
