@@ -102,7 +102,7 @@ class Client:
         return self.upload(header, chunks)
 
     def upload_file(
-        self, path: Path, kind: "jobs_pb2.UploadKind.ValueType", chunk_bytes: int = 1 << 20
+        self, path: Path, kind: jobs_pb2.UploadKind, chunk_bytes: int = 1 << 20
     ) -> jobs_pb2.UploadResponse:
         """Upload: streams a file of `kind` (an adapterd.v1.UploadKind) in chunks."""
         data = path.read_bytes()

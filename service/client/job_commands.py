@@ -43,7 +43,7 @@ def show(message: Message, as_json: bool) -> None:
         print(json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True))
 
 
-UPLOAD_KINDS: dict[str, "jobs_pb2.UploadKind.ValueType"] = {
+UPLOAD_KINDS: dict[str, jobs_pb2.UploadKind] = {
     "dataset": jobs_pb2.UPLOAD_KIND_DATASET,
     "task-archive": jobs_pb2.UPLOAD_KIND_TASK_ARCHIVE,
     "prompts": jobs_pb2.UPLOAD_KIND_PROMPT_SET,
