@@ -30,6 +30,7 @@ from service.jobs.model import Job
 from service.jobs.runner import Emit, JobRunner, shared_accelerator
 from service.jobs.service import JobLimits, JobService
 from service.metrics import AdapterLabels, Metrics
+from service.quotas import PerTenant
 from service.serverinfo import ServerInfo, reported_libraries
 from service.settings import ServerSettings
 from service.store.sqlite import SqliteStore
@@ -86,6 +87,9 @@ class App:
             metrics=self.metrics,
             max_model_len=settings.max_model_len,
             ready=lambda: self.lifecycle.state is EngineState.READY,
+            in_flight=PerTenant(
+                settings.tenant_max_generations, "generation requests", "--tenant-max-generations"
+            ),
         )
         self.runner = JobRunner(
             self.store,
@@ -141,10 +145,15 @@ class App:
                 base_model_name=base_model.name,
                 max_lora_rank=settings.max_lora_rank,
                 max_queued=settings.max_queued_jobs,
+                tenant_max_queued=settings.tenant_max_queued_jobs,
+                user_max_priority=settings.user_max_priority,
                 judge_urls=frozenset(settings.judge_urls),
             ),
             metrics=self.metrics,
             tokenizer=tokenizer,
+            watchers=PerTenant(
+                settings.tenant_max_watch_streams, "WatchJob streams", "--tenant-max-watch-streams"
+            ),
         )
         self.http = HttpServer(
             build_openai_app(

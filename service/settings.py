@@ -161,6 +161,30 @@ class ServerSettings(BaseSettings):
     max_upload_mib: int = Field(
         1024, ge=1, le=1_048_576, description="Size cap of an uploaded dataset in MiB."
     )
+    tenant_max_queued_jobs: int = Field(
+        50,
+        ge=1,
+        le=100_000,
+        description="Queued jobs one tenant may have (counted in the store); past it SubmitJob "
+        "and Evaluate are RESOURCE_EXHAUSTED.",
+    )
+    tenant_max_watch_streams: int = Field(
+        16, ge=1, le=10_000, description="WatchJob streams one tenant may hold open per process."
+    )
+    tenant_max_generations: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="Generation requests (gRPC and HTTP) one tenant may have in flight per "
+        "process.",
+    )
+    user_max_priority: int = Field(
+        0,
+        ge=-100,
+        le=100,
+        description="The highest job priority a user token may ask for (admins up to 100), so one "
+        "tenant cannot jump every other's queue.",
+    )
     tenant_upload_quota_mib: int = Field(
         10_240,
         ge=1,

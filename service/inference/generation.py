@@ -29,6 +29,7 @@ from service.inference.engine import (
     Sampling,
 )
 from service.metrics import Metrics
+from service.quotas import PerTenant
 from trainer.config import describe_validation_error
 from trainer.masking import prompt_token_ids
 
@@ -161,8 +162,10 @@ class Generator:
         metrics: Metrics,
         max_model_len: int,
         ready: Callable[[], bool],
+        in_flight: PerTenant,
     ) -> None:
         self._engine = engine
+        self._in_flight = in_flight
         self._adapters = adapters
         self._tokenizer = tokenizer
         self._metrics = metrics
@@ -212,19 +215,8 @@ class Generator:
             label = self._adapters.label(requested)
             if not self._ready():
                 raise UnavailableError("the inference engine is not ready; retry shortly")
-            # Tokenizing a long prompt is CPU work on client input: off the event loop.
-            prompt = await asyncio.to_thread(self._prompt_ids, params)
-            async with self._adapters.lease(requested) as adapter:
-                request = GenerationRequest(
-                    request_id=uuid.uuid4().hex,
-                    prompt_token_ids=prompt,
-                    sampling=Sampling(**params.sampling.model_dump()),
-                    adapter=None if adapter is None else adapter.slot,
-                    json_schema=params.json_schema,
-                    prompt_logprobs=params.prompt_logprobs,
-                )
-                version = "" if adapter is None else adapter.ref
-                async for delta in self._run(request, version, received, label):
+            with self._in_flight.hold(principal.tenant):
+                async for delta in self._serve(params, requested, received, label):
                     yield delta
         except AdapterdError as exc:
             outcome = exc.reason
@@ -237,6 +229,24 @@ class Generator:
             raise
         finally:
             self._metrics.generation_requests.labels(label, outcome).inc()
+
+    async def _serve(
+        self, params: GenerateParams, requested: str, received: float, label: str
+    ) -> AsyncIterator[Delta]:
+        # Tokenizing a long prompt is CPU work on client input: off the event loop.
+        prompt = await asyncio.to_thread(self._prompt_ids, params)
+        async with self._adapters.lease(requested) as adapter:
+            request = GenerationRequest(
+                request_id=uuid.uuid4().hex,
+                prompt_token_ids=prompt,
+                sampling=Sampling(**params.sampling.model_dump()),
+                adapter=None if adapter is None else adapter.slot,
+                json_schema=params.json_schema,
+                prompt_logprobs=params.prompt_logprobs,
+            )
+            version = "" if adapter is None else adapter.ref
+            async for delta in self._run(request, version, received, label):
+                yield delta
 
     async def _run(
         self, request: GenerationRequest, version: str, received: float, label: str

@@ -129,3 +129,19 @@ class JobEvent:
     kind: str
     """state, progress, eval, checkpoint, log, error, ..."""
     data: dict[str, Any]
+
+
+def fair_next(heads: list[Job], last_served: dict[str, float]) -> Job | None:
+    """The queued job to run next, defined once for every store: round-robin over tenants
+    (the tenant whose last job started longest ago goes first, a tenant never served before
+    all), then that tenant's highest priority, then its oldest job. Pure.
+
+    Args:
+        heads: each tenant's first queued job by priority, then age.
+        last_served: when each tenant's most recently started job started.
+    """
+    return min(
+        heads,
+        key=lambda j: (last_served.get(j.tenant, float("-inf")), -j.priority, j.created),
+        default=None,
+    )

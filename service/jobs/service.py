@@ -44,6 +44,7 @@ from service.jobs.model import Job, JobEvent, JobKind, JobState, spec_digest
 from service.jobs.runner import CONFIG_FILE, JobRunner
 from service.metrics import Metrics
 from service.paths import confined
+from service.quotas import PerTenant
 from service.store.base import JobPage, Store
 from service.uploads import UploadKind, UploadService
 from trainer.config import DataSpec, TrainConfigError, describe_validation_error, load_config
@@ -65,15 +66,24 @@ class JobLimits:
     base_model_name: str
     max_lora_rank: int
     max_queued: int
+    tenant_max_queued: int
+    user_max_priority: int
     judge_urls: frozenset[str] = frozenset()
     """Names of the allowlisted judge servers."""
 
 
-def _check_request(request_id: str, priority: int) -> None:
+def _check_request(
+    principal: Principal, request_id: str, priority: int, user_max_priority: int
+) -> None:
     if len(request_id) > MAX_REQUEST_ID:
         raise InvalidArgumentError(f"request_id: longer than {MAX_REQUEST_ID} characters")
     if not -100 <= priority <= 100:
         raise InvalidArgumentError(f"priority: {priority} is outside -100..100")
+    if priority > user_max_priority and not is_admin(principal):
+        raise InvalidArgumentError(
+            f"priority: {priority} is above {user_max_priority}, the highest a user may ask for "
+            "(--user-max-priority)"
+        )
 
 
 def _prefixed(where: str, exc: Exception) -> str:
@@ -111,7 +121,9 @@ class JobService:
         limits: JobLimits,
         metrics: Metrics,
         tokenizer: Any,
+        watchers: PerTenant,
     ) -> None:
+        self._watchers = watchers
         self._store = store
         self._runner = runner
         self._adapters = adapters
@@ -205,7 +217,7 @@ class JobService:
             InvalidArgumentError: naming the spec field; or a request id reused with another spec.
             ResourceExhaustedError: when the queue is full.
         """
-        _check_request(request_id, priority)
+        _check_request(principal, request_id, priority, self._limits.user_max_priority)
         if spec.get("adapter_name"):
             name = qualify_write(principal, spec["adapter_name"], "train.adapter_name")
             spec = {**spec, "adapter_name": name}
@@ -236,7 +248,7 @@ class JobService:
             NotFoundError: the adapter or the baseline is not registered.
             ResourceExhaustedError: when the queue is full.
         """
-        _check_request(request_id, priority)
+        _check_request(principal, request_id, priority, self._limits.user_max_priority)
         evaluation = await self._evaluation(
             principal, spec.get("evaluation", {}), "spec.evaluation", False
         )
@@ -275,6 +287,12 @@ class JobService:
         if queued >= self._limits.max_queued:
             raise ResourceExhaustedError(
                 f"the queue holds {queued} jobs, its cap (--max-queued-jobs); retry later"
+            )
+        mine = await self._store.count_queued(principal.tenant)
+        if mine >= self._limits.tenant_max_queued:
+            raise ResourceExhaustedError(
+                f"tenant {principal.tenant!r} has {mine} queued jobs, its limit "
+                "(--tenant-max-queued-jobs); retry when one starts"
             )
         directory = self._runner.job_dir(job_id)
         directory.mkdir(parents=True)
@@ -384,10 +402,20 @@ class JobService:
     async def watch(
         self, principal: Principal, job_id: str, after_seq: int
     ) -> AsyncIterator[JobEvent]:
-        """The job's events after `after_seq`, then live ones; ends when the job has ended."""
+        """The job's events after `after_seq`, then live ones; ends when the job has ended.
+
+        Raises:
+            NotFoundError: as `get`.
+            ResourceExhaustedError: past the tenant's open streams (--tenant-max-watch-streams).
+        """
         await self.get(principal, job_id)
         if after_seq < 0:
             raise InvalidArgumentError(f"after_seq: {after_seq} is negative")
+        with self._watchers.hold(principal.tenant):
+            async for event in self._follow(job_id, after_seq):
+                yield event
+
+    async def _follow(self, job_id: str, after_seq: int) -> AsyncIterator[JobEvent]:
         cursor = after_seq
         while True:
             changed = self._changes.setdefault(job_id, asyncio.Event())

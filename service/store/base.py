@@ -103,7 +103,10 @@ class Store(Protocol):
         `event`), and field updates."""
 
     async def next_queued(self) -> Job | None:
-        """The queued job to run next: highest priority, then oldest."""
+        """The queued job to run next, in the order of `service.jobs.model.fair_next`."""
+
+    async def count_queued(self, tenant: str) -> int:
+        """The tenant's queued jobs."""
 
     async def count_jobs(self) -> dict[tuple[JobKind, JobState], int]:
         """Jobs per (kind, state) present."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from service.errors import FailedPreconditionError, NotFoundError
-from service.jobs.model import Job, JobEvent, JobKind, JobState, check_transition
+from service.jobs.model import Job, JobEvent, JobKind, JobState, check_transition, fair_next
 from service.store.base import AdapterRecord, JobPage, UploadRecord, upload_quota_error
 
 T = TypeVar("T")
@@ -94,6 +94,7 @@ MIGRATIONS = [
     ALTER TABLE datasets ADD COLUMN stored INTEGER NOT NULL DEFAULT 0;
     UPDATE datasets SET stored = size;
     CREATE INDEX datasets_tenant ON datasets (tenant);
+    CREATE INDEX jobs_tenant_queue ON jobs (tenant, state, priority, seq);
     """,
 ]
 
@@ -268,14 +269,28 @@ class SqliteStore:
 
     async def next_queued(self) -> Job | None:
         def work(db: sqlite3.Connection) -> Job | None:
-            row = db.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ? ORDER BY priority DESC, seq "
-                "LIMIT 1",
-                (JobState.QUEUED.value,),
-            ).fetchone()
-            return None if row is None else _job(row)
+            queued = JobState.QUEUED.value
+            heads = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE seq IN ("
+                " SELECT (SELECT seq FROM jobs AS j WHERE j.tenant = t.tenant AND j.state = ?"
+                "         ORDER BY priority DESC, seq LIMIT 1)"
+                " FROM (SELECT DISTINCT tenant FROM jobs WHERE state = ?) AS t)",
+                (queued, queued),
+            ).fetchall()
+            served = db.execute(
+                "SELECT tenant, MAX(started) FROM jobs WHERE started IS NOT NULL GROUP BY tenant"
+            ).fetchall()
+            return fair_next([_job(r) for r in heads], {t: when for t, when in served})
 
         return await self._run(work)
+
+    async def count_queued(self, tenant: str) -> int:
+        return await self._run(
+            lambda db: db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE tenant = ? AND state = ?",
+                (tenant, JobState.QUEUED.value),
+            ).fetchone()[0]
+        )
 
     async def count_jobs(self) -> dict[tuple[JobKind, JobState], int]:
         def work(db: sqlite3.Connection) -> dict[tuple[JobKind, JobState], int]:

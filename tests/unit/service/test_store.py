@@ -5,7 +5,7 @@ import time
 import pytest
 
 from service.errors import FailedPreconditionError, NotFoundError
-from service.jobs.model import Job, JobKind, JobState, spec_digest
+from service.jobs.model import Job, JobKind, JobState, fair_next, spec_digest
 from service.store.base import AdapterRecord
 from service.store.sqlite import SqliteStore
 
@@ -80,6 +80,32 @@ async def test_the_queue_takes_priority_then_age(store):
     await store.create_job(job(2, priority=5))
     await store.create_job(job(3, priority=5))
     assert (await store.next_queued()).id == "job-2"
+
+
+async def test_the_queue_is_round_robin_over_tenants_then_priority_then_age(store):
+    # acme floods the queue first, at a high priority; globex and initech come later.
+    for n in range(1, 5):
+        await store.create_job(job(n, priority=5))
+    await store.create_job(job(5, tenant="globex"))
+    await store.create_job(job(6, tenant="globex", priority=1))
+    await store.create_job(job(7, tenant="initech", priority=-5))
+    order = []
+    for _ in range(7):
+        head = await store.next_queued()
+        order.append(head.id)
+        await store.update_job(head.id, JobState.VALIDATING, started=time.time())
+        time.sleep(0.002)  # distinct start times
+    # Never-served tenants first (by priority, then age), then the one served longest ago.
+    assert order == ["job-1", "job-6", "job-7", "job-2", "job-5", "job-3", "job-4"]
+    assert await store.count_queued("acme") == 0
+
+
+def test_fair_next_is_the_one_definition_of_the_order():
+    a1, g1 = job(1, priority=9), job(2, tenant="globex")
+    assert fair_next([a1, g1], {}) is a1  # neither served: priority
+    assert fair_next([a1, g1], {"acme": 10.0}) is g1  # globex never served
+    assert fair_next([a1, g1], {"acme": 10.0, "globex": 20.0}) is a1
+    assert fair_next([], {}) is None
 
 
 async def test_adapter_versions_and_aliases_survive_a_reopen(tmp_path):
