@@ -53,7 +53,8 @@ def schema_set(spec: SchemaSpec, files: ClientFiles) -> tuple[list[dict[str, str
         prompts, schema = files.schema_prompts, files.schema
     else:
         prompts, schema = bundled_prompts(spec.set), bundled_schema(spec.set)
-    return read_prompts(prompts, ("prompt",), spec.limit), read_schema(schema)
+    checked = read_schema(schema)
+    return read_prompts(prompts, ("prompt",), spec.limit), checked
 
 
 def win_rate_set(spec: WinRateSpec, files: ClientFiles) -> list[dict[str, str]]:

@@ -5,7 +5,11 @@ for every token they gather a copy of its adapter's weight matrix and multiply w
 which is memory-bound: for 320 prompt tokens of the 135M model, 1.4 ms (shrink) and 3.1 ms
 (expand) per projection where a matmul takes 0.2 to 0.3 ms. Here the same functions use plain
 matmuls (see `lora_matmul`), with the reference's indexing and output semantics unchanged
-(tests/unit/service/test_vllm_cpu_lora.py compares them).
+(tests/unit/service/test_vllm_cpu_lora.py compares them), but for one thing: a row whose index
+is -1, vLLM's mark for "no adapter", gets no LoRA delta. The reference indexes the weight stack
+with it, that is the last of the `max_loras` slots, so once every slot holds an adapter, base
+model requests batched with adapter requests were answered with the last slot's adapter (a
+serving test saw the base model's greedy output change with what ran beside it).
 
 vLLM calls `register` in each of its processes (entry point group `vllm.general_plugins`, see
 pyproject.toml); it does nothing on other platforms, whose kernels are fused already.
@@ -22,9 +26,9 @@ DENSE_MAX_SLOTS = 8
 def lora_matmul(
     inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Row t of the result is inputs[t] @ weights[indices[t]].T (weights [L, (1,) O, I]; a
-    negative index counts from the end, as in the reference); a single index applies to every
-    row, as the reference's einsum broadcasts it.
+    """Row t of the result is inputs[t] @ weights[indices[t]].T (weights [L, (1,) O, I]), and
+    zero where indices[t] is negative (no adapter); a single index applies to every row, as the
+    reference's einsum broadcasts it.
 
     One adapter in the batch: one matmul. Several, with few slots: one matmul against every
     slot's weights stacked, then each row's slot picked out (L times the FLOPs of one adapter,
@@ -33,17 +37,23 @@ def lora_matmul(
     if weights.dim() == 4:
         weights = weights.squeeze(1)
     inputs = inputs.to(dtype)
+    slots, out_features, in_features = weights.shape
     if indices.numel() == 1 or bool((indices == indices[0]).all()):
+        if int(indices[0]) < 0:
+            return inputs.new_zeros((inputs.shape[0], out_features))
         return inputs @ weights[indices[0]].to(dtype).T
     if indices.numel() != inputs.shape[0]:
         raise ValueError(f"{indices.numel()} LoRA indices for {inputs.shape[0]} rows")
-    slots, out_features, in_features = weights.shape
     if slots <= DENSE_MAX_SLOTS:
         every = inputs @ weights.reshape(slots * out_features, in_features).to(dtype).T
-        chosen = torch.where(indices < 0, indices + slots, indices)
-        return every.view(-1, slots, out_features)[torch.arange(inputs.shape[0]), chosen]
-    outputs = inputs.new_empty((inputs.shape[0], out_features))
+        picked = every.view(-1, slots, out_features)[
+            torch.arange(inputs.shape[0]), indices.clamp(min=0)
+        ]
+        return picked.masked_fill((indices < 0).unsqueeze(1), 0)
+    outputs = inputs.new_zeros((inputs.shape[0], out_features))
     for index in torch.unique(indices).tolist():
+        if index < 0:
+            continue
         rows = torch.nonzero(indices == index).squeeze(1)
         outputs[rows] = inputs[rows] @ weights[index].to(dtype).T
     return outputs

@@ -47,6 +47,8 @@ def world(server, tiny_adapter, tmp_path_factory):
     shutil.copytree(tiny_adapter, server.data_dir / "adapters" / "tenancy")
     rows = tmp_path_factory.mktemp("tenancy") / "rows.jsonl"
     rows.write_text(ROWS["gsm"])
+    prompts = rows.with_name("prompts.jsonl")
+    prompts.write_text('{"prompt": "Say hi."}\n')
     with Client(server.target, ADMIN_TOKEN, timeout=120) as admin:
         admin.load_adapter("acme/tm-bot", "tenancy")
     with Client(server.target, USER_TOKEN, timeout=120) as owner:
@@ -54,7 +56,7 @@ def world(server, tiny_adapter, tmp_path_factory):
         dataset = owner.upload_dataset(rows)
         job = owner.submit_job(_train(dataset, validate_only=True))
         owner.cancel_job(job.id)
-    return {"dataset": dataset, "job": job.id, "rows": rows}
+    return {"dataset": dataset, "job": job.id, "rows": rows, "prompts": prompts}
 
 
 def _train(dataset: str, **fields: Any) -> jobs_pb2.TrainSpec:
@@ -107,6 +109,9 @@ def _cases(world: dict[str, Any]) -> list[tuple[str, Callable[[Client], Any], tu
         ("/adapterd.v1.Adapters/SetAlias", lambda c: c.set_alias("acme/tm-alias", "acme/tm-bot@1"),
          (OK, PD, OK)),
         ("/adapterd.v1.Jobs/UploadDataset", lambda c: c.upload_dataset(world["rows"]),
+         (OK, OK, OK)),
+        ("/adapterd.v1.Jobs/Upload",
+         lambda c: c.upload_file(world["prompts"], jobs_pb2.UPLOAD_KIND_PROMPT_SET),
          (OK, OK, OK)),
         ("/adapterd.v1.Jobs/ValidateDataset", lambda c: c.validate_dataset(data), (OK, NF, OK)),
         ("/adapterd.v1.Jobs/SubmitJob",

@@ -1,4 +1,5 @@
-"""The grouped CPU LoRA ops give what vLLM's reference ops give, and replace them."""
+"""The grouped CPU LoRA ops give what vLLM's reference ops give (with -1 meaning no adapter),
+and replace them."""
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ def tensors():
         "x": torch.randn(T, H, dtype=torch.bfloat16),
         "a": torch.randn(L, 1, R, H, dtype=torch.bfloat16),
         "b": torch.randn(L, 1, OUT, R, dtype=torch.bfloat16),
-        "mixed": torch.tensor([0, 2, -1, 1] * (T // 4)),  # -1: vLLM's "no adapter" slot
+        "mixed": torch.tensor([0, 2, -1, 1] * (T // 4)),  # -1: vLLM's "no adapter"
         "one": torch.full((T,), 1),
     }
 
@@ -26,8 +27,11 @@ def tensors():
 def test_shrink_and_expand_match_the_reference(tensors, indices, dense_max_slots, monkeypatch):
     monkeypatch.setattr(grouped, "DENSE_MAX_SLOTS", dense_max_slots)
     x, a, b, idx = tensors["x"], tensors["a"], tensors["b"], tensors[indices]
+    # The reference, given an empty slot for "no adapter" (every slot of a, b holds one).
+    ref_a = torch.cat([a, torch.zeros_like(a[:1])])
+    ref_idx = torch.where(idx < 0, L, idx)
     want, got = torch.zeros(T, R), torch.zeros(T, R)
-    reference.bgmv_shrink(x, a, want, idx, 0.5)
+    reference.bgmv_shrink(x, ref_a, want, ref_idx, 0.5)
     grouped.bgmv_shrink(x, a, got, idx, 0.5)
     torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
     for add in (False, True):
@@ -40,6 +44,20 @@ def test_shrink_and_expand_match_the_reference(tensors, indices, dense_max_slots
         reference.bgmv_expand_slice(want, b, want_out, idx, 4, OUT, add)
         grouped.bgmv_expand_slice(want, b, got_out, idx, 4, OUT, add)
         torch.testing.assert_close(got_out, want_out, rtol=2e-2, atol=2e-2)
+
+
+def test_rows_without_an_adapter_get_no_delta_when_every_slot_is_taken(tensors):
+    # The reference would apply the last slot's adapter to them.
+    x, a, idx = tensors["x"], tensors["a"], tensors["mixed"]
+    got = torch.full((T, R), 7.0)
+    grouped.bgmv_shrink(x, a, got, idx, 1.0)
+    assert torch.count_nonzero(got[idx < 0]) == 0 and torch.count_nonzero(got[idx >= 0]) > 0
+    none = torch.full((T, R), 7.0)
+    grouped.bgmv_shrink(x, a, none, torch.full((T,), -1), 1.0)
+    assert torch.count_nonzero(none) == 0
+    stale = torch.zeros(T, R)
+    reference.bgmv_shrink(x, a, stale, idx, 1.0)
+    assert torch.count_nonzero(stale[idx < 0]) > 0  # what vLLM's own CPU path does
 
 
 def test_one_index_applies_to_every_row_as_the_reference_broadcasts_it(tensors):
