@@ -214,7 +214,7 @@ class App:
         Health reports NOT_SERVING for engine-backed services until the engine is warm.
 
         Raises:
-            ConfigError: when a port cannot be bound.
+            ConfigError: when a port cannot be bound, or another server holds the store.
         """
         settings = self.settings
         bind(self.grpc, settings.host, settings.port, settings.tls_pair())

@@ -51,6 +51,7 @@ from service.jobs.runner import CONFIG_FILE, Emit
 from service.metrics import AdapterLabels, Metrics
 from service.store.base import Store
 from service.uploads import UploadService
+from trainer.files import write_atomic
 
 PROGRESS_SECONDS = 2.0
 READY_WAIT_SECONDS = 600.0
@@ -557,5 +558,5 @@ def trainer_losses(result: dict[str, Any]) -> dict[str, float]:
 
 def _write_report(out_dir: Path, report: dict[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / REPORT_JSON).write_text(json.dumps(report, indent=2, default=str))
-    (out_dir / REPORT_HTML).write_text(render_html(report))
+    write_atomic(out_dir / REPORT_JSON, json.dumps(report, indent=2, default=str))
+    write_atomic(out_dir / REPORT_HTML, render_html(report))

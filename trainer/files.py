@@ -3,6 +3,7 @@ publishing, installed package versions, files shipped inside packages, and paths
 a root."""
 
 import importlib.util
+import os
 import shutil
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path, PurePosixPath
@@ -55,6 +56,17 @@ def publish_dir(staging: Path, target: Path) -> Path:
     staging.rename(target)
     shutil.rmtree(retired, ignore_errors=True)
     return target
+
+
+def write_atomic(target: Path, text: str) -> None:
+    """Writes `text` to `target` so that readers see the old file or the whole new one: a
+    temporary file beside it, fsynced, then renamed over it."""
+    staging = target.with_name(f".{target.name}.tmp")
+    with staging.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    staging.replace(target)
 
 
 def fresh_staging(target: Path) -> Path:

@@ -7,7 +7,9 @@ version (PRAGMA user_version) and upgrades in order.
 """
 
 import asyncio
+import fcntl
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -15,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.errors import FailedPreconditionError, NotFoundError
+from service.errors import ConfigError, FailedPreconditionError, NotFoundError
 from service.jobs.model import Job, JobEvent, JobKind, JobState, check_transition, fair_next
 from service.store.base import AdapterRecord, JobPage, UploadRecord, upload_quota_error
 
@@ -119,12 +121,15 @@ def _job(row: sqlite3.Row) -> Job:
 
 
 class SqliteStore:
-    """The Store over one SQLite file."""
+    """The Store over one SQLite file, for one server process: an exclusive lock on
+    `<file>.lock` (released by the kernel when the process dies, even by SIGKILL) refuses a
+    second server on the same file. Several replicas need a shared database instead."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: sqlite3.Connection | None = None
+        self._lock: int | None = None
 
     # ---- plumbing
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -143,6 +148,16 @@ class SqliteStore:
         await loop.run_in_executor(self._worker, self._open)
 
     def _open(self) -> None:
+        lock = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            raise ConfigError(
+                f"--data-dir {self.path.parent}: another adapterd server uses {self.path.name}; "
+                "one SQLite store serves one server"
+            ) from None
+        self._lock = lock
         db = sqlite3.connect(self.path, isolation_level="DEFERRED")
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
@@ -161,6 +176,9 @@ class SqliteStore:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+            if self._lock is not None:
+                os.close(self._lock)  # releases the lock
+                self._lock = None
 
         await loop.run_in_executor(self._worker, close)
         self._worker.shutdown()

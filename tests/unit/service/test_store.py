@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from service.errors import FailedPreconditionError, NotFoundError
+from service.errors import ConfigError, FailedPreconditionError, NotFoundError
 from service.jobs.model import Job, JobKind, JobState, fair_next, spec_digest
 from service.store.base import AdapterRecord
 from service.store.sqlite import SqliteStore
@@ -122,3 +122,15 @@ async def test_adapter_versions_and_aliases_survive_a_reopen(tmp_path):
     await reopened.delete_adapter("bot", 2)
     assert await reopened.next_adapter_version("bot") == 3
     await reopened.close()
+
+
+async def test_a_second_server_on_the_same_file_is_refused_until_the_first_closes(tmp_path):
+    first = SqliteStore(tmp_path / "adapterd.db")
+    await first.open()
+    second = SqliteStore(tmp_path / "adapterd.db")
+    with pytest.raises(ConfigError, match="another adapterd server uses adapterd.db"):
+        await second.open()
+    await first.close()
+    third = SqliteStore(tmp_path / "adapterd.db")
+    await third.open()
+    await third.close()
