@@ -128,7 +128,7 @@ async def test_a_second_server_on_the_same_file_is_refused_until_the_first_close
     first = SqliteStore(tmp_path / "adapterd.db")
     await first.open()
     second = SqliteStore(tmp_path / "adapterd.db")
-    with pytest.raises(ConfigError, match="another adapterd server uses adapterd.db"):
+    with pytest.raises(ConfigError, match=r"another adapterd server uses adapterd\.db"):
         await second.open()
     await first.close()
     third = SqliteStore(tmp_path / "adapterd.db")
