@@ -13,14 +13,16 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
 from service.auth import ANONYMOUS_ADMIN, Principal, TokenTable, current_principal
 from service.authz import Access, access_of, authorize
-from service.errors import AdapterdError
+from service.errors import AdapterdError, InvalidArgumentError
 from service.grpc.status import status_code_for
 from service.metrics import Metrics
 
@@ -36,13 +38,53 @@ Behavior = Callable[..., Any]
 Around = Callable[[str, Behavior], Behavior]
 
 
+@dataclass(frozen=True)
+class _Undecodable:
+    """What a request that protobuf could not parse becomes, so that the error interceptor can
+    answer INVALID_ARGUMENT (grpc itself answers UNKNOWN, naming a library exception)."""
+
+    error: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as exc:
+            return _Undecodable(str(exc))
+
+    return decode
+
+
+def _decoded(request: Any) -> Any:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgumentError(
+            "request: cannot be decoded: nested deeper than protobuf allows (100 levels), or "
+            "not the method's message"
+        )
+    return request
+
+
+async def _decoded_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _decoded(request)
+
+
 def _wrap_handler(
-    handler: Handler | None, method: str, around_unary: Around, around_stream: Around
+    handler: Handler | None,
+    method: str,
+    around_unary: Around,
+    around_stream: Around,
+    tolerant: bool = False,
 ) -> Handler | None:
     if handler is None:
         return None
+    deserializer = handler.request_deserializer
     codec = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": _tolerant(deserializer) if tolerant else deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
@@ -73,6 +115,13 @@ async def _stream(behavior: Behavior, request: Any, context: Context) -> AsyncIt
         await behavior(request, context)
 
 
+def _requests(request: Any) -> Any:
+    """The request, or the request stream, with undecodable messages refused."""
+    if hasattr(request, "__aiter__"):
+        return _decoded_stream(request)
+    return _decoded(request)
+
+
 class ErrorInterceptor(aio.ServerInterceptor):
     """Maps domain errors to their status and counts every call by method and code.
 
@@ -90,7 +139,11 @@ class ErrorInterceptor(aio.ServerInterceptor):
     ) -> Handler | None:
         handler = await continuation(handler_call_details)
         return _wrap_handler(
-            handler, handler_call_details.method, self._around_unary, self._around_stream
+            handler,
+            handler_call_details.method,
+            self._around_unary,
+            self._around_stream,
+            tolerant=True,
         )
 
     async def _fail(self, method: str, error: Exception, context: Context) -> None:
@@ -115,7 +168,7 @@ class ErrorInterceptor(aio.ServerInterceptor):
         async def run(request: Any, context: Context) -> Any:
             began, cancelled = time.monotonic(), False
             try:
-                return await behavior(request, context)
+                return await behavior(_requests(request), context)
             except asyncio.CancelledError:
                 cancelled = True
                 raise
@@ -132,7 +185,7 @@ class ErrorInterceptor(aio.ServerInterceptor):
         async def run(request: Any, context: Context) -> AsyncIterator[Any]:
             began, cancelled = time.monotonic(), False
             try:
-                async for response in _stream(behavior, request, context):
+                async for response in _stream(behavior, _requests(request), context):
                     yield response
             except asyncio.CancelledError:
                 cancelled = True

@@ -220,3 +220,41 @@ def test_sleeping_while_training_is_refused_without_a_cuda_gpu(tmp_path):
     settings = ServerSettings(data_dir=tmp_path, engine_sleep_while_training=True)
     with pytest.raises(ConfigError, match="--engine-sleep-while-training: vLLM's sleep mode"):
         build_app(settings)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field of the protobuf wire format."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def nested_struct(depth: int) -> bytes:
+    """A Struct {"a": {"a": ...}} `depth` deep, encoded by hand: protobuf's own encoder refuses
+    to go past its recursion limit, and the point is what the server does with one that does."""
+    struct = b""
+    for _ in range(depth):
+        value = _field(5, struct)  # Value.struct_value
+        struct = _field(1, _field(1, b"a") + _field(2, value))  # Struct.fields["a"]
+    return struct
+
+
+async def test_a_request_nested_past_protobufs_limit_is_invalid_argument(make_app):
+    app = make_app(FakeEngine())
+    await app.start()
+    request = _field(1, _field(4, nested_struct(200)))  # SubmitJobRequest.train.training
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.settings.port}") as channel:
+        call = channel.unary_unary("/adapterd.v1.Jobs/SubmitJob")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(request)
+        assert await health(channel, "adapterd.v1.Server") == SERVING
+    await app.stop()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert "nested" in caught.value.details()
