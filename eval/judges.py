@@ -168,7 +168,8 @@ class LlmJudge:
 
 
 class JudgeUnreachableError(RuntimeError):
-    """The judge at a URL did not answer; the message names it."""
+    """The judge at an allowlisted server did not answer; the message names the server (by its
+    name in --judge-urls)."""
 
 
 def remote_ask(name: str, url: str, model: str, api_key: str | None) -> Ask:
@@ -193,7 +194,10 @@ def remote_ask(name: str, url: str, model: str, api_key: str | None) -> Ask:
                 },
             )
         except openai.APIError as exc:
-            raise JudgeUnreachableError(f"judge {name!r} ({url}) failed: {exc}") from exc
+            # The message goes to the client: the allowlisted server by its name, never its URL.
+            status = getattr(exc, "status_code", None)
+            detail = f"HTTP {status}" if status else type(exc).__name__
+            raise JudgeUnreachableError(f"judge {name!r} failed: {detail}") from exc
         return reply.choices[0].message.content or "" if reply.choices else ""
 
     return ask

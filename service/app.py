@@ -22,9 +22,10 @@ from service.grpc.health import HealthPublisher
 from service.grpc.server import ENGINE_BACKED_SERVICES, LIVE_SERVICES, bind, build_grpc_server
 from service.http.openai_api import build_openai_app
 from service.http.server import HttpServer
-from service.inference.engine import EngineState, InferenceEngine
+from service.inference.engine import InferenceEngine
 from service.inference.generation import Generator
 from service.inference.lifecycle import EngineLifecycle
+from service.inference.restarts import RestartPolicy
 from service.inference.vllm_engine import VllmEngine, VllmEngineConfig, pick_engine_cpus
 from service.jobs.model import Job
 from service.jobs.runner import Emit, JobRunner, shared_accelerator
@@ -57,12 +58,6 @@ class App:
         self.metrics = metrics or Metrics()
         self.health = HealthPublisher(LIVE_SERVICES, ENGINE_BACKED_SERVICES)
         tokenizer = AutoTokenizer.from_pretrained(base_model.path)
-        self.lifecycle = EngineLifecycle(
-            engine,
-            self.metrics,
-            self.health.on_engine_state,
-            warmup_prompt=tuple(tokenizer("Hello", add_special_tokens=False)["input_ids"]),
-        )
         self.store = SqliteStore(settings.data_dir / STORE_FILE)
         labels = AdapterLabels(self.metrics, settings.adapter_labels)
         self.adapters = AdapterManager(
@@ -80,13 +75,22 @@ class App:
             metrics=self.metrics,
             labels=labels,
         )
+        self.lifecycle = EngineLifecycle(
+            engine,
+            self.metrics,
+            self.health.on_engine_state,
+            warmup_prompt=tuple(tokenizer("Hello", add_special_tokens=False)["input_ids"]),
+            policy=RestartPolicy(max_restarts=settings.engine_max_restarts),
+            on_restarted=self.adapters.engine_restarted,
+            on_give_up=self.health.not_alive,
+        )
         self.generator = Generator(
             engine=engine,
             adapters=self.adapters,
             tokenizer=tokenizer,
             metrics=self.metrics,
             max_model_len=settings.max_model_len,
-            ready=lambda: self.lifecycle.state is EngineState.READY,
+            engine_state=lambda: self.lifecycle.state,
             in_flight=PerTenant(
                 settings.tenant_max_generations, "generation requests", "--tenant-max-generations"
             ),

@@ -44,7 +44,7 @@ from eval.spec import EvalSpec, EvalSpecError, WinRateSpec, parse_eval_spec
 from eval.winrate import combine, win_rate
 from service.adapters.manager import AdapterManager
 from service.errors import AdapterdError, InvalidArgumentError
-from service.inference.engine import Sampling
+from service.inference.engine import EngineState, Sampling
 from service.inference.generation import Generator
 from service.jobs.model import Job, JobFailedError, JobKind
 from service.jobs.runner import CONFIG_FILE, Emit
@@ -264,6 +264,8 @@ class Evaluator:
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_WAIT_SECONDS
         while not self._generator.ready():
+            if self._generator.engine_state() is EngineState.FAILED:
+                raise JobFailedError("engine_unavailable", "the inference engine has failed")
             if time.monotonic() > deadline:
                 raise JobFailedError("engine_unavailable", "the inference engine did not get ready")
             await asyncio.sleep(1.0)

@@ -43,6 +43,11 @@ class Metrics:
             "1 when the inference engine is warm and serving, else 0.",
             registry=self.registry,
         )
+        self.engine_restarts = Counter(
+            "adapterd_engine_restarts_total",
+            "Restarts of the inference engine after it crashed.",
+            registry=self.registry,
+        )
         self.engine_start_seconds = Gauge(
             "adapterd_engine_start_duration_seconds",
             "How long the last engine start took, warm-up included.",

@@ -161,6 +161,13 @@ class ServerSettings(BaseSettings):
     max_upload_mib: int = Field(
         1024, ge=1, le=1_048_576, description="Size cap of an uploaded dataset in MiB."
     )
+    engine_max_restarts: int = Field(
+        3,
+        ge=0,
+        le=100,
+        description="Crashes of the engine within 10 minutes that are restarted (with backoff); "
+        "past them it stays failed and liveness turns NOT_SERVING.",
+    )
     tenant_max_queued_jobs: int = Field(
         50,
         ge=1,

@@ -251,6 +251,13 @@ class AdapterManager:
         self._metrics.adapters_resident.labels("engine").set(resident)
         self._metrics.adapters_resident.labels("disk").set(len(self._registry.versions) - resident)
 
+    async def engine_restarted(self) -> None:
+        """A new engine holds no adapters: every version reloads on its next request."""
+        async with self._cache_lock:
+            for entry in self._registry.versions.values():
+                entry.resident = False
+            self._update_tiers()
+
     # ---- requests
     def label(self, requested: str) -> str:
         """The metric label of a request that named the qualified `requested` (its tenant and

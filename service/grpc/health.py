@@ -43,6 +43,12 @@ class HealthPublisher:
         for name in self._engine_backed:
             await self.servicer.set(name, status)
 
+    async def not_alive(self) -> None:
+        """Liveness NOT_SERVING too: the engine will not come back in this process, so
+        Kubernetes should restart the pod."""
+        for name in self._live:
+            await self.servicer.set(name, NOT_SERVING)
+
     async def shutdown(self) -> None:
         """Every service NOT_SERVING from now on, whatever else is reported later."""
         await self.servicer.enter_graceful_shutdown()

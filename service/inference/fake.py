@@ -72,3 +72,8 @@ class FakeEngine:
     async def shutdown(self) -> None:
         self.shutdown_calls += 1
         self.running = False
+        self.adapters.clear()  # a dead or stopped engine holds no adapters
+
+    def crash(self) -> None:
+        """What a dead engine core looks like from the server: health checks fail."""
+        self.running = False

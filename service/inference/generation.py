@@ -23,6 +23,7 @@ from service.authz import qualify_read
 from service.errors import AdapterdError, InvalidArgumentError, UnavailableError
 from service.inference.engine import (
     EngineError,
+    EngineState,
     GenerationRequest,
     InferenceEngine,
     PromptLogprob,
@@ -161,7 +162,7 @@ class Generator:
         tokenizer: Any,
         metrics: Metrics,
         max_model_len: int,
-        ready: Callable[[], bool],
+        engine_state: Callable[[], EngineState],
         in_flight: PerTenant,
     ) -> None:
         self._engine = engine
@@ -170,11 +171,15 @@ class Generator:
         self._tokenizer = tokenizer
         self._metrics = metrics
         self._max_model_len = max_model_len
-        self._ready = ready
+        self._engine_state = engine_state
 
     def ready(self) -> bool:
         """Whether the engine is warm and serving."""
-        return self._ready()
+        return self._engine_state() is EngineState.READY
+
+    def engine_state(self) -> EngineState:
+        """The engine's state (FAILED: it will not come back in this process)."""
+        return self._engine_state()
 
     def _prompt_ids(self, params: GenerateParams) -> tuple[int, ...]:
         if params.messages is not None:
@@ -213,7 +218,7 @@ class Generator:
         try:
             requested = qualify_read(principal, params.adapter, "adapter") if params.adapter else ""
             label = self._adapters.label(requested)
-            if not self._ready():
+            if not self.ready():
                 raise UnavailableError("the inference engine is not ready; retry shortly")
             with self._in_flight.hold(principal.tenant):
                 async for delta in self._serve(params, requested, received, label):
@@ -295,7 +300,7 @@ class Generator:
             UnavailableError: while the engine is not ready, or when it fails.
             NotFoundError, FailedPreconditionError, ResourceExhaustedError: about the adapter.
         """
-        if not self._ready():
+        if not self.ready():
             raise UnavailableError("the inference engine is not ready; retry shortly")
         texts: list[str] = []
         logprobs: tuple[PromptLogprob, ...] = ()

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -156,8 +157,17 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
 
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return redact_paths("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
     return ""
+
+
+_ABSOLUTE_PATH = re.compile(r"(?:/[^\s/:'\"]+)+/([^\s/:'\"]+)")
+
+
+def redact_paths(text: str) -> str:
+    """`text` with every absolute path cut to its last component (".../module.py"): a
+    trainer's log tail goes to the client, the server's directories do not. Pure."""
+    return _ABSOLUTE_PATH.sub(r".../\1", text)
 
 
 class _EventTail:

@@ -6,7 +6,15 @@ import pytest
 
 from service.errors import FailedPreconditionError
 from service.jobs.model import TRANSITIONS, JobKind, JobState, check_transition, spec_digest
-from service.jobs.runner import Outcome, oom_kills, outcome, retry, trainer_environment
+from service.jobs.runner import (
+    Outcome,
+    oom_kills,
+    outcome,
+    redact_paths,
+    relative_paths,
+    retry,
+    trainer_environment,
+)
 from trainer.contract import PARENT_PID_VARIABLE, FailureReason
 
 
@@ -106,3 +114,12 @@ def test_the_oom_kill_counter_is_read_from_cgroup_v2_or_v1(tmp_path):
     assert oom_kills((v2, v1)) == 2
     assert oom_kills((tmp_path / "absent", v1)) == 5
     assert oom_kills((tmp_path / "absent",)) is None
+
+
+def test_what_clients_see_of_a_trainer_holds_no_absolute_server_path(tmp_path):
+    tail = 'File "/srv/venv/lib/torch/nn/module.py", line 12\nOSError: /data/jobs/job-1/x.pt'
+    assert redact_paths(tail) == 'File ".../module.py", line 12\nOSError: .../x.pt'
+    event = {"path": f"{tmp_path}/checkpoints/step-3", "step": 3, "other": "/elsewhere/x"}
+    assert relative_paths(event, tmp_path) == {
+        "path": "checkpoints/step-3", "step": 3, "other": "/elsewhere/x"
+    }  # fmt: skip
