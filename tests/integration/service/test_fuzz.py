@@ -2,6 +2,7 @@
 and validate-only job specs never get INTERNAL, never start training, and leave the server
 healthy."""
 
+import contextlib
 import hashlib
 from collections import Counter
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ ALLOWED = {
     grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.PERMISSION_DENIED,  # a user naming a raw server path
 }
 TRAINING_KEYS = ["learning_rate", "epochs", "max_steps", "batch_size", "scheduler", "seed",
                  "warmup_ratio", "gradient_accumulation", "select", "packing", "eval_interval"]  # fmt: skip
@@ -132,6 +134,90 @@ def test_random_requests_get_a_named_error_or_an_answer_never_internal(user, cas
     job = call("submit", user.submit_job, spec)
     if job is not None:
         assert job.train.validate_only
+        call("cancel", user.cancel_job, job.id)  # keeps the tenant's queue quota free
+
+
+NAMES = (
+    st.sampled_from(["", "bot", "acme/bot", "globex/bot", "shared/x", "bot@1", "a/b/c", "@",
+                     "x" * 300, "a\x00b", "Bot", "base", "bot@99999999999999999999"])
+    | st.text(max_size=20)
+)  # fmt: skip
+WIRE = st.fixed_dictionaries({
+    "adapter": NAMES,
+    "alias": NAMES,
+    "schema": st.sampled_from(["", "{", '{"type": "nonsense"}', '{"pattern": "(a)\\1"}',
+                               "[" * 5000, '{"type": "object"}'])
+    | st.text(max_size=30),
+    "max_tokens": st.integers(-2, 8),
+    "prompt": st.text(max_size=40),
+    "job_id": st.text(max_size=40),
+    "page_token": st.sampled_from(["", "9" * 20, "\u00b2", "-1", "12"]) | st.text(max_size=8),
+    "evaluation": st.dictionaries(
+        st.sampled_from(["benchmarks", "schema_adherence", "win_rate", "gates", "baseline",
+                         "promote_alias"]), json_values, max_size=3),
+    "kind": st.integers(0, 5),
+    "upload": st.binary(max_size=200),
+    "file_name": st.sampled_from(["t.tgz", "p.jsonl", "s.json", "r.jsonl", "../x.json", ""])
+    | st.text(max_size=12),
+    "http_body": json_values,
+})  # fmt: skip
+
+
+def _http(server, path, body):
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{server.http_url}{path}", data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {USER_TOKEN}"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(case=WIRE)
+def test_every_other_rpc_and_route_refuses_random_input_by_name_never_internal(user, server, case):
+    sampling = inference_pb2.SamplingParams(max_tokens=max(case["max_tokens"], 0))
+    generate = inference_pb2.GenerateRequest(
+        adapter=case["adapter"], prompt=case["prompt"] or "x", json_schema=case["schema"],
+        sampling=sampling,
+    )  # fmt: skip
+    call("generate", user.generate, generate)
+    call("unload", user.unload_adapter, case["adapter"])
+    call("alias", user.set_alias, case["alias"], case["adapter"])
+    call("get", user.get_job, case["job_id"])
+    call("list", user.list_jobs, jobs_pb2.ListJobsRequest(page_token=case["page_token"]))
+    spec = jobs_pb2.EvaluateSpec(adapter=case["adapter"])
+    # Where the client's own encoder refuses a value, what it parsed so far is sent.
+    with contextlib.suppress(json_format.ParseError, TypeError, ValueError, AttributeError):
+        json_format.ParseDict(case["evaluation"], spec.evaluation, ignore_unknown_fields=True)
+    job = call("evaluate", user.evaluate, spec)
+    if job is not None:
+        call("cancel", user.cancel_job, job.id)
+    body = case["upload"]
+    header = jobs_pb2.UploadHeader(
+        kind=case["kind"], file_name=case["file_name"], size=len(body),
+        sha256=hashlib.sha256(body).hexdigest(),
+    )  # fmt: skip
+
+    def upload():
+        parts = [jobs_pb2.UploadRequest(header=header), jobs_pb2.UploadRequest(chunk=body)]
+        return user.call(user.jobs.Upload, iter(parts), jobs_pb2.UploadResponse)
+
+    call("upload_kind", upload)
+    for path in ("/chat/completions", "/completions"):
+        status = _http(server, path, case["http_body"])
+        assert status in (400, 404, 409, 413, 422, 429), (path, status, case["http_body"])
 
 
 def test_after_the_fuzz_no_job_trained_and_the_server_serves(user, server):
