@@ -17,20 +17,11 @@ from service.errors import (
 )
 from service.inference.fake import FakeEngine
 from service.metrics import AdapterLabels, Metrics
-from service.store.sqlite import SqliteStore
 from tests.support import adapter_limits
 
 ADMIN = Principal("ops", Role.ADMIN)
 ACME = Principal("acme", Role.USER)
 GLOBEX = Principal("globex", Role.USER)
-
-
-@pytest.fixture
-async def store(tmp_path):
-    store = SqliteStore(tmp_path / "adapterd.db")
-    await store.open()
-    yield store
-    await store.close()
 
 
 @pytest.fixture

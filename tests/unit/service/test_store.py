@@ -10,14 +10,6 @@ from service.store.base import AdapterRecord
 from service.store.sqlite import SqliteStore
 
 
-@pytest.fixture
-async def store(tmp_path):
-    store = SqliteStore(tmp_path / "adapterd.db")
-    await store.open()
-    yield store
-    await store.close()
-
-
 def job(n, tenant="acme", request_id="", kind=JobKind.TRAIN, priority=0):
     spec = {"n": n}
     now = time.time()

@@ -15,21 +15,12 @@ from service.errors import (
     PermissionDeniedError,
     ResourceExhaustedError,
 )
-from service.store.sqlite import SqliteStore
 from service.uploads import Announced, UploadKind, UploadLimits, UploadService
 from tests.unit.eval.test_taskyaml import STOCK_GSM8K
 
 ACME, GLOBEX = Principal("acme", Role.USER), Principal("globex", Role.USER)
 ADMIN = Principal("ops", Role.ADMIN)
 ROWS = b'{"question": "What is 1 + 1?", "answer": "1 + 1 = 2\\n#### 2"}\n'
-
-
-@pytest.fixture
-async def store(tmp_path):
-    store = SqliteStore(tmp_path / "adapterd.db")
-    await store.open()
-    yield store
-    await store.close()
 
 
 @pytest.fixture
