@@ -65,12 +65,13 @@ def test_the_quick_demo_runs_the_whole_loop_and_keeps_serving(tmp_path, tiny_mod
     # The first evaluation measured both models; a random 2-layer model passes no honest gate,
     # so the demo says so and the version itself answers beside the base.
     assert re.search(r"exact_match,strict-match\S*\s+\d\.\d{3}\s+\d\.\d{3}", text), text
-    assert "the gates blocked the promotion to gsm8k-prod; gsm8k@1 answers below" in text
+    # No tokens file: every name is in the tenant "default".
+    assert "the gates blocked the promotion to gsm8k-prod; default/gsm8k@1 answers below" in text
     report = Path(re.search(r"\[demo\] report: (\S+)", text).group(1))
     assert report.is_file() and report.stat().st_size > 0
     assert Path(re.search(r"\[demo\] loss plot: (\S+)", text).group(1)).is_file()
     assert text.count("evaluation: blocked") == 2  # the honest gates here, then the strict one
-    assert re.search(r"gsm8k@1 \(gsm8k@1\): \.\.\. ", text)
+    assert re.search(r"default/gsm8k@1 \(default/gsm8k@1\): \.\.\. ", text)
     assert listed.returncode == 0, listed.stderr
-    assert re.search(r"^gsm8k@1\s+ready", listed.stdout, re.M), listed.stdout
+    assert re.search(r"^default/gsm8k@1\s+ready", listed.stdout, re.M), listed.stdout
     assert "server stopped with exit code 0" in text
