@@ -78,17 +78,10 @@ def test_a_redos_schema_is_scored_while_health_answers_within_a_second(server, t
             user.upload_file(tmp_path / "s.json", jobs_pb2.UPLOAD_KIND_JSON_SCHEMA).upload_id,
             user.upload_file(tmp_path / "p.jsonl", jobs_pb2.UPLOAD_KIND_PROMPT_SET).upload_id,
         ]
+        section = {"schema_upload": uploads[0], "prompts_upload": uploads[1], "max_tokens": 48}
+        evaluation = {"schema_adherence": section}
         spec = jobs_pb2.EvaluateSpec(
-            evaluation=json_format.ParseDict(
-                {
-                    "schema_adherence": {
-                        "schema_upload": uploads[0],
-                        "prompts_upload": uploads[1],
-                        "max_tokens": 48,
-                    }
-                },
-                evaluation_pb2.EvaluationSpec(),
-            )  # fmt: skip
+            evaluation=json_format.ParseDict(evaluation, evaluation_pb2.EvaluationSpec())
         )
         prober = threading.Thread(target=probe)
         prober.start()
