@@ -60,7 +60,14 @@ RULES = {
     UploadKind.JSON_SCHEMA: _Rule("schema", (".json",)),
 }
 MAX_FILE_NAME = 255
-TASKS, PROMPTS, SCHEMA = UploadKind.TASK_ARCHIVE, UploadKind.PROMPT_SET, UploadKind.JSON_SCHEMA
+CLIENT_FILES = (
+    ("task_dir", "benchmarks", "task_dir", "task_upload", UploadKind.TASK_ARCHIVE),
+    ("schema_prompts", "schema_adherence", "prompts", "prompts_upload", UploadKind.PROMPT_SET),
+    ("schema", "schema_adherence", "schema_file", "schema_upload", UploadKind.JSON_SCHEMA),
+    ("win_rate_prompts", "win_rate", "prompts", "prompts_upload", UploadKind.PROMPT_SET),
+)
+"""The client files an evaluation spec may name: (ClientFiles field, spec section, the key of
+an admin's raw path, the key of an upload id, the upload's kind)."""
 
 
 @dataclass(frozen=True)
@@ -248,50 +255,24 @@ class UploadService:
             InvalidArgumentError: a raw path that leads outside the data root.
         """
 
-        async def one(section: str, path: str, upload: str, kind: UploadKind) -> Path | None:
+        found: dict[str, Path | None] = {}
+        for target, section, path_key, upload_key, kind in CLIENT_FILES:
+            part = getattr(spec, section)
+            if part is None:
+                continue
+            upload, path = getattr(part, upload_key), getattr(part, path_key)
             if upload:
-                return await self.path_of(principal, upload, kind, f"{where}.{section}_upload")
-            if not path:
-                return None
-            field = f"{where}.{section}"
-            if principal is not None and not is_admin(principal):
-                raise PermissionDeniedError(
-                    f"{field}: raw server paths are for admins; upload the file (Upload) and "
-                    "give its id"
-                )
-            return confined(self._limits.data_root, path, field)
-
-        files = ClientFiles()
-        if spec.benchmarks:
-            b = spec.benchmarks
-            task_dir = await one(
-                "benchmarks.task", b.task_dir, b.task_upload, UploadKind.TASK_ARCHIVE
-            )
-            files = ClientFiles(task_dir=task_dir)
-        if spec.schema_adherence:
-            s = spec.schema_adherence
-            files = ClientFiles(
-                task_dir=files.task_dir,
-                schema_prompts=await one(
-                    "schema_adherence.prompts", s.prompts, s.prompts_upload, UploadKind.PROMPT_SET
-                ),
-                schema=await one(
-                    "schema_adherence.schema", s.schema_file, s.schema_upload,
-                    UploadKind.JSON_SCHEMA,
-                ),
-            )  # fmt: skip
-        if spec.win_rate:
-            w = spec.win_rate
-            prompts = await one(
-                "win_rate.prompts", w.prompts, w.prompts_upload, UploadKind.PROMPT_SET
-            )
-            files = ClientFiles(
-                task_dir=files.task_dir,
-                schema_prompts=files.schema_prompts,
-                schema=files.schema,
-                win_rate_prompts=prompts,
-            )
-        return files
+                field = f"{where}.{section}.{upload_key}"
+                found[target] = await self.path_of(principal, upload, kind, field)
+            elif path:
+                field = f"{where}.{section}.{path_key}"
+                if principal is not None and not is_admin(principal):
+                    raise PermissionDeniedError(
+                        f"{field}: raw server paths are for admins; upload the file (Upload) "
+                        "and give its id"
+                    )
+                found[target] = confined(self._limits.data_root, path, field)
+        return ClientFiles(**found)
 
 
 def _check_tasks(directory: Path) -> None:
