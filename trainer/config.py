@@ -22,6 +22,19 @@ class TrainConfigError(ValueError):
     """An invalid configuration; the message lists every problem as `field = value: why`."""
 
 
+MAX_SHOWN_VALUE = 120
+"""How much of a refused value an error message repeats: a client's megabyte stays with it."""
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return (
+        text
+        if len(text) <= MAX_SHOWN_VALUE
+        else f"{text[:MAX_SHOWN_VALUE]}... ({len(text)} characters)"
+    )
+
+
 def describe_validation_error(exc: ValidationError, name_of: Any = None) -> list[str]:
     """One `field = value: message` line per pydantic error.
 
@@ -37,7 +50,7 @@ def describe_validation_error(exc: ValidationError, name_of: Any = None) -> list
             problems.append(message)
             continue
         name = name_of(loc) if name_of else ".".join(str(p) for p in loc)
-        shown = "" if error["type"] == "missing" else f" = {error['input']!r}"
+        shown = "" if error["type"] == "missing" else f" = {_short(error['input'])}"
         if error["type"] == "extra_forbidden":
             shown, message = "", "unknown field"
         problems.append(f"{name}{shown}: {message}")

@@ -28,6 +28,8 @@ from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
+MAX_DETAILS = 4000
+
 # The grpc stubs make these generic; at run time they are plain classes, hence the strings.
 Context: TypeAlias = "aio.ServicerContext[Any, Any]"
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -148,7 +150,11 @@ class ErrorInterceptor(aio.ServerInterceptor):
 
     async def _fail(self, method: str, error: Exception, context: Context) -> None:
         if isinstance(error, AdapterdError):
-            await context.abort(status_code_for(error), str(error))
+            # Details travel in trailing metadata, which clients cap (8 KiB by default).
+            details = str(error)
+            if len(details) > MAX_DETAILS:
+                details = f"{details[:MAX_DETAILS]}... ({len(details)} characters)"
+            await context.abort(status_code_for(error), details)
         correlation = uuid.uuid4().hex[:12]
         logger.error("%s failed [correlation id %s]", method, correlation, exc_info=error)
         await context.abort(

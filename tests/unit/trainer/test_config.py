@@ -67,3 +67,18 @@ def test_settings_that_need_eval_data_are_refused_without_it(training, field):
         load_config({**BASE, "training": training})
     with_eval = {**BASE, "data": {**BASE["data"], "eval_fraction": 0.1}, "training": training}
     load_config(with_eval)
+
+
+def test_a_refused_value_is_shown_shortened_in_the_message():
+    from pydantic import BaseModel, ValidationError
+
+    from trainer.config import describe_validation_error
+
+    class Model(BaseModel):
+        n: int
+
+    try:
+        Model.model_validate({"n": "x" * 100_000})
+    except ValidationError as exc:
+        (line,) = describe_validation_error(exc)
+    assert line.startswith("n = 'xxx") and "... (100002 characters)" in line and len(line) < 300
