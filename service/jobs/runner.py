@@ -64,7 +64,8 @@ def outcome(
     ):  # stopped: from its checkpoint, or before training
         return Outcome(JobState.QUEUED, "interrupted", "stopped by the server; resumes later")
     if failure is not None:
-        return Outcome(JobState.FAILED, str(failure.get("reason")), str(failure.get("message")))
+        message = redact_paths(str(failure.get("message")))
+        return Outcome(JobState.FAILED, str(failure.get("reason")), message)
     if exit_code == ExitCode.CONFIG:
         return Outcome(JobState.FAILED, FailureReason.INVALID_CONFIG, log_tail)
     if exit_code in (-signal.SIGKILL, 137) and oom_killed is not False:

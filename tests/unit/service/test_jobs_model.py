@@ -117,6 +117,8 @@ def test_the_oom_kill_counter_is_read_from_cgroup_v2_or_v1(tmp_path):
 
 
 def test_what_clients_see_of_a_trainer_holds_no_absolute_server_path(tmp_path):
+    failure = {"reason": "trainer_crashed", "message": "OSError: /data/jobs/job-1/c/x.pt: full"}
+    assert outcome(1, failure, "").message == "OSError: .../x.pt: full"
     tail = 'File "/srv/venv/lib/torch/nn/module.py", line 12\nOSError: /data/jobs/job-1/x.pt'
     assert redact_paths(tail) == 'File ".../module.py", line 12\nOSError: .../x.pt'
     event = {"path": f"{tmp_path}/checkpoints/step-3", "step": 3, "other": "/elsewhere/x"}
