@@ -143,7 +143,6 @@ class App:
             adapters=self.adapters,
             uploads=self.uploads,
             limits=JobLimits(
-                datasets_dir=settings.data_dir / "datasets",
                 adapter_root=settings.resolved_adapter_root,
                 base_model_path=base_model.path,
                 base_model_name=base_model.name,

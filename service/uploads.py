@@ -265,14 +265,23 @@ class UploadService:
                 field = f"{where}.{section}.{upload_key}"
                 found[target] = await self.path_of(principal, upload, kind, field)
             elif path:
-                field = f"{where}.{section}.{path_key}"
-                if principal is not None and not is_admin(principal):
-                    raise PermissionDeniedError(
-                        f"{field}: raw server paths are for admins; upload the file (Upload) "
-                        "and give its id"
-                    )
-                found[target] = confined(self._limits.data_root, path, field)
+                found[target] = self.raw_path(principal, path, f"{where}.{section}.{path_key}")
         return ClientFiles(**found)
+
+    def raw_path(self, principal: Principal | None, path: str, field: str) -> Path:
+        """A file an admin names by its path under the data root (None: the service itself,
+        for a job whose rights were checked at submission).
+
+        Raises:
+            PermissionDeniedError: from a user, who names its uploads by id instead.
+            InvalidArgumentError, NotFoundError: a path that leads outside, or to nothing.
+        """
+        if principal is not None and not is_admin(principal):
+            raise PermissionDeniedError(
+                f"{field}: raw server paths are for admins; upload the file (Upload) and give "
+                "its id"
+            )
+        return confined(self._limits.data_root, path, field)
 
 
 def _check_tasks(directory: Path) -> None:

@@ -90,7 +90,7 @@ class AdapterManager:
     async def load_for(self, principal: Principal, name: str, path: str, pin: bool) -> AdapterView:
         """`load` of the name the caller wrote (`[tenant/]name`), in a tenant it may change."""
         entry = await self.load(qualify_write(principal, name, "name"), path, pin)
-        return self.view(entry.ref)
+        return self._view(entry)
 
     async def unload_for(self, principal: Principal, requested: str) -> list[str]:
         """`unload` of a version or name the caller may change."""
@@ -100,7 +100,7 @@ class AdapterManager:
     async def pin_for(self, principal: Principal, requested: str, pinned: bool) -> AdapterView:
         """`pin` of a version the caller may see (pinning is an admin's, by the policy table)."""
         entry = await self.pin(qualify_read(principal, requested, "adapter"), pinned)
-        return self.view(entry.ref)
+        return self._view(entry)
 
     async def set_alias_for(self, principal: Principal, alias: str, target: str) -> tuple[str, str]:
         """`set_alias` of an alias in a tenant the caller may change, to a version it may see
@@ -120,7 +120,7 @@ class AdapterManager:
     def visible(self, principal: Principal) -> list[AdapterView]:
         """Every version the caller may see, by name and version."""
         entries = sorted(self._registry.versions.values(), key=lambda v: (v.name, v.version))
-        return [self.view(v.ref) for v in entries if can_read(principal, v.tenant)]
+        return [self._view(v) for v in entries if can_read(principal, v.tenant)]
 
     def model_names(self, principal: Principal) -> list[str]:
         """The names and aliases the caller may address, sorted (for /v1/models)."""
@@ -128,8 +128,10 @@ class AdapterManager:
         return sorted(n for n in names if can_read(principal, tenant_of(n)))
 
     def view(self, ref: str) -> AdapterView:
-        """What clients are told of one version."""
-        entry = self._registry.get(ref, "adapter")
+        """What clients are told of the version `ref` ("tenant/name@N")."""
+        return self._view(self._registry.get(ref, "adapter"))
+
+    def _view(self, entry: AdapterVersion) -> AdapterView:
         return AdapterView(
             entry=entry,
             aliases=tuple(self._registry.aliases_of(entry)),
@@ -264,9 +266,9 @@ class AdapterManager:
         name, never its version)."""
         return self._labels.of(requested.partition("@")[0])
 
-    def resolve(self, requested: str) -> AdapterVersion:
+    def resolve(self, requested: str, field: str = "adapter") -> AdapterVersion:
         """The ready version a qualified reference resolves to now (see Registry.resolve)."""
-        return self._registry.resolve(requested)
+        return self._registry.resolve(requested, field)
 
     @asynccontextmanager
     async def lease(self, requested: str) -> AsyncIterator[AdapterVersion | None]:

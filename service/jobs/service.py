@@ -37,13 +37,11 @@ from service.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
-    PermissionDeniedError,
     ResourceExhaustedError,
 )
 from service.jobs.model import Job, JobEvent, JobKind, JobState, spec_digest
 from service.jobs.runner import CONFIG_FILE, JobRunner
 from service.metrics import Metrics
-from service.paths import confined
 from service.quotas import PerTenant
 from service.store.base import JobPage, Store
 from service.uploads import UploadKind, UploadService
@@ -58,8 +56,6 @@ MAX_REQUEST_ID = 128
 class JobLimits:
     """What the server allows and where it keeps things."""
 
-    datasets_dir: Path
-    """Uploads go under it; a job's `path` sources resolve under it."""
     adapter_root: Path
     """Finished jobs' adapters are installed under `jobs/<id>` here."""
     base_model_path: Path
@@ -101,13 +97,6 @@ def _check_sources(
         raise InvalidArgumentError(_prefixed(where, exc)) from None
 
 
-def _admin_only(principal: Principal, field: str) -> None:
-    if not is_admin(principal):
-        raise PermissionDeniedError(
-            f"{field}: raw server paths are for admins; name your own uploads by id"
-        )
-
-
 class JobService:
     """Jobs and datasets over the store and the runner."""
 
@@ -139,8 +128,7 @@ class JobService:
             field = f"{where}.dataset_id"
             return str(await self._uploads.path_of(principal, ref["dataset_id"], DATASET, field))
         if "path" in ref:
-            _admin_only(principal, f"{where}.path")
-            return str(confined(self._limits.datasets_dir, ref["path"], f"{where}.path"))
+            return str(self._uploads.raw_path(principal, ref["path"], f"{where}.path"))
         raise InvalidArgumentError(f"{where}: give dataset_id or path")
 
     async def _evaluation(
@@ -159,8 +147,8 @@ class JobService:
             updates["baseline"] = self._adapters.find(principal, spec.baseline, f"{where}.baseline")
         if spec.win_rate and spec.win_rate.judge == "llm" and spec.win_rate.judge_model:
             field = f"{where}.win_rate.judge_model"
-            self._adapters.find(principal, spec.win_rate.judge_model, field)
             judge = qualify_read(principal, spec.win_rate.judge_model, field)
+            self._adapters.resolve(judge, field)  # it must exist and be ready now
             updates["win_rate"] = spec.win_rate.model_copy(update={"judge_model": judge})
         if spec.promote_alias:
             if not spec.gates:
