@@ -36,6 +36,7 @@ from service.serverinfo import ServerInfo, reported_libraries
 from service.settings import ServerSettings
 from service.store.sqlite import SqliteStore
 from service.uploads import UploadLimits, UploadService, staging_name
+from trainer.hardware import Machine, PrecisionChoice, describe_machine, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class App:
     ) -> None:
         self.settings = settings
         self.base_model = base_model
+        self.machine = server_machine(settings)
         self.metrics = metrics or Metrics()
         self.health = HealthPublisher(LIVE_SERVICES, ENGINE_BACKED_SERVICES)
         tokenizer = AutoTokenizer.from_pretrained(base_model.path)
@@ -209,6 +211,7 @@ class App:
             max_lora_rank=self.settings.max_lora_rank,
             libraries=self._libraries,
             auth_enabled=self._auth_enabled,
+            machine=self.machine,
         )
 
     async def start(self) -> None:
@@ -246,6 +249,12 @@ class App:
             settings.metrics_port,
             self.base_model.name,
         )
+        for role, choice in (
+            ("engine", self.machine.engine),
+            ("auto training", self.machine.trainer),
+        ):
+            if choice is not None:
+                logger.info("%s precision: %s (%s)", role, choice.dtype, choice.reason)
         self._engine_task = asyncio.create_task(self.lifecycle.start(), name="engine-start")
         self.runner.start()
 
@@ -315,6 +324,22 @@ def build_app(settings: ServerSettings) -> App:
     return App(settings, base_model, engine, tokens, metrics)
 
 
+def engine_precision(settings: ServerSettings) -> PrecisionChoice:
+    """The engine's dtype on this machine (--engine-dtype; "auto" probes once per process)."""
+    return resolve_precision(settings.engine_dtype, "serve", settings.engine_threads)
+
+
+def server_machine(settings: ServerSettings) -> Machine:
+    """This server's machine: the engine's dtype and what a job's precision "auto" picks."""
+    trainer_threads = settings.resolved_trainer_threads
+    return describe_machine(
+        engine=engine_precision(settings),
+        trainer=resolve_precision("auto", "train", trainer_threads),
+        engine_threads=settings.engine_threads,
+        trainer_threads=trainer_threads,
+    )
+
+
 def engine_config(settings: ServerSettings, model_path: Path) -> VllmEngineConfig:
     """The vLLM engine the settings describe, for the base model at `model_path`."""
     return VllmEngineConfig(
@@ -328,4 +353,5 @@ def engine_config(settings: ServerSettings, model_path: Path) -> VllmEngineConfi
         lora_target_modules=tuple(sorted(lora_target_modules(model_path))),
         gpu_memory_fraction=settings.engine_gpu_memory_fraction,
         sleep_mode=settings.engine_sleep_while_training,
+        dtype=engine_precision(settings).dtype,
     )

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from service.basemodel import BaseModel
 from service.inference.engine import EngineState
 from trainer.files import installed_versions
+from trainer.hardware import Machine
 
 # The libraries whose versions decide what a trained or served adapter does.
 REPORTED_LIBRARIES = (
@@ -32,6 +33,7 @@ class ServerInfo:
     max_lora_rank: int
     libraries: tuple[tuple[str, str], ...]
     auth_enabled: bool
+    machine: Machine
 
 
 def reported_libraries() -> tuple[tuple[str, str], ...]:

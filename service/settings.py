@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.errors import ConfigError
 from trainer.config import describe_validation_error
+from trainer.hardware import Precision, available_cpus
 
 SERVER_ENV_PREFIX = "ADAPTERD_"
 CLIENT_ENV_PREFIX = "ADAPTERCTL_"
@@ -35,10 +36,6 @@ def _user_dir(variable: str, fallback: str) -> Path:
     return Path(base) / "adapterd"
 
 
-def _available_cpus() -> int:
-    return len(os.sched_getaffinity(0))
-
-
 def _lora_rank(value: int) -> int:
     if value not in VLLM_LORA_RANKS:
         allowed = ", ".join(str(r) for r in VLLM_LORA_RANKS)
@@ -47,7 +44,7 @@ def _lora_rank(value: int) -> int:
 
 
 def _cpu_count(value: int) -> int:
-    available = _available_cpus()
+    available = available_cpus()
     if value > available:
         raise ValueError(f"must be at most {available}, the CPUs this process may use")
     return value
@@ -133,10 +130,11 @@ class ServerSettings(BaseSettings):
         description="YAML/JSON list of {token, tenant, role}; when unset, authentication is off.",
     )
     engine_threads: Annotated[int, AfterValidator(_cpu_count)] = Field(
-        default_factory=lambda: max(1, _available_cpus() // 2),
+        default_factory=lambda: max(1, available_cpus() // 2),
         ge=1,
         description="CPU threads of the inference engine (CPU builds); the rest are left to "
-        "training.",
+        "training. Default: half the CPUs this process may use (its affinity mask, capped by a "
+        "cgroup CPU quota such as a pod's CPU limit).",
     )
     engine_kv_cache_gib: int = Field(
         1, ge=1, le=1024, description="KV-cache size of the engine in GiB (CPU builds)."
@@ -214,6 +212,12 @@ class ServerSettings(BaseSettings):
         le=600,
         description="After SIGTERM, how long a cancelled trainer may take before SIGKILL.",
     )
+    engine_dtype: Precision = Field(
+        "auto",
+        description="Dtype of the engine's weights and activations: auto (bf16 where the device "
+        "computes it natively, else fp32 on the CPU and fp16 on a GPU), bfloat16, float16 or "
+        "float32.",
+    )
     engine_gpu_memory_fraction: float = Field(
         0.5,
         ge=0.05,
@@ -287,7 +291,7 @@ class ServerSettings(BaseSettings):
     @property
     def resolved_trainer_threads(self) -> int:
         """Training threads: the setting, or the CPUs the engine leaves (at least 1)."""
-        return self.trainer_threads or max(1, _available_cpus() - self.engine_threads)
+        return self.trainer_threads or max(1, available_cpus() - self.engine_threads)
 
     @property
     def resolved_adapter_root(self) -> Path:

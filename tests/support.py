@@ -3,6 +3,7 @@
 import http.server
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
+import pytest
 
 from service.client.api import Client
 
@@ -109,6 +111,20 @@ def adapter_limits(root: Path, base_dir: Path, max_bytes: int) -> "AdapterLimits
         base_name="tiny",
         target_modules=lora_target_modules(base_dir),
     )
+
+
+def assert_promtool_accepts(page: str) -> None:
+    """`promtool check metrics` passes on a metrics page. Where promtool is not installed the
+    test is skipped with the install hint, except in CI (`CI` set), where it fails."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing in CI: .ci/run installs Debian's prometheus")
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=page, capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def free_port() -> int:

@@ -10,6 +10,7 @@ from trainer.checkpoints import LoopState
 from trainer.config import TrainConfig
 from trainer.files import fresh_staging, installed_versions, publish_dir
 from trainer.fingerprint import fingerprint, sha256_files
+from trainer.hardware import PrecisionChoice
 
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "trl", "accelerate", "safetensors")
 
@@ -26,12 +27,17 @@ def install_adapter(source: Path, output_dir: Path) -> Path:
 def write_manifest(
     config: TrainConfig,
     output_dir: Path,
+    *,
+    precision: PrecisionChoice,
+    adapter_dtype: str,
     quantization: str,
     metrics: dict[str, Any],
     data_summary: dict[str, Any],
 ) -> Path:
     """manifest.json: base model identity, dataset hashes and weights, resolved config,
-    library versions, quantization and final metrics."""
+    library versions, the training precision (and why) beside the adapter weights' dtype (fp32
+    whatever the precision, so an engine in any dtype serves them), quantization and final
+    metrics."""
     base = fingerprint(config.base_model)
     manifest = {
         "base_model": {
@@ -47,10 +53,11 @@ def write_manifest(
         ],
         "eval_file_sha256": sha256_files([config.data.eval_file]) if config.data.eval_file else "",
         "config": json.loads(config.model_dump_json()),
+        "precision": precision.to_json() | {"adapter_weights": adapter_dtype},
         "quantization": {
             "mode": quantization,
             "double_quant": config.quantization.double_quant if quantization != "none" else False,
-            "compute_dtype": config.quantization.compute_dtype,
+            "compute_dtype": config.quantization.resolved_compute_dtype(precision.dtype),
         },
         "libraries": installed_versions(LIBRARIES),
         "metrics": metrics,

@@ -17,6 +17,8 @@ from pydantic import (
     model_validator,
 )
 
+from trainer.hardware import Dtype, Precision
+
 
 class TrainConfigError(ValueError):
     """An invalid configuration; the message lists every problem as `field = value: why`."""
@@ -134,16 +136,24 @@ class QuantizationSpec(_Strict):
     """How the frozen base is held during training (QLoRA when 4-bit)."""
 
     mode: Literal["auto", "none", "nf4", "fp4"] = "auto"
-    """"auto": NF4 on a CUDA GPU, none (bf16) on the CPU."""
+    """"auto": NF4 on a CUDA GPU, none (the base in training.precision) on the CPU."""
     double_quant: bool = True
     """Quantize the quantization constants too (QLoRA's double quantization)."""
-    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    """Dtype of the matrix multiplies over de-quantized weights."""
+    compute_dtype: Precision = "auto"
+    """Dtype of the matrix multiplies over de-quantized weights; "auto" follows
+    training.precision."""
+
+    def resolved_compute_dtype(self, precision: Dtype) -> Dtype:
+        """The compute dtype when training runs in `precision`."""
+        return precision if self.compute_dtype == "auto" else self.compute_dtype
 
 
 class TrainingSpec(_Strict):
     """Optimization hyperparameters."""
 
+    precision: Precision = "auto"
+    """Dtype of the frozen base and of the compute (adapter weights stay fp32): "auto" is bf16
+    where the device computes it natively and fp32 otherwise (trainer.hardware)."""
     learning_rate: float = Field(2e-4, gt=0, le=1.0)
     """Peak learning rate (AdamW)."""
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"

@@ -1,4 +1,5 @@
-"""The model: a frozen base (bf16, or 4-bit through bitsandbytes for QLoRA) with a LoRA adapter."""
+"""The model: a frozen base (in the chosen precision, or 4-bit through bitsandbytes for QLoRA)
+with a LoRA adapter."""
 
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from trainer.config import LoraSpec, QuantizationSpec
+from trainer.hardware import Dtype
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -25,24 +27,28 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_base(path: Path, quantization: str, spec: QuantizationSpec, checkpointing: bool) -> Any:
-    """Loads the base model frozen: bf16, or NF4/FP4 with (optional) double quantization.
+def load_base(
+    path: Path, dtype: Dtype, quantization: str, spec: QuantizationSpec, checkpointing: bool
+) -> Any:
+    """Loads the base model frozen: in `dtype` (the checkpoint on disk is bf16 whatever the
+    machine, so loading it in fp32 is exact), or NF4/FP4 with (optional) double quantization
+    computing in `quantization.compute_dtype` ("auto": `dtype`).
     Attention is SDPA: flash kernels on CUDA, and on the CPU less memory than eager attention
     (no materialized probabilities) at the same speed or better (bench/train_throughput.py)."""
     attention = "sdpa"
     if quantization == "none":
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.bfloat16, attn_implementation=attention, device_map={"": device()}
+            path, dtype=DTYPES[dtype], attn_implementation=attention, device_map={"": device()}
         )
     else:
         bnb = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=quantization,
             bnb_4bit_use_double_quant=spec.double_quant,
-            bnb_4bit_compute_dtype=DTYPES[spec.compute_dtype],
+            bnb_4bit_compute_dtype=DTYPES[spec.resolved_compute_dtype(dtype)],
         )
         model = AutoModelForCausalLM.from_pretrained(
-            path, quantization_config=bnb, dtype=torch.bfloat16, attn_implementation=attention
+            path, quantization_config=bnb, dtype=DTYPES[dtype], attn_implementation=attention
         )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
     model.config.use_cache = False
@@ -54,7 +60,7 @@ def load_base(path: Path, quantization: str, spec: QuantizationSpec, checkpointi
 
 def attach_lora(model: Any, spec: LoraSpec) -> Any:
     """Wraps the base in a peft LoRA model; only the adapter trains. Its weights stay fp32 (the
-    optimizer's master copy); the recipe computes under bf16 autocast.
+    optimizer's master copy); the recipe computes under autocast in the base's dtype.
 
     peft casts each LoRA input to its weights' dtype (here fp32), which under autocast only
     copies every activation to fp32 and back: a seventh of the step on the CPU. Autocast picks

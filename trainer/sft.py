@@ -2,9 +2,10 @@
 
 Our own loop rather than TRL's SFTTrainer: measured on these CPUs (bench/train_throughput.py),
 TRL at its defaults (gradient checkpointing, padded batches, full-vocabulary logits and
-per-step metrics over them) trains at under 60% of this loop's rate. The loop computes in bf16
-over fp32 adapter weights, only where labels train, with exactly the loss masks of
-`trainer.masking`. The result is a standard peft adapter.
+per-step metrics over them) trains at under 60% of this loop's rate. The loop computes in the
+precision `trainer.hardware` picks (bf16 autocast where the device computes bf16 natively, plain
+fp32 where it does not) over fp32 adapter weights, only where labels train, with exactly the
+loss masks of `trainer.masking`. The result is a standard peft adapter.
 
 Exit codes and failure reasons are `trainer.contract`'s (75: interrupted by SIGTERM after
 writing a checkpoint; run it again to resume).
@@ -14,6 +15,7 @@ import math
 import random
 import signal
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,9 @@ from trainer.contract import ExitCode, FailureReason
 from trainer.data import MAX_PROBLEMS_SHOWN, DataRejectedError, PreparedData, prepare_data
 from trainer.events import EventWriter
 from trainer.files import fresh_staging, publish_dir
+from trainer.hardware import resolve_precision
 from trainer.masking import Example, TemplateError
-from trainer.model import attach_lora, device, load_base, resolve_quantization
+from trainer.model import DTYPES, attach_lora, device, load_base, resolve_quantization
 
 OOM_HINT = (
     "lower training.batch_size or data.max_length, or turn on training.gradient_checkpointing "
@@ -60,15 +63,19 @@ class Batching:
     """Token id that fills padding (never trained: padding carries no label)."""
     device: torch.device
     """The model's device."""
+    dtype: torch.dtype
+    """The compute dtype: autocast to it, or no autocast for fp32."""
 
     def make(self, examples: list[Example]) -> Batch:
         """A micro-batch of `examples` on the model's device."""
         batch = padding_free(examples) if self.packing else padded(examples, self.pad_id)
         return batch.to(self.device)
 
-    def autocast(self) -> torch.autocast:
-        """bf16 compute over the fp32 adapter weights (the optimizer's master copy)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+    def autocast(self) -> AbstractContextManager[Any]:
+        """Compute in `dtype` over the fp32 adapter weights (the optimizer's master copy)."""
+        if self.dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
 
 
 def evaluate(model: Any, examples: list[Example], batch_size: int, batching: Batching) -> float:
@@ -112,9 +119,14 @@ def run(config: TrainConfig, events: EventWriter) -> int:
         events.emit("done", status="validated", metrics={})
         return ExitCode.OK
 
+    precision = resolve_precision(settings.precision, "train", torch.get_num_threads())
     quantization = resolve_quantization(config.quantization)
     base = load_base(
-        config.base_model, quantization, config.quantization, settings.gradient_checkpointing
+        config.base_model,
+        precision.dtype,
+        quantization,
+        config.quantization,
+        settings.gradient_checkpointing,
     )
     model = attach_lora(base, config.lora)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -134,7 +146,11 @@ def run(config: TrainConfig, events: EventWriter) -> int:
         packing=settings.packing == "on" or (settings.packing == "auto" and on_cuda),
         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         device=next(model.parameters()).device,
+        dtype=DTYPES[precision.dtype],
     )
+    # fp16 gradients underflow without loss scaling; its scale is not checkpointed (a resumed
+    # run starts from the default scale, which adapts within a few steps).
+    scaler = torch.amp.GradScaler(batching.device.type, enabled=precision.dtype == "float16")
     lengths = [len(e.input_ids) for e in data.train]
     checkpoints = config.output_dir / "checkpoints"
     state = LoopState()
@@ -144,6 +160,7 @@ def run(config: TrainConfig, events: EventWriter) -> int:
     events.emit(
         "started",
         total_steps=total_steps,
+        precision=precision.to_json(),
         quantization=quantization,
         packing=batching.packing,
         trainable_parameters=sum(p.numel() for p in trainable),
@@ -179,10 +196,12 @@ def run(config: TrainConfig, events: EventWriter) -> int:
         for batch in batches:
             with batching.autocast():
                 loss = token_losses(model, batch).sum() / step_trained
-            loss.backward()
+            scaler.scale(loss).backward()
             step_loss += loss.detach().item()
+        scaler.unscale_(optimizer)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm))
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -244,7 +263,15 @@ def run(config: TrainConfig, events: EventWriter) -> int:
         state, per_epoch, use_best, time.monotonic() - run_started, run_start_tokens
     )
     summary = {k: v for k, v in data.report.to_json().items() if k not in ("problems", "sample")}
-    manifest = write_manifest(config, config.output_dir, quantization, metrics, summary)
+    manifest = write_manifest(
+        config,
+        config.output_dir,
+        precision=precision,
+        adapter_dtype=str(trainable[0].dtype).removeprefix("torch."),
+        quantization=quantization,
+        metrics=metrics,
+        data_summary=summary,
+    )
     curve_csv, curve_png = write_loss_curve(state, config.output_dir)
     events.emit(
         "done",

@@ -28,6 +28,7 @@ from service.jobs.model import Job, JobEvent, JobKind, JobState
 from service.serverinfo import ServerInfo
 from service.store.base import UploadRecord
 from service.uploads import UploadKind
+from trainer.hardware import Machine, PrecisionChoice
 
 _ENGINE_STATES = {
     EngineState.STARTING: server_pb2.ENGINE_STATE_STARTING,
@@ -63,6 +64,31 @@ def server_info_to_proto(info: ServerInfo, caller: Principal) -> server_pb2.GetS
         caller_tenant=caller.tenant,
         caller_role=_ROLES[caller.role],
         auth_enabled=info.auth_enabled,
+        machine=machine_to_proto(info.machine),
+    )
+
+
+def _precision_to_proto(choice: PrecisionChoice | None) -> server_pb2.PrecisionInfo | None:
+    if choice is None:
+        return None
+    return server_pb2.PrecisionInfo(
+        dtype=choice.dtype, requested=choice.requested, reason=choice.reason
+    )
+
+
+def machine_to_proto(machine: Machine) -> server_pb2.MachineInfo:
+    """Machine -> adapterd.v1.MachineInfo."""
+    rates = machine.probe
+    return server_pb2.MachineInfo(
+        cpu_model=machine.cpu_model,
+        device=machine.device,
+        native_bf16=machine.native_bf16,
+        engine=_precision_to_proto(machine.engine),
+        trainer=_precision_to_proto(machine.trainer),
+        engine_threads=machine.engine_threads or 0,
+        trainer_threads=machine.trainer_threads or 0,
+        probe_float32_gflops=rates.float32 / 1e9 if rates else 0.0,
+        probe_bfloat16_gflops=rates.bfloat16 / 1e9 if rates else 0.0,
     )
 
 

