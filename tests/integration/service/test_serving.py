@@ -61,19 +61,41 @@ def code_of(call):
     return caught.value.code(), caught.value.details()
 
 
-def test_concurrent_requests_for_base_and_two_adapters_match_each_alone(admin, adapter_dirs):
+# How far a log-probability may move when a request is batched with others: vLLM promises no
+# bitwise batch invariance on the CPU (a batch of another shape takes other matmul kernels and
+# accumulation orders), so scores agree to the dtype's rounding, not to the bit.
+BATCHING_TOLERANCE = {"bfloat16": 0.03, "float32": 1e-3}
+
+
+def test_concurrent_requests_for_base_and_two_adapters_score_as_each_alone(admin, adapter_dirs):
+    """Mixing the base and two adapters in one batch (prefill through the CPU LoRA plugin's
+    mixed path) changes no request's log-probabilities beyond rounding, on either kind of CPU.
+    Greedy text is not compared: where two tokens tie within that rounding, batching may pick
+    the other (seen with emulated bf16 on an Ice Lake Xeon; measured on an Emerald Rapids guest,
+    fp32 products of 9 rows and of 1 row differ by 1.7e-7 relative, bf16 ones not at all)."""
     admin.load_adapter("one", "one")
     admin.load_adapter("two", "two")
     jobs = [(prompt, adapter) for prompt in PROMPTS for adapter in ("", "one", "two")]
-    alone = {job: admin.generate(request(*job)).text for job in jobs}
+
+    def score(job):
+        reply = admin.generate(request(*job, max_tokens=1, prompt_logprobs=True))
+        return [t.logprob for t in reply.prompt_tokens]
+
+    alone = {job: score(job) for job in jobs}
     with ThreadPoolExecutor(len(jobs)) as pool:
-        together = dict(
-            zip(jobs, pool.map(lambda j: admin.generate(request(*j)).text, jobs), strict=True)
-        )
-    assert together == alone
-    for prompt in PROMPTS:
-        answers = {alone[(prompt, adapter)] for adapter in ("", "one", "two")}
-        assert len(answers) == 3, f"base and adapters answer alike for {prompt!r}"
+        together = dict(zip(jobs, pool.map(score, jobs), strict=True))
+    tolerance = BATCHING_TOLERANCE[admin.server_info().machine.engine.dtype]
+    for job in jobs:
+        assert len(together[job]) == len(alone[job]) > 3
+        moved = max(abs(a - b) for a, b in zip(together[job], alone[job], strict=True))
+        assert moved <= tolerance, (job, moved)
+    for prompt in PROMPTS:  # the adapters really differ: mixing them up would show
+        scores = [alone[(prompt, adapter)] for adapter in ("", "one", "two")]
+        gaps = [
+            max(abs(a - b) for a, b in zip(x, y, strict=True))
+            for x, y in [(scores[0], scores[1]), (scores[0], scores[2]), (scores[1], scores[2])]
+        ]
+        assert min(gaps) > 3 * tolerance, (prompt, gaps)
 
 
 def test_the_reply_names_the_version_that_answered(admin, adapter_dirs):
