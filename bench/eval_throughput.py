@@ -14,8 +14,9 @@ requests per adapter at the default --limit 100), no chat template, zero-shot.
 The accuracies must agree within their standard errors. Also measured, to show what the engine
 itself costs: the same requests (the base model's and each adapter's) sent straight to a vLLM
 engine built with the server's engine arguments, each model's requests in one `LLM.generate`.
-The last line is one JSON object; the ratio is the CLI's time over adapterd's (larger is better
-for adapterd).
+Every side runs in the dtype `auto` picks for the engine here, chosen once and passed to each.
+The last line is one JSON object with the machine; the ratios are the CLI's time over
+adapterd's and the direct engine's over adapterd's (larger is better for adapterd).
 
     .venv/bin/python bench/eval_throughput.py [--limit 100]
 """
@@ -47,7 +48,9 @@ ADAPTERS = 3
 RANK = 16
 
 
-def run_cli(backend: str, model: Path, adapter: Path, limit: int, out: Path) -> dict[str, float]:
+def run_cli(
+    backend: str, model: Path, adapter: Path, limit: int, out: Path, *, dtype: str
+) -> dict[str, float]:
     """One lm-eval CLI run on `adapter`; returns {"acc": ..., "acc_stderr": ...}.
 
     Raises:
@@ -56,10 +59,10 @@ def run_cli(backend: str, model: Path, adapter: Path, limit: int, out: Path) -> 
     if backend == "vllm":
         model_args = (
             f"pretrained={model},enable_lora=True,max_lora_rank={RANK},"
-            f"lora_local_path={adapter},max_model_len=1024,dtype=bfloat16"
+            f"lora_local_path={adapter},max_model_len=1024,dtype={dtype}"
         )
     else:
-        model_args = f"pretrained={model},peft={adapter},dtype=bfloat16"
+        model_args = f"pretrained={model},peft={adapter},dtype={dtype}"
     command = [
         sys.executable, "-m", "lm_eval", "--model", backend, "--model_args", model_args,
         "--tasks", TASK, "--include_path", str(ROOT / "eval/tasks"), "--limit", str(limit),
@@ -77,7 +80,7 @@ def run_cli(backend: str, model: Path, adapter: Path, limit: int, out: Path) -> 
 
 
 def measure_cli(
-    model: Path, adapters: list[Path], limit: int, out: Path
+    model: Path, adapters: list[Path], limit: int, out: Path, dtype: str
 ) -> tuple[str, float, list[dict[str, float]]]:
     """(backend, seconds for all adapters, scores per adapter)."""
     for backend in ("vllm", "hf"):
@@ -85,7 +88,9 @@ def measure_cli(
         try:
             for i, adapter in enumerate(adapters):
                 print(f"lm_eval --model {backend}, adapter {i} ...", file=sys.stderr, flush=True)
-                scores.append(run_cli(backend, model, adapter, limit, out / f"{backend}-{i}"))
+                scores.append(
+                    run_cli(backend, model, adapter, limit, out / f"{backend}-{i}", dtype=dtype)
+                )
         except RuntimeError as exc:
             print(exc, file=sys.stderr)
             continue
@@ -93,12 +98,12 @@ def measure_cli(
     raise RuntimeError("neither lm-eval backend ran")
 
 
-def bench_server(data: Path) -> "ServerProcess":
+def bench_server(data: Path, threads: int, dtype: str) -> "ServerProcess":
     """adapterd's server for the benchmark, not started yet: its engine gets every core, as the
-    CLI's process does."""
+    CLI's process does, in `dtype`."""
     from tests.support import ServerProcess
 
-    flags = ["--engine-threads", str(os.cpu_count() or 1)]
+    flags = ["--engine-threads", str(threads), "--engine-dtype", dtype]
     return ServerProcess(data, "smollm2-135m-instruct", extra_flags=flags)
 
 
@@ -214,8 +219,11 @@ def main() -> None:
     from service.basemodel import resolve_base_model
     from service.settings import ServerSettings
     from tests.support import make_adapter
+    from trainer.hardware import available_cpus, describe_machine, resolve_precision
 
     model = resolve_base_model("smollm2-135m-instruct", ServerSettings().model_cache_dir)
+    threads = available_cpus()
+    precision = resolve_precision("auto", "serve", threads)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         root = data / "adapters"
@@ -223,11 +231,13 @@ def main() -> None:
             make_adapter(root / f"a{i}", model.path, seed=i, rank=RANK, target_modules="all-linear")
             for i in range(ADAPTERS)
         ]
-        server = bench_server(data)
+        server = bench_server(data, threads, precision.dtype)
         warm_seconds, ours = measure_adapterd(server, args.limit)
         settings = server_settings(server)
         direct_seconds = measure_engine_direct(settings, model.path, adapters, args.limit)
-        backend, cli_seconds, theirs = measure_cli(model.path, adapters, args.limit, data / "cli")
+        backend, cli_seconds, theirs = measure_cli(
+            model.path, adapters, args.limit, data / "cli", precision.dtype
+        )
 
     agree = all(
         abs(a["acc"] - b["acc"]) <= max(a["acc_stderr"], b["acc_stderr"])
@@ -240,15 +250,17 @@ def main() -> None:
         "questions_per_adapter": args.limit,
         "adapters": ADAPTERS,
     }
-    ratios = {"cli_vs_warm_engine": cli_seconds / warm_seconds}
-    print(
-        f"\nmachine: {os.cpu_count()} CPUs; task {TASK}, limit {args.limit}; CLI backend {backend}"
-    )
+    ratios = {
+        "cli_vs_warm_engine": cli_seconds / warm_seconds,
+        "warm_vs_direct_engine": direct_seconds / warm_seconds,
+    }
+    print(f"\ntask {TASK}, limit {args.limit}; CLI backend {backend}; {precision.reason}")
     for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
         print(f"adapter a{i}: acc adapterd {a['acc']:.3f} ± {a['acc_stderr']:.3f}, "
               f"lm-eval {b['acc']:.3f} ± {b['acc_stderr']:.3f}")  # fmt: skip
     print(f"scores agree within stderr: {agree}")
-    report("eval_throughput", figures, ratios, cli_backend=backend, scores_agree=agree)
+    machine = describe_machine(engine=precision, engine_threads=threads)
+    report("eval_throughput", figures, ratios, machine, cli_backend=backend, scores_agree=agree)
 
 
 if __name__ == "__main__":

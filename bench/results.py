@@ -3,13 +3,21 @@
 import json
 from typing import Any
 
+from trainer.hardware import Machine
+
 
 def report(
-    benchmark: str, figures: dict[str, float], ratios: dict[str, float], **extra: Any
+    benchmark: str,
+    figures: dict[str, float],
+    ratios: dict[str, float],
+    machine: Machine,
+    **extra: Any,
 ) -> None:
-    """Prints each figure and ratio (ratios oriented so that larger is better for adapterd),
-    then `{"benchmark", "figures", "ratios"}` as the last line; `extra` joins the figures
-    unrounded (labels such as the backend that ran)."""
+    """Prints the machine, each figure and ratio (ratios oriented so that larger is better for
+    adapterd), then `{"benchmark", "machine", "figures", "ratios"}` as the last line; `extra`
+    joins the figures unrounded (labels such as the backend that ran)."""
+    record = machine.to_json()
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in record.items() if k != "probe"))
     for name, value in figures.items():
         print(f"{name:<40}{value:>10.3f}")
     for name, value in ratios.items():
@@ -19,6 +27,7 @@ def report(
         json.dumps(
             {
                 "benchmark": benchmark,
+                "machine": record,
                 "figures": {**rounded, **extra},
                 "ratios": {k: round(v, 3) for k, v in ratios.items()},
             }

@@ -1,10 +1,11 @@
 """Serving throughput: adapterd over gRPC against transformers, one adapter, the bare engine.
 
-The default SmolLM2-135M in bf16, greedy, a fixed number of new tokens (ignore_eos), 16 GSM8K
+The default SmolLM2-135M in the dtype `auto` picks for the engine here (or --engine-dtype),
+every side in that same dtype, greedy, a fixed number of new tokens (ignore_eos), 16 GSM8K
 questions as chats, max_loras=4, the client on the same machine. Each figure is the median of
 RUNS runs, all in this one run:
   1. output tokens/s of 16 concurrent GenerateStream calls, over answering the same 16 prompts
-     one by one with transformers `generate` in bf16 (the seed guide's evaluation loop);
+     one by one with transformers `generate` (the seed guide's evaluation loop);
   2. the 16 streams spread over 4 adapters, over all 16 on one adapter; and one adapter over
      the base model;
   3. an engine restart with the adapter (server start to SERVING, then LoadAdapter), over a hot
@@ -32,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.results import report  # noqa: E402 (needs ROOT on the path)
+from trainer.hardware import available_cpus, describe_machine, resolve_precision  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -59,12 +61,12 @@ def prompt_ids(model_dir: Path) -> list[list[int]]:
     return [prompt_token_ids(tokenizer, [{"role": "user", "content": q}]) for q in questions()]
 
 
-def run_hf(model_dir: Path) -> list[float]:
+def run_hf(model_dir: Path, dtype: str) -> list[float]:
     """tokens/s of answering the prompts one by one with transformers generate, per run."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
     rates = []
     for _ in range(RUNS):
         started, produced = time.perf_counter(), 0
@@ -81,7 +83,7 @@ def run_hf(model_dir: Path) -> list[float]:
     return rates
 
 
-def run_direct(model_dir: Path, engine_threads: int) -> list[float]:
+def run_direct(model_dir: Path, engine_threads: int, dtype: str) -> list[float]:
     """tokens/s of the 16 prompts at once on VllmEngine, without gRPC or the service, per run."""
     from service.app import engine_config
     from service.inference.engine import GenerationRequest, Sampling
@@ -95,6 +97,7 @@ def run_direct(model_dir: Path, engine_threads: int) -> list[float]:
         max_model_len=1024,
         engine_threads=engine_threads,
         engine_kv_cache_gib=1,
+        engine_dtype=dtype,
     )
     config = engine_config(settings, model_dir)
     sampling = Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)
@@ -121,16 +124,19 @@ def run_direct(model_dir: Path, engine_threads: int) -> list[float]:
     return asyncio.run(main())
 
 
-def child(variant: str, model_dir: Path, engine_threads: int) -> None:
-    rates = run_hf(model_dir) if variant == "hf" else run_direct(model_dir, engine_threads)
+def child(variant: str, model_dir: Path, engine_threads: int, dtype: str) -> None:
+    if variant == "hf":
+        rates = run_hf(model_dir, dtype)
+    else:
+        rates = run_direct(model_dir, engine_threads, dtype)
     print("RESULT " + json.dumps(rates), flush=True)
 
 
-def in_subprocess(variant: str, model_dir: Path, engine_threads: int) -> list[float]:
+def in_subprocess(variant: str, model_dir: Path, engine_threads: int, dtype: str) -> list[float]:
     print(f"running {variant} ...", file=sys.stderr, flush=True)
     command = [sys.executable, __file__, "--child", variant, "--model", str(model_dir)]
     result = subprocess.run(
-        [*command, "--engine-threads", str(engine_threads)],
+        [*command, "--engine-threads", str(engine_threads), "--engine-dtype", dtype],
         capture_output=True,
         text=True,
         check=False,
@@ -161,13 +167,14 @@ def grpc_rate(client: object, adapters: list[str]) -> float:
 
 
 def measure_server(
-    data: Path, threads: int
+    data: Path, threads: int, dtype: str
 ) -> tuple[list[float], list[float], dict[str, list[float]]]:
     """Restart times with the adapter, hot-load times, and gRPC tokens/s per load shape."""
     from service.client.api import Client
     from tests.support import ServerProcess
 
     flags = ["--max-loras", str(ADAPTERS), "--engine-threads", str(threads)]
+    flags += ["--engine-dtype", dtype]
     restarts, server = [], None
     for attempt in range(RUNS):  # an engine restart with the adapter, measured RUNS times
         print(f"engine restart {attempt + 1} ...", file=sys.stderr, flush=True)
@@ -205,10 +212,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--engine-threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--engine-threads", type=int, default=available_cpus())
+    parser.add_argument(
+        "--engine-dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"]
+    )
     args = parser.parse_args()
     if args.child:
-        child(args.child, Path(args.model), args.engine_threads)
+        child(args.child, Path(args.model), args.engine_threads, args.engine_dtype)
         return
 
     from service.basemodel import resolve_base_model
@@ -217,8 +227,11 @@ def main() -> None:
 
     model = resolve_base_model("smollm2-135m-instruct", ServerSettings().model_cache_dir)
     threads = args.engine_threads
-    hf = in_subprocess("hf", model.path, threads)
-    direct = in_subprocess("direct", model.path, threads)
+    # Chosen once here and passed to every side, so a probe near a tie cannot split them.
+    precision = resolve_precision(args.engine_dtype, "serve", threads)
+    dtype = precision.dtype
+    hf = in_subprocess("hf", model.path, threads, dtype)
+    direct = in_subprocess("direct", model.path, threads, dtype)
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
@@ -230,7 +243,7 @@ def main() -> None:
                 rank=16,
                 target_modules="all-linear",
             )
-        restarts, hot, runs = measure_server(data, threads)
+        restarts, hot, runs = measure_server(data, threads, dtype)
 
     median = statistics.median
     figures = {
@@ -241,7 +254,6 @@ def main() -> None:
         "grpc_four_adapters_tokens_per_second": median(runs["four"]),
         "restart_with_adapter_s": median(restarts),
         "hotload_p50_s": median(hot),
-        "engine_threads": threads,
     }
     ratios = {
         "concurrent_vs_sequential_hf": figures["grpc_base_tokens_per_second"] / median(hf),
@@ -250,8 +262,13 @@ def main() -> None:
         "restart_vs_hotload": median(restarts) / median(hot),
         "grpc_vs_direct": median(runs["base"]) / median(direct),
     }
-    print(f"\nmachine: {os.cpu_count()} CPUs, engine threads {threads}; {NEW_TOKENS} new tokens")
-    report("serve_throughput", figures, ratios)
+    print(f"\n{NEW_TOKENS} new tokens; engine {dtype} ({precision.reason})")
+    report(
+        "serve_throughput",
+        figures,
+        ratios,
+        describe_machine(engine=precision, engine_threads=threads),
+    )
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
 """Training throughput: adapterd's trainer against TRL's SFTTrainer at its defaults.
 
-One run, the default SmolLM2-135M in bf16, the same 64 GSM8K rows (conversational
-prompt/completion), one epoch, LoRA r=16, alpha=32, all-linear:
+One run, the default SmolLM2-135M, the same 64 GSM8K rows (conversational prompt/completion),
+one epoch, LoRA r=16, alpha=32, all-linear, every variant on the CPUs `available_cpus` counts:
   reference       TRL SFTTrainer(model, args=SFTConfig(per_device_train_batch_size=4,
-                  packing=False, num_train_epochs=1, bf16=True, use_cpu=True), peft_config=lora),
-                  everything else at TRL's defaults (use_cpu is what TRL needs to allow bf16 here);
-  adapterd        the trainer with its own best settings, QLoRA off;
-  adapterd-qlora  the same with an NF4, double-quantized base.
+                  packing=False, num_train_epochs=1, bf16=<auto picked bf16>, use_cpu=True),
+                  peft_config=lora), the model loaded in the dtype `auto` picks, everything else
+                  at TRL's defaults (use_cpu is what TRL needs to allow bf16 here);
+  adapterd-*      the trainer with its own best settings, QLoRA off, in bf16 and in fp32: the
+                  one `auto` picks is "adapterd", and `auto_vs_slower_precision` says it was
+                  the faster;
+  adapterd-qlora  the same with an NF4, double-quantized base, precision `auto`.
 Each variant runs in its own process (peak RSS is that process's). Tokens/s counts non-padding
 input tokens over the training loop's time; loss-carrying tokens are printed beside it. The
-machine's bf16 matmul rate is measured in the same run: LoRA training costs about 4 x parameters
-FLOPs per token, which bounds tokens/s. The last line is one JSON object.
+machine's matmul rate in both dtypes is measured in the same run: LoRA training costs about
+4 x parameters FLOPs per token, which bounds tokens/s in the precision `auto` picked
+(`of_matmul_limit`). The last line is one JSON object with the machine.
 
     .venv/bin/python bench/train_throughput.py
 """
@@ -27,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.results import report  # noqa: E402 (needs ROOT on the path)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -46,7 +52,7 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_reference(model_dir: Path) -> dict[str, float]:
+def run_reference(model_dir: Path, dtype: str) -> dict[str, float]:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -62,7 +68,7 @@ def run_reference(model_dir: Path) -> dict[str, float]:
             for r in rows()
         ]
     )
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
     lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(
@@ -70,7 +76,7 @@ def run_reference(model_dir: Path) -> dict[str, float]:
             per_device_train_batch_size=4,
             packing=False,
             num_train_epochs=1,
-            bf16=True,
+            bf16=dtype == "bfloat16",
             use_cpu=True,
         )
         trainer = SFTTrainer(
@@ -94,7 +100,7 @@ def run_reference(model_dir: Path) -> dict[str, float]:
     }
 
 
-def run_adapterd(model_dir: Path, quantization: str) -> dict[str, float]:
+def run_adapterd(model_dir: Path, quantization: str, precision: str) -> dict[str, float]:
     from trainer.config import load_config
     from trainer.contract import ExitCode
     from trainer.events import EventWriter
@@ -110,7 +116,11 @@ def run_adapterd(model_dir: Path, quantization: str) -> dict[str, float]:
                 "data": {"datasets": [{"path": str(data)}]},
                 "lora": {"rank": 16, "alpha": 32, "target_modules": "all-linear"},
                 "quantization": {"mode": quantization},
-                "training": {**ADAPTERD_TRAINING, "checkpoint_interval": 10_000},
+                "training": {
+                    **ADAPTERD_TRAINING,
+                    "precision": precision,
+                    "checkpoint_interval": 10_000,
+                },
             }
         )
         events = Path(out) / "events.jsonl"
@@ -127,33 +137,43 @@ def run_adapterd(model_dir: Path, quantization: str) -> dict[str, float]:
     }
 
 
-def bf16_matmul_flops(size: int = 2048, repeats: int = 20) -> float:
+def matmul_flops(size: int = 2048, repeats: int = 10) -> dict[str, float]:
+    """FLOP/s of square products in fp32 and bf16 (larger and longer than the precision probe)."""
     import torch
 
-    a = torch.randn(size, size, dtype=torch.bfloat16)
-    b = torch.randn(size, size, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - started)
+    rates = {}
+    for dtype in ("float32", "bfloat16"):
+        a = torch.randn(size, size, dtype=getattr(torch, dtype))
+        b = torch.randn(size, size, dtype=getattr(torch, dtype))
+        for _ in range(3):
+            a @ b
+        started = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        rates[f"{dtype}_flops"] = 2 * size**3 * repeats / (time.perf_counter() - started)
+    return rates
 
 
-def child(variant: str, model_dir: Path) -> None:
+def child(variant: str, model_dir: Path, dtype: str, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
     if variant == "reference":
-        figures = run_reference(model_dir)
+        figures = run_reference(model_dir, dtype)
     elif variant == "matmul":
-        figures = {"bf16_flops": bf16_matmul_flops(), "peak_rss_mib": peak_rss_mib()}
+        figures = matmul_flops() | {"peak_rss_mib": peak_rss_mib()}
+    elif variant == "adapterd-qlora":
+        figures = run_adapterd(model_dir, "nf4", "auto")
     else:
-        figures = run_adapterd(model_dir, "nf4" if variant == "adapterd-qlora" else "none")
+        figures = run_adapterd(model_dir, "none", variant.removeprefix("adapterd-"))
     print("RESULT " + json.dumps(figures), flush=True)
 
 
-def measure(variant: str, model_dir: Path) -> dict[str, float]:
+def measure(variant: str, model_dir: Path, dtype: str, threads: int) -> dict[str, float]:
     print(f"running {variant} ...", file=sys.stderr, flush=True)
+    child_args = ["--child", variant, "--model", str(model_dir), "--dtype", dtype]
     result = subprocess.run(
-        [sys.executable, __file__, "--child", variant, "--model", str(model_dir)],
+        [sys.executable, __file__, *child_args, "--threads", str(threads)],
         capture_output=True,
         text=True,
         check=False,
@@ -169,57 +189,64 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, Path(args.model))
+        child(args.child, Path(args.model), args.dtype, args.threads)
         return
 
     from service.basemodel import resolve_base_model
     from service.settings import ServerSettings
+    from trainer.hardware import available_cpus, describe_machine, resolve_precision
 
+    threads = available_cpus()
+    auto = resolve_precision("auto", "train", threads)
+    other = "float32" if auto.dtype == "bfloat16" else "bfloat16"
     model = resolve_base_model("smollm2-135m-instruct", ServerSettings().model_cache_dir)
     parameters = model.fingerprint.parameters
-    results = {
-        v: measure(v, model.path) for v in ("matmul", "reference", "adapterd", "adapterd-qlora")
-    }
-    limit = results["matmul"]["bf16_flops"] / (4 * parameters)
-    ref, ours, qlora = results["reference"], results["adapterd"], results["adapterd-qlora"]
-
+    variants = (
+        "matmul",
+        "reference",
+        f"adapterd-{auto.dtype}",
+        f"adapterd-{other}",
+        "adapterd-qlora",
+    )
+    results = {v: measure(v, model.path, auto.dtype, threads) for v in variants}
+    results["adapterd"] = results.pop(f"adapterd-{auto.dtype}")
+    limit = results["matmul"][f"{auto.dtype}_flops"] / (4 * parameters)
     print(
-        f"\nmachine: {os.cpu_count()} CPUs, torch threads as configured; bf16 matmul "
-        f"{results['matmul']['bf16_flops'] / 1e9:.0f} GFLOP/s -> limit {limit:.0f} tokens/s "
-        f"for {parameters / 1e6:.1f}M parameters"
+        f"\nauto picked {auto.dtype} ({auto.reason}); matmul "
+        + ", ".join(
+            f"{d} {results['matmul'][f'{d}_flops'] / 1e9:.0f}" for d in ("float32", "bfloat16")
+        )
+        + f" GFLOP/s -> limit {limit:.0f} tokens/s for {parameters / 1e6:.1f}M parameters"
     )
     print(
-        f"{'variant':<16}{'tokens/s':>10}{'input tok':>11}{'trained tok':>13}"
+        f"{'variant':<18}{'tokens/s':>10}{'input tok':>11}{'trained tok':>13}"
         f"{'seconds':>9}{'peak MiB':>10}"
     )
-    for name in ("reference", "adapterd", "adapterd-qlora"):
+    for name in ("reference", "adapterd", f"adapterd-{other}", "adapterd-qlora"):
         r = results[name]
         print(
-            f"{name:<16}{r['tokens_per_second']:>10.1f}{r['input_tokens']:>11.0f}"
+            f"{name:<18}{r['tokens_per_second']:>10.1f}{r['input_tokens']:>11.0f}"
             f"{r['trained_tokens']:>13.0f}{r['seconds']:>9.1f}{r['peak_rss_mib']:>10.0f}"
         )
+    rate = {name: r["tokens_per_second"] for name, r in results.items() if name != "matmul"}
     ratios = {
-        "vs_reference": round(ours["tokens_per_second"] / ref["tokens_per_second"], 2),
-        "of_matmul_limit": round(ours["tokens_per_second"] / limit, 2),
-        "qlora_vs_reference": round(qlora["tokens_per_second"] / ref["tokens_per_second"], 2),
+        "vs_reference": rate["adapterd"] / rate["reference"],
+        "of_matmul_limit": rate["adapterd"] / limit,
+        "auto_vs_slower_precision": rate["adapterd"] / rate[f"adapterd-{other}"],
+        "qlora_vs_reference": rate["adapterd-qlora"] / rate["reference"],
     }
-    print(
-        f"adapterd / reference {ratios['vs_reference']}x, of the matmul limit "
-        f"{ratios['of_matmul_limit']:.0%}, QLoRA / reference {ratios['qlora_vs_reference']}x"
-    )
     figures = {
-        "bf16_matmul_gflops": round(results["matmul"]["bf16_flops"] / 1e9, 1),
-        "limit_tokens_per_second": round(limit, 1),
-        **{
-            f"{n}_{k}": round(v, 1)
-            for n, r in results.items()
-            if n != "matmul"
-            for k, v in r.items()
-        },
+        "float32_matmul_gflops": results["matmul"]["float32_flops"] / 1e9,
+        "bfloat16_matmul_gflops": results["matmul"]["bfloat16_flops"] / 1e9,
+        "limit_tokens_per_second": limit,
+        **{f"{n}_{k}": v for n, r in results.items() if n != "matmul" for k, v in r.items()},
     }
-    print(json.dumps({"benchmark": "train_throughput", "figures": figures, "ratios": ratios}))
+    machine = describe_machine(trainer=auto, trainer_threads=threads)
+    report("train_throughput", figures, ratios, machine)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ import sys
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
 
-from adapterd.v1 import evaluation_pb2, inference_pb2, jobs_pb2
+from adapterd.v1 import evaluation_pb2, inference_pb2, jobs_pb2, server_pb2
 from service.client.api import Client
 from service.client.job_commands import follow_job
 from service.settings import ServerSettings
@@ -56,6 +56,62 @@ FULL = DemoPlan(train_rows=256, questions=20, schema_questions=10, answer_tokens
 # too little to expect the gates to pass, so a block there is shown, not an error.
 QUICK = DemoPlan(train_rows=16, questions=4, schema_questions=2, answer_tokens=24,
                  expect_promotion=False)  # fmt: skip
+
+# Sizing the plan to the machine, so `make demo` ends within 15 minutes on a slow CPU too.
+TOKENS_PER_ROW = 223
+"""Mean tokens of the demo's GSM8K rows in SmolLM2's chat template (the first 256: 57,160)."""
+TRAINER_EFFICIENCY = 0.25
+"""The share of the matmul limit (probe FLOP/s over 4 x parameters per token) the trainer
+reaches on the demo's rows, on the low side of what bench/train_throughput.py measured."""
+TRAINING_BUDGET_SECONDS = 420.0
+"""Training's share of the demo's 15 minutes; the engine start, the evaluations and the
+answers take the rest."""
+MIN_TRAIN_ROWS = 64
+
+
+@dataclass(frozen=True)
+class MachineSpeed:
+    """What the server measured about its trainer (GetServerInfo's machine)."""
+
+    dtype: str
+    """The precision `auto` picks for training jobs."""
+    matmul_gflops: float
+    """The probe's matmul rate in that precision on the trainer's threads (0: not measured)."""
+    parameters: int
+    """The base model's parameter count."""
+
+
+def size_plan(plan: DemoPlan, speed: MachineSpeed) -> tuple[DemoPlan, str]:
+    """`plan`, or fewer training rows where the measured speed says the plan's would not fit
+    TRAINING_BUDGET_SECONDS; with a sentence saying which and why."""
+    if speed.matmul_gflops <= 0:
+        return plan, "the server measured no matmul rate (not a CPU): the plan is kept"
+    rate = TRAINER_EFFICIENCY * speed.matmul_gflops * 1e9 / (4 * speed.parameters)
+    seconds = plan.train_rows * TOKENS_PER_ROW / rate
+    measured = f"{speed.matmul_gflops:.0f} GFLOP/s {speed.dtype} matmul"
+    if seconds <= TRAINING_BUDGET_SECONDS:
+        return plan, (
+            f"training {plan.train_rows} rows: about {seconds:.0f} s at an estimated "
+            f"{rate:.0f} tokens/s ({measured})"
+        )
+    rows = max(MIN_TRAIN_ROWS, int(TRAINING_BUDGET_SECONDS * rate / TOKENS_PER_ROW) // 4 * 4)
+    shrunk = replace(plan, train_rows=min(rows, plan.train_rows), expect_promotion=False)
+    return shrunk, (
+        f"this machine trains at an estimated {rate:.0f} tokens/s ({measured}): "
+        f"{plan.train_rows} rows would take about {seconds:.0f} s, so the demo trains on "
+        f"{shrunk.train_rows}; fewer rows may not pass the gates, so a block is shown, not an error"
+    )
+
+
+def machine_speed(info: server_pb2.GetServerInfoResponse) -> MachineSpeed:
+    """The trainer's measured speed from GetServerInfo."""
+    machine = info.machine
+    bf16 = machine.trainer.dtype == "bfloat16"
+    return MachineSpeed(
+        dtype=machine.trainer.dtype,
+        matmul_gflops=machine.probe_bfloat16_gflops if bf16 else machine.probe_float32_gflops,
+        parameters=info.base_model.parameters,
+    )
 
 
 def benchmarks(plan: DemoPlan) -> dict[str, Any]:
@@ -129,6 +185,14 @@ def run_demo(
                 f"weights sha256 {base.weights_sha256[:16]}…, "
                 f"chat template sha256 {base.chat_template_sha256[:16]}…"
             )
+            machine = info.machine
+            _say(
+                f"machine: {machine.cpu_model or machine.device}, native bf16 "
+                f"{'yes' if machine.native_bf16 else 'no'}; engine {machine.engine.dtype} "
+                f"({machine.engine.reason}); training {machine.trainer.dtype}"
+            )
+            plan, sizing = size_plan(plan, machine_speed(info))
+            _say(sizing)
             if _train_and_compare(client, settings.data_dir, plan) != 0:
                 return 1
         metrics_url = f"http://{settings.host}:{settings.metrics_port}/metrics"

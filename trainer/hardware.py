@@ -80,7 +80,18 @@ class PrecisionChoice:
     requested: Precision
     reason: str
     rates: MatmulRates | None = None
-    """The probe's rates where it ran (CPU, `auto`, flags claiming native bf16)."""
+    """The probe's rates where it ran (`auto` on the CPU)."""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "PrecisionChoice":
+        """The choice `to_json` wrote (in a manifest or an event)."""
+        probe = data.get("probe")
+        rates = None
+        if probe is not None:
+            rates = MatmulRates(
+                probe["float32_gflops"] * 1e9, probe["bfloat16_gflops"] * 1e9, probe["threads"]
+            )
+        return cls(data["dtype"], data["requested"], data["reason"], rates)
 
     def to_json(self) -> dict[str, Any]:
         """For events, manifests and benchmark JSON (rates in GFLOP/s)."""
@@ -146,7 +157,8 @@ def choose_precision(
 def _cpu_choice(device: Device, rates: MatmulRates | None) -> PrecisionChoice:
     if not device.native_bf16:
         flags = " or ".join(sorted(NATIVE_BF16_FLAGS))
-        return PrecisionChoice("float32", "auto", f"the CPU has no {flags}: bf16 is emulated")
+        reason = f"the CPU has no {flags}: bf16 is emulated"
+        return PrecisionChoice("float32", "auto", reason, rates)
     claim = f"the CPU has {', '.join(sorted(device.cpu_flags & NATIVE_BF16_FLAGS))}"
     if rates is None:
         return PrecisionChoice("bfloat16", "auto", claim)
@@ -192,10 +204,11 @@ def _probe(threads: int) -> MatmulRates:
 
 
 def resolve_precision(requested: Precision, purpose: Purpose, threads: int) -> PrecisionChoice:
-    """The dtype for `requested` on this machine, probing the CPU once per process and thread
-    count when its flags claim native bf16."""
+    """The dtype for `requested` on this machine. For `auto` on the CPU the probe runs (once per
+    process and thread count): it confirms the flags, and its rates are the machine's measured
+    speed wherever one is reported (the demo sizes its plan from it)."""
     device = detect_device()
-    probe = requested == "auto" and device.kind == "cpu" and device.native_bf16
+    probe = requested == "auto" and device.kind == "cpu"
     return choose_precision(requested, device, purpose, _probe(threads) if probe else None)
 
 
