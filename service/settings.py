@@ -241,11 +241,11 @@ class ServerSettings(BaseSettings):
         None, description="Bearer token sent to the judge_urls servers (unset: none)."
     )
     eval_concurrency: int = Field(
-        64,
+        256,
         ge=1,
-        le=256,
+        le=4096,
         description="Engine requests one evaluation keeps in flight (they queue behind client "
-        "traffic).",
+        "traffic); as many as the engine batches, so its batches stay as full as a direct run's.",
     )
     drain_grace_seconds: float = Field(
         10.0, gt=0, le=3600, description="On SIGTERM, how long in-flight calls may take to finish."

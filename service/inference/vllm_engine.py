@@ -24,6 +24,11 @@ from service.inference.engine import (
 )
 from trainer.hardware import Dtype
 
+MAX_BATCHED_TOKENS = 2048
+"""Tokens the engine schedules per step (prefill chunks included): vLLM's server default."""
+MAX_SEQUENCES = 128
+"""Requests the engine runs per step: vLLM's server default."""
+
 
 @dataclass(frozen=True)
 class VllmEngineConfig:
@@ -78,6 +83,11 @@ def engine_arguments(config: VllmEngineConfig) -> dict[str, Any]:
         # An explicit KV-cache size: without one, vLLM's CPU backend wants 92% of the machine's
         # memory free at start-up, which fails while a trainer runs beside it.
         "kv_cache_memory_bytes": config.kv_cache_gib * 2**30,
+        # vLLM's batch limits for a server, stated: its defaults depend on who builds the
+        # engine (on the CPU, `LLM(...)` gets 4096 tokens and 256 sequences per step, AsyncLLM
+        # 2048 and 128), and a benchmark driving the engine directly must batch as we do.
+        "max_num_batched_tokens": MAX_BATCHED_TOKENS,
+        "max_num_seqs": MAX_SEQUENCES,
         "gpu_memory_utilization": config.gpu_memory_fraction,
         "enable_sleep_mode": config.sleep_mode,
         "enable_lora": True,

@@ -7,7 +7,9 @@ import torch
 
 from trainer.hardware import (
     Device,
+    Machine,
     MatmulRates,
+    PrecisionChoice,
     available_cpus,
     cgroup_cpu_limit,
     choose_precision,
@@ -116,3 +118,24 @@ def test_the_probe_measures_both_dtypes_and_restores_the_thread_count():
     assert measured.float32 > 1e9 and measured.bfloat16 > 1e8  # FLOP/s, not seconds
     assert measured.threads == 1
     assert torch.get_num_threads() == before
+
+
+def test_the_probe_is_recorded_even_where_the_flags_decide():
+    choice = choose_precision("auto", ICE_LAKE, "train", rates(0.22))
+    assert choice.dtype == "float32" and choice.rates == rates(0.22)
+
+
+def test_a_choice_survives_its_json_and_the_machine_record_names_both_sides():
+    choice = choose_precision("auto", EPYC, "train", rates(4.5))
+    assert PrecisionChoice.from_json(choice.to_json()).to_json() == choice.to_json()
+    machine = Machine("AMD EPYC", "cpu", True, None, choice, None, 1)
+    assert machine.to_json() == {
+        "cpu_model": "AMD EPYC",
+        "device": "cpu",
+        "native_bf16": True,
+        "engine_dtype": None,  # a benchmark without an engine
+        "trainer_dtype": "bfloat16",
+        "engine_threads": None,
+        "trainer_threads": 1,
+        "probe": {"float32_gflops": 100.0, "bfloat16_gflops": 450.0, "threads": 1},
+    }
