@@ -6,15 +6,18 @@
 - Right-padded: one row per conversation, padding after the text. A causal model never looks
   ahead, so real tokens never see the padding and no attention mask is needed; padded positions
   carry no label. Micro-batches are grouped by length, so little padding is left.
-Logits are computed only where a label trains (most of a chat is prompt), and the loss is a sum
-over trained tokens, divided by the trained tokens of the whole optimizer step.
+Logits are computed only where a label trains (most of a chat is prompt), a chunk at a time
+(`trainer.losses`), and the loss is a sum over trained tokens, divided by the trained tokens of
+the whole optimizer step.
 """
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from trainer.losses import linear_cross_entropy
 from trainer.masking import IGNORE_INDEX, Example
 
 
@@ -72,27 +75,59 @@ def padded(examples: list[Example], pad_id: int) -> Batch:
 def token_losses(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """Cross-entropy of every next-token prediction, 0 where there is no target; [B, T-1].
 
-    Only positions with a target in some row get logits: the output head over the full
-    vocabulary is a fifth of the model's compute, and most positions of a chat are prompt.
+    Only positions with a target in some row go through the output head: over the full
+    vocabulary it is a fifth of the model's compute, and most positions of a chat are prompt.
+    A plain linear head takes `trainer.losses.linear_cross_entropy` (no full-vocabulary logits
+    in memory); a head with a bias, a logit scale or soft-capping takes the model's own logits.
     """
     targets = batch.labels[:, 1:]
     keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
-    output = model(
-        input_ids=batch.input_ids,
-        position_ids=batch.position_ids,
-        use_cache=False,
-        logits_to_keep=keep,
-    )
     kept_targets = targets[:, keep]
-    losses = torch.nn.functional.cross_entropy(
-        output.logits.float().reshape(-1, output.logits.shape[-1]),
-        kept_targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    )
+    causal_lm = _causal_lm(model)
+    head = causal_lm.get_output_embeddings()
+    if _plain_head(causal_lm, head):
+        hidden = causal_lm.get_decoder()(
+            input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False
+        ).last_hidden_state[:, keep]
+        losses = linear_cross_entropy(
+            hidden.reshape(-1, hidden.shape[-1]), head.weight, kept_targets.reshape(-1)
+        )
+    else:
+        output = model(
+            input_ids=batch.input_ids,
+            position_ids=batch.position_ids,
+            use_cache=False,
+            logits_to_keep=keep,
+        )
+        losses = torch.nn.functional.cross_entropy(
+            output.logits.float().reshape(-1, output.logits.shape[-1]),
+            kept_targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="none",
+        )
     full = torch.zeros(targets.shape, dtype=losses.dtype, device=losses.device)
     full[:, keep] = losses.view(kept_targets.shape)
     return full
+
+
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def _causal_lm(model: Any) -> Any:
+    """The transformers model inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _plain_head(causal_lm: Any, head: Any) -> bool:
+    """Whether the logits are exactly `hidden @ head.weight.T` (a bias-free linear head, no
+    scaling or soft-capping in the config, weights in a float dtype, not 4-bit)."""
+    config = causal_lm.config
+    return (
+        type(head) is torch.nn.Linear
+        and head.bias is None
+        and head.weight.is_floating_point()
+        and not any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS)
+    )
 
 
 GROUP_WINDOW = 16  # micro-batches whose examples are sorted by length together
