@@ -7,8 +7,8 @@ The precision rule: an explicit dtype always wins. `auto` is bf16 where the devi
 natively (a CUDA GPU with bf16; a CPU with AVX512_BF16 or AMX) and fp32 otherwise on the CPU
 (fp16 for serving on GPUs without bf16). On the CPU the flags are confirmed by a matmul probe
 of well under a second, because they do not settle it: a KVM guest on an Emerald Rapids host
-shows `avx512_bf16` without AMX and multiplies bf16 at half its fp32 rate, while an AMD EPYC
-with the same flag multiplies bf16 several times faster than fp32. (`torch.ops.mkldnn.
+shows `avx512_bf16` without AMX and multiplies bf16 at 0.54-0.62x of its fp32 rate, while an
+AMD EPYC with the same flag multiplies bf16 several times faster than fp32. (`torch.ops.mkldnn.
 _is_mkldnn_bf16_supported()` is True on every CPU seen here, emulated or not.)
 """
 
@@ -66,10 +66,6 @@ class MatmulRates:
             "bfloat16_gflops": round(self.bfloat16 / 1e9, 1),
             "threads": self.threads,
         }
-
-    def of(self, dtype: Dtype) -> float:
-        """The rate in `dtype` (fp16 is not probed on the CPU: it is never chosen there)."""
-        return self.bfloat16 if dtype == "bfloat16" else self.float32
 
 
 @dataclass(frozen=True)
