@@ -67,6 +67,11 @@ def code_of(call):
 BATCHING_TOLERANCE = {"bfloat16": 0.03, "float32": 1e-3}
 
 
+def largest_gap(scores, others):
+    """The largest difference between two equally long lists of log-probabilities."""
+    return max(abs(a - b) for a, b in zip(scores, others, strict=True))
+
+
 def test_concurrent_requests_for_base_and_two_adapters_score_as_each_alone(admin, adapter_dirs):
     """Mixing the base and two adapters in one batch (prefill through the CPU LoRA plugin's
     mixed path) changes no request's log-probabilities beyond rounding, on either kind of CPU.
@@ -87,14 +92,11 @@ def test_concurrent_requests_for_base_and_two_adapters_score_as_each_alone(admin
     tolerance = BATCHING_TOLERANCE[admin.server_info().machine.engine.dtype]
     for job in jobs:
         assert len(together[job]) == len(alone[job]) > 3
-        moved = max(abs(a - b) for a, b in zip(together[job], alone[job], strict=True))
+        moved = largest_gap(together[job], alone[job])
         assert moved <= tolerance, (job, moved)
     for prompt in PROMPTS:  # the adapters really differ: mixing them up would show
         scores = [alone[(prompt, adapter)] for adapter in ("", "one", "two")]
-        gaps = [
-            max(abs(a - b) for a, b in zip(x, y, strict=True))
-            for x, y in [(scores[0], scores[1]), (scores[0], scores[2]), (scores[1], scores[2])]
-        ]
+        gaps = [largest_gap(scores[i], scores[j]) for i, j in [(0, 1), (0, 2), (1, 2)]]
         assert min(gaps) > 3 * tolerance, (prompt, gaps)
 
 
