@@ -11,51 +11,87 @@ with it, that is the last of the `max_loras` slots, so once every slot holds an 
 model requests batched with adapter requests were answered with the last slot's adapter (a
 serving test saw the base model's greedy output change with what ran beside it).
 
+At decode a step multiplies only a handful of rows, so what counts there is the number of torch
+calls, not FLOPs: vLLM's wrapper runs, per slice of every linear, a buffer fill, two
+`repeat_interleave`s (V1 always takes its "prefill" path) and a shrink and an expand of about
+eight ops each. `add_lora_linear` replaces that for the linears (every projection of the
+model): the rows' slot is read once per linear, and with one adapter in the batch each slice is
+one matmul and one in-place `addmm_`.
+
 vLLM calls `register` in each of its processes (entry point group `vllm.general_plugins`, see
 pyproject.toml); it does nothing on other platforms, whose kernels are fused already.
 """
 
+import functools
 from typing import Any
 
 import torch
 
 DENSE_MAX_SLOTS = 8
-"""Up to this many adapter slots, a batch mixing adapters multiplies by all of them at once."""
+"""Up to this many adapter slots, a batch mixing adapters may multiply by all of them at once."""
+DENSE_MAX_ELEMENTS = 1 << 18
+"""... if the rows times every slot's outputs stay this small (decode steps; a long prefill
+multiplies per adapter instead: L times the FLOPs would no longer be cheap)."""
+
+
+class RowSlots:
+    """Which adapter slot each row of a batch uses (negative: none), read once for all the
+    matmuls that share the batch; a single index is every row's, as the reference's einsum
+    broadcasts it."""
+
+    def __init__(self, indices: torch.Tensor) -> None:
+        self.indices = indices
+        self.shared: int | None = None
+        """The slot of every row, or None when they differ."""
+        if indices.numel() == 1:
+            self.shared = int(indices)
+        else:
+            lowest, highest = (int(bound) for bound in torch.aminmax(indices))
+            self.shared = lowest if lowest == highest else None
+
+    @functools.cached_property
+    def picks(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Row numbers, each row's slot (0 for none) and, if any row has none, their mask."""
+        absent = self.indices < 0
+        mask = absent.unsqueeze(1) if bool(absent.any()) else None
+        return torch.arange(self.indices.numel()), self.indices.clamp(min=0), mask
+
+    @functools.cached_property
+    def groups(self) -> list[tuple[int, torch.Tensor]]:
+        """(slot, its rows) for every slot present."""
+        slots = torch.unique(self.indices).tolist()
+        return [(s, torch.nonzero(self.indices == s).squeeze(1)) for s in slots if s >= 0]
 
 
 def lora_matmul(
-    inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype
+    inputs: torch.Tensor, weights: torch.Tensor, slots: RowSlots, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Row t of the result is inputs[t] @ weights[indices[t]].T (weights [L, (1,) O, I]), and
-    zero where indices[t] is negative (no adapter); a single index applies to every row, as the
-    reference's einsum broadcasts it.
+    """Row t of the result is inputs[t] @ weights[slot of t].T (weights [L, (1,) O, I]), and
+    zero for rows without an adapter.
 
-    One adapter in the batch: one matmul. Several, with few slots: one matmul against every
-    slot's weights stacked, then each row's slot picked out (L times the FLOPs of one adapter,
-    but no per-token copies and no Python loop). Many slots: one matmul per adapter present.
+    One adapter in the batch: one matmul. Several, with few slots and rows: one matmul against
+    every slot's weights stacked, then each row's slot picked out (L times the FLOPs of one
+    adapter, but no per-token copies and no Python loop). Otherwise one matmul per adapter
+    present.
     """
     if weights.dim() == 4:
         weights = weights.squeeze(1)
     inputs = inputs.to(dtype)
-    slots, out_features, in_features = weights.shape
-    if indices.numel() == 1 or bool((indices == indices[0]).all()):
-        if int(indices[0]) < 0:
+    count, out_features, in_features = weights.shape
+    if slots.shared is not None:
+        if slots.shared < 0:
             return inputs.new_zeros((inputs.shape[0], out_features))
-        return inputs @ weights[indices[0]].to(dtype).T
-    if indices.numel() != inputs.shape[0]:
-        raise ValueError(f"{indices.numel()} LoRA indices for {inputs.shape[0]} rows")
-    if slots <= DENSE_MAX_SLOTS:
-        every = inputs @ weights.reshape(slots * out_features, in_features).to(dtype).T
-        picked = every.view(-1, slots, out_features)[
-            torch.arange(inputs.shape[0]), indices.clamp(min=0)
-        ]
-        return picked.masked_fill((indices < 0).unsqueeze(1), 0)
+        return inputs @ weights[slots.shared].to(dtype).T
+    if slots.indices.numel() != inputs.shape[0]:
+        raise ValueError(f"{slots.indices.numel()} LoRA indices for {inputs.shape[0]} rows")
+    if count <= DENSE_MAX_SLOTS and inputs.shape[0] * count * out_features <= DENSE_MAX_ELEMENTS:
+        rows, chosen, absent = slots.picks
+        every = inputs @ weights.reshape(count * out_features, in_features).to(dtype).T
+        picked = every.view(-1, count, out_features)[rows, chosen]
+        return picked if absent is None else picked.masked_fill(absent, 0)
     outputs = inputs.new_zeros((inputs.shape[0], out_features))
-    for index in torch.unique(indices).tolist():
-        if index < 0:
-            continue
-        rows = torch.nonzero(indices == index).squeeze(1)
-        outputs[rows] = inputs[rows] @ weights[index].to(dtype).T
+    for slot, rows in slots.groups:
+        outputs[rows] = inputs[rows] @ weights[slot].to(dtype).T
     return outputs
 
 
@@ -67,7 +103,8 @@ def bgmv_shrink(
     scaling: float = 1.0,
 ) -> None:
     """As vllm.lora.ops.torch_ops.bgmv_shrink."""
-    outputs = lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
+    slots = RowSlots(lora_indices_tensor)
+    outputs = lora_matmul(inputs, lora_b_weights, slots, output_tensor.dtype)
     output_tensor[:, : outputs.shape[1]] = scaling * outputs
 
 
@@ -79,7 +116,8 @@ def bgmv_expand(
     add_inputs: bool = True,
 ) -> None:
     """As vllm.lora.ops.torch_ops.bgmv_expand."""
-    outputs = lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
+    slots = RowSlots(lora_indices_tensor)
+    outputs = lora_matmul(inputs, lora_b_weights, slots, output_tensor.dtype)
     limit = output_tensor.shape[0]
     if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:
         limit = 1
@@ -101,11 +139,44 @@ def bgmv_expand_slice(  # noqa: PLR0917 (vLLM's signature)
     add_inputs: bool = True,
 ) -> None:
     """As vllm.lora.ops.torch_ops.bgmv_expand_slice."""
-    outputs = lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
+    slots = RowSlots(lora_indices_tensor)
+    outputs = lora_matmul(inputs, lora_b_weights, slots, output_tensor.dtype)
     if add_inputs:
         output_tensor[:, slice_offset : slice_offset + slice_size] += outputs
     else:
         output_tensor[:, slice_offset : slice_offset + slice_size] = outputs
+
+
+def add_lora_linear(  # noqa: PLR0917 (vLLM's signature)
+    wrapper: Any,
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a_stacked: tuple[torch.Tensor, ...],
+    lora_b_stacked: tuple[torch.Tensor, ...],
+    scale: float,
+    output_slices: tuple[int, ...],
+    *,
+    buffer: tuple[torch.Tensor, ...] | None = None,  # vLLM's; no buffer is needed here
+    **kwargs: Any,
+) -> None:
+    """As PunicaWrapperCPU.add_lora_linear: for each slice i, y[:, slice i] += (x @ A_i.T *
+    scale) @ B_i.T with each row's adapter. The shrunk rows are float32, as in the reference's
+    buffer."""
+    slots = RowSlots(wrapper.token_lora_indices)
+    if slots.shared is not None and slots.shared < 0:
+        return  # no adapter in the batch
+    rows = x.view(-1, x.shape[-1])
+    out = y.view(-1, y.shape[-1])
+    offset = 0
+    for lora_a, lora_b, size in zip(lora_a_stacked, lora_b_stacked, output_slices, strict=True):
+        target = out[:, offset : offset + size]
+        offset += size
+        shrunk = lora_matmul(rows, lora_a, slots, torch.float32)
+        if scale != 1.0:
+            shrunk.mul_(scale)
+        delta = lora_matmul(shrunk, lora_b, slots, out.dtype)
+        common = min(size, delta.shape[1])  # the adapter may pad its output differently
+        target[:, :common] += delta[:, :common]
 
 
 REPLACEMENTS: dict[str, Any] = {
@@ -117,7 +188,8 @@ REPLACEMENTS: dict[str, Any] = {
 
 def register() -> None:
     """Replaces the reference ops where vLLM's CPU LoRA path looks them up: the ops module
-    (its sgmv_* functions call the bgmv_* ones) and the CPU Punica wrapper's own imports."""
+    (its sgmv_* functions call the bgmv_* ones) and the CPU Punica wrapper's own imports; and
+    the wrapper's `add_lora_linear`."""
     from vllm.platforms import current_platform
 
     if not current_platform.is_cpu():
@@ -128,3 +200,5 @@ def register() -> None:
     for name, function in REPLACEMENTS.items():
         setattr(lora_ops, name, function)
         setattr(punica_cpu, name, function)
+    # setattr: mypy refuses assigning to a method, which is what a plugin does.
+    setattr(punica_cpu.PunicaWrapperCPU, "add_lora_linear", add_lora_linear)  # noqa: B010

@@ -22,10 +22,20 @@ def tensors():
     }
 
 
-@pytest.mark.parametrize("dense_max_slots", [8, 1])  # every slot at once, or one per adapter
+# Every slot at once; one matmul per adapter because the slots, or the rows, are too many.
+PATHS = {"dense": (8, 1 << 18), "per adapter": (1, 1 << 18), "long batch": (8, 0)}
+
+
+@pytest.fixture(params=PATHS)
+def path(request, monkeypatch):
+    slots, elements = PATHS[request.param]
+    monkeypatch.setattr(grouped, "DENSE_MAX_SLOTS", slots)
+    monkeypatch.setattr(grouped, "DENSE_MAX_ELEMENTS", elements)
+
+
 @pytest.mark.parametrize("indices", ["mixed", "one"])
-def test_shrink_and_expand_match_the_reference(tensors, indices, dense_max_slots, monkeypatch):
-    monkeypatch.setattr(grouped, "DENSE_MAX_SLOTS", dense_max_slots)
+@pytest.mark.usefixtures("path")
+def test_shrink_and_expand_match_the_reference(tensors, indices):
     x, a, b, idx = tensors["x"], tensors["a"], tensors["b"], tensors[indices]
     # The reference, given an empty slot for "no adapter" (every slot of a, b holds one).
     ref_a = torch.cat([a, torch.zeros_like(a[:1])])
@@ -68,12 +78,51 @@ def test_one_index_applies_to_every_row_as_the_reference_broadcasts_it(tensors):
     torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
 
 
+def _wrapper(indices: torch.Tensor):
+    """vLLM's CPU Punica wrapper with `indices` as its batch's per-token slots."""
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    wrapper = PunicaWrapperCPU(max_num_batched_tokens=T, max_batches=T, device="cpu")
+    wrapper._token_lora_indices[: indices.numel()].copy_(indices)
+    wrapper.indices_len[:] = [indices.numel()] * 4
+    wrapper._update_prefill_metadata(wrapper.token_lora_indices)
+    wrapper.is_prefill = True  # as vLLM's V1 runner always sets it
+    return wrapper
+
+
+@pytest.mark.parametrize("indices", ["mixed", "one", "none"])
+@pytest.mark.usefixtures("path")
+def test_add_lora_linear_matches_the_wrappers_own_over_every_slice(tensors, indices):
+    # q, k, v as three slices of one output, as vLLM stacks a fused projection.
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    slices = (OUT, 32, 16)
+    torch.manual_seed(1)
+    x = tensors["x"].float()
+    a = tuple(torch.randn(L, 1, R, H) for _ in slices)
+    b = tuple(torch.randn(L, 1, size, R) for size in slices)
+    idx = {**tensors, "none": torch.full((T,), -1)}[indices]
+    # The reference, with an empty slot for "no adapter" (as above).
+    ref_a = tuple(torch.cat([w, torch.zeros_like(w[:1])]) for w in a)
+    ref_b = tuple(torch.cat([w, torch.zeros_like(w[:1])]) for w in b)
+    want = torch.ones(T, sum(slices))
+    got = want.clone()
+    reference_wrapper = _wrapper(torch.where(idx < 0, L, idx))
+    PunicaWrapperCPU.add_lora_linear(reference_wrapper, want, x, ref_a, ref_b, 0.5, slices)
+    grouped.add_lora_linear(_wrapper(idx), got, x, a, b, 0.5, slices)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert torch.equal(got[idx < 0], torch.ones_like(got[idx < 0]))  # no adapter, no delta
+
+
 def test_register_replaces_the_ops_where_the_cpu_wrapper_looks_them_up(monkeypatch):
     from vllm.lora.punica_wrapper import punica_cpu
 
+    wrapper = punica_cpu.PunicaWrapperCPU
+    monkeypatch.setattr(wrapper, "add_lora_linear", wrapper.add_lora_linear)
     for name in grouped.REPLACEMENTS:
         monkeypatch.setattr(reference, name, getattr(reference, name))
         monkeypatch.setattr(punica_cpu, name, getattr(punica_cpu, name))
     grouped.register()
     assert punica_cpu.bgmv_shrink is grouped.bgmv_shrink
     assert reference.bgmv_expand_slice is grouped.bgmv_expand_slice
+    assert punica_cpu.PunicaWrapperCPU.add_lora_linear is grouped.add_lora_linear
