@@ -34,13 +34,11 @@ from service.metrics import AdapterLabels, Metrics
 from service.quotas import PerTenant
 from service.serverinfo import ServerInfo, reported_libraries
 from service.settings import ServerSettings
-from service.store.sqlite import SqliteStore
+from service.store import store_for
 from service.uploads import UploadLimits, UploadService, staging_name
 from trainer.hardware import Machine, PrecisionChoice, describe_machine, resolve_precision
 
 logger = logging.getLogger(__name__)
-
-STORE_FILE = "adapterd.db"
 
 
 class App:
@@ -60,7 +58,7 @@ class App:
         self.metrics = metrics or Metrics()
         self.health = HealthPublisher(LIVE_SERVICES, ENGINE_BACKED_SERVICES)
         tokenizer = AutoTokenizer.from_pretrained(base_model.path)
-        self.store = SqliteStore(settings.data_dir / STORE_FILE)
+        self.store = store_for(settings.resolved_store_url)
         labels = AdapterLabels(self.metrics, settings.adapter_labels)
         self.adapters = AdapterManager(
             engine=engine,

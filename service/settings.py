@@ -8,7 +8,7 @@ the variable. Validation reports every problem at once, naming the flag and the 
 import argparse
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     AfterValidator,
@@ -40,6 +40,25 @@ def _lora_rank(value: int) -> int:
     if value not in VLLM_LORA_RANKS:
         allowed = ", ".join(str(r) for r in VLLM_LORA_RANKS)
         raise ValueError(f"must be one of {allowed} (the ranks vLLM accepts)")
+    return value
+
+
+STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
+STORE_FILE = "adapterd.db"
+"""The SQLite store's file in DATA_DIR, when no --store-url is given."""
+
+
+def _store_url(value: SecretStr | None) -> SecretStr | None:
+    # The message never repeats the URL: it may hold a password.
+    if value is None:
+        return None
+    scheme, separator, rest = value.get_secret_value().partition("://")
+    if not separator or scheme not in STORE_SCHEMES:
+        raise ValueError(
+            "must be sqlite:///FILE or postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE"
+        )
+    if scheme == "sqlite" and not (rest.startswith("/") and rest[1:]):
+        raise ValueError("must be sqlite:///FILE: sqlite:///relative.db or sqlite:////abs/path.db")
     return value
 
 
@@ -84,6 +103,11 @@ class ServerSettings(BaseSettings):
     data_dir: Path = Field(
         default_factory=lambda: _user_dir("XDG_DATA_HOME", ".local/share"),
         description="Directory for the job store, datasets and adapters; created if missing.",
+    )
+    store_url: Annotated[SecretStr | None, AfterValidator(_store_url)] = Field(
+        None,
+        description="The job store: sqlite:///FILE (one server) or postgresql://... (replicas "
+        "sharing one database); default: SQLite in DATA_DIR.",
     )
     model_cache_dir: Path = Field(
         default_factory=lambda: _user_dir("XDG_CACHE_HOME", ".cache") / "models",
@@ -294,6 +318,13 @@ class ServerSettings(BaseSettings):
         return self.trainer_threads or max(1, available_cpus() - self.engine_threads)
 
     @property
+    def resolved_store_url(self) -> str:
+        """The store URL, defaulting to SQLite in DATA_DIR."""
+        if self.store_url is None:
+            return f"sqlite:///{self.data_dir / STORE_FILE}"
+        return self.store_url.get_secret_value()
+
+    @property
     def resolved_adapter_root(self) -> Path:
         """The adapter root, defaulting to DATA_DIR/adapters."""
         return self.adapter_root or self.data_dir / "adapters"
@@ -334,8 +365,9 @@ def load_settings(model: type[S], overrides: dict[str, Any]) -> S:
     try:
         return model(**given)
     except ValidationError as exc:
+        secret = {n for n, f in model.model_fields.items() if SecretStr in get_args(f.annotation)}
         problems = describe_validation_error(
-            exc, lambda loc: describe_field(model, str(loc[0])) if loc else "?"
+            exc, lambda loc: describe_field(model, str(loc[0])) if loc else "?", secret
         )
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None
 

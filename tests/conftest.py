@@ -7,6 +7,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,13 +18,24 @@ from service.basemodel import BaseModel, resolve_base_model
 from service.settings import ServerSettings
 from tests.support import (
     TOKENS,
+    PostgresServer,
     ServerProcess,
     build_tiny_llama,
     make_adapter,
+    postgres_bin,
     serve_garbage_judge,
 )
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session; each test takes a database of its own."""
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="adapterd-pg-")), postgres_bin()).start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -127,6 +127,65 @@ def assert_promtool_accepts(page: str) -> None:
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+def postgres_bin() -> Path:
+    """The directory of PostgreSQL's server programs. Where PostgreSQL is not installed the
+    test is skipped with the install hint, except in CI, where it fails."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if found:
+        return found[-1].parent
+    if os.environ.get("CI"):
+        pytest.fail("PostgreSQL is missing in CI: .ci/run installs Debian's postgresql")
+    pytest.skip("PostgreSQL not installed (apt-get install postgresql)")
+
+
+@dataclass
+class PostgresServer:
+    """A throwaway PostgreSQL cluster, as a test needs a real shared database: initdb'd in a
+    fresh directory, listening only on a Unix socket there, fsync off. As root, the cluster
+    belongs to the `postgres` user (initdb refuses root) and clients connect as that role."""
+
+    root: Path
+    bin: Path
+    databases: int = 0
+
+    @property
+    def user(self) -> str:
+        return "postgres" if os.geteuid() == 0 else os.environ.get("USER", "postgres")
+
+    def _run(self, *command: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run(
+            [*prefix, *command], check=True, capture_output=True, text=True, cwd=self.root
+        )
+
+    def start(self) -> "PostgresServer":
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres")
+        self._run(str(self.bin / "initdb"), "-D", str(self.root / "data"), "-U", self.user,
+                  "--auth=trust", "--no-sync")  # fmt: skip
+        options = f"-c listen_addresses='' -k {self.root} -c fsync=off -c max_connections=200"
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), "-o", options,
+                  "-l", str(self.root / "server.log"), "-w", "start")  # fmt: skip
+        return self
+
+    def stop(self) -> None:
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate",
+                  "stop")  # fmt: skip
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.user}@/{database}?host={self.root}"
+
+    def create_database(self) -> str:
+        """A new empty database; returns its URL."""
+        import psycopg
+
+        self.databases += 1
+        name = f"adapterd_{self.databases}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+
 def free_port() -> int:
     """A TCP port that was free a moment ago on 127.0.0.1."""
     with socket.socket() as sock:

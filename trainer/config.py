@@ -5,6 +5,7 @@ their ranges; what the server could not hot-load (a rank above its maximum, save
 tokens) is refused here, before any data or model is touched.
 """
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -37,12 +38,15 @@ def _short(value: Any) -> str:
     )
 
 
-def describe_validation_error(exc: ValidationError, name_of: Any = None) -> list[str]:
+def describe_validation_error(
+    exc: ValidationError, name_of: Any = None, secret: Collection[str] = ()
+) -> list[str]:
     """One `field = value: message` line per pydantic error.
 
     Args:
         exc: the validation error.
         name_of: maps a location tuple to the name shown to the user (default: dotted path).
+        secret: top-level fields whose value is never shown (a URL with a password).
     """
     problems = []
     for error in exc.errors():
@@ -52,7 +56,8 @@ def describe_validation_error(exc: ValidationError, name_of: Any = None) -> list
             problems.append(message)
             continue
         name = name_of(loc) if name_of else ".".join(str(p) for p in loc)
-        shown = "" if error["type"] == "missing" else f" = {_short(error['input'])}"
+        hidden = error["type"] == "missing" or str(loc[0]) in secret
+        shown = "" if hidden else f" = {_short(error['input'])}"
         if error["type"] == "extra_forbidden":
             shown, message = "", "unknown field"
         problems.append(f"{name}{shown}: {message}")

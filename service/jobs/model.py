@@ -131,6 +131,33 @@ class JobEvent:
     data: dict[str, Any]
 
 
+def apply_update(
+    job: Job,
+    state: JobState | None,
+    event: dict[str, Any] | None,
+    fields: dict[str, Any],
+    now: float,
+) -> dict[str, Any] | None:
+    """Applies one `Store.update_job` to `job` in place, as every store does: the transition
+    (checked against the table) or, out of a terminal state, nothing at all; then the fields
+    and `updated`. Returns the data of the `state` event the transition adds, or None. Pure.
+
+    Raises:
+        FailedPreconditionError: a transition the table forbids, or fields of a final job.
+    """
+    added = None
+    if state is not None and state is not job.state:
+        check_transition(job.kind, job.state, state)
+        job.state = state
+        added = {"state": state.value, **(event or {})}
+    elif job.state.terminal and fields:
+        raise FailedPreconditionError(f"job {job.id} is {job.state.value}: it is final")
+    for name, value in fields.items():
+        setattr(job, name, value)
+    job.updated = now
+    return added
+
+
 def fair_next(heads: list[Job], last_served: dict[str, float]) -> Job | None:
     """The queued job to run next, defined once for every store: round-robin over tenants
     (the tenant whose last job started longest ago goes first, a tenant never served before

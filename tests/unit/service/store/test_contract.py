@@ -1,13 +1,17 @@
-"""The SQLite store on a real file: idempotent creation, transitions, events, paging, reopen."""
+"""The Store contract, on SQLite and PostgreSQL alike (`store`, `new_store`): idempotent
+creation, transitions, events, paging, the fair queue, adapters across a reopen, and what
+concurrent callers may not break (one job per request id, gapless event numbers, distinct
+adapter versions, the upload quota)."""
 
+import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
-from service.errors import ConfigError, FailedPreconditionError, NotFoundError
+from service.errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError
 from service.jobs.model import Job, JobKind, JobState, fair_next, spec_digest
-from service.store.base import AdapterRecord
-from service.store.sqlite import SqliteStore
+from service.store.base import AdapterRecord, UploadRecord
 
 
 def job(n, tenant="acme", request_id="", kind=JobKind.TRAIN, priority=0):
@@ -99,30 +103,83 @@ def test_fair_next_is_the_one_definition_of_the_order():
     assert fair_next([], {}) is None
 
 
-async def test_adapter_versions_and_aliases_survive_a_reopen(tmp_path):
-    path = tmp_path / "adapterd.db"
-    store = SqliteStore(path)
+async def test_adapter_versions_and_aliases_survive_a_reopen(new_store, tmp_path):
+    store = new_store()
     await store.open()
-    assert [await store.next_adapter_version("bot") for _ in range(2)] == [1, 2]
-    record = AdapterRecord("bot", 2, tmp_path / "a", "s" * 64, 8, "tiny", 1.0, pinned=True)
+    assert [await store.next_adapter_version("acme/bot") for _ in range(2)] == [1, 2]
+    record = AdapterRecord("acme/bot", 2, tmp_path / "a", "s" * 64, 8, "tiny", 1.0, pinned=True)
     await store.save_adapter(record)
-    await store.set_alias("prod", ("bot", 2))
+    await store.save_adapter(record)  # saving again replaces
+    await store.set_alias("acme/prod", ("acme/bot", 2))
+    await store.set_alias("acme/old", ("acme/bot", 2))
+    await store.set_alias("acme/old", None)
     await store.close()
-    reopened = SqliteStore(path)
+    reopened = new_store()
     await reopened.open()
-    assert await reopened.adapters() == ([record], {"prod": ("bot", 2)})
-    await reopened.delete_adapter("bot", 2)
-    assert await reopened.next_adapter_version("bot") == 3
+    assert await reopened.adapters() == ([record], {"acme/prod": ("acme/bot", 2)})
+    await reopened.delete_adapter("acme/bot", 2)
+    assert await reopened.next_adapter_version("acme/bot") == 3  # numbers are never reused
+    assert await reopened.adapters() == ([], {"acme/prod": ("acme/bot", 2)})
     await reopened.close()
 
 
-async def test_a_second_server_on_the_same_file_is_refused_until_the_first_closes(tmp_path):
-    first = SqliteStore(tmp_path / "adapterd.db")
-    await first.open()
-    second = SqliteStore(tmp_path / "adapterd.db")
-    with pytest.raises(ConfigError, match=r"another adapterd server uses adapterd\.db"):
-        await second.open()
-    await first.close()
-    third = SqliteStore(tmp_path / "adapterd.db")
-    await third.open()
-    await third.close()
+async def test_concurrent_submits_with_one_request_id_make_one_job(store):
+    results = await asyncio.gather(*(store.create_job(job(n, request_id="r")) for n in range(50)))
+    assert sum(created for _, created in results) == 1
+    assert len({j.id for j, _ in results}) == 1
+    assert [e.seq for e in await store.events(results[0][0].id, 0)] == [1]  # one first event
+
+
+async def test_concurrent_events_of_one_job_are_numbered_without_gaps(store):
+    await store.create_job(job(1))
+    appended = await asyncio.gather(
+        *(store.append_event("job-1", "progress", {"step": n}) for n in range(40)),
+        store.update_job("job-1", JobState.VALIDATING),
+    )
+    events = await store.events("job-1", 0)
+    assert [e.seq for e in events] == list(range(1, 43))
+    assert sorted(e.seq for e in appended[:-1]) == [e.seq for e in events if e.kind == "progress"]
+
+
+async def test_concurrent_version_reservations_are_distinct(store):
+    versions = await asyncio.gather(*(store.next_adapter_version("acme/bot") for _ in range(20)))
+    assert sorted(versions) == list(range(1, 21))
+
+
+def upload(n: int, tenant: str = "acme", stored: int = 100) -> UploadRecord:
+    return UploadRecord(
+        id=f"up-{tenant}-{n}", tenant=tenant, kind="dataset", name=f"{n}.jsonl",
+        path=Path(f"/data/{n}"), sha256="0" * 64, size=stored, stored=stored, files=1,
+        created=float(n),
+    )  # fmt: skip
+
+
+async def test_the_upload_quota_holds_under_concurrent_uploads(store):
+    async def add(record: UploadRecord) -> bool:
+        try:
+            await store.add_upload(record, quota_bytes=550)
+        except ResourceExhaustedError as exc:
+            assert "tenant 'acme'" in str(exc) and "550" in str(exc)
+            return False
+        return True
+
+    accepted = await asyncio.gather(*(add(upload(n)) for n in range(10)))
+    assert sum(accepted) == 5
+    assert await store.tenant_upload_bytes("acme") == 500
+    assert await store.add_upload(upload(0, tenant="globex"), quota_bytes=550) == 100
+    assert await store.get_upload("up-globex-0") == upload(0, tenant="globex")
+    assert await store.get_upload("nope") is None
+
+
+async def test_counts_by_kind_and_state(store):
+    await store.create_job(job(1))
+    await store.create_job(job(2))
+    await store.create_job(job(3, kind=JobKind.EVALUATE))
+    await store.update_job("job-2", JobState.CANCELLED)
+    assert await store.count_jobs() == {
+        (JobKind.TRAIN, JobState.QUEUED): 1,
+        (JobKind.TRAIN, JobState.CANCELLED): 1,
+        (JobKind.EVALUATE, JobState.QUEUED): 1,
+    }
+    assert await store.get_job("job-2") == (await store.list_jobs(None, [], [], 9, 0)).jobs[1]
+    assert await store.get_job("nope") is None

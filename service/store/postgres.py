@@ -1,0 +1,404 @@
+"""The shared store: PostgreSQL through psycopg 3's async pool, for replicas on one database.
+
+Every method is one transaction on a pooled connection (committed when it returns, rolled back
+on error); the event loop never blocks, and nothing here serializes replicas beyond what a
+statement locks. What two writers could race on is decided by the database:
+  - a job's next event number comes from its own row (`last_event + 1 ... RETURNING`), so
+    appends to one job queue behind its row lock and never collide;
+  - job order is an identity column; the idempotent create is `ON CONFLICT DO NOTHING` on the
+    (tenant, request id) index; adapter versions are an upsert `RETURNING` the number;
+  - an upload's quota check holds a transaction-scoped advisory lock on its tenant.
+The schema is numbered SQL files (`migrations/NNNN_*.sql`) applied at open, in order, under an
+advisory lock, each recorded in `schema_migrations`.
+"""
+
+import re
+import time
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from service.errors import ConfigError, NotFoundError
+from service.jobs.model import Job, JobEvent, JobKind, JobState, apply_update, fair_next
+from service.store.base import AdapterRecord, JobPage, UploadRecord, upload_quota_error
+
+MIGRATION_LOCK = 0x61647464  # "adtd": one replica migrates at a time
+UPLOAD_QUOTA_LOCKS = 1
+"""The advisory-lock class of per-tenant quota checks (the tenant's hash is the second key)."""
+POOL_SIZE = 8
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+_JOB_COLUMNS = (
+    "id", "tenant", "kind", "state", "spec", "spec_digest", "request_id", "priority", "created",
+    "updated", "started", "finished", "attempts", "result", "error_reason", "error_message",
+    "worker_pid", "worker_started",
+)  # fmt: skip
+_JOBS = ", ".join(_JOB_COLUMNS)
+_JOB_MARKS = ", ".join(["%s"] * len(_JOB_COLUMNS))
+_UPLOAD_COLUMNS = "id, tenant, kind, name, path, sha256, size, stored, files, created"
+_ADAPTER_COLUMNS = "name, version, path, sha256, rank, base_model, created, pinned"
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(number, name, SQL) of every migration shipped, in order.
+
+    Raises:
+        RuntimeError: two files with one number, or a gap: a packaging bug.
+    """
+    found = []
+    for entry in resources.files("service.store").joinpath("migrations").iterdir():
+        match = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
+        if match:
+            found.append((int(match[1]), match[2], entry.read_text()))
+    found.sort()
+    if [number for number, _, _ in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migrations must be numbered 1..n without gaps: {found}")
+    return found
+
+
+def redacted(url: str) -> str:
+    """`url` without its password, to name it in errors and logs."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "(an unparsable URL)"
+    if "password" in params:
+        params["password"] = "***"
+    return make_conninfo("", **params)
+
+
+Connection = AsyncConnection[DictRow]
+
+
+async def _rows(conn: Connection, query: str, params: tuple[Any, ...] = ()) -> list[DictRow]:
+    return await (await conn.execute(query, params)).fetchall()
+
+
+async def _row(conn: Connection, query: str, params: tuple[Any, ...] = ()) -> DictRow:
+    """The first row of a query that always returns one (RETURNING, an aggregate)."""
+    row = await (await conn.execute(query, params)).fetchone()
+    if row is None:
+        raise RuntimeError(f"no row from {query!r}")
+    return row
+
+
+async def _maybe_row(conn: Connection, query: str, params: tuple[Any, ...]) -> DictRow | None:
+    return await (await conn.execute(query, params)).fetchone()
+
+
+def _job(row: DictRow) -> Job:
+    values = {name: row[name] for name in _JOB_COLUMNS}
+    values["kind"] = JobKind(values["kind"])
+    values["state"] = JobState(values["state"])
+    return Job(**values)
+
+
+def _job_values(job: Job) -> tuple[Any, ...]:
+    return (
+        job.id, job.tenant, job.kind.value, job.state.value, Jsonb(job.spec), job.spec_digest,
+        job.request_id, job.priority, job.created, job.updated, job.started, job.finished,
+        job.attempts, Jsonb(job.result), job.error_reason, job.error_message, job.worker_pid,
+        job.worker_started,
+    )  # fmt: skip
+
+
+def _adapter(row: DictRow) -> AdapterRecord:
+    return AdapterRecord(**{**row, "path": Path(row["path"])})
+
+
+class PostgresStore:
+    """The Store on a PostgreSQL database that several adapterd processes may share."""
+
+    def __init__(
+        self, url: str, pool_size: int = POOL_SIZE, connect_timeout: float = CONNECT_TIMEOUT_SECONDS
+    ) -> None:
+        self.url = url
+        self._connect_timeout = connect_timeout
+        self._pool = AsyncConnectionPool[Connection](
+            url,
+            connection_class=Connection,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            kwargs={"row_factory": dict_row},
+            name="adapterd-store",
+        )
+
+    async def open(self) -> None:
+        """Connects and applies the migrations this database lacks.
+
+        Raises:
+            ConfigError: the database cannot be reached, or its schema is newer than this
+                adapterd's.
+        """
+        try:
+            await self._pool.open(wait=True, timeout=self._connect_timeout)
+        except PoolTimeout as exc:
+            await self._pool.close()
+            raise ConfigError(
+                f"--store-url {redacted(self.url)}: cannot connect within "
+                f"{self._connect_timeout:g} s ({exc})"
+            ) from None
+        async with self._pool.connection() as conn:
+            await self._migrate(conn)
+
+    @staticmethod
+    async def _migrate(conn: Connection) -> None:
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied DOUBLE PRECISION NOT NULL)"
+        )
+        row = await _row(conn, "SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
+        current, known = int(row["v"]), migrations()
+        if current > len(known):
+            raise ConfigError(
+                f"--store-url: the database's schema is at version {current}, newer than this "
+                f"adapterd's {len(known)}: upgrade adapterd"
+            )
+        for number, name, script in known[current:]:
+            await conn.execute(script)  # several statements: allowed without parameters
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied) VALUES (%s, %s, %s)",
+                (number, name, time.time()),
+            )
+
+    async def close(self) -> None:
+        """Closes the pool."""
+        await self._pool.close()
+
+    # ---- jobs
+    async def create_job(self, job: Job) -> tuple[Job, bool]:
+        async with self._pool.connection() as conn:
+            inserted = await _maybe_row(
+                conn,
+                f"INSERT INTO jobs ({_JOBS}) VALUES ({_JOB_MARKS}) "
+                "ON CONFLICT (tenant, request_id) WHERE request_id <> '' DO NOTHING RETURNING id",
+                _job_values(job),
+            )
+            if inserted is None:  # the tenant's job with this request id, committed first
+                existing = await _row(
+                    conn,
+                    f"SELECT {_JOBS} FROM jobs WHERE tenant = %s AND request_id = %s",
+                    (job.tenant, job.request_id),
+                )
+                return _job(existing), False
+            await self._append(conn, job.id, "state", {"state": job.state.value}, job.created)
+            return job, True
+
+    async def get_job(self, job_id: str) -> Job | None:
+        async with self._pool.connection() as conn:
+            row = await _maybe_row(conn, f"SELECT {_JOBS} FROM jobs WHERE id = %s", (job_id,))
+        return None if row is None else _job(row)
+
+    async def list_jobs(
+        self,
+        tenant: str | None,
+        states: Iterable[JobState],
+        kinds: Iterable[JobKind],
+        page_size: int,
+        after_seq: int,
+    ) -> JobPage:
+        where, args = ["seq > %s"], [after_seq]
+        if tenant is not None:
+            where.append("tenant = %s")
+            args.append(tenant)  # type: ignore[arg-type]
+        if state_values := [s.value for s in states]:
+            where.append("state = ANY(%s)")
+            args.append(state_values)  # type: ignore[arg-type]
+        if kind_values := [k.value for k in kinds]:
+            where.append("kind = ANY(%s)")
+            args.append(kind_values)  # type: ignore[arg-type]
+        async with self._pool.connection() as conn:
+            rows = await _rows(
+                conn,
+                f"SELECT seq, {_JOBS} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq LIMIT %s",
+                (*args, page_size + 1),
+            )
+        more = len(rows) > page_size
+        jobs = [_job(r) for r in rows[:page_size]]
+        return JobPage(jobs, rows[page_size - 1]["seq"] if more else 0)
+
+    async def update_job(
+        self,
+        job_id: str,
+        state: JobState | None = None,
+        event: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> Job:
+        async with self._pool.connection() as conn:
+            row = await _maybe_row(
+                conn, f"SELECT {_JOBS} FROM jobs WHERE id = %s FOR UPDATE", (job_id,)
+            )
+            if row is None:
+                raise NotFoundError(f"job_id: no job {job_id!r}")
+            job = _job(row)
+            now = time.time()
+            added = apply_update(job, state, event, fields, now)
+            if added is not None:
+                await self._append(conn, job_id, "state", added, now)
+            await conn.execute(
+                f"UPDATE jobs SET ({_JOBS}) = ({_JOB_MARKS}) WHERE id = %s",
+                (*_job_values(job), job_id),
+            )
+            return job
+
+    async def next_queued(self) -> Job | None:
+        async with self._pool.connection() as conn:
+            heads = await _rows(
+                conn,
+                f"SELECT DISTINCT ON (tenant) {_JOBS} FROM jobs WHERE state = %s "
+                "ORDER BY tenant, priority DESC, seq",
+                (JobState.QUEUED.value,),
+            )
+            served = await _rows(
+                conn,
+                "SELECT tenant, MAX(started) AS last FROM jobs "
+                "WHERE started IS NOT NULL GROUP BY tenant",
+            )
+        return fair_next([_job(r) for r in heads], {r["tenant"]: r["last"] for r in served})
+
+    async def count_queued(self, tenant: str) -> int:
+        async with self._pool.connection() as conn:
+            row = await _row(
+                conn,
+                "SELECT COUNT(*) AS n FROM jobs WHERE tenant = %s AND state = %s",
+                (tenant, JobState.QUEUED.value),
+            )
+        return int(row["n"])
+
+    async def count_jobs(self) -> dict[tuple[JobKind, JobState], int]:
+        async with self._pool.connection() as conn:
+            rows = await _rows(conn, "SELECT kind, state, COUNT(*) AS n FROM jobs GROUP BY 1, 2")
+        return {(JobKind(r["kind"]), JobState(r["state"])): int(r["n"]) for r in rows}
+
+    # ---- events
+    @staticmethod
+    async def _append(
+        conn: Connection, job_id: str, kind: str, data: dict[str, Any], now: float
+    ) -> JobEvent:
+        numbered = await _maybe_row(
+            conn,
+            "UPDATE jobs SET last_event = last_event + 1 WHERE id = %s RETURNING last_event",
+            (job_id,),
+        )
+        if numbered is None:
+            raise NotFoundError(f"job_id: no job {job_id!r}")
+        seq = int(numbered["last_event"])
+        await conn.execute(
+            "INSERT INTO job_events (job_id, seq, time, kind, data) VALUES (%s, %s, %s, %s, %s)",
+            (job_id, seq, now, kind, Jsonb(data)),
+        )
+        return JobEvent(job_id, seq, now, kind, data)
+
+    async def append_event(self, job_id: str, kind: str, data: dict[str, Any]) -> JobEvent:
+        async with self._pool.connection() as conn:
+            return await self._append(conn, job_id, kind, data, time.time())
+
+    async def events(self, job_id: str, after_seq: int, limit: int = 1000) -> list[JobEvent]:
+        async with self._pool.connection() as conn:
+            rows = await _rows(
+                conn,
+                "SELECT job_id, seq, time, kind, data FROM job_events "
+                "WHERE job_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+                (job_id, after_seq, limit),
+            )
+        return [JobEvent(**r) for r in rows]
+
+    # ---- uploads
+    async def add_upload(self, record: UploadRecord, quota_bytes: int) -> int:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                (UPLOAD_QUOTA_LOCKS, record.tenant),
+            )
+            held = await self._tenant_bytes(conn, record.tenant)
+            if held + record.stored > quota_bytes:
+                raise upload_quota_error(record.tenant, held, record.stored, quota_bytes)
+            await conn.execute(
+                f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (record.id, record.tenant, record.kind, record.name, str(record.path),
+                 record.sha256, record.size, record.stored, record.files, record.created),
+            )  # fmt: skip
+            return held + record.stored
+
+    async def get_upload(self, upload_id: str) -> UploadRecord | None:
+        async with self._pool.connection() as conn:
+            row = await _maybe_row(
+                conn, f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE id = %s", (upload_id,)
+            )
+        if row is None:
+            return None
+        return UploadRecord(**{**row, "path": Path(row["path"])})
+
+    async def tenant_upload_bytes(self, tenant: str) -> int:
+        async with self._pool.connection() as conn:
+            return await self._tenant_bytes(conn, tenant)
+
+    @staticmethod
+    async def _tenant_bytes(conn: Connection, tenant: str) -> int:
+        row = await _row(
+            conn, "SELECT COALESCE(SUM(stored), 0) AS n FROM uploads WHERE tenant = %s", (tenant,)
+        )
+        return int(row["n"])
+
+    # ---- adapters
+    async def next_adapter_version(self, name: str) -> int:
+        async with self._pool.connection() as conn:
+            row = await _row(
+                conn,
+                "INSERT INTO adapter_names (name, last_version) VALUES (%s, 1) "
+                "ON CONFLICT (name) DO UPDATE SET last_version = adapter_names.last_version + 1 "
+                "RETURNING last_version",
+                (name,),
+            )
+        return int(row["last_version"])
+
+    async def save_adapter(self, record: AdapterRecord) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                f"INSERT INTO adapters ({_ADAPTER_COLUMNS}) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name, version) DO UPDATE "
+                "SET (path, sha256, rank, base_model, created, pinned) = (EXCLUDED.path, "
+                "EXCLUDED.sha256, EXCLUDED.rank, EXCLUDED.base_model, EXCLUDED.created, "
+                "EXCLUDED.pinned)",
+                (record.name, record.version, str(record.path), record.sha256, record.rank,
+                 record.base_model, record.created, record.pinned),
+            )  # fmt: skip
+
+    async def delete_adapter(self, name: str, version: int) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "DELETE FROM adapters WHERE name = %s AND version = %s", (name, version)
+            )
+
+    async def adapters(self) -> tuple[list[AdapterRecord], dict[str, tuple[str, int]]]:
+        async with self._pool.connection() as conn:
+            records = await _rows(
+                conn, f"SELECT {_ADAPTER_COLUMNS} FROM adapters ORDER BY name, version"
+            )
+            aliases = await _rows(conn, "SELECT alias, name, version FROM aliases")
+        return [_adapter(r) for r in records], {
+            r["alias"]: (r["name"], r["version"]) for r in aliases
+        }
+
+    async def set_alias(self, alias: str, target: tuple[str, int] | None) -> None:
+        async with self._pool.connection() as conn:
+            if target is None:
+                await conn.execute("DELETE FROM aliases WHERE alias = %s", (alias,))
+                return
+            await conn.execute(
+                "INSERT INTO aliases (alias, name, version) VALUES (%s, %s, %s) "
+                "ON CONFLICT (alias) DO UPDATE "
+                "SET (name, version) = (EXCLUDED.name, EXCLUDED.version)",
+                (alias, *target),
+            )

@@ -1,0 +1,23 @@
+"""`store_for`: the store a --store-url names."""
+
+from pathlib import Path
+
+import pytest
+
+from service.store import store_for
+from service.store.postgres import PostgresStore
+from service.store.sqlite import SqliteStore
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [("sqlite:////abs/dir/a.db", Path("/abs/dir/a.db")), ("sqlite:///rel/a.db", Path("rel/a.db"))],
+)
+def test_sqlite_urls_name_a_file_as_sqlalchemy_spells_them(url, path):
+    store = store_for(url)
+    assert isinstance(store, SqliteStore) and store.path == path
+
+
+def test_a_postgresql_url_makes_the_shared_store():
+    store = store_for("postgresql://bob@db/adapterd")
+    assert isinstance(store, PostgresStore) and store.url == "postgresql://bob@db/adapterd"

@@ -1,0 +1,63 @@
+"""What only the PostgreSQL store does: numbered migrations applied once, by one replica at a
+time; two stores (two replicas' pools) on one database; errors that never show the password."""
+
+import asyncio
+
+import psycopg
+import pytest
+
+from service.errors import ConfigError
+from service.store.postgres import PostgresStore, migrations, redacted
+from tests.unit.service.store.test_contract import job
+
+
+def applied(url: str) -> list[tuple[int, str]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT version, name FROM schema_migrations ORDER BY 1").fetchall()
+
+
+def test_the_shipped_migrations_are_numbered_from_one():
+    numbers = [number for number, _, _ in migrations()]
+    assert numbers == list(range(1, len(numbers) + 1)) and numbers
+
+
+async def test_replicas_starting_together_migrate_once_and_share_the_data(postgres):
+    url = postgres.create_database()
+    first, second = PostgresStore(url), PostgresStore(url)
+    await asyncio.gather(first.open(), second.open())
+    assert applied(url) == [(number, name) for number, name, _ in migrations()]
+    await first.create_job(job(1))
+    await second.append_event("job-1", "progress", {"step": 1})
+    assert [e.seq for e in await first.events("job-1", 0)] == [1, 2]
+    await asyncio.gather(first.close(), second.close())
+    again = PostgresStore(url)
+    await again.open()  # nothing left to apply
+    assert len(applied(url)) == len(migrations())
+    await again.close()
+
+
+async def test_a_schema_newer_than_this_adapterd_is_refused(postgres):
+    url = postgres.create_database()
+    store = PostgresStore(url)
+    await store.open()
+    await store.close()
+    with psycopg.connect(url) as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (999, 'future', 0)")
+    with pytest.raises(ConfigError, match="schema is at version 999, newer than this adapterd"):
+        await PostgresStore(url).open()
+
+
+async def test_an_unreachable_database_is_a_config_error_without_the_password(tmp_path):
+    url = f"postgresql://bob:hunter2@/adapterd?host={tmp_path}&connect_timeout=1"
+    store = PostgresStore(url, connect_timeout=1.0)
+    with pytest.raises(ConfigError, match=r"--store-url .*cannot connect within 1 s") as caught:
+        await store.open()
+    assert "hunter2" not in str(caught.value) and "***" in str(caught.value)
+
+
+def test_redacted_hides_only_the_password():
+    assert redacted("postgresql://bob:hunter2@db:5432/adapterd") == (
+        "user=bob password=*** dbname=adapterd host=db port=5432"
+    )
+    assert redacted("host=db password=hunter2") == "password=*** host=db"
+    assert redacted("postgresql://bob:hunter2@db/x?sslmode=a=b") == "(an unparsable URL)"
