@@ -34,7 +34,7 @@ from service.metrics import AdapterLabels, Metrics
 from service.quotas import PerTenant
 from service.serverinfo import ServerInfo, reported_libraries
 from service.settings import ServerSettings
-from service.store import store_for
+from service.store import describe_store, store_for
 from service.uploads import UploadLimits, UploadService, staging_name
 from trainer.hardware import Machine, PrecisionChoice, describe_machine, resolve_precision
 
@@ -223,6 +223,7 @@ class App:
         settings = self.settings
         bind(self.grpc, settings.host, settings.port, settings.tls_pair())
         await self.store.open()
+        logger.info("store: %s", describe_store(settings.resolved_store_url))
         await asyncio.to_thread(self.uploads.clean_staging)
         await self.adapters.restore()
         await self.runner.recover()

@@ -21,6 +21,7 @@ from tests.support import (
     PostgresServer,
     ServerProcess,
     build_tiny_llama,
+    find_postgres_bin,
     make_adapter,
     postgres_bin,
     serve_garbage_judge,
@@ -65,18 +66,32 @@ def garbage_judge() -> Iterator[str]:
     judge.shutdown()
 
 
+def shared_store_flags(request: pytest.FixtureRequest) -> list[str]:
+    """`--store-url` of a fresh database on the session's PostgreSQL server; none (SQLite)
+    where PostgreSQL is not installed, outside CI."""
+    if find_postgres_bin() is None and not os.environ.get("CI"):
+        return []
+    return ["--store-url", request.getfixturevalue("postgres").create_database()]
+
+
 @pytest.fixture(scope="session")
 def server(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, garbage_judge: str
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model_dir: Path,
+    garbage_judge: str,
 ) -> Iterator[ServerProcess]:
-    """One real server for the session: vLLM on the tiny model, auth on with `TOKENS`; its
-    allowlisted LLM judges are its own HTTP API ("self") and `garbage_judge` ("garbage")."""
+    """One real server for the session: vLLM on the tiny model, auth on with `TOKENS`, its
+    store on the session's PostgreSQL (so every test through it runs on the shared store; the
+    other servers keep SQLite); its allowlisted LLM judges are its own HTTP API ("self") and
+    `garbage_judge` ("garbage")."""
     process = ServerProcess(
         data_dir=tmp_path_factory.mktemp("server"), base_model=str(tiny_model_dir), tokens=TOKENS
     )
     process.extra_flags += [
         "--judge-urls", f"self={process.http_url},garbage={garbage_judge}",
         "--judge-api-key", TOKENS[0]["token"],
+        *shared_store_flags(request),
     ]  # fmt: skip
     process.start()
     yield process

@@ -127,12 +127,18 @@ def assert_promtool_accepts(page: str) -> None:
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-def postgres_bin() -> Path:
-    """The directory of PostgreSQL's server programs. Where PostgreSQL is not installed the
-    test is skipped with the install hint, except in CI, where it fails."""
+def find_postgres_bin() -> Path | None:
+    """The directory of PostgreSQL's server programs (Debian's layout), or None."""
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if found:
-        return found[-1].parent
+    return found[-1].parent if found else None
+
+
+def postgres_bin() -> Path:
+    """`find_postgres_bin`, for a test that needs it: where PostgreSQL is not installed the test
+    is skipped with the install hint, except in CI, where it fails."""
+    found = find_postgres_bin()
+    if found is not None:
+        return found
     if os.environ.get("CI"):
         pytest.fail("PostgreSQL is missing in CI: .ci/run installs Debian's postgresql")
     pytest.skip("PostgreSQL not installed (apt-get install postgresql)")

@@ -18,3 +18,12 @@ def store_for(url: str) -> Store:
     from service.store.postgres import PostgresStore
 
     return PostgresStore(url)
+
+
+def describe_store(url: str) -> str:
+    """The store a URL names, fit for a log line: a PostgreSQL URL without its password."""
+    if url.startswith("sqlite:"):
+        return url
+    from service.store.postgres import redacted
+
+    return redacted(url)

@@ -10,6 +10,11 @@ statement locks. What two writers could race on is decided by the database:
   - an upload's quota check holds a transaction-scoped advisory lock on its tenant.
 The schema is numbered SQL files (`migrations/NNNN_*.sql`) applied at open, in order, under an
 advisory lock, each recorded in `schema_migrations`.
+
+Until job claims carry leases (a crashed replica's jobs are requeued by whoever notices, not by
+the next one to start: today's recovery requeues every running job at start), a server holds
+a session advisory lock on its database, as the SQLite store holds a file lock: a second
+server on the same database is refused, and the lock goes with the connection, even on kill -9.
 """
 
 import re
@@ -31,6 +36,8 @@ from service.jobs.model import Job, JobEvent, JobKind, JobState, apply_update, f
 from service.store.base import AdapterRecord, JobPage, UploadRecord, upload_quota_error
 
 MIGRATION_LOCK = 0x61647464  # "adtd": one replica migrates at a time
+SERVER_LOCK = MIGRATION_LOCK + 1
+"""Held for a server's lifetime: one server per database, until job claims are leased."""
 UPLOAD_QUOTA_LOCKS = 1
 """The advisory-lock class of per-tenant quota checks (the tenant's hash is the second key)."""
 POOL_SIZE = 8
@@ -118,10 +125,19 @@ class PostgresStore:
     """The Store on a PostgreSQL database that several adapterd processes may share."""
 
     def __init__(
-        self, url: str, pool_size: int = POOL_SIZE, connect_timeout: float = CONNECT_TIMEOUT_SECONDS
+        self,
+        url: str,
+        pool_size: int = POOL_SIZE,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        *,
+        exclusive: bool = True,
     ) -> None:
+        """`exclusive`: hold SERVER_LOCK while open (a server does; a tool reading the store
+        beside it need not)."""
         self.url = url
         self._connect_timeout = connect_timeout
+        self._exclusive = exclusive
+        self._lock: Connection | None = None
         self._pool = AsyncConnectionPool[Connection](
             url,
             connection_class=Connection,
@@ -136,8 +152,8 @@ class PostgresStore:
         """Connects and applies the migrations this database lacks.
 
         Raises:
-            ConfigError: the database cannot be reached, or its schema is newer than this
-                adapterd's.
+            ConfigError: the database cannot be reached, another server holds it, or its
+                schema is newer than this adapterd's.
         """
         try:
             await self._pool.open(wait=True, timeout=self._connect_timeout)
@@ -147,8 +163,23 @@ class PostgresStore:
                 f"--store-url {redacted(self.url)}: cannot connect within "
                 f"{self._connect_timeout:g} s ({exc})"
             ) from None
-        async with self._pool.connection() as conn:
-            await self._migrate(conn)
+        try:
+            if self._exclusive:
+                await self._hold_server_lock()
+            async with self._pool.connection() as conn:
+                await self._migrate(conn)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _hold_server_lock(self) -> None:
+        self._lock = await Connection.connect(self.url, autocommit=True, row_factory=dict_row)
+        row = await _row(self._lock, "SELECT pg_try_advisory_lock(%s) AS held", (SERVER_LOCK,))
+        if not row["held"]:
+            raise ConfigError(
+                f"--store-url {redacted(self.url)}: another adapterd server uses this database; "
+                "until job claims are leased, one server per database"
+            )
 
     @staticmethod
     async def _migrate(conn: Connection) -> None:
@@ -172,8 +203,11 @@ class PostgresStore:
             )
 
     async def close(self) -> None:
-        """Closes the pool."""
+        """Closes the pool and releases the server lock."""
         await self._pool.close()
+        if self._lock is not None:
+            await self._lock.close()
+            self._lock = None
 
     # ---- jobs
     async def create_job(self, job: Job) -> tuple[Job, bool]:

@@ -1,4 +1,5 @@
-"""Jobs on the real server (tiny model, shared `server`), the real trainer and real SQLite."""
+"""Jobs on the real server (tiny model, shared `server`), the real trainer and the server's real
+store: PostgreSQL where it is installed (always in CI)."""
 
 import json
 import threading
@@ -13,7 +14,13 @@ from google.protobuf import json_format
 from adapterd.v1 import inference_pb2, jobs_pb2
 from service.client.api import Client
 from service.client.cli import main
-from tests.support import ADMIN_TOKEN, OTHER_USER_TOKEN, USER_TOKEN, assert_promtool_accepts
+from tests.support import (
+    ADMIN_TOKEN,
+    OTHER_USER_TOKEN,
+    USER_TOKEN,
+    ServerProcess,
+    assert_promtool_accepts,
+)
 
 SLICE = Path(__file__).resolve().parents[3] / "data/gsm8k/train_slice.jsonl"
 
@@ -92,6 +99,30 @@ def test_a_reconnecting_watch_gets_exactly_what_it_missed(user, dataset_id):
     for cursor in (1, 3, len(everything)):
         missed = watch_to_end(user, job.id, after_seq=cursor)
         assert [e.seq for e in missed] == [e.seq for e in everything[cursor:]]
+
+
+def test_the_server_keeps_jobs_and_events_in_postgresql_and_holds_it_alone(
+    server, user, dataset_id, tmp_path
+):
+    import psycopg
+
+    if "--store-url" not in server.extra_flags:
+        pytest.skip("PostgreSQL not installed: the session server runs on SQLite")
+    url = server.extra_flags[server.extra_flags.index("--store-url") + 1]
+    job = user.submit_job(spec(dataset_id, validate_only=True))
+    watched = watch_to_end(user, job.id)
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT tenant, state FROM jobs WHERE id = %s", (job.id,)).fetchone()
+        stored = conn.execute(
+            "SELECT seq, kind FROM job_events WHERE job_id = %s ORDER BY seq", (job.id,)
+        ).fetchall()
+    assert row == ("acme", "succeeded")
+    assert stored == [(e.seq, e.kind) for e in watched]
+    # A second server on the same database stops at start, naming why.
+    second = ServerProcess(tmp_path / "second", server.base_model, extra_flags=["--store-url", url])
+    with pytest.raises(RuntimeError, match="another adapterd server uses this database"):
+        second.start()
+    assert second.process.returncode == 2  # the configuration's exit code
 
 
 def test_fifty_concurrent_submits_with_one_request_id_make_one_job(user, dataset_id):

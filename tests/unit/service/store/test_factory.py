@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from service.store import store_for
+from service.store import describe_store, store_for
 from service.store.postgres import PostgresStore
 from service.store.sqlite import SqliteStore
 
@@ -21,3 +21,10 @@ def test_sqlite_urls_name_a_file_as_sqlalchemy_spells_them(url, path):
 def test_a_postgresql_url_makes_the_shared_store():
     store = store_for("postgresql://bob@db/adapterd")
     assert isinstance(store, PostgresStore) and store.url == "postgresql://bob@db/adapterd"
+
+
+def test_a_store_is_described_for_the_log_without_a_password():
+    assert describe_store("sqlite:////data/adapterd.db") == "sqlite:////data/adapterd.db"
+    assert (
+        describe_store("postgresql://bob:hunter2@db/x") == "user=bob password=*** dbname=x host=db"
+    )

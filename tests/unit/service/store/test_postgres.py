@@ -23,7 +23,7 @@ def test_the_shipped_migrations_are_numbered_from_one():
 
 async def test_replicas_starting_together_migrate_once_and_share_the_data(postgres):
     url = postgres.create_database()
-    first, second = PostgresStore(url), PostgresStore(url)
+    first, second = PostgresStore(url, exclusive=False), PostgresStore(url, exclusive=False)
     await asyncio.gather(first.open(), second.open())
     assert applied(url) == [(number, name) for number, name, _ in migrations()]
     await first.create_job(job(1))
@@ -34,6 +34,21 @@ async def test_replicas_starting_together_migrate_once_and_share_the_data(postgr
     await again.open()  # nothing left to apply
     assert len(applied(url)) == len(migrations())
     await again.close()
+
+
+async def test_a_second_server_on_the_same_database_is_refused_until_the_first_closes(postgres):
+    url = postgres.create_database()
+    first = PostgresStore(url)
+    await first.open()
+    with pytest.raises(ConfigError, match="another adapterd server uses this database"):
+        await PostgresStore(url).open()
+    reader = PostgresStore(url, exclusive=False)  # beside a server, without the lock
+    await reader.open()
+    await reader.close()
+    await first.close()
+    third = PostgresStore(url)
+    await third.open()
+    await third.close()
 
 
 async def test_a_schema_newer_than_this_adapterd_is_refused(postgres):
