@@ -15,15 +15,20 @@ At decode a step multiplies only a handful of rows, so what counts there is the 
 calls, not FLOPs: vLLM's wrapper runs, per slice of every linear, a buffer fill, two
 `repeat_interleave`s (V1 always takes its "prefill" path) and a shrink and an expand of about
 eight ops each. `add_lora_linear` replaces that for the linears (every projection of the
-model): the rows' slot is read once per linear, and with one adapter in the batch each slice is
-one matmul and one in-place `addmm_`.
+model): the rows' slots are read once per engine step (`step_slots`), and with one adapter in
+the batch each slice is two matmuls and an add. With several, a shrink multiplies by every
+slot's A at once and picks each row's; an expand multiplies the shrunk rows, spread into their
+slot's block of a [rows, slots x rank] matrix, by every slot's B stacked ([slots x rank, out],
+a copy kept per B buffer and refreshed when vLLM writes to it: about as much memory again as
+the adapters' B weights).
 
 vLLM calls `register` in each of its processes (entry point group `vllm.general_plugins`, see
 pyproject.toml); it does nothing on other platforms, whose kernels are fused already.
 """
 
 import functools
-from typing import Any
+import weakref
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -48,6 +53,7 @@ class RowSlots:
         else:
             lowest, highest = (int(bound) for bound in torch.aminmax(indices))
             self.shared = lowest if lowest == highest else None
+        self._spread: dict[tuple[int, torch.dtype], torch.Tensor] = {}
 
     @functools.cached_property
     def picks(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -62,6 +68,66 @@ class RowSlots:
         slots = torch.unique(self.indices).tolist()
         return [(s, torch.nonzero(self.indices == s).squeeze(1)) for s in slots if s >= 0]
 
+    def spread(self, count: int, dtype: torch.dtype) -> torch.Tensor:
+        """[rows, count, 1]: 1 at each row's slot, 0 elsewhere (everywhere for no adapter)."""
+        key = (count, dtype)
+        if key not in self._spread:
+            present = self.indices.clamp(min=0).unsqueeze(1) == torch.arange(count)
+            self._spread[key] = (present & (self.indices >= 0).unsqueeze(1)).to(dtype)[..., None]
+        return self._spread[key]
+
+
+V = TypeVar("V")
+
+
+class ByIdentity(Generic[V]):
+    """A cache keyed by an object's identity, which forgets the object when it dies (a
+    tensor's == is elementwise, so tensors cannot be keys by value)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, V] = {}
+
+    def get(self, key: object) -> V | None:
+        return self._entries.get(id(key))
+
+    def put(self, key: object, value: V) -> None:
+        if id(key) not in self._entries:
+            weakref.finalize(key, self._entries.pop, id(key), None)
+        self._entries[id(key)] = value
+
+
+_STEP_SLOTS = ByIdentity[tuple[tuple[int, int, int], RowSlots]]()
+"""Per Punica wrapper: its indices' (address, version, length) and their RowSlots."""
+
+
+def step_slots(wrapper: Any) -> RowSlots:
+    """The RowSlots of the wrapper's current batch, made once per engine step: vLLM writes
+    each step's per-token slots into one buffer in place, which bumps its version."""
+    indices = wrapper.token_lora_indices
+    key = (indices.data_ptr(), indices._version, indices.numel())
+    cached = _STEP_SLOTS.get(wrapper)
+    if cached is None or cached[0] != key:
+        cached = key, RowSlots(indices)
+        _STEP_SLOTS.put(wrapper, cached)
+    return cached[1]
+
+
+_STACKED = ByIdentity[tuple[tuple[int, torch.dtype], torch.Tensor]]()
+"""Per weight buffer: (its version, the dtype) and its stacked copy."""
+
+
+def stacked_by_input(weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Every slot's weights [L, (1,) O, I] as one [L * I, O] matrix in `dtype`, rebuilt only
+    when the buffer was written since (its version counter counts every in-place write)."""
+    key = (weights._version, dtype)
+    cached = _STACKED.get(weights)
+    if cached is None or cached[0] != key:
+        slots, out_features, in_features = weights.shape[0], weights.shape[-2], weights.shape[-1]
+        flat = weights.reshape(slots, out_features, in_features).transpose(1, 2)
+        cached = key, flat.reshape(slots * in_features, out_features).to(dtype).contiguous()
+        _STACKED.put(weights, cached)
+    return cached[1]
+
 
 def lora_matmul(
     inputs: torch.Tensor, weights: torch.Tensor, slots: RowSlots, dtype: torch.dtype
@@ -69,29 +135,33 @@ def lora_matmul(
     """Row t of the result is inputs[t] @ weights[slot of t].T (weights [L, (1,) O, I]), and
     zero for rows without an adapter.
 
-    One adapter in the batch: one matmul. Several, with few slots and rows: one matmul against
-    every slot's weights stacked, then each row's slot picked out (L times the FLOPs of one
-    adapter, but no per-token copies and no Python loop). Otherwise one matmul per adapter
-    present.
+    One adapter in the batch: one matmul. Several, with few slots and rows (L times the FLOPs
+    of one adapter, but no per-token copies and no Python loop): when the output is the wider
+    side (an expand), the inputs spread into their slot's block times every slot's weights
+    stacked; otherwise (a shrink) the inputs times every slot's weights, then each row's slot
+    picked out. Otherwise one matmul per adapter present.
     """
-    if weights.dim() == 4:
-        weights = weights.squeeze(1)
+    stack = weights.squeeze(1) if weights.dim() == 4 else weights
     inputs = inputs.to(dtype)
-    count, out_features, in_features = weights.shape
+    count, out_features, in_features = stack.shape
     if slots.shared is not None:
         if slots.shared < 0:
             return inputs.new_zeros((inputs.shape[0], out_features))
-        return inputs @ weights[slots.shared].to(dtype).T
-    if slots.indices.numel() != inputs.shape[0]:
-        raise ValueError(f"{slots.indices.numel()} LoRA indices for {inputs.shape[0]} rows")
-    if count <= DENSE_MAX_SLOTS and inputs.shape[0] * count * out_features <= DENSE_MAX_ELEMENTS:
-        rows, chosen, absent = slots.picks
-        every = inputs @ weights.reshape(count * out_features, in_features).to(dtype).T
-        picked = every.view(-1, count, out_features)[rows, chosen]
+        return inputs @ stack[slots.shared].to(dtype).T
+    rows = inputs.shape[0]
+    if slots.indices.numel() != rows:
+        raise ValueError(f"{slots.indices.numel()} LoRA indices for {rows} rows")
+    if count <= DENSE_MAX_SLOTS and rows * count * out_features <= DENSE_MAX_ELEMENTS:
+        if out_features > in_features:
+            spread = (inputs.unsqueeze(1) * slots.spread(count, dtype)).view(rows, -1)
+            return spread @ stacked_by_input(weights, dtype)
+        numbers, chosen, absent = slots.picks
+        every = inputs @ stack.reshape(count * out_features, in_features).to(dtype).T
+        picked = every.view(rows, count, out_features)[numbers, chosen]
         return picked if absent is None else picked.masked_fill(absent, 0)
-    outputs = inputs.new_zeros((inputs.shape[0], out_features))
-    for slot, rows in slots.groups:
-        outputs[rows] = inputs[rows] @ weights[slot].to(dtype).T
+    outputs = inputs.new_zeros((rows, out_features))
+    for slot, members in slots.groups:
+        outputs[members] = inputs[members] @ stack[slot].to(dtype).T
     return outputs
 
 
@@ -162,7 +232,7 @@ def add_lora_linear(  # noqa: PLR0917 (vLLM's signature)
     """As PunicaWrapperCPU.add_lora_linear: for each slice i, y[:, slice i] += (x @ A_i.T *
     scale) @ B_i.T with each row's adapter. The shrunk rows are float32, as in the reference's
     buffer."""
-    slots = RowSlots(wrapper.token_lora_indices)
+    slots = step_slots(wrapper)
     if slots.shared is not None and slots.shared < 0:
         return  # no adapter in the batch
     rows = x.view(-1, x.shape[-1])

@@ -114,6 +114,26 @@ def test_add_lora_linear_matches_the_wrappers_own_over_every_slice(tensors, indi
     assert torch.equal(got[idx < 0], torch.ones_like(got[idx < 0]))  # no adapter, no delta
 
 
+def test_the_rows_slots_are_read_once_per_step_and_again_when_vllm_writes_the_next(tensors):
+    wrapper = _wrapper(tensors["one"])
+    first = grouped.step_slots(wrapper)
+    assert grouped.step_slots(wrapper) is first and first.shared == 1
+    wrapper._token_lora_indices[:T].copy_(tensors["mixed"])  # as update_metadata does
+    after = grouped.step_slots(wrapper)
+    assert after is not first and after.shared is None
+    assert torch.equal(after.indices, tensors["mixed"])
+
+
+def test_the_stacked_weights_follow_every_write_to_vllms_buffer(tensors):
+    b = tensors["b"].float().clone()
+    want = lambda: torch.cat([b[s, 0].T for s in range(L)])  # noqa: E731
+    assert torch.equal(grouped.stacked_by_input(b, torch.float32), want())
+    b[1, 0, :4].copy_(torch.zeros(4, R))  # how vLLM loads an adapter into a slot
+    assert torch.equal(grouped.stacked_by_input(b, torch.float32), want())
+    b[2] = 0  # and how it clears one
+    assert torch.equal(grouped.stacked_by_input(b, torch.float32), want())
+
+
 def test_register_replaces_the_ops_where_the_cpu_wrapper_looks_them_up(monkeypatch):
     from vllm.lora.punica_wrapper import punica_cpu
 
@@ -126,3 +146,13 @@ def test_register_replaces_the_ops_where_the_cpu_wrapper_looks_them_up(monkeypat
     assert punica_cpu.bgmv_shrink is grouped.bgmv_shrink
     assert reference.bgmv_expand_slice is grouped.bgmv_expand_slice
     assert punica_cpu.PunicaWrapperCPU.add_lora_linear is grouped.add_lora_linear
+
+
+def test_the_identity_cache_tells_equal_tensors_apart_and_forgets_dead_ones():
+    cache = grouped.ByIdentity[int]()
+    first, second = torch.zeros(3), torch.zeros(3)
+    cache.put(first, 1)
+    cache.put(second, 2)
+    assert (cache.get(first), cache.get(second)) == (1, 2)
+    del first
+    assert len(cache._entries) == 1
