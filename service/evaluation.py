@@ -46,11 +46,12 @@ from service.adapters.manager import AdapterManager
 from service.errors import AdapterdError, InvalidArgumentError
 from service.inference.engine import EngineState, Sampling
 from service.inference.generation import Generator
-from service.jobs.model import Job, JobFailedError, JobKind
+from service.jobs.model import FeedKind, Job, JobFailedError, JobKind
 from service.jobs.runner import CONFIG_FILE, Emit
 from service.metrics import AdapterLabels, Metrics
 from service.store.base import Store
 from service.uploads import UploadService
+from trainer.contract import TrainerEvent
 from trainer.files import write_atomic
 
 PROGRESS_SECONDS = 2.0
@@ -258,7 +259,7 @@ class Evaluator:
             "baseline_scores": base_values,
             "failed_gates": [g["reason"] for g in report["gates"] if not g["passed"]],
         }
-        await emit("eval", {"phase": "done", **summary})
+        await emit(FeedKind.EVALUATION, {"phase": "done", **summary})
         return {"evaluation": summary}
 
     async def _wait_ready(self) -> None:
@@ -283,7 +284,7 @@ class Evaluator:
         return [
             [e.data["step"], e.data["loss"]]
             for e in events
-            if e.kind == "progress" and "step" in e.data and "loss" in e.data
+            if e.kind == TrainerEvent.PROGRESS and "step" in e.data and "loss" in e.data
         ]
 
     def _export(self, candidate: str, scores: _Scores) -> None:
@@ -352,7 +353,9 @@ class _Run:
         now = time.monotonic()
         if done == total or now - self._last_progress >= PROGRESS_SECONDS:
             self._last_progress = now
-            await self._emit("eval", {"phase": phase, "target": role, "done": done, "total": total})
+            await self._emit(
+                FeedKind.EVALUATION, {"phase": phase, "target": role, "done": done, "total": total}
+            )
 
     async def _gather(self, phase: str, role: str, jobs: Sequence[Any]) -> list[Any]:
         """Awaits `jobs` (coroutines) concurrently, reporting progress; results in order."""
@@ -382,7 +385,7 @@ class _Run:
         scores.add(part)
         prefix = "task:" if name == "benchmarks" else "schema_"
         await self._emit(
-            "eval",
+            FeedKind.EVALUATION,
             {"phase": name, "target": role, "cached": cached, "scores": _only(part.values, prefix)},
         )
 
@@ -495,7 +498,8 @@ class _Run:
             ][:SAMPLES],
         }  # fmt: skip
         await self._emit(
-            "eval", {"phase": "win_rate", "target": "candidate", "scores": _only(own.values, "win")}
+            FeedKind.EVALUATION,
+            {"phase": "win_rate", "target": "candidate", "scores": _only(own.values, "win")},
         )
 
     def _judge(self, spec: WinRateSpec) -> Judge:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import DataSpec, TrainConfigError, describe_validation_error, load_config
-from trainer.contract import PARENT_PID_VARIABLE, ExitCode, FailureReason
+from trainer.contract import PARENT_PID_VARIABLE, ExitCode, FailureReason, TrainerEvent
 from trainer.data import MAX_PROBLEMS_SHOWN, DataRejectedError, DataReport, prepare_data
 from trainer.events import EventWriter
 from trainer.masking import TemplateError
@@ -143,11 +143,17 @@ def _train(args: argparse.Namespace) -> int:
         try:
             return run(config, events)
         except torch.OutOfMemoryError as exc:
-            events.emit("failed", reason=FailureReason.OUT_OF_MEMORY, message=f"{exc}; {OOM_HINT}")
+            events.emit(
+                TrainerEvent.FAILED,
+                reason=FailureReason.OUT_OF_MEMORY,
+                message=f"{exc}; {OOM_HINT}",
+            )
             return ExitCode.OUT_OF_MEMORY
         except Exception as exc:
             events.emit(
-                "failed", reason=FailureReason.CRASHED, message=f"{type(exc).__name__}: {exc}"
+                TrainerEvent.FAILED,
+                reason=FailureReason.CRASHED,
+                message=f"{type(exc).__name__}: {exc}",
             )
             raise
 

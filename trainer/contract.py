@@ -1,10 +1,33 @@
-"""How a trainer run ends, as the service reads it: exit codes and failure reasons. Torch-free.
+"""What the trainer and the service tell each other: the events a run writes, how it ends (exit
+codes, failure reasons), and the environment it gets. Torch-free.
 
 Defined once here and imported on both sides of the process boundary (`trainer.sft` and
 `trainer.__main__` write them, `service.jobs.runner` reads them), so the two cannot drift.
 """
 
 import enum
+
+
+class TrainerEvent(enum.StrEnum):
+    """The `event` of each JSON line a run writes (`trainer.events.EventWriter`); the service
+    stores each line as a job feed event of that kind (`service.jobs.model.FeedKind` names the
+    kinds the service adds)."""
+
+    DATA = "data"
+    """The data report (rows, tokens, what was dropped and why)."""
+    RESUMED = "resumed"
+    STARTED = "started"
+    """Training begins: total steps, precision, quantization."""
+    PROGRESS = "progress"
+    EVAL = "eval"
+    """The eval split's loss at a step."""
+    CHECKPOINT = "checkpoint"
+    INTERRUPTED = "interrupted"
+    EARLY_STOPPED = "early_stopped"
+    DONE = "done"
+    """Success: metrics, the adapter and its manifest."""
+    FAILED = "failed"
+    """With a `FailureReason` and a message."""
 
 
 class ExitCode(enum.IntEnum):

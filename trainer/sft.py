@@ -7,7 +7,7 @@ precision `trainer.hardware` picks (bf16 autocast where the device computes bf16
 fp32 where it does not) over fp32 adapter weights, only where labels train, with exactly the
 loss masks of `trainer.masking`. The result is a standard peft adapter.
 
-Exit codes and failure reasons are `trainer.contract`'s (75: interrupted by SIGTERM after
+Events, exit codes and failure reasons are `trainer.contract`'s (75: interrupted by SIGTERM after
 writing a checkpoint; run it again to resume).
 """
 
@@ -27,7 +27,7 @@ from trainer.artifacts import install_adapter, write_loss_curve, write_manifest
 from trainer.batching import Batch, epoch_order, padded, padding_free, token_losses
 from trainer.checkpoints import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
-from trainer.contract import ExitCode, FailureReason
+from trainer.contract import ExitCode, FailureReason, TrainerEvent
 from trainer.data import MAX_PROBLEMS_SHOWN, DataRejectedError, PreparedData, prepare_data
 from trainer.events import EventWriter
 from trainer.files import fresh_staging, publish_dir
@@ -104,7 +104,7 @@ def run(config: TrainConfig, events: EventWriter) -> int:
     except DataRejectedError as exc:
         report = exc.report
         events.emit(
-            "failed",
+            TrainerEvent.FAILED,
             reason=FailureReason.DATA_REJECTED,
             message=str(exc).split("\n")[0],
             problem_counts=report.problem_counts,
@@ -112,11 +112,13 @@ def run(config: TrainConfig, events: EventWriter) -> int:
         )
         return ExitCode.DATA
     except TemplateError as exc:
-        events.emit("failed", reason=FailureReason.CHAT_TEMPLATE, message=str(exc))
+        events.emit(TrainerEvent.FAILED, reason=FailureReason.CHAT_TEMPLATE, message=str(exc))
         return ExitCode.TEMPLATE
-    events.emit("data", **{k: v for k, v in data.report.to_json().items() if k != "problems"})
+    events.emit(
+        TrainerEvent.DATA, **{k: v for k, v in data.report.to_json().items() if k != "problems"}
+    )
     if config.validate_only:
-        events.emit("done", status="validated", metrics={})
+        events.emit(TrainerEvent.DONE, status="validated", metrics={})
         return ExitCode.OK
 
     precision = resolve_precision(settings.precision, "train", torch.get_num_threads())
@@ -156,9 +158,9 @@ def run(config: TrainConfig, events: EventWriter) -> int:
     state = LoopState()
     if (latest := latest_checkpoint(checkpoints)) is not None:
         state = load_checkpoint(latest, model, optimizer, scheduler)
-        events.emit("resumed", step=state.step, checkpoint=str(latest))
+        events.emit(TrainerEvent.RESUMED, step=state.step, checkpoint=str(latest))
     events.emit(
-        "started",
+        TrainerEvent.STARTED,
         total_steps=total_steps,
         precision=precision.to_json(),
         quantization=quantization,
@@ -218,7 +220,7 @@ def run(config: TrainConfig, events: EventWriter) -> int:
             "learning_rate": scheduler.get_last_lr()[0],
         }
         events.emit(
-            "progress",
+            TrainerEvent.PROGRESS,
             **record,
             total_steps=total_steps,
             grad_norm=round(grad_norm, 4),
@@ -232,7 +234,7 @@ def run(config: TrainConfig, events: EventWriter) -> int:
             record["eval_loss"] = round(
                 evaluate(model, data.eval, settings.batch_size, batching), 5
             )
-            events.emit("eval", step=state.step, eval_loss=record["eval_loss"])
+            events.emit(TrainerEvent.EVAL, step=state.step, eval_loss=record["eval_loss"])
             if state.best_eval_loss is None or record["eval_loss"] < state.best_eval_loss:
                 state.best_eval_loss, state.best_step = record["eval_loss"], state.step
                 state.evals_without_improvement = 0
@@ -245,12 +247,12 @@ def run(config: TrainConfig, events: EventWriter) -> int:
             path = save_checkpoint(
                 checkpoints, model, optimizer, scheduler, state, keep=settings.keep_checkpoints
             )
-            events.emit("checkpoint", step=state.step, path=str(path))
+            events.emit(TrainerEvent.CHECKPOINT, step=state.step, path=str(path))
         if stop.requested:
-            events.emit("interrupted", step=state.step)
+            events.emit(TrainerEvent.INTERRUPTED, step=state.step)
             return ExitCode.INTERRUPTED
     if should_stop_early():
-        events.emit("early_stopped", step=state.step, best_step=state.best_step)
+        events.emit(TrainerEvent.EARLY_STOPPED, step=state.step, best_step=state.best_step)
 
     # ---- save: the chosen adapter, the manifest, the loss curve
     use_best = settings.select == "best" and state.best_step is not None
@@ -274,7 +276,7 @@ def run(config: TrainConfig, events: EventWriter) -> int:
     )
     curve_csv, curve_png = write_loss_curve(state, config.output_dir)
     events.emit(
-        "done",
+        TrainerEvent.DONE,
         status="succeeded",
         adapter=str(adapter),
         manifest=str(manifest),

@@ -30,6 +30,8 @@ from tqdm import tqdm
 from adapterd.v1 import evaluation_pb2, jobs_pb2
 from service.client.api import Client
 from service.errors import ConfigError
+from service.jobs.model import FeedKind
+from trainer.contract import TrainerEvent
 
 Command = Callable[[Client, argparse.Namespace, bool], int]
 M = TypeVar("M", bound=Message)
@@ -203,20 +205,20 @@ class _LiveView:
         self._phase_name = ""  # not the bar's desc: a disabled bar (TQDM_DISABLE) has none
 
     def show(self, seq: int, kind: str, data: dict[str, Any]) -> None:
-        if kind == "started":
+        if kind == TrainerEvent.STARTED:
             self._training = tqdm(total=int(data.get("total_steps", 0)), unit="step",
                                   desc=self._job_id)  # fmt: skip
-        elif kind == "progress" and self._training is not None:
+        elif kind == TrainerEvent.PROGRESS and self._training is not None:
             self._training.update(int(data["step"]) - self._training.n)
             self._training.set_postfix(
                 loss=data.get("loss"), tok_s=data.get("tokens_per_second"),
                 eta_s=data.get("eta_seconds"),
             )  # fmt: skip
-        elif kind == "eval":
+        elif kind == FeedKind.EVALUATION:
             self._eval(seq, data)
-        elif kind == "state":
+        elif kind == FeedKind.STATE:
             tqdm.write(f"[{seq}] {data['state']} {data.get('reason', '')}".rstrip())
-        elif kind in ("checkpoint", "resumed", "failed"):
+        elif kind in (TrainerEvent.CHECKPOINT, TrainerEvent.RESUMED, TrainerEvent.FAILED):
             tqdm.write(f"[{seq}] {kind}: {json.dumps(data)}")
 
     def _eval(self, seq: int, data: dict[str, Any]) -> None:

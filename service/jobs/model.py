@@ -40,6 +40,22 @@ class JobState(enum.Enum):
         return self in TERMINAL
 
 
+class FeedKind(enum.StrEnum):
+    """The kinds of job feed events the service writes itself; every other kind is a trainer
+    line's `event` (`trainer.contract.TrainerEvent`), stored as the trainer wrote it."""
+
+    STATE = "state"
+    """A transition: the new state, with a reason when there is one."""
+    EVALUATION = "evaluation"
+    """An evaluation's progress and scores: phase, target, done/total or scores."""
+    LOG = "log"
+    """A trainer line without an `event`."""
+
+
+SERVICE_FEED_KINDS = frozenset({FeedKind.STATE, FeedKind.EVALUATION})
+"""What the service adds to a feed; the rest came from the trainer's events file."""
+
+
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 _ENDINGS = {JobState.FAILED, JobState.CANCELLED}
 

@@ -29,10 +29,18 @@ from typing import Any
 import psutil
 
 from service.errors import FailedPreconditionError
-from service.jobs.model import Job, JobFailedError, JobKind, JobState
+from service.jobs.model import (
+    SERVICE_FEED_KINDS,
+    FeedKind,
+    Job,
+    JobEvent,
+    JobFailedError,
+    JobKind,
+    JobState,
+)
 from service.metrics import Metrics
 from service.store.base import Store
-from trainer.contract import PARENT_PID_VARIABLE, ExitCode, FailureReason
+from trainer.contract import PARENT_PID_VARIABLE, ExitCode, FailureReason, TrainerEvent
 
 logger = logging.getLogger(__name__)
 
@@ -396,13 +404,12 @@ class JobRunner:
         # Lines an earlier attempt's trainer wrote after its server died are not in the feed
         # yet: every stored event but the state changes came from this file, in order.
         stored = await self._store.events(job.id, 0, limit=1_000_000)
-        seen = sum(1 for e in stored if e.kind not in ("state", "eval"))
-        for event in tail.read()[seen:]:
+        for event in tail.read()[trainer_lines_stored(stored) :]:
             await self._record(job, event)
         while True:
             finished = process.returncode is not None
             for event in tail.read():
-                failure = event if event.get("event") == "failed" else failure
+                failure = event if event.get("event") == TrainerEvent.FAILED else failure
                 await self._record(job, event)
             if finished:
                 break
@@ -450,17 +457,17 @@ class JobRunner:
         return await self._store.update_job(job.id, result={**job.result, **additions})
 
     async def _record(self, job: Job, event: dict[str, Any]) -> None:
-        kind = str(event.pop("event", "log"))
+        kind = str(event.pop("event", FeedKind.LOG))
         event.pop("time", None)
         event = relative_paths(event, self.job_dir(job.id))
         await self._store.append_event(job.id, kind, event)
-        if kind == "started":
+        if kind == TrainerEvent.STARTED:
             await self._on_change(await self._store.update_job(job.id, JobState.RUNNING))
             return
-        if kind == "progress":
+        if kind == TrainerEvent.PROGRESS:
             self._metrics.training_tokens_per_second.set(event.get("tokens_per_second", 0))
             self._metrics.training_loss.set(event.get("loss", 0))
-        elif kind == "done":
+        elif kind == TrainerEvent.DONE:
             await self._store.update_job(job.id, result=event)
         self._on_event(job.id)
 
@@ -482,6 +489,13 @@ class JobRunner:
                 now - job.started
             )
         await self._on_change(job)
+
+
+def trainer_lines_stored(stored: list[JobEvent]) -> int:
+    """How many lines of the trainer's events file the feed holds already: every stored event
+    but those the service added (an earlier attempt's trainer may have written more after its
+    server died). Pure."""
+    return sum(1 for event in stored if event.kind not in SERVICE_FEED_KINDS)
 
 
 def _stop_stale_trainer(job: Job) -> None:

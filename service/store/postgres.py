@@ -32,7 +32,15 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from service.errors import ConfigError, NotFoundError
-from service.jobs.model import Job, JobEvent, JobKind, JobState, apply_update, fair_next
+from service.jobs.model import (
+    FeedKind,
+    Job,
+    JobEvent,
+    JobKind,
+    JobState,
+    apply_update,
+    fair_next,
+)
 from service.store.base import AdapterRecord, JobPage, UploadRecord, upload_quota_error
 
 MIGRATION_LOCK = 0x61647464  # "adtd": one replica migrates at a time
@@ -225,7 +233,9 @@ class PostgresStore:
                     (job.tenant, job.request_id),
                 )
                 return _job(existing), False
-            await self._append(conn, job.id, "state", {"state": job.state.value}, job.created)
+            await self._append(
+                conn, job.id, FeedKind.STATE, {"state": job.state.value}, job.created
+            )
             return job, True
 
     async def get_job(self, job_id: str) -> Job | None:
@@ -278,7 +288,7 @@ class PostgresStore:
             now = time.time()
             added = apply_update(job, state, event, fields, now)
             if added is not None:
-                await self._append(conn, job_id, "state", added, now)
+                await self._append(conn, job_id, FeedKind.STATE, added, now)
             await conn.execute(
                 f"UPDATE jobs SET ({_JOBS}) = ({_JOB_MARKS}) WHERE id = %s",
                 (*_job_values(job), job_id),
@@ -329,9 +339,9 @@ class PostgresStore:
         seq = int(numbered["last_event"])
         await conn.execute(
             "INSERT INTO job_events (job_id, seq, time, kind, data) VALUES (%s, %s, %s, %s, %s)",
-            (job_id, seq, now, kind, Jsonb(data)),
+            (job_id, seq, now, str(kind), Jsonb(data)),
         )
-        return JobEvent(job_id, seq, now, kind, data)
+        return JobEvent(job_id, seq, now, str(kind), data)
 
     async def append_event(self, job_id: str, kind: str, data: dict[str, Any]) -> JobEvent:
         async with self._pool.connection() as conn:

@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from service.errors import ConfigError, NotFoundError
-from service.jobs.model import Job, JobEvent, JobKind, JobState, apply_update, fair_next
+from service.jobs.model import (
+    FeedKind,
+    Job,
+    JobEvent,
+    JobKind,
+    JobState,
+    apply_update,
+    fair_next,
+)
 from service.store.base import AdapterRecord, JobPage, UploadRecord, upload_quota_error
 
 T = TypeVar("T")
@@ -199,7 +207,7 @@ class SqliteStore:
                 f"INSERT INTO jobs (seq, {_JOB_COLUMNS}) VALUES (?, {_JOB_MARKS})",
                 (seq, *self._values(job)),
             )
-            self._append(db, job.id, "state", {"state": job.state.value}, job.created)
+            self._append(db, job.id, FeedKind.STATE, {"state": job.state.value}, job.created)
             return job, True
 
         return await self._run(work)
@@ -271,7 +279,7 @@ class SqliteStore:
             now = time.time()
             added = apply_update(job, state, event, fields, now)
             if added is not None:
-                self._append(db, job_id, "state", added, now)
+                self._append(db, job_id, FeedKind.STATE, added, now)
             db.execute(
                 f"UPDATE jobs SET ({_JOB_COLUMNS}) = ({_JOB_MARKS}) WHERE id = ?",
                 (*self._values(job), job_id),
@@ -322,9 +330,9 @@ class SqliteStore:
         ).fetchone()[0]
         db.execute(
             "INSERT INTO job_events (job_id, seq, time, kind, data) VALUES (?, ?, ?, ?, ?)",
-            (job_id, seq, now, kind, json.dumps(data)),
+            (job_id, seq, now, str(kind), json.dumps(data)),
         )
-        return JobEvent(job_id, seq, now, kind, data)
+        return JobEvent(job_id, seq, now, str(kind), data)
 
     async def append_event(self, job_id: str, kind: str, data: dict[str, Any]) -> JobEvent:
         return await self._run(lambda db: self._append(db, job_id, kind, data, time.time()))

@@ -64,7 +64,9 @@ def test_a_bundled_task_through_the_engine_scores_as_lm_evals_hf_backend(admin, 
     assert done.state == jobs_pb2.JOB_STATE_SUCCEEDED, done.error_message
     states = [e.data["state"] for e in events if e.kind == "state"]
     assert states == ["queued", "evaluating", "succeeded"]
-    phases = [json_format.MessageToDict(e.data).get("phase") for e in events if e.kind == "eval"]
+    phases = [
+        json_format.MessageToDict(e.data).get("phase") for e in events if e.kind == "evaluation"
+    ]
     assert phases[0] == "benchmarks" and phases[-1] == "done"
     report = json_format.MessageToDict(admin.evaluation_report(job.id).report)
     ours = report["scores"]["candidate"]["task:adapterd_arith_mc/acc"]
@@ -188,7 +190,7 @@ def test_a_judge_answering_garbage_fails_the_job_saying_so_not_a_number(admin):
 def test_cancelling_a_running_evaluation_cancels_it(admin):
     job = evaluate(admin, {"benchmarks": {"tasks": ["adapterd_gsm8k"], "limit": 200}})
     for event in admin.watch_job(job.id):
-        if event.kind == "eval":
+        if event.kind == "evaluation":
             break
     cancelled = admin.cancel_job(job.id)
     assert cancelled.state == jobs_pb2.JOB_STATE_CANCELLED
