@@ -103,6 +103,7 @@ def run_tasks(
     from lm_eval.tasks import TaskManager
 
     harden_lm_eval()
+    _skip_environment_report()
     try:
         output = simple_evaluate(
             model=lm,
@@ -125,6 +126,17 @@ def run_tasks(
         raise BenchmarkError(f"lm-eval could not run {names}: {exc}") from exc
     assert output is not None  # None only on non-zero ranks of a distributed run
     return parse_results(output["results"])
+
+
+def _skip_environment_report() -> None:
+    """lm-eval ends every run by describing its environment: torch's `collect_env` (which runs
+    `pip list` and other programs: about a second of a core, beside the engine, per run) and
+    `git describe`. adapterd's reports record their own versions, so both become no-ops.
+    Idempotent."""
+    import lm_eval.evaluator
+
+    lm_eval.evaluator.add_env_info = lambda results: None
+    lm_eval.evaluator.get_git_commit_hash = lambda: None
 
 
 def parse_results(results: dict[str, dict[str, Any]]) -> list[TaskScore]:

@@ -94,3 +94,24 @@ def test_lm_evals_stock_gsm8k_runs_sandboxed_with_its_filters_in_re2(tmp_path, t
     import re2
 
     assert lm_eval.utils.env is SANDBOX and lm_eval.filters.extraction.re is re2
+
+
+def test_a_run_starts_no_program(tmp_path, tokenizer, monkeypatch):
+    # lm-eval's environment report runs `pip list` and more: a second of a core per run.
+    import subprocess
+
+    from eval.lm import EngineLM, EngineReply
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"lm-eval started a program: {args[0]!r}")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    lm = EngineLM(
+        lambda calls: [EngineReply("", tuple((-1.0, True) for _ in c.prompt_ids)) for c in calls],
+        tokenizer, 1024, "scripted",
+    )  # fmt: skip
+    scores = run_tasks(
+        lm, [load_task("adapterd_arith_mc", [BUNDLED_TASKS])], limit=8, num_fewshot=None,
+        seed=0, chat_template=False,
+    )  # fmt: skip
+    assert {s.metric for s in scores} >= {"acc"}
