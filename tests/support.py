@@ -165,10 +165,12 @@ class PostgresServer:
         )
 
     def start(self) -> "PostgresServer":
+        """Creates the cluster on first use, then starts it (again, after `stop`)."""
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres")
-        self._run(str(self.bin / "initdb"), "-D", str(self.root / "data"), "-U", self.user,
-                  "--auth=trust", "--no-sync")  # fmt: skip
+        if not (self.root / "data").exists():
+            self._run(str(self.bin / "initdb"), "-D", str(self.root / "data"), "-U", self.user,
+                      "--auth=trust", "--no-sync")  # fmt: skip
         options = f"-c listen_addresses='' -k {self.root} -c fsync=off -c max_connections=200"
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), "-o", options,
                   "-l", str(self.root / "server.log"), "-w", "start")  # fmt: skip

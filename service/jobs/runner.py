@@ -28,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from service.errors import FailedPreconditionError
+from service.errors import FailedPreconditionError, UnavailableError
 from service.jobs.model import (
     SERVICE_FEED_KINDS,
     FeedKind,
@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE, EVENTS_FILE, LOG_FILE = "config.json", "events.jsonl", "trainer.log"
 LOG_TAIL_LINES = 20
 POLL_SECONDS = 0.2
+STORE_RETRY_SECONDS = 1.0
+"""How soon the queue is read again after the store was unreachable."""
 
 
 @dataclass(frozen=True)
@@ -333,7 +335,12 @@ class JobRunner:
     # ---- the loop
     async def _loop(self) -> None:
         while not self._stopping:
-            job = await self._store.next_queued()
+            try:
+                job = await self._store.next_queued()
+            except UnavailableError as exc:  # a shared database away: look again shortly
+                logger.warning("job queue: %s", exc)
+                await asyncio.sleep(STORE_RETRY_SECONDS)
+                continue
             if job is None:
                 self._wake.clear()
                 await self._wake.wait()
@@ -344,7 +351,8 @@ class JobRunner:
                 raise
             except Exception:  # a bug here must not stop the queue
                 logger.exception("job %s: runner failed", job.id)
-                with contextlib.suppress(FailedPreconditionError):  # unless it ended already
+                # Unless it ended already, or the store is away (then a restart requeues it).
+                with contextlib.suppress(FailedPreconditionError, UnavailableError):
                     await self._finish(
                         job.id, Outcome(JobState.FAILED, "internal", "see server log")
                     )

@@ -17,9 +17,10 @@ a session advisory lock on its database, as the SQLite store holds a file lock: 
 server on the same database is refused, and the lock goes with the connection, even on kill -9.
 """
 
+import contextlib
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from service.errors import ConfigError, NotFoundError
+from service.errors import ConfigError, NotFoundError, UnavailableError
 from service.jobs.model import (
     FeedKind,
     Job,
@@ -174,7 +175,7 @@ class PostgresStore:
         try:
             if self._exclusive:
                 await self._hold_server_lock()
-            async with self._pool.connection() as conn:
+            async with self._connection() as conn:
                 await self._migrate(conn)
         except BaseException:
             await self.close()
@@ -188,6 +189,19 @@ class PostgresStore:
                 f"--store-url {redacted(self.url)}: another adapterd server uses this database; "
                 "until job claims are leased, one server per database"
             )
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        """A pooled connection in a transaction (committed on success); a database that
+        cannot be reached, or went away mid-call, is UNAVAILABLE (retrying may work), not a
+        bug. Errors of the SQL itself propagate as they are."""
+        try:
+            async with self._pool.connection(timeout=self._connect_timeout) as conn:
+                yield conn
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            raise UnavailableError(
+                f"the job store ({redacted(self.url)}) is unreachable: {exc}; retry shortly"
+            ) from exc
 
     @staticmethod
     async def _migrate(conn: Connection) -> None:
@@ -219,7 +233,7 @@ class PostgresStore:
 
     # ---- jobs
     async def create_job(self, job: Job) -> tuple[Job, bool]:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             inserted = await _maybe_row(
                 conn,
                 f"INSERT INTO jobs ({_JOBS}) VALUES ({_JOB_MARKS}) "
@@ -239,7 +253,7 @@ class PostgresStore:
             return job, True
 
     async def get_job(self, job_id: str) -> Job | None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             row = await _maybe_row(conn, f"SELECT {_JOBS} FROM jobs WHERE id = %s", (job_id,))
         return None if row is None else _job(row)
 
@@ -261,7 +275,7 @@ class PostgresStore:
         if kind_values := [k.value for k in kinds]:
             where.append("kind = ANY(%s)")
             args.append(kind_values)  # type: ignore[arg-type]
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             rows = await _rows(
                 conn,
                 f"SELECT seq, {_JOBS} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq LIMIT %s",
@@ -278,7 +292,7 @@ class PostgresStore:
         event: dict[str, Any] | None = None,
         **fields: Any,
     ) -> Job:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             row = await _maybe_row(
                 conn, f"SELECT {_JOBS} FROM jobs WHERE id = %s FOR UPDATE", (job_id,)
             )
@@ -296,7 +310,7 @@ class PostgresStore:
             return job
 
     async def next_queued(self) -> Job | None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             heads = await _rows(
                 conn,
                 f"SELECT DISTINCT ON (tenant) {_JOBS} FROM jobs WHERE state = %s "
@@ -311,7 +325,7 @@ class PostgresStore:
         return fair_next([_job(r) for r in heads], {r["tenant"]: r["last"] for r in served})
 
     async def count_queued(self, tenant: str) -> int:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             row = await _row(
                 conn,
                 "SELECT COUNT(*) AS n FROM jobs WHERE tenant = %s AND state = %s",
@@ -320,7 +334,7 @@ class PostgresStore:
         return int(row["n"])
 
     async def count_jobs(self) -> dict[tuple[JobKind, JobState], int]:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             rows = await _rows(conn, "SELECT kind, state, COUNT(*) AS n FROM jobs GROUP BY 1, 2")
         return {(JobKind(r["kind"]), JobState(r["state"])): int(r["n"]) for r in rows}
 
@@ -344,11 +358,11 @@ class PostgresStore:
         return JobEvent(job_id, seq, now, str(kind), data)
 
     async def append_event(self, job_id: str, kind: str, data: dict[str, Any]) -> JobEvent:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             return await self._append(conn, job_id, kind, data, time.time())
 
     async def events(self, job_id: str, after_seq: int, limit: int = 1000) -> list[JobEvent]:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             rows = await _rows(
                 conn,
                 "SELECT job_id, seq, time, kind, data FROM job_events "
@@ -359,7 +373,7 @@ class PostgresStore:
 
     # ---- uploads
     async def add_upload(self, record: UploadRecord, quota_bytes: int) -> int:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
                 (UPLOAD_QUOTA_LOCKS, record.tenant),
@@ -376,7 +390,7 @@ class PostgresStore:
             return held + record.stored
 
     async def get_upload(self, upload_id: str) -> UploadRecord | None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             row = await _maybe_row(
                 conn, f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE id = %s", (upload_id,)
             )
@@ -385,7 +399,7 @@ class PostgresStore:
         return UploadRecord(**{**row, "path": Path(row["path"])})
 
     async def tenant_upload_bytes(self, tenant: str) -> int:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             return await self._tenant_bytes(conn, tenant)
 
     @staticmethod
@@ -397,7 +411,7 @@ class PostgresStore:
 
     # ---- adapters
     async def next_adapter_version(self, name: str) -> int:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             row = await _row(
                 conn,
                 "INSERT INTO adapter_names (name, last_version) VALUES (%s, 1) "
@@ -408,7 +422,7 @@ class PostgresStore:
         return int(row["last_version"])
 
     async def save_adapter(self, record: AdapterRecord) -> None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             await conn.execute(
                 f"INSERT INTO adapters ({_ADAPTER_COLUMNS}) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name, version) DO UPDATE "
@@ -420,13 +434,13 @@ class PostgresStore:
             )  # fmt: skip
 
     async def delete_adapter(self, name: str, version: int) -> None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             await conn.execute(
                 "DELETE FROM adapters WHERE name = %s AND version = %s", (name, version)
             )
 
     async def adapters(self) -> tuple[list[AdapterRecord], dict[str, tuple[str, int]]]:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             records = await _rows(
                 conn, f"SELECT {_ADAPTER_COLUMNS} FROM adapters ORDER BY name, version"
             )
@@ -436,7 +450,7 @@ class PostgresStore:
         }
 
     async def set_alias(self, alias: str, target: tuple[str, int] | None) -> None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             if target is None:
                 await conn.execute("DELETE FROM aliases WHERE alias = %s", (alias,))
                 return

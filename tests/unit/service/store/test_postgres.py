@@ -5,8 +5,9 @@ import asyncio
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
-from service.errors import ConfigError
+from service.errors import ConfigError, UnavailableError
 from service.store.postgres import PostgresStore, migrations, redacted
 from tests.unit.service.store.test_contract import job
 
@@ -76,3 +77,17 @@ def test_redacted_hides_only_the_password():
     )
     assert redacted("host=db password=hunter2") == "password=*** host=db"
     assert redacted("postgresql://bob:hunter2@db/x?sslmode=a=b") == "(an unparsable URL)"
+
+
+async def test_a_database_that_goes_away_is_unavailable_not_a_bug(postgres):
+    url = postgres.create_database()
+    store = PostgresStore(url, connect_timeout=1.0)
+    await store.open()
+    await store.create_job(job(1))
+    name = conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(postgres.url(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")  # every session of it ends
+    for _ in range(2):  # the broken connection, then the pool's failing reconnects
+        with pytest.raises(UnavailableError, match=r"the job store .* is unreachable"):
+            await store.get_job("job-1")
+    await store.close()
