@@ -410,7 +410,7 @@ class JobRunner:
         )
         tail, failure = _EventTail(events), None
         # Lines an earlier attempt's trainer wrote after its server died are not in the feed
-        # yet: every stored event but the state changes came from this file, in order.
+        # yet: the stored events the service did not add came from this file, in order.
         stored = await self._store.events(job.id, 0, limit=1_000_000)
         for event in tail.read()[trainer_lines_stored(stored) :]:
             await self._record(job, event)

@@ -1,11 +1,11 @@
 """What the server stores, behind one interface: jobs and their events, datasets, adapters.
 
-`SqliteStore` is the embedded implementation. A shared database (PostgreSQL, when several
-replicas share one queue) implements the same protocol; nothing outside `service/store/` knows
-which one runs.
+`SqliteStore` is the embedded implementation, `PostgresStore` the shared one; nothing outside
+`service/store/` knows which one runs. What both build alike (a job listing's query and page)
+is here.
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,6 +64,44 @@ class JobPage:
     jobs: list[Job]
     next_after: int
     """Cursor of the next page; 0 when this is the last."""
+
+
+def job_listing_query(
+    columns: str,
+    mark: str,
+    *,
+    tenant: str | None,
+    states: Iterable[JobState],
+    kinds: Iterable[JobKind],
+    page_size: int,
+    after_seq: int,
+) -> tuple[str, tuple[Any, ...]]:
+    """The SQL and parameters of one page of a job listing, in the driver's placeholder `mark`:
+    `seq` and `columns` of the jobs after `after_seq` in submission order, one row more than
+    the page (it only tells that another page follows; see `job_page`). Pure."""
+    where, args = [f"seq > {mark}"], [after_seq]
+    if tenant is not None:
+        where.append(f"tenant = {mark}")
+        args.append(tenant)  # type: ignore[arg-type]
+    for column, values in (
+        ("state", [s.value for s in states]),
+        ("kind", [k.value for k in kinds]),
+    ):
+        if values:
+            where.append(f"{column} IN ({', '.join([mark] * len(values))})")
+            args += values  # type: ignore[arg-type]
+    sql = f"SELECT seq, {columns} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq LIMIT {mark}"
+    return sql, (*args, page_size + 1)
+
+
+def job_page(
+    rows: Sequence[Mapping[str, Any]], page_size: int, job_of: Callable[[Any], Job]
+) -> JobPage:
+    """The page `job_listing_query`'s rows make: at most `page_size` jobs, and the cursor of
+    the next page when the extra row came back."""
+    more = len(rows) > page_size
+    jobs = [job_of(row) for row in rows[:page_size]]
+    return JobPage(jobs, rows[page_size - 1]["seq"] if more else 0)
 
 
 class Store(Protocol):

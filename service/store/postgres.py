@@ -42,7 +42,14 @@ from service.jobs.model import (
     apply_update,
     fair_next,
 )
-from service.store.base import AdapterRecord, JobPage, UploadRecord, upload_quota_error
+from service.store.base import (
+    AdapterRecord,
+    JobPage,
+    UploadRecord,
+    job_listing_query,
+    job_page,
+    upload_quota_error,
+)
 
 MIGRATION_LOCK = 0x61647464  # "adtd": one replica migrates at a time
 SERVER_LOCK = MIGRATION_LOCK + 1
@@ -75,8 +82,9 @@ def migrations() -> list[tuple[int, str, str]]:
         if match:
             found.append((int(match[1]), match[2], entry.read_text()))
     found.sort()
-    if [number for number, _, _ in found] != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"migrations must be numbered 1..n without gaps: {found}")
+    numbers = [number for number, _, _ in found]
+    if numbers != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migrations must be numbered 1..n without gaps, found {numbers}")
     return found
 
 
@@ -265,25 +273,13 @@ class PostgresStore:
         page_size: int,
         after_seq: int,
     ) -> JobPage:
-        where, args = ["seq > %s"], [after_seq]
-        if tenant is not None:
-            where.append("tenant = %s")
-            args.append(tenant)  # type: ignore[arg-type]
-        if state_values := [s.value for s in states]:
-            where.append("state = ANY(%s)")
-            args.append(state_values)  # type: ignore[arg-type]
-        if kind_values := [k.value for k in kinds]:
-            where.append("kind = ANY(%s)")
-            args.append(kind_values)  # type: ignore[arg-type]
+        query = job_listing_query(
+            _JOBS, "%s", tenant=tenant, states=states, kinds=kinds, page_size=page_size,
+            after_seq=after_seq,
+        )  # fmt: skip
         async with self._connection() as conn:
-            rows = await _rows(
-                conn,
-                f"SELECT seq, {_JOBS} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq LIMIT %s",
-                (*args, page_size + 1),
-            )
-        more = len(rows) > page_size
-        jobs = [_job(r) for r in rows[:page_size]]
-        return JobPage(jobs, rows[page_size - 1]["seq"] if more else 0)
+            rows = await _rows(conn, *query)
+        return job_page(rows, page_size, _job)
 
     async def update_job(
         self,

@@ -27,7 +27,14 @@ from service.jobs.model import (
     apply_update,
     fair_next,
 )
-from service.store.base import AdapterRecord, JobPage, UploadRecord, upload_quota_error
+from service.store.base import (
+    AdapterRecord,
+    JobPage,
+    UploadRecord,
+    job_listing_query,
+    job_page,
+    upload_quota_error,
+)
 
 T = TypeVar("T")
 
@@ -236,27 +243,14 @@ class SqliteStore:
         page_size: int,
         after_seq: int,
     ) -> JobPage:
-        states, kinds = list(states), list(kinds)
+        query = job_listing_query(
+            _JOB_COLUMNS, "?", tenant=tenant, states=states, kinds=kinds, page_size=page_size,
+            after_seq=after_seq,
+        )  # fmt: skip
 
         def work(db: sqlite3.Connection) -> JobPage:
-            where, args = ["seq > ?"], [after_seq]
-            if tenant is not None:
-                where.append("tenant = ?")
-                args.append(tenant)  # type: ignore[arg-type]
-            if states:
-                where.append(f"state IN ({','.join('?' * len(states))})")
-                args += [s.value for s in states]  # type: ignore[misc]
-            if kinds:
-                where.append(f"kind IN ({','.join('?' * len(kinds))})")
-                args += [k.value for k in kinds]  # type: ignore[misc]
-            rows = db.execute(
-                f"SELECT seq, {_JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} "
-                "ORDER BY seq LIMIT ?",
-                (*args, page_size + 1),
-            ).fetchall()
-            jobs = [_job(_without_seq(r)) for r in rows[:page_size]]
-            more = len(rows) > page_size
-            return JobPage(jobs, rows[page_size - 1]["seq"] if more else 0)
+            rows = db.execute(*query).fetchall()
+            return job_page(rows, page_size, lambda row: _job(_without_seq(row)))
 
         return await self._run(work)
 
