@@ -28,7 +28,7 @@ from service.inference.lifecycle import EngineLifecycle
 from service.inference.restarts import RestartPolicy
 from service.inference.vllm_engine import VllmEngine, VllmEngineConfig, pick_engine_cpus
 from service.jobs.model import Job
-from service.jobs.runner import Emit, JobRunner, shared_accelerator
+from service.jobs.runner import Emit, JobRunner, owner_id, shared_accelerator
 from service.jobs.service import JobLimits, JobService
 from service.metrics import AdapterLabels, Metrics
 from service.quotas import PerTenant
@@ -99,6 +99,8 @@ class App:
             self.store,
             settings.data_dir / "jobs",
             self.metrics,
+            owner=owner_id(),
+            lease_seconds=settings.job_lease_seconds,
             trainer_threads=settings.resolved_trainer_threads,
             max_attempts=settings.max_job_attempts,
             cancel_grace=settings.cancel_grace_seconds,
@@ -150,6 +152,8 @@ class App:
                 max_queued=settings.max_queued_jobs,
                 tenant_max_queued=settings.tenant_max_queued_jobs,
                 user_max_priority=settings.user_max_priority,
+                # The owner hears the request within a third of its lease, then has the grace.
+                cancel_wait_seconds=settings.job_lease_seconds / 3 + settings.cancel_grace_seconds,
                 judge_urls=frozenset(settings.judge_urls),
             ),
             metrics=self.metrics,

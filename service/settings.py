@@ -236,6 +236,15 @@ class ServerSettings(BaseSettings):
         le=600,
         description="After SIGTERM, how long a cancelled trainer may take before SIGKILL.",
     )
+    job_lease_seconds: float = Field(
+        30.0,
+        ge=3,
+        le=3600,
+        description="How long a claimed job stays this server's without a renewal (renewed every "
+        "third of it): a job whose owner died waits again once its lease ran out, and resumes "
+        "from its last checkpoint. Longer than --cancel-grace-seconds, so a trainer stopped on "
+        "its parent's death has written its checkpoint before anyone else claims the job.",
+    )
     engine_dtype: Precision = Field(
         "auto",
         description="Dtype of the engine's weights and activations: auto (bf16 where the device "
@@ -302,6 +311,16 @@ class ServerSettings(BaseSettings):
             except OSError as exc:
                 raise ConfigError(f"{flag} {path}: cannot read it ({exc.strerror})") from None
         return pair[0], pair[1]
+
+    @model_validator(mode="after")
+    def _lease_outlives_the_grace(self) -> "ServerSettings":
+        if self.job_lease_seconds <= self.cancel_grace_seconds:
+            raise ValueError(
+                f"--job-lease-seconds {self.job_lease_seconds:g} must be longer than "
+                f"--cancel-grace-seconds {self.cancel_grace_seconds:g} (a stopped trainer "
+                "writes its checkpoint within the grace, before its job may be claimed again)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _cache_holds_a_batch(self) -> "ServerSettings":

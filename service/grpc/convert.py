@@ -208,6 +208,7 @@ _JOB_STATES = {
     JobState.QUEUED: jobs_pb2.JOB_STATE_QUEUED,
     JobState.VALIDATING: jobs_pb2.JOB_STATE_VALIDATING,
     JobState.RUNNING: jobs_pb2.JOB_STATE_RUNNING,
+    JobState.EVALUATION_PENDING: jobs_pb2.JOB_STATE_EVALUATION_PENDING,
     JobState.EVALUATING: jobs_pb2.JOB_STATE_EVALUATING,
     JobState.SUCCEEDED: jobs_pb2.JOB_STATE_SUCCEEDED,
     JobState.FAILED: jobs_pb2.JOB_STATE_FAILED,
@@ -285,6 +286,7 @@ def job_to_proto(job: Job) -> jobs_pb2.Job:
         result=_struct(job.result),
         error_reason=job.error_reason,
         error_message=job.error_message,
+        cancel_requested=job.cancel_requested,
     )
 
 

@@ -1,10 +1,18 @@
-"""Jobs as data: kinds, states, the transition table per kind, events. Pure, no I/O.
+"""Jobs as data: kinds, states, the transition table per kind, leases, events. Pure, no I/O.
 
 A `train` job goes queued -> validating -> running [-> evaluating] -> succeeded; an `evaluate`
-job goes queued -> evaluating -> succeeded. Any live state may end in failed or cancelled, and a
-started job may return to queued (server shutdown: it resumes from its checkpoint later; a train
-job stopped while evaluating its registered adapter goes from queued straight back to
-evaluating). Terminal states are final.
+job goes queued -> evaluating -> succeeded. A train job whose trainer ran where there is no
+engine to evaluate its adapter waits in evaluation_pending for a process that has one (a train
+job stopped while evaluating its registered adapter waits there too). Any live state may end in
+failed or cancelled, and a started job may return to queued (its owner stopped: it resumes from
+its checkpoint later). Terminal states are final.
+
+Waiting jobs (queued, evaluation_pending) have no owner. A process claims one (`claim`): it
+becomes the job's owner under a lease with a fencing number, and every later write of the job
+carries that `Lease`; a write whose lease is no longer the job's (it expired and was swept, or
+the job was released) is refused with `LeaseLostError`, so a process that lost its job can never
+overwrite what the next owner writes. A client's cancel of an owned job is a request the owner
+acts on (`request_cancel`); the owner is the one writer of its job's state.
 """
 
 import enum
@@ -29,6 +37,8 @@ class JobState(enum.Enum):
     QUEUED = "queued"
     VALIDATING = "validating"
     RUNNING = "running"
+    EVALUATION_PENDING = "evaluation_pending"
+    """Trained and registered; waits for a process with an engine to evaluate it."""
     EVALUATING = "evaluating"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -38,6 +48,11 @@ class JobState(enum.Enum):
     def terminal(self) -> bool:
         """Final: no transition leaves it."""
         return self in TERMINAL
+
+    @property
+    def owned(self) -> bool:
+        """A process holds the job under a lease (validating, running, evaluating)."""
+        return self in OWNED
 
 
 class FeedKind(enum.StrEnum):
@@ -57,18 +72,28 @@ SERVICE_FEED_KINDS = frozenset({FeedKind.STATE, FeedKind.EVALUATION})
 
 
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+OWNED = frozenset({JobState.VALIDATING, JobState.RUNNING, JobState.EVALUATING})
 _ENDINGS = {JobState.FAILED, JobState.CANCELLED}
 
 TRANSITIONS: dict[JobKind, dict[JobState, frozenset[JobState]]] = {
     JobKind.TRAIN: {
-        JobState.QUEUED: frozenset({JobState.VALIDATING, JobState.EVALUATING, *_ENDINGS}),
+        JobState.QUEUED: frozenset({JobState.VALIDATING, *_ENDINGS}),
         JobState.VALIDATING: frozenset(
             {JobState.RUNNING, JobState.SUCCEEDED, JobState.QUEUED, *_ENDINGS}
         ),
         JobState.RUNNING: frozenset(
-            {JobState.EVALUATING, JobState.SUCCEEDED, JobState.QUEUED, *_ENDINGS}
+            {
+                JobState.EVALUATING,
+                JobState.EVALUATION_PENDING,
+                JobState.SUCCEEDED,
+                JobState.QUEUED,
+                *_ENDINGS,
+            }
         ),
-        JobState.EVALUATING: frozenset({JobState.SUCCEEDED, JobState.QUEUED, *_ENDINGS}),
+        JobState.EVALUATION_PENDING: frozenset({JobState.EVALUATING, *_ENDINGS}),
+        JobState.EVALUATING: frozenset(
+            {JobState.SUCCEEDED, JobState.EVALUATION_PENDING, *_ENDINGS}
+        ),
     },
     JobKind.EVALUATE: {
         JobState.QUEUED: frozenset({JobState.EVALUATING, *_ENDINGS}),
@@ -77,6 +102,29 @@ TRANSITIONS: dict[JobKind, dict[JobState, frozenset[JobState]]] = {
 }
 """Allowed next states per kind and state; terminal states have no entry. A train job with
 validate_only goes validating -> succeeded."""
+
+
+class Work(enum.Enum):
+    """What a process can do with a claimed job."""
+
+    TRAINING = "training"
+    """Run the trainer: a serving replica's embedded worker, or `adapterd worker`."""
+    EVALUATION = "evaluation"
+    """Evaluate on a warm engine: serving replicas only."""
+
+
+CLAIMS: dict[tuple[JobKind, JobState], tuple[Work, JobState]] = {
+    (JobKind.TRAIN, JobState.QUEUED): (Work.TRAINING, JobState.VALIDATING),
+    (JobKind.EVALUATE, JobState.QUEUED): (Work.EVALUATION, JobState.EVALUATING),
+    (JobKind.TRAIN, JobState.EVALUATION_PENDING): (Work.EVALUATION, JobState.EVALUATING),
+}
+"""The waiting jobs a claim may take, by (kind, state): the work it needs and the state the
+claim moves it to."""
+
+
+def claimable(work: frozenset[Work]) -> list[tuple[JobKind, JobState]]:
+    """The (kind, state) pairs a process that does `work` claims from. Pure."""
+    return [pair for pair, (needs, _) in CLAIMS.items() if needs in work]
 
 
 def check_transition(kind: JobKind, current: JobState, target: JobState) -> None:
@@ -91,6 +139,25 @@ def spec_digest(spec: dict[str, Any]) -> str:
     """A stable hash of a job spec: what makes two submissions "the same request"."""
     canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+CANCELLED_REASON = "cancelled"
+CANCELLED_MESSAGE = "cancelled by a client"
+
+
+class LeaseLostError(Exception):
+    """A write of a job by a process that no longer owns it: its lease expired and was swept
+    (another process may run the job now), or it released the job. Never a client's error."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """What a job's owner carries on every write: the job, who claimed it, and the claim's
+    fencing number (it grows with every claim, so an earlier owner's writes never match)."""
+
+    job_id: str
+    owner: str
+    fence: int
 
 
 class JobFailedError(Exception):
@@ -133,6 +200,19 @@ class Job:
     """The trainer process while one runs."""
     worker_started: float | None = None
     """Its start time (as the OS reports it), to tell it from a later process with its pid."""
+    owner: str = ""
+    """The process that claimed the job ("" while it waits or after it ended)."""
+    fence: int = 0
+    """Claims so far: the fencing number of the current (or last) claim."""
+    lease_until: float | None = None
+    """When the owner's lease runs out unless renewed."""
+    cancel_requested: bool = False
+    """A client asked to cancel the owned job; its owner acts on it."""
+
+    @property
+    def lease(self) -> Lease:
+        """The lease of the job's current claim."""
+        return Lease(self.id, self.owner, self.fence)
 
 
 @dataclass(frozen=True)
@@ -147,44 +227,110 @@ class JobEvent:
     data: dict[str, Any]
 
 
+def released_state(job: Job) -> JobState:
+    """Where an owned job waits when its owner lets go without ending it (shutdown, a lost
+    lease): a train job that was evaluating its registered adapter waits for an engine again,
+    every other job for the queue (it resumes from its last checkpoint). Pure."""
+    if job.kind is JobKind.TRAIN and job.state is JobState.EVALUATING:
+        return JobState.EVALUATION_PENDING
+    return JobState.QUEUED
+
+
+def check_lease(job: Job, lease: Lease) -> None:
+    """Raises LeaseLostError unless `lease` is `job`'s current claim. Pure."""
+    if not job.state.owned or (job.owner, job.fence) != (lease.owner, lease.fence):
+        raise LeaseLostError(
+            f"job {job.id}: the claim {lease.fence} of {lease.owner} is not its lease any more "
+            f"(it is {job.state.value}, claim {job.fence} of {job.owner or 'nobody'})"
+        )
+
+
+def _transition(job: Job, state: JobState, event: dict[str, Any] | None) -> dict[str, Any]:
+    """Moves `job` to `state` (checked against the table); a state without an owner drops the
+    lease. Returns the data of the `state` event. Pure."""
+    check_transition(job.kind, job.state, state)
+    job.state = state
+    if not state.owned:
+        job.owner, job.lease_until, job.cancel_requested = "", None, False
+    return {"state": state.value, **(event or {})}
+
+
 def apply_update(
     job: Job,
+    lease: Lease,
+    *,
     state: JobState | None,
     event: dict[str, Any] | None,
     fields: dict[str, Any],
     now: float,
 ) -> dict[str, Any] | None:
-    """Applies one `Store.update_job` to `job` in place, as every store does: the transition
-    (checked against the table) or, out of a terminal state, nothing at all; then the fields
-    and `updated`. Returns the data of the `state` event the transition adds, or None. Pure.
+    """Applies one `Store.update_job` by the owner of `lease` to `job` in place, as every
+    store does: the lease checked, then the transition (checked against the table; one out of
+    the owned states ends the lease), then the fields and `updated`. Returns the data of the
+    `state` event the transition adds, or None. Pure.
 
     Raises:
-        FailedPreconditionError: a transition the table forbids, or fields of a final job.
+        LeaseLostError: `lease` is not the job's any more.
+        FailedPreconditionError: a transition the table forbids.
     """
+    check_lease(job, lease)
     added = None
     if state is not None and state is not job.state:
-        check_transition(job.kind, job.state, state)
-        job.state = state
-        added = {"state": state.value, **(event or {})}
-    elif job.state.terminal and fields:
-        raise FailedPreconditionError(f"job {job.id} is {job.state.value}: it is final")
+        added = _transition(job, state, event)
     for name, value in fields.items():
         setattr(job, name, value)
     job.updated = now
     return added
 
 
-def fair_next(heads: list[Job], last_served: dict[str, float]) -> Job | None:
-    """The queued job to run next, defined once for every store: round-robin over tenants
-    (the tenant whose last job started longest ago goes first, a tenant never served before
-    all), then that tenant's highest priority, then its oldest job. Pure.
+def claim(job: Job, owner: str, lease_seconds: float, now: float) -> dict[str, Any]:
+    """Makes `owner` the owner of the waiting `job` under a new lease and fencing number, in
+    place: the claimed state of `CLAIMS`, one more attempt. Returns the `state` event's data.
+    Pure."""
+    _, target = CLAIMS[job.kind, job.state]
+    added = _transition(job, target, None)
+    job.owner, job.fence, job.lease_until = owner, job.fence + 1, now + lease_seconds
+    job.attempts += 1
+    job.started = job.started or now
+    job.updated = now
+    return added | {"fence": job.fence}
 
-    Args:
-        heads: each tenant's first queued job by priority, then age.
-        last_served: when each tenant's most recently started job started.
+
+def request_cancel(job: Job, now: float) -> dict[str, Any] | None:
+    """A client's cancel of `job`, in place: a waiting job has no owner and ends now (returns
+    its `cancelled` event's data); an owned one is marked for its owner to stop (None). Pure.
+
+    Raises:
+        FailedPreconditionError: the job has ended already.
     """
-    return min(
-        heads,
-        key=lambda j: (last_served.get(j.tenant, float("-inf")), -j.priority, j.created),
-        default=None,
-    )
+    if job.state.terminal:
+        raise FailedPreconditionError(f"job {job.id} is {job.state.value}; nothing to cancel")
+    job.updated = now
+    if job.state.owned:
+        job.cancel_requested = True
+        return None
+    return _end_cancelled(job, now)
+
+
+def _end_cancelled(job: Job, now: float) -> dict[str, Any]:
+    added = _transition(job, JobState.CANCELLED, {"reason": CANCELLED_REASON})
+    job.finished, job.error_reason, job.error_message = now, CANCELLED_REASON, CANCELLED_MESSAGE
+    job.worker_pid = job.worker_started = None
+    return added
+
+
+def expire(job: Job, now: float) -> dict[str, Any]:
+    """The sweep of an owned `job` whose lease ran out, in place: cancelled if a client asked
+    for it, otherwise released to wait again (`released_state`). Returns the `state` event's
+    data. Pure."""
+    job.updated = now
+    if job.cancel_requested:
+        return _end_cancelled(job, now)
+    owner = job.owner
+    job.worker_pid = job.worker_started = None
+    return _transition(
+        job,
+        released_state(job),
+        {"reason": "lease_expired", "message": f"{owner} stopped renewing its lease; resumes "
+         "from its last checkpoint"},
+    )  # fmt: skip

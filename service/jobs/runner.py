@@ -1,23 +1,34 @@
-"""Runs queued jobs, one at a time: the trainer as a subprocess, its events into the store;
+"""Runs waiting jobs, one at a time: the trainer as a subprocess, its events into the store;
 evaluations in the server process, on its engine (the `on_evaluate` hook).
+
+The runner claims a job under a lease (`Store.claim_job`), renews it while the job runs (every
+third of `lease_seconds`) and writes the job only with that lease: when the lease was lost (a
+stall past its end let another process's sweep requeue the job) the runner stops the job's work
+and writes nothing more. Before each claim it sweeps expired leases, so a dead process's job
+waits again once its lease has run out. A client's cancel of a job this runner owns reaches it
+at once (`cancel`), one owned elsewhere on that owner's next renewal; the owner writes the end.
 
 The trainer (`python -m trainer train`) runs in its own process group with a thread budget
 (`--trainer-threads`), writes JSON-line events that are stored as the job's feed, and exits with
 a code that says how it ended (`trainer.contract`). Cancelling sends SIGTERM to its group,
 SIGKILL after the grace. On server shutdown the trainer gets SIGTERM, writes a checkpoint and
-exits 75: the job returns to the queue and resumes from that checkpoint on the next start. A
+exits 75: the job returns to the queue and resumes from that checkpoint on the next claim. A
 trainer whose server died notices (parent-death signal, see trainer.__main__) and does the same.
-A training job whose spec asks for an evaluation registers its adapter and then evaluates it; an
-`evaluate` job only evaluates. Cancelling or stopping an evaluation cancels its task.
+A training job whose spec asks for an evaluation registers its adapter and then evaluates it
+(or, in a runner without `Work.EVALUATION`, waits in evaluation_pending for one that has an
+engine); an `evaluate` job only evaluates. Cancelling or stopping an evaluation cancels its task.
 """
 
 import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import re
+import secrets
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
@@ -30,13 +41,18 @@ import psutil
 
 from service.errors import FailedPreconditionError, UnavailableError
 from service.jobs.model import (
+    CANCELLED_MESSAGE,
+    CANCELLED_REASON,
+    OWNED,
     SERVICE_FEED_KINDS,
     FeedKind,
     Job,
     JobEvent,
     JobFailedError,
-    JobKind,
     JobState,
+    LeaseLostError,
+    Work,
+    released_state,
 )
 from service.metrics import Metrics
 from service.store.base import Store
@@ -49,6 +65,15 @@ LOG_TAIL_LINES = 20
 POLL_SECONDS = 0.2
 STORE_RETRY_SECONDS = 1.0
 """How soon the queue is read again after the store was unreachable."""
+QUEUE_POLL_SECONDS = 2.0
+"""How often an idle runner sweeps and looks for work it was not told of (a job submitted
+through another process, or released by a sweep)."""
+
+
+def owner_id() -> str:
+    """This process's name as a job owner: host, pid and a random part (a restarted process
+    with a reused pid is someone else)."""
+    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
 
 
 @dataclass(frozen=True)
@@ -132,7 +157,7 @@ def oom_kills(files: tuple[Path, ...] = CGROUP_OOM_FILES) -> int | None:
     return None
 
 
-CANCELLED = Outcome(JobState.CANCELLED, "cancelled", "cancelled by a client")
+CANCELLED = Outcome(JobState.CANCELLED, CANCELLED_REASON, CANCELLED_MESSAGE)
 """How every job a client cancelled ends, whatever its trainer or evaluation did."""
 
 RETRYABLE = frozenset({FailureReason.CRASHED})
@@ -223,7 +248,7 @@ async def shared_accelerator() -> AsyncIterator[None]:
 
 
 class JobRunner:
-    """Takes queued jobs in order and drives each trainer to its end."""
+    """Claims waiting jobs in order and drives each to its end, or back to waiting."""
 
     def __init__(
         self,
@@ -231,6 +256,9 @@ class JobRunner:
         jobs_dir: Path,
         metrics: Metrics,
         *,
+        owner: str,
+        lease_seconds: float,
+        work: frozenset[Work] = frozenset(Work),
         trainer_threads: int,
         max_attempts: int,
         cancel_grace: float,
@@ -240,9 +268,13 @@ class JobRunner:
         on_evaluate: EvaluateHook,
         accelerator: AcceleratorLease = shared_accelerator,
     ) -> None:
+        self.owner = owner
+        """This runner's name on the jobs it claims."""
         self._store = store
         self._jobs_dir = jobs_dir
         self._metrics = metrics
+        self._lease_seconds = lease_seconds
+        self._work = work
         self._threads = trainer_threads
         self._max_attempts = max_attempts
         self._grace = cancel_grace
@@ -255,10 +287,12 @@ class JobRunner:
         self._process: asyncio.subprocess.Process | None = None
         self._evaluation: asyncio.Task[dict[str, Any]] | None = None
         self._current: str | None = None
-        self._run_ended = asyncio.Event()
+        self._interrupted = False
+        """The current job's work was told to stop (a cancel, shutdown, a lost lease)."""
         self._cancelled: set[str] = set()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._kills: set[asyncio.Task[None]] = set()
 
     def job_dir(self, job_id: str) -> Path:
         """Where a job's config, events, log, checkpoints and adapter live."""
@@ -266,40 +300,32 @@ class JobRunner:
 
     # ---- lifecycle
     async def recover(self) -> None:
-        """After a restart: every job this server was running goes back to the queue; a
-        trainer of the dead server that still runs is stopped first (no two trainers ever
-        write one job's directory)."""
-        page = await self._store.list_jobs(
-            None, [JobState.VALIDATING, JobState.RUNNING, JobState.EVALUATING], [], 10_000, 0
-        )
+        """At start, on a store no other process writes (`Store.exclusive`): every owned job
+        was the dead server's, so it waits again now, its trainer (if it still runs) stopped
+        first: no two trainers ever write one job's directory. On a shared store the sweep
+        releases a dead process's jobs when their leases have run out."""
+        if not self._store.exclusive:
+            return
+        page = await self._store.list_jobs(None, OWNED, [], 10_000, 0)
         for job in page.jobs:
             _stop_stale_trainer(job)
-            await self._store.update_job(
-                job.id,
-                JobState.QUEUED,
-                event={"reason": "server restarted; resumes from its last checkpoint"},
-                worker_pid=None,
-                worker_started=None,
-            )
+        await self._announce(await self._store.expire_leases(math.inf))
 
     def start(self) -> None:
         """Starts taking jobs."""
         self._task = asyncio.create_task(self._loop(), name="job-runner")
 
     def notify(self) -> None:
-        """A job was queued."""
+        """A job is waiting."""
         self._wake.set()
 
     async def stop(self, grace: float) -> None:
-        """Stops taking jobs; the running trainer writes a checkpoint and its job returns to the
-        queue. After `grace` seconds the trainer is killed (its last checkpoint stays)."""
+        """Stops taking jobs; the running trainer writes a checkpoint and its job waits again.
+        After `grace` seconds the trainer is killed (its last checkpoint stays)."""
         self._stopping = True
         self._wake.set()
-        if self._evaluation is not None:
-            self._evaluation.cancel()
         process = self._process
-        if process is not None and process.returncode is None:
-            _signal_group(process.pid, signal.SIGTERM)
+        self._interrupt()
         if self._task is None:
             return
         try:
@@ -311,39 +337,50 @@ class JobRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def cancel(self, job_id: str) -> bool:
-        """Stops the job if it is the one running (from the moment it was claimed) and returns
-        True once it is CANCELLED; False if it was not running."""
-        if self._current != job_id:
-            return False
-        ended = self._run_ended
-        self._cancelled.add(job_id)
-        process = self._process
+    def cancel(self, job: Job) -> None:
+        """Acts at once on a client's cancel request of `job` (`Store.request_cancel`) if this
+        runner owns it: its work stops and the run ends it CANCELLED. A job another process
+        owns is that owner's to end, on its next renewal."""
+        if job.owner != self.owner or job.id in self._cancelled:
+            return
+        self._cancelled.add(job.id)
+        if self._current == job.id:
+            self._interrupt()
+        # Otherwise the claim is not running yet: _run ends it before anything starts.
+
+    def _interrupt(self) -> None:
+        """Stops the current job's work: its evaluation is cancelled; its trainer gets SIGTERM
+        (it writes a checkpoint and exits) and SIGKILL after the cancel grace."""
+        self._interrupted = True
         if self._evaluation is not None:
             self._evaluation.cancel()
-        elif process is not None and process.returncode is None:
+        process = self._process
+        if process is not None and process.returncode is None:
             _signal_group(process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), self._grace)
-            except TimeoutError:
-                _signal_group(process.pid, signal.SIGKILL)
-        # Otherwise the job is between its claim and its trainer's start: _train signals the
-        # trainer as soon as it exists.
-        await ended.wait()
-        return True
+            kill = asyncio.create_task(self._kill_after_grace(process))
+            self._kills.add(kill)
+            kill.add_done_callback(self._kills.discard)
+
+    async def _kill_after_grace(self, process: asyncio.subprocess.Process) -> None:
+        try:
+            await asyncio.wait_for(process.wait(), self._grace)
+        except TimeoutError:
+            _signal_group(process.pid, signal.SIGKILL)
 
     # ---- the loop
     async def _loop(self) -> None:
         while not self._stopping:
+            self._wake.clear()
             try:
-                job = await self._store.next_queued()
+                await self._announce(await self._store.expire_leases(time.time()))
+                job = await self._store.claim_job(self.owner, self._work, self._lease_seconds)
             except UnavailableError as exc:  # a shared database away: look again shortly
                 logger.warning("job queue: %s", exc)
                 await asyncio.sleep(STORE_RETRY_SECONDS)
                 continue
             if job is None:
-                self._wake.clear()
-                await self._wake.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), QUEUE_POLL_SECONDS)
                 continue
             try:
                 await self._run(job)
@@ -351,33 +388,53 @@ class JobRunner:
                 raise
             except Exception:  # a bug here must not stop the queue
                 logger.exception("job %s: runner failed", job.id)
-                # Unless it ended already, or the store is away (then a restart requeues it).
-                with contextlib.suppress(FailedPreconditionError, UnavailableError):
-                    await self._finish(
-                        job.id, Outcome(JobState.FAILED, "internal", "see server log")
-                    )
+                # Unless it ended already, or is not ours, or the store is away (then the job
+                # waits again when its lease runs out).
+                with contextlib.suppress(FailedPreconditionError, LeaseLostError, UnavailableError):
+                    await self._finish(job, Outcome(JobState.FAILED, "internal", "see server log"))
+
+    async def _announce(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            logger.info("job %s: lease expired; now %s", job.id, job.state.value)
+            await self._on_change(job)
 
     async def _run(self, job: Job) -> None:
-        # A train job stopped while evaluating its registered adapter only evaluates again.
-        evaluate_only = job.kind is JobKind.EVALUATE or "adapter_version" in job.result
-        first = JobState.EVALUATING if evaluate_only else JobState.VALIDATING
-        # Claim the job first: if a client cancelled it since it was read from the queue, the
-        # transition is refused and nothing starts.
-        try:
-            job = await self._store.update_job(
-                job.id, first, attempts=job.attempts + 1, started=job.started or time.time()
-            )
-        except FailedPreconditionError:
-            return
-        self._current, self._run_ended = job.id, asyncio.Event()
+        """Runs a claimed job: validating (train it) or evaluating (evaluate its target)."""
+        self._current, self._interrupted = job.id, job.id in self._cancelled
+        heartbeat = asyncio.create_task(self._heartbeat(job), name=f"lease-{job.id}")
         try:
             await self._on_change(job)
-            result = await (self._evaluate(job) if evaluate_only else self._train(job))
-            await self._finish(job.id, CANCELLED if job.id in self._cancelled else result)
+            if job.id in self._cancelled:  # cancelled between its claim and now
+                result = CANCELLED
+            elif job.state is JobState.EVALUATING:
+                result = await self._evaluate(job)
+            else:
+                result = await self._train(job)
+            await self._finish(job, CANCELLED if job.id in self._cancelled else result)
+        except LeaseLostError as exc:  # someone else's job now: write nothing more
+            logger.warning("job %s: %s", job.id, exc)
+            self._interrupt()
         finally:
+            heartbeat.cancel()
             self._cancelled.discard(job.id)
             self._current = None
-            self._run_ended.set()
+
+    async def _heartbeat(self, job: Job) -> None:
+        """Renews the job's lease until cancelled; hears a client's cancel request; stops the
+        job's work when the lease was lost."""
+        while True:
+            await asyncio.sleep(self._lease_seconds / 3)
+            try:
+                renewed = await self._store.renew_lease(job.lease, self._lease_seconds)
+            except UnavailableError as exc:  # try again; the lease may still hold
+                logger.warning("job %s: lease not renewed: %s", job.id, exc)
+                continue
+            except LeaseLostError as exc:
+                logger.warning("job %s: %s; stopping its work", job.id, exc)
+                self._interrupt()
+                return
+            if renewed.cancel_requested:
+                self.cancel(renewed)
 
     async def _train(self, job: Job) -> Outcome:
         async with self._accelerator():
@@ -386,6 +443,8 @@ class JobRunner:
             return result
         job = await self._add_result(job, await self._on_success(job))
         if "evaluation" in job.spec and "adapter_version" in job.result:
+            if Work.EVALUATION not in self._work:  # for a process with an engine
+                return Outcome(JobState.EVALUATION_PENDING)
             return await self._evaluate(job)
         return result
 
@@ -401,14 +460,34 @@ class JobRunner:
             )  # fmt: skip
         self._process = process
         kills_before = oom_kills()
-        if job.id in self._cancelled:  # cancelled while the trainer was starting
-            _signal_group(process.pid, signal.SIGTERM)
-        job = await self._store.update_job(
-            job.id,
-            worker_pid=process.pid,
-            worker_started=psutil.Process(process.pid).create_time(),
+        if self._interrupted:  # stopped while the trainer was starting
+            self._interrupt()
+        try:
+            job = await self._store.update_job(
+                job.lease,
+                worker_pid=process.pid,
+                worker_started=psutil.Process(process.pid).create_time(),
+            )
+            failure = await self._follow_trainer(job, process, _EventTail(events))
+        except LeaseLostError:  # not ours any more: the trainer must not outlive the run
+            self._interrupt()
+            await process.wait()
+            raise
+        finally:
+            self._process = None
+        assert process.returncode is not None
+        kills_after = oom_kills()
+        oom_killed = (
+            None if kills_before is None or kills_after is None else (kills_after > kills_before)
         )
-        tail, failure = _EventTail(events), None
+        result = outcome(process.returncode, failure, _tail(directory / LOG_FILE), oom_killed)
+        return retry(result, job.attempts, self._max_attempts)
+
+    async def _follow_trainer(
+        self, job: Job, process: asyncio.subprocess.Process, tail: _EventTail
+    ) -> dict[str, Any] | None:
+        """Stores the trainer's events until it exits; returns its `failed` event, if any."""
+        failure = None
         # Lines an earlier attempt's trainer wrote after its server died are not in the feed
         # yet: the stored events the service did not add came from this file, in order.
         stored = await self._store.events(job.id, 0, limit=1_000_000)
@@ -420,27 +499,19 @@ class JobRunner:
                 failure = event if event.get("event") == TrainerEvent.FAILED else failure
                 await self._record(job, event)
             if finished:
-                break
+                return failure
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(process.wait(), POLL_SECONDS)
-        self._process = None
-        assert process.returncode is not None
-        kills_after = oom_kills()
-        oom_killed = (
-            None if kills_before is None or kills_after is None else (kills_after > kills_before)
-        )
-        result = outcome(process.returncode, failure, _tail(directory / LOG_FILE), oom_killed)
-        return retry(result, job.attempts, self._max_attempts)
 
     async def _evaluate(self, job: Job) -> Outcome:
         if job.state is not JobState.EVALUATING:
-            job = await self._store.update_job(job.id, JobState.EVALUATING)
+            job = await self._store.update_job(job.lease, JobState.EVALUATING)
             await self._on_change(job)
-        if job.id in self._cancelled:  # before the evaluation started: nothing to stop
-            return CANCELLED
+        if self._interrupted:  # before the evaluation started: nothing to stop
+            return CANCELLED if job.id in self._cancelled else _stopped(job)
 
         async def emit(kind: str, data: dict[str, Any]) -> None:
-            await self._store.append_event(job.id, kind, data)
+            await self._store.append_event(job.lease, kind, data)
             self._on_event(job.id)
 
         self._evaluation = asyncio.create_task(self._on_evaluate(job, emit))
@@ -451,7 +522,7 @@ class JobRunner:
             if current is not None and current.cancelling():  # the runner itself is torn down
                 raise
             # Stopped by the server (a client's cancel is turned into CANCELLED by _run).
-            return Outcome(JobState.QUEUED, "interrupted", "stopped by the server; evaluates later")
+            return _stopped(job)
         except JobFailedError as exc:
             return Outcome(JobState.FAILED, exc.reason, exc.message)
         finally:
@@ -462,34 +533,35 @@ class JobRunner:
     async def _add_result(self, job: Job, additions: dict[str, Any]) -> Job:
         """The job with `additions` merged into its stored result."""
         job = await self._store.get_job(job.id) or job
-        return await self._store.update_job(job.id, result={**job.result, **additions})
+        return await self._store.update_job(job.lease, result={**job.result, **additions})
 
     async def _record(self, job: Job, event: dict[str, Any]) -> None:
         kind = str(event.pop("event", FeedKind.LOG))
         event.pop("time", None)
         event = relative_paths(event, self.job_dir(job.id))
-        await self._store.append_event(job.id, kind, event)
+        await self._store.append_event(job.lease, kind, event)
         if kind == TrainerEvent.STARTED:
-            await self._on_change(await self._store.update_job(job.id, JobState.RUNNING))
+            await self._on_change(await self._store.update_job(job.lease, JobState.RUNNING))
             return
         if kind == TrainerEvent.PROGRESS:
             self._metrics.training_tokens_per_second.set(event.get("tokens_per_second", 0))
             self._metrics.training_loss.set(event.get("loss", 0))
         elif kind == TrainerEvent.DONE:
-            await self._store.update_job(job.id, result=event)
+            await self._store.update_job(job.lease, result=event)
         self._on_event(job.id)
 
-    async def _finish(self, job_id: str, result: Outcome) -> None:
+    async def _finish(self, job: Job, result: Outcome) -> None:
+        """Writes how the run ended: a final state, or waiting again (the lease ends)."""
         now = time.time()
         fields: dict[str, Any] = {"worker_pid": None, "worker_started": None}
         if result.state.terminal:
-            fields["finished"] = now
-        if result.state is not JobState.QUEUED:
-            fields |= {"error_reason": result.reason, "error_message": result.message}
+            fields |= {
+                "finished": now, "error_reason": result.reason, "error_message": result.message,
+            }  # fmt: skip
         event = {"reason": result.reason} if result.reason else None
-        if result.state is JobState.QUEUED and result.message and event is not None:
+        if not result.state.terminal and result.message and event is not None:
             event["message"] = result.message
-        job = await self._store.update_job(job_id, result.state, event=event, **fields)
+        job = await self._store.update_job(job.lease, result.state, event=event, **fields)
         if job.state is JobState.FAILED:
             self._metrics.trainer_failures.labels(result.reason).inc()
         if job.state.terminal and job.started is not None:
@@ -497,6 +569,11 @@ class JobRunner:
                 now - job.started
             )
         await self._on_change(job)
+
+
+def _stopped(job: Job) -> Outcome:
+    """How a job stopped by the server (not by a client) ends its run: waiting again."""
+    return Outcome(released_state(job), "interrupted", "stopped by the server; resumes later")
 
 
 def trainer_lines_stored(stored: list[JobEvent]) -> int:

@@ -64,6 +64,8 @@ class JobLimits:
     max_queued: int
     tenant_max_queued: int
     user_max_priority: int
+    cancel_wait_seconds: float = 30.0
+    """How long a cancel of an owned job waits for its owner to end it."""
     judge_urls: frozenset[str] = frozenset()
     """Names of the allowlisted judge servers."""
 
@@ -368,24 +370,29 @@ class JobService:
         )
 
     async def cancel(self, principal: Principal, job_id: str) -> Job:
-        """Cancels a job that has not ended.
+        """Cancels a job that has not ended: a waiting one at once; an owned one through its
+        owner, which stops its work and ends it. Returns the job once it ended, or as it is
+        after `JobLimits.cancel_wait_seconds` (still owned, `cancel_requested` set).
 
         Raises:
             NotFoundError: as `get`.
             FailedPreconditionError: when the job has ended already.
         """
         job = await self.get(principal, job_id)
-        if job.state.terminal:
-            raise FailedPreconditionError(f"job {job_id} is {job.state.value}; nothing to cancel")
-        if not await self._runner.cancel(job_id):  # not running: cancel it in the store
-            with contextlib.suppress(FailedPreconditionError):  # unless it ended meanwhile
-                job = await self._store.update_job(
-                    job_id, JobState.CANCELLED, event={"reason": "cancelled"},
-                    finished=time.time(), error_reason="cancelled",
-                    error_message="cancelled by a client",
-                )  # fmt: skip
+        job = await self._store.request_cancel(job.id)
+        if not job.state.owned:
             await self.on_change(job)
-        return await self.get(principal, job_id)
+            return job
+        self._runner.cancel(job)
+        deadline = time.monotonic() + self._limits.cancel_wait_seconds
+        while True:
+            changed = self._changes.setdefault(job_id, asyncio.Event())
+            job = await self.get(principal, job_id)  # after the wake-up it may miss
+            left = deadline - time.monotonic()
+            if job.state.terminal or left <= 0:
+                return job
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(left, WATCH_POLL_SECONDS))
 
     async def watch(
         self, principal: Principal, job_id: str, after_seq: int

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from service.errors import ResourceExhaustedError
-from service.jobs.model import Job, JobEvent, JobKind, JobState
+from service.jobs.model import Job, JobEvent, JobKind, JobState, Lease, Work
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,24 @@ def job_listing_query(
     return sql, (*args, page_size + 1)
 
 
+def claim_query(
+    columns: str, mark: str, pairs: Sequence[tuple[JobKind, JobState]], *, lock: str = ""
+) -> tuple[str, tuple[Any, ...]]:
+    """The SQL and parameters that read the waiting job a claim takes next, among the
+    (kind, state) `pairs`, in the one fair order of every store: round-robin over tenants (the
+    tenant whose last job started longest ago first, one never served before all), then that
+    tenant's highest priority, then its oldest job. `lock` ends the statement (PostgreSQL's
+    row lock). Pure."""
+    match = " OR ".join([f"(kind = {mark} AND state = {mark})"] * len(pairs))
+    sql = (
+        f"SELECT {columns} FROM jobs LEFT JOIN (SELECT tenant AS served_tenant, MAX(started) "
+        "AS last_started FROM jobs WHERE started IS NOT NULL GROUP BY tenant) AS served "
+        f"ON served_tenant = tenant WHERE {match} "
+        f"ORDER BY last_started IS NOT NULL, last_started, priority DESC, seq LIMIT 1{lock}"
+    )
+    return sql, tuple(value for kind, state in pairs for value in (kind.value, state.value))
+
+
 def job_page(
     rows: Sequence[Mapping[str, Any]], page_size: int, job_of: Callable[[Any], Job]
 ) -> JobPage:
@@ -105,7 +123,17 @@ def job_page(
 
 
 class Store(Protocol):
-    """Durable state. Every write is committed before the call returns."""
+    """Durable state. Every write is committed before the call returns.
+
+    A job is written by its creator (`create_job`), then only by the owner of its current
+    lease (`claim_job`, then `update_job`, `append_event`, `renew_lease` with the `Lease`), or
+    by the store's own statements for what has no owner (`request_cancel` of a waiting job,
+    `expire_leases`).
+    """
+
+    exclusive: bool
+    """No other process can write the store while this one has it open (SQLite's file lock):
+    every lease found at open belongs to a dead process."""
 
     async def open(self) -> None:
         """Creates or upgrades the schema."""
@@ -130,18 +158,50 @@ class Store(Protocol):
     ) -> JobPage:
         """Jobs in submission order; `tenant` None means all tenants; empty filters match all."""
 
+    async def claim_job(
+        self, owner: str, work: frozenset[Work], lease_seconds: float
+    ) -> Job | None:
+        """Atomically takes the next waiting job that `work` can do (in `claim_query`'s fair
+        order; concurrent claims never take one job twice) for `owner`, under a lease of
+        `lease_seconds` with the next fencing number, with its `state` event. None: none
+        waits."""
+
+    async def renew_lease(self, lease: Lease, lease_seconds: float) -> Job:
+        """Extends the lease to `lease_seconds` from now; the job tells whether a client asked
+        to cancel it.
+
+        Raises:
+            LeaseLostError: the lease is not the job's any more.
+        """
+
     async def update_job(
         self,
-        job_id: str,
+        lease: Lease,
         state: JobState | None = None,
         event: dict[str, Any] | None = None,
         **fields: Any,
     ) -> Job:
-        """Atomically: an optional transition (checked, with its `state` event carrying
-        `event`), and field updates."""
+        """Atomically, by the lease's owner: an optional transition (checked, with its
+        `state` event carrying `event`; a waiting or final state ends the lease), and field
+        updates.
 
-    async def next_queued(self) -> Job | None:
-        """The queued job to run next, in the order of `service.jobs.model.fair_next`."""
+        Raises:
+            LeaseLostError: the lease is not the job's any more; nothing was written.
+            FailedPreconditionError: a transition the table forbids.
+        """
+
+    async def request_cancel(self, job_id: str) -> Job:
+        """A client's cancel: a waiting job is cancelled at once, an owned one marked for its
+        owner to stop (`Job.cancel_requested`).
+
+        Raises:
+            NotFoundError: no such job.
+            FailedPreconditionError: it has ended already.
+        """
+
+    async def expire_leases(self, now: float) -> list[Job]:
+        """Releases every owned job whose lease ran out before `now` (cancelled if a client
+        asked, otherwise waiting again), one sweeper at a time; returns them."""
 
     async def count_queued(self, tenant: str) -> int:
         """The tenant's queued jobs."""
@@ -149,8 +209,12 @@ class Store(Protocol):
     async def count_jobs(self) -> dict[tuple[JobKind, JobState], int]:
         """Jobs per (kind, state) present."""
 
-    async def append_event(self, job_id: str, kind: str, data: dict[str, Any]) -> JobEvent:
-        """Stores the job's next event."""
+    async def append_event(self, lease: Lease, kind: str, data: dict[str, Any]) -> JobEvent:
+        """Stores the job's next event, by the lease's owner.
+
+        Raises:
+            LeaseLostError: the lease is not the job's any more; nothing was written.
+        """
 
     async def events(self, job_id: str, after_seq: int, limit: int = 1000) -> list[JobEvent]:
         """Events after `after_seq`, in order."""

@@ -11,10 +11,15 @@ statement locks. What two writers could race on is decided by the database:
 The schema is numbered SQL files (`migrations/NNNN_*.sql`) applied at open, in order, under an
 advisory lock, each recorded in `schema_migrations`.
 
-Until job claims carry leases (a crashed replica's jobs are requeued by whoever notices, not by
-the next one to start: today's recovery requeues every running job at start), a server holds
-a session advisory lock on its database, as the SQLite store holds a file lock: a second
-server on the same database is refused, and the lock goes with the connection, even on kill -9.
+Job claims are leased: a claim locks the fairest waiting row with `FOR UPDATE SKIP LOCKED`
+(concurrent claimers take the next one instead of waiting) and sets its owner, lease and next
+fencing number in the same transaction; every later write of the job locks its row and checks
+the lease first. Expired leases are swept by one process at a time (a transaction-scoped
+advisory lock; the others skip their sweep).
+
+Until adapter registrations and alias moves reach every replica, a serving replica holds a
+session advisory lock on its database, as the SQLite store holds a file lock: a second serving
+replica on the same database is refused, and the lock goes with the connection, even on kill -9.
 """
 
 import contextlib
@@ -34,18 +39,26 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from service.errors import ConfigError, NotFoundError, UnavailableError
 from service.jobs.model import (
+    OWNED,
     FeedKind,
     Job,
     JobEvent,
     JobKind,
     JobState,
+    Lease,
+    Work,
     apply_update,
-    fair_next,
+    check_lease,
+    claim,
+    claimable,
+    expire,
+    request_cancel,
 )
 from service.store.base import (
     AdapterRecord,
     JobPage,
     UploadRecord,
+    claim_query,
     job_listing_query,
     job_page,
     upload_quota_error,
@@ -53,7 +66,10 @@ from service.store.base import (
 
 MIGRATION_LOCK = 0x61647464  # "adtd": one replica migrates at a time
 SERVER_LOCK = MIGRATION_LOCK + 1
-"""Held for a server's lifetime: one server per database, until job claims are leased."""
+"""Held for a serving replica's lifetime: one per database, until adapter changes reach every
+replica."""
+SWEEP_LOCK = MIGRATION_LOCK + 2
+"""Held by the one process sweeping expired leases (others skip their sweep meanwhile)."""
 UPLOAD_QUOTA_LOCKS = 1
 """The advisory-lock class of per-tenant quota checks (the tenant's hash is the second key)."""
 POOL_SIZE = 8
@@ -62,7 +78,7 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 _JOB_COLUMNS = (
     "id", "tenant", "kind", "state", "spec", "spec_digest", "request_id", "priority", "created",
     "updated", "started", "finished", "attempts", "result", "error_reason", "error_message",
-    "worker_pid", "worker_started",
+    "worker_pid", "worker_started", "owner", "fence", "lease_until", "cancel_requested",
 )  # fmt: skip
 _JOBS = ", ".join(_JOB_COLUMNS)
 _JOB_MARKS = ", ".join(["%s"] * len(_JOB_COLUMNS))
@@ -130,7 +146,7 @@ def _job_values(job: Job) -> tuple[Any, ...]:
         job.id, job.tenant, job.kind.value, job.state.value, Jsonb(job.spec), job.spec_digest,
         job.request_id, job.priority, job.created, job.updated, job.started, job.finished,
         job.attempts, Jsonb(job.result), job.error_reason, job.error_message, job.worker_pid,
-        job.worker_started,
+        job.worker_started, job.owner, job.fence, job.lease_until, job.cancel_requested,
     )  # fmt: skip
 
 
@@ -140,6 +156,8 @@ def _adapter(row: DictRow) -> AdapterRecord:
 
 class PostgresStore:
     """The Store on a PostgreSQL database that several adapterd processes may share."""
+
+    exclusive = False
 
     def __init__(
         self,
@@ -195,7 +213,7 @@ class PostgresStore:
         if not row["held"]:
             raise ConfigError(
                 f"--store-url {redacted(self.url)}: another adapterd server uses this database; "
-                "until job claims are leased, one server per database"
+                "until adapter changes reach every replica, one serving replica per database"
             )
 
     @contextlib.asynccontextmanager
@@ -281,44 +299,84 @@ class PostgresStore:
             rows = await _rows(conn, *query)
         return job_page(rows, page_size, _job)
 
+    @staticmethod
+    async def _locked(conn: Connection, job_id: str) -> Job:
+        """The job's row, locked until the transaction ends."""
+        row = await _maybe_row(
+            conn, f"SELECT {_JOBS} FROM jobs WHERE id = %s FOR UPDATE", (job_id,)
+        )
+        if row is None:
+            raise NotFoundError(f"job_id: no job {job_id!r}")
+        return _job(row)
+
+    async def _write(self, conn: Connection, job: Job, added: dict[str, Any] | None) -> Job:
+        """Stores `job`'s (locked) row and, if there is one, its transition's `state` event."""
+        if added is not None:
+            await self._append(conn, job.id, FeedKind.STATE, added, job.updated)
+        await conn.execute(
+            f"UPDATE jobs SET ({_JOBS}) = ({_JOB_MARKS}) WHERE id = %s",
+            (*_job_values(job), job.id),
+        )
+        return job
+
+    async def claim_job(
+        self, owner: str, work: frozenset[Work], lease_seconds: float
+    ) -> Job | None:
+        # The row lock makes the read and the write one claim; SKIP LOCKED lets a concurrent
+        # claimer take the next job instead of waiting for this one.
+        query = claim_query(_JOBS, "%s", claimable(work), lock=" FOR UPDATE OF jobs SKIP LOCKED")
+        async with self._connection() as conn:
+            row = await _maybe_row(conn, *query)
+            if row is None:
+                return None
+            job = _job(row)
+            return await self._write(conn, job, claim(job, owner, lease_seconds, time.time()))
+
+    async def renew_lease(self, lease: Lease, lease_seconds: float) -> Job:
+        async with self._connection() as conn:
+            job = await self._locked(conn, lease.job_id)
+            check_lease(job, lease)
+            job.lease_until = time.time() + lease_seconds
+            await conn.execute(
+                "UPDATE jobs SET lease_until = %s WHERE id = %s", (job.lease_until, job.id)
+            )
+            return job
+
     async def update_job(
         self,
-        job_id: str,
+        lease: Lease,
         state: JobState | None = None,
         event: dict[str, Any] | None = None,
         **fields: Any,
     ) -> Job:
         async with self._connection() as conn:
-            row = await _maybe_row(
-                conn, f"SELECT {_JOBS} FROM jobs WHERE id = %s FOR UPDATE", (job_id,)
+            job = await self._locked(conn, lease.job_id)
+            added = apply_update(
+                job, lease, state=state, event=event, fields=fields, now=time.time()
             )
-            if row is None:
-                raise NotFoundError(f"job_id: no job {job_id!r}")
-            job = _job(row)
-            now = time.time()
-            added = apply_update(job, state, event, fields, now)
-            if added is not None:
-                await self._append(conn, job_id, FeedKind.STATE, added, now)
-            await conn.execute(
-                f"UPDATE jobs SET ({_JOBS}) = ({_JOB_MARKS}) WHERE id = %s",
-                (*_job_values(job), job_id),
-            )
-            return job
+            return await self._write(conn, job, added)
 
-    async def next_queued(self) -> Job | None:
+    async def request_cancel(self, job_id: str) -> Job:
         async with self._connection() as conn:
-            heads = await _rows(
-                conn,
-                f"SELECT DISTINCT ON (tenant) {_JOBS} FROM jobs WHERE state = %s "
-                "ORDER BY tenant, priority DESC, seq",
-                (JobState.QUEUED.value,),
+            job = await self._locked(conn, job_id)
+            return await self._write(conn, job, request_cancel(job, time.time()))
+
+    async def expire_leases(self, now: float) -> list[Job]:
+        owned = [state.value for state in OWNED]
+        async with self._connection() as conn:
+            sweeping = await _row(
+                conn, "SELECT pg_try_advisory_xact_lock(%s) AS held", (SWEEP_LOCK,)
             )
-            served = await _rows(
+            if not sweeping["held"]:  # another process sweeps right now
+                return []
+            rows = await _rows(
                 conn,
-                "SELECT tenant, MAX(started) AS last FROM jobs "
-                "WHERE started IS NOT NULL GROUP BY tenant",
+                f"SELECT {_JOBS} FROM jobs WHERE state = ANY(%s) AND lease_until < %s "
+                "FOR UPDATE SKIP LOCKED",
+                (owned, now),
             )
-        return fair_next([_job(r) for r in heads], {r["tenant"]: r["last"] for r in served})
+            expired = [_job(row) for row in rows]
+            return [await self._write(conn, job, expire(job, time.time())) for job in expired]
 
     async def count_queued(self, tenant: str) -> int:
         async with self._connection() as conn:
@@ -353,9 +411,10 @@ class PostgresStore:
         )
         return JobEvent(job_id, seq, now, str(kind), data)
 
-    async def append_event(self, job_id: str, kind: str, data: dict[str, Any]) -> JobEvent:
+    async def append_event(self, lease: Lease, kind: str, data: dict[str, Any]) -> JobEvent:
         async with self._connection() as conn:
-            return await self._append(conn, job_id, kind, data, time.time())
+            check_lease(await self._locked(conn, lease.job_id), lease)
+            return await self._append(conn, lease.job_id, kind, data, time.time())
 
     async def events(self, job_id: str, after_seq: int, limit: int = 1000) -> list[JobEvent]:
         async with self._connection() as conn:

@@ -19,18 +19,26 @@ from typing import Any, TypeVar
 
 from service.errors import ConfigError, NotFoundError
 from service.jobs.model import (
+    OWNED,
     FeedKind,
     Job,
     JobEvent,
     JobKind,
     JobState,
+    Lease,
+    Work,
     apply_update,
-    fair_next,
+    check_lease,
+    claim,
+    claimable,
+    expire,
+    request_cancel,
 )
 from service.store.base import (
     AdapterRecord,
     JobPage,
     UploadRecord,
+    claim_query,
     job_listing_query,
     job_page,
     upload_quota_error,
@@ -113,12 +121,22 @@ MIGRATIONS = [
     CREATE INDEX datasets_tenant ON datasets (tenant);
     CREATE INDEX jobs_tenant_queue ON jobs (tenant, state, priority, seq);
     """,
+    # Claims are leased and fenced. A job a server was running when it stopped is requeued
+    # at the next open (`expire_leases`): it gets a lease that has run out.
+    """
+    ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN lease_until REAL;
+    ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+    UPDATE jobs SET owner = 'a server before leases', lease_until = 0
+        WHERE state IN ('validating', 'running', 'evaluating');
+    """,
 ]
 
 _JOB_COLUMNS = (
     "id, tenant, kind, state, spec, spec_digest, request_id, priority, created, updated, "
     "started, finished, attempts, result, error_reason, error_message, worker_pid, "
-    "worker_started"
+    "worker_started, owner, fence, lease_until, cancel_requested"
 )
 _JOB_MARKS = ", ".join("?" * len(_JOB_COLUMNS.split(",")))
 _JSON_FIELDS = ("spec", "result")
@@ -132,6 +150,7 @@ def _job(row: sqlite3.Row) -> Job:
         values[name] = json.loads(values[name])
     values["kind"] = JobKind(values["kind"])
     values["state"] = JobState(values["state"])
+    values["cancel_requested"] = bool(values["cancel_requested"])
     return Job(**values)
 
 
@@ -139,6 +158,8 @@ class SqliteStore:
     """The Store over one SQLite file, for one server process: an exclusive lock on
     `<file>.lock` (released by the kernel when the process dies, even by SIGKILL) refuses a
     second server on the same file. Several replicas need a shared database instead."""
+
+    exclusive = True
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -225,7 +246,8 @@ class SqliteStore:
             job.id, job.tenant, job.kind.value, job.state.value, json.dumps(job.spec),
             job.spec_digest, job.request_id, job.priority, job.created, job.updated,
             job.started, job.finished, job.attempts, json.dumps(job.result), job.error_reason,
-            job.error_message, job.worker_pid, job.worker_started,
+            job.error_message, job.worker_pid, job.worker_started, job.owner, job.fence,
+            job.lease_until, int(job.cancel_requested),
         )  # fmt: skip
 
     async def get_job(self, job_id: str) -> Job | None:
@@ -254,48 +276,83 @@ class SqliteStore:
 
         return await self._run(work)
 
-    async def update_job(
-        self,
-        job_id: str,
-        state: JobState | None = None,
-        event: dict[str, Any] | None = None,
-        **fields: Any,
-    ) -> Job:
-        """Changes a job atomically: an optional state transition (checked against the table),
-        other fields, and the matching `state` event. Raises NotFoundError or
-        FailedPreconditionError (a transition the table forbids, or out of a terminal state)."""
+    @staticmethod
+    def _read(db: sqlite3.Connection, job_id: str) -> Job:
+        row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"job_id: no job {job_id!r}")
+        return _job(row)
 
-        def work(db: sqlite3.Connection) -> Job:
-            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    def _write(self, db: sqlite3.Connection, job: Job, added: dict[str, Any] | None) -> Job:
+        """Stores `job`'s row and, if there is one, the `state` event of its transition."""
+        if added is not None:
+            self._append(db, job.id, FeedKind.STATE, added, job.updated)
+        db.execute(
+            f"UPDATE jobs SET ({_JOB_COLUMNS}) = ({_JOB_MARKS}) WHERE id = ?",
+            (*self._values(job), job.id),
+        )
+        return job
+
+    async def claim_job(
+        self, owner: str, work: frozenset[Work], lease_seconds: float
+    ) -> Job | None:
+        query = claim_query(_JOB_COLUMNS, "?", claimable(work))
+
+        def take(db: sqlite3.Connection) -> Job | None:
+            # One connection on one thread: nothing else runs between the read and the write.
+            row = db.execute(*query).fetchone()
             if row is None:
-                raise NotFoundError(f"job_id: no job {job_id!r}")
+                return None
             job = _job(row)
-            now = time.time()
-            added = apply_update(job, state, event, fields, now)
-            if added is not None:
-                self._append(db, job_id, FeedKind.STATE, added, now)
-            db.execute(
-                f"UPDATE jobs SET ({_JOB_COLUMNS}) = ({_JOB_MARKS}) WHERE id = ?",
-                (*self._values(job), job_id),
-            )
+            return self._write(db, job, claim(job, owner, lease_seconds, time.time()))
+
+        return await self._run(take)
+
+    async def renew_lease(self, lease: Lease, lease_seconds: float) -> Job:
+        def work(db: sqlite3.Connection) -> Job:
+            job = self._read(db, lease.job_id)
+            check_lease(job, lease)
+            job.lease_until = time.time() + lease_seconds
+            db.execute("UPDATE jobs SET lease_until = ? WHERE id = ?", (job.lease_until, job.id))
             return job
 
         return await self._run(work)
 
-    async def next_queued(self) -> Job | None:
-        def work(db: sqlite3.Connection) -> Job | None:
-            queued = JobState.QUEUED.value
-            heads = db.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE seq IN ("
-                " SELECT (SELECT seq FROM jobs AS j WHERE j.tenant = t.tenant AND j.state = ?"
-                "         ORDER BY priority DESC, seq LIMIT 1)"
-                " FROM (SELECT DISTINCT tenant FROM jobs WHERE state = ?) AS t)",
-                (queued, queued),
+    async def update_job(
+        self,
+        lease: Lease,
+        state: JobState | None = None,
+        event: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> Job:
+        def work(db: sqlite3.Connection) -> Job:
+            job = self._read(db, lease.job_id)
+            return self._write(
+                db,
+                job,
+                apply_update(job, lease, state=state, event=event, fields=fields, now=time.time()),
+            )
+
+        return await self._run(work)
+
+    async def request_cancel(self, job_id: str) -> Job:
+        def work(db: sqlite3.Connection) -> Job:
+            job = self._read(db, job_id)
+            return self._write(db, job, request_cancel(job, time.time()))
+
+        return await self._run(work)
+
+    async def expire_leases(self, now: float) -> list[Job]:
+        owned = [state.value for state in OWNED]
+        marks = ", ".join("?" * len(owned))
+
+        def work(db: sqlite3.Connection) -> list[Job]:
+            rows = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({marks}) AND lease_until < ?",
+                (*owned, now),
             ).fetchall()
-            served = db.execute(
-                "SELECT tenant, MAX(started) FROM jobs WHERE started IS NOT NULL GROUP BY tenant"
-            ).fetchall()
-            return fair_next([_job(r) for r in heads], {t: when for t, when in served})
+            expired = [_job(row) for row in rows]
+            return [self._write(db, job, expire(job, time.time())) for job in expired]
 
         return await self._run(work)
 
@@ -328,8 +385,12 @@ class SqliteStore:
         )
         return JobEvent(job_id, seq, now, str(kind), data)
 
-    async def append_event(self, job_id: str, kind: str, data: dict[str, Any]) -> JobEvent:
-        return await self._run(lambda db: self._append(db, job_id, kind, data, time.time()))
+    async def append_event(self, lease: Lease, kind: str, data: dict[str, Any]) -> JobEvent:
+        def work(db: sqlite3.Connection) -> JobEvent:
+            check_lease(self._read(db, lease.job_id), lease)
+            return self._append(db, lease.job_id, kind, data, time.time())
+
+        return await self._run(work)
 
     async def events(self, job_id: str, after_seq: int, limit: int = 1000) -> list[JobEvent]:
         def work(db: sqlite3.Connection) -> list[JobEvent]:

@@ -1,6 +1,7 @@
 """Jobs on the real server (tiny model, shared `server`), the real trainer and the server's real
 store: PostgreSQL where it is installed (always in CI)."""
 
+import asyncio
 import json
 import threading
 import urllib.request
@@ -14,6 +15,8 @@ from google.protobuf import json_format
 from adapterd.v1 import inference_pb2, jobs_pb2
 from service.client.api import Client
 from service.client.cli import main
+from service.jobs.model import JobState
+from service.store.postgres import PostgresStore
 from tests.support import (
     ADMIN_TOKEN,
     OTHER_USER_TOKEN,
@@ -299,3 +302,43 @@ def test_job_metrics_are_on_the_page_and_pass_promtool(server, user, dataset_id)
     assert 'adapterd_jobs{kind="train",state="queued"}' in page  # the queue depth
     assert "adapterd_job_duration_seconds_bucket" in page
     assert_promtool_accepts(page)
+
+
+def test_a_job_whose_lease_was_swept_elsewhere_stops_writing_and_its_next_claim_resumes_it(
+    server, user, dataset_id
+):
+    if "--store-url" not in server.extra_flags:
+        pytest.skip("PostgreSQL not installed: the session server runs on SQLite")
+    url = server.extra_flags[server.extra_flags.index("--store-url") + 1]
+    job = user.submit_job(spec(dataset_id, training={"max_steps": 100_000, "batch_size": 1}))
+    feed = user.watch_job(job.id)
+    next(e for e in feed if e.kind == "progress")
+
+    async def sweep_as_another_replica() -> list:  # whose clock says every lease ran out
+        store = PostgresStore(url, exclusive=False)
+        await store.open()
+        try:
+            return await store.expire_leases(float("inf"))
+        finally:
+            await store.close()
+
+    [swept] = asyncio.run(sweep_as_another_replica())
+    assert (swept.id, swept.state, swept.fence) == (job.id, JobState.QUEUED, 1)
+    # The server's next write of the job is refused: it stops its trainer (which checkpoints),
+    # claims the job again under fence 2, and the new trainer resumes from that checkpoint.
+    resumed = next(e for e in feed if e.kind == "resumed")
+    for _ in range(3):
+        next(e for e in feed if e.kind == "progress")
+    cancelled = user.cancel_job(job.id)
+    assert cancelled.state == jobs_pb2.JOB_STATE_CANCELLED and cancelled.attempts == 2
+    feed = [(e.kind, json_format.MessageToDict(e.data)) for e in watch_to_end(user, job.id)]
+    states = [(data["state"], data.get("reason")) for kind, data in feed if kind == "state"]
+    assert states[:5] == [
+        ("queued", None), ("validating", None), ("running", None),
+        ("queued", "lease_expired"), ("validating", None),
+    ]  # fmt: skip
+    claims = [data["fence"] for _, data in feed if data.get("state") == "validating"]
+    assert claims == [1, 2]
+    progress = [int(data["step"]) for kind, data in feed if kind == "progress"]
+    assert progress == list(range(1, len(progress) + 1))  # every step once, none lost
+    assert int(resumed.data["step"]) in progress

@@ -1,11 +1,23 @@
 """The job state machine and how a trainer's exit becomes a job state."""
 
 import signal
+from dataclasses import replace
 
 import pytest
 
 from service.errors import FailedPreconditionError
-from service.jobs.model import TRANSITIONS, JobKind, JobState, check_transition, spec_digest
+from service.jobs.model import (
+    CLAIMS,
+    OWNED,
+    TRANSITIONS,
+    JobKind,
+    JobState,
+    Work,
+    check_transition,
+    claimable,
+    released_state,
+    spec_digest,
+)
 from service.jobs.runner import (
     Outcome,
     oom_kills,
@@ -15,6 +27,7 @@ from service.jobs.runner import (
     retry,
     trainer_environment,
 )
+from tests.unit.service.store.test_contract import job
 from trainer.contract import PARENT_PID_VARIABLE, FailureReason
 
 
@@ -25,10 +38,29 @@ def test_terminal_states_have_no_way_out_and_every_live_state_can_fail_or_be_can
             assert {JobState.FAILED, JobState.CANCELLED} <= targets, (kind, state)
 
 
+def test_claims_take_waiting_jobs_to_owned_states_and_owners_can_always_let_go():
+    for (kind, waiting), (_, claimed) in CLAIMS.items():
+        assert not waiting.owned and claimed.owned
+        assert claimed in TRANSITIONS[kind][waiting]
+    for kind, table in TRANSITIONS.items():
+        for state in OWNED & set(table):
+            let_go = released_state(replace(job(1, kind=kind), state=state))
+            assert let_go in table[state] and not let_go.owned, (kind, state)
+
+
+def test_only_a_process_with_an_engine_claims_evaluations():
+    assert claimable(frozenset({Work.TRAINING})) == [(JobKind.TRAIN, JobState.QUEUED)]
+    assert set(claimable(frozenset({Work.EVALUATION}))) == {
+        (JobKind.EVALUATE, JobState.QUEUED), (JobKind.TRAIN, JobState.EVALUATION_PENDING),
+    }  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("kind", "current", "target"),
     [
         (JobKind.TRAIN, JobState.QUEUED, JobState.RUNNING),  # must validate first
+        (JobKind.TRAIN, JobState.QUEUED, JobState.EVALUATING),  # only from evaluation_pending
+        (JobKind.EVALUATE, JobState.EVALUATING, JobState.EVALUATION_PENDING),
         (JobKind.TRAIN, JobState.SUCCEEDED, JobState.QUEUED),
         (JobKind.EVALUATE, JobState.QUEUED, JobState.VALIDATING),
     ],

@@ -54,6 +54,14 @@ def test_engine_threads_cannot_exceed_the_cpus_of_this_process():
         load_settings(ServerSettings, {"engine_threads": 10_000})
 
 
+def test_a_job_lease_must_outlive_the_cancel_grace():
+    with pytest.raises(ConfigError, match=r"--job-lease-seconds 10 must be longer than "
+                       r"--cancel-grace-seconds 12"):  # fmt: skip
+        load_settings(ServerSettings, {"job_lease_seconds": 10, "cancel_grace_seconds": 12})
+    settings = load_settings(ServerSettings, {"job_lease_seconds": 13, "cancel_grace_seconds": 12})
+    assert settings.job_lease_seconds == 13
+
+
 def test_the_store_defaults_to_sqlite_in_the_data_dir_and_takes_a_url(tmp_path):
     settings = load_settings(ServerSettings, {"data_dir": str(tmp_path)})
     assert settings.resolved_store_url == f"sqlite:///{tmp_path}/adapterd.db"

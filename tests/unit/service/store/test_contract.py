@@ -1,7 +1,8 @@
 """The Store contract, on SQLite and PostgreSQL alike (`store`, `new_store`): idempotent
-creation, transitions, events, paging, the fair queue, adapters across a reopen, and what
-concurrent callers may not break (one job per request id, gapless event numbers, distinct
-adapter versions, the upload quota)."""
+creation, leased claims in the fair order, fenced writes, cancel requests, the sweep of expired
+leases, events, paging, adapters across a reopen, and what concurrent callers may not break
+(one job per request id, one owner per claim, gapless event numbers, distinct adapter versions,
+the upload quota)."""
 
 import asyncio
 import time
@@ -10,8 +11,20 @@ from pathlib import Path
 import pytest
 
 from service.errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError
-from service.jobs.model import Job, JobKind, JobState, fair_next, spec_digest
-from service.store.base import AdapterRecord, UploadRecord
+from service.jobs.model import (
+    Job,
+    JobKind,
+    JobState,
+    Lease,
+    LeaseLostError,
+    Work,
+    spec_digest,
+)
+from service.store.base import AdapterRecord, Store, UploadRecord
+
+EVERYTHING = frozenset(Work)
+TRAINING = frozenset({Work.TRAINING})
+EVALUATION = frozenset({Work.EVALUATION})
 
 
 def job(n, tenant="acme", request_id="", kind=JobKind.TRAIN, priority=0):
@@ -34,29 +47,76 @@ async def test_a_request_id_creates_one_job_per_tenant(store):
     assert other.id == "job-3"
 
 
+async def claimed(store: Store, n: int, owner: str = "w1", **kwargs) -> Job:
+    """Job `n`, created and claimed by `owner` (the only waiting job)."""
+    await store.create_job(job(n, **kwargs))
+    taken = await store.claim_job(owner, EVERYTHING, lease_seconds=60)
+    assert taken is not None and taken.id == f"job-{n}"
+    return taken
+
+
+async def test_a_claim_takes_the_job_under_a_lease_and_the_next_fence(store):
+    before = time.time()
+    taken = await claimed(store, 1)
+    assert (taken.state, taken.owner, taken.fence, taken.attempts) == (
+        JobState.VALIDATING, "w1", 1, 1,
+    )  # fmt: skip
+    assert before + 60 <= taken.lease_until <= time.time() + 60
+    assert taken.started is not None and taken.started >= before
+    assert await store.get_job("job-1") == taken
+    assert await store.claim_job("w2", EVERYTHING, 60) is None  # nothing else waits
+    events = await store.events("job-1", 0)
+    assert [e.data for e in events] == [{"state": "queued"}, {"state": "validating", "fence": 1}]
+
+
 async def test_transitions_follow_the_table_and_terminal_states_are_final(store):
-    await store.create_job(job(1))
-    with pytest.raises(FailedPreconditionError, match="cannot go from queued to succeeded"):
-        await store.update_job("job-1", JobState.SUCCEEDED)
-    await store.update_job("job-1", JobState.VALIDATING)
-    done = await store.update_job("job-1", JobState.CANCELLED, attempts=2)
-    assert (done.state, done.attempts) == (JobState.CANCELLED, 2)
-    with pytest.raises(FailedPreconditionError, match="cannot go from cancelled"):
-        await store.update_job("job-1", JobState.RUNNING)
-    with pytest.raises(FailedPreconditionError, match="final"):
-        await store.update_job("job-1", attempts=3)
+    taken = await claimed(store, 1)
+    with pytest.raises(FailedPreconditionError, match="cannot go from validating to evaluat"):
+        await store.update_job(taken.lease, JobState.EVALUATION_PENDING)
+    done = await store.update_job(taken.lease, JobState.CANCELLED, attempts=2)
+    assert (done.state, done.attempts, done.owner, done.lease_until) == (
+        JobState.CANCELLED, 2, "", None,
+    )  # fmt: skip
+    with pytest.raises(LeaseLostError, match="cancelled"):  # a final job has no owner
+        await store.update_job(taken.lease, attempts=3)
     with pytest.raises(NotFoundError, match="job_id: no job 'nope'"):
-        await store.update_job("nope", JobState.RUNNING)
+        await store.update_job(Lease("nope", "w1", 1), JobState.RUNNING)
+
+
+async def test_a_write_without_the_jobs_current_lease_changes_nothing(store):
+    taken = await claimed(store, 1)
+    for stale in (Lease("job-1", "w2", 1), Lease("job-1", "w1", 0)):
+        with pytest.raises(LeaseLostError, match="not its lease any more"):
+            await store.update_job(stale, JobState.RUNNING)
+        with pytest.raises(LeaseLostError):
+            await store.append_event(stale, "progress", {"step": 1})
+        with pytest.raises(LeaseLostError):
+            await store.renew_lease(stale, 60)
+    assert await store.get_job("job-1") == taken
+    assert len(await store.events("job-1", 0)) == 2
+
+
+async def test_a_job_released_by_its_owner_waits_for_a_new_claim_with_a_new_fence(store):
+    taken = await claimed(store, 1)
+    released = await store.update_job(taken.lease, JobState.QUEUED, event={"reason": "x"})
+    assert (released.owner, released.lease_until) == ("", None)
+    with pytest.raises(LeaseLostError):  # the old claim is over
+        await store.append_event(taken.lease, "progress", {})
+    again = await store.claim_job("w2", EVERYTHING, 60)
+    assert (again.id, again.owner, again.fence, again.attempts) == ("job-1", "w2", 2, 2)
+    assert again.started == taken.started  # first started, for the fair order
 
 
 async def test_events_are_numbered_per_job_and_read_from_a_cursor(store):
-    await store.create_job(job(1))
-    await store.update_job("job-1", JobState.VALIDATING, event={"detail": "checking data"})
-    await store.append_event("job-1", "progress", {"step": 1})
+    taken = await claimed(store, 1)
+    await store.update_job(taken.lease, JobState.RUNNING, event={"detail": "training"})
+    await store.append_event(taken.lease, "progress", {"step": 1})
     events = await store.events("job-1", after_seq=0)
-    assert [(e.seq, e.kind) for e in events] == [(1, "state"), (2, "state"), (3, "progress")]
-    assert events[1].data == {"state": "validating", "detail": "checking data"}
-    assert [e.seq for e in await store.events("job-1", after_seq=2)] == [3]
+    assert [(e.seq, e.kind) for e in events] == [
+        (1, "state"), (2, "state"), (3, "state"), (4, "progress"),
+    ]  # fmt: skip
+    assert events[2].data == {"state": "running", "detail": "training"}
+    assert [e.seq for e in await store.events("job-1", after_seq=3)] == [4]
 
 
 async def test_listing_filters_by_tenant_state_and_kind_and_pages(store):
@@ -75,7 +135,7 @@ async def test_the_queue_takes_priority_then_age(store):
     await store.create_job(job(1))
     await store.create_job(job(2, priority=5))
     await store.create_job(job(3, priority=5))
-    assert (await store.next_queued()).id == "job-2"
+    assert (await store.claim_job("w1", EVERYTHING, 60)).id == "job-2"
 
 
 async def test_the_queue_is_round_robin_over_tenants_then_priority_then_age(store):
@@ -87,20 +147,93 @@ async def test_the_queue_is_round_robin_over_tenants_then_priority_then_age(stor
     await store.create_job(job(7, tenant="initech", priority=-5))
     order = []
     for claimed_at in range(7):
-        head = await store.next_queued()
+        head = await store.claim_job("w1", EVERYTHING, 60)
         order.append(head.id)
-        await store.update_job(head.id, JobState.VALIDATING, started=float(claimed_at))
+        await store.update_job(head.lease, started=float(claimed_at))  # a clock without ties
     # Never-served tenants first (by priority, then age), then the one served longest ago.
     assert order == ["job-1", "job-6", "job-7", "job-2", "job-5", "job-3", "job-4"]
     assert await store.count_queued("acme") == 0
 
 
-def test_fair_next_is_the_one_definition_of_the_order():
-    a1, g1 = job(1, priority=9), job(2, tenant="globex")
-    assert fair_next([a1, g1], {}) is a1  # neither served: priority
-    assert fair_next([a1, g1], {"acme": 10.0}) is g1  # globex never served
-    assert fair_next([a1, g1], {"acme": 10.0, "globex": 20.0}) is a1
-    assert fair_next([], {}) is None
+async def test_a_claim_takes_only_the_work_its_process_can_do(store):
+    await store.create_job(job(1, kind=JobKind.EVALUATE))
+    assert await store.claim_job("worker", TRAINING, 60) is None  # an evaluation needs an engine
+    await store.create_job(job(2))
+    trained = await store.claim_job("worker", TRAINING, 60)
+    assert trained.id == "job-2"
+    await store.update_job(trained.lease, JobState.RUNNING)
+    pending = await store.update_job(trained.lease, JobState.EVALUATION_PENDING)
+    assert (pending.owner, pending.lease_until) == ("", None)
+    assert await store.claim_job("worker", TRAINING, 60) is None
+    first = await store.claim_job("replica", EVALUATION, 60)
+    second = await store.claim_job("replica", EVALUATION, 60)
+    assert {(first.id, first.state), (second.id, second.state)} == {
+        ("job-1", JobState.EVALUATING), ("job-2", JobState.EVALUATING),
+    }  # fmt: skip
+
+
+async def test_concurrent_claims_never_take_one_job_twice(store):
+    for n in range(6):
+        await store.create_job(job(n, tenant=f"t{n % 3}"))
+    claims = await asyncio.gather(*(store.claim_job(f"w{k}", EVERYTHING, 60) for k in range(10)))
+    taken = [c for c in claims if c is not None]
+    assert sorted(c.id for c in taken) == [f"job-{n}" for n in range(6)]
+    for c in taken:
+        assert (await store.get_job(c.id)).owner == c.owner
+
+
+async def test_a_renewal_extends_the_lease_and_carries_a_cancel_request(store):
+    taken = await claimed(store, 1)
+    renewed = await store.renew_lease(taken.lease, 600)
+    assert renewed.lease_until > taken.lease_until + 500
+    assert not renewed.cancel_requested
+    asked = await store.request_cancel("job-1")
+    assert (asked.state, asked.cancel_requested, asked.owner) == (JobState.VALIDATING, True, "w1")
+    assert (await store.renew_lease(taken.lease, 600)).cancel_requested
+    ended = await store.update_job(taken.lease, JobState.CANCELLED)  # the owner ends it
+    assert (ended.cancel_requested, ended.owner) == (False, "")
+
+
+async def test_a_cancel_ends_a_waiting_job_at_once_and_refuses_a_final_one(store):
+    await store.create_job(job(1))
+    cancelled = await store.request_cancel("job-1")
+    assert (cancelled.state, cancelled.error_reason, cancelled.error_message) == (
+        JobState.CANCELLED, "cancelled", "cancelled by a client",
+    )  # fmt: skip
+    assert cancelled.finished is not None
+    assert (await store.events("job-1", 0))[-1].data == {
+        "state": "cancelled",
+        "reason": "cancelled",
+    }
+    with pytest.raises(FailedPreconditionError, match="job job-1 is cancelled; nothing to cancel"):
+        await store.request_cancel("job-1")
+    with pytest.raises(NotFoundError, match="'nope'"):
+        await store.request_cancel("nope")
+
+
+async def test_the_sweep_releases_expired_leases_only(store):
+    # job-1 was training, job-2 evaluating its adapter, job-3 asked to cancel, job-4 is fresh.
+    one = await claimed(store, 1, owner="dead")
+    two = await claimed(store, 2, owner="dead")
+    await store.update_job(two.lease, JobState.RUNNING)
+    await store.update_job(two.lease, JobState.EVALUATING)
+    three = await claimed(store, 3, owner="dead")
+    await store.request_cancel("job-3")
+    await store.create_job(job(4))
+    await store.claim_job("alive", EVERYTHING, lease_seconds=3600)
+    swept = await store.expire_leases(time.time() + 120)
+    assert {j.id: j.state for j in swept} == {
+        "job-1": JobState.QUEUED, "job-2": JobState.EVALUATION_PENDING, "job-3": JobState.CANCELLED,
+    }  # fmt: skip
+    assert all(j.owner == "" for j in swept)
+    assert (await store.events("job-1", 0))[-1].data["reason"] == "lease_expired"
+    assert await store.expire_leases(time.time() + 120) == []  # each release happens once
+    for stale in (one.lease, two.lease, three.lease):  # the dead owner can write nothing
+        with pytest.raises(LeaseLostError):
+            await store.append_event(stale, "progress", {})
+    assert (await store.get_job("job-4")).owner == "alive"
+    again = await store.claim_job("alive", TRAINING, 60)
+    assert (again.id, again.fence) == ("job-1", 2)
 
 
 async def test_adapter_versions_and_aliases_survive_a_reopen(new_store, tmp_path):
@@ -131,13 +264,13 @@ async def test_concurrent_submits_with_one_request_id_make_one_job(store):
 
 
 async def test_concurrent_events_of_one_job_are_numbered_without_gaps(store):
-    await store.create_job(job(1))
+    taken = await claimed(store, 1)
     appended = await asyncio.gather(
-        *(store.append_event("job-1", "progress", {"step": n}) for n in range(40)),
-        store.update_job("job-1", JobState.VALIDATING),
+        *(store.append_event(taken.lease, "progress", {"step": n}) for n in range(40)),
+        store.update_job(taken.lease, JobState.RUNNING),
     )
     events = await store.events("job-1", 0)
-    assert [e.seq for e in events] == list(range(1, 43))
+    assert [e.seq for e in events] == list(range(1, 44))
     assert sorted(e.seq for e in appended[:-1]) == [e.seq for e in events if e.kind == "progress"]
 
 
@@ -175,7 +308,7 @@ async def test_counts_by_kind_and_state(store):
     await store.create_job(job(1))
     await store.create_job(job(2))
     await store.create_job(job(3, kind=JobKind.EVALUATE))
-    await store.update_job("job-2", JobState.CANCELLED)
+    await store.request_cancel("job-2")
     assert await store.count_jobs() == {
         (JobKind.TRAIN, JobState.QUEUED): 1,
         (JobKind.TRAIN, JobState.CANCELLED): 1,
@@ -183,3 +316,7 @@ async def test_counts_by_kind_and_state(store):
     }
     assert await store.get_job("job-2") == (await store.list_jobs(None, [], [], 9, 0)).jobs[1]
     assert await store.get_job("nope") is None
+
+
+async def test_only_a_store_no_other_process_writes_is_exclusive(store):
+    assert store.exclusive is (type(store).__name__ == "SqliteStore")

@@ -2,12 +2,14 @@
 time; two stores (two replicas' pools) on one database; errors that never show the password."""
 
 import asyncio
+import time
 
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from service.errors import ConfigError, UnavailableError
+from service.jobs.model import JobState, Work
 from service.store.postgres import PostgresStore, migrations, redacted
 from tests.unit.service.store.test_contract import job
 
@@ -28,13 +30,33 @@ async def test_replicas_starting_together_migrate_once_and_share_the_data(postgr
     await asyncio.gather(first.open(), second.open())
     assert applied(url) == [(number, name) for number, name, _ in migrations()]
     await first.create_job(job(1))
-    await second.append_event("job-1", "progress", {"step": 1})
-    assert [e.seq for e in await first.events("job-1", 0)] == [1, 2]
+    taken = await second.claim_job("replica-2", frozenset(Work), 60)
+    await second.append_event(taken.lease, "progress", {"step": 1})
+    assert [e.seq for e in await first.events("job-1", 0)] == [1, 2, 3]
     await asyncio.gather(first.close(), second.close())
     again = PostgresStore(url)
     await again.open()  # nothing left to apply
     assert len(applied(url)) == len(migrations())
     await again.close()
+
+
+async def test_replicas_claiming_and_sweeping_at_once_never_share_a_job(postgres):
+    url = postgres.create_database()
+    replicas = [PostgresStore(url, exclusive=False) for _ in range(3)]
+    await asyncio.gather(*(r.open() for r in replicas))
+    for n in range(12):
+        await replicas[0].create_job(job(n, tenant=f"t{n % 4}"))
+    claims = await asyncio.gather(
+        *(r.claim_job(f"r{k}", frozenset(Work), 60) for k, r in enumerate(replicas * 6))
+    )
+    taken = [c for c in claims if c is not None]
+    assert sorted(c.id for c in taken) == sorted(f"job-{n}" for n in range(12))
+    swept = await asyncio.gather(*(r.expire_leases(float("inf")) for r in replicas))
+    released = [j.id for jobs in swept for j in jobs]  # one sweeper at a time, each job once
+    assert sorted(released) == sorted(c.id for c in taken)
+    page = await replicas[1].list_jobs(None, [JobState.QUEUED], [], 50, 0)
+    assert len(page.jobs) == 12 and all(j.fence == 1 and not j.owner for j in page.jobs)
+    await asyncio.gather(*(r.close() for r in replicas))
 
 
 async def test_a_second_server_on_the_same_database_is_refused_until_the_first_closes(postgres):
@@ -50,6 +72,30 @@ async def test_a_second_server_on_the_same_database_is_refused_until_the_first_c
     third = PostgresStore(url)
     await third.open()
     await third.close()
+
+
+async def test_a_job_running_before_leases_existed_is_released_by_the_first_sweep(postgres):
+    url = postgres.create_database()
+    (_, _, schema), *_ = migrations()
+    with psycopg.connect(url) as conn:  # a database of the release before leases
+        conn.execute(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+            "applied DOUBLE PRECISION NOT NULL)"
+        )
+        conn.execute(schema)
+        conn.execute("INSERT INTO schema_migrations VALUES (1, 'schema', 0)")
+        conn.execute(
+            "INSERT INTO jobs (id, tenant, kind, state, spec, spec_digest, request_id, priority, "
+            "created, updated) VALUES ('job-1', 'acme', 'train', 'running', '{}', 'd', '', 0, "
+            "1, 1)"
+        )
+    store = PostgresStore(url)
+    await store.open()
+    before = await store.get_job("job-1")
+    assert (before.owner, before.lease_until) == ("a server before leases", 0)
+    [released] = await store.expire_leases(time.time())
+    assert (released.state, released.owner) == (JobState.QUEUED, "")
+    await store.close()
 
 
 async def test_a_schema_newer_than_this_adapterd_is_refused(postgres):
