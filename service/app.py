@@ -16,7 +16,7 @@ from service.adapters.checks import AdapterLimits
 from service.adapters.manager import AdapterManager
 from service.auth import TokenTable
 from service.basemodel import BaseModel, lora_target_modules, resolve_base_model
-from service.errors import ConfigError
+from service.errors import ConfigError, UnavailableError
 from service.evaluation import EvaluationLimits, Evaluator
 from service.grpc.health import HealthPublisher
 from service.grpc.server import ENGINE_BACKED_SERVICES, LIVE_SERVICES, bind, build_grpc_server
@@ -27,7 +27,7 @@ from service.inference.generation import Generator
 from service.inference.lifecycle import EngineLifecycle
 from service.inference.restarts import RestartPolicy
 from service.inference.vllm_engine import VllmEngine, VllmEngineConfig, pick_engine_cpus
-from service.jobs.model import Job
+from service.jobs.model import Job, Work
 from service.jobs.runner import Emit, JobRunner, owner_id, shared_accelerator
 from service.jobs.service import JobLimits, JobService
 from service.metrics import AdapterLabels, Metrics
@@ -39,6 +39,11 @@ from service.uploads import UploadLimits, UploadService, staging_name
 from trainer.hardware import Machine, PrecisionChoice, describe_machine, resolve_precision
 
 logger = logging.getLogger(__name__)
+
+SERVING_WORK = frozenset({Work.TRAINING, Work.EVALUATION})
+"""What a serving replica's runner does with the embedded worker on (--train-workers 1)."""
+ADAPTER_SYNC_SECONDS = 1.0
+"""On a shared store, how often a serving replica adopts the versions workers published."""
 
 
 class App:
@@ -101,6 +106,7 @@ class App:
             self.metrics,
             owner=owner_id(),
             lease_seconds=settings.job_lease_seconds,
+            work=SERVING_WORK if settings.train_workers else frozenset({Work.EVALUATION}),
             trainer_threads=settings.resolved_trainer_threads,
             max_attempts=settings.max_job_attempts,
             cancel_grace=settings.cancel_grace_seconds,
@@ -189,6 +195,7 @@ class App:
         )
         self._metrics_http: tuple[object, object] | None = None
         self._engine_task: asyncio.Task[None] | None = None
+        self._sync_task: asyncio.Task[None] | None = None
         self.metrics.build_info.info({"version": __version__, "base_model": base_model.name})
 
     async def _on_job_change(self, job: Job) -> None:
@@ -201,7 +208,16 @@ class App:
         return await self.jobs.on_success(job)
 
     async def _on_job_evaluate(self, job: Job, emit: Emit) -> dict[str, Any]:
+        await self.adapters.refresh()  # the candidate may be a version a worker published
         return await self.evaluator.evaluate(job, emit, self.runner.job_dir(job.id))
+
+    async def _adopt_published_versions(self) -> None:
+        while True:
+            await asyncio.sleep(ADAPTER_SYNC_SECONDS)
+            try:
+                await self.adapters.refresh()
+            except UnavailableError as exc:  # the database is away: the next round retries
+                logger.warning("adapter refresh: %s", exc)
 
     def describe(self) -> ServerInfo:
         """A snapshot of this server for GetServerInfo."""
@@ -259,6 +275,10 @@ class App:
             if choice is not None:
                 logger.info("%s precision: %s (%s)", role, choice.dtype, choice.reason)
         self._engine_task = asyncio.create_task(self.lifecycle.start(), name="engine-start")
+        if not self.store.exclusive:
+            self._sync_task = asyncio.create_task(
+                self._adopt_published_versions(), name="adapter-sync"
+            )
         self.runner.start()
 
     async def stop(self) -> None:
@@ -266,6 +286,8 @@ class App:
         logger.info("shutting down (grace %.0f s)", self.settings.drain_grace_seconds)
         await self.health.shutdown()
         await self.runner.stop(self.settings.drain_grace_seconds)
+        if self._sync_task is not None:
+            self._sync_task.cancel()
         await asyncio.gather(
             self.grpc.stop(self.settings.drain_grace_seconds),
             self.http.stop(self.settings.drain_grace_seconds),

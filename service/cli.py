@@ -1,6 +1,7 @@
 """adapterd: the server and its admin commands.
 
 adapterd serve            run the gRPC server (flags or ADAPTERD_* variables configure it)
+adapterd worker           run training slots on a shared PostgreSQL store, without an engine
 adapterd demo             start a server, show what it does, stop it
 adapterd prepare-model    convert and cache the base model ahead of time
 """
@@ -20,8 +21,15 @@ from service.settings import (
     flag_name,
     settings_from_args,
 )
+from service.worker import build_worker
 
 PREPARE_MODEL_FLAGS = ("base_model", "model_cache_dir", "log_level")
+WORKER_FLAGS = (
+    *PREPARE_MODEL_FLAGS, "host", "metrics_port", "data_dir", "adapter_root", "store_url",
+    "slots", "trainer_threads", "max_job_attempts", "cancel_grace_seconds", "job_lease_seconds",
+    "max_lora_rank", "max_adapter_mib", "drain_grace_seconds",
+)  # fmt: skip
+"""What configures `adapterd worker`: no API, engine or tenancy settings."""
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -33,6 +41,17 @@ def _serve(args: argparse.Namespace) -> int:
         await build_app(settings).serve_until_signal()
 
     asyncio.run(serve())
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    settings = settings_from_args(ServerSettings, args, only=WORKER_FLAGS)
+    configure_logging(settings.log_level)
+
+    async def work() -> None:
+        await build_worker(settings).run_until_signal()
+
+    asyncio.run(work())
     return 0
 
 
@@ -70,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="Run the gRPC server until SIGTERM.")
     add_settings_flags(serve, ServerSettings)
     serve.set_defaults(run=_serve)
+    worker = commands.add_parser(
+        "worker",
+        help="Claim training jobs from a shared PostgreSQL store and run them until SIGTERM.",
+    )
+    add_settings_flags(worker, ServerSettings, only=WORKER_FLAGS)
+    worker.set_defaults(run=_worker)
     demo = commands.add_parser(
         "demo", help="Start a server, show what it does, and stop it (takes the serve flags)."
     )

@@ -168,7 +168,21 @@ class ServerSettings(BaseSettings):
         ge=1,
         le=1024,
         description="CPU threads of a training job (default: the CPUs the engine does not use, "
-        "at least 1).",
+        "at least 1; in adapterd worker, the CPUs shared among its slots).",
+    )
+    train_workers: int = Field(
+        1,
+        ge=0,
+        le=1,
+        description="Training jobs this server runs beside its engine: 1 (the embedded worker) "
+        "or 0 (it only evaluates and serves; `adapterd worker` processes train). More at once: "
+        "run workers.",
+    )
+    slots: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="adapterd worker: training jobs it runs at once (one per accelerator).",
     )
     max_job_attempts: int = Field(
         2,

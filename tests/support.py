@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -274,6 +276,57 @@ class ServerProcess:
         return psutil.Process(self.process.pid).children(recursive=True)
 
     def stop(self, timeout: float = 120.0) -> int:
+        """SIGTERM, then wait; returns the exit code (SIGKILL after `timeout`, code -9)."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@dataclass
+class WorkerProcess:
+    """`adapterd worker` running as a child process, on the shared root `data_dir`."""
+
+    data_dir: Path
+    base_model: str
+    name: str
+    extra_flags: list[str] = field(default_factory=list)
+    metrics_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / f"{self.name}.log"
+
+    def start(self, timeout: float = 120.0) -> "WorkerProcess":
+        """Starts the worker and waits until its /metrics page answers (its slots run)."""
+        flags = [
+            "--data-dir", str(self.data_dir), "--base-model", self.base_model,
+            "--metrics-port", str(self.metrics_port), *self.extra_flags,
+        ]  # fmt: skip
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service", "worker", *flags],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "ADAPTERD_LOG_LEVEL": "info"},
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2)
+                return self
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"worker {self.name} did not start:\n{self.log_path.read_text()}")
+
+    def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM, then wait; returns the exit code (SIGKILL after `timeout`, code -9)."""
         assert self.process is not None
         if self.process.poll() is None:

@@ -5,7 +5,8 @@ cache, the registry and the store in step. The methods that take a `Principal` a
 reach (through gRPC and HTTP alike): they qualify the names the caller wrote and apply its tenant
 rights (`service.authz`). The others take qualified names that the service checked already, at
 a job's submission. Registered versions and aliases are stored, so a
-restarted server serves them again (each is checked again and reloads on its first request).
+restarted server serves them again, and a version a training worker published is adopted from
+the store (`refresh`); each is checked again and loads on its first request.
 Every change to the engine's cache happens under one lock, so
 the cache never holds more than its capacity and vLLM never evicts on its own: every eviction is
 ours, counted, and never hits a pinned, aliased or busy adapter.
@@ -20,12 +21,12 @@ from dataclasses import dataclass
 from functools import partial
 
 from service.adapters.checks import AdapterLimits, check_adapter
+from service.adapters.publish import publish
 from service.adapters.registry import (
     NOT_REGISTERED,
     AdapterState,
     AdapterVersion,
     Registry,
-    check_name,
     parse_ref,
     tenant_of,
 )
@@ -84,6 +85,8 @@ class AdapterManager:
         self._labels = labels
         self._clock = clock
         self._cache_lock = asyncio.Lock()
+        self._publishing = asyncio.Lock()
+        """Held from a version's publication to its registration here, and by a refresh."""
         self._drained = asyncio.Condition()
 
     # ---- what clients reach, with their rights
@@ -140,7 +143,7 @@ class AdapterManager:
 
     # ---- registration
     async def load(self, name: str, path: str, pin: bool) -> AdapterVersion:
-        """Checks the adapter at `path` (relative to the root), registers it as the next
+        """Checks the adapter at `path` (relative to the root), publishes it as the next
         version of the qualified `name` and loads it into the engine.
 
         Raises:
@@ -148,21 +151,12 @@ class AdapterManager:
             NotFoundError: when `path` does not exist.
             ResourceExhaustedError: when the engine's cache is full of held adapters.
         """
-        check_name(name, "name")
         began = time.monotonic()
-        checked = await asyncio.to_thread(partial(check_adapter, path, self._limits))
-        entry = self._registry.register(
-            name,
-            await self._store.next_adapter_version(name),
-            path=checked.path,
-            sha256=checked.sha256,
-            rank=checked.rank,
-            base_model=checked.base_model,
-            created=self._clock(),
-        )
-        entry.pinned = pin
-        await self._save(entry)
-        self._labels.admit(name)
+        async with self._publishing:  # a refresh meanwhile does not adopt it a second time
+            _, record = await publish(
+                self._store, self._limits, name, path, pin=pin, created=self._clock()
+            )
+            entry = self._register(record)
         try:
             await self._make_resident(entry)
         except ResourceExhaustedError as exc:
@@ -176,6 +170,20 @@ class AdapterManager:
         entry.state = AdapterState.READY
         self._record_load(entry, "register", time.monotonic() - began)
         logger.info("adapter %s loaded from %s (%.3f s)", entry.ref, path, entry.load_seconds)
+        return entry
+
+    def _register(self, record: AdapterRecord) -> AdapterVersion:
+        entry = self._registry.register(
+            record.name,
+            record.version,
+            path=record.path,
+            sha256=record.sha256,
+            rank=record.rank,
+            base_model=record.base_model,
+            created=record.created,
+        )
+        entry.pinned = record.pinned
+        self._labels.admit(record.name)
         return entry
 
     async def _save(self, entry: AdapterVersion) -> None:
@@ -193,35 +201,39 @@ class AdapterManager:
         )
 
     async def restore(self) -> None:
-        """Registers the stored versions and aliases again, after checking each adapter again
-        (a version whose files changed or went away is FAILED, with the reason). They load into
-        the engine on their first request."""
-        records, aliases = await self._store.adapters()
-        for record in records:
-            entry = self._registry.register(
-                record.name,
-                record.version,
-                path=record.path,
-                sha256=record.sha256,
-                rank=record.rank,
-                base_model=record.base_model,
-                created=record.created,
-            )
-            entry.pinned = record.pinned
-            self._labels.admit(record.name)
-            try:
-                relative = str(record.path.relative_to(self._limits.root.resolve()))
-                checked = await asyncio.to_thread(partial(check_adapter, relative, self._limits))
-                if checked.sha256 != record.sha256:
-                    raise InvalidArgumentError("adapter_model.safetensors changed since loading")
-            except (ValueError, AdapterdError) as exc:
-                entry.state, entry.error = AdapterState.FAILED, f"on restart: {exc}"
-                continue
-            entry.state = AdapterState.READY
+        """At start: registers the stored versions and aliases again (`refresh`)."""
+        aliases = await self.refresh()
         for alias, (name, version) in aliases.items():
             self._registry.aliases[alias] = f"{name}@{version}"
             self._labels.admit(alias)
+
+    async def refresh(self) -> dict[str, tuple[str, int]]:
+        """Registers every stored version this server does not know yet (published by a
+        worker, or before a restart), after checking its files again: one whose files changed
+        or went away is FAILED, with the reason. They load into the engine on their first
+        request. Returns the stored aliases."""
+        async with self._publishing:
+            records, aliases = await self._store.adapters()
+            for record in records:
+                if f"{record.name}@{record.version}" in self._registry.versions:
+                    continue
+                entry = self._register(record)
+                try:
+                    relative = str(record.path.relative_to(self._limits.root.resolve()))
+                    checked = await asyncio.to_thread(
+                        partial(check_adapter, relative, self._limits)
+                    )
+                    if checked.sha256 != record.sha256:
+                        raise InvalidArgumentError(
+                            "adapter_model.safetensors changed since it was published"
+                        )
+                except (ValueError, AdapterdError) as exc:
+                    entry.state, entry.error = AdapterState.FAILED, f"checked again: {exc}"
+                    continue
+                entry.state = AdapterState.READY
+                logger.info("adapter %s adopted from the store", entry.ref)
         self._update_tiers()
+        return aliases
 
     async def _make_resident(self, entry: AdapterVersion) -> None:
         """Loads `entry` into the engine's cache, evicting the LRU free adapter if full."""

@@ -159,10 +159,12 @@ class Registry:
         base_model: str,
         created: float,
     ) -> AdapterVersion:
-        """Adds version `version` of `name` (above every version it has), in state LOADING."""
+        """Adds version `version` of `name`, in state LOADING. Versions may arrive out of
+        order (a worker's publication read from the store after a later local one); the store
+        never hands out a number twice."""
         check_name(name, "name")
-        if any(v.version >= version for v in self.of_name(name)):
-            raise ValueError(f"{name}@{version} is not above the versions registered")
+        if f"{name}@{version}" in self.versions:
+            raise ValueError(f"{name}@{version} is registered already")
         self._last_engine_id += 1
         entry = AdapterVersion(
             name=name,

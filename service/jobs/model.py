@@ -285,15 +285,15 @@ def apply_update(
 
 def claim(job: Job, owner: str, lease_seconds: float, now: float) -> dict[str, Any]:
     """Makes `owner` the owner of the waiting `job` under a new lease and fencing number, in
-    place: the claimed state of `CLAIMS`, one more attempt. Returns the `state` event's data.
-    Pure."""
+    place: the claimed state of `CLAIMS`, one more attempt. Returns the `state` event's data
+    (with the fence and the owner: the feed tells which process ran each attempt). Pure."""
     _, target = CLAIMS[job.kind, job.state]
     added = _transition(job, target, None)
     job.owner, job.fence, job.lease_until = owner, job.fence + 1, now + lease_seconds
     job.attempts += 1
     job.started = job.started or now
     job.updated = now
-    return added | {"fence": job.fence}
+    return added | {"fence": job.fence, "owner": owner}
 
 
 def request_cancel(job: Job, now: float) -> dict[str, Any] | None:

@@ -30,6 +30,7 @@ from eval.report import REPORT_HTML, REPORT_JSON
 from eval.sources import ClientFiles, check_sources
 from eval.spec import EvalSpec, EvalSpecError, parse_eval_spec
 from service.adapters.manager import AdapterManager
+from service.adapters.publish import install_job_adapter
 from service.auth import Principal
 from service.authz import is_admin, qualify_read, qualify_write, visible_tenant
 from service.errors import (
@@ -448,11 +449,8 @@ class JobService:
         name = job.spec.get("adapter_name", "")
         if job.spec.get("validate_only") or not name:
             return {}
-        source = self._runner.job_dir(job.id)
-        relative = f"jobs/{job.id}"
-        target = self._limits.adapter_root / relative
-        await asyncio.to_thread(shutil.copytree, source / "adapter", target, dirs_exist_ok=True)
-        await asyncio.to_thread(shutil.copy2, source / "manifest.json", target / "manifest.json")
+        source, root = self._runner.job_dir(job.id), self._limits.adapter_root
+        relative = await asyncio.to_thread(install_job_adapter, source, root, job.id)
         try:
             entry = await self._adapters.load(name, relative, pin=False)
         except AdapterdError as exc:

@@ -6,10 +6,11 @@ from pathlib import Path
 from service.store.base import Store
 
 
-def store_for(url: str) -> Store:
+def store_for(url: str, *, serving: bool = True) -> Store:
     """The (unopened) store a --store-url names: `sqlite:///FILE` (as SQLAlchemy spells it:
     `sqlite:///rel.db`, `sqlite:////abs/path.db`) or `postgresql://...` (psycopg is imported
-    only then). The settings checked the URL."""
+    only then). The settings checked the URL. `serving`: for a serving replica, which holds
+    the PostgreSQL database alone (a worker does not)."""
     scheme, _, rest = url.partition("://")
     if scheme == "sqlite":
         from service.store.sqlite import SqliteStore
@@ -17,7 +18,7 @@ def store_for(url: str) -> Store:
         return SqliteStore(Path(rest[1:]))
     from service.store.postgres import PostgresStore
 
-    return PostgresStore(url)
+    return PostgresStore(url, exclusive=serving)
 
 
 def describe_store(url: str) -> str:

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 
+from service.adapters.checks import check_adapter
 from service.adapters.manager import AdapterManager
 from service.adapters.registry import AdapterState
 from service.auth import Principal, Role
@@ -17,6 +18,7 @@ from service.errors import (
 )
 from service.inference.fake import FakeEngine
 from service.metrics import AdapterLabels, Metrics
+from service.store.base import AdapterRecord
 from tests.support import adapter_limits
 
 ADMIN = Principal("ops", Role.ADMIN)
@@ -159,11 +161,36 @@ async def test_a_restarted_manager_serves_the_stored_versions_and_aliases(setup,
     assert (restored["t/a@1"].state, restored["t/a@1"].pinned) == (AdapterState.READY, True)
     assert not restored["t/a@1"].resident  # loads on its first request
     assert restored["t/c@1"].state is AdapterState.FAILED
-    assert "on restart" in restored["t/c@1"].error
+    assert "checked again" in restored["t/c@1"].error
     assert after.resolve("t/prod") is restored["t/a@1"]
     async with after.lease("t/prod") as entry:
         assert entry.resident
     assert (await after.load("t/a", "a", pin=False)).ref == "t/a@3"  # a@2 stays used
+
+
+async def test_a_version_a_worker_published_is_adopted_even_after_a_later_local_one(
+    setup, store, tmp_path, tiny_model_dir
+):
+    _, _, make = setup
+    manager = make()
+    await manager.load("t/a", "a", pin=False)
+    # A worker reserved t/a@2 first and publishes it after this server loaded t/a@3.
+    reserved = await store.next_adapter_version("t/a")
+    await manager.load("t/a", "b", pin=False)
+    limits = adapter_limits(tmp_path / "adapters", tiny_model_dir, max_bytes=2**30)
+    checked = check_adapter("c", limits)
+    await store.save_adapter(
+        AdapterRecord("t/a", reserved, checked.path, checked.sha256, checked.rank,
+                      checked.base_model, 1.0, pinned=False)
+    )  # fmt: skip
+    await manager.refresh()
+    await manager.refresh()  # adopting happens once
+    versions = {v.entry.ref: v.entry for v in manager.visible(ADMIN)}
+    assert sorted(versions) == ["t/a@1", "t/a@2", "t/a@3"]
+    assert (versions["t/a@2"].state, versions["t/a@2"].resident) == (AdapterState.READY, False)
+    assert manager.resolve("t/a").ref == "t/a@3"  # the newest version answers the name
+    async with manager.lease("t/a@2") as entry:  # loads on its first request
+        assert entry.resident
 
 
 async def test_an_unload_that_cannot_drain_in_time_or_is_cancelled_leaves_the_adapter_serving(

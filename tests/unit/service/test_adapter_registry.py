@@ -23,15 +23,19 @@ def register(registry, name, now=0.0, ready=True):
     return entry
 
 
-def test_versions_only_go_up_and_engine_ids_are_unique():
+def test_a_version_registers_once_in_any_order_and_engine_ids_are_unique():
     registry = Registry()
     first, second = register(registry, "t/bot"), register(registry, "t/bot")
     other = register(registry, "t/other-bot")
     assert (first.ref, second.ref, other.ref) == ("t/bot@1", "t/bot@2", "t/other-bot@1")
-    with pytest.raises(ValueError, match="bot@2 is not above"):
+    with pytest.raises(ValueError, match="t/bot@2 is registered already"):
         registry.register(
             "t/bot", 2, path=Path("/a"), sha256="s", rank=8, base_model="tiny", created=0.0
         )
+    late = registry.register(  # published elsewhere under a number reserved earlier
+        "t/bot", 0, path=Path("/a"), sha256="s", rank=8, base_model="tiny", created=0.0
+    )
+    assert late.ref == "t/bot@0" and [v.version for v in registry.of_name("t/bot")] == [0, 1, 2]
     engine_ids = [v.engine_id for v in registry.versions.values()]
     assert len(set(engine_ids)) == len(engine_ids)
 

@@ -66,7 +66,9 @@ async def test_a_claim_takes_the_job_under_a_lease_and_the_next_fence(store):
     assert await store.get_job("job-1") == taken
     assert await store.claim_job("w2", EVERYTHING, 60) is None  # nothing else waits
     events = await store.events("job-1", 0)
-    assert [e.data for e in events] == [{"state": "queued"}, {"state": "validating", "fence": 1}]
+    assert [e.data for e in events] == [
+        {"state": "queued"}, {"state": "validating", "fence": 1, "owner": "w1"},
+    ]  # fmt: skip
 
 
 async def test_transitions_follow_the_table_and_terminal_states_are_final(store):

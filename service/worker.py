@@ -1,0 +1,163 @@
+"""`adapterd worker`: training slots on the shared store, without an engine or an API.
+
+A worker claims training jobs (`Work.TRAINING`) from the PostgreSQL store its serving replicas
+share, runs the trainer with the same `python -m trainer train` contract and the same runner
+as a replica's embedded worker (leases, heartbeats, fenced writes, the sweep), streams its
+events into the store and publishes the adapter on success. A job whose spec asks for an
+evaluation then waits in evaluation_pending for a serving replica, which has an engine.
+
+Files live under the shared root: `--data-dir` (and the base model's cache) mounted at the
+same path on every replica and worker, since a job's config names its datasets, base model and
+output directory there.
+"""
+
+import asyncio
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+from prometheus_client import start_http_server
+
+from service.adapters.checks import AdapterLimits
+from service.adapters.publish import install_job_adapter, publish
+from service.basemodel import BaseModel, lora_target_modules, resolve_base_model
+from service.errors import AdapterdError, ConfigError
+from service.jobs.model import Job, Work
+from service.jobs.runner import Emit, JobRunner, owner_id
+from service.metrics import Metrics
+from service.settings import ServerSettings
+from service.store import describe_store, store_for
+from trainer.hardware import available_cpus
+
+logger = logging.getLogger(__name__)
+
+TRAINING = frozenset({Work.TRAINING})
+
+
+async def _no_engine(job: Job, emit: Emit) -> NoReturn:
+    raise AssertionError(f"job {job.id}: a worker claims no evaluation (it has no engine)")
+
+
+class Worker:
+    """Training slots (`--slots`) on the shared store, stopped as one."""
+
+    def __init__(self, settings: ServerSettings, base_model: BaseModel) -> None:
+        if not settings.resolved_store_url.startswith(("postgresql:", "postgres:")):
+            raise ConfigError(
+                "--store-url: a worker takes its jobs from the store its serving replicas "
+                "share; give postgresql://... (the SQLite store belongs to one server)"
+            )
+        self.settings = settings
+        self.metrics = Metrics()
+        self.store = store_for(settings.resolved_store_url, serving=False)
+        self.limits = AdapterLimits(
+            root=settings.resolved_adapter_root,
+            max_rank=settings.max_lora_rank,
+            max_bytes=settings.max_adapter_mib * 2**20,
+            base=base_model.fingerprint,
+            base_name=base_model.name,
+            target_modules=lora_target_modules(base_model.path),
+        )
+        threads = settings.trainer_threads or max(1, available_cpus() // settings.slots)
+        self.runners = [
+            JobRunner(
+                self.store,
+                settings.data_dir / "jobs",
+                self.metrics,
+                owner=owner_id(),
+                lease_seconds=settings.job_lease_seconds,
+                work=TRAINING,
+                trainer_threads=threads,
+                max_attempts=settings.max_job_attempts,
+                cancel_grace=settings.cancel_grace_seconds,
+                on_change=self._on_change,
+                on_event=lambda job_id: None,
+                on_success=self._publish,
+                on_evaluate=_no_engine,
+            )
+            for _ in range(settings.slots)
+        ]
+        self._metrics_http: Any = None
+
+    async def _on_change(self, job: Job) -> None:
+        logger.info("job %s: %s", job.id, job.state.value)
+
+    async def _publish(self, job: Job) -> dict[str, Any]:
+        """Publishes a finished job's adapter when its spec names one; the serving replicas
+        load it from the store on its first request."""
+        name = job.spec.get("adapter_name", "")
+        if job.spec.get("validate_only") or not name:
+            return {}
+        job_dir = self.runners[0].job_dir(job.id)
+        root = self.settings.resolved_adapter_root
+        try:
+            relative = await asyncio.to_thread(install_job_adapter, job_dir, root, job.id)
+            _, record = await publish(
+                self.store, self.limits, name, relative, pin=False, created=time.time()
+            )
+        except AdapterdError as exc:
+            return {"registration_error": str(exc)}
+        return {"adapter_version": f"{record.name}@{record.version}"}
+
+    async def start(self) -> None:
+        """Opens the store, serves /metrics and starts every slot.
+
+        Raises:
+            ConfigError: the store cannot be reached, or the metrics port bound.
+        """
+        settings = self.settings
+        await self.store.open()
+        logger.info("store: %s", describe_store(settings.resolved_store_url))
+        try:
+            self._metrics_http = start_http_server(
+                settings.metrics_port, settings.host, registry=self.metrics.registry
+            )
+        except OSError as exc:
+            await self.store.close()
+            raise ConfigError(
+                f"--metrics-port {settings.metrics_port}: cannot listen on "
+                f"{settings.host}:{settings.metrics_port} ({exc.strerror})"
+            ) from None
+        for runner in self.runners:
+            runner.start()
+        logger.info(
+            "worker: %d training slot(s) on %s, metrics on :%d",
+            len(self.runners),
+            Path(settings.data_dir),
+            settings.metrics_port,
+        )
+
+    async def stop(self) -> None:
+        """Stops every slot: their trainers checkpoint and their jobs wait again."""
+        grace = self.settings.drain_grace_seconds
+        logger.info("shutting down (grace %.0f s)", grace)
+        await asyncio.gather(*(runner.stop(grace) for runner in self.runners))
+        await self.store.close()
+        if self._metrics_http is not None:
+            server, _ = self._metrics_http
+            await asyncio.to_thread(server.shutdown)
+            server.server_close()
+        logger.info("stopped")
+
+    async def run_until_signal(self) -> None:
+        """Runs until SIGTERM or SIGINT, then stops cleanly."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+
+def build_worker(settings: ServerSettings) -> Worker:
+    """A worker from settings: the base model it trains (resolved as a server does).
+
+    Raises:
+        ConfigError: naming the setting that is wrong.
+    """
+    return Worker(settings, resolve_base_model(settings.base_model, settings.model_cache_dir))
