@@ -1,6 +1,7 @@
 """The composition root: builds every part of the server from settings, runs and stops it."""
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -35,6 +36,7 @@ from service.quotas import PerTenant
 from service.serverinfo import ServerInfo, reported_libraries
 from service.settings import ServerSettings
 from service.store import describe_store, store_for
+from service.store.base import Change
 from service.uploads import UploadLimits, UploadService, staging_name
 from trainer.hardware import Machine, PrecisionChoice, describe_machine, resolve_precision
 
@@ -42,8 +44,9 @@ logger = logging.getLogger(__name__)
 
 SERVING_WORK = frozenset({Work.TRAINING, Work.EVALUATION})
 """What a serving replica's runner does with the embedded worker on (--train-workers 1)."""
-ADAPTER_SYNC_SECONDS = 1.0
-"""On a shared store, how often a serving replica adopts the versions workers published."""
+ADAPTER_SYNC_SECONDS = 5.0
+"""On a shared store, how often a serving replica reads the adapters again without having
+heard of a change (a lost notification)."""
 
 
 class App:
@@ -195,7 +198,8 @@ class App:
         )
         self._metrics_http: tuple[object, object] | None = None
         self._engine_task: asyncio.Task[None] | None = None
-        self._sync_task: asyncio.Task[None] | None = None
+        self._store_tasks: list[asyncio.Task[None]] = []
+        self._adapters_changed = asyncio.Event()
         self.metrics.build_info.info({"version": __version__, "base_model": base_model.name})
 
     async def _on_job_change(self, job: Job) -> None:
@@ -211,9 +215,24 @@ class App:
         await self.adapters.refresh()  # the candidate may be a version a worker published
         return await self.evaluator.evaluate(job, emit, self.runner.job_dir(job.id))
 
-    async def _adopt_published_versions(self) -> None:
+    def _heard(self, change: Change, payload: str) -> None:
+        """A change in the shared store, possibly by another process."""
+        if change is Change.JOB:
+            self.jobs.wake(payload)
+        elif change is Change.QUEUE:
+            self.runner.notify()
+        elif change is Change.CANCEL:
+            self.runner.cancel_requested(payload)
+        else:
+            self._adapters_changed.set()
+
+    async def _sync_adapters(self) -> None:
+        """Keeps the registry in step with the store: at once when a change is heard, and
+        every ADAPTER_SYNC_SECONDS in case a notification was lost."""
         while True:
-            await asyncio.sleep(ADAPTER_SYNC_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._adapters_changed.wait(), ADAPTER_SYNC_SECONDS)
+            self._adapters_changed.clear()
             try:
                 await self.adapters.refresh()
             except UnavailableError as exc:  # the database is away: the next round retries
@@ -275,10 +294,11 @@ class App:
             if choice is not None:
                 logger.info("%s precision: %s (%s)", role, choice.dtype, choice.reason)
         self._engine_task = asyncio.create_task(self.lifecycle.start(), name="engine-start")
-        if not self.store.exclusive:
-            self._sync_task = asyncio.create_task(
-                self._adopt_published_versions(), name="adapter-sync"
-            )
+        if not self.store.exclusive:  # other processes write it too
+            self._store_tasks = [
+                asyncio.create_task(self.store.follow(self._heard), name="store-follow"),
+                asyncio.create_task(self._sync_adapters(), name="adapter-sync"),
+            ]
         self.runner.start()
 
     async def stop(self) -> None:
@@ -286,8 +306,8 @@ class App:
         logger.info("shutting down (grace %.0f s)", self.settings.drain_grace_seconds)
         await self.health.shutdown()
         await self.runner.stop(self.settings.drain_grace_seconds)
-        if self._sync_task is not None:
-            self._sync_task.cancel()
+        for task in self._store_tasks:
+            task.cancel()
         await asyncio.gather(
             self.grpc.stop(self.settings.drain_grace_seconds),
             self.http.stop(self.settings.drain_grace_seconds),

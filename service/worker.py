@@ -29,6 +29,7 @@ from service.jobs.runner import Emit, JobRunner, owner_id
 from service.metrics import Metrics
 from service.settings import ServerSettings
 from service.store import describe_store, store_for
+from service.store.base import Change
 from trainer.hardware import available_cpus
 
 logger = logging.getLogger(__name__)
@@ -44,14 +45,9 @@ class Worker:
     """Training slots (`--slots`) on the shared store, stopped as one."""
 
     def __init__(self, settings: ServerSettings, base_model: BaseModel) -> None:
-        if not settings.resolved_store_url.startswith(("postgresql:", "postgres:")):
-            raise ConfigError(
-                "--store-url: a worker takes its jobs from the store its serving replicas "
-                "share; give postgresql://... (the SQLite store belongs to one server)"
-            )
         self.settings = settings
         self.metrics = Metrics()
-        self.store = store_for(settings.resolved_store_url, serving=False)
+        self.store = store_for(settings.resolved_store_url)
         self.limits = AdapterLimits(
             root=settings.resolved_adapter_root,
             max_rank=settings.max_lora_rank,
@@ -80,6 +76,14 @@ class Worker:
             for _ in range(settings.slots)
         ]
         self._metrics_http: Any = None
+        self._follow: asyncio.Task[None] | None = None
+
+    def _heard(self, change: Change, payload: str) -> None:
+        for runner in self.runners:
+            if change is Change.QUEUE:  # a job to claim, perhaps
+                runner.notify()
+            elif change is Change.CANCEL:
+                runner.cancel_requested(payload)
 
     async def _on_change(self, job: Job) -> None:
         logger.info("job %s: %s", job.id, job.state.value)
@@ -122,6 +126,7 @@ class Worker:
             ) from None
         for runner in self.runners:
             runner.start()
+        self._follow = asyncio.create_task(self.store.follow(self._heard), name="store-follow")
         logger.info(
             "worker: %d training slot(s) on %s, metrics on :%d",
             len(self.runners),
@@ -134,6 +139,8 @@ class Worker:
         grace = self.settings.drain_grace_seconds
         logger.info("shutting down (grace %.0f s)", grace)
         await asyncio.gather(*(runner.stop(grace) for runner in self.runners))
+        if self._follow is not None:
+            self._follow.cancel()
         await self.store.close()
         if self._metrics_http is not None:
             server, _ = self._metrics_http
@@ -160,4 +167,9 @@ def build_worker(settings: ServerSettings) -> Worker:
     Raises:
         ConfigError: naming the setting that is wrong.
     """
+    if not settings.resolved_store_url.startswith(("postgresql:", "postgres:")):
+        raise ConfigError(
+            "--store-url: a worker takes its jobs from the store its serving replicas share; "
+            "give postgresql://... (the SQLite store belongs to one server)"
+        )
     return Worker(settings, resolve_base_model(settings.base_model, settings.model_cache_dir))

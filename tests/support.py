@@ -216,6 +216,8 @@ class ServerProcess:
     http_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     health_seen: list[str] = field(default_factory=list)
+    log_name: str = "server.log"
+    """Its log file in `data_dir` (replicas on one shared root need one each)."""
 
     @property
     def target(self) -> str:
@@ -231,7 +233,7 @@ class ServerProcess:
 
     @property
     def log_path(self) -> Path:
-        return self.data_dir / "server.log"
+        return self.data_dir / self.log_name
 
     def flags(self) -> list[str]:
         flags = [
@@ -244,7 +246,7 @@ class ServerProcess:
             *self.extra_flags,
         ]  # fmt: skip
         if self.tokens is not None:
-            tokens_file = self.data_dir / "tokens.json"
+            tokens_file = self.data_dir / f"tokens-{self.port}.json"
             tokens_file.write_text(json.dumps(self.tokens))
             flags += ["--auth-tokens-file", str(tokens_file)]
         return flags

@@ -13,6 +13,7 @@ ours, counted, and never hits a pinned, aliased or busy adapter.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -85,8 +86,10 @@ class AdapterManager:
         self._labels = labels
         self._clock = clock
         self._cache_lock = asyncio.Lock()
-        self._publishing = asyncio.Lock()
-        """Held from a version's publication to its registration here, and by a refresh."""
+        self._syncing = asyncio.Lock()
+        """Held by a change written to the store and the registry together, and by a refresh,
+        so a refresh never reads the store between the two."""
+        self._retiring: set[asyncio.Task[None]] = set()
         self._drained = asyncio.Condition()
 
     # ---- what clients reach, with their rights
@@ -152,7 +155,7 @@ class AdapterManager:
             ResourceExhaustedError: when the engine's cache is full of held adapters.
         """
         began = time.monotonic()
-        async with self._publishing:  # a refresh meanwhile does not adopt it a second time
+        async with self._syncing:  # a refresh meanwhile does not adopt it a second time
             _, record = await publish(
                 self._store, self._limits, name, path, pin=pin, created=self._clock()
             )
@@ -202,38 +205,74 @@ class AdapterManager:
 
     async def restore(self) -> None:
         """At start: registers the stored versions and aliases again (`refresh`)."""
-        aliases = await self.refresh()
-        for alias, (name, version) in aliases.items():
-            self._registry.aliases[alias] = f"{name}@{version}"
-            self._labels.admit(alias)
+        await self.refresh()
 
-    async def refresh(self) -> dict[str, tuple[str, int]]:
-        """Registers every stored version this server does not know yet (published by a
-        worker, or before a restart), after checking its files again: one whose files changed
-        or went away is FAILED, with the reason. They load into the engine on their first
-        request. Returns the stored aliases."""
-        async with self._publishing:
+    async def refresh(self) -> None:
+        """Brings this server's registry in step with the store, which other processes write
+        too (a worker publishes, another replica unloads, pins or moves an alias): a version
+        it does not know yet is checked again (one whose files changed or went away is FAILED,
+        with the reason) and loads on its first request; a version gone from the store stops
+        taking requests and leaves the engine once those running here finish; pins and
+        aliases are the store's."""
+        async with self._syncing:
             records, aliases = await self._store.adapters()
-            for record in records:
-                if f"{record.name}@{record.version}" in self._registry.versions:
-                    continue
-                entry = self._register(record)
-                try:
-                    relative = str(record.path.relative_to(self._limits.root.resolve()))
-                    checked = await asyncio.to_thread(
-                        partial(check_adapter, relative, self._limits)
-                    )
-                    if checked.sha256 != record.sha256:
-                        raise InvalidArgumentError(
-                            "adapter_model.safetensors changed since it was published"
-                        )
-                except (ValueError, AdapterdError) as exc:
-                    entry.state, entry.error = AdapterState.FAILED, f"checked again: {exc}"
-                    continue
-                entry.state = AdapterState.READY
-                logger.info("adapter %s adopted from the store", entry.ref)
+            stored = {f"{r.name}@{r.version}": r for r in records}
+            for ref, record in stored.items():
+                known = self._registry.versions.get(ref)
+                if known is None:
+                    await self._adopt(record)
+                else:
+                    known.pinned = record.pinned
+            gone = [
+                entry
+                for ref, entry in self._registry.versions.items()
+                if ref not in stored and entry.state is not AdapterState.UNLOADING
+            ]
+            before = set(self._registry.aliases)
+            self._registry.aliases = {
+                alias: ref
+                for alias, (name, version) in aliases.items()
+                if (ref := f"{name}@{version}") in self._registry.versions
+            }
+            for alias in self._registry.aliases.keys() - before:
+                self._labels.admit(alias)
+        for alias in before - self._registry.aliases.keys():
+            self._release_label(alias)
+        if gone:
+            for entry in gone:
+                entry.state = AdapterState.UNLOADING
+            retire = asyncio.create_task(self._retire(gone), name="adapter-retire")
+            self._retiring.add(retire)
+            retire.add_done_callback(self._retiring.discard)
         self._update_tiers()
-        return aliases
+
+    async def _adopt(self, record: AdapterRecord) -> None:
+        entry = self._register(record)
+        try:
+            relative = str(record.path.relative_to(self._limits.root.resolve()))
+            checked = await asyncio.to_thread(partial(check_adapter, relative, self._limits))
+            if checked.sha256 != record.sha256:
+                raise InvalidArgumentError("adapter_model.safetensors changed since publishing")
+        except (ValueError, AdapterdError) as exc:
+            entry.state, entry.error = AdapterState.FAILED, f"checked again: {exc}"
+            return
+        entry.state = AdapterState.READY
+        logger.info("adapter %s registered from the store", entry.ref)
+
+    async def _retire(self, entries: list[AdapterVersion]) -> None:
+        """Forgets versions another process removed from the store, once their requests here
+        have finished (at most `drain_seconds`: past it they are removed anyway)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._drain_seconds), self._drained:
+                await self._drained.wait_for(lambda: all(e.in_flight == 0 for e in entries))
+        async with self._cache_lock:
+            for entry in entries:
+                if entry.resident:
+                    await self._engine.remove_adapter(entry.engine_id)
+                self._registry.versions.pop(entry.ref, None)
+        for name in {entry.name for entry in entries}:
+            self._release_label(name)
+        self._update_tiers()
 
     async def _make_resident(self, entry: AdapterVersion) -> None:
         """Loads `entry` into the engine's cache, evicting the LRU free adapter if full."""
@@ -350,7 +389,7 @@ class AdapterManager:
                     f"{self._drain_seconds:g} s; it stays loaded, retry later"
                 ) from None
             raise
-        async with self._cache_lock:
+        async with self._syncing, self._cache_lock:
             for entry in entries:
                 if entry.resident:
                     await self._engine.remove_adapter(entry.engine_id)
@@ -366,21 +405,23 @@ class AdapterManager:
 
     async def pin(self, requested: str, pinned: bool) -> AdapterVersion:
         """Pins or unpins one version."""
-        entry = self._registry.get(requested, "adapter")
-        entry.pinned = pinned
-        await self._save(entry)
+        async with self._syncing:
+            entry = self._registry.get(requested, "adapter")
+            entry.pinned = pinned
+            await self._save(entry)
         return entry
 
     async def set_alias(self, alias: str, target: str) -> str:
         """Points the qualified `alias` at the version `target` ("" removes it); returns the
         previous target."""
-        if not target:
-            previous = self._registry.remove_alias(alias)
-            await self._store.set_alias(alias, None)
-            self._release_label(alias)
-            return previous
-        previous = self._registry.set_alias(alias, target)
-        entry = self._registry.versions[target]
-        await self._store.set_alias(alias, (entry.name, entry.version))
+        async with self._syncing:
+            if not target:
+                previous = self._registry.remove_alias(alias)
+                await self._store.set_alias(alias, None)
+                self._release_label(alias)
+                return previous
+            previous = self._registry.set_alias(alias, target)
+            entry = self._registry.versions[target]
+            await self._store.set_alias(alias, (entry.name, entry.version))
         self._labels.admit(alias)
         return previous

@@ -293,6 +293,7 @@ class JobRunner:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._kills: set[asyncio.Task[None]] = set()
+        self._renew_now = asyncio.Event()
 
     def job_dir(self, job_id: str) -> Path:
         """Where a job's config, events, log, checkpoints and adapter live."""
@@ -419,11 +420,19 @@ class JobRunner:
             self._cancelled.discard(job.id)
             self._current = None
 
+    def cancel_requested(self, job_id: str) -> None:
+        """A client asked another process to cancel `job_id`: if this runner runs it, it
+        renews its lease now (where it reads the request) instead of at the next renewal."""
+        if self._current == job_id:
+            self._renew_now.set()
+
     async def _heartbeat(self, job: Job) -> None:
         """Renews the job's lease until cancelled; hears a client's cancel request; stops the
         job's work when the lease was lost."""
         while True:
-            await asyncio.sleep(self._lease_seconds / 3)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._renew_now.wait(), self._lease_seconds / 3)
+            self._renew_now.clear()
             try:
                 renewed = await self._store.renew_lease(job.lease, self._lease_seconds)
             except UnavailableError as exc:  # try again; the lease may still hold

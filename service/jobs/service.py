@@ -431,10 +431,12 @@ class JobService:
 
     # ---- hooks of the runner
     def wake(self, job_id: str) -> None:
-        """Wakes the job's watchers: it has new events."""
-        waiting = self._changes.pop(job_id, None)
-        if waiting is not None:
-            waiting.set()
+        """Wakes the job's watchers: it has new events ("": every job's watchers)."""
+        for waiting in [self._changes.pop(job_id, None)] if job_id else self._changes.values():
+            if waiting is not None:
+                waiting.set()
+        if not job_id:
+            self._changes.clear()
 
     async def on_change(self, job: Job) -> None:
         """A job changed state: wakes its watchers and refreshes the job gauges."""

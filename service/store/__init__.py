@@ -6,11 +6,10 @@ from pathlib import Path
 from service.store.base import Store
 
 
-def store_for(url: str, *, serving: bool = True) -> Store:
+def store_for(url: str) -> Store:
     """The (unopened) store a --store-url names: `sqlite:///FILE` (as SQLAlchemy spells it:
     `sqlite:///rel.db`, `sqlite:////abs/path.db`) or `postgresql://...` (psycopg is imported
-    only then). The settings checked the URL. `serving`: for a serving replica, which holds
-    the PostgreSQL database alone (a worker does not)."""
+    only then). The settings checked the URL."""
     scheme, _, rest = url.partition("://")
     if scheme == "sqlite":
         from service.store.sqlite import SqliteStore
@@ -18,7 +17,7 @@ def store_for(url: str, *, serving: bool = True) -> Store:
         return SqliteStore(Path(rest[1:]))
     from service.store.postgres import PostgresStore
 
-    return PostgresStore(url, exclusive=serving)
+    return PostgresStore(url)
 
 
 def describe_store(url: str) -> str:

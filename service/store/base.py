@@ -5,6 +5,7 @@
 is here.
 """
 
+import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,24 @@ from typing import Any, Protocol
 
 from service.errors import ResourceExhaustedError
 from service.jobs.model import Job, JobEvent, JobKind, JobState, Lease, Work
+
+
+class Change(enum.StrEnum):
+    """What a process hears of another's writes through a shared store (`Store.follow`); the
+    values are PostgreSQL's notification channels."""
+
+    JOB = "adapterd_job"
+    """A job has a new event (payload: its id; "" for any job, after a reconnect)."""
+    QUEUE = "adapterd_queue"
+    """A job started waiting: created, released, or handed over for an evaluation."""
+    CANCEL = "adapterd_cancel"
+    """A client asked to cancel an owned job (payload: its id): its owner acts on it."""
+    ADAPTERS = "adapterd_adapters"
+    """A version was published or removed, pinned or unpinned, or an alias moved."""
+
+
+Heard = Callable[[Change, str], None]
+"""Called with each change heard and its payload."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +152,13 @@ class Store(Protocol):
 
     exclusive: bool
     """No other process can write the store while this one has it open (SQLite's file lock):
-    every lease found at open belongs to a dead process."""
+    every lease found at open belongs to a dead process, and there is nothing to `follow`."""
+
+    async def follow(self, heard: Heard) -> None:
+        """Calls `heard` with every change written to the store (by any process, this one
+        too) until cancelled, reconnecting after a lost connection; after each (re)connect it
+        calls `heard` with every `Change` and "" (anything may have changed unheard). Returns
+        at once on an `exclusive` store: this process made every change itself."""
 
     async def open(self) -> None:
         """Creates or upgrades the schema."""

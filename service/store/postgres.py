@@ -17,12 +17,15 @@ fencing number in the same transaction; every later write of the job locks its r
 the lease first. Expired leases are swept by one process at a time (a transaction-scoped
 advisory lock; the others skip their sweep).
 
-Until adapter registrations and alias moves reach every replica, a serving replica holds a
-session advisory lock on its database, as the SQLite store holds a file lock: a second serving
-replica on the same database is refused, and the lock goes with the connection, even on kill -9.
+Every write others may wait for sends a notification in its transaction (delivered at commit):
+a job's new event, a job starting to wait, an adapter change (`Change`); `follow` listens on
+one connection of its own, so a WatchJob, an idle runner and the adapter registry of every
+process hear of it at once, with polling behind it where a notification is lost.
 """
 
+import asyncio
 import contextlib
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -56,6 +59,8 @@ from service.jobs.model import (
 )
 from service.store.base import (
     AdapterRecord,
+    Change,
+    Heard,
     JobPage,
     UploadRecord,
     claim_query,
@@ -65,15 +70,17 @@ from service.store.base import (
 )
 
 MIGRATION_LOCK = 0x61647464  # "adtd": one replica migrates at a time
-SERVER_LOCK = MIGRATION_LOCK + 1
-"""Held for a serving replica's lifetime: one per database, until adapter changes reach every
-replica."""
-SWEEP_LOCK = MIGRATION_LOCK + 2
+SWEEP_LOCK = MIGRATION_LOCK + 1
 """Held by the one process sweeping expired leases (others skip their sweep meanwhile)."""
 UPLOAD_QUOTA_LOCKS = 1
 """The advisory-lock class of per-tenant quota checks (the tenant's hash is the second key)."""
 POOL_SIZE = 8
 CONNECT_TIMEOUT_SECONDS = 10.0
+RECONNECT_SECONDS = 1.0
+"""How soon `follow` connects again after its connection was lost."""
+WAITING = frozenset({JobState.QUEUED.value, JobState.EVALUATION_PENDING.value})
+
+logger = logging.getLogger(__name__)
 
 _JOB_COLUMNS = (
     "id", "tenant", "kind", "state", "spec", "spec_digest", "request_id", "priority", "created",
@@ -160,19 +167,10 @@ class PostgresStore:
     exclusive = False
 
     def __init__(
-        self,
-        url: str,
-        pool_size: int = POOL_SIZE,
-        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
-        *,
-        exclusive: bool = True,
+        self, url: str, pool_size: int = POOL_SIZE, connect_timeout: float = CONNECT_TIMEOUT_SECONDS
     ) -> None:
-        """`exclusive`: hold SERVER_LOCK while open (a server does; a tool reading the store
-        beside it need not)."""
         self.url = url
         self._connect_timeout = connect_timeout
-        self._exclusive = exclusive
-        self._lock: Connection | None = None
         self._pool = AsyncConnectionPool[Connection](
             url,
             connection_class=Connection,
@@ -187,8 +185,8 @@ class PostgresStore:
         """Connects and applies the migrations this database lacks.
 
         Raises:
-            ConfigError: the database cannot be reached, another server holds it, or its
-                schema is newer than this adapterd's.
+            ConfigError: the database cannot be reached, or its schema is newer than this
+                adapterd's.
         """
         try:
             await self._pool.open(wait=True, timeout=self._connect_timeout)
@@ -199,22 +197,11 @@ class PostgresStore:
                 f"{self._connect_timeout:g} s ({exc})"
             ) from None
         try:
-            if self._exclusive:
-                await self._hold_server_lock()
             async with self._connection() as conn:
                 await self._migrate(conn)
         except BaseException:
             await self.close()
             raise
-
-    async def _hold_server_lock(self) -> None:
-        self._lock = await Connection.connect(self.url, autocommit=True, row_factory=dict_row)
-        row = await _row(self._lock, "SELECT pg_try_advisory_lock(%s) AS held", (SERVER_LOCK,))
-        if not row["held"]:
-            raise ConfigError(
-                f"--store-url {redacted(self.url)}: another adapterd server uses this database; "
-                "until adapter changes reach every replica, one serving replica per database"
-            )
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Connection]:
@@ -251,11 +238,27 @@ class PostgresStore:
             )
 
     async def close(self) -> None:
-        """Closes the pool and releases the server lock."""
+        """Closes the pool."""
         await self._pool.close()
-        if self._lock is not None:
-            await self._lock.close()
-            self._lock = None
+
+    async def follow(self, heard: Heard) -> None:
+        while True:
+            try:
+                async with await AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    for channel in Change:
+                        await conn.execute(f"LISTEN {channel.value}")
+                    for channel in Change:  # what happened while nobody listened
+                        heard(channel, "")
+                    async for note in conn.notifies():
+                        heard(Change(note.channel), note.payload)
+            except psycopg.OperationalError as exc:
+                logger.warning("store notifications: %s; listening again shortly", exc)
+            await asyncio.sleep(RECONNECT_SECONDS)
+
+    @staticmethod
+    async def _notify(conn: Connection, change: Change, payload: str = "") -> None:
+        """Notifies every listener of `change` when the transaction commits."""
+        await conn.execute("SELECT pg_notify(%s, %s)", (change.value, payload))
 
     # ---- jobs
     async def create_job(self, job: Job) -> tuple[Job, bool]:
@@ -359,7 +362,10 @@ class PostgresStore:
     async def request_cancel(self, job_id: str) -> Job:
         async with self._connection() as conn:
             job = await self._locked(conn, job_id)
-            return await self._write(conn, job, request_cancel(job, time.time()))
+            added = request_cancel(job, time.time())
+            if job.state.owned:
+                await self._notify(conn, Change.CANCEL, job_id)
+            return await self._write(conn, job, added)
 
     async def expire_leases(self, now: float) -> list[Job]:
         owned = [state.value for state in OWNED]
@@ -409,6 +415,9 @@ class PostgresStore:
             "INSERT INTO job_events (job_id, seq, time, kind, data) VALUES (%s, %s, %s, %s, %s)",
             (job_id, seq, now, str(kind), Jsonb(data)),
         )
+        await PostgresStore._notify(conn, Change.JOB, job_id)
+        if kind == FeedKind.STATE and data.get("state") in WAITING:
+            await PostgresStore._notify(conn, Change.QUEUE)
         return JobEvent(job_id, seq, now, str(kind), data)
 
     async def append_event(self, lease: Lease, kind: str, data: dict[str, Any]) -> JobEvent:
@@ -487,12 +496,14 @@ class PostgresStore:
                 (record.name, record.version, str(record.path), record.sha256, record.rank,
                  record.base_model, record.created, record.pinned),
             )  # fmt: skip
+            await self._notify(conn, Change.ADAPTERS, record.name)
 
     async def delete_adapter(self, name: str, version: int) -> None:
         async with self._connection() as conn:
             await conn.execute(
                 "DELETE FROM adapters WHERE name = %s AND version = %s", (name, version)
             )
+            await self._notify(conn, Change.ADAPTERS, name)
 
     async def adapters(self) -> tuple[list[AdapterRecord], dict[str, tuple[str, int]]]:
         async with self._connection() as conn:
@@ -506,6 +517,7 @@ class PostgresStore:
 
     async def set_alias(self, alias: str, target: tuple[str, int] | None) -> None:
         async with self._connection() as conn:
+            await self._notify(conn, Change.ADAPTERS, alias)
             if target is None:
                 await conn.execute("DELETE FROM aliases WHERE alias = %s", (alias,))
                 return

@@ -36,6 +36,7 @@ from service.jobs.model import (
 )
 from service.store.base import (
     AdapterRecord,
+    Heard,
     JobPage,
     UploadRecord,
     claim_query,
@@ -160,6 +161,9 @@ class SqliteStore:
     second server on the same file. Several replicas need a shared database instead."""
 
     exclusive = True
+
+    async def follow(self, heard: Heard) -> None:
+        return
 
     def __init__(self, path: Path) -> None:
         self.path = path

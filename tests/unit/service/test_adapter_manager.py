@@ -36,7 +36,7 @@ def setup(tmp_path, tiny_model_dir, tiny_adapter, store):
     limits = adapter_limits(root, tiny_model_dir, max_bytes=2**30)
     clock = iter(range(1000)).__next__
 
-    def make(capacity=2, labels=8, drain_seconds=60.0):
+    def make(capacity=2, labels=8, drain_seconds=60.0, engine=engine):
         return AdapterManager(
             engine=engine,
             store=store,
@@ -191,6 +191,30 @@ async def test_a_version_a_worker_published_is_adopted_even_after_a_later_local_
     assert manager.resolve("t/a").ref == "t/a@3"  # the newest version answers the name
     async with manager.lease("t/a@2") as entry:  # loads on its first request
         assert entry.resident
+
+
+async def test_a_replica_follows_the_alias_moves_pins_and_unloads_of_another(setup):
+    _, _, make = setup
+    first, second_engine = make(), FakeEngine()
+    second = make(engine=second_engine)  # another replica: its own engine, the same store
+    await first.load("t/a", "a", pin=False)
+    await first.load("t/a", "b", pin=False)
+    await first.set_alias("t/prod", "t/a@1")
+    await second.restore()
+    assert second.resolve("t/prod").ref == "t/a@1"
+    async with second.lease("t/prod") as serving:  # a request on the second replica
+        await first.set_alias("t/prod", "t/a@2")
+        await first.pin("t/a@2", True)
+        await first.unload("t/a@1")
+        await second.refresh()
+        assert second.resolve("t/prod").ref == "t/a@2"
+        assert second.view("t/a@2").entry.pinned
+        assert serving.state is AdapterState.UNLOADING  # no new requests; this one finishes
+        with pytest.raises(FailedPreconditionError):
+            second.resolve("t/a@1")
+    await asyncio.gather(*second._retiring)
+    assert sorted(v.entry.ref for v in second.visible(ADMIN)) == ["t/a@2"]
+    assert not second_engine.adapters  # it left the second engine once its request ended
 
 
 async def test_an_unload_that_cannot_drain_in_time_or_is_cancelled_leaves_the_adapter_serving(

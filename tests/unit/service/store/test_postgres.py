@@ -10,6 +10,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from service.errors import ConfigError, UnavailableError
 from service.jobs.model import JobState, Work
+from service.store.base import Change
 from service.store.postgres import PostgresStore, migrations, redacted
 from tests.unit.service.store.test_contract import job
 
@@ -26,7 +27,7 @@ def test_the_shipped_migrations_are_numbered_from_one():
 
 async def test_replicas_starting_together_migrate_once_and_share_the_data(postgres):
     url = postgres.create_database()
-    first, second = PostgresStore(url, exclusive=False), PostgresStore(url, exclusive=False)
+    first, second = PostgresStore(url), PostgresStore(url)
     await asyncio.gather(first.open(), second.open())
     assert applied(url) == [(number, name) for number, name, _ in migrations()]
     await first.create_job(job(1))
@@ -42,7 +43,7 @@ async def test_replicas_starting_together_migrate_once_and_share_the_data(postgr
 
 async def test_replicas_claiming_and_sweeping_at_once_never_share_a_job(postgres):
     url = postgres.create_database()
-    replicas = [PostgresStore(url, exclusive=False) for _ in range(3)]
+    replicas = [PostgresStore(url) for _ in range(3)]
     await asyncio.gather(*(r.open() for r in replicas))
     for n in range(12):
         await replicas[0].create_job(job(n, tenant=f"t{n % 4}"))
@@ -59,19 +60,31 @@ async def test_replicas_claiming_and_sweeping_at_once_never_share_a_job(postgres
     await asyncio.gather(*(r.close() for r in replicas))
 
 
-async def test_a_second_server_on_the_same_database_is_refused_until_the_first_closes(postgres):
+async def test_a_replica_hears_what_another_writes_as_it_commits(postgres, tmp_path):
     url = postgres.create_database()
-    first = PostgresStore(url)
-    await first.open()
-    with pytest.raises(ConfigError, match="another adapterd server uses this database"):
-        await PostgresStore(url).open()
-    reader = PostgresStore(url, exclusive=False)  # beside a server, without the lock
-    await reader.open()
-    await reader.close()
-    await first.close()
-    third = PostgresStore(url)
-    await third.open()
-    await third.close()
+    writer, listener = PostgresStore(url), PostgresStore(url)
+    await asyncio.gather(writer.open(), listener.open())
+    heard: asyncio.Queue = asyncio.Queue()
+    following = asyncio.create_task(listener.follow(lambda c, p: heard.put_nowait((c, p))))
+    first = [await asyncio.wait_for(heard.get(), 10) for _ in Change]
+    assert sorted(first) == sorted((c, "") for c in Change)  # anything may have changed
+
+    async def next_heard() -> tuple[Change, str]:
+        return await asyncio.wait_for(heard.get(), 5)
+
+    await writer.create_job(job(1))
+    assert {await next_heard(), await next_heard()} == {(Change.JOB, "job-1"), (Change.QUEUE, "")}
+    taken = await writer.claim_job("w", frozenset(Work), 60)
+    assert await next_heard() == (Change.JOB, "job-1")  # its claim's state event
+    await writer.request_cancel("job-1")
+    assert await next_heard() == (Change.CANCEL, "job-1")
+    await writer.update_job(taken.lease, JobState.CANCELLED)
+    assert await next_heard() == (Change.JOB, "job-1")
+    await writer.set_alias("acme/prod", ("acme/bot", 1))
+    assert await next_heard() == (Change.ADAPTERS, "acme/prod")
+    assert heard.empty()
+    following.cancel()
+    await asyncio.gather(writer.close(), listener.close())
 
 
 async def test_a_job_running_before_leases_existed_is_released_by_the_first_sweep(postgres):
