@@ -149,12 +149,15 @@ def postgres_bin() -> Path:
 @dataclass
 class PostgresServer:
     """A throwaway PostgreSQL cluster, as a test needs a real shared database: initdb'd in a
-    fresh directory, listening only on a Unix socket there, fsync off. As root, the cluster
-    belongs to the `postgres` user (initdb refuses root) and clients connect as that role."""
+    fresh directory, listening only on a Unix socket there, fsync off unless asked. As root,
+    the cluster belongs to the `postgres` user (initdb refuses root) and clients connect as
+    that role."""
 
     root: Path
     bin: Path
     databases: int = 0
+    fsync: bool = False
+    """Durable commits, as in production (a benchmark comparing stores needs them)."""
 
     @property
     def user(self) -> str:
@@ -173,7 +176,8 @@ class PostgresServer:
         if not (self.root / "data").exists():
             self._run(str(self.bin / "initdb"), "-D", str(self.root / "data"), "-U", self.user,
                       "--auth=trust", "--no-sync")  # fmt: skip
-        options = f"-c listen_addresses='' -k {self.root} -c fsync=off -c max_connections=200"
+        durable = "on" if self.fsync else "off"
+        options = f"-c listen_addresses='' -k {self.root} -c fsync={durable} -c max_connections=200"
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), "-o", options,
                   "-l", str(self.root / "server.log"), "-w", "start")  # fmt: skip
         return self
