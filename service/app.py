@@ -4,12 +4,10 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 from pathlib import Path
 from typing import Any
 
 from grpc import aio
-from prometheus_client import start_http_server
 from transformers import AutoTokenizer
 
 from service import __version__
@@ -32,6 +30,7 @@ from service.jobs.model import Job, Work
 from service.jobs.runner import Emit, JobRunner, owner_id, shared_accelerator
 from service.jobs.service import JobLimits, JobService
 from service.metrics import AdapterLabels, Metrics
+from service.process import MetricsEndpoint
 from service.quotas import PerTenant
 from service.serverinfo import ServerInfo, reported_libraries
 from service.settings import ServerSettings
@@ -71,14 +70,7 @@ class App:
         self.adapters = AdapterManager(
             engine=engine,
             store=self.store,
-            limits=AdapterLimits(
-                root=settings.resolved_adapter_root,
-                max_rank=settings.max_lora_rank,
-                max_bytes=settings.max_adapter_mib * 2**20,
-                base=base_model.fingerprint,
-                base_name=base_model.name,
-                target_modules=lora_target_modules(base_model.path),
-            ),
+            limits=AdapterLimits.for_server(settings, base_model),
             capacity=settings.max_cpu_loras,
             metrics=self.metrics,
             labels=labels,
@@ -196,7 +188,9 @@ class App:
             self.uploads,
             settings.max_concurrent_rpcs,
         )
-        self._metrics_http: tuple[object, object] | None = None
+        self._metrics_http = MetricsEndpoint(
+            self.metrics.registry, settings.host, settings.metrics_port
+        )
         self._engine_task: asyncio.Task[None] | None = None
         self._store_tasks: list[asyncio.Task[None]] = []
         self._adapters_changed = asyncio.Event()
@@ -266,16 +260,7 @@ class App:
         await asyncio.to_thread(self.uploads.clean_staging)
         await self.adapters.restore()
         await self.runner.recover()
-        try:
-            server, thread = start_http_server(
-                settings.metrics_port, settings.host, registry=self.metrics.registry
-            )
-        except OSError as exc:
-            raise ConfigError(
-                f"--metrics-port {settings.metrics_port}: cannot listen on "
-                f"{settings.host}:{settings.metrics_port} ({exc.strerror})"
-            ) from None
-        self._metrics_http = (server, thread)
+        self._metrics_http.start()
         await self.health.start()
         self.http.start()
         await self.grpc.start()
@@ -316,24 +301,8 @@ class App:
             self._engine_task.cancel()
         await self.lifecycle.stop()
         await self.store.close()
-        if self._metrics_http is not None:
-            server, _ = self._metrics_http
-            # shutdown() waits for the serving thread's poll loop; then free the port.
-            await asyncio.to_thread(server.shutdown)  # type: ignore[attr-defined]
-            server.server_close()  # type: ignore[attr-defined]
+        await self._metrics_http.stop()
         logger.info("stopped")
-
-    async def serve_until_signal(self) -> None:
-        """Runs until SIGTERM or SIGINT, then stops cleanly."""
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await self.start()
-        try:
-            await stop.wait()
-        finally:
-            await self.stop()
 
 
 def _ensure_dir(path: Path, flag: str) -> None:

@@ -9,19 +9,21 @@ adapterd prepare-model    convert and cache the base model ahead of time
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 
-from service.app import build_app
+from service.app import App, build_app
 from service.basemodel import resolve_base_model
 from service.demo import FULL, QUICK, run_demo
 from service.errors import ConfigError
 from service.logs import configure_logging
+from service.process import run_until_signal
 from service.settings import (
     ServerSettings,
     add_settings_flags,
     flag_name,
     settings_from_args,
 )
-from service.worker import build_worker
+from service.worker import Worker, build_worker
 
 PREPARE_MODEL_FLAGS = ("base_model", "model_cache_dir", "log_level")
 WORKER_FLAGS = (
@@ -32,27 +34,26 @@ WORKER_FLAGS = (
 """What configures `adapterd worker`: no API, engine or tenancy settings."""
 
 
+def _run(build: Callable[[], App | Worker]) -> int:
+    async def run() -> None:
+        # grpc.aio objects belong to the loop they are made in: build the process inside it.
+        process = build()
+        await run_until_signal(process.start, process.stop)
+
+    asyncio.run(run())
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(ServerSettings, args)
     configure_logging(settings.log_level)
-
-    async def serve() -> None:
-        # grpc.aio objects belong to the loop they are made in: build the app inside it.
-        await build_app(settings).serve_until_signal()
-
-    asyncio.run(serve())
-    return 0
+    return _run(lambda: build_app(settings))
 
 
 def _worker(args: argparse.Namespace) -> int:
     settings = settings_from_args(ServerSettings, args, only=WORKER_FLAGS)
     configure_logging(settings.log_level)
-
-    async def work() -> None:
-        await build_worker(settings).run_until_signal()
-
-    asyncio.run(work())
-    return 0
+    return _run(lambda: build_worker(settings))
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -13,20 +13,18 @@ output directory there.
 
 import asyncio
 import logging
-import signal
 import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from prometheus_client import start_http_server
-
 from service.adapters.checks import AdapterLimits
 from service.adapters.publish import install_job_adapter, publish
-from service.basemodel import BaseModel, lora_target_modules, resolve_base_model
+from service.basemodel import BaseModel, resolve_base_model
 from service.errors import AdapterdError, ConfigError
 from service.jobs.model import Job, Work
 from service.jobs.runner import Emit, JobRunner, owner_id
 from service.metrics import Metrics
+from service.process import MetricsEndpoint
 from service.settings import ServerSettings
 from service.store import describe_store, store_for
 from service.store.base import Change
@@ -48,14 +46,7 @@ class Worker:
         self.settings = settings
         self.metrics = Metrics()
         self.store = store_for(settings.resolved_store_url)
-        self.limits = AdapterLimits(
-            root=settings.resolved_adapter_root,
-            max_rank=settings.max_lora_rank,
-            max_bytes=settings.max_adapter_mib * 2**20,
-            base=base_model.fingerprint,
-            base_name=base_model.name,
-            target_modules=lora_target_modules(base_model.path),
-        )
+        self.limits = AdapterLimits.for_server(settings, base_model)
         threads = settings.trainer_threads or max(1, available_cpus() // settings.slots)
         self.runners = [
             JobRunner(
@@ -75,7 +66,9 @@ class Worker:
             )
             for _ in range(settings.slots)
         ]
-        self._metrics_http: Any = None
+        self._metrics_http = MetricsEndpoint(
+            self.metrics.registry, settings.host, settings.metrics_port
+        )
         self._follow: asyncio.Task[None] | None = None
 
     def _heard(self, change: Change, payload: str) -> None:
@@ -115,15 +108,10 @@ class Worker:
         await self.store.open()
         logger.info("store: %s", describe_store(settings.resolved_store_url))
         try:
-            self._metrics_http = start_http_server(
-                settings.metrics_port, settings.host, registry=self.metrics.registry
-            )
-        except OSError as exc:
+            self._metrics_http.start()
+        except ConfigError:
             await self.store.close()
-            raise ConfigError(
-                f"--metrics-port {settings.metrics_port}: cannot listen on "
-                f"{settings.host}:{settings.metrics_port} ({exc.strerror})"
-            ) from None
+            raise
         for runner in self.runners:
             runner.start()
         self._follow = asyncio.create_task(self.store.follow(self._heard), name="store-follow")
@@ -142,23 +130,8 @@ class Worker:
         if self._follow is not None:
             self._follow.cancel()
         await self.store.close()
-        if self._metrics_http is not None:
-            server, _ = self._metrics_http
-            await asyncio.to_thread(server.shutdown)
-            server.server_close()
+        await self._metrics_http.stop()
         logger.info("stopped")
-
-    async def run_until_signal(self) -> None:
-        """Runs until SIGTERM or SIGINT, then stops cleanly."""
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await self.start()
-        try:
-            await stop.wait()
-        finally:
-            await self.stop()
 
 
 def build_worker(settings: ServerSettings) -> Worker:

@@ -207,6 +207,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def terminate(process: "subprocess.Popen[bytes]", timeout: float) -> int:
+    """SIGTERM unless it ended, then wait; its exit code (SIGKILL after `timeout`: -9)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 @dataclass
 class ServerProcess:
     """`adapterd serve` running as a child process on free ports, as a user would run it."""
@@ -284,14 +296,7 @@ class ServerProcess:
     def stop(self, timeout: float = 120.0) -> int:
         """SIGTERM, then wait; returns the exit code (SIGKILL after `timeout`, code -9)."""
         assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return terminate(self.process, timeout)
 
 
 @dataclass
@@ -335,14 +340,7 @@ class WorkerProcess:
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM, then wait; returns the exit code (SIGKILL after `timeout`, code -9)."""
         assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return terminate(self.process, timeout)
 
 
 class _GarbageJudgeHandler(http.server.BaseHTTPRequestHandler):

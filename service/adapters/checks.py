@@ -13,11 +13,15 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.errors import InvalidArgumentError, NotFoundError
 from service.paths import confined
 from trainer.fingerprint import ModelFingerprint, safetensors_header
+
+if TYPE_CHECKING:
+    from service.basemodel import BaseModel
+    from service.settings import ServerSettings
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -55,6 +59,20 @@ class AdapterLimits:
     """The served base model's name, for messages."""
     target_modules: frozenset[str]
     """Linear modules of the base model that LoRA may target (e.g. "q_proj")."""
+
+    @classmethod
+    def for_server(cls, settings: "ServerSettings", base_model: "BaseModel") -> "AdapterLimits":
+        """What a server (or worker) with `settings` on `base_model` accepts."""
+        from service.basemodel import lora_target_modules
+
+        return cls(
+            root=settings.resolved_adapter_root,
+            max_rank=settings.max_lora_rank,
+            max_bytes=settings.max_adapter_mib * 2**20,
+            base=base_model.fingerprint,
+            base_name=base_model.name,
+            target_modules=lora_target_modules(base_model.path),
+        )
 
 
 def resolve_directory(root: Path, relative: str) -> Path:

@@ -322,3 +322,13 @@ async def test_counts_by_kind_and_state(store):
 
 async def test_only_a_store_no_other_process_writes_is_exclusive(store):
     assert store.exclusive is (type(store).__name__ == "SqliteStore")
+
+
+async def released_by_the_first_sweep(store: Store) -> None:
+    """Checks that job-1, running before leases existed, has an expired lease that the first
+    sweep releases; closes `store`."""
+    before = await store.get_job("job-1")
+    assert (before.owner, before.lease_until) == ("a server before leases", 0)
+    [released] = await store.expire_leases(time.time())
+    assert (released.state, released.owner) == (JobState.QUEUED, "")
+    await store.close()

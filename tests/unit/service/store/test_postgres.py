@@ -2,7 +2,6 @@
 time; two stores (two replicas' pools) on one database; errors that never show the password."""
 
 import asyncio
-import time
 
 import psycopg
 import pytest
@@ -12,7 +11,7 @@ from service.errors import ConfigError, UnavailableError
 from service.jobs.model import JobState, Work
 from service.store.base import Change
 from service.store.postgres import PostgresStore, migrations, redacted
-from tests.unit.service.store.test_contract import job
+from tests.unit.service.store.test_contract import job, released_by_the_first_sweep
 
 
 def applied(url: str) -> list[tuple[int, str]]:
@@ -104,11 +103,7 @@ async def test_a_job_running_before_leases_existed_is_released_by_the_first_swee
         )
     store = PostgresStore(url)
     await store.open()
-    before = await store.get_job("job-1")
-    assert (before.owner, before.lease_until) == ("a server before leases", 0)
-    [released] = await store.expire_leases(time.time())
-    assert (released.state, released.owner) == (JobState.QUEUED, "")
-    await store.close()
+    await released_by_the_first_sweep(store)
 
 
 async def test_a_schema_newer_than_this_adapterd_is_refused(postgres):

@@ -1,13 +1,12 @@
 """What only the SQLite store does: one server per file, its own schema upgrades."""
 
 import sqlite3
-import time
 
 import pytest
 
 from service.errors import ConfigError
-from service.jobs.model import JobState
 from service.store.sqlite import MIGRATIONS, SqliteStore
+from tests.unit.service.store.test_contract import released_by_the_first_sweep
 
 
 async def test_a_second_server_on_the_same_file_is_refused_until_the_first_closes(tmp_path):
@@ -37,8 +36,4 @@ async def test_a_job_running_before_leases_existed_is_released_by_the_first_swee
         db.execute("PRAGMA user_version=3")
     store = SqliteStore(path)
     await store.open()
-    before = await store.get_job("job-1")
-    assert (before.owner, before.lease_until) == ("a server before leases", 0)
-    [released] = await store.expire_leases(time.time())
-    assert (released.state, released.owner) == (JobState.QUEUED, "")
-    await store.close()
+    await released_by_the_first_sweep(store)
