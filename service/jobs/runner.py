@@ -6,7 +6,8 @@ third of `lease_seconds`) and writes the job only with that lease: when the leas
 stall past its end let another process's sweep requeue the job) the runner stops the job's work
 and writes nothing more. Before each claim it sweeps expired leases, so a dead process's job
 waits again once its lease has run out. A client's cancel of a job this runner owns reaches it
-at once (`cancel`), one owned elsewhere on that owner's next renewal; the owner writes the end.
+at once (`cancel`); one made through another process reaches it through the store (a
+notification: `cancel_requested`, else its next renewal). The owner writes the end.
 
 The trainer (`python -m trainer train`) runs in its own process group with a thread budget
 (`--trainer-threads`), writes JSON-line events that are stored as the job's feed, and exits with
@@ -341,7 +342,7 @@ class JobRunner:
     def cancel(self, job: Job) -> None:
         """Acts at once on a client's cancel request of `job` (`Store.request_cancel`) if this
         runner owns it: its work stops and the run ends it CANCELLED. A job another process
-        owns is that owner's to end, on its next renewal."""
+        owns is that owner's to end, when it hears of the request."""
         if job.owner != self.owner or job.id in self._cancelled:
             return
         self._cancelled.add(job.id)
