@@ -374,6 +374,12 @@ class ClientSettings(BaseSettings):
         None, description="PEM CA certificate to verify the server with; connects over TLS."
     )
     timeout: float = Field(30.0, gt=0, description="Deadline of each call in seconds.")
+    load_balancing: Literal["pick_first", "round_robin"] = Field(
+        "pick_first",
+        description="How calls spread over the addresses the target resolves to: round_robin "
+        "over the pods of a headless Service (target dns:///adapterd-grpc-headless:50051), or "
+        "pick_first (all to one).",
+    )
     output: Literal["text", "json"] = Field("text", description="Output format.")
 
 

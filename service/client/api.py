@@ -5,7 +5,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,6 +23,8 @@ from adapterd.v1 import (
 
 STATUS_NAMES = health_pb2.HealthCheckResponse.ServingStatus.Name
 R = TypeVar("R")
+LoadBalancing = Literal["pick_first", "round_robin"]
+"""gRPC's load-balancing policies a client may pick."""
 
 
 class Client:
@@ -34,12 +36,19 @@ class Client:
         token: str | None = None,
         timeout: float = 30.0,
         tls_ca: bytes | None = None,
+        load_balancing: LoadBalancing = "pick_first",
     ) -> None:
+        """`load_balancing` "round_robin" spreads calls over every address `target` resolves
+        to (a headless Service's pods: `dns:///adapterd-grpc-headless:50051`); "pick_first",
+        gRPC's default, sends them all to one."""
         self.target = target
+        options = [("grpc.lb_policy_name", load_balancing)]
         self._channel = (
-            grpc.insecure_channel(target)
+            grpc.insecure_channel(target, options=options)
             if tls_ca is None
-            else grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=tls_ca))
+            else grpc.secure_channel(
+                target, grpc.ssl_channel_credentials(root_certificates=tls_ca), options=options
+            )
         )
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._timeout = timeout

@@ -165,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         ca = settings.tls_ca_file.read_bytes() if settings.tls_ca_file else None
-        with Client(settings.target, settings.token, settings.timeout, ca) as client:
+        with Client(
+            settings.target, settings.token, settings.timeout, ca, settings.load_balancing
+        ) as client:
             return COMMANDS[args.command](client, args, settings.output == "json")
     except grpc.RpcError as exc:
         print(f"adapterctl: {exc.code().name}: {exc.details()}", file=sys.stderr)
