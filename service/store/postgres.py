@@ -178,6 +178,8 @@ class PostgresStore:
             max_size=pool_size,
             open=False,
             kwargs={"row_factory": dict_row},
+            # A connection the database dropped (a restart) is replaced before it is handed out.
+            check=AsyncConnectionPool.check_connection,
             name="adapterd-store",
         )
 
