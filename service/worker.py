@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from service.adapters.checks import AdapterLimits
-from service.adapters.publish import install_job_adapter, publish
+from service.adapters.publish import publish, register_job_adapter
 from service.basemodel import BaseModel, resolve_base_model
-from service.errors import AdapterdError, ConfigError
+from service.errors import ConfigError
 from service.jobs.model import Job, Work
 from service.jobs.runner import Emit, JobRunner, owner_id
 from service.metrics import Metrics
@@ -84,19 +84,15 @@ class Worker:
     async def _publish(self, job: Job) -> dict[str, Any]:
         """Publishes a finished job's adapter when its spec names one; the serving replicas
         load it from the store on its first request."""
-        name = job.spec.get("adapter_name", "")
-        if job.spec.get("validate_only") or not name:
-            return {}
-        job_dir = self.runners[0].job_dir(job.id)
-        root = self.settings.resolved_adapter_root
-        try:
-            relative = await asyncio.to_thread(install_job_adapter, job_dir, root, job.id)
+
+        async def publish_only(name: str, path: str) -> str:
             _, record = await publish(
-                self.store, self.limits, name, relative, pin=False, created=time.time()
+                self.store, self.limits, name, path, pin=False, created=time.time()
             )
-        except AdapterdError as exc:
-            return {"registration_error": str(exc)}
-        return {"adapter_version": f"{record.name}@{record.version}"}
+            return f"{record.name}@{record.version}"
+
+        directory, root = self.runners[0].job_dir(job.id), self.settings.resolved_adapter_root
+        return await register_job_adapter(job, directory, root, publish_only)
 
     async def start(self) -> None:
         """Opens the store, serves /metrics and starts every slot.

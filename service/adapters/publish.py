@@ -8,11 +8,15 @@ worker only publishes, and every serving replica picks the version up from the s
 
 import asyncio
 import shutil
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from service.adapters.checks import AdapterLimits, CheckedAdapter, check_adapter
 from service.adapters.registry import check_name
+from service.errors import AdapterdError
+from service.jobs.model import Job
 from service.store.base import AdapterRecord, Store
 from trainer.files import fresh_staging, publish_dir
 
@@ -30,6 +34,28 @@ def install_job_adapter(job_dir: Path, adapter_root: Path, job_id: str) -> str:
     shutil.copytree(job_dir / "adapter", staging, dirs_exist_ok=True)
     shutil.copy2(job_dir / "manifest.json", staging / "manifest.json")
     return str(publish_dir(staging, target).relative_to(adapter_root))
+
+
+Register = Callable[[str, str], Awaitable[str]]
+"""Registers the adapter at a path (relative to the adapter root) as the next version of a
+qualified name; returns its ref ("tenant/name@N")."""
+
+
+async def register_job_adapter(
+    job: Job, job_dir: Path, adapter_root: Path, register: Register
+) -> dict[str, Any]:
+    """What a finished job adds to its result: its adapter installed (`install_job_adapter`)
+    and registered, when its spec names one and trains (`adapter_version`), or why the
+    registration was refused (`registration_error`); nothing otherwise. A serving replica
+    registers into its engine, a worker only publishes."""
+    name = job.spec.get("adapter_name", "")
+    if job.spec.get("validate_only") or not name:
+        return {}
+    relative = await asyncio.to_thread(install_job_adapter, job_dir, adapter_root, job.id)
+    try:
+        return {"adapter_version": await register(name, relative)}
+    except AdapterdError as exc:
+        return {"registration_error": str(exc)}
 
 
 async def publish(

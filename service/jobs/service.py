@@ -30,11 +30,10 @@ from eval.report import REPORT_HTML, REPORT_JSON
 from eval.sources import ClientFiles, check_sources
 from eval.spec import EvalSpec, EvalSpecError, parse_eval_spec
 from service.adapters.manager import AdapterManager
-from service.adapters.publish import install_job_adapter
+from service.adapters.publish import register_job_adapter
 from service.auth import Principal
 from service.authz import is_admin, qualify_read, qualify_write, visible_tenant
 from service.errors import (
-    AdapterdError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -447,14 +446,10 @@ class JobService:
                 self._metrics.jobs.labels(kind.value, state.value).set(counts.get((kind, state), 0))
 
     async def on_success(self, job: Job) -> dict[str, Any]:
-        """Registers the adapter of a finished job when its spec names one."""
-        name = job.spec.get("adapter_name", "")
-        if job.spec.get("validate_only") or not name:
-            return {}
-        source, root = self._runner.job_dir(job.id), self._limits.adapter_root
-        relative = await asyncio.to_thread(install_job_adapter, source, root, job.id)
-        try:
-            entry = await self._adapters.load(name, relative, pin=False)
-        except AdapterdError as exc:
-            return {"registration_error": str(exc)}
-        return {"adapter_version": entry.ref}
+        """Registers the adapter of a finished job, into the engine, when its spec names one."""
+
+        async def load(name: str, path: str) -> str:
+            return (await self._adapters.load(name, path, pin=False)).ref
+
+        directory, root = self._runner.job_dir(job.id), self._limits.adapter_root
+        return await register_job_adapter(job, directory, root, load)
