@@ -4,9 +4,13 @@ The page that `/metrics` serves holds this registry only: vLLM registers its own
 series on prometheus_client's global registry, and colons are reserved for recording rules.
 Labels are bounded: RPC method names come from the protos, never from a request; the adapter
 label is one of at most `adapter_labels` registered names or aliases (`AdapterLabels`), "base"
-for the base model and "other" for everything else, never a version.
+for the base model and "other" for everything else, never a version. The one exception is
+`adapterd_lora_requests_info`, vLLM's `vllm:lora_requests_info` under our prefix for the Gateway
+API Inference Extension's endpoint picker: its labels list the adapter versions in the engine's
+batch, and it holds one series at a time (the last step's).
 """
 
+import time
 from collections.abc import Iterable
 
 from prometheus_client import (
@@ -148,6 +152,15 @@ class Metrics:
             "Fraction of the engine's KV cache in use.",
             registry=self.registry,
         )
+        # As vLLM's: the value is the step's wall-clock time (the endpoint picker reads the
+        # series with the largest), the labels the versions running and waiting, comma-joined.
+        self.lora_requests_info = Gauge(
+            "adapterd_lora_requests_info",
+            "Adapter versions in the engine's batch: running, waiting, and the max_lora limit.",
+            ["max_lora", "waiting_lora_adapters", "running_lora_adapters"],
+            registry=self.registry,
+        )
+        self._lora_labels: tuple[str, str, str] | None = None
 
         # Jobs.
         self.jobs = Gauge(
@@ -231,6 +244,17 @@ class Metrics:
         self.engine_waiting.set(stats.waiting)
         self.engine_running.set(stats.running)
         self.engine_kv_cache_usage.set(stats.kv_cache_usage)
+        labels = (
+            str(stats.max_loras),
+            ",".join(stats.waiting_adapters),
+            ",".join(stats.running_adapters),
+        )
+        # The new series first, then the old one goes: a scrape in between sees both, and the
+        # picker takes the newer by its value.
+        self.lora_requests_info.labels(*labels).set(time.time())
+        if self._lora_labels is not None and self._lora_labels != labels:
+            self.lora_requests_info.remove(*self._lora_labels)
+        self._lora_labels = labels
 
     def per_adapter(self) -> Iterable[Counter | Gauge | Histogram]:
         """The metrics with an `adapter` label."""

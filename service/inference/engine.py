@@ -109,6 +109,12 @@ class EngineStats:
     """Requests queued for a slot."""
     kv_cache_usage: float
     """Fraction of the KV cache in use, 0 to 1."""
+    running_adapters: tuple[str, ...] = ()
+    """The adapter versions ("tenant/name@N") of the requests in the running batch."""
+    waiting_adapters: tuple[str, ...] = ()
+    """The adapter versions of the queued requests."""
+    max_loras: int = 0
+    """How many adapters one batch may hold (the engine's `max_loras`)."""
 
 
 StatsListener = Callable[[EngineStats], None]

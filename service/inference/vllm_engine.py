@@ -118,7 +118,8 @@ def _stat_logger_factory(listener: StatsListener) -> Any:
 
     class _Forwarder(StatLoggerBase):
         def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
-            pass
+            lora = vllm_config.lora_config
+            self.max_loras = lora.max_loras if lora is not None else 0
 
         def record(
             self,
@@ -133,6 +134,11 @@ def _stat_logger_factory(listener: StatsListener) -> Any:
                         running=scheduler_stats.num_running_reqs,
                         waiting=scheduler_stats.num_waiting_reqs,
                         kv_cache_usage=scheduler_stats.kv_cache_usage,
+                        # Request counts by LoRA name (the adapter's ref), filled by vLLM's
+                        # output processor before the stat loggers run.
+                        running_adapters=tuple(scheduler_stats.running_lora_adapters),
+                        waiting_adapters=tuple(scheduler_stats.waiting_lora_adapters),
+                        max_loras=self.max_loras,
                     )
                 )
 

@@ -4,16 +4,26 @@ unloaded and aliased while requests flow; streaming; refusals; per-adapter metri
 import json
 import shutil
 import threading
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from adapterd.v1 import inference_pb2
 from service.client.api import Client
 from service.client.cli import main
-from tests.support import ADMIN_TOKEN, USER_TOKEN, assert_promtool_accepts, make_adapter
+from tests.support import (
+    ADMIN_TOKEN,
+    DEPLOY,
+    USER_TOKEN,
+    assert_promtool_accepts,
+    kustomize,
+    make_adapter,
+)
 
 PROMPTS = ["The capital of France is", "1, 2, 3, 4,", "Once upon a time"]
 
@@ -224,6 +234,33 @@ def test_the_metrics_page_has_per_adapter_series_and_passes_promtool(server, adm
         assert series in page, series
     assert "@" not in "".join(line for line in page.splitlines() if "adapter=" in line)
     assert "vllm:" not in page
+    assert_promtool_accepts(page)
+
+
+def test_the_endpoint_pickers_metrics_show_the_adapter_version_running(server, admin, adapter_dirs):
+    # What deploy/overlays/inference-pool tells the Inference Extension's endpoint picker to
+    # read (queue, running batch, KV cache, LoRA info) is on the page; while a stream through
+    # an adapter runs, the LoRA info series lists its version, with vLLM's labels.
+    config = kustomize(DEPLOY / "overlays/inference-pool")[("ConfigMap", "adapterd-epp")]
+    (extractor,) = [plugin for plugin in yaml.safe_load(config["data"]["config.yaml"])["plugins"]
+                    if plugin["type"] == "core-metrics-extractor"]  # fmt: skip
+    (engine,) = extractor["parameters"]["engineConfigs"]
+    long = inference_pb2.GenerateRequest(adapter="one", prompt=PROMPTS[2],
+        sampling=inference_pb2.SamplingParams(max_tokens=48, ignore_eos=True))  # fmt: skip
+    version, running, page = "", [], ""
+    for delta in admin.generate_stream(long):
+        version = version or delta.adapter_version
+        if not version or version not in running:  # scraped until a step shows the request
+            page = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+            families = {f.name: f for f in text_string_to_metric_families(page)}
+            # The newest series, as the picker takes it (a scrape may fall between two steps).
+            info = max(families["adapterd_lora_requests_info"].samples, key=lambda s: s.value)
+            running = info.labels["running_lora_adapters"].split(",")
+    assert version.startswith("ops/one@") and version in running
+    assert info.labels["max_lora"] == "4"  # the session server's --max-loras
+    assert abs(info.value - time.time()) < 60  # the step's wall-clock time, as vLLM's
+    for spec in ("queuedRequestsSpec", "runningRequestsSpec", "kvUsageSpec", "loraSpec"):
+        assert engine[spec] in families, spec
     assert_promtool_accepts(page)
 
 
