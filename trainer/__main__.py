@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import DataSpec, TrainConfigError, describe_validation_error, load_config
-from trainer.contract import PARENT_PID_VARIABLE, ExitCode, FailureReason, TrainerEvent
+from trainer.contract import (
+    FENCE_VARIABLE,
+    PARENT_PID_VARIABLE,
+    ExitCode,
+    FailureReason,
+    TrainerEvent,
+)
 from trainer.data import MAX_PROBLEMS_SHOWN, DataRejectedError, DataReport, prepare_data
 from trainer.events import EventWriter
 from trainer.masking import TemplateError
@@ -137,11 +143,13 @@ def _train(args: argparse.Namespace) -> int:
     config = load_config(_load_config_file(args.config))
     import torch  # torch and transformers load only for training
 
-    from trainer.sft import OOM_HINT, run
+    from trainer.sft import OOM_HINT, SupersededError, run
 
     with EventWriter(Path(args.events) if args.events else None) as events:
         try:
-            return run(config, events)
+            return run(config, events, fence=int(os.environ.get(FENCE_VARIABLE, "0")))
+        except SupersededError:  # a later attempt owns the job: stopped, as on SIGTERM
+            return ExitCode.INTERRUPTED
         except torch.OutOfMemoryError as exc:
             events.emit(
                 TrainerEvent.FAILED,

@@ -1,8 +1,15 @@
-"""Checkpoints: complete or absent, the newest K kept, resumable exactly.
+"""Checkpoints: complete or absent, the newest K kept, resumable exactly, one directory per
+attempt.
 
 A checkpoint is written into a hidden temporary directory and renamed into place when complete,
 so a crash mid-write never leaves something that looks resumable. It holds the adapter, the
 optimizer, the scheduler, every RNG state and the loop state (step, data position, history).
+
+Each attempt of a job works in a directory named by its claim's fencing number
+(`attempts/<fence>/`: its checkpoints and its best and last adapters). A new attempt starts
+from a copy of the newest checkpoint of the attempt before it, so nothing an earlier attempt's
+trainer writes afterwards (one whose owner lost its lease but which still runs) is ever read;
+and such a trainer, seeing a later attempt's directory, stops before its next write.
 """
 
 import json
@@ -19,6 +26,7 @@ from safetensors.torch import load_file
 from trainer.files import fresh_staging, publish_dir
 
 PREFIX = "step-"
+ATTEMPTS, CHECKPOINTS, BEST = "attempts", "checkpoints", "best"
 
 
 @dataclass
@@ -41,6 +49,40 @@ class LoopState:
     """For early stopping."""
     history: list[dict[str, Any]] = field(default_factory=list)
     """Per-step records: step, epoch, loss, lr, and eval_loss where measured."""
+
+
+def attempt_dir(output_dir: Path, fence: int) -> Path:
+    """The working directory of the attempt under `fence`."""
+    return output_dir / ATTEMPTS / f"{fence:07d}"
+
+
+def _attempts(output_dir: Path) -> list[tuple[int, Path]]:
+    """The attempts' directories by fence, oldest first (staging directories are hidden)."""
+    found = [(int(p.name), p) for p in (output_dir / ATTEMPTS).glob("*") if p.name.isdigit()]
+    return sorted(found)
+
+
+def superseded(output_dir: Path, fence: int) -> bool:
+    """Whether an attempt under a later fence has started: this one must write nothing more."""
+    return any(later > fence for later, _ in _attempts(output_dir))
+
+
+def take_over(output_dir: Path, fence: int) -> Path:
+    """The attempt's directory. An attempt that starts again under its own fence (a trainer run
+    by hand, twice) continues in it; a new one gets it made from copies of the newest
+    checkpoint and the best adapter of the latest earlier attempt, whatever that attempt's
+    trainer still writes."""
+    mine = attempt_dir(output_dir, fence)
+    if mine.is_dir():
+        return mine
+    staging = fresh_staging(mine)
+    earlier = [path for number, path in _attempts(output_dir) if number < fence]
+    if earlier:
+        if (latest := latest_checkpoint(earlier[-1] / CHECKPOINTS)) is not None:
+            shutil.copytree(latest, staging / CHECKPOINTS / latest.name)
+        if (earlier[-1] / BEST).is_dir():
+            shutil.copytree(earlier[-1] / BEST, staging / BEST)
+    return publish_dir(staging, mine)
 
 
 def checkpoint_dir(root: Path, step: int) -> Path:

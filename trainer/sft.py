@@ -25,7 +25,16 @@ from transformers import AutoTokenizer, get_scheduler
 
 from trainer.artifacts import install_adapter, write_loss_curve, write_manifest
 from trainer.batching import Batch, epoch_order, padded, padding_free, token_losses
-from trainer.checkpoints import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint
+from trainer.checkpoints import (
+    BEST,
+    CHECKPOINTS,
+    LoopState,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    superseded,
+    take_over,
+)
 from trainer.config import TrainConfig
 from trainer.contract import ExitCode, FailureReason, TrainerEvent
 from trainer.data import MAX_PROBLEMS_SHOWN, DataRejectedError, PreparedData, prepare_data
@@ -91,13 +100,15 @@ def evaluate(model: Any, examples: list[Example], batch_size: int, batching: Bat
     return total / max(count, 1)
 
 
-def run(config: TrainConfig, events: EventWriter) -> int:
-    """Trains an adapter as `config` says; returns the exit code."""
+def run(config: TrainConfig, events: EventWriter, fence: int = 0) -> int:
+    """Trains an adapter as `config` says, as the attempt under `fence` (see
+    `trainer.checkpoints`); returns the exit code."""
     # ---- setup: data first (no model is loaded for bad data), then the model
     settings = config.training
     random.seed(settings.seed)
     torch.manual_seed(settings.seed)
     config.output_dir.mkdir(parents=True, exist_ok=True)
+    _check_superseded(config, fence, events, step=0)
     tokenizer = AutoTokenizer.from_pretrained(config.base_model)
     try:
         data: PreparedData = prepare_data(config.data, tokenizer, settings.seed)
@@ -154,7 +165,8 @@ def run(config: TrainConfig, events: EventWriter) -> int:
     # run starts from the default scale, which adapts within a few steps).
     scaler = torch.amp.GradScaler(batching.device.type, enabled=precision.dtype == "float16")
     lengths = [len(e.input_ids) for e in data.train]
-    checkpoints = config.output_dir / "checkpoints"
+    work = take_over(config.output_dir, fence)
+    checkpoints = work / CHECKPOINTS
     state = LoopState()
     if (latest := latest_checkpoint(checkpoints)) is not None:
         state = load_checkpoint(latest, model, optimizer, scheduler)
@@ -238,12 +250,13 @@ def run(config: TrainConfig, events: EventWriter) -> int:
             if state.best_eval_loss is None or record["eval_loss"] < state.best_eval_loss:
                 state.best_eval_loss, state.best_step = record["eval_loss"], state.step
                 state.evals_without_improvement = 0
-                _save_adapter(model, config.output_dir / "best")
+                _save_adapter(model, work / BEST)
             else:
                 state.evals_without_improvement += 1
         state.history.append(record)
         last = state.step == total_steps or should_stop_early()
         if state.step % settings.checkpoint_interval == 0 or last or stop.requested:
+            _check_superseded(config, fence, events, state.step)
             path = save_checkpoint(
                 checkpoints, model, optimizer, scheduler, state, keep=settings.keep_checkpoints
             )
@@ -257,10 +270,9 @@ def run(config: TrainConfig, events: EventWriter) -> int:
     # ---- save: the chosen adapter, the manifest, the loss curve
     use_best = settings.select == "best" and state.best_step is not None
     if not use_best:
-        _save_adapter(model, config.output_dir / "last")
-    adapter = install_adapter(
-        config.output_dir / ("best" if use_best else "last"), config.output_dir
-    )
+        _save_adapter(model, work / "last")
+    _check_superseded(config, fence, events, state.step)
+    adapter = install_adapter(work / (BEST if use_best else "last"), config.output_dir)
     metrics = _final_metrics(
         state, per_epoch, use_best, time.monotonic() - run_started, run_start_tokens
     )
@@ -285,6 +297,18 @@ def run(config: TrainConfig, events: EventWriter) -> int:
         metrics=metrics,
     )
     return ExitCode.OK
+
+
+class SupersededError(Exception):
+    """A later attempt of the job has started: this run must write nothing more."""
+
+
+def _check_superseded(config: TrainConfig, fence: int, events: EventWriter, step: int) -> None:
+    """Raises SupersededError when a later attempt has started (this trainer's owner lost the
+    job), saying so first in this attempt's events file, which nobody reads any more."""
+    if superseded(config.output_dir, fence):
+        events.emit(TrainerEvent.INTERRUPTED, step=step, superseded=True)
+        raise SupersededError(f"attempt {fence} of {config.output_dir} was superseded")
 
 
 def _save_adapter(model: Any, target: Path) -> None:

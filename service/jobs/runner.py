@@ -57,11 +57,17 @@ from service.jobs.model import (
 )
 from service.metrics import Metrics
 from service.store.base import Store
-from trainer.contract import PARENT_PID_VARIABLE, ExitCode, FailureReason, TrainerEvent
+from trainer.contract import (
+    FENCE_VARIABLE,
+    PARENT_PID_VARIABLE,
+    ExitCode,
+    FailureReason,
+    TrainerEvent,
+)
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE, EVENTS_FILE, LOG_FILE = "config.json", "events.jsonl", "trainer.log"
+CONFIG_FILE, LOG_FILE = "config.json", "trainer.log"
 LOG_TAIL_LINES = 20
 POLL_SECONDS = 0.2
 STORE_RETRY_SECONDS = 1.0
@@ -128,17 +134,37 @@ TRAINER_ENV_PREFIXES = (
 
 
 def trainer_environment(
-    environ: Mapping[str, str], threads: int, parent_pid: int
+    environ: Mapping[str, str], threads: int, parent_pid: int, fence: int
 ) -> dict[str, str]:
     """The trainer's environment: an allowlist of the server's (locale, paths, the libraries'
     own switches), never its settings or secrets (no ADAPTERD_*, no judge API key, no tokens
-    file), plus its thread budget and the parent it follows. Pure."""
+    file), plus its thread budget, the parent it follows and the claim it runs under. Pure."""
     kept = {
         k: v
         for k, v in environ.items()
         if k in TRAINER_ENV_NAMES or k.startswith(TRAINER_ENV_PREFIXES)
     }
-    return kept | {"OMP_NUM_THREADS": str(threads), PARENT_PID_VARIABLE: str(parent_pid)}
+    return kept | {
+        "OMP_NUM_THREADS": str(threads),
+        PARENT_PID_VARIABLE: str(parent_pid),
+        FENCE_VARIABLE: str(fence),
+    }
+
+
+def events_file(job_dir: Path, fence: int) -> Path:
+    """The events file of the job's trainer under the claim `fence`: one per attempt, so lines
+    a lost owner's trainer still writes never reach the next attempt's feed."""
+    return job_dir / f"events-{fence:07d}.jsonl"
+
+
+def earlier_events_file(job_dir: Path, fence: int) -> tuple[int, Path] | None:
+    """The fence and events file of the latest attempt before `fence` that ran a trainer."""
+    earlier = sorted(
+        (int(number), path)
+        for path in job_dir.glob("events-*.jsonl")
+        if (number := path.stem.removeprefix("events-")).isdigit() and int(number) < fence
+    )
+    return earlier[-1] if earlier else None
 
 
 CGROUP_OOM_FILES = (
@@ -168,7 +194,8 @@ failures would only repeat."""
 
 def relative_paths(event: dict[str, Any], job_dir: Path) -> dict[str, Any]:
     """The trainer's event with the paths inside the job's directory made relative to it
-    ("loss.png", "checkpoints/step-00010"): clients see no absolute server paths. Pure."""
+    ("loss.png", "attempts/0000001/checkpoints/step-0000010"): clients see no absolute server
+    paths. Pure."""
     prefix = f"{job_dir}/"
     return {
         key: value.removeprefix(prefix) if isinstance(value, str) else value
@@ -460,8 +487,8 @@ class JobRunner:
 
     async def _run_trainer(self, job: Job) -> Outcome:
         directory = self.job_dir(job.id)
-        events = directory / EVENTS_FILE
-        env = trainer_environment(os.environ, self._threads, os.getpid())
+        events = events_file(directory, job.fence)
+        env = trainer_environment(os.environ, self._threads, os.getpid(), job.fence)
         with (directory / LOG_FILE).open("ab") as log:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "trainer", "train",
@@ -498,11 +525,14 @@ class JobRunner:
     ) -> dict[str, Any] | None:
         """Stores the trainer's events until it exits; returns its `failed` event, if any."""
         failure = None
-        # Lines an earlier attempt's trainer wrote after its server died are not in the feed
-        # yet: the stored events the service did not add came from this file, in order.
-        stored = await self._store.events(job.id, 0, limit=1_000_000)
-        for event in tail.read()[trainer_lines_stored(stored) :]:
-            await self._record(job, event)
+        # Lines the last attempt's trainer wrote after its owner died (its checkpoint, its
+        # `interrupted`) are not in the feed yet; read once, before this attempt's trainer
+        # writes anything, and never again.
+        if (earlier := earlier_events_file(self.job_dir(job.id), job.fence)) is not None:
+            fence, path = earlier
+            stored = await self._store.events(job.id, 0, limit=1_000_000)
+            for event in _EventTail(path).read()[trainer_lines_stored(stored, fence) :]:
+                await self._record(job, event)
         while True:
             finished = process.returncode is not None
             for event in tail.read():
@@ -586,11 +616,18 @@ def _stopped(job: Job) -> Outcome:
     return Outcome(released_state(job), "interrupted", "stopped by the server; resumes later")
 
 
-def trainer_lines_stored(stored: list[JobEvent]) -> int:
-    """How many lines of the trainer's events file the feed holds already: every stored event
-    but those the service added (an earlier attempt's trainer may have written more after its
-    server died). Pure."""
-    return sum(1 for event in stored if event.kind not in SERVICE_FEED_KINDS)
+def trainer_lines_stored(stored: list[JobEvent], fence: int) -> int:
+    """How many lines of the events file of the attempt under `fence` the feed holds already:
+    the events the service did not add, from that attempt's claim (the `state` event carrying
+    its fence) to the next claim (its trainer may have written more after its owner died).
+    Pure."""
+    count, inside = 0, False
+    for event in stored:
+        if event.kind == FeedKind.STATE and "fence" in event.data:
+            inside = event.data["fence"] == fence
+        elif inside and event.kind not in SERVICE_FEED_KINDS:
+            count += 1
+    return count
 
 
 def _stop_stale_trainer(job: Job) -> None:

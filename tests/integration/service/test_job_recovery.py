@@ -12,6 +12,7 @@ from google.protobuf import json_format
 
 from adapterd.v1 import jobs_pb2
 from service.client.api import Client
+from service.jobs.runner import events_file
 from tests.support import ServerProcess
 
 pytestmark = pytest.mark.engine
@@ -54,8 +55,8 @@ def test_kill_9_mid_training_then_restart_resumes_from_the_checkpoint(tmp_path, 
         child.kill()
     # The trainer hears of its parent's death, writes a checkpoint and exits by itself.
     trainer.wait(60)
-    trainer_log = data_dir / "jobs" / job.id / "events.jsonl"
-    assert json.loads(trainer_log.read_text().splitlines()[-1])["event"] == "interrupted"
+    first_attempt = events_file(data_dir / "jobs" / job.id, fence=1)
+    assert json.loads(first_attempt.read_text().splitlines()[-1])["event"] == "interrupted"
 
     restarted = ServerProcess(data_dir=data_dir, base_model=str(tiny_model_dir)).start()
     try:
@@ -84,7 +85,9 @@ def test_kill_9_mid_training_then_restart_resumes_from_the_checkpoint(tmp_path, 
     states = [data["state"] for kind, data in feed if kind == "state"]
     assert states[-3:] == ["validating", "running", "succeeded"]
     assert "queued" in states[states.index("running") :]  # requeued after the restart
-    assert json.loads(trainer_log.read_text().splitlines()[-1])["event"] == "done"
+    second_attempt = events_file(data_dir / "jobs" / job.id, fence=2)
+    assert json.loads(second_attempt.read_text().splitlines()[-1])["event"] == "done"
+    assert resumed["checkpoint"].startswith("attempts/0000002/checkpoints/")  # a copy of #1's
 
 
 def test_sigterm_mid_training_requeues_the_job_and_the_queue_keeps_its_order(

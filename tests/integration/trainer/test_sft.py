@@ -1,16 +1,19 @@
 """The recipe on the tiny model, run as the service runs it: `python -m trainer train`."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from trainer.contract import FENCE_VARIABLE
 from trainer.fingerprint import fingerprint
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -119,10 +122,16 @@ def test_training_moves_the_adapter_not_the_base_and_writes_the_artifacts(tmp_pa
     assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
 
 
-def test_sigterm_checkpoints_and_a_rerun_resumes_from_the_next_step(tmp_path, tiny_model_dir):
+def test_sigterm_checkpoints_and_the_next_attempt_resumes_from_the_next_step(
+    tmp_path, tiny_model_dir
+):
     config = write_config(tmp_path, tiny_model_dir, rows=64, max_steps=40, eval_interval=100)
     events_path = tmp_path / "events.jsonl"
-    process = train(config, events_path)
+
+    def attempt(fence):  # as the runner starts it, under a claim's fencing number
+        return train(config, events_path, env={**os.environ, FENCE_VARIABLE: str(fence)})
+
+    process = attempt(1)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         if events_path.exists() and '"step": 3,' in events_path.read_text():
@@ -134,17 +143,31 @@ def test_sigterm_checkpoints_and_a_rerun_resumes_from_the_next_step(tmp_path, ti
     first = read_events(events_path)
     interrupted = next(e for e in first if e["event"] == "interrupted")["step"]
     assert first[-2]["event"] == "checkpoint" and first[-2]["step"] == interrupted
+    assert first[-2]["path"].endswith(f"attempts/0000001/checkpoints/step-{interrupted:07d}")
 
     events_path.unlink()
-    process = train(config, events_path)
+    process = attempt(2)
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output[-3000:]
     second = read_events(events_path)
     assert next(e for e in second if e["event"] == "resumed")["step"] == interrupted
     steps = [e["step"] for e in second if e["event"] == "progress"]
     assert steps == list(range(interrupted + 1, 41))  # no step twice, none skipped
-    checkpoints = sorted((tmp_path / "out" / "checkpoints").iterdir())
+    checkpoints = sorted((tmp_path / "out" / "attempts" / "0000002" / "checkpoints").iterdir())
     assert [c.name for c in checkpoints] == ["step-0000038", "step-0000040"]  # newest 2 kept
+
+    # The first attempt's trainer, run again (as by an owner that lost its lease), stops
+    # before writing anything: the job is the second attempt's.
+    adapter = tmp_path / "out" / "adapter" / "adapter_model.safetensors"
+    written = (adapter.stat().st_mtime_ns, sorted((tmp_path / "out").rglob("*")))
+    events_path.unlink()
+    process = attempt(1)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 75, output[-3000:]
+    assert read_events(events_path) == [
+        {"event": "interrupted", "step": 0, "superseded": True, "time": ANY}
+    ]
+    assert (adapter.stat().st_mtime_ns, sorted((tmp_path / "out").rglob("*"))) == written
 
 
 def test_qlora_nf4_trains_on_the_cpu_computing_in_the_training_precision(tmp_path, tiny_model_dir):

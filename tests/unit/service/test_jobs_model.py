@@ -28,7 +28,7 @@ from service.jobs.runner import (
     trainer_environment,
 )
 from tests.unit.service.store.test_contract import job
-from trainer.contract import PARENT_PID_VARIABLE, FailureReason
+from trainer.contract import FENCE_VARIABLE, PARENT_PID_VARIABLE, FailureReason
 
 
 def test_terminal_states_have_no_way_out_and_every_live_state_can_fail_or_be_cancelled():
@@ -123,10 +123,10 @@ def test_the_trainer_environment_keeps_no_setting_or_secret_of_the_server():
         "ADAPTERD_JUDGE_API_KEY": "sk-secret", "ADAPTERD_AUTH_TOKENS_FILE": "/etc/tokens",
         "OPENAI_API_KEY": "sk-other", "AWS_SECRET_ACCESS_KEY": "x", "OMP_NUM_THREADS": "64",
     }  # fmt: skip
-    env = trainer_environment(server, threads=3, parent_pid=42)
+    env = trainer_environment(server, threads=3, parent_pid=42, fence=7)
     assert env == {
         "PATH": "/usr/bin", "HOME": "/home/a", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "0",
-        "OMP_NUM_THREADS": "3", PARENT_PID_VARIABLE: "42",
+        "OMP_NUM_THREADS": "3", PARENT_PID_VARIABLE: "42", FENCE_VARIABLE: "7",
     }  # fmt: skip
 
 
