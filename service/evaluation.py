@@ -46,7 +46,7 @@ from service.adapters.manager import AdapterManager
 from service.errors import AdapterdError, InvalidArgumentError
 from service.inference.engine import EngineState, Sampling
 from service.inference.generation import Generator
-from service.jobs.model import FeedKind, Job, JobFailedError, JobKind
+from service.jobs.model import FeedKind, Job, JobFailedError, JobKind, JobResult, JobSpec
 from service.jobs.runner import CONFIG_FILE, Emit
 from service.metrics import AdapterLabels, Metrics
 from service.store.base import Store
@@ -201,8 +201,9 @@ class Evaluator:
 
     async def _evaluate(self, job: Job, emit: Emit, out_dir: Path, began: float) -> dict[str, Any]:
         training = job.kind is JobKind.TRAIN
-        spec = parse_eval_spec(job.spec["evaluation"], training=training)
-        candidate = job.result["adapter_version"] if training else job.spec.get("adapter", "")
+        asked, result = JobSpec.of(job), JobResult.of(job)
+        spec = parse_eval_spec(asked.evaluation or {}, training=training)
+        candidate = result.adapter_version if training else asked.adapter
         baseline = self._adapters.resolve(spec.baseline).ref if spec.baseline else ""
         # The uploads of the spec were the submitter's at submission; they never change.
         files = await self._uploads.client_files(None, spec, "evaluation")
@@ -224,7 +225,7 @@ class Evaluator:
             own.values["latency_p50_seconds"] = _percentile(own.latencies, 50)
             own.values["latency_p95_seconds"] = _percentile(own.latencies, 95)
         if training:
-            own.values |= trainer_losses(job.result)
+            own.values |= trainer_losses(result.metrics)
             own.details["overlap"] = await asyncio.to_thread(
                 contamination, out_dir / CONFIG_FILE, spec, files
             )
@@ -547,10 +548,9 @@ def _percentile(values: list[float], percent: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[percent - 1]
 
 
-def trainer_losses(result: dict[str, Any]) -> dict[str, float]:
+def trainer_losses(metrics: dict[str, Any]) -> dict[str, float]:
     """train_loss (mean over the last epoch), the eval loss of the adapter that was kept and
-    its perplexity, from the trainer's `done` event."""
-    metrics = result.get("metrics", {})
+    its perplexity, from the trainer's final metrics."""
     kept = "best_eval_loss" if metrics.get("selected") == "best" else "final_eval_loss"
     losses = {
         key: float(metrics[source])

@@ -16,7 +16,7 @@ from typing import Any
 from service.adapters.checks import AdapterLimits, CheckedAdapter, check_adapter
 from service.adapters.registry import check_name
 from service.errors import AdapterdError
-from service.jobs.model import Job
+from service.jobs.model import Job, JobResult, JobSpec
 from service.store.base import AdapterRecord, Store
 from trainer.files import fresh_staging, publish_dir
 
@@ -48,14 +48,15 @@ async def register_job_adapter(
     and registered, when its spec names one and trains (`adapter_version`), or why the
     registration was refused (`registration_error`); nothing otherwise. A serving replica
     registers into its engine, a worker only publishes."""
-    name = job.spec.get("adapter_name", "")
-    if job.spec.get("validate_only") or not name:
+    spec = JobSpec.of(job)
+    if not spec.registers:
         return {}
     relative = await asyncio.to_thread(install_job_adapter, job_dir, adapter_root, job.id)
     try:
-        return {"adapter_version": await register(name, relative)}
+        registered = JobResult(adapter_version=await register(spec.adapter_name, relative))
     except AdapterdError as exc:
-        return {"registration_error": str(exc)}
+        registered = JobResult(registration_error=str(exc))
+    return registered.additions()
 
 
 async def publish(

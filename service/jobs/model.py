@@ -19,7 +19,9 @@ import enum
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict
 
 from service.errors import FailedPreconditionError
 
@@ -170,6 +172,54 @@ class JobFailedError(Exception):
         self.message = message
 
 
+class JobSpec(BaseModel):
+    """What the service itself reads of a job's stored spec; the trainer's sections (data,
+    lora, quantization, training) and the evaluation's are validated at submission by their own
+    models (`trainer.config`, `service.evaluation`) and kept as submitted."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    adapter_name: str = ""
+    """A train job's: the qualified name its adapter is registered under ("" registers none)."""
+    validate_only: bool = False
+    """A train job's: check the data, train nothing."""
+    adapter: str = ""
+    """An evaluate job's: the version it evaluates ("" is the base model)."""
+    evaluation: dict[str, Any] | None = None
+    """The evaluation section (a train job's is run on its adapter after training)."""
+
+    @classmethod
+    def of(cls, job: "Job") -> Self:
+        return cls.model_validate(job.spec)
+
+    @property
+    def registers(self) -> bool:
+        """Whether the job ends with an adapter to register."""
+        return bool(self.adapter_name) and not self.validate_only
+
+
+class JobResult(BaseModel):
+    """What the service reads of a job's result; the rest (the trainer's `done` event, the
+    evaluation's summary) is kept as written."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    adapter_version: str = ""
+    """The version ("tenant/name@N") the trained adapter was registered as."""
+    registration_error: str = ""
+    """Why registering it was refused."""
+    metrics: dict[str, Any] = {}
+    """The trainer's final metrics (steps, losses, the adapter it kept, tokens)."""
+
+    @classmethod
+    def of(cls, job: "Job") -> Self:
+        return cls.model_validate(job.result)
+
+    def additions(self) -> dict[str, Any]:
+        """The fields set here, to merge into a stored result."""
+        return self.model_dump(exclude_defaults=True)
+
+
 @dataclass
 class Job:
     """One job row."""
@@ -179,7 +229,7 @@ class Job:
     kind: JobKind
     state: JobState
     spec: dict[str, Any]
-    """The validated spec, as JSON."""
+    """The validated spec, as JSON; `JobSpec.of(job)` reads it."""
     spec_digest: str
     request_id: str
     """The client's idempotency key ("" if none)."""
@@ -191,7 +241,7 @@ class Job:
     attempts: int = 0
     """Trainer runs started (a resumed run counts again)."""
     result: dict[str, Any] = field(default_factory=dict)
-    """Metrics, adapter path and version, evaluation results."""
+    """Metrics, adapter path and version, evaluation results; `JobResult.of(job)` reads it."""
     error_reason: str = ""
     """Machine-readable failure kind: data_rejected, out_of_memory, trainer_crashed, ..."""
     error_message: str = ""

@@ -50,6 +50,8 @@ from service.jobs.model import (
     Job,
     JobEvent,
     JobFailedError,
+    JobResult,
+    JobSpec,
     JobState,
     LeaseLostError,
     Work,
@@ -479,7 +481,7 @@ class JobRunner:
         if result.state is not JobState.SUCCEEDED or job.id in self._cancelled:
             return result
         job = await self._add_result(job, await self._on_success(job))
-        if "evaluation" in job.spec and "adapter_version" in job.result:
+        if JobSpec.of(job).evaluation is not None and JobResult.of(job).adapter_version:
             if Work.EVALUATION not in self._work:  # for a process with an engine
                 return Outcome(JobState.EVALUATION_PENDING)
             return await self._evaluate(job)

@@ -39,7 +39,7 @@ from service.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
-from service.jobs.model import Job, JobEvent, JobKind, JobState, spec_digest
+from service.jobs.model import Job, JobEvent, JobKind, JobSpec, JobState, spec_digest
 from service.jobs.runner import CONFIG_FILE, JobRunner
 from service.metrics import Metrics
 from service.quotas import PerTenant
@@ -315,7 +315,7 @@ class JobService:
         except FileNotFoundError:
             raise FailedPreconditionError(
                 f"job {job_id} has no evaluation report ({job.state.value}"
-                f"{'' if 'evaluation' in job.spec else ', and its spec has no evaluation'})"
+                f"{'' if JobSpec.of(job).evaluation else ', and its spec has no evaluation'})"
             ) from None
         return report, html
 

@@ -57,9 +57,7 @@ def test_task_labels_stay_bounded():
 
 def test_the_trainers_losses_are_read_for_the_adapter_that_was_kept():
     metrics = {"train_loss": 0.9, "final_eval_loss": 1.2, "best_eval_loss": 1.0}
-    best = trainer_losses({"metrics": {**metrics, "selected": "best"}})
+    best = trainer_losses({**metrics, "selected": "best"})
     assert best == {"train_loss": 0.9, "eval_loss": 1.0, "eval_perplexity": math.exp(1.0)}
-    assert trainer_losses({"metrics": {**metrics, "selected": "last"}})["eval_loss"] == 1.2
-    assert trainer_losses({"metrics": {"train_loss": 0.5, "final_eval_loss": None}}) == {
-        "train_loss": 0.5
-    }
+    assert trainer_losses({**metrics, "selected": "last"})["eval_loss"] == 1.2
+    assert trainer_losses({"train_loss": 0.5, "final_eval_loss": None}) == {"train_loss": 0.5}

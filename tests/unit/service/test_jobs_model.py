@@ -4,6 +4,7 @@ import signal
 from dataclasses import replace
 
 import pytest
+from pydantic import ValidationError
 
 from service.errors import FailedPreconditionError
 from service.jobs.model import (
@@ -11,6 +12,8 @@ from service.jobs.model import (
     OWNED,
     TRANSITIONS,
     JobKind,
+    JobResult,
+    JobSpec,
     JobState,
     Work,
     check_transition,
@@ -157,3 +160,18 @@ def test_what_clients_see_of_a_trainer_holds_no_absolute_server_path(tmp_path):
     assert relative_paths(event, tmp_path) == {
         "path": "checkpoints/step-3", "step": 3, "other": "/elsewhere/x"
     }  # fmt: skip
+
+
+def test_the_spec_and_result_models_read_what_the_service_acts_on_and_keep_the_rest():
+    trains = JobSpec.model_validate(
+        {"adapter_name": "acme/a", "data": {"datasets": []}, "evaluation": {"gates": []}}
+    )
+    assert trains.registers and trains.evaluation == {"gates": []}
+    assert trains.model_dump()["data"] == {"datasets": []}  # the trainer's, kept as submitted
+    assert not JobSpec.model_validate({"adapter_name": "acme/a", "validate_only": True}).registers
+    assert not JobSpec.model_validate({}).registers and JobSpec.model_validate({}).adapter == ""
+    with pytest.raises(ValidationError):  # a stored spec of another shape is our bug
+        JobSpec.model_validate({"validate_only": "sometimes"})
+    result = JobResult.model_validate({"metrics": {"steps": 4}, "status": "succeeded"})
+    assert (result.adapter_version, result.metrics["steps"]) == ("", 4)
+    assert JobResult(adapter_version="acme/a@2").additions() == {"adapter_version": "acme/a@2"}
