@@ -22,6 +22,7 @@ from trainer.config import DataSpec, TrainConfigError, describe_validation_error
 from trainer.contract import (
     FENCE_VARIABLE,
     PARENT_PID_VARIABLE,
+    RANK_VARIABLE,
     ExitCode,
     FailureReason,
     TrainerEvent,
@@ -123,31 +124,61 @@ def _load_config_file(path: str) -> dict[str, Any]:
 _PR_SET_PDEATHSIG = 1
 
 
-def _follow_parent() -> None:
+def _follow_parent(rank: bool) -> None:
     """When the server that started us dies (even by SIGKILL), get SIGTERM: the loop then
-    writes a checkpoint and exits, and the restarted server resumes the job (Linux only)."""
+    writes a checkpoint and exits, and the restarted server resumes the job (Linux only). A
+    rank of a run on several devices follows its agent (the trainer the server started, which
+    forwards the signal to every rank) instead."""
     parent = os.environ.get(PARENT_PID_VARIABLE)
     if parent is None or not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != int(parent):  # it died before the signal was armed
+    if os.getppid() != int(parent) and not rank:  # it died before the signal was armed
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _launch(args: argparse.Namespace, devices: int) -> int:
+    """Runs this training on `devices` local devices under torch.distributed.run, this process
+    its agent: the ranks share its thread budget, and its exit code is theirs (75 when they
+    stopped on a SIGTERM, which the agent forwards to each)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as distributed_run
+
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count() or 1
+    os.environ["OMP_NUM_THREADS"] = str(max(1, threads // devices))
+    command = ["trainer", "train", "--config", args.config]
+    command += ["--events", args.events] if args.events else []
+    try:
+        distributed_run(["--standalone", f"--nproc-per-node={devices}", "-m", *command])
+    except ChildFailedError as exc:  # the first failed rank's code; a signal is a crash
+        code = exc.failures[min(exc.failures)].exitcode
+        return code if code > 0 else ExitCode.CRASHED
+    except SignalException:  # the agent was stopped: each rank checkpointed and stopped
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK
 
 
 def _train(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    _follow_parent()
+    rank = RANK_VARIABLE in os.environ
+    _follow_parent(rank)
     config = load_config(_load_config_file(args.config))
+    if config.training.devices > 1 and not rank:
+        return _launch(args, config.training.devices)
     import torch  # torch and transformers load only for training
 
+    from trainer.distributed import Group
     from trainer.sft import OOM_HINT, SupersededError, run
 
-    with EventWriter(Path(args.events) if args.events else None) as events:
+    group = Group.join()
+    fence = int(os.environ.get(FENCE_VARIABLE, "0"))
+    with EventWriter(Path(args.events) if args.events and group.main else None) as events:
         try:
-            return run(config, events, fence=int(os.environ.get(FENCE_VARIABLE, "0")))
+            return run(config, events, fence, group)
         except SupersededError:  # a later attempt owns the job: stopped, as on SIGTERM
             return ExitCode.INTERRUPTED
         except torch.OutOfMemoryError as exc:
@@ -164,6 +195,8 @@ def _train(args: argparse.Namespace) -> int:
                 message=f"{type(exc).__name__}: {exc}",
             )
             raise
+        finally:
+            group.leave()
 
 
 def build_parser() -> argparse.ArgumentParser:

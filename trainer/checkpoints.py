@@ -90,10 +90,23 @@ def checkpoint_dir(root: Path, step: int) -> Path:
     return root / f"{PREFIX}{step:07d}"
 
 
+def rng_state() -> dict[str, Any]:
+    """This process's random number generators, as a checkpoint keeps them."""
+    return {"python": random.getstate(), "torch": torch.get_rng_state()}
+
+
 def save_checkpoint(
-    root: Path, model: Any, optimizer: Any, scheduler: Any, state: LoopState, *, keep: int
+    root: Path,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    state: LoopState,
+    *,
+    keep: int,
+    rng_states: list[dict[str, Any]],
 ) -> Path:
-    """Writes a complete checkpoint atomically and prunes all but the newest `keep`."""
+    """Writes a complete checkpoint atomically and prunes all but the newest `keep`;
+    `rng_states` holds every rank's `rng_state()`, by rank."""
     target = checkpoint_dir(root, state.step)
     staging = fresh_staging(target)
     model.save_pretrained(staging / "adapter")
@@ -101,8 +114,7 @@ def save_checkpoint(
         {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "python_rng": random.getstate(),
-            "torch_rng": torch.get_rng_state(),
+            "rng": rng_states,
         },
         staging / "training_state.pt",
     )
@@ -119,14 +131,17 @@ def latest_checkpoint(root: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> LoopState:
-    """Restores adapter weights, optimizer, scheduler and RNGs; returns the loop state."""
+def load_checkpoint(
+    path: Path, model: Any, optimizer: Any, scheduler: Any, rank: int = 0
+) -> LoopState:
+    """Restores adapter weights, optimizer, scheduler and this rank's RNGs; returns the loop
+    state."""
     weights = load_file(path / "adapter" / "adapter_model.safetensors")
     set_peft_model_state_dict(model, weights)
     # Tensors, numbers and containers only: a checkpoint file can never run code on load.
     saved = torch.load(path / "training_state.pt", weights_only=True)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
-    random.setstate(saved["python_rng"])
-    torch.set_rng_state(saved["torch_rng"])
+    random.setstate(saved["rng"][rank]["python"])
+    torch.set_rng_state(saved["rng"][rank]["torch"])
     return LoopState(**json.loads((path / "state.json").read_text()))

@@ -194,6 +194,20 @@ class TrainingSpec(_Strict):
     """Optimizer steps between checkpoints."""
     keep_checkpoints: int = Field(2, ge=1, le=100)
     """Newest checkpoints kept on disk."""
+    devices: int = Field(1, ge=1, le=64)
+    """Local devices to train on, one process each (torch.distributed.run; gloo on the CPU,
+    NCCL on GPUs): each takes whole micro-batches of every step, so the global batch, the
+    checkpoints and the events are those of one device."""
+
+    @model_validator(mode="after")
+    def _a_micro_batch_per_device(self) -> "TrainingSpec":
+        if self.devices > self.gradient_accumulation:
+            raise ValueError(
+                f"training.devices = {self.devices}: each device takes whole micro-batches of "
+                f"a step, so it needs training.gradient_accumulation >= {self.devices} "
+                f"(it is {self.gradient_accumulation})"
+            )
+        return self
 
 
 class TrainConfig(_Strict):

@@ -29,8 +29,10 @@ from trainer.checkpoints import (
     BEST,
     CHECKPOINTS,
     LoopState,
+    attempt_dir,
     latest_checkpoint,
     load_checkpoint,
+    rng_state,
     save_checkpoint,
     superseded,
     take_over,
@@ -38,6 +40,7 @@ from trainer.checkpoints import (
 from trainer.config import TrainConfig
 from trainer.contract import ExitCode, FailureReason, TrainerEvent
 from trainer.data import MAX_PROBLEMS_SHOWN, DataRejectedError, PreparedData, prepare_data
+from trainer.distributed import ALONE, Group
 from trainer.events import EventWriter
 from trainer.files import fresh_staging, publish_dir
 from trainer.hardware import resolve_precision
@@ -100,15 +103,16 @@ def evaluate(model: Any, examples: list[Example], batch_size: int, batching: Bat
     return total / max(count, 1)
 
 
-def run(config: TrainConfig, events: EventWriter, fence: int = 0) -> int:
+def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group = ALONE) -> int:
     """Trains an adapter as `config` says, as the attempt under `fence` (see
-    `trainer.checkpoints`); returns the exit code."""
+    `trainer.checkpoints`), as one rank of `group` (see `trainer.distributed`; `events` writes
+    nothing on the other ranks); returns the exit code."""
     # ---- setup: data first (no model is loaded for bad data), then the model
     settings = config.training
     random.seed(settings.seed)
     torch.manual_seed(settings.seed)
     config.output_dir.mkdir(parents=True, exist_ok=True)
-    _check_superseded(config, fence, events, step=0)
+    _check_superseded(config, fence, events, 0, group)
     tokenizer = AutoTokenizer.from_pretrained(config.base_model)
     try:
         data: PreparedData = prepare_data(config.data, tokenizer, settings.seed)
@@ -165,11 +169,14 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0) -> int:
     # run starts from the default scale, which adapts within a few steps).
     scaler = torch.amp.GradScaler(batching.device.type, enabled=precision.dtype == "float16")
     lengths = [len(e.input_ids) for e in data.train]
-    work = take_over(config.output_dir, fence)
+    if group.main:
+        take_over(config.output_dir, fence)
+    group.barrier()
+    work = attempt_dir(config.output_dir, fence)
     checkpoints = work / CHECKPOINTS
     state = LoopState()
     if (latest := latest_checkpoint(checkpoints)) is not None:
-        state = load_checkpoint(latest, model, optimizer, scheduler)
+        state = load_checkpoint(latest, model, optimizer, scheduler, group.rank)
         events.emit(TrainerEvent.RESUMED, step=state.step, checkpoint=str(latest))
     events.emit(
         TrainerEvent.STARTED,
@@ -178,6 +185,7 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0) -> int:
         quantization=quantization,
         packing=batching.packing,
         trainable_parameters=sum(p.numel() for p in trainable),
+        devices=group.world,
         train_rows=len(data.train),
         eval_rows=len(data.eval),
     )
@@ -194,8 +202,8 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0) -> int:
 
     while state.step < total_steps and not should_stop_early():
         step_started = time.monotonic()
-        batches = []
-        for _ in range(settings.gradient_accumulation):
+        batches = []  # this rank's micro-batches of the step
+        for position in range(settings.gradient_accumulation):
             epoch, index = divmod(state.micro_batch, per_epoch)
             order = orders.setdefault(
                 epoch,
@@ -203,15 +211,21 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0) -> int:
                     lengths, settings.batch_size, settings.seed, epoch, not batching.packing
                 ),
             )
-            batches.append(batching.make([data.train[i] for i in order[index]]))
+            if group.mine(position):
+                batches.append(batching.make([data.train[i] for i in order[index]]))
             state.micro_batch += 1
-        step_trained = sum(b.trained_tokens for b in batches)
-        step_loss = 0.0
+        trained, step_tokens = group.sum(
+            [sum(b.trained_tokens for b in batches), sum(b.input_tokens for b in batches)]
+        )
+        step_trained, own_loss = int(trained), 0.0
         for batch in batches:
             with batching.autocast():
                 loss = token_losses(model, batch).sum() / step_trained
             scaler.scale(loss).backward()
-            step_loss += loss.detach().item()
+            own_loss += loss.detach().item()
+        group.sum_gradients(trainable)
+        # One SIGTERM (the agent forwards it to every rank) stops all ranks after the same step.
+        step_loss, stopping = group.sum([own_loss, float(stop.requested)])
         scaler.unscale_(optimizer)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm))
         scaler.step(optimizer)
@@ -220,9 +234,8 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0) -> int:
         optimizer.zero_grad(set_to_none=True)
 
         state.step += 1
-        step_tokens = sum(b.input_tokens for b in batches)
         state.trained_tokens += step_trained
-        state.input_tokens += step_tokens
+        state.input_tokens += int(step_tokens)
         elapsed = time.monotonic() - run_started
         rate = (state.input_tokens - run_start_tokens) / max(elapsed, 1e-9)
         record: dict[str, Any] = {
@@ -250,28 +263,34 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0) -> int:
             if state.best_eval_loss is None or record["eval_loss"] < state.best_eval_loss:
                 state.best_eval_loss, state.best_step = record["eval_loss"], state.step
                 state.evals_without_improvement = 0
-                _save_adapter(model, work / BEST)
+                if group.main:
+                    _save_adapter(model, work / BEST)
             else:
                 state.evals_without_improvement += 1
         state.history.append(record)
         last = state.step == total_steps or should_stop_early()
-        if state.step % settings.checkpoint_interval == 0 or last or stop.requested:
-            _check_superseded(config, fence, events, state.step)
-            path = save_checkpoint(
-                checkpoints, model, optimizer, scheduler, state, keep=settings.keep_checkpoints
-            )
-            events.emit(TrainerEvent.CHECKPOINT, step=state.step, path=str(path))
-        if stop.requested:
+        if state.step % settings.checkpoint_interval == 0 or last or stopping:
+            _check_superseded(config, fence, events, state.step, group)
+            rng_states = group.gather(rng_state())
+            if group.main:
+                path = save_checkpoint(
+                    checkpoints, model, optimizer, scheduler, state,
+                    keep=settings.keep_checkpoints, rng_states=rng_states,
+                )  # fmt: skip
+                events.emit(TrainerEvent.CHECKPOINT, step=state.step, path=str(path))
+        if stopping:
             events.emit(TrainerEvent.INTERRUPTED, step=state.step)
             return ExitCode.INTERRUPTED
     if should_stop_early():
         events.emit(TrainerEvent.EARLY_STOPPED, step=state.step, best_step=state.best_step)
 
     # ---- save: the chosen adapter, the manifest, the loss curve
+    _check_superseded(config, fence, events, state.step, group)
+    if not group.main:
+        return ExitCode.OK
     use_best = settings.select == "best" and state.best_step is not None
     if not use_best:
         _save_adapter(model, work / "last")
-    _check_superseded(config, fence, events, state.step)
     adapter = install_adapter(work / (BEST if use_best else "last"), config.output_dir)
     metrics = _final_metrics(
         state, per_epoch, use_best, time.monotonic() - run_started, run_start_tokens
@@ -303,10 +322,13 @@ class SupersededError(Exception):
     """A later attempt of the job has started: this run must write nothing more."""
 
 
-def _check_superseded(config: TrainConfig, fence: int, events: EventWriter, step: int) -> None:
-    """Raises SupersededError when a later attempt has started (this trainer's owner lost the
-    job), saying so first in this attempt's events file, which nobody reads any more."""
-    if superseded(config.output_dir, fence):
+def _check_superseded(
+    config: TrainConfig, fence: int, events: EventWriter, step: int, group: Group
+) -> None:
+    """Raises SupersededError on every rank when a later attempt has started (this trainer's
+    owner lost the job), saying so first in this attempt's events file, which nobody reads any
+    more."""
+    if group.agree(superseded(config.output_dir, fence)):
         events.emit(TrainerEvent.INTERRUPTED, step=step, superseded=True)
         raise SupersededError(f"attempt {fence} of {config.output_dir} was superseded")
 

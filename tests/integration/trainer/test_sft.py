@@ -170,6 +170,55 @@ def test_sigterm_checkpoints_and_the_next_attempt_resumes_from_the_next_step(
     assert (adapter.stat().st_mtime_ns, sorted((tmp_path / "out").rglob("*"))) == written
 
 
+def test_two_processes_train_the_loss_curve_of_one_with_the_same_global_batch(
+    tmp_path, tiny_model_dir
+):
+    # `training.devices: 2` on the CPU: two ranks of one thread each under
+    # torch.distributed.run (gloo), each taking every other micro-batch of a step. In fp32 the
+    # losses are those of one process to rounding, through a SIGTERM and a resume; rank 0
+    # alone writes; the ranks' exit code (75) is the trainer's.
+    def run(devices):
+        out = tmp_path / f"devices-{devices}"
+        out.mkdir(exist_ok=True)
+        config = write_config(
+            out, tiny_model_dir, rows=48, max_steps=12, batch_size=2, gradient_accumulation=4,
+            precision="float32", checkpoint_interval=4, devices=devices,
+        )  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "2"}
+        return train(config, out / "events.jsonl", env=env), out / "events.jsonl"
+
+    process, events = run(1)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    one = read_events(events)
+
+    process, events = run(2)
+    while not (events.exists() and '"step": 2,' in events.read_text()):
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)  # to the agent, which forwards it to both ranks
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 75, output[-3000:]
+    stopped = read_events(events)
+    interrupted = stopped[-1]["step"]
+    assert [e["event"] for e in stopped[-2:]] == ["checkpoint", "interrupted"]
+    process, _ = run(2)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    two = read_events(events)
+
+    started = next(e for e in two if e["event"] == "started")
+    assert started["devices"] == 2 and started["total_steps"] == 12
+    assert next(e for e in two if e["event"] == "resumed")["step"] == interrupted
+    single, parallel = ([e for e in run if e["event"] == "progress"] for run in (one, two))
+    assert [e["step"] for e in parallel] == list(range(1, 13))  # rank 0's lines, each once
+    for alone, together in zip(single, parallel, strict=True):
+        assert together["loss"] == pytest.approx(alone["loss"], rel=1e-4)
+        assert together["grad_norm"] == pytest.approx(alone["grad_norm"], rel=1e-3)
+        assert together["trained_tokens"] == alone["trained_tokens"]  # the same global batch
+    assert two[-1]["event"] == "done"
+
+
 def test_qlora_nf4_trains_on_the_cpu_computing_in_the_training_precision(tmp_path, tiny_model_dir):
     config = write_config(
         tmp_path,

@@ -82,3 +82,13 @@ def test_a_refused_value_is_shown_shortened_in_the_message():
     except ValidationError as exc:
         (line,) = describe_validation_error(exc)
     assert line.startswith("n = 'xxx") and "... (100002 characters)" in line and len(line) < 300
+
+
+def test_each_device_needs_a_whole_micro_batch_of_every_step():
+    with pytest.raises(
+        TrainConfigError, match=r"training.devices = 4: .*gradient_accumulation >= 4 \(it is 2\)"
+    ):
+        load_config({**BASE, "training": {"devices": 4, "gradient_accumulation": 2}})
+    config = load_config({**BASE, "training": {"devices": 2, "gradient_accumulation": 2}})
+    assert config.training.devices == 2
+    assert load_config(BASE).training.devices == 1
