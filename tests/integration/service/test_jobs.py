@@ -94,6 +94,19 @@ def test_a_job_trains_registers_its_adapter_and_serves_it_in_another_precision(
     assert reply.usage.completion_tokens >= 1  # trained in one dtype, served in the other
 
 
+def test_a_job_on_two_devices_runs_two_ranks_and_registers_one_adapter(user, dataset_id):
+    # The runner starts the trainer as for one device; the trainer launches the ranks itself.
+    training = {"devices": 2, "gradient_accumulation": 2, "batch_size": 2}
+    job = user.submit_job(spec(dataset_id, adapter_name="two-ranks", training=training))
+    events = watch_to_end(user, job.id)
+    assert [e.data["state"] for e in events if e.kind == "state"][-1] == "succeeded", events[-3:]
+    assert next(e.data for e in events if e.kind == "started")["devices"] == 2
+    assert [e.data["step"] for e in events if e.kind == "progress"] == [1, 2, 3]  # once each
+    assert [e.kind for e in events].count("done") == 1
+    result = json_format.MessageToDict(user.get_job(job.id).result)
+    assert result["adapter_version"] == "acme/two-ranks@1"
+
+
 def test_a_reconnecting_watch_gets_exactly_what_it_missed(user, dataset_id):
     job = user.submit_job(spec(dataset_id, validate_only=True))
     everything = watch_to_end(user, job.id)
