@@ -5,7 +5,6 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from grpc import aio
 from transformers import AutoTokenizer
@@ -26,8 +25,8 @@ from service.inference.generation import Generator
 from service.inference.lifecycle import EngineLifecycle
 from service.inference.restarts import RestartPolicy
 from service.inference.vllm_engine import VllmEngine, VllmEngineConfig, pick_engine_cpus
-from service.jobs.model import Job, Work
-from service.jobs.runner import Emit, JobRunner, owner_id, shared_accelerator
+from service.jobs.model import Work
+from service.jobs.runner import JobRunner, owner_id, shared_accelerator
 from service.jobs.service import JobLimits, JobService
 from service.metrics import AdapterLabels, Metrics
 from service.process import MetricsEndpoint
@@ -105,10 +104,6 @@ class App:
             trainer_threads=settings.resolved_trainer_threads,
             max_attempts=settings.max_job_attempts,
             cancel_grace=settings.cancel_grace_seconds,
-            on_change=self._on_job_change,
-            on_event=self._on_job_event,
-            on_success=self._on_job_success,
-            on_evaluate=self._on_job_evaluate,
             accelerator=(
                 self.lifecycle.lent if settings.engine_sleep_while_training else shared_accelerator
             ),
@@ -145,6 +140,7 @@ class App:
             runner=self.runner,
             adapters=self.adapters,
             uploads=self.uploads,
+            evaluator=self.evaluator,
             limits=JobLimits(
                 adapter_root=settings.resolved_adapter_root,
                 base_model_path=base_model.path,
@@ -163,6 +159,7 @@ class App:
                 settings.tenant_max_watch_streams, "WatchJob streams", "--tenant-max-watch-streams"
             ),
         )
+        self.runner.attach(self.jobs)
         self.http = HttpServer(
             build_openai_app(
                 generator=self.generator,
@@ -195,19 +192,6 @@ class App:
         self._store_tasks: list[asyncio.Task[None]] = []
         self._adapters_changed = asyncio.Event()
         self.metrics.build_info.info({"version": __version__, "base_model": base_model.name})
-
-    async def _on_job_change(self, job: Job) -> None:
-        await self.jobs.on_change(job)
-
-    def _on_job_event(self, job_id: str) -> None:
-        self.jobs.wake(job_id)
-
-    async def _on_job_success(self, job: Job) -> dict[str, Any]:
-        return await self.jobs.on_success(job)
-
-    async def _on_job_evaluate(self, job: Job, emit: Emit) -> dict[str, Any]:
-        await self.adapters.refresh()  # the candidate may be a version a worker published
-        return await self.evaluator.evaluate(job, emit, self.runner.job_dir(job.id))
 
     def _heard(self, change: Change, payload: str) -> None:
         """A change in the shared store, possibly by another process."""

@@ -35,12 +35,9 @@ logger = logging.getLogger(__name__)
 TRAINING = frozenset({Work.TRAINING})
 
 
-async def _no_engine(job: Job, emit: Emit) -> NoReturn:
-    raise AssertionError(f"job {job.id}: a worker claims no evaluation (it has no engine)")
-
-
 class Worker:
-    """Training slots (`--slots`) on the shared store, stopped as one."""
+    """Training slots (`--slots`) on the shared store, stopped as one; the `JobHooks` of its
+    runners."""
 
     def __init__(self, settings: ServerSettings, base_model: BaseModel) -> None:
         self.settings = settings
@@ -59,13 +56,11 @@ class Worker:
                 trainer_threads=threads,
                 max_attempts=settings.max_job_attempts,
                 cancel_grace=settings.cancel_grace_seconds,
-                on_change=self._on_change,
-                on_event=lambda job_id: None,
-                on_success=self._publish,
-                on_evaluate=_no_engine,
             )
             for _ in range(settings.slots)
         ]
+        for runner in self.runners:
+            runner.attach(self)
         self._metrics_http = MetricsEndpoint(
             self.metrics.registry, settings.host, settings.metrics_port
         )
@@ -78,10 +73,16 @@ class Worker:
             elif change is Change.CANCEL:
                 runner.cancel_requested(payload)
 
-    async def _on_change(self, job: Job) -> None:
+    async def on_change(self, job: Job) -> None:
         logger.info("job %s: %s", job.id, job.state.value)
 
-    async def _publish(self, job: Job) -> dict[str, Any]:
+    def wake(self, job_id: str) -> None:
+        """Nobody watches a job here: the serving replicas hear of its events from the store."""
+
+    async def on_evaluate(self, job: Job, emit: Emit) -> NoReturn:
+        raise AssertionError(f"job {job.id}: a worker claims no evaluation (it has no engine)")
+
+    async def on_success(self, job: Job) -> dict[str, Any]:
         """Publishes a finished job's adapter when its spec names one; the serving replicas
         load it from the store on its first request."""
 

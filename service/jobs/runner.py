@@ -1,5 +1,5 @@
 """Runs waiting jobs, one at a time: the trainer as a subprocess, its events into the store;
-evaluations in the server process, on its engine (the `on_evaluate` hook).
+evaluations in the server process, on its engine (`JobHooks.on_evaluate`).
 
 The runner claims a job under a lease (`Store.claim_job`), renews it while the job runs (every
 third of `lease_seconds`) and writes the job only with that lease: when the lease was lost (a
@@ -32,11 +32,11 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -256,16 +256,28 @@ class _EventTail:
         return [json.loads(line) for line in lines if line.strip()]
 
 
-Listener = Callable[[Job], Awaitable[None]]
-"""Hears every state change of a job."""
-EventListener = Callable[[str], None]
-"""Hears that a job (by id) has new events."""
-SuccessHook = Callable[[Job], Awaitable[dict[str, Any]]]
-"""Runs when a job's trainer succeeded, before the job is final; returns result additions."""
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 """Stores an event (kind, data) in the job's feed and wakes its watchers."""
-EvaluateHook = Callable[[Job, Emit], Coroutine[Any, Any, dict[str, Any]]]
-"""Evaluates a job's target; returns result additions; raises JobFailedError."""
+
+
+class JobHooks(Protocol):
+    """What a runner asks of the component that answers for its jobs: the job service of a
+    serving replica, or a worker. Attached once (`JobRunner.attach`), before the runner starts."""
+
+    async def on_change(self, job: Job) -> None:
+        """Hears every state change of a job."""
+
+    def wake(self, job_id: str) -> None:
+        """Hears that a job has new events."""
+
+    async def on_success(self, job: Job) -> dict[str, Any]:
+        """Runs when a job's trainer succeeded, before the job is final; returns result
+        additions (its adapter's registration)."""
+
+    async def on_evaluate(self, job: Job, emit: Emit) -> dict[str, Any]:
+        """Evaluates a job's target; returns result additions; raises JobFailedError."""
+
+
 AcceleratorLease = Callable[[], AbstractAsyncContextManager[None]]
 """Held while a trainer runs: where the engine sleeps during training, it sleeps in it."""
 
@@ -292,10 +304,6 @@ class JobRunner:
         trainer_threads: int,
         max_attempts: int,
         cancel_grace: float,
-        on_change: Listener,
-        on_event: EventListener,
-        on_success: SuccessHook,
-        on_evaluate: EvaluateHook,
         accelerator: AcceleratorLease = shared_accelerator,
     ) -> None:
         self.owner = owner
@@ -308,10 +316,7 @@ class JobRunner:
         self._threads = trainer_threads
         self._max_attempts = max_attempts
         self._grace = cancel_grace
-        self._on_change = on_change
-        self._on_event = on_event
-        self._on_success = on_success
-        self._on_evaluate = on_evaluate
+        self._hooks: JobHooks | None = None
         self._accelerator = accelerator
         self._wake = asyncio.Event()
         self._process: asyncio.subprocess.Process | None = None
@@ -342,8 +347,18 @@ class JobRunner:
             _stop_stale_trainer(job)
         await self._announce(await self._store.expire_leases(math.inf))
 
+    def attach(self, hooks: JobHooks) -> None:
+        """Makes `hooks` the component that answers for this runner's jobs."""
+        self._hooks = hooks
+
+    @property
+    def hooks(self) -> JobHooks:
+        assert self._hooks is not None, "JobRunner.attach comes before start"
+        return self._hooks
+
     def start(self) -> None:
-        """Starts taking jobs."""
+        """Starts taking jobs (after `attach`)."""
+        assert self._hooks is not None, "JobRunner.attach comes before start"
         self._task = asyncio.create_task(self._loop(), name="job-runner")
 
     def notify(self) -> None:
@@ -427,14 +442,14 @@ class JobRunner:
     async def _announce(self, jobs: list[Job]) -> None:
         for job in jobs:
             logger.info("job %s: lease expired; now %s", job.id, job.state.value)
-            await self._on_change(job)
+            await self.hooks.on_change(job)
 
     async def _run(self, job: Job) -> None:
         """Runs a claimed job: validating (train it) or evaluating (evaluate its target)."""
         self._current, self._interrupted = job.id, job.id in self._cancelled
         heartbeat = asyncio.create_task(self._heartbeat(job), name=f"lease-{job.id}")
         try:
-            await self._on_change(job)
+            await self.hooks.on_change(job)
             if job.id in self._cancelled:  # cancelled between its claim and now
                 result = CANCELLED
             elif job.state is JobState.EVALUATING:
@@ -480,7 +495,7 @@ class JobRunner:
             result = await self._run_trainer(job)
         if result.state is not JobState.SUCCEEDED or job.id in self._cancelled:
             return result
-        job = await self._add_result(job, await self._on_success(job))
+        job = await self._add_result(job, await self.hooks.on_success(job))
         if JobSpec.of(job).evaluation is not None and JobResult.of(job).adapter_version:
             if Work.EVALUATION not in self._work:  # for a process with an engine
                 return Outcome(JobState.EVALUATION_PENDING)
@@ -548,15 +563,15 @@ class JobRunner:
     async def _evaluate(self, job: Job) -> Outcome:
         if job.state is not JobState.EVALUATING:
             job = await self._store.update_job(job.lease, JobState.EVALUATING)
-            await self._on_change(job)
+            await self.hooks.on_change(job)
         if self._interrupted:  # before the evaluation started: nothing to stop
             return CANCELLED if job.id in self._cancelled else _stopped(job)
 
         async def emit(kind: str, data: dict[str, Any]) -> None:
             await self._store.append_event(job.lease, kind, data)
-            self._on_event(job.id)
+            self.hooks.wake(job.id)
 
-        self._evaluation = asyncio.create_task(self._on_evaluate(job, emit))
+        self._evaluation = asyncio.create_task(self.hooks.on_evaluate(job, emit))
         try:
             additions = await self._evaluation
         except asyncio.CancelledError:
@@ -583,14 +598,14 @@ class JobRunner:
         event = relative_paths(event, self.job_dir(job.id))
         await self._store.append_event(job.lease, kind, event)
         if kind == TrainerEvent.STARTED:
-            await self._on_change(await self._store.update_job(job.lease, JobState.RUNNING))
+            await self.hooks.on_change(await self._store.update_job(job.lease, JobState.RUNNING))
             return
         if kind == TrainerEvent.PROGRESS:
             self._metrics.training_tokens_per_second.set(event.get("tokens_per_second", 0))
             self._metrics.training_loss.set(event.get("loss", 0))
         elif kind == TrainerEvent.DONE:
             await self._store.update_job(job.lease, result=event)
-        self._on_event(job.id)
+        self.hooks.wake(job.id)
 
     async def _finish(self, job: Job, result: Outcome) -> None:
         """Writes how the run ended: a final state, or waiting again (the lease ends)."""
@@ -610,7 +625,7 @@ class JobRunner:
             self._metrics.job_duration.labels(job.kind.value, job.state.value).observe(
                 now - job.started
             )
-        await self._on_change(job)
+        await self.hooks.on_change(job)
 
 
 def _stopped(job: Job) -> Outcome:

@@ -39,8 +39,9 @@ from service.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
+from service.evaluation import Evaluator
 from service.jobs.model import Job, JobEvent, JobKind, JobSpec, JobState, spec_digest
-from service.jobs.runner import CONFIG_FILE, JobRunner
+from service.jobs.runner import CONFIG_FILE, Emit, JobRunner
 from service.metrics import Metrics
 from service.quotas import PerTenant
 from service.store.base import JobPage, Store
@@ -100,7 +101,9 @@ def _check_sources(
 
 
 class JobService:
-    """Jobs and datasets over the store and the runner."""
+    """Jobs and datasets over the store and the runner; the `JobHooks` of the serving
+    replica's runner (it hears the runner's jobs change, registers their adapters into the
+    engine and evaluates them)."""
 
     def __init__(
         self,
@@ -109,6 +112,7 @@ class JobService:
         runner: JobRunner,
         adapters: AdapterManager,
         uploads: UploadService,
+        evaluator: Evaluator,
         limits: JobLimits,
         metrics: Metrics,
         tokenizer: Any,
@@ -119,6 +123,7 @@ class JobService:
         self._runner = runner
         self._adapters = adapters
         self._uploads = uploads
+        self._evaluator = evaluator
         self._limits = limits
         self._metrics = metrics
         self._tokenizer = tokenizer
@@ -453,3 +458,8 @@ class JobService:
 
         directory, root = self._runner.job_dir(job.id), self._limits.adapter_root
         return await register_job_adapter(job, directory, root, load)
+
+    async def on_evaluate(self, job: Job, emit: Emit) -> dict[str, Any]:
+        """Evaluates a job's target on this replica's engine."""
+        await self._adapters.refresh()  # the candidate may be a version a worker published
+        return await self._evaluator.evaluate(job, emit, self._runner.job_dir(job.id))
