@@ -161,12 +161,10 @@ def events_file(job_dir: Path, fence: int) -> Path:
 
 def earlier_events_file(job_dir: Path, fence: int) -> tuple[int, Path] | None:
     """The fence and events file of the latest attempt before `fence` that ran a trainer."""
-    earlier = sorted(
-        (int(number), path)
-        for path in job_dir.glob("events-*.jsonl")
-        if (number := path.stem.removeprefix("events-")).isdigit() and int(number) < fence
-    )
-    return earlier[-1] if earlier else None
+    for earlier in range(fence - 1, 0, -1):  # claims are numbered from 1
+        if (path := events_file(job_dir, earlier)).exists():
+            return earlier, path
+    return None
 
 
 CGROUP_OOM_FILES = (
