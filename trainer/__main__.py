@@ -29,6 +29,7 @@ from trainer.contract import (
 )
 from trainer.data import MAX_PROBLEMS_SHOWN, DataRejectedError, DataReport, prepare_data
 from trainer.events import EventWriter
+from trainer.hardware import available_cpus
 from trainer.masking import TemplateError
 
 
@@ -146,7 +147,7 @@ def _launch(args: argparse.Namespace, devices: int) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as distributed_run
 
-    threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count() or 1
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or available_cpus()
     os.environ["OMP_NUM_THREADS"] = str(max(1, threads // devices))
     command = ["trainer", "train", "--config", args.config]
     command += ["--events", args.events] if args.events else []
