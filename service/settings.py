@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.client.api import LoadBalancing
 from service.errors import ConfigError
 from trainer.config import describe_validation_error
 from trainer.hardware import Precision, available_cpus
@@ -374,7 +375,7 @@ class ClientSettings(BaseSettings):
         None, description="PEM CA certificate to verify the server with; connects over TLS."
     )
     timeout: float = Field(30.0, gt=0, description="Deadline of each call in seconds.")
-    load_balancing: Literal["pick_first", "round_robin"] = Field(
+    load_balancing: LoadBalancing = Field(
         "pick_first",
         description="How calls spread over the addresses the target resolves to: round_robin "
         "over the pods of a headless Service (target dns:///adapterd-grpc-headless:50051), or "
