@@ -282,8 +282,10 @@ class ServerProcess:
             flags += ["--auth-tokens-file", str(tokens_file)]
         return flags
 
-    def start(self, timeout: float = 300.0) -> "ServerProcess":
-        """Starts the server and waits until its overall health is SERVING."""
+    def start(self, timeout: float = 300.0, service: str = "") -> "ServerProcess":
+        """Starts the server and waits until `service` is SERVING: by default the overall
+        health (the engine is warm); `JOBS_SERVICE` as soon as jobs are served, while the
+        engine may still be starting."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("w") as log:
             self.process = subprocess.Popen(
@@ -296,7 +298,7 @@ class ServerProcess:
         try:
             with Client(self.target, timeout=5.0) as client:
                 self.health_seen = client.wait_until_serving(
-                    timeout=timeout, give_up=lambda: process.poll() is not None
+                    service, timeout=timeout, give_up=lambda: process.poll() is not None
                 )
         except (TimeoutError, ConnectionAbortedError) as exc:
             self.stop()
