@@ -52,6 +52,7 @@ def _data_spec(args: argparse.Namespace) -> tuple[DataSpec, Path, int]:
             max_length=args.max_length,
             policy=args.policy,
             quality_filter=args.quality_filter,
+            pii=args.pii,
         )
     except ValidationError as exc:
         raise TrainConfigError("; ".join(describe_validation_error(exc))) from None
@@ -66,11 +67,12 @@ def _print_report(report: DataReport) -> None:
             f"{source.held_out} held out, {source.used} used"
         )
     print(f"train rows {report.train_rows}, eval rows {report.eval_rows}")
-    if report.quality_filtered:
-        print(
-            "quality filter removed: "
-            + ", ".join(f"{k} {v}" for k, v in report.quality_filtered.items())
-        )
+    for label, counts in (
+        ("quality filter removed", report.quality_filtered),
+        ("personal data redacted", report.pii_redacted),
+    ):
+        if counts:
+            print(f"{label}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if report.token_lengths:
         print(
             "tokens per conversation: "
@@ -218,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--max-length", type=int, default=1024, help="Token limit per row.")
     validate.add_argument("--policy", default="reject", help="reject (default) or drop.")
     validate.add_argument("--quality-filter", action="store_true", help="Apply the filter.")
+    validate.add_argument(
+        "--pii", default="keep", help="Personal data: keep (default), redact or reject."
+    )
     validate.add_argument("--output", choices=("text", "json"), default="text")
     validate.set_defaults(run=_validate)
     train = commands.add_parser("train", help="Train an adapter.")

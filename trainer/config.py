@@ -111,6 +111,11 @@ class DataSpec(_Strict):
     """On invalid rows: "reject" fails listing every problem, "drop" trains on the rest."""
     quality_filter: bool = False
     """Drop rows the quality heuristic flags (too short, sycophantic opener, far too long)."""
+    pii: Literal["keep", "redact", "reject"] = "keep"
+    """Personal data in the rows (e-mail addresses, phone, card and social security numbers,
+    IBANs, IP addresses; `trainer.pii`): "keep" trains on it, "redact" replaces each with a
+    placeholder ("[EMAIL]") and counts them, "reject" makes each row holding some a problem
+    (naming the field and kinds, never the value) that `policy` then rejects or drops."""
 
     @model_validator(mode="after")
     def _one_eval_source(self) -> "DataSpec":

@@ -11,13 +11,14 @@ import random
 import re
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from trainer.config import DatasetSpec, DataSpec
 from trainer.formats import FieldProblem, RowError, Turn, normalize
 from trainer.masking import Example, render_trained, tokenize
+from trainer.pii import Redacted, redact
 from trainer.quality import quality_flag
 
 MAX_PROBLEMS_SHOWN = 50
@@ -78,6 +79,8 @@ class DataReport:
     problems: list[Problem]
     problem_counts: dict[str, int]
     quality_filtered: dict[str, int]
+    pii_redacted: dict[str, int]
+    """Pieces of personal data replaced under `data.pii: redact`, by kind."""
     token_lengths: dict[str, int]
     trained_tokens: int
     total_tokens: int
@@ -259,6 +262,36 @@ def _quality_filter(pool: list[Record], filtered: Counter[str]) -> list[Record]:
     return kept
 
 
+def _personal_data(
+    records: list[Record], mode: str, redacted: Counter[str]
+) -> tuple[list[Record], list[Problem]]:
+    """`data.pii` applied: the records, redacted under "redact" (counted into `redacted`);
+    under "reject", a problem for each turn that holds personal data."""
+    if mode == "keep":
+        return records, []
+    kept, problems = [], []
+    for record in records:
+        results = [redact(turn.content) for turn in record.turns]
+        if mode == "reject":
+            problems += [
+                Problem(record.source, record.row, turn.origin, "pii", _pii_message(result))
+                for turn, result in zip(record.turns, results, strict=True)
+                if result.counts
+            ]
+            kept.append(record)
+            continue
+        for result in results:
+            redacted.update({str(kind): n for kind, n in result.counts.items()})
+        turns = [replace(t, content=r.text) for t, r in zip(record.turns, results, strict=True)]
+        kept.append(replace(record, turns=turns))
+    return kept, problems
+
+
+def _pii_message(result: Redacted) -> str:
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(result.counts.items()))
+    return f"personal data ({kinds}); data.pii is reject"
+
+
 def _hold_out(
     pools: list[list[Record]], reports: list[SourceReport], fraction: float, rng: random.Random
 ) -> list[Record]:
@@ -291,6 +324,13 @@ def prepare_data(spec: DataSpec, tokenizer: Any, seed: int) -> PreparedData:
         eval_report = SourceReport(str(spec.eval_file), 0.0)
         eval_records, found = _read_source(DatasetSpec(path=spec.eval_file), eval_report)
         problems += found
+
+    redacted: Counter[str] = Counter()
+    for index, pool in enumerate(pools):
+        pools[index], found = _personal_data(pool, spec.pii, redacted)
+        problems += found
+    eval_records, found = _personal_data(eval_records, spec.pii, redacted)
+    problems += found
 
     train_records = [r for pool in pools for r in pool]
     problems += _find_duplicates(train_records)
@@ -342,6 +382,7 @@ def prepare_data(spec: DataSpec, tokenizer: Any, seed: int) -> PreparedData:
         problems=problems,
         problem_counts=dict(Counter(p.code for p in problems)),
         quality_filtered=dict(filtered),
+        pii_redacted=dict(redacted),
         token_lengths=_percentiles(lengths),
         trained_tokens=sum(e.trained_tokens for e in examples),
         total_tokens=sum(lengths),

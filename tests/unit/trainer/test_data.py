@@ -103,6 +103,48 @@ def test_quality_filter_removes_and_counts(tmp_path, tokenizer):
     assert prepared.report.quality_filtered == {"sycophantic": 1, "too_short": 1}
 
 
+CONTACT_ROWS = [
+    qa(1),
+    {"prompt": "Who do I ask?", "completion": "Write to jane.doe@example.com or call +1 415-555-2671."},
+    {"messages": [
+        {"role": "user", "content": "My card is 4111 1111 1111 1111, is it stored?"},
+        {"role": "assistant", "content": "No card number is ever stored by this service."},
+    ]},
+]  # fmt: skip
+
+
+def test_pii_redact_replaces_personal_data_before_training_and_counts_it(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", CONTACT_ROWS)
+    prepared = prepare_data(spec(path, pii="redact"), tokenizer, seed=0)
+    assert prepared.report.pii_redacted == {"email": 1, "phone": 1, "card": 1}
+    texts = [tokenizer.decode(e.input_ids) for e in prepared.train]
+    assert any("Write to [EMAIL] or call [PHONE]." in t for t in texts)
+    assert any("My card is [CARD], is it stored?" in t for t in texts)
+    assert not any("jane.doe" in t or "4111" in t or "555-2671" in t for t in texts)
+
+
+def test_pii_reject_names_row_field_and_kinds_but_never_the_value(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", CONTACT_ROWS)
+    with pytest.raises(DataRejectedError) as caught:
+        prepare_data(spec(path, pii="reject"), tokenizer, seed=0)
+    problems = [(p.row, p.field, p.code, p.message) for p in caught.value.report.problems]
+    assert problems == [
+        (2, "completion", "pii", "personal data (1 email, 1 phone); data.pii is reject"),
+        (3, "messages[0].content", "pii", "personal data (1 card); data.pii is reject"),
+    ]
+    assert caught.value.report.pii_redacted == {}
+    # Under the drop policy the rows holding personal data are left out, the rest trains.
+    prepared = prepare_data(spec(path, pii="reject", policy="drop"), tokenizer, seed=0)
+    assert len(prepared.train) == 1
+
+
+def test_pii_keep_is_the_default_and_changes_nothing(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", CONTACT_ROWS)
+    prepared = prepare_data(spec(path), tokenizer, seed=0)
+    assert prepared.report.pii_redacted == {}
+    assert any("jane.doe@example.com" in tokenizer.decode(e.input_ids) for e in prepared.train)
+
+
 def test_report_on_gsm8k_has_percentiles_coverage_and_a_sample(tokenizer):
     data = DataSpec(datasets=[{"path": GSM8K, "columns": {}}], max_length=1024)
     report = prepare_data(data, tokenizer, seed=0).report
