@@ -47,8 +47,8 @@ _COMPARE: dict[Comparator, Callable[[float, float], bool]] = {
 }
 
 
-class Gate(BaseModel):
-    """One condition. Exactly one of `threshold`, `margin`, `factor`."""
+class MetricRef(BaseModel):
+    """A measured metric: one of `Metric`, with the task and its metric for Metric.TASK."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -57,32 +57,56 @@ class Gate(BaseModel):
     """For Metric.TASK: the task name."""
     task_metric: str = ""
     """For Metric.TASK: the task's metric, e.g. "acc"."""
-    comparator: Comparator
-    threshold: float | None = None
-    """Absolute: value <comparator> threshold."""
-    margin: float | None = None
-    """Relative: value <comparator> baseline + margin."""
-    factor: float | None = Field(None, gt=0)
-    """Relative: value <comparator> baseline * factor."""
 
     @model_validator(mode="after")
-    def _one_threshold(self) -> "Gate":
-        given = [x is not None for x in (self.threshold, self.margin, self.factor)]
-        if sum(given) != 1:
-            raise ValueError("give exactly one of threshold, margin or factor")
+    def _task_fields(self) -> "MetricRef":
         if (self.metric is Metric.TASK) != bool(self.task and self.task_metric):
             raise ValueError("task and task_metric are required for metric 'task', and only then")
         return self
 
     @property
     def key(self) -> str:
-        """The results key this gate reads."""
+        """The results key of the metric."""
         return metric_key(self.metric, self.task, self.task_metric)
+
+
+class Gate(MetricRef):
+    """One condition on a metric. Exactly one of `threshold`, `margin`, `factor`; the last two
+    are relative to the baseline's value of the metric, or with `compare_to` to another metric
+    of the same candidate ("eval_loss <= 1.1 x train_loss")."""
+
+    comparator: Comparator
+    threshold: float | None = None
+    """Absolute: value <comparator> threshold."""
+    margin: float | None = None
+    """Relative: value <comparator> reference + margin."""
+    factor: float | None = Field(None, gt=0)
+    """Relative: value <comparator> reference * factor."""
+    compare_to: MetricRef | None = None
+    """The reference of `margin` or `factor`: this metric of the candidate, not the baseline's
+    value of the gate's own."""
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> "Gate":
+        given = [x is not None for x in (self.threshold, self.margin, self.factor)]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of threshold, margin or factor")
+        if self.compare_to is not None and self.threshold is not None:
+            raise ValueError("compare_to needs margin or factor, not threshold")
+        if self.compare_to is not None and self.compare_to.key == self.key:
+            raise ValueError(f"compare_to: {self.key} compared with itself")
+        return self
+
+    @property
+    def metrics(self) -> tuple[MetricRef, ...]:
+        """Every metric the gate reads."""
+        return (self,) if self.compare_to is None else (self, self.compare_to)
 
     @property
     def needs_baseline(self) -> bool:
-        """Relative gates need the baseline evaluated too."""
-        return self.threshold is None
+        """Relative gates need the baseline evaluated too (unless relative to another metric
+        of the candidate)."""
+        return self.threshold is None and self.compare_to is None
 
 
 def metric_key(metric: Metric, task: str = "", task_metric: str = "") -> str:
@@ -115,16 +139,22 @@ def check_gates(
             checked.append(GateResult(gate, None, None, False, f"{gate.key} was not measured"))
             continue
         if gate.threshold is not None:
-            bound = gate.threshold
-        elif (base := baseline.get(gate.key)) is None:
-            reason = f"{gate.key} of the baseline was not measured"
-            checked.append(GateResult(gate, value, None, False, reason))
-            continue
+            bound, of = gate.threshold, ""
         else:
-            bound = base + gate.margin if gate.margin is not None else base * (gate.factor or 1)
+            other = gate.compare_to
+            reference = results.get(other.key) if other else baseline.get(gate.key)
+            if reference is None:
+                missing = other.key if other else f"{gate.key} of the baseline"
+                checked.append(GateResult(gate, value, None, False, f"{missing} was not measured"))
+                continue
+            if gate.margin is not None:
+                bound = reference + gate.margin
+                of = f" ({other.key if other else 'baseline'} {reference:.4g} + {gate.margin:g})"
+            else:
+                bound = reference * (gate.factor or 1)
+                of = f" ({gate.factor:g} x {other.key if other else 'baseline'} {reference:.4g})"
         passed = _COMPARE[gate.comparator](value, bound)
         symbol = gate.comparator.value if passed else f"not {gate.comparator.value}"
-        checked.append(
-            GateResult(gate, value, bound, passed, f"{gate.key} {value:.4g} {symbol} {bound:.4g}")
-        )
+        reason = f"{gate.key} {value:.4g} {symbol} {bound:.4g}{of}"
+        checked.append(GateResult(gate, value, bound, passed, reason))
     return checked

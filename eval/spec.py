@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from eval.gates import Gate, Metric
+from eval.gates import Gate, Metric, MetricRef
 from trainer.config import describe_validation_error
 
 BUNDLED_SCHEMA_SETS = ("contact_card",)
@@ -142,16 +142,19 @@ class EvalSpec(_Strict):
         if not (self.benchmarks or self.schema_adherence or self.win_rate):
             raise ValueError("give at least one of benchmarks, schema_adherence or win_rate")
         for index, gate in enumerate(self.gates):
-            problem = self._unmeasured(gate)
-            if problem:
-                raise ValueError(f"gates[{index}]: {problem}")
+            for where, measured in zip(("", ".compare_to"), gate.metrics, strict=False):
+                if problem := self._unmeasured(gate, measured):
+                    raise ValueError(f"gates[{index}]{where}: {problem}")
         return self
 
-    def _unmeasured(self, gate: Gate) -> str:
-        metric = gate.metric
+    def _unmeasured(self, gate: Gate, measured: MetricRef) -> str:
+        """Why the evaluation would not measure `measured`, a metric `gate` reads ("": it
+        would)."""
+        metric = measured.metric
         if metric is Metric.TASK:
             tasks = self.benchmarks.tasks if self.benchmarks else ()
-            return "" if gate.task in tasks else f"task {gate.task!r} is not in benchmarks.tasks"
+            task = measured.task
+            return "" if task in tasks else f"task {task!r} is not in benchmarks.tasks"
         if metric is Metric.SCHEMA_VALID_RATE and not self.schema_adherence:
             return "schema_valid_rate needs a schema_adherence section"
         if metric in (Metric.WIN_RATE, Metric.WIN_RATE_LOWER):
@@ -178,9 +181,10 @@ def parse_eval_spec(fields: dict[str, object], *, training: bool) -> EvalSpec:
         raise EvalSpecError("; ".join(describe_validation_error(exc))) from None
     if not training:
         for index, gate in enumerate(spec.gates):
-            if gate.metric in TRAIN_ONLY_METRICS:
-                raise EvalSpecError(
-                    f"gates[{index}]: {gate.metric.value} exists only for a training job's "
-                    "evaluation"
-                )
+            for where, measured in zip(("", ".compare_to"), gate.metrics, strict=False):
+                if measured.metric in TRAIN_ONLY_METRICS:
+                    raise EvalSpecError(
+                        f"gates[{index}]{where}: {measured.metric.value} exists only for a "
+                        "training job's evaluation"
+                    )
     return spec

@@ -530,6 +530,7 @@ def _gate_json(result: GateResult) -> dict[str, Any]:
     gate = result.gate
     return {
         "metric": gate.key,
+        **({"compare_to": gate.compare_to.key} if gate.compare_to else {}),
         "comparator": gate.comparator.value,
         "value": result.value,
         "bound": result.bound,

@@ -233,8 +233,9 @@ def evaluation_fields(message: evaluation_pb2.EvaluationSpec) -> dict[str, Any]:
     (GATE_METRIC_WIN_RATE -> "win_rate", COMPARATOR_GE -> ">=", JUDGE_LLM -> "llm")."""
     fields = message_fields(message)
     for gate in fields.get("gates", []):
-        if "metric" in gate:  # an unknown number stays a number, for the spec to refuse
-            gate["metric"] = str(gate["metric"]).removeprefix("GATE_METRIC_").lower()
+        for named in (gate, gate.get("compare_to", {})):
+            if "metric" in named:  # an unknown number stays a number, for the spec to refuse
+                named["metric"] = str(named["metric"]).removeprefix("GATE_METRIC_").lower()
         if "comparator" in gate:
             name = str(gate["comparator"]).removeprefix("COMPARATOR_")
             gate["comparator"] = Comparator[name].value if name in Comparator.__members__ else name
@@ -248,6 +249,9 @@ def _evaluation_message_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """The inverse of evaluation_fields, for ParseDict."""
     fields = {**fields, "gates": [dict(g) for g in fields.get("gates", [])]}
     for gate in fields["gates"]:
+        if gate.get("compare_to"):
+            gate["compare_to"] = {**gate["compare_to"]}
+            gate["compare_to"]["metric"] = "GATE_METRIC_" + gate["compare_to"]["metric"].upper()
         gate["metric"] = "GATE_METRIC_" + gate["metric"].upper()
         gate["comparator"] = "COMPARATOR_" + Comparator(gate["comparator"]).name
     if "judge" in fields.get("win_rate", {}):

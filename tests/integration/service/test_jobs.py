@@ -182,7 +182,10 @@ def test_a_job_with_an_evaluation_trains_evaluates_and_promotes(user, dataset_id
         "gates": [{"metric": "GATE_METRIC_TRAIN_LOSS", "comparator": "COMPARATOR_LT",
                    "threshold": 100.0},
                   {"metric": "GATE_METRIC_OVERLAP_RATE", "comparator": "COMPARATOR_LE",
-                   "threshold": 0.0}],
+                   "threshold": 0.0},
+                  {"metric": "GATE_METRIC_LATENCY_P95_SECONDS", "comparator": "COMPARATOR_LE",
+                   "factor": 1000.0,
+                   "compare_to": {"metric": "GATE_METRIC_LATENCY_P50_SECONDS"}}],
         "promote_alias": "job-eval-prod",
     }  # fmt: skip
     job = user.submit_job(spec(dataset_id, adapter_name="job-eval", evaluation=evaluation))
@@ -195,6 +198,9 @@ def test_a_job_with_an_evaluation_trains_evaluates_and_promotes(user, dataset_id
     assert summary["passed"] and summary["promoted"]
     assert summary["scores"]["train_loss"] == pytest.approx(result["metrics"]["train_loss"])
     report = json_format.MessageToDict(user.evaluation_report(job.id).report)
+    two_metrics = report["gates"][2]  # bound by another metric of the same candidate
+    assert two_metrics["compare_to"] == "latency_p50_seconds" and two_metrics["passed"]
+    assert two_metrics["bound"] == pytest.approx(1000 * summary["scores"]["latency_p50_seconds"])
     assert [step for step, _ in report["loss_curve"]] == [1, 2, 3]
     assert report["details"]["candidate"]["overlap"]["schema_adherence"]["items"] == 2
     assert report["candidate"] == "acme/job-eval@1"

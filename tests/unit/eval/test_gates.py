@@ -20,8 +20,33 @@ def test_absolute_and_relative_thresholds():
     checked = check_gates(gates, results, baseline)
     assert [c.passed for c in checked] == [True, True, True, False]
     assert checked[1].bound == pytest.approx(1.35)
-    assert checked[3].reason == "task:arith/acc 0.5 not >= 0.6"
+    assert checked[3].reason == "task:arith/acc 0.5 not >= 0.6 (baseline 0.4 + 0.2)"
     assert [g.needs_baseline for g in gates] == [False, True, True, True]
+
+
+def test_a_gate_compares_two_metrics_of_the_candidate():
+    # The SFT guide's checklist: "eval loss within 10% of training loss".
+    within = gate(
+        metric="eval_loss", comparator="<=", factor=1.1, compare_to={"metric": "train_loss"}
+    )
+    above = gate(metric="task", task="arith", task_metric="acc", margin=0.1,
+                 compare_to={"metric": "task", "task": "arith", "task_metric": "acc_norm"})  # fmt: skip
+    results = {
+        "eval_loss": 1.2,
+        "train_loss": 1.0,
+        "task:arith/acc": 0.5,
+        "task:arith/acc_norm": 0.3,
+    }
+    checked = check_gates([within, above], results, baseline={"eval_loss": 9.0})
+    assert [c.passed for c in checked] == [False, True]
+    assert checked[0].bound == pytest.approx(1.1)
+    assert checked[0].reason == "eval_loss 1.2 not <= 1.1 (1.1 x train_loss 1)"
+    assert checked[1].reason == "task:arith/acc 0.5 >= 0.4 (task:arith/acc_norm 0.3 + 0.1)"
+    assert not within.needs_baseline and not above.needs_baseline
+    results["eval_loss"] = 1.05
+    assert check_gates([within], results, {})[0].passed
+    del results["train_loss"]
+    assert check_gates([within], results, {})[0].reason == "train_loss was not measured"
 
 
 def test_a_missing_measurement_fails_the_gate_and_says_which():
@@ -45,6 +70,12 @@ def test_a_missing_measurement_fails_the_gate_and_says_which():
         ({"metric": "win_rate", "threshold": 0.5, "comparator": "=="}, "comparator"),
         ({"metric": "win_rate", "threshold": 0.5, "expression": "1"}, "expression"),
         ({"metric": "eval_loss", "factor": -1}, "factor"),
+        (
+            {"metric": "eval_loss", "threshold": 1, "compare_to": {"metric": "train_loss"}},
+            "compare_to needs margin or factor, not threshold",
+        ),
+        ({"metric": "eval_loss", "factor": 1, "compare_to": {"metric": "eval_loss"}}, "itself"),
+        ({"metric": "eval_loss", "factor": 1, "compare_to": {"metric": "task"}}, "task_metric"),
     ],
 )
 def test_malformed_gates_are_refused_naming_the_problem(fields, message):

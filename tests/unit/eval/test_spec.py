@@ -47,6 +47,12 @@ def test_a_complete_spec_parses_with_defaults():
         ({"win_rate": {}, "gates": [{"metric": "win_rate", "comparator": "~", "threshold": 1}]},
          "gates.0.comparator = '~'"),
         ({"win_rate": {}, "gates": [gate("eval_loss")]}, "exists only for a training job"),
+        ({"win_rate": {}, "gates": [{"metric": "win_rate", "comparator": ">=", "margin": 0,
+                                     "compare_to": {"metric": "train_loss"}}]},
+         "gates[0].compare_to: train_loss exists only for a training job"),
+        ({"win_rate": {}, "gates": [{"metric": "win_rate", "comparator": ">=", "factor": 1,
+                                     "compare_to": {"metric": "schema_valid_rate"}}]},
+         "gates[0].compare_to: schema_valid_rate needs a schema_adherence section"),
         ({"win_rate": {}, "surprise": 1}, "surprise: unknown field"),
     ],
 )  # fmt: skip
@@ -62,3 +68,7 @@ def test_a_training_jobs_evaluation_may_gate_on_its_losses():
         training=True,
     )
     assert spec.gates[0].key == "eval_loss"
+    within = {"metric": "eval_loss", "comparator": "<=", "factor": 1.1,
+              "compare_to": {"metric": "train_loss"}}  # fmt: skip
+    spec = parse_eval_spec({"win_rate": {}, "gates": [within]}, training=True)
+    assert spec.gates[0].compare_to.key == "train_loss"

@@ -17,6 +17,8 @@ MESSAGE = {
          "threshold": 0.4},
         {"metric": "GATE_METRIC_LATENCY_P95_SECONDS", "comparator": "COMPARATOR_LT",
          "threshold": 2.0},
+        {"metric": "GATE_METRIC_LATENCY_P95_SECONDS", "comparator": "COMPARATOR_LE",
+         "factor": 3.0, "compare_to": {"metric": "GATE_METRIC_LATENCY_P50_SECONDS"}},
     ],
     "promote_alias": "prod",
 }  # fmt: skip
@@ -25,8 +27,9 @@ MESSAGE = {
 def test_enum_names_become_the_specs_values_and_back():
     fields = evaluation_fields(json_format.ParseDict(MESSAGE, evaluation_pb2.EvaluationSpec()))
     spec = parse_eval_spec(fields, training=False)
-    assert [g.key for g in spec.gates] == ["win_rate_lower", "latency_p95_seconds"]
-    assert [g.comparator.value for g in spec.gates] == [">=", "<"]
+    assert [g.key for g in spec.gates] == ["win_rate_lower", *["latency_p95_seconds"] * 2]
+    assert [g.comparator.value for g in spec.gates] == [">=", "<", "<="]
+    assert spec.gates[2].compare_to.key == "latency_p50_seconds"
     assert spec.win_rate.judge == "llm"
     stored = spec.model_dump(mode="json", exclude_defaults=True)
     job = Job(
