@@ -1,12 +1,9 @@
-"""Evaluation plumbing that needs no engine: proto <-> spec fields, bounded metric labels."""
-
-import math
+"""Evaluation specs between the proto and the domain: enum names and values, both ways."""
 
 from google.protobuf import json_format
 
 from adapterd.v1 import evaluation_pb2
 from eval.spec import parse_eval_spec
-from service.evaluation import task_labels, trainer_losses
 from service.grpc.convert import evaluation_fields, job_to_proto
 from service.jobs.model import Job, JobKind, JobState
 
@@ -48,19 +45,3 @@ def test_an_unknown_enum_number_reaches_the_spec_as_a_value_it_refuses():
     message.gates.add(metric=99, comparator=evaluation_pb2.COMPARATOR_GE, threshold=1)
     fields = evaluation_fields(message)
     assert fields["gates"][0]["metric"] == "99"
-
-
-def test_task_labels_stay_bounded():
-    assert task_labels("adapterd_gsm8k", "exact_match,strict-match") == (
-        "adapterd_gsm8k", "exact_match,strict-match"
-    )  # fmt: skip
-    assert task_labels("my_task", "acc_norm,none") == ("other", "acc_norm")
-    assert task_labels("my_task", "rouge_secret") == ("other", "other")
-
-
-def test_the_trainers_losses_are_read_for_the_adapter_that_was_kept():
-    metrics = {"train_loss": 0.9, "final_eval_loss": 1.2, "best_eval_loss": 1.0}
-    best = trainer_losses({**metrics, "selected": "best"})
-    assert best == {"train_loss": 0.9, "eval_loss": 1.0, "eval_perplexity": math.exp(1.0)}
-    assert trainer_losses({**metrics, "selected": "last"})["eval_loss"] == 1.2
-    assert trainer_losses({"train_loss": 0.5, "final_eval_loss": None}) == {"train_loss": 0.5}

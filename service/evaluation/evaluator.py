@@ -1,0 +1,158 @@
+"""The evaluation job: measure a candidate (an adapter version or the base model) and its
+baseline, check the gates, promote, report.
+
+The measurements (`measurements.py`) run on the serving engine (`engine.py`); the report (JSON
+and HTML) goes into the job's directory, the scores into the quality gauges, and the job's
+result gets the summary. Bad specs and data raise JobFailedError with a message that names the
+field, file or line.
+"""
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from eval.benchmarks import BenchmarkError
+from eval.gates import check_gates
+from eval.judges import JudgeUnreachableError
+from eval.prompts import PromptSetError
+from eval.sources import contamination
+from eval.spec import EvalSpec, EvalSpecError, parse_eval_spec
+from service.adapters.manager import AdapterManager
+from service.errors import AdapterdError
+from service.evaluation.engine import EvaluationEngine, EvaluationLimits
+from service.evaluation.export import export_scores
+from service.evaluation.measurements import Measurements
+from service.evaluation.report import gate_json, write_report
+from service.evaluation.scores import ScoreCache, Scores, percentile, trainer_losses
+from service.inference.generation import Generator
+from service.jobs.model import FeedKind, Job, JobFailedError, JobKind, JobResult, JobSpec
+from service.jobs.runner import CONFIG_FILE, Emit
+from service.metrics import AdapterLabels, Metrics
+from service.store.base import Store
+from service.uploads import UploadService
+from trainer.contract import TrainerEvent
+
+
+class Evaluator:
+    """Runs an evaluation job's measurements and decides its gates."""
+
+    def __init__(
+        self,
+        *,
+        generator: Generator,
+        adapters: AdapterManager,
+        uploads: UploadService,
+        store: Store,
+        tokenizer: Any,
+        metrics: Metrics,
+        labels: AdapterLabels,
+        limits: EvaluationLimits,
+    ) -> None:
+        self._adapters = adapters
+        self._uploads = uploads
+        self._store = store
+        self._metrics = metrics
+        self._labels = labels
+        self._engine = EvaluationEngine(generator, tokenizer, limits)
+        self._cache = ScoreCache()
+
+    async def evaluate(self, job: Job, emit: Emit, out_dir: Path) -> dict[str, Any]:
+        """Measures the job's candidate and baseline, checks the gates, promotes, reports.
+
+        Returns the job's result additions ("evaluation": the summary).
+
+        Raises:
+            JobFailedError: a spec, task, prompt set or adapter that cannot be evaluated.
+        """
+        began = time.monotonic()
+        try:
+            result = await self._evaluate(job, emit, out_dir, began)
+        except (
+            EvalSpecError, BenchmarkError, PromptSetError, AdapterdError, ValueError,
+            JudgeUnreachableError,
+        ) as exc:  # fmt: skip
+            self._metrics.evaluation_duration.labels("failed").observe(time.monotonic() - began)
+            raise JobFailedError("evaluation_failed", str(exc)) from exc
+        self._metrics.evaluation_duration.labels("succeeded").observe(time.monotonic() - began)
+        return result
+
+    async def _evaluate(self, job: Job, emit: Emit, out_dir: Path, began: float) -> dict[str, Any]:
+        training = job.kind is JobKind.TRAIN
+        asked, result = JobSpec.of(job), JobResult.of(job)
+        spec = parse_eval_spec(asked.evaluation or {}, training=training)
+        candidate = result.adapter_version if training else asked.adapter
+        baseline = self._adapters.resolve(spec.baseline).ref if spec.baseline else ""
+        # The uploads of the spec were the submitter's at submission; they never change.
+        files = await self._uploads.client_files(None, spec, "evaluation")
+        await self._engine.wait_ready()
+        run = Measurements(self._engine, self._cache, spec, files, emit)
+        targets = {"candidate": candidate, "baseline": baseline}
+        if candidate == baseline:
+            del targets["baseline"]
+        scores = {role: Scores() for role in targets}
+        for role, ref in targets.items():
+            if spec.benchmarks:
+                await run.section("benchmarks", role, ref, spec.benchmarks, scores[role])
+            if spec.schema_adherence:
+                await run.section("schema", role, ref, spec.schema_adherence, scores[role])
+        if spec.win_rate and "baseline" in targets:
+            await run.win_rate(candidate, baseline, spec.win_rate, scores)
+        own = scores["candidate"]
+        if own.latencies:
+            own.values["latency_p50_seconds"] = percentile(own.latencies, 50)
+            own.values["latency_p95_seconds"] = percentile(own.latencies, 95)
+        if training:
+            own.values |= trainer_losses(result.metrics)
+            own.details["overlap"] = await asyncio.to_thread(
+                contamination, out_dir / CONFIG_FILE, spec, files
+            )
+            own.values["overlap_rate"] = max(
+                (o["rate"] for o in own.details["overlap"].values()), default=0.0
+            )
+        base_values = scores["baseline"].values if "baseline" in scores else {}
+        gates = check_gates(list(spec.gates), own.values, base_values)
+        passed = all(g.passed for g in gates)
+        promotion = await self._promote(spec, candidate, passed)
+        report = {
+            "job_id": job.id,
+            "candidate": candidate or "base",
+            "baseline": baseline or "base",
+            "finished": time.time(),
+            "duration_seconds": time.monotonic() - began,
+            "spec": spec.model_dump(mode="json"),
+            "scores": {role: s.values for role, s in scores.items()},
+            "stderr": {role: s.stderr for role, s in scores.items()},
+            "details": {role: s.details for role, s in scores.items()},
+            "gates": [gate_json(g) for g in gates],
+            "passed": passed,
+            **promotion,
+            "loss_curve": await self._loss_curve(job.id) if training else [],
+        }
+        await asyncio.to_thread(write_report, out_dir, report)
+        export_scores(self._metrics, self._labels, candidate, own)
+        summary = {
+            "passed": passed,
+            **promotion,
+            "scores": own.values,
+            "baseline_scores": base_values,
+            "failed_gates": [g["reason"] for g in report["gates"] if not g["passed"]],
+        }
+        await emit(FeedKind.EVALUATION, {"phase": "done", **summary})
+        return {"evaluation": summary}
+
+    async def _promote(self, spec: EvalSpec, candidate: str, passed: bool) -> dict[str, Any]:
+        if not spec.promote_alias:
+            return {"promoted": False}
+        if not passed:
+            return {"promoted": False, "promote_alias": spec.promote_alias}
+        await self._adapters.set_alias(spec.promote_alias, candidate)
+        return {"promoted": True, "promote_alias": spec.promote_alias}
+
+    async def _loss_curve(self, job_id: str) -> list[list[float]]:
+        events = await self._store.events(job_id, 0, limit=1_000_000)
+        return [
+            [e.data["step"], e.data["loss"]]
+            for e in events
+            if e.kind == TrainerEvent.PROGRESS and "step" in e.data and "loss" in e.data
+        ]

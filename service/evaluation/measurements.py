@@ -1,0 +1,224 @@
+"""The measurements of one evaluation: benchmarks through lm-eval, schema adherence, and the
+win rate against the baseline, each reporting progress and cached on bundled data.
+
+lm-eval runs in a worker thread; its `LM` (eval.lm.EngineLM) hands each batch back to the event
+loop through `_Bridge`.
+"""
+
+import asyncio
+import concurrent.futures
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from eval.benchmarks import run_tasks
+from eval.judges import Pair
+from eval.lm import EngineCall, EngineLM, EngineReply
+from eval.schema import score_outputs
+from eval.sources import ClientFiles, schema_set, task_configs, win_rate_set
+from eval.spec import EvalSpec, WinRateSpec
+from eval.winrate import combine, win_rate
+from service.evaluation.engine import EvaluationEngine
+from service.evaluation.judging import judge_for
+from service.evaluation.scores import ScoreCache, Scores, metric_key_of, only
+from service.jobs.model import FeedKind
+from service.jobs.runner import Emit
+
+PROGRESS_SECONDS = 2.0
+SAMPLES = 5
+"""Win-rate samples shown in the report."""
+
+
+class _Bridge:
+    """Runs engine batches for lm-eval's worker thread on the event loop; cancelling it
+    cancels the batch in flight and refuses later ones, so the thread ends soon."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._future: concurrent.futures.Future[list[EngineReply]] | None = None
+        self._cancelled = False
+
+    def run(self, coroutine_of: Callable[[], Any]) -> list[EngineReply]:
+        if self._cancelled:
+            raise concurrent.futures.CancelledError
+        self._future = asyncio.run_coroutine_threadsafe(coroutine_of(), self._loop)
+        return self._future.result()
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        if self._future is not None:
+            self._future.cancel()
+
+
+class Measurements:
+    """The measurements of one evaluation, with its progress events."""
+
+    def __init__(
+        self,
+        engine: EvaluationEngine,
+        cache: ScoreCache,
+        spec: EvalSpec,
+        files: ClientFiles,
+        emit: Emit,
+    ) -> None:
+        self._engine = engine
+        self._cache = cache
+        self._spec = spec
+        self._files = files
+        self._emit = emit
+        self._last_progress = 0.0
+
+    async def _progress(self, phase: str, role: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - self._last_progress >= PROGRESS_SECONDS:
+            self._last_progress = now
+            await self._emit(
+                FeedKind.EVALUATION, {"phase": phase, "target": role, "done": done, "total": total}
+            )
+
+    async def _gather(self, phase: str, role: str, jobs: Sequence[Any]) -> list[Any]:
+        """Awaits `jobs` (coroutines) concurrently, reporting progress; results in order."""
+        done = 0
+
+        async def tracked(job: Any) -> Any:
+            nonlocal done
+            result = await job
+            done += 1
+            await self._progress(phase, role, done, len(jobs))
+            return result
+
+        return list(await asyncio.gather(*(tracked(j) for j in jobs)))
+
+    async def section(
+        self, name: str, role: str, adapter: str, spec: BaseModel, scores: Scores
+    ) -> None:
+        """Measures one section ("benchmarks" or "schema") of `adapter`, or takes it from the
+        cache."""
+        key = ScoreCache.key(name, adapter, spec)
+        part = self._cache.get(key)
+        cached = part is not None
+        if part is None:
+            measure = self._benchmarks if name == "benchmarks" else self._schema
+            part = await measure(role, adapter)
+            self._cache.put(key, part)
+        scores.add(part)
+        prefix = "task:" if name == "benchmarks" else "schema_"
+        await self._emit(
+            FeedKind.EVALUATION,
+            {"phase": name, "target": role, "cached": cached, "scores": only(part.values, prefix)},
+        )
+
+    async def _benchmarks(self, role: str, adapter: str) -> Scores:
+        spec = self._spec.benchmarks
+        assert spec is not None
+        configs = task_configs(self._spec, self._files)
+        loop = asyncio.get_running_loop()
+        bridge = _Bridge(loop)
+
+        def batch(calls: Sequence[EngineCall]) -> list[EngineReply]:
+            jobs = [self._engine.call(adapter, c) for c in calls]
+            return bridge.run(lambda: self._gather("benchmarks", role, jobs))
+
+        lm = EngineLM(
+            batch, self._engine.tokenizer, self._engine.limits.max_model_len, adapter or "base"
+        )
+        try:
+            results = await asyncio.to_thread(
+                run_tasks, lm, configs, limit=spec.limit, num_fewshot=spec.num_fewshot,
+                seed=spec.seed, chat_template=spec.chat_template,
+            )  # fmt: skip
+        except asyncio.CancelledError:
+            bridge.cancel()
+            raise
+        part = Scores(details={"benchmarks": [vars(s) for s in results]})
+        for score in results:
+            key = metric_key_of(score)
+            part.values[key] = score.value
+            if score.stderr is not None:
+                part.stderr[key] = score.stderr
+        return part
+
+    async def _schema(self, role: str, adapter: str) -> Scores:
+        spec = self._spec.schema_adherence
+        assert spec is not None
+        rows, schema = schema_set(spec, self._files)
+        part, details = Scores(), {}
+        for constrained in (False, True):
+            phase = "schema_constrained" if constrained else "schema"
+            answers = await self._gather(
+                phase,
+                role,
+                [
+                    self._engine.answer(
+                        adapter, r["prompt"], spec.max_tokens, schema if constrained else None
+                    )
+                    for r in rows
+                ],
+            )
+            report = score_outputs([text for text, _ in answers], schema)
+            details["constrained" if constrained else "unconstrained"] = report.to_json()
+            if not constrained:
+                part.latencies += [seconds for _, seconds in answers]
+                part.values["schema_valid_rate"] = report.valid_rate
+                part.values["schema_parse_rate"] = report.parse_rate
+            else:
+                part.values["schema_valid_rate_constrained"] = report.valid_rate
+        part.details["schema_adherence"] = details
+        return part
+
+    async def win_rate(
+        self, candidate: str, baseline: str, spec: WinRateSpec, scores: dict[str, Scores]
+    ) -> None:
+        rows = win_rate_set(spec, self._files)
+        answers = {}
+        for role, adapter in (("candidate", candidate), ("baseline", baseline)):
+            key = ScoreCache.key("answers", adapter, spec)
+            part = self._cache.get(key)
+            if part is None:
+                replies = await self._gather(
+                    "win_rate_answers",
+                    role,
+                    [self._engine.answer(adapter, r["prompt"], spec.max_tokens) for r in rows],
+                )
+                part = Scores(latencies=[seconds for _, seconds in replies])
+                part.details["answers"] = [text for text, _ in replies]
+                self._cache.put(key, part)
+            answers[role] = part.details["answers"]
+            scores[role].latencies += part.latencies
+        judge = judge_for(spec, self._engine)
+        shown = []
+        for row, mine, theirs in zip(rows, answers["candidate"], answers["baseline"], strict=True):
+            shown.append(Pair(row["prompt"], row["reference"], mine, theirs))
+            shown.append(Pair(row["prompt"], row["reference"], theirs, mine))
+        verdicts = await judge.judge(shown)
+        outcomes = [combine(verdicts[i], verdicts[i + 1]) for i in range(0, len(verdicts), 2)]
+        lengths = [
+            float(len(mine) - len(theirs))
+            for mine, theirs in zip(answers["candidate"], answers["baseline"], strict=True)
+        ]
+        result = win_rate(outcomes, lengths, seed=spec.seed)
+        own = scores["candidate"]
+        own.values |= {
+            "win_rate": result.rate,
+            "win_rate_lower": result.ci_low,
+            "win_rate_upper": result.ci_high,
+            "win_rate_length_controlled": result.length_controlled,
+        }
+        own.details["win_rate"] = {
+            **vars(result),
+            "judge": spec.judge,
+            "unparsed_verdicts": sum(v.value == "invalid" for v in verdicts),
+            "samples": [
+                {"prompt": r["prompt"], "reference": r["reference"], "candidate": mine,
+                 "baseline": theirs, "outcome": o.name.lower() if o else "invalid"}
+                for r, mine, theirs, o in zip(
+                    rows, answers["candidate"], answers["baseline"], outcomes, strict=True
+                )
+            ][:SAMPLES],
+        }  # fmt: skip
+        await self._emit(
+            FeedKind.EVALUATION,
+            {"phase": "win_rate", "target": "candidate", "scores": only(own.values, "win")},
+        )
