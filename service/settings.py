@@ -183,7 +183,8 @@ class ServerSettings(BaseSettings):
         1,
         ge=1,
         le=64,
-        description="adapterd worker: training jobs it runs at once (one per accelerator).",
+        description="adapterd worker: training jobs it runs at once, each on an equal block "
+        "of its accelerators.",
     )
     max_job_attempts: int = Field(
         2,

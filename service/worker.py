@@ -13,7 +13,9 @@ output directory there.
 
 import asyncio
 import logging
+import os
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -22,7 +24,7 @@ from service.adapters.publish import publish, register_job_adapter
 from service.basemodel import BaseModel, resolve_base_model
 from service.errors import ConfigError
 from service.jobs.model import Job, Work
-from service.jobs.runner import Emit, JobRunner, owner_id
+from service.jobs.runner import DEVICES_VARIABLE, Emit, JobRunner, owner_id
 from service.metrics import Metrics
 from service.process import MetricsEndpoint
 from service.settings import ServerSettings
@@ -35,6 +37,37 @@ logger = logging.getLogger(__name__)
 TRAINING = frozenset({Work.TRAINING})
 
 
+def visible_accelerators(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The accelerators this worker may use, as CUDA names them: the ids of
+    CUDA_VISIBLE_DEVICES where it is set (as Kubernetes' device plugin may), otherwise every
+    device torch finds (none on a CPU build)."""
+    if DEVICES_VARIABLE in environ:
+        ids = tuple(i.strip() for i in environ[DEVICES_VARIABLE].split(",") if i.strip())
+        return () if ids[:1] == ("-1",) else ids
+    import torch
+
+    return tuple(str(i) for i in range(torch.cuda.device_count()))
+
+
+def slot_devices(slots: int, accelerators: Sequence[str]) -> list[tuple[str, ...] | None]:
+    """Each slot's accelerators: an equal block of them (a job of `training.devices` N needs
+    a block of at least N), or None for every slot where there are none (the slots share the
+    CPUs). Pure.
+
+    Raises:
+        ConfigError: fewer accelerators than slots.
+    """
+    if not accelerators:
+        return [None] * slots
+    if len(accelerators) < slots:
+        raise ConfigError(
+            f"--slots {slots}: this worker sees {len(accelerators)} accelerator(s) "
+            f"({DEVICES_VARIABLE}={','.join(accelerators)}); run one slot per accelerator"
+        )
+    size = len(accelerators) // slots
+    return [tuple(accelerators[n * size : (n + 1) * size]) for n in range(slots)]
+
+
 class Worker:
     """Training slots (`--slots`) on the shared store, stopped as one; the `JobHooks` of its
     runners."""
@@ -45,6 +78,7 @@ class Worker:
         self.store = store_for(settings.resolved_store_url)
         self.limits = AdapterLimits.for_server(settings, base_model)
         threads = settings.trainer_threads or max(1, available_cpus() // settings.slots)
+        devices = slot_devices(settings.slots, visible_accelerators(os.environ))
         self.runners = [
             JobRunner(
                 self.store,
@@ -56,8 +90,9 @@ class Worker:
                 trainer_threads=threads,
                 max_attempts=settings.max_job_attempts,
                 cancel_grace=settings.cancel_grace_seconds,
+                devices=slot,
             )
-            for _ in range(settings.slots)
+            for slot in devices
         ]
         for runner in self.runners:
             runner.attach(self)

@@ -145,10 +145,17 @@ def _launch(args: argparse.Namespace, devices: int) -> int:
     """Runs this training on `devices` local devices under torch.distributed.run, this process
     its agent: the ranks share its thread budget, and its exit code is theirs (75 when they
     stopped on a SIGTERM, which the agent forwards to each)."""
+    import torch
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as distributed_run
 
+    if torch.cuda.is_available() and torch.cuda.device_count() < devices:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "all")
+        raise TrainConfigError(
+            f"training.devices {devices}: only {torch.cuda.device_count()} CUDA device(s) "
+            f"visible (CUDA_VISIBLE_DEVICES={visible}); a worker slot has its share of them"
+        )
     threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or available_cpus()
     os.environ["OMP_NUM_THREADS"] = str(max(1, threads // devices))
     command = ["trainer", "train", "--config", args.config]

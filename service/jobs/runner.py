@@ -32,7 +32,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,22 +135,36 @@ TRAINER_ENV_PREFIXES = (
 )  # fmt: skip
 
 
+DEVICES_VARIABLE = "CUDA_VISIBLE_DEVICES"
+"""Where a worker's slot tells its trainer which accelerators are its."""
+
+
 def trainer_environment(
-    environ: Mapping[str, str], threads: int, parent_pid: int, fence: int
+    environ: Mapping[str, str],
+    threads: int,
+    parent_pid: int,
+    fence: int,
+    devices: Sequence[str] | None = None,
 ) -> dict[str, str]:
     """The trainer's environment: an allowlist of the server's (locale, paths, the libraries'
     own switches), never its settings or secrets (no ADAPTERD_*, no judge API key, no tokens
-    file), plus its thread budget, the parent it follows and the claim it runs under. Pure."""
+    file), plus its thread budget, the parent it follows, the claim it runs under and, for a
+    worker's slot, its accelerators (CUDA_VISIBLE_DEVICES). Pure."""
     kept = {
         k: v
         for k, v in environ.items()
         if k in TRAINER_ENV_NAMES or k.startswith(TRAINER_ENV_PREFIXES)
     }
-    return kept | {
-        "OMP_NUM_THREADS": str(threads),
-        PARENT_PID_VARIABLE: str(parent_pid),
-        FENCE_VARIABLE: str(fence),
-    }
+    slot = {} if devices is None else {DEVICES_VARIABLE: ",".join(devices)}
+    return (
+        kept
+        | slot
+        | {
+            "OMP_NUM_THREADS": str(threads),
+            PARENT_PID_VARIABLE: str(parent_pid),
+            FENCE_VARIABLE: str(fence),
+        }
+    )
 
 
 def events_file(job_dir: Path, fence: int) -> Path:
@@ -303,6 +317,7 @@ class JobRunner:
         max_attempts: int,
         cancel_grace: float,
         accelerator: AcceleratorLease = shared_accelerator,
+        devices: Sequence[str] | None = None,
     ) -> None:
         self.owner = owner
         """This runner's name on the jobs it claims."""
@@ -316,6 +331,8 @@ class JobRunner:
         self._grace = cancel_grace
         self._hooks: JobHooks | None = None
         self._accelerator = accelerator
+        self._devices = devices
+        """The accelerators of this runner's trainers (a worker's slot); None: all."""
         self._wake = asyncio.Event()
         self._process: asyncio.subprocess.Process | None = None
         self._evaluation: asyncio.Task[dict[str, Any]] | None = None
@@ -503,7 +520,7 @@ class JobRunner:
     async def _run_trainer(self, job: Job) -> Outcome:
         directory = self.job_dir(job.id)
         events = events_file(directory, job.fence)
-        env = trainer_environment(os.environ, self._threads, os.getpid(), job.fence)
+        env = trainer_environment(os.environ, self._threads, os.getpid(), job.fence, self._devices)
         with (directory / LOG_FILE).open("ab") as log:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "trainer", "train",

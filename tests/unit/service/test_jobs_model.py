@@ -131,6 +131,9 @@ def test_the_trainer_environment_keeps_no_setting_or_secret_of_the_server():
         "PATH": "/usr/bin", "HOME": "/home/a", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "0",
         "OMP_NUM_THREADS": "3", PARENT_PID_VARIABLE: "42", FENCE_VARIABLE: "7",
     }  # fmt: skip
+    # A worker's slot gives its trainer its own accelerators, whatever the worker's are.
+    slot = trainer_environment(server, threads=3, parent_pid=42, fence=7, devices=("2", "3"))
+    assert slot["CUDA_VISIBLE_DEVICES"] == "2,3"
 
 
 def test_a_sigkill_is_out_of_memory_only_when_the_oom_killer_struck_or_nobody_can_tell():
