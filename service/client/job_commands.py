@@ -67,7 +67,7 @@ def _data_settings(args: argparse.Namespace) -> jobs_pb2.DataSettings:
     refs += [jobs_pb2.DatasetRef(path=p) for p in args.path or []]
     if not refs:
         raise ConfigError("give at least one --dataset ID or --path PATH")
-    return jobs_pb2.DataSettings(datasets=refs, max_length=args.max_length)
+    return jobs_pb2.DataSettings(datasets=refs, max_length=args.max_length, pii=args.pii)
 
 
 def _validate_data(client: Client, args: argparse.Namespace, as_json: bool) -> int:
@@ -279,6 +279,10 @@ def add_job_commands(commands: Any) -> dict[str, Command]:
     validate.add_argument("--dataset", action="append", help="Uploaded dataset id (repeatable).")
     validate.add_argument("--path", action="append", help="File under the server's data root.")
     validate.add_argument("--max-length", type=int, default=1024, help="Token limit per row.")
+    validate.add_argument(
+        "--pii", choices=("keep", "redact", "reject"), default="keep",
+        help="Personal data in the rows: keep (default), redact (counted) or reject.",
+    )  # fmt: skip
     submit = commands.add_parser("submit", help="Submit a job from a YAML/JSON job file.")
     submit.add_argument("job_file", help="A TrainSpec as YAML or JSON.")
     submit.add_argument("--request-id", default="", help="Idempotency key.")

@@ -274,6 +274,25 @@ def test_validate_dataset_reports_problems_with_line_numbers(user, tmp_path):
     assert any(p["row"] == 3 for p in problems)
 
 
+def test_adapterctl_validates_a_dataset_with_its_personal_data_redacted(server, tmp_path, capsys):
+    path = tmp_path / "contacts.jsonl"
+    rows = [
+        {"prompt": "Who answers billing questions?", "completion": "Mail billing@example.com."},
+        {"prompt": "And on the phone?", "completion": "Call +44 20 7946 0958 on weekdays."},
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    base = ["--target", server.target, "--token", USER_TOKEN]
+    assert main([*base, "upload", str(path)]) == 0
+    dataset = capsys.readouterr().out.strip()
+    assert main([*base, "--output", "json", "validate-data", "--dataset", dataset,
+                 "--pii", "redact"]) == 0  # fmt: skip
+    reply = json.loads(capsys.readouterr().out)
+    assert reply["valid"] and reply["report"]["pii_redacted"] == {"email": 1.0, "phone": 1.0}
+    assert "[EMAIL]" in reply["report"]["sample"] or "[PHONE]" in reply["report"]["sample"]
+    assert main([*base, "validate-data", "--dataset", dataset, "--pii", "reject"]) == 1
+    assert "personal data (1 email); data.pii is reject" in capsys.readouterr().out
+
+
 def test_adapterctl_uploads_submits_and_follows_a_job(server, tmp_path, capsys):
     def ctl(*args):
         code = main(["--target", server.target, "--token", USER_TOKEN, *args])
