@@ -10,6 +10,7 @@ about 30 s; each leaves it serving for the next, and the last one stops it.
   again (it reloads on its next request).
 - SIGTERM: health off, calls drained, engine stopped, no child process left behind."""
 
+import os
 import shutil
 import tempfile
 import threading
@@ -24,7 +25,7 @@ from google.protobuf import json_format
 
 from adapterd.v1 import inference_pb2, jobs_pb2
 from service.client.api import Client
-from tests.support import PostgresServer, ServerProcess, postgres_bin
+from tests.support import PostgresServer, ServerProcess, find_postgres_bin, postgres_bin
 
 pytestmark = pytest.mark.engine
 
@@ -41,12 +42,15 @@ def database():
 
 
 @pytest.fixture(scope="module")
-def server(database, tmp_path_factory, tiny_model_dir, tiny_adapter):
+def server(request, tmp_path_factory, tiny_model_dir, tiny_adapter):
+    """On PostgreSQL where it is installed (always in CI); on SQLite otherwise, where only the
+    outage test is skipped."""
+    flags = []
+    if find_postgres_bin() is not None or os.environ.get("CI"):
+        flags = ["--store-url", request.getfixturevalue("database").create_database()]
     data_dir = tmp_path_factory.mktemp("faults")
     shutil.copytree(tiny_adapter, data_dir / "adapters" / "crash-bot")
-    server = ServerProcess(
-        data_dir, str(tiny_model_dir), extra_flags=["--store-url", database.create_database()]
-    ).start()
+    server = ServerProcess(data_dir, str(tiny_model_dir), extra_flags=flags).start()
     yield server
     if server.process is not None and server.process.poll() is None:
         server.stop()
