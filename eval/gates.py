@@ -147,12 +147,11 @@ def check_gates(
                 missing = other.key if other else f"{gate.key} of the baseline"
                 checked.append(GateResult(gate, value, None, False, f"{missing} was not measured"))
                 continue
+            named = f"{other.key if other else 'baseline'} {reference:.4g}"
             if gate.margin is not None:
-                bound = reference + gate.margin
-                of = f" ({other.key if other else 'baseline'} {reference:.4g} + {gate.margin:g})"
+                bound, of = reference + gate.margin, f" ({named} + {gate.margin:g})"
             else:
-                bound = reference * (gate.factor or 1)
-                of = f" ({gate.factor:g} x {other.key if other else 'baseline'} {reference:.4g})"
+                bound, of = reference * (gate.factor or 1), f" ({gate.factor:g} x {named})"
         passed = _COMPARE[gate.comparator](value, bound)
         symbol = gate.comparator.value if passed else f"not {gate.comparator.value}"
         reason = f"{gate.key} {value:.4g} {symbol} {bound:.4g}{of}"

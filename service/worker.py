@@ -24,12 +24,13 @@ from service.adapters.publish import publish, register_job_adapter
 from service.basemodel import BaseModel, resolve_base_model
 from service.errors import ConfigError
 from service.jobs.model import Job, Work
-from service.jobs.runner import DEVICES_VARIABLE, Emit, JobRunner, owner_id
+from service.jobs.runner import Emit, JobRunner, owner_id
 from service.metrics import Metrics
 from service.process import MetricsEndpoint
 from service.settings import ServerSettings
 from service.store import describe_store, store_for
 from service.store.base import Change
+from trainer.contract import DEVICES_VARIABLE
 from trainer.hardware import available_cpus
 
 logger = logging.getLogger(__name__)

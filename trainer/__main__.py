@@ -20,6 +20,7 @@ from typing import Any
 
 from trainer.config import DataSpec, TrainConfigError, describe_validation_error, load_config
 from trainer.contract import (
+    DEVICES_VARIABLE,
     FENCE_VARIABLE,
     PARENT_PID_VARIABLE,
     RANK_VARIABLE,
@@ -151,10 +152,10 @@ def _launch(args: argparse.Namespace, devices: int) -> int:
     from torch.distributed.run import main as distributed_run
 
     if torch.cuda.is_available() and torch.cuda.device_count() < devices:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "all")
+        visible = os.environ.get(DEVICES_VARIABLE, "all")
         raise TrainConfigError(
             f"training.devices {devices}: only {torch.cuda.device_count()} CUDA device(s) "
-            f"visible (CUDA_VISIBLE_DEVICES={visible}); a worker slot has its share of them"
+            f"visible ({DEVICES_VARIABLE}={visible}); a worker slot has its share of them"
         )
     threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or available_cpus()
     os.environ["OMP_NUM_THREADS"] = str(max(1, threads // devices))

@@ -61,6 +61,8 @@ FENCE_VARIABLE = "ADAPTERD_JOB_FENCE"
 """The fencing number of the claim the trainer runs under (0 when run by hand): its working
 directory is named by it (`trainer.checkpoints.attempt_dir`), and a later claim's directory
 tells a trainer left running by a lost owner to stop writing."""
+DEVICES_VARIABLE = "CUDA_VISIBLE_DEVICES"
+"""The accelerators a trainer may use: a worker's slot sets its share of them."""
 RANK_VARIABLE = "RANK"
 """Set by torch.distributed.run in each process it starts for `training.devices` > 1: such a
 process is a rank, whose parent is the launching trainer (the agent), not the server."""

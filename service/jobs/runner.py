@@ -60,6 +60,7 @@ from service.jobs.model import (
 from service.metrics import Metrics
 from service.store.base import Store
 from trainer.contract import (
+    DEVICES_VARIABLE,
     FENCE_VARIABLE,
     PARENT_PID_VARIABLE,
     ExitCode,
@@ -133,10 +134,6 @@ TRAINER_ENV_PREFIXES = (
     "HF_", "TRANSFORMERS_", "TOKENIZERS_", "CUDA_", "NVIDIA_", "OMP_", "MKL_", "KMP_",
     "OPENBLAS_", "PYTORCH_", "TORCH_", "BNB_",
 )  # fmt: skip
-
-
-DEVICES_VARIABLE = "CUDA_VISIBLE_DEVICES"
-"""Where a worker's slot tells its trainer which accelerators are its."""
 
 
 def trainer_environment(
