@@ -14,6 +14,8 @@ from service.adapters.checks import AdapterLimits
 from service.adapters.manager import AdapterManager
 from service.auth import TokenTable
 from service.basemodel import BaseModel, lora_target_modules, resolve_base_model
+from service.capture.recorder import CaptureRecorder
+from service.capture.service import CaptureService
 from service.errors import ConfigError, UnavailableError
 from service.evaluation import EvaluationLimits, Evaluator
 from service.grpc.health import HealthPublisher
@@ -83,6 +85,7 @@ class App:
             on_restarted=self.adapters.engine_restarted,
             on_give_up=self.health.not_alive,
         )
+        self.capture = CaptureRecorder(self.store, self.metrics)
         self.generator = Generator(
             engine=engine,
             adapters=self.adapters,
@@ -93,6 +96,7 @@ class App:
             in_flight=PerTenant(
                 settings.tenant_max_generations, "generation requests", "--tenant-max-generations"
             ),
+            capture=self.capture,
         )
         self.runner = JobRunner(
             self.store,
@@ -160,10 +164,18 @@ class App:
             ),
         )
         self.runner.attach(self.jobs)
+        self.captures = CaptureService(
+            store=self.store,
+            recorder=self.capture,
+            uploads=self.uploads,
+            metrics=self.metrics,
+            label=self.adapters.label,
+        )
         self.http = HttpServer(
             build_openai_app(
                 generator=self.generator,
                 adapters=self.adapters,
+                captures=self.captures,
                 tokens=tokens,
                 base_model=base_model.name,
                 metrics=self.metrics,
@@ -183,6 +195,7 @@ class App:
             self.adapters,
             self.jobs,
             self.uploads,
+            self.captures,
             settings.max_concurrent_rpcs,
         )
         self._metrics_http = MetricsEndpoint(
@@ -190,6 +203,7 @@ class App:
         )
         self._engine_task: asyncio.Task[None] | None = None
         self._store_tasks: list[asyncio.Task[None]] = []
+        self._capture_tasks: list[asyncio.Task[None]] = []
         self._adapters_changed = asyncio.Event()
         self.metrics.build_info.info({"version": __version__, "base_model": base_model.name})
 
@@ -201,6 +215,8 @@ class App:
             self.runner.notify()
         elif change is Change.CANCEL:
             self.runner.cancel_requested(payload)
+        elif change is Change.CAPTURE:
+            self.capture.changed()
         else:
             self._adapters_changed.set()
 
@@ -243,6 +259,7 @@ class App:
         logger.info("store: %s", describe_store(settings.resolved_store_url))
         await asyncio.to_thread(self.uploads.clean_staging)
         await self.adapters.restore()
+        await self.capture.refresh()
         await self.runner.recover()
         self._metrics_http.start()
         await self.health.start()
@@ -263,10 +280,15 @@ class App:
             if choice is not None:
                 logger.info("%s precision: %s (%s)", role, choice.dtype, choice.reason)
         self._engine_task = asyncio.create_task(self.lifecycle.start(), name="engine-start")
+        self._capture_tasks = [
+            asyncio.create_task(self.capture.run(), name="capture-writer"),
+            asyncio.create_task(self.capture.sweep(), name="capture-sweep"),
+        ]
         if not self.store.exclusive:  # other processes write it too
             self._store_tasks = [
                 asyncio.create_task(self.store.follow(self._heard), name="store-follow"),
                 asyncio.create_task(self._sync_adapters(), name="adapter-sync"),
+                asyncio.create_task(self.capture.sync(), name="capture-policy-sync"),
             ]
         self.runner.start()
 
@@ -281,6 +303,9 @@ class App:
             self.grpc.stop(self.settings.drain_grace_seconds),
             self.http.stop(self.settings.drain_grace_seconds),
         )
+        await self.capture.drain(self.settings.drain_grace_seconds)
+        for task in self._capture_tasks:
+            task.cancel()
         if self._engine_task is not None and not self._engine_task.done():
             self._engine_task.cancel()
         await self.lifecycle.stop()

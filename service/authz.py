@@ -5,12 +5,13 @@ Two layers, both here and nowhere else:
   interceptor and the HTTP middleware both ask `authorize`; a method or route without a row is
   refused (deny by default), and a test walks the server's services and routes so that a new one
   without a row fails.
-- Tenant rights on what a call names. Every adapter name, version and alias, job, dataset and
-  upload belongs to a tenant. A user reads its own tenant's objects and the `shared` tenant's, and
-  changes only its own; an admin reads and changes any, naming it `tenant/name`. What a caller
-  may not read does not exist for it: `qualify_read` answers NOT_FOUND exactly as for a name
-  that does not exist, so no other tenant's names are confirmed. What it may read but not
-  change is PERMISSION_DENIED.
+- Tenant rights on what a call names. Every adapter name, version and alias, job, dataset,
+  upload, capture policy and capture belongs to a tenant. A user reads its own tenant's objects
+  and the `shared` tenant's (captures: its own only), and changes only its own; an admin reads
+  and changes any, naming it `tenant/name` (feedback on a capture is its own tenant's alone).
+  What a caller may not read does not exist for it: `qualify_read` answers NOT_FOUND exactly as
+  for a name that does not exist, so no other tenant's names are confirmed. What it may read
+  but not change is PERMISSION_DENIED.
 """
 
 import enum
@@ -31,11 +32,12 @@ class Access(enum.Enum):
     """The admin role only."""
 
 
-_SERVER, _INFER, _ADAPTERS, _JOBS = (
+_SERVER, _INFER, _ADAPTERS, _JOBS, _CAPTURE = (
     "/adapterd.v1.Server/",
     "/adapterd.v1.Inference/",
     "/adapterd.v1.Adapters/",
     "/adapterd.v1.Jobs/",
+    "/adapterd.v1.Capture/",
 )
 POLICY: dict[str, Access] = {
     "/grpc.health.v1.Health/Check": Access.PUBLIC,
@@ -63,9 +65,18 @@ POLICY: dict[str, Access] = {
     _JOBS + "WatchJob": Access.USER,
     _JOBS + "Evaluate": Access.USER,
     _JOBS + "GetEvaluationReport": Access.USER,
+    # A tenant captures, reads, rates and exports its own traffic only (`service.capture`).
+    _CAPTURE + "SetCapturePolicy": Access.USER,
+    _CAPTURE + "ListCapturePolicies": Access.USER,
+    _CAPTURE + "DeleteCapturePolicy": Access.USER,
+    _CAPTURE + "GetCapture": Access.USER,
+    _CAPTURE + "ListCaptures": Access.USER,
+    _CAPTURE + "SubmitFeedback": Access.USER,
+    _CAPTURE + "ExportCaptures": Access.USER,
     "GET /v1/models": Access.USER,
     "POST /v1/chat/completions": Access.USER,
     "POST /v1/completions": Access.USER,
+    "POST /v1/feedback": Access.USER,
 }
 """Every gRPC method ("/package.Service/Method") and HTTP route ("METHOD /path")."""
 

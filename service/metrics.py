@@ -239,6 +239,32 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.captures = Counter(
+            "adapterd_captures",
+            "Client requests chosen for capture, by adapter and outcome: stored, or dropped "
+            "(queue_full: the writer fell behind; store_error: the store refused the write).",
+            ["adapter", "outcome"],
+            registry=self.registry,
+        )
+        self.capture_redactions = Counter(
+            "adapterd_capture_redactions",
+            "Personal data replaced in captured traffic and feedback before it was stored, by "
+            "kind (email, phone, card, iban, ssn, ip).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.captures_expired = Counter(
+            "adapterd_captures_expired",
+            "Captures this process deleted when their retention ran out.",
+            registry=self.registry,
+        )
+        self.feedback = Counter(
+            "adapterd_feedback",
+            "Feedback on captured answers, by adapter and kind (rating, flag, correction).",
+            ["adapter", "kind"],
+            registry=self.registry,
+        )
+
     def record_engine_stats(self, stats: EngineStats) -> None:
         """Takes the engine's scheduler stats after a step (called by the engine)."""
         self.engine_waiting.set(stats.waiting)
@@ -268,6 +294,8 @@ class Metrics:
             self.eval_task_score,
             self.eval_quality,
             self.eval_timestamp,
+            self.captures,
+            self.feedback,
         )
 
 

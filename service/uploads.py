@@ -35,7 +35,7 @@ from service.auth import Principal
 from service.authz import is_admin, visible_tenant
 from service.errors import InvalidArgumentError, NotFoundError, PermissionDeniedError
 from service.paths import confined
-from service.store.base import Store, UploadRecord, upload_quota_error
+from service.store.base import Store, UploadRecord, could_be_issued, upload_quota_error
 
 
 class UploadKind(enum.StrEnum):
@@ -179,6 +179,18 @@ class UploadService:
             shutil.rmtree(staging, ignore_errors=True)
         return record, total
 
+    async def add_file(
+        self, principal: Principal, kind: UploadKind, file_name: str, data: bytes
+    ) -> tuple[UploadRecord, int]:
+        """Stores a file the server made for the caller (an export) as the caller's upload,
+        through every check and the quota an upload passes (`upload`)."""
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield data
+
+        header = Announced(kind, file_name, len(data), hashlib.sha256(data).hexdigest())
+        return await self.upload(principal, header, chunks())
+
     async def _receive(
         self, target: Path, size: int, sha256: str, chunks: AsyncIterator[bytes]
     ) -> str:
@@ -233,7 +245,7 @@ class UploadService:
         Raises:
             NotFoundError: no such upload, another tenant's, or one of another kind.
         """
-        record = await self._store.get_upload(upload_id) if len(upload_id) <= 64 else None
+        record = await self._store.get_upload(upload_id) if could_be_issued(upload_id) else None
         tenant = visible_tenant(principal) if principal is not None else None
         if (
             record is None

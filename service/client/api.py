@@ -13,6 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from adapterd.v1 import (
     adapters_pb2,
     adapters_pb2_grpc,
+    capture_pb2,
+    capture_pb2_grpc,
     inference_pb2,
     inference_pb2_grpc,
     jobs_pb2,
@@ -56,6 +58,7 @@ class Client:
         self.inference = inference_pb2_grpc.InferenceStub(self._channel)
         self.adapters = adapters_pb2_grpc.AdaptersStub(self._channel)
         self.jobs = jobs_pb2_grpc.JobsStub(self._channel)
+        self.capture = capture_pb2_grpc.CaptureStub(self._channel)
         self.health_stub = health_pb2_grpc.HealthStub(self._channel)
 
     def __enter__(self) -> "Client":
@@ -215,6 +218,56 @@ class Client:
         """SetAlias ("" target removes the alias)."""
         request = adapters_pb2.SetAliasRequest(alias=alias, target=target)
         return self.call(self.adapters.SetAlias, request, adapters_pb2.SetAliasResponse)
+
+    def set_capture_policy(
+        self, target: str, rate: float, retention_seconds: float
+    ) -> capture_pb2.CapturePolicy:
+        """SetCapturePolicy."""
+        request = capture_pb2.SetCapturePolicyRequest(
+            target=target, rate=rate, retention_seconds=retention_seconds
+        )
+        return self.call(self.capture.SetCapturePolicy, request, capture_pb2.CapturePolicy)
+
+    def capture_policies(self) -> list[capture_pb2.CapturePolicy]:
+        """ListCapturePolicies."""
+        return list(
+            self.call(
+                self.capture.ListCapturePolicies,
+                capture_pb2.ListCapturePoliciesRequest(),
+                capture_pb2.ListCapturePoliciesResponse,
+            ).policies
+        )
+
+    def delete_capture_policy(self, target: str) -> None:
+        """DeleteCapturePolicy."""
+        self.call(
+            self.capture.DeleteCapturePolicy,
+            capture_pb2.DeleteCapturePolicyRequest(target=target),
+            capture_pb2.DeleteCapturePolicyResponse,
+        )
+
+    def get_capture(self, capture_id: str) -> capture_pb2.CapturedRequest:
+        """GetCapture."""
+        request = capture_pb2.GetCaptureRequest(capture_id=capture_id)
+        return self.call(self.capture.GetCapture, request, capture_pb2.CapturedRequest)
+
+    def list_captures(
+        self, request: capture_pb2.ListCapturesRequest
+    ) -> capture_pb2.ListCapturesResponse:
+        """ListCaptures."""
+        return self.call(self.capture.ListCaptures, request, capture_pb2.ListCapturesResponse)
+
+    def submit_feedback(
+        self, request: capture_pb2.SubmitFeedbackRequest
+    ) -> capture_pb2.CapturedRequest:
+        """SubmitFeedback."""
+        return self.call(self.capture.SubmitFeedback, request, capture_pb2.CapturedRequest)
+
+    def export_captures(
+        self, request: capture_pb2.ExportCapturesRequest
+    ) -> capture_pb2.ExportCapturesResponse:
+        """ExportCaptures."""
+        return self.call(self.capture.ExportCaptures, request, capture_pb2.ExportCapturesResponse)
 
     def health(self, service: str = "") -> str:
         """The health status name of `service` ("" = overall), e.g. "SERVING"."""

@@ -10,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from adapterd.v1 import (
     adapters_pb2,
+    capture_pb2,
     common_pb2,
     evaluation_pb2,
     inference_pb2,
@@ -21,6 +22,16 @@ from service.adapters.manager import AdapterView
 from service.adapters.registry import AdapterState
 from service.auth import Principal, Role
 from service.basemodel import BaseModel
+from service.capture.model import (
+    THUMBS_DOWN,
+    THUMBS_UP,
+    Capture,
+    CaptureFilter,
+    CapturePolicy,
+    ExportFormat,
+    Feedback,
+    FlagFilter,
+)
 from service.errors import InvalidArgumentError
 from service.inference.engine import EngineState
 from service.inference.generation import Delta, GenerateParams
@@ -157,6 +168,7 @@ def stream_response(delta: Delta) -> inference_pb2.GenerateStreamResponse:
         usage=_usage(delta),
         adapter_version=delta.adapter_version,
         prompt_tokens=_prompt_tokens(delta),
+        capture_id=delta.capture_id,
     )
 
 
@@ -170,6 +182,7 @@ def generate_response(deltas: list[Delta]) -> inference_pb2.GenerateResponse:
         adapter_version=last.adapter_version,
         token_ids=[t for d in deltas for t in d.token_ids],
         prompt_tokens=[p for d in deltas for p in _prompt_tokens(d)],
+        capture_id=last.capture_id,
     )
 
 
@@ -368,3 +381,106 @@ async def upload_parts(messages: AsyncIterator[Any]) -> tuple[Any, AsyncIterator
             yield message.chunk
 
     return first.header, chunks()
+
+
+def capture_policy_to_proto(policy: CapturePolicy) -> capture_pb2.CapturePolicy:
+    """CapturePolicy -> adapterd.v1.CapturePolicy."""
+    return capture_pb2.CapturePolicy(
+        tenant=policy.tenant,
+        target=policy.target,
+        rate=policy.rate,
+        retention_seconds=policy.retention_seconds,
+        created=_timestamp(policy.created),
+    )
+
+
+def capture_to_proto(capture: Capture) -> capture_pb2.CapturedRequest:
+    """Capture -> adapterd.v1.CapturedRequest."""
+    feedback = capture.feedback
+    return capture_pb2.CapturedRequest(
+        id=capture.id,
+        tenant=capture.tenant,
+        target=capture.target,
+        adapter_version=capture.adapter_version,
+        request=_struct(capture.request),
+        answer=capture.answer,
+        finish_reason=capture.finish_reason,
+        prompt_tokens=capture.prompt_tokens,
+        completion_tokens=capture.completion_tokens,
+        latency_seconds=capture.latency_seconds,
+        redacted=capture.redacted,
+        created=_timestamp(capture.created),
+        expires=_timestamp(capture.expires),
+        feedback=None
+        if feedback is None
+        else capture_pb2.Feedback(
+            rating=feedback.rating or 0,
+            flagged=feedback.flagged,
+            flag_reason=feedback.flag_reason,
+            correction=feedback.correction,
+            time=_timestamp(feedback.time),
+        ),
+    )
+
+
+_FLAG_FILTERS: dict[int, FlagFilter] = {
+    capture_pb2.FLAG_FILTER_ANY: FlagFilter.ANY,
+    capture_pb2.FLAG_FILTER_FLAGGED: FlagFilter.FLAGGED,
+    capture_pb2.FLAG_FILTER_UNFLAGGED: FlagFilter.UNFLAGGED,
+}
+_EXPORT_FORMATS: dict[int, ExportFormat] = {
+    capture_pb2.EXPORT_FORMAT_UNSPECIFIED: ExportFormat.SFT,
+    capture_pb2.EXPORT_FORMAT_SFT: ExportFormat.SFT,
+    capture_pb2.EXPORT_FORMAT_PREFERENCE: ExportFormat.PREFERENCE,
+}
+
+
+def _seconds(stamp: Timestamp, present: bool) -> float:
+    return stamp.ToNanoseconds() / 1e9 if present else 0.0
+
+
+def capture_filter(message: capture_pb2.CaptureFilter) -> CaptureFilter:
+    """adapterd.v1.CaptureFilter -> CaptureFilter (the tenant is the service's to set).
+
+    Raises:
+        InvalidArgumentError: an unknown flag filter.
+    """
+    if message.flag not in _FLAG_FILTERS:
+        raise InvalidArgumentError(f"filter.flag: {message.flag} is no FlagFilter")
+    return CaptureFilter(
+        tenant=None,
+        target=message.target,
+        since=_seconds(message.since, message.HasField("since")),
+        until=_seconds(message.until, message.HasField("until")),
+        min_rating=message.min_rating,
+        flag=_FLAG_FILTERS[message.flag],
+        with_correction=message.with_correction,
+    )
+
+
+def export_format(value: int) -> ExportFormat:
+    """adapterd.v1.ExportFormat -> ExportFormat.
+
+    Raises:
+        InvalidArgumentError: an unknown value.
+    """
+    if value not in _EXPORT_FORMATS:
+        raise InvalidArgumentError(f"format: {value} is no ExportFormat")
+    return _EXPORT_FORMATS[value]
+
+
+def feedback_of(request: capture_pb2.SubmitFeedbackRequest, now: float) -> Feedback:
+    """adapterd.v1.SubmitFeedbackRequest -> Feedback (checked by the service)."""
+    which = request.WhichOneof("rating")
+    rating = None
+    if which == "thumbs_up":
+        rating = THUMBS_UP if request.thumbs_up else THUMBS_DOWN
+    elif which == "score":
+        rating = request.score
+    return Feedback(
+        rating=rating,
+        flagged=request.flagged,
+        flag_reason=request.flag_reason,
+        correction=request.correction if request.HasField("correction") else None,
+        time=now,
+    )

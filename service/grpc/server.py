@@ -10,6 +10,8 @@ from grpc_reflection.v1alpha import reflection
 from adapterd.v1 import (
     adapters_pb2,
     adapters_pb2_grpc,
+    capture_pb2,
+    capture_pb2_grpc,
     inference_pb2,
     inference_pb2_grpc,
     jobs_pb2,
@@ -19,8 +21,10 @@ from adapterd.v1 import (
 )
 from service.adapters.manager import AdapterManager
 from service.auth import TokenTable
+from service.capture.service import CaptureService
 from service.errors import ConfigError
 from service.grpc.adapters_servicer import AdaptersServicer
+from service.grpc.capture_servicer import CaptureServicer
 from service.grpc.health import HealthPublisher
 from service.grpc.inference_servicer import InferenceServicer
 from service.grpc.interceptors import AuthInterceptor, ErrorInterceptor
@@ -36,8 +40,9 @@ SERVER_SERVICE = server_pb2.DESCRIPTOR.services_by_name["Server"].full_name
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 ADAPTERS_SERVICE = adapters_pb2.DESCRIPTOR.services_by_name["Adapters"].full_name
 JOBS_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name
+CAPTURE_SERVICE = capture_pb2.DESCRIPTOR.services_by_name["Capture"].full_name
 # Services that serve as soon as the process does, and those that need a warm engine.
-LIVE_SERVICES = (SERVER_SERVICE, JOBS_SERVICE)
+LIVE_SERVICES = (SERVER_SERVICE, JOBS_SERVICE, CAPTURE_SERVICE)
 ENGINE_BACKED_SERVICES = (INFERENCE_SERVICE, ADAPTERS_SERVICE)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -55,6 +60,7 @@ def build_grpc_server(  # noqa: PLR0917 (the parts it assembles)
     adapters: AdapterManager,
     jobs: JobService,
     uploads: UploadService,
+    captures: CaptureService,
     max_concurrent_rpcs: int,
 ) -> aio.Server:
     """Creates the server with every adapterd service registered; not yet bound or started.
@@ -73,6 +79,7 @@ def build_grpc_server(  # noqa: PLR0917 (the parts it assembles)
     inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(generator), server)
     adapters_pb2_grpc.add_AdaptersServicer_to_server(AdaptersServicer(adapters), server)
     jobs_pb2_grpc.add_JobsServicer_to_server(JobsServicer(jobs, uploads), server)
+    capture_pb2_grpc.add_CaptureServicer_to_server(CaptureServicer(captures), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     reflection.enable_server_reflection(
         (
@@ -80,6 +87,7 @@ def build_grpc_server(  # noqa: PLR0917 (the parts it assembles)
             INFERENCE_SERVICE,
             ADAPTERS_SERVICE,
             JOBS_SERVICE,
+            CAPTURE_SERVICE,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),

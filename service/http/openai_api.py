@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP API: /v1/models, /v1/chat/completions, /v1/completions.
+"""The OpenAI-compatible HTTP API: /v1/models, /v1/chat/completions, /v1/completions, and
+/v1/feedback on a captured completion (named by its completion `id`).
 
 A thin transport over the same `Generator` as gRPC: the request becomes `GenerateParams`
 (`model` names an adapter, an alias, `[tenant/]name@N`, or the base model by its name), the
@@ -27,6 +28,15 @@ from service import errors
 from service.adapters.manager import AdapterManager
 from service.auth import ANONYMOUS_ADMIN, TokenTable
 from service.authz import POLICY, authorize
+from service.capture.model import (
+    MAX_CORRECTION_CHARS,
+    MAX_FLAG_REASON_CHARS,
+    THUMBS_DOWN,
+    THUMBS_UP,
+    Capture,
+    Feedback,
+)
+from service.capture.service import CaptureService
 from service.inference.generation import Delta, GenerateParams, Generator
 from service.metrics import Metrics
 
@@ -74,6 +84,47 @@ class CompletionRequest(_Request):
 
     prompt: str
     max_tokens: int | None = Field(16, ge=1)
+
+
+class FeedbackRequest(BaseModel):
+    """POST /v1/feedback: the owner's feedback on a captured completion."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(max_length=128)
+    """The completion's `id`."""
+    rating: int | None = Field(None, ge=1, le=5)
+    thumbs: Literal["up", "down"] | None = None
+    flagged: bool = False
+    flag_reason: str = Field("", max_length=MAX_FLAG_REASON_CHARS)
+    correction: str | None = Field(None, max_length=MAX_CORRECTION_CHARS)
+
+    def feedback(self, now: float) -> Feedback:
+        """The domain's feedback (checked further by the service).
+
+        Raises:
+            InvalidArgumentError: both a rating and thumbs.
+        """
+        if self.rating is not None and self.thumbs is not None:
+            raise errors.InvalidArgumentError("rating: give a rating or thumbs, not both")
+        rating = self.rating
+        if self.thumbs is not None:
+            rating = THUMBS_UP if self.thumbs == "up" else THUMBS_DOWN
+        return Feedback(rating, self.flagged, self.flag_reason, self.correction, now)
+
+
+def feedback_response(capture: Capture) -> dict[str, Any]:
+    """The body answering POST /v1/feedback: the feedback as stored (redacted). Pure."""
+    given = capture.feedback
+    return {
+        "id": capture.id,
+        "object": "feedback",
+        "rating": given.rating if given else None,
+        "flagged": given.flagged if given else False,
+        "flag_reason": given.flag_reason if given else "",
+        "correction": given.correction if given else None,
+        "redacted": capture.redacted,
+    }
 
 
 def params_of(request: ChatRequest | CompletionRequest, base_model: str) -> GenerateParams:
@@ -186,6 +237,7 @@ def build_openai_app(
     *,
     generator: Generator,
     adapters: AdapterManager,
+    captures: CaptureService,
     tokens: TokenTable | None,
     base_model: str,
     metrics: Metrics,
@@ -245,7 +297,7 @@ def build_openai_app(
         request: Request, params: GenerateParams, model: str, stream: bool, chat: bool
     ) -> JSONResponse | StreamingResponse:
         completion_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        deltas = generator.stream(params, request.state.principal)
+        deltas = generator.stream(params, request.state.principal, request_id=completion_id)
         if stream:
             first = await anext(deltas)  # errors before the first token are HTTP errors
             template = {
@@ -294,6 +346,13 @@ def build_openai_app(
     ) -> JSONResponse | StreamingResponse:
         params = params_of(body, base_model)
         return await respond(request, params, body.model, body.stream, chat=False)
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request, body: FeedbackRequest) -> dict[str, Any]:
+        stored = await captures.feedback(
+            request.state.principal, body.id, body.feedback(time.time())
+        )
+        return feedback_response(stored)
 
     routes = route_keys(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)

@@ -2,8 +2,10 @@
 
 `GenerateParams` is the validated request (pydantic; errors name the field and value).
 `Generator.stream` renders the prompt with the base model's chat template (the trainer's own
-rendering), leases the adapter the request names, streams the engine's deltas, and records the
-per-adapter latency and token metrics. gRPC and the HTTP API both come through here.
+rendering), leases the adapter the request names, streams the engine's deltas, records the
+per-adapter latency and token metrics, and hands a request its tenant's capture policy chose to
+the capture recorder. gRPC and the HTTP API both come through here; the service's own requests
+(`complete`: evaluations) never do, so they are neither counted nor captured.
 """
 
 import asyncio
@@ -20,6 +22,8 @@ from eval.schema import check_schema
 from service.adapters.manager import AdapterManager
 from service.auth import Principal
 from service.authz import qualify_read
+from service.capture.model import Capture, CapturePolicy
+from service.capture.recorder import CaptureRecorder
 from service.errors import AdapterdError, InvalidArgumentError, UnavailableError
 from service.inference.engine import (
     EngineError,
@@ -140,6 +144,8 @@ class Delta:
     usage: Usage | None = None
     """On the last delta."""
     prompt_logprobs: tuple[PromptLogprob, ...] = ()
+    capture_id: str = ""
+    """On the last delta of a captured request: the id its feedback names."""
 
 
 @dataclass(frozen=True)
@@ -164,8 +170,10 @@ class Generator:
         max_model_len: int,
         engine_state: Callable[[], EngineState],
         in_flight: PerTenant,
+        capture: CaptureRecorder | None = None,
     ) -> None:
         self._engine = engine
+        self._capture = capture
         self._in_flight = in_flight
         self._adapters = adapters
         self._tokenizer = tokenizer
@@ -204,9 +212,12 @@ class Generator:
             )
         return tuple(ids)
 
-    async def stream(self, params: GenerateParams, principal: Principal) -> AsyncIterator[Delta]:
+    async def stream(
+        self, params: GenerateParams, principal: Principal, request_id: str = ""
+    ) -> AsyncIterator[Delta]:
         """Streams the completion of `params` for `principal` (who must be able to see the
-        adapter it names); the last delta has finish_reason and usage.
+        adapter it names); the last delta has finish_reason and usage, and when the request is
+        captured its capture id: `request_id` (the HTTP completion id), else a new one.
 
         Raises:
             UnavailableError: while the engine is not ready, or when it fails mid-request.
@@ -220,8 +231,9 @@ class Generator:
             label = self._adapters.label(requested)
             if not self.ready():
                 raise UnavailableError("the inference engine is not ready; retry shortly")
+            capture = self._capturing(principal, requested, params, request_id)
             with self._in_flight.hold(principal.tenant):
-                async for delta in self._serve(params, requested, received, label):
+                async for delta in self._serve(params, requested, received, label, capture):
                     yield delta
         except AdapterdError as exc:
             outcome = exc.reason
@@ -235,8 +247,24 @@ class Generator:
         finally:
             self._metrics.generation_requests.labels(label, outcome).inc()
 
+    def _capturing(
+        self, principal: Principal, requested: str, params: GenerateParams, request_id: str
+    ) -> "_Capturing | None":
+        """What the request collects for its capture, when its tenant's policy chose it."""
+        if self._capture is None:
+            return None
+        policy = self._capture.decide(principal.tenant, requested)
+        if policy is None:
+            return None
+        return _Capturing(request_id or f"gen-{uuid.uuid4().hex}", policy, params, self._capture)
+
     async def _serve(
-        self, params: GenerateParams, requested: str, received: float, label: str
+        self,
+        params: GenerateParams,
+        requested: str,
+        received: float,
+        label: str,
+        capture: "_Capturing | None",
     ) -> AsyncIterator[Delta]:
         # Tokenizing a long prompt is CPU work on client input: off the event loop.
         prompt = await asyncio.to_thread(self._prompt_ids, params)
@@ -250,11 +278,16 @@ class Generator:
                 prompt_logprobs=params.prompt_logprobs,
             )
             version = "" if adapter is None else adapter.ref
-            async for delta in self._run(request, version, received, label):
+            async for delta in self._run(request, version, received, label, capture):
                 yield delta
 
     async def _run(
-        self, request: GenerationRequest, version: str, received: float, label: str
+        self,
+        request: GenerationRequest,
+        version: str,
+        received: float,
+        label: str,
+        capture: "_Capturing | None",
     ) -> AsyncIterator[Delta]:
         metrics = self._metrics
         metrics.prompt_tokens.labels(label).inc(len(request.prompt_token_ids))
@@ -271,13 +304,21 @@ class Generator:
                 generated += len(chunk.token_ids)
                 metrics.generated_tokens.labels(label).inc(len(chunk.token_ids))
                 last = chunk.finish_reason is not None
+                usage = Usage(len(request.prompt_token_ids), generated) if last else None
+                capture_id = ""
+                if capture is not None:
+                    capture.texts.append(chunk.text)
+                    if usage is not None:
+                        capture.finish(version, chunk.finish_reason or "", usage, received, label)
+                        capture_id = capture.id
                 yield Delta(
                     text=chunk.text,
                     token_ids=chunk.token_ids,
                     adapter_version=version,
                     finish_reason=chunk.finish_reason,
-                    usage=Usage(len(request.prompt_token_ids), generated) if last else None,
+                    usage=usage,
                     prompt_logprobs=chunk.prompt_logprobs,
+                    capture_id=capture_id,
                 )
         except EngineError as exc:
             raise UnavailableError(f"the inference engine failed: {exc}") from exc
@@ -323,3 +364,49 @@ class Generator:
             except EngineError as exc:
                 raise UnavailableError(f"the inference engine failed: {exc}") from exc
         return Completion("".join(texts), finish, logprobs)
+
+
+class _Capturing:
+    """What a captured request collects while it streams, handed to the recorder at its end."""
+
+    def __init__(
+        self,
+        capture_id: str,
+        policy: CapturePolicy,
+        params: GenerateParams,
+        recorder: CaptureRecorder,
+    ) -> None:
+        self.id = capture_id
+        self.policy = policy
+        self.params = params
+        self.recorder = recorder
+        self.texts: list[str] = []
+
+    def finish(
+        self, version: str, finish_reason: str, usage: Usage, received: float, label: str
+    ) -> None:
+        """Records the finished request (unredacted: the recorder redacts it)."""
+        params, now = self.params, time.time()
+        request: dict[str, Any] = (
+            {"messages": [m.model_dump() for m in params.messages]}
+            if params.messages is not None
+            else {"prompt": params.prompt}
+        )
+        request["sampling"] = params.sampling.model_dump(mode="json")
+        request["json_schema"] = params.json_schema
+        capture = Capture(
+            id=self.id,
+            tenant=self.policy.tenant,
+            target=self.policy.target,
+            adapter_version=version,
+            request=request,
+            answer="".join(self.texts),
+            finish_reason=finish_reason,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            latency_seconds=time.monotonic() - received,
+            redacted={},
+            created=now,
+            expires=now + self.policy.retention_seconds,
+        )
+        self.recorder.record(capture, label)

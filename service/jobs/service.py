@@ -44,7 +44,7 @@ from service.jobs.model import Job, JobEvent, JobKind, JobSpec, JobState, spec_d
 from service.jobs.runner import CONFIG_FILE, Emit, JobRunner
 from service.metrics import Metrics
 from service.quotas import PerTenant
-from service.store.base import JobPage, Store
+from service.store.base import MAX_ID_CHARS, JobPage, Store, could_be_issued, page_cursor
 from service.uploads import UploadKind, UploadService
 from trainer.config import DataSpec, TrainConfigError, describe_validation_error, load_config
 
@@ -349,10 +349,10 @@ class JobService:
         Raises:
             NotFoundError: no such job, or another tenant's.
         """
-        job = await self._store.get_job(job_id)
+        job = await self._store.get_job(job_id) if could_be_issued(job_id) else None
         tenant = visible_tenant(principal)
         if job is None or (tenant is not None and job.tenant != tenant):
-            raise NotFoundError(f"job_id: no job {job_id!r}")
+            raise NotFoundError(f"job_id: no job {job_id[:MAX_ID_CHARS]!r}")
         return job
 
     async def list(
@@ -366,12 +366,8 @@ class JobService:
         """A page of the jobs the caller may see."""
         if not 0 <= page_size <= 500:
             raise InvalidArgumentError(f"page_size: {page_size} is outside 0..500")
-        if page_token and not (
-            page_token.isascii() and page_token.isdigit() and len(page_token) <= 18
-        ):
-            raise InvalidArgumentError(f"page_token: {page_token!r} is not a token we issued")
         return await self._store.list_jobs(
-            visible_tenant(principal), states, kinds, page_size or 50, int(page_token or 0)
+            visible_tenant(principal), states, kinds, page_size or 50, page_cursor(page_token)
         )
 
     async def cancel(self, principal: Principal, job_id: str) -> Job:

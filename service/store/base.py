@@ -1,4 +1,5 @@
-"""What the server stores, behind one interface: jobs and their events, datasets, adapters.
+"""What the server stores, behind one interface: jobs and their events, datasets, adapters,
+capture policies and captured traffic with its feedback.
 
 `SqliteStore` is the embedded implementation, `PostgresStore` the shared one; nothing outside
 `service/store/` knows which one runs. What both build alike (a job listing's query and page)
@@ -11,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from service.errors import ResourceExhaustedError
+from service.capture.model import Capture, CaptureFilter, CapturePage, CapturePolicy, Feedback
+from service.errors import InvalidArgumentError, ResourceExhaustedError
 from service.jobs.model import Job, JobEvent, JobKind, JobState, Lease, Work
 
 
@@ -27,6 +29,8 @@ class Change(enum.StrEnum):
     """A client asked to cancel an owned job (payload: its id): its owner acts on it."""
     ADAPTERS = "adapterd_adapters"
     """A version was published or removed, pinned or unpinned, or an alias moved."""
+    CAPTURE = "adapterd_capture"
+    """A capture policy was set or deleted."""
 
 
 Heard = Callable[[Change, str], None]
@@ -131,6 +135,28 @@ def claim_query(
     return sql, tuple(value for kind, state in pairs for value in (kind.value, state.value))
 
 
+MAX_ID_CHARS = 128
+
+
+def could_be_issued(object_id: str) -> bool:
+    """Whether `object_id` has the form of an id the server issues (1 to MAX_ID_CHARS
+    printable ASCII characters). Any other is unknown without asking the store, which could not
+    look it up on every backend (PostgreSQL text holds no NUL). Pure."""
+    return 0 < len(object_id) <= MAX_ID_CHARS and object_id.isascii() and object_id.isprintable()
+
+
+def page_cursor(page_token: str) -> int:
+    """The cursor a listing's page token stands for (the `seq` after which the page starts;
+    "" is the first page).
+
+    Raises:
+        InvalidArgumentError: not a token a listing issued.
+    """
+    if page_token and not (page_token.isascii() and page_token.isdigit() and len(page_token) <= 18):
+        raise InvalidArgumentError(f"page_token: {page_token[:64]!r} is not a token we issued")
+    return int(page_token or 0)
+
+
 def job_page(
     rows: Sequence[Mapping[str, Any]], page_size: int, job_of: Callable[[Any], Job]
 ) -> JobPage:
@@ -139,6 +165,48 @@ def job_page(
     more = len(rows) > page_size
     jobs = [job_of(row) for row in rows[:page_size]]
     return JobPage(jobs, rows[page_size - 1]["seq"] if more else 0)
+
+
+CAPTURE_COLUMNS = (
+    "id", "tenant", "target", "adapter_version", "request", "answer", "finish_reason",
+    "prompt_tokens", "completion_tokens", "latency_seconds", "redacted", "created", "expires",
+    "rating", "flagged", "flag_reason", "correction", "rated",
+)  # fmt: skip
+CAPTURE_JSON = ("request", "redacted")
+"""The columns that hold JSON (the stores encode them their own way)."""
+
+
+def capture_values(capture: Capture) -> tuple[Any, ...]:
+    """`capture` as the values of `CAPTURE_COLUMNS`, JSON columns as Python objects. Pure."""
+    feedback = capture.feedback
+    return (
+        capture.id, capture.tenant, capture.target, capture.adapter_version, capture.request,
+        capture.answer, capture.finish_reason, capture.prompt_tokens, capture.completion_tokens,
+        capture.latency_seconds, capture.redacted, capture.created, capture.expires,
+        feedback.rating if feedback else None, bool(feedback and feedback.flagged),
+        feedback.flag_reason if feedback else "", feedback.correction if feedback else None,
+        feedback.time if feedback else None,
+    )  # fmt: skip
+
+
+def capture_of(row: Mapping[str, Any]) -> Capture:
+    """The capture of a row of `CAPTURE_COLUMNS` (JSON columns decoded). Pure."""
+    feedback = None
+    if row["rated"] is not None:
+        feedback = Feedback(
+            rating=row["rating"], flagged=bool(row["flagged"]), flag_reason=row["flag_reason"],
+            correction=row["correction"], time=row["rated"],
+        )  # fmt: skip
+    fields = {name: row[name] for name in CAPTURE_COLUMNS[: CAPTURE_COLUMNS.index("rating")]}
+    return Capture(**fields, feedback=feedback)
+
+
+def capture_page(rows: Sequence[Mapping[str, Any]], page_size: int) -> CapturePage:
+    """The page `capture_query`'s rows make (see `job_page`)."""
+    more = len(rows) > page_size
+    return CapturePage(
+        [capture_of(row) for row in rows[:page_size]], rows[page_size - 1]["seq"] if more else 0
+    )
 
 
 class Store(Protocol):
@@ -273,3 +341,36 @@ class Store(Protocol):
 
     async def set_alias(self, alias: str, target: tuple[str, int] | None) -> None:
         """Points `alias` at (name, version), or removes it (None)."""
+
+    async def set_capture_policy(self, policy: CapturePolicy) -> None:
+        """Stores or replaces the tenant's policy for its target."""
+
+    async def capture_policies(self) -> list[CapturePolicy]:
+        """Every tenant's policies."""
+
+    async def delete_capture_policy(self, tenant: str, target: str) -> bool:
+        """Removes the tenant's policy for `target`; whether there was one."""
+
+    async def add_capture(self, capture: Capture) -> None:
+        """Stores a (redacted) capture."""
+
+    async def get_capture(self, capture_id: str) -> Capture | None:
+        """The capture, or None."""
+
+    async def set_feedback(
+        self, capture_id: str, feedback: Feedback, redacted: dict[str, int]
+    ) -> Capture:
+        """Replaces the capture's feedback and its redaction counts.
+
+        Raises:
+            NotFoundError: no such capture (or it expired meanwhile).
+        """
+
+    async def list_captures(
+        self, selected: CaptureFilter, page_size: int, after_seq: int
+    ) -> CapturePage:
+        """Captures in the order they were stored."""
+
+    async def delete_expired_captures(self, now: float) -> int:
+        """Deletes the captures whose retention ran out before `now`, one sweeper at a time
+        (a process that finds another sweeping deletes nothing); returns how many."""

@@ -40,6 +40,14 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from service.capture.model import (
+    Capture,
+    CaptureFilter,
+    CapturePage,
+    CapturePolicy,
+    Feedback,
+    capture_query,
+)
 from service.errors import ConfigError, NotFoundError, UnavailableError
 from service.jobs.model import (
     OWNED,
@@ -58,11 +66,16 @@ from service.jobs.model import (
     request_cancel,
 )
 from service.store.base import (
+    CAPTURE_COLUMNS,
+    CAPTURE_JSON,
     AdapterRecord,
     Change,
     Heard,
     JobPage,
     UploadRecord,
+    capture_of,
+    capture_page,
+    capture_values,
     claim_query,
     job_listing_query,
     job_page,
@@ -72,6 +85,8 @@ from service.store.base import (
 MIGRATION_LOCK = 0x61647464  # "adtd": one replica migrates at a time
 SWEEP_LOCK = MIGRATION_LOCK + 1
 """Held by the one process sweeping expired leases (others skip their sweep meanwhile)."""
+CAPTURE_SWEEP_LOCK = MIGRATION_LOCK + 2
+"""Held by the one process deleting expired captures."""
 UPLOAD_QUOTA_LOCKS = 1
 """The advisory-lock class of per-tenant quota checks (the tenant's hash is the second key)."""
 POOL_SIZE = 8
@@ -91,6 +106,8 @@ _JOBS = ", ".join(_JOB_COLUMNS)
 _JOB_MARKS = ", ".join(["%s"] * len(_JOB_COLUMNS))
 _UPLOAD_COLUMNS = "id, tenant, kind, name, path, sha256, size, stored, files, created"
 _ADAPTER_COLUMNS = "name, version, path, sha256, rank, base_model, created, pinned"
+_CAPTURES = ", ".join(CAPTURE_COLUMNS)
+_POLICY_COLUMNS = "tenant, target, rate, retention_seconds, created"
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -529,3 +546,79 @@ class PostgresStore:
                 "SET (name, version) = (EXCLUDED.name, EXCLUDED.version)",
                 (alias, *target),
             )
+
+    # ---- captures
+    async def set_capture_policy(self, policy: CapturePolicy) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                f"INSERT INTO capture_policies ({_POLICY_COLUMNS}) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (tenant, target) DO UPDATE SET (rate, retention_seconds, created) "
+                "= (EXCLUDED.rate, EXCLUDED.retention_seconds, EXCLUDED.created)",
+                (policy.tenant, policy.target, policy.rate, policy.retention_seconds,
+                 policy.created),
+            )  # fmt: skip
+            await self._notify(conn, Change.CAPTURE, policy.tenant)
+
+    async def capture_policies(self) -> list[CapturePolicy]:
+        async with self._connection() as conn:
+            rows = await _rows(
+                conn, f"SELECT {_POLICY_COLUMNS} FROM capture_policies ORDER BY tenant, target"
+            )
+        return [CapturePolicy(**row) for row in rows]
+
+    async def delete_capture_policy(self, tenant: str, target: str) -> bool:
+        async with self._connection() as conn:
+            deleted = await conn.execute(
+                "DELETE FROM capture_policies WHERE tenant = %s AND target = %s", (tenant, target)
+            )
+            await self._notify(conn, Change.CAPTURE, tenant)
+            return deleted.rowcount > 0
+
+    async def add_capture(self, capture: Capture) -> None:
+        values = tuple(
+            Jsonb(v) if name in CAPTURE_JSON else v
+            for name, v in zip(CAPTURE_COLUMNS, capture_values(capture), strict=True)
+        )
+        marks = ", ".join(["%s"] * len(CAPTURE_COLUMNS))
+        async with self._connection() as conn:
+            await conn.execute(f"INSERT INTO captures ({_CAPTURES}) VALUES ({marks})", values)
+
+    async def get_capture(self, capture_id: str) -> Capture | None:
+        async with self._connection() as conn:
+            row = await _maybe_row(
+                conn, f"SELECT {_CAPTURES} FROM captures WHERE id = %s", (capture_id,)
+            )
+        return None if row is None else capture_of(row)
+
+    async def set_feedback(
+        self, capture_id: str, feedback: Feedback, redacted: dict[str, int]
+    ) -> Capture:
+        async with self._connection() as conn:
+            row = await _maybe_row(
+                conn,
+                "UPDATE captures SET (rating, flagged, flag_reason, correction, rated, redacted) "
+                f"= (%s, %s, %s, %s, %s, %s) WHERE id = %s RETURNING {_CAPTURES}",
+                (feedback.rating, feedback.flagged, feedback.flag_reason, feedback.correction,
+                 feedback.time, Jsonb(redacted), capture_id),
+            )  # fmt: skip
+        if row is None:
+            raise NotFoundError(f"capture_id: no capture {capture_id[:64]!r}")
+        return capture_of(row)
+
+    async def list_captures(
+        self, selected: CaptureFilter, page_size: int, after_seq: int
+    ) -> CapturePage:
+        query = capture_query(_CAPTURES, "%s", selected, page_size, after_seq)
+        async with self._connection() as conn:
+            rows = await _rows(conn, *query)
+        return capture_page(rows, page_size)
+
+    async def delete_expired_captures(self, now: float) -> int:
+        async with self._connection() as conn:
+            sweeping = await _row(
+                conn, "SELECT pg_try_advisory_xact_lock(%s) AS held", (CAPTURE_SWEEP_LOCK,)
+            )
+            if not sweeping["held"]:  # another process sweeps right now
+                return 0
+            deleted = await conn.execute("DELETE FROM captures WHERE expires < %s", (now,))
+            return deleted.rowcount

@@ -17,6 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from service.capture.model import (
+    Capture,
+    CaptureFilter,
+    CapturePage,
+    CapturePolicy,
+    Feedback,
+    capture_query,
+)
 from service.errors import ConfigError, NotFoundError
 from service.jobs.model import (
     OWNED,
@@ -35,10 +43,15 @@ from service.jobs.model import (
     request_cancel,
 )
 from service.store.base import (
+    CAPTURE_COLUMNS,
+    CAPTURE_JSON,
     AdapterRecord,
     Heard,
     JobPage,
     UploadRecord,
+    capture_of,
+    capture_page,
+    capture_values,
     claim_query,
     job_listing_query,
     job_page,
@@ -132,6 +145,40 @@ MIGRATIONS = [
     UPDATE jobs SET owner = 'a server before leases', lease_until = 0
         WHERE state IN ('validating', 'running', 'evaluating');
     """,
+    # Captured traffic (as in migrations/0003_captures.sql).
+    """
+    CREATE TABLE capture_policies (
+        tenant TEXT NOT NULL,
+        target TEXT NOT NULL,
+        rate REAL NOT NULL,
+        retention_seconds REAL NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (tenant, target)
+    );
+    CREATE TABLE captures (
+        id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL UNIQUE,
+        tenant TEXT NOT NULL,
+        target TEXT NOT NULL,
+        adapter_version TEXT NOT NULL,
+        request TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        finish_reason TEXT NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        latency_seconds REAL NOT NULL,
+        redacted TEXT NOT NULL,
+        created REAL NOT NULL,
+        expires REAL NOT NULL,
+        rating INTEGER,
+        flagged INTEGER NOT NULL DEFAULT 0,
+        flag_reason TEXT NOT NULL DEFAULT '',
+        correction TEXT,
+        rated REAL
+    );
+    CREATE INDEX captures_tenant ON captures (tenant, target, seq);
+    CREATE INDEX captures_expires ON captures (expires);
+    """,
 ]
 
 _JOB_COLUMNS = (
@@ -143,6 +190,8 @@ _JOB_MARKS = ", ".join("?" * len(_JOB_COLUMNS.split(",")))
 _JSON_FIELDS = ("spec", "result")
 _UPLOAD_COLUMNS = "id, tenant, kind, name, path, sha256, size, stored, files, created"
 _UPLOAD_MARKS = ", ".join("?" * len(_UPLOAD_COLUMNS.split(",")))
+_CAPTURES = ", ".join(CAPTURE_COLUMNS)
+_POLICY_COLUMNS = "tenant, target, rate, retention_seconds, created"
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -495,6 +544,105 @@ class SqliteStore:
                 )
 
         await self._run(work)
+
+    # ---- captures
+    async def set_capture_policy(self, policy: CapturePolicy) -> None:
+        await self._run(
+            lambda db: db.execute(
+                f"INSERT OR REPLACE INTO capture_policies ({_POLICY_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (policy.tenant, policy.target, policy.rate, policy.retention_seconds,
+                 policy.created),
+            )
+        )  # fmt: skip
+
+    async def capture_policies(self) -> list[CapturePolicy]:
+        def work(db: sqlite3.Connection) -> list[CapturePolicy]:
+            rows = db.execute(
+                f"SELECT {_POLICY_COLUMNS} FROM capture_policies ORDER BY tenant, target"
+            )
+            return [CapturePolicy(**dict(row)) for row in rows]
+
+        return await self._run(work)
+
+    async def delete_capture_policy(self, tenant: str, target: str) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            deleted = db.execute(
+                "DELETE FROM capture_policies WHERE tenant = ? AND target = ?", (tenant, target)
+            )
+            return deleted.rowcount > 0
+
+        return await self._run(work)
+
+    async def add_capture(self, capture: Capture) -> None:
+        values = tuple(
+            json.dumps(v) if name in CAPTURE_JSON else v
+            for name, v in zip(CAPTURE_COLUMNS, capture_values(capture), strict=True)
+        )
+
+        def work(db: sqlite3.Connection) -> None:
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM captures").fetchone()[0]
+            marks = ", ".join("?" * len(CAPTURE_COLUMNS))
+            db.execute(
+                f"INSERT INTO captures (seq, {_CAPTURES}) VALUES (?, {marks})", (seq, *values)
+            )
+
+        await self._run(work)
+
+    async def get_capture(self, capture_id: str) -> Capture | None:
+        def work(db: sqlite3.Connection) -> Capture | None:
+            row = db.execute(
+                f"SELECT {_CAPTURES} FROM captures WHERE id = ?", (capture_id,)
+            ).fetchone()
+            return None if row is None else _capture(row)
+
+        return await self._run(work)
+
+    async def set_feedback(
+        self, capture_id: str, feedback: Feedback, redacted: dict[str, int]
+    ) -> Capture:
+        def work(db: sqlite3.Connection) -> Capture:
+            db.execute(
+                "UPDATE captures SET rating = ?, flagged = ?, flag_reason = ?, correction = ?, "
+                "rated = ?, redacted = ? WHERE id = ?",
+                (feedback.rating, int(feedback.flagged), feedback.flag_reason,
+                 feedback.correction, feedback.time, json.dumps(redacted), capture_id),
+            )  # fmt: skip
+            row = db.execute(
+                f"SELECT {_CAPTURES} FROM captures WHERE id = ?", (capture_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"capture_id: no capture {capture_id[:64]!r}")
+            return _capture(row)
+
+        return await self._run(work)
+
+    async def list_captures(
+        self, selected: CaptureFilter, page_size: int, after_seq: int
+    ) -> CapturePage:
+        query = capture_query(_CAPTURES, "?", selected, page_size, after_seq)
+
+        def work(db: sqlite3.Connection) -> CapturePage:
+            rows = [_decoded(row) for row in db.execute(*query).fetchall()]
+            return capture_page(rows, page_size)
+
+        return await self._run(work)
+
+    async def delete_expired_captures(self, now: float) -> int:
+        return await self._run(
+            lambda db: db.execute("DELETE FROM captures WHERE expires < ?", (now,)).rowcount
+        )
+
+
+def _decoded(row: sqlite3.Row) -> dict[str, Any]:
+    values = dict(row)
+    for name in CAPTURE_JSON:
+        values[name] = json.loads(values[name])
+    return values
+
+
+def _capture(row: sqlite3.Row) -> Capture:
+    return capture_of(_decoded(row))
 
 
 def _tenant_bytes(db: sqlite3.Connection, tenant: str) -> int:

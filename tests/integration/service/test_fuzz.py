@@ -13,7 +13,7 @@ from google.protobuf import json_format
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from adapterd.v1 import inference_pb2, jobs_pb2
+from adapterd.v1 import capture_pb2, inference_pb2, jobs_pb2
 from service.client.api import Client
 from tests.support import USER_TOKEN
 
@@ -160,6 +160,8 @@ WIRE = st.fixed_dictionaries({
     "file_name": st.sampled_from(["t.tgz", "p.jsonl", "s.json", "r.jsonl", "../x.json", ""])
     | st.text(max_size=12),
     "http_body": json_values,
+    "rate": st.floats(),
+    "seconds": st.floats(),
 })  # fmt: skip
 
 
@@ -215,7 +217,29 @@ def test_every_other_rpc_and_route_refuses_random_input_by_name_never_internal(u
         return user.call(user.jobs.Upload, iter(parts), jobs_pb2.UploadResponse)
 
     call("upload_kind", upload)
-    for path in ("/chat/completions", "/completions"):
+    if (
+        call("policy", user.set_capture_policy, case["adapter"], case["rate"], case["seconds"])
+        is not None
+    ):
+        call("unpolicy", user.delete_capture_policy, case["adapter"])
+    wanted = capture_pb2.CaptureFilter(target=case["alias"], min_rating=case["max_tokens"])
+    call("capture", user.get_capture, case["job_id"])
+    call(
+        "captures",
+        user.list_captures,
+        capture_pb2.ListCapturesRequest(filter=wanted, page_token=case["page_token"]),
+    )
+    call(
+        "feedback",
+        user.submit_feedback,
+        capture_pb2.SubmitFeedbackRequest(
+            capture_id=case["job_id"], score=case["max_tokens"], flag_reason=case["prompt"]
+        ),
+    )
+    call("export", user.export_captures,
+         capture_pb2.ExportCapturesRequest(filter=wanted, format=case["kind"],
+                                           min_rating=case["max_tokens"]))  # fmt: skip
+    for path in ("/chat/completions", "/completions", "/feedback"):
         status = _http(server, path, case["http_body"])
         assert status in (400, 404, 409, 413, 422, 429), (path, status, case["http_body"])
 

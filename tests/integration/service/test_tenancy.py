@@ -19,7 +19,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from adapterd.v1 import inference_pb2, jobs_pb2
+from adapterd.v1 import capture_pb2, inference_pb2, jobs_pb2
 from service.authz import POLICY
 from service.client.api import Client
 from tests.support import ADMIN_TOKEN, OTHER_USER_TOKEN, USER_TOKEN
@@ -43,7 +43,8 @@ ROWS = {"gsm": '{"prompt": "What is 2+2?", "completion": "4"}\n' * 4}
 
 @pytest.fixture(scope="module")
 def world(server, tiny_adapter, tmp_path_factory):
-    """acme's adapter (loaded by the admin into acme), alias, dataset and job."""
+    """acme's adapter (loaded by the admin into acme), alias, dataset, job and a capture of
+    its traffic."""
     shutil.copytree(tiny_adapter, server.data_dir / "adapters" / "tenancy")
     rows = tmp_path_factory.mktemp("tenancy") / "rows.jsonl"
     rows.write_text(ROWS["gsm"])
@@ -56,7 +57,12 @@ def world(server, tiny_adapter, tmp_path_factory):
         dataset = owner.upload_dataset(rows)
         job = owner.submit_job(_train(dataset, validate_only=True))
         owner.cancel_job(job.id)
-    return {"dataset": dataset, "job": job.id, "rows": rows, "prompts": prompts}
+        owner.set_capture_policy("tm-live", 1.0, 3600)
+        capture = owner.generate(_generate("tm-live")).capture_id
+        owner.submit_feedback(capture_pb2.SubmitFeedbackRequest(capture_id=capture, score=5))
+        owner.delete_capture_policy("tm-live")
+    return {"dataset": dataset, "job": job.id, "rows": rows, "prompts": prompts,
+            "capture": capture}  # fmt: skip
 
 
 def _train(dataset: str, **fields: Any) -> jobs_pb2.TrainSpec:
@@ -91,8 +97,9 @@ def _cancelled(job: jobs_pb2.Job, client: Client) -> str:
 # (route, what the call does, expected code for owner, other, admin); no token and a wrong token
 # are UNAUTHENTICATED everywhere but the public routes.
 def _cases(world: dict[str, Any]) -> list[tuple[str, Callable[[Client], Any], tuple[str, ...]]]:
-    dataset, job = world["dataset"], world["job"]
+    dataset, job, capture = world["dataset"], world["job"], world["capture"]
     data = jobs_pb2.DataSettings(datasets=[jobs_pb2.DatasetRef(dataset_id=dataset)])
+    acme_traffic = capture_pb2.CaptureFilter(target="acme/tm-live")
     return [
         ("/adapterd.v1.Server/GetServerInfo", lambda c: c.server_info(), (OK, OK, OK)),
         ("/adapterd.v1.Inference/Generate", lambda c: c.generate(_generate("acme/tm-bot")),
@@ -126,6 +133,26 @@ def _cases(world: dict[str, Any]) -> list[tuple[str, Callable[[Client], Any], tu
          lambda c: _cancelled(c.evaluate(_evaluate("acme/tm-bot")), c), (OK, NF, OK)),
         ("/adapterd.v1.Jobs/GetEvaluationReport", lambda c: c.evaluation_report(job),
          (FP, NF, FP)),
+        # A policy is its setter's tenant's, on a target it may read: the admin's covers only
+        # the admin's own requests.
+        ("/adapterd.v1.Capture/SetCapturePolicy",
+         lambda c: c.set_capture_policy("acme/tm-bot", 0.5, 3600), (OK, NF, OK)),
+        ("/adapterd.v1.Capture/ListCapturePolicies", lambda c: c.capture_policies(),
+         (OK, OK, OK)),
+        ("/adapterd.v1.Capture/DeleteCapturePolicy",
+         lambda c: (c.set_capture_policy("acme/tm-bot", 0.5, 3600),
+                    c.delete_capture_policy("acme/tm-bot")), (OK, NF, OK)),
+        ("/adapterd.v1.Capture/GetCapture", lambda c: c.get_capture(capture), (OK, NF, OK)),
+        ("/adapterd.v1.Capture/ListCaptures",
+         lambda c: c.list_captures(capture_pb2.ListCapturesRequest()), (OK, OK, OK)),
+        ("/adapterd.v1.Capture/SubmitFeedback",
+         lambda c: c.submit_feedback(capture_pb2.SubmitFeedbackRequest(capture_id=capture,
+                                                                       score=5)),
+         (OK, NF, PD)),
+        ("/adapterd.v1.Capture/ExportCaptures",
+         lambda c: c.export_captures(capture_pb2.ExportCapturesRequest(filter=acme_traffic,
+                                                                       min_rating=4)),
+         (OK, NF, OK)),
     ]  # fmt: skip
 
 
@@ -176,6 +203,10 @@ def test_listings_show_each_tenant_only_its_own_and_shared(server, world):
         assert all(not a.path.startswith("/") for a in owner.list_adapters().adapters)
         assert world["job"] in {j.id for j in owner.list_jobs(jobs_pb2.ListJobsRequest()).jobs}
         assert world["job"] not in {j.id for j in other.list_jobs(jobs_pb2.ListJobsRequest()).jobs}
+        everything = capture_pb2.ListCapturesRequest(page_size=1000)
+        assert world["capture"] in {c.id for c in owner.list_captures(everything).captures}
+        assert all(c.tenant == "globex" for c in other.list_captures(everything).captures)
+        assert all(p.tenant == "globex" for p in other.capture_policies())
 
 
 def test_another_tenants_names_are_refused_at_submission_not_at_the_end(server, world):
@@ -232,6 +263,7 @@ def test_every_http_route_answers_each_caller_as_the_rights_table_says(server, w
         "POST /v1/chat/completions": (chat, (200, 404, 200)),
         "POST /v1/completions": ({"model": "acme/tm-live", "prompt": "Hi", "max_tokens": 2},
                                  (200, 404, 200)),
+        "POST /v1/feedback": ({"id": world["capture"], "thumbs": "up"}, (200, 404, 403)),
     }  # fmt: skip
     assert set(cases) == {r for r in POLICY if not r.startswith("/")}, "a route without a case"
     got, expected = {}, {}

@@ -111,6 +111,7 @@ async def test_unexpected_errors_become_internal_with_a_correlation_id(make_app,
         app.adapters,
         app.jobs,
         app.uploads,
+        app.captures,
         64,
     )
     await app.start()

@@ -42,7 +42,7 @@ def grpc_methods() -> set[str]:
 
 def http_routes() -> set[str]:
     app = build_openai_app(
-        generator=None, adapters=None, tokens=None, base_model="m", metrics=None,
+        generator=None, adapters=None, captures=None, tokens=None, base_model="m", metrics=None,
         max_body_bytes=1,
     )  # type: ignore[arg-type]  # fmt: skip
     return set(route_keys(app))
@@ -50,7 +50,7 @@ def http_routes() -> set[str]:
 
 def test_every_rpc_and_route_has_a_row_and_every_row_is_served():
     served = grpc_methods() | http_routes()
-    assert len(served) >= 24
+    assert len(served) >= 32
     assert served - set(POLICY) == set(), "an RPC or route without a row in service.authz.POLICY"
     stale = set(POLICY) - served - {"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"}
     assert stale == set(), "a row for nothing the server serves"

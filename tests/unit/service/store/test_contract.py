@@ -1,8 +1,9 @@
 """The Store contract, on SQLite and PostgreSQL alike (`store`, `new_store`): idempotent
 creation, leased claims in the fair order, fenced writes, cancel requests, the sweep of expired
-leases, events, paging, adapters across a reopen, and what concurrent callers may not break
-(one job per request id, one owner per claim, gapless event numbers, distinct adapter versions,
-the upload quota)."""
+leases, events, paging, adapters across a reopen, capture policies, captures with their
+feedback, filters and retention, and what concurrent callers may not break (one job per request
+id, one owner per claim, gapless event numbers, distinct adapter versions, the upload quota, one
+capture sweeper)."""
 
 import asyncio
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from service.capture.model import Capture, CaptureFilter, CapturePolicy, Feedback, FlagFilter
 from service.errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError
 from service.jobs.model import (
     Job,
@@ -332,3 +334,88 @@ async def released_by_the_first_sweep(store: Store) -> None:
     [released] = await store.expire_leases(time.time())
     assert (released.state, released.owner) == (JobState.QUEUED, "")
     await store.close()
+
+
+async def test_capture_policies_are_per_tenant_and_target_and_replaced_in_place(store):
+    first = CapturePolicy("acme", "acme/bot", 0.5, 3600.0, 1.0)
+    await store.set_capture_policy(first)
+    await store.set_capture_policy(CapturePolicy("globex", "acme/bot", 1.0, 60.0, 2.0))
+    replaced = CapturePolicy("acme", "acme/bot", 0.25, 7200.0, 3.0)
+    await store.set_capture_policy(replaced)
+    assert await store.capture_policies() == [
+        replaced, CapturePolicy("globex", "acme/bot", 1.0, 60.0, 2.0),
+    ]  # fmt: skip
+    assert await store.delete_capture_policy("acme", "acme/bot") is True
+    assert await store.delete_capture_policy("acme", "acme/bot") is False
+    assert [p.tenant for p in await store.capture_policies()] == ["globex"]
+
+
+def capture(n: int, tenant: str = "acme", target: str = "acme/bot", **fields) -> Capture:
+    values = {
+        "id": f"cap-{tenant}-{n}", "tenant": tenant, "target": target,
+        "adapter_version": f"{target}@1",
+        "request": {"messages": [{"role": "user", "content": f"q{n} é"}],
+                    "sampling": {"max_tokens": 8, "stop": ["\n"]}, "json_schema": None},
+        "answer": f"a{n}", "finish_reason": "stop", "prompt_tokens": 5, "completion_tokens": 2,
+        "latency_seconds": 0.25, "redacted": {"email": 1}, "created": float(n),
+        "expires": float(n) + 100,
+    }  # fmt: skip
+    return Capture(**(values | fields))
+
+
+async def test_a_capture_and_its_feedback_read_back_as_written(store):
+    await store.add_capture(capture(1))
+    assert await store.get_capture("cap-acme-1") == capture(1)
+    assert await store.get_capture("nope") is None
+    rated = Feedback(rating=2, flagged=True, flag_reason="wrong", correction="b1", time=9.0)
+    stored = await store.set_feedback("cap-acme-1", rated, {"email": 1, "phone": 2})
+    assert stored == capture(1, feedback=rated, redacted={"email": 1, "phone": 2})
+    assert await store.get_capture("cap-acme-1") == stored
+    again = Feedback(rating=None, flagged=False, flag_reason="", correction=None, time=10.0)
+    assert (await store.set_feedback("cap-acme-1", again, {})).feedback == again
+    with pytest.raises(NotFoundError, match="capture_id"):
+        await store.set_feedback("nope", again, {})
+
+
+async def test_captures_are_listed_by_tenant_target_time_rating_and_flag_in_pages(store):
+    good = Feedback(5, False, "", None, 1.0)
+    flagged = Feedback(1, True, "rude", "better", 1.0)
+    await store.add_capture(capture(1, feedback=good))
+    await store.add_capture(capture(2, feedback=flagged))
+    await store.add_capture(capture(3))
+    await store.add_capture(capture(4, target="acme/other", feedback=good))
+    await store.add_capture(capture(5, tenant="globex", target="globex/bot", feedback=good))
+
+    async def ids(**fields) -> list[str]:
+        page = await store.list_captures(CaptureFilter(**({"tenant": "acme"} | fields)), 100, 0)
+        return [c.id.removeprefix("cap-acme-") for c in page.captures]
+
+    assert await ids() == ["1", "2", "3", "4"]
+    assert await ids(target="acme/bot") == ["1", "2", "3"]
+    assert await ids(since=2.0, until=4.0) == ["2", "3"]
+    assert await ids(min_rating=4) == ["1", "4"]
+    assert await ids(flag=FlagFilter.FLAGGED) == ["2"]
+    assert await ids(flag=FlagFilter.UNFLAGGED) == ["1", "3", "4"]
+    assert await ids(with_correction=True) == ["2"]
+    everyone = await store.list_captures(CaptureFilter(tenant=None), 3, 0)
+    assert len(everyone.captures) == 3 and everyone.next_after
+    rest = await store.list_captures(CaptureFilter(tenant=None), 3, everyone.next_after)
+    assert [c.id for c in rest.captures] == ["cap-acme-4", "cap-globex-5"]
+    assert rest.next_after == 0
+
+
+async def test_the_retention_sweep_deletes_only_expired_captures(store):
+    await store.add_capture(capture(1, expires=50.0))
+    await store.add_capture(capture(2, expires=150.0))
+    assert await store.delete_expired_captures(100.0) == 1
+    assert await store.get_capture("cap-acme-1") is None
+    assert await store.get_capture("cap-acme-2") is not None
+    assert await store.delete_expired_captures(100.0) == 0
+
+
+async def test_concurrent_sweeps_delete_each_capture_once(store):
+    for n in range(20):
+        await store.add_capture(capture(n, expires=1.0))
+    deleted = await asyncio.gather(*(store.delete_expired_captures(2.0) for _ in range(5)))
+    assert sum(deleted) == 20
+    assert (await store.list_captures(CaptureFilter(tenant=None), 100, 0)).captures == []

@@ -1,0 +1,313 @@
+"""Captured traffic as data: policies, captures, feedback, redaction, and what an export makes
+of them. Pure, no I/O.
+
+A tenant opts in per adapter name or alias (`CapturePolicy`): a share of its own requests that
+name it is captured (request, answer, the version that answered, latency and tokens) and kept
+for the policy's retention. A capture belongs to the tenant whose request it is, and only that
+tenant rates it (`Feedback`). Everything a client wrote, and everything the model answered, is
+redacted (`trainer.pii`) before it is stored; the counts per kind are kept instead.
+"""
+
+import enum
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from service.errors import InvalidArgumentError
+from trainer.pii import PiiKind, redact
+from trainer.preference import PreferencePair
+
+MIN_RETENTION_SECONDS = 60.0
+MAX_RETENTION_SECONDS = 366 * 86400.0
+MAX_FLAG_REASON_CHARS = 1000
+MAX_CORRECTION_CHARS = 1 << 16
+MAX_PAGE = 1000
+MAX_EXPORT_ROWS = 100_000
+"""The most captures one export reads."""
+THUMBS_UP, THUMBS_DOWN = 5, 1
+"""Where a thumbs rating lies on the 1-5 scale every rating is stored in."""
+
+
+class FlagFilter(enum.Enum):
+    """Which captures a listing or an export takes by their flag; mirrors adapterd.v1.Flag."""
+
+    ANY = "any"
+    FLAGGED = "flagged"
+    UNFLAGGED = "unflagged"
+
+
+class ExportFormat(enum.Enum):
+    """What an export writes; mirrors adapterd.v1.ExportFormat."""
+
+    SFT = "sft"
+    """Chat rows (`messages`, or `prompt`/`completion` for raw prompts) for a training job."""
+    PREFERENCE = "preference"
+    """`trainer.preference` pairs: a correction chosen over the answer it corrects."""
+
+
+@dataclass(frozen=True)
+class CapturePolicy:
+    """A tenant's opt-in to capture its requests that name `target`."""
+
+    tenant: str
+    target: str
+    """A qualified adapter name or alias, "tenant/name" (requests for any of its versions)."""
+    rate: float
+    """The share of requests captured, in (0, 1]."""
+    retention_seconds: float
+    created: float
+
+
+def check_policy(rate: float, retention_seconds: float) -> None:
+    """Raises:
+    InvalidArgumentError: naming the field out of its range."""
+    if not 0.0 < rate <= 1.0:
+        raise InvalidArgumentError(f"rate: {rate!r} must be in (0, 1]")
+    if not MIN_RETENTION_SECONDS <= retention_seconds <= MAX_RETENTION_SECONDS:
+        raise InvalidArgumentError(
+            f"retention_seconds: {retention_seconds!r} must be {MIN_RETENTION_SECONDS:g} to "
+            f"{MAX_RETENTION_SECONDS:g} (366 days)"
+        )
+
+
+def policy_for(
+    policies: Mapping[tuple[str, str], CapturePolicy], tenant: str, requested: str
+) -> CapturePolicy | None:
+    """The policy that covers `tenant`'s request naming the qualified `requested`
+    ("tenant/name[@N]"; "" is the base model, never captured)."""
+    if not requested:
+        return None
+    return policies.get((tenant, requested.partition("@")[0]))
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """What the owner of a capture said of its answer."""
+
+    rating: int | None
+    """1 to 5 (a thumbs up is 5, down 1); None: not rated."""
+    flagged: bool
+    flag_reason: str
+    correction: str | None
+    """A better answer, in the owner's words."""
+    time: float
+
+
+@dataclass(frozen=True)
+class Capture:
+    """One captured request and its answer, redacted."""
+
+    id: str
+    tenant: str
+    target: str
+    """The policy's target that caught it."""
+    adapter_version: str
+    """"tenant/name@N" that answered."""
+    request: dict[str, Any]
+    """{"messages": [...]} or {"prompt": "..."}, with "sampling" and "json_schema" (or None)."""
+    answer: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_seconds: float
+    redacted: dict[str, int]
+    """Redactions per `PiiKind` value, of request, answer and feedback together."""
+    created: float
+    expires: float
+    feedback: Feedback | None = None
+
+
+NUL_STAND_IN = "\ufffd"
+"""What a NUL character in captured text is stored as (PostgreSQL text and JSON hold none)."""
+
+
+def _redacted(text: str, counts: Counter[PiiKind]) -> str:
+    result = redact(text)
+    counts.update(result.counts)
+    return result.text.replace("\x00", NUL_STAND_IN)
+
+
+def _storable(value: Any) -> Any:
+    """`value` (JSON) with NUL characters in its strings and keys replaced."""
+    if isinstance(value, str):
+        return value.replace("\x00", NUL_STAND_IN)
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    return value
+
+
+def _merged(known: Mapping[str, int], counts: Counter[PiiKind]) -> dict[str, int]:
+    total = Counter(known)
+    total.update({kind.value: n for kind, n in counts.items()})
+    return dict(sorted(total.items()))
+
+
+def redact_capture(capture: Capture) -> Capture:
+    """`capture` with personal data replaced in every message, the prompt and the answer, and
+    NUL characters anywhere in it."""
+    counts: Counter[PiiKind] = Counter()
+    request = _storable(capture.request)
+    if "messages" in request:
+        request["messages"] = [
+            {**m, "content": _redacted(m["content"], counts)} for m in request["messages"]
+        ]
+    if "prompt" in request:
+        request["prompt"] = _redacted(request["prompt"], counts)
+    answer = _redacted(capture.answer, counts)
+    return replace(
+        capture, request=request, answer=answer, redacted=_merged(capture.redacted, counts)
+    )
+
+
+@dataclass(frozen=True)
+class RedactedFeedback:
+    """Feedback with its personal data replaced."""
+
+    feedback: Feedback
+    added: dict[str, int]
+    """What this redaction replaced, per `PiiKind` value."""
+    total: dict[str, int]
+    """The capture's counts with these added."""
+
+
+def redact_feedback(feedback: Feedback, capture: Capture) -> RedactedFeedback:
+    """`feedback` with personal data replaced in its reason and correction."""
+    counts: Counter[PiiKind] = Counter()
+    redacted = replace(
+        feedback,
+        flag_reason=_redacted(feedback.flag_reason, counts),
+        correction=None if feedback.correction is None else _redacted(feedback.correction, counts),
+    )
+    added = {kind.value: n for kind, n in counts.items()}
+    return RedactedFeedback(redacted, added, _merged(capture.redacted, counts))
+
+
+def check_feedback(feedback: Feedback) -> None:
+    """Raises:
+    InvalidArgumentError: naming the field: a rating off the scale, an empty submission, a
+        reason without a flag, text past its cap."""
+    if feedback.rating is not None and not 1 <= feedback.rating <= 5:
+        raise InvalidArgumentError(f"score: {feedback.rating} must be 1 to 5")
+    if feedback.rating is None and not feedback.flagged and feedback.correction is None:
+        raise InvalidArgumentError("feedback: give a rating, a flag or a correction")
+    if feedback.flag_reason and not feedback.flagged:
+        raise InvalidArgumentError("flag_reason: given without flagged")
+    if len(feedback.flag_reason) > MAX_FLAG_REASON_CHARS:
+        raise InvalidArgumentError(f"flag_reason: longer than {MAX_FLAG_REASON_CHARS} characters")
+    if feedback.correction is not None and not (
+        0 < len(feedback.correction) <= MAX_CORRECTION_CHARS
+    ):
+        raise InvalidArgumentError(f"correction: must be 1 to {MAX_CORRECTION_CHARS} characters")
+
+
+@dataclass(frozen=True)
+class CaptureFilter:
+    """Which captures a listing or an export reads. Pure data; the stores turn it into SQL."""
+
+    tenant: str | None
+    """None: every tenant's (an admin)."""
+    target: str = ""
+    """A qualified adapter name or alias; "" any."""
+    since: float = 0.0
+    until: float = 0.0
+    """Created in [since, until); 0 leaves that end open."""
+    min_rating: int = 0
+    """Rated at least this; 0 takes unrated captures too."""
+    flag: FlagFilter = FlagFilter.ANY
+    with_correction: bool = False
+
+
+@dataclass(frozen=True)
+class CapturePage:
+    """One page of captures, oldest first."""
+
+    captures: list[Capture]
+    next_after: int
+    """Cursor of the next page; 0 when this is the last."""
+
+
+def capture_query(
+    columns: str, mark: str, selected: CaptureFilter, page_size: int, after_seq: int
+) -> tuple[str, tuple[Any, ...]]:
+    """The SQL and parameters of one page of captures (one row more than the page: it tells
+    that another follows), in the driver's placeholder `mark`. Pure."""
+    where, args = [f"seq > {mark}"], [after_seq]
+    conditions: list[tuple[str, Any]] = [
+        ("tenant = {}", selected.tenant),
+        ("target = {}", selected.target or None),
+        ("created >= {}", selected.since or None),
+        ("created < {}", selected.until or None),
+        ("rating >= {}", selected.min_rating or None),
+    ]
+    for condition, value in conditions:
+        if value is not None:
+            where.append(condition.format(mark))
+            args.append(value)
+    if selected.flag is not FlagFilter.ANY:
+        where.append(f"flagged = {mark}")
+        args.append(selected.flag is FlagFilter.FLAGGED)
+    if selected.with_correction:
+        where.append("correction IS NOT NULL")
+    sql = (
+        f"SELECT seq, {columns} FROM captures WHERE {' AND '.join(where)} ORDER BY seq LIMIT {mark}"
+    )
+    return sql, (*args, page_size + 1)
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What an export wrote."""
+
+    rows: list[dict[str, Any]]
+    skipped: int
+    """Captures the filter took that make no row of the format."""
+
+
+def _messages(request: Mapping[str, Any]) -> list[dict[str, str]] | None:
+    messages = request.get("messages")
+    return None if messages is None else [dict(m) for m in messages]
+
+
+def _sft_row(request: Mapping[str, Any], answer: str) -> dict[str, Any]:
+    messages = _messages(request)
+    if messages is None:
+        return {"prompt": request["prompt"], "completion": answer}
+    return {"messages": [*messages, {"role": "assistant", "content": answer}]}
+
+
+def export_rows(
+    captures: Iterable[Capture], fmt: ExportFormat, min_rating: int, corrections: bool
+) -> Exported:
+    """The rows of an export.
+
+    SFT: a capture with a correction (when `corrections`) gives the correction as the answer;
+    one rated at least `min_rating` (> 0) and not flagged gives its own answer. PREFERENCE: a
+    chat capture with a correction gives the pair correction-over-answer (a raw prompt is no
+    conversation and makes no pair).
+    """
+    rows: list[dict[str, Any]] = []
+    skipped = 0
+    for capture in captures:
+        feedback = capture.feedback
+        correction = feedback.correction if feedback else None
+        if fmt is ExportFormat.PREFERENCE:
+            messages = _messages(capture.request)
+            if correction is None or messages is None:
+                skipped += 1
+                continue
+            rows.append(PreferencePair(tuple(messages), correction, capture.answer).row())
+        elif corrections and correction is not None:
+            rows.append(_sft_row(capture.request, correction))
+        elif (
+            feedback is not None
+            and min_rating > 0
+            and (feedback.rating or 0) >= min_rating
+            and not feedback.flagged
+        ):
+            rows.append(_sft_row(capture.request, capture.answer))
+        else:
+            skipped += 1
+    return Exported(rows, skipped)

@@ -1,0 +1,153 @@
+"""The one writer of captured traffic in a process.
+
+`decide` runs per request, on the event loop, from memory: the policy that covers the request
+(kept in step with the store: reread after this process changes a policy, when another
+process's change is heard, and every CAPTURE_SYNC_SECONDS) and one random draw against its
+rate. `record` only queues the capture (a bounded queue; a full one drops it and counts the
+drop, so serving never waits for the store). `run` is the single writer: it redacts each capture
+in a worker thread, then stores it. `sweep` deletes expired captures (on a shared store one
+process at a time, by the store's lock).
+"""
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from service.capture.model import Capture, CapturePolicy, policy_for, redact_capture
+from service.errors import AdapterdError
+from service.metrics import Metrics
+from service.store.base import Store
+
+QUEUE_SIZE = 1024
+"""Captures waiting for the writer; past it a capture is dropped (and counted)."""
+CAPTURE_SYNC_SECONDS = 5.0
+SWEEP_SECONDS = 60.0
+SETTLE_SECONDS = 10.0
+"""How long a read of a capture still in the queue waits for the writer."""
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Queued:
+    capture: Capture
+    label: str
+
+
+class CaptureRecorder:
+    """Chooses, redacts and stores captured requests."""
+
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        *,
+        queue_size: int = QUEUE_SIZE,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._draw = draw
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue(queue_size)
+        self._policies: dict[tuple[str, str], CapturePolicy] = {}
+        self._pending: dict[str, asyncio.Event] = {}
+        self._changed = asyncio.Event()
+
+    # ---- policies
+    async def refresh(self) -> None:
+        """Rereads the policies from the store."""
+        self._policies = {(p.tenant, p.target): p for p in await self._store.capture_policies()}
+
+    def changed(self) -> None:
+        """Another process changed a policy: reread them soon."""
+        self._changed.set()
+
+    async def sync(self) -> None:
+        """Keeps the policies in step with a shared store, until cancelled."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), CAPTURE_SYNC_SECONDS)
+            self._changed.clear()
+            try:
+                await self.refresh()
+            except AdapterdError as exc:  # the database is away: the next round retries
+                logger.warning("capture policy refresh: %s", exc)
+
+    def decide(self, tenant: str, requested: str) -> CapturePolicy | None:
+        """The policy under which `tenant`'s request for `requested` is captured; None: it is
+        not (no policy covers it, or the draw left it out)."""
+        policy = policy_for(self._policies, tenant, requested)
+        if policy is None or self._draw() >= policy.rate:
+            return None
+        return policy
+
+    # ---- captures
+    def record(self, capture: Capture, label: str) -> None:
+        """Queues `capture` (unredacted) for the writer; drops it when the queue is full."""
+        try:
+            self._queue.put_nowait(_Queued(capture, label))
+        except asyncio.QueueFull:
+            self._metrics.captures.labels(label, "queue_full").inc()
+            return
+        self._pending[capture.id] = asyncio.Event()
+
+    async def settled(self, capture_id: str) -> None:
+        """Returns once a capture this process queued has been written (or dropped), at most
+        SETTLE_SECONDS later; at once for any other id."""
+        pending = self._pending.get(capture_id)
+        if pending is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pending.wait(), SETTLE_SECONDS)
+
+    async def run(self) -> None:
+        """Writes queued captures, one at a time, until cancelled."""
+        while True:
+            queued = await self._queue.get()
+            try:
+                await self._write(queued)
+            finally:
+                done = self._pending.pop(queued.capture.id, None)
+                if done is not None:
+                    done.set()
+                self._queue.task_done()
+
+    async def _write(self, queued: _Queued) -> None:
+        try:
+            capture = await asyncio.to_thread(redact_capture, queued.capture)
+            await self._store.add_capture(capture)
+        except AdapterdError as exc:  # the database is away
+            logger.warning("capture %s dropped: %s", queued.capture.id, exc)
+            self._metrics.captures.labels(queued.label, "store_error").inc()
+            return
+        except Exception:  # our bug: logged, and the writer goes on with the next
+            logger.exception("capture %s dropped", queued.capture.id)
+            self._metrics.captures.labels(queued.label, "store_error").inc()
+            return
+        self._metrics.captures.labels(queued.label, "stored").inc()
+        count_redactions(self._metrics, capture.redacted)
+
+    async def drain(self, grace: float) -> None:
+        """Waits, at most `grace` seconds, for the queued captures to be written."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), grace)
+
+    async def sweep(self, interval: float = SWEEP_SECONDS) -> None:
+        """Deletes expired captures every `interval` seconds, until cancelled."""
+        while True:
+            try:
+                deleted = await self._store.delete_expired_captures(time.time())
+            except AdapterdError as exc:
+                logger.warning("capture retention sweep: %s", exc)
+            else:
+                self._metrics.captures_expired.inc(deleted)
+            await asyncio.sleep(interval)
+
+
+def count_redactions(metrics: Metrics, counts: Mapping[str, int]) -> None:
+    """Adds redaction counts (by `PiiKind` value) to the metric."""
+    for kind, n in counts.items():
+        metrics.capture_redactions.labels(kind).inc(n)

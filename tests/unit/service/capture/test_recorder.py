@@ -1,0 +1,95 @@
+"""The capture recorder on a real SQLite store: sampling at the policy's rate, redaction before
+the write, the bounded queue, settling a read, and the retention sweep."""
+
+import asyncio
+import itertools
+import time
+
+import pytest
+
+from service.capture.model import Capture, CapturePolicy
+from service.capture.recorder import CaptureRecorder
+from service.metrics import Metrics
+from service.store.sqlite import SqliteStore
+
+
+@pytest.fixture
+async def store(tmp_path):
+    opened = SqliteStore(tmp_path / "adapterd.db")
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+def capture(n: int, text: str = "hi", expires: float | None = None) -> Capture:
+    return Capture(
+        id=f"cap-{n}", tenant="acme", target="acme/bot", adapter_version="acme/bot@1",
+        request={"prompt": text, "sampling": {}, "json_schema": None}, answer=f"re: {text}",
+        finish_reason="stop", prompt_tokens=1, completion_tokens=1, latency_seconds=0.1,
+        redacted={}, created=time.time(), expires=expires or time.time() + 3600,
+    )  # fmt: skip
+
+
+def value(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_decisions_follow_the_policy_rate_and_tenant(store):
+    draws = itertools.cycle([0.05, 0.3, 0.6, 0.9])  # half of them under the rate 0.5
+    recorder = CaptureRecorder(store, Metrics(), draw=lambda: next(draws))
+    assert recorder.decide("acme", "acme/bot") is None  # no policy yet
+    await store.set_capture_policy(CapturePolicy("acme", "acme/bot", 0.5, 3600.0, 0.0))
+    await recorder.refresh()
+    chosen = [recorder.decide("acme", "acme/bot@2") is not None for _ in range(8)]
+    assert chosen == [True, True, False, False] * 2
+    assert recorder.decide("globex", "acme/bot") is None
+    await store.delete_capture_policy("acme", "acme/bot")
+    await recorder.refresh()
+    assert recorder.decide("acme", "acme/bot") is None
+
+
+async def test_the_writer_stores_captures_redacted_and_counts_them(store):
+    metrics = Metrics()
+    recorder = CaptureRecorder(store, metrics)
+    writer = asyncio.create_task(recorder.run())
+    recorder.record(capture(1, "mail me at ann@example.com"), "acme/bot")
+    await recorder.settled("cap-1")
+    stored = await store.get_capture("cap-1")
+    assert stored is not None
+    assert (stored.request["prompt"], stored.answer) == (
+        "mail me at [EMAIL]", "re: mail me at [EMAIL]",
+    )  # fmt: skip
+    assert stored.redacted == {"email": 2}
+    assert value(metrics, "adapterd_captures_total", adapter="acme/bot", outcome="stored") == 1
+    assert value(metrics, "adapterd_capture_redactions_total", kind="email") == 2
+    writer.cancel()
+
+
+async def test_a_full_queue_drops_and_counts_instead_of_waiting(store):
+    metrics = Metrics()
+    recorder = CaptureRecorder(store, metrics, queue_size=2)
+    for n in range(5):
+        recorder.record(capture(n), "acme/bot")  # no writer runs: the queue fills
+    dropped = value(metrics, "adapterd_captures_total", adapter="acme/bot", outcome="queue_full")
+    assert dropped == 3
+    writer = asyncio.create_task(recorder.run())
+    await recorder.drain(5.0)
+    assert [await store.get_capture(f"cap-{n}") is not None for n in range(5)] == [
+        True, True, False, False, False,
+    ]  # fmt: skip
+    writer.cancel()
+
+
+async def test_the_sweep_deletes_expired_captures_and_counts_them(store):
+    metrics = Metrics()
+    await store.add_capture(capture(1, expires=time.time() - 1))
+    await store.add_capture(capture(2))
+    sweeper = asyncio.create_task(CaptureRecorder(store, metrics).sweep(interval=0.05))
+    for _ in range(100):
+        if value(metrics, "adapterd_captures_expired_total"):
+            break
+        await asyncio.sleep(0.02)
+    sweeper.cancel()
+    assert value(metrics, "adapterd_captures_expired_total") == 1
+    assert await store.get_capture("cap-1") is None
+    assert await store.get_capture("cap-2") is not None
