@@ -12,6 +12,7 @@
     adapterctl submit JOB.yaml [--watch]
     adapterctl get|cancel|watch JOB_ID | list [--state STATE]
     adapterctl eval run SPEC.yaml [--adapter NAME] [--watch] | eval report JOB_ID [--out DIR]
+    adapterctl capture set|unset|list|show|traffic|export ... | feedback CAPTURE_ID ...
 
 Global flags (or ADAPTERCTL_* variables): --target, --token, --timeout, --output text|json.
 """
@@ -26,6 +27,7 @@ from google.protobuf import json_format
 
 from adapterd.v1 import adapters_pb2, inference_pb2
 from service.client.api import Client
+from service.client.capture_commands import add_capture_commands
 from service.client.job_commands import add_job_commands, show
 from service.errors import ConfigError
 from service.settings import ClientSettings, add_settings_flags, settings_from_args
@@ -72,11 +74,12 @@ def _generate(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     if as_json:
         show(client.generate(request), as_json=True)
         return 0
-    version = ""
+    version, captured = "", ""
     for delta in client.generate_stream(request):  # print as it comes
         print(delta.text, end="", flush=True)
-        version = delta.adapter_version
-    print(f"\n[answered by {version or 'the base model'}]", file=sys.stderr)
+        version, captured = delta.adapter_version, delta.capture_id
+    note = f"; captured as {captured}" if captured else ""
+    print(f"\n[answered by {version or 'the base model'}{note}]", file=sys.stderr)
     return 0
 
 
@@ -152,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         "alias_target", metavar="target", nargs="?", default="", help="NAME@N; omit to remove it."
     )
     COMMANDS.update(add_job_commands(commands))
+    COMMANDS.update(add_capture_commands(commands))
     return parser
 
 

@@ -15,6 +15,7 @@ from google.protobuf import json_format
 
 from adapterd.v1 import capture_pb2, inference_pb2, jobs_pb2
 from service.client.api import Client
+from service.client.cli import main
 from tests.support import ADMIN_TOKEN, OTHER_USER_TOKEN, USER_TOKEN
 
 EMAIL_PROMPT = "My address is ann.lee@example.com; what is 2 + 2?"
@@ -171,3 +172,25 @@ def test_an_export_of_rated_traffic_trains_a_job(owner):
     assert [e.data["state"] for e in events if e.kind == "state"][-1] == "succeeded", events[-3:]
     data = next(e.data for e in events if e.kind == "data")
     assert data["train_rows"] + data["eval_rows"] == 2, data
+
+
+def test_adapterctl_sets_a_policy_rates_and_exports(server, owner, capsys):
+    def run(*args: str) -> tuple[int, str]:
+        code = main(["--target", server.target, "--token", USER_TOKEN, *args])
+        return code, capsys.readouterr().out
+
+    assert run("capture", "set", "cap-quiet", "--rate", "1", "--retention-days", "1")[0] == 0
+    captured = owner.generate(chat("cap-quiet", "Name a colour.")).capture_id
+    code, out = run("--output", "json", "capture", "list")
+    assert code == 0 and '"target": "acme/cap-quiet"' in out
+    code, out = run("feedback", captured, "--down", "--flag", "off topic", "--correction", "Blue.")
+    assert code == 0 and json.loads(out)["feedback"]["rating"] == 1
+    code, out = run("capture", "traffic", "--adapter", "cap-quiet", "--flagged")
+    assert code == 0 and [json.loads(line)["id"] for line in out.splitlines()] == [captured]
+    code, out = run(
+        "capture", "export", "--adapter", "cap-quiet", "--with-correction", "--corrections"
+    )
+    assert code == 0 and out.splitlines()[1] == "1 rows, 0 captures skipped"
+    assert out.startswith("ds-")
+    assert run("capture", "unset", "cap-quiet")[0] == 0
+    assert run("capture", "unset", "cap-quiet")[0] == 1  # NOT_FOUND, named on stderr
