@@ -155,6 +155,16 @@ def validator_of(schema: dict[str, Any]) -> Any:
     return re2_class(schema)
 
 
+def judge_output(validator: Any, output: str) -> tuple[Any, list[ValidationError]] | None:
+    """The JSON value in `output` and its errors under `validator` (`validator_of`); None when
+    `output` holds no JSON."""
+    try:
+        value = extract_json(output)
+    except ValueError:
+        return None
+    return value, list(validator.iter_errors(value))
+
+
 def score_outputs(outputs: list[str], schema: dict[str, Any]) -> SchemaReport:
     """Scores every output against `schema` (checked first: an invalid schema raises
     ValueError naming the problem)."""
@@ -163,16 +173,15 @@ def score_outputs(outputs: list[str], schema: dict[str, Any]) -> SchemaReport:
     report = SchemaReport(required_present=dict.fromkeys(required, 0))
     for index, output in enumerate(outputs):
         report.total += 1
-        try:
-            value = extract_json(output)
-        except ValueError:
+        judged = judge_output(validator, output)
+        if judged is None:
             _fail(report, index, output, "not JSON")
             continue
+        value, errors = judged
         report.parsed += 1
         if isinstance(value, dict):
             for name in required:
                 report.required_present[name] += name in value
-        errors = list(validator.iter_errors(value))
         if not errors:
             report.valid += 1
             continue

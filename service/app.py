@@ -14,6 +14,8 @@ from service.adapters.checks import AdapterLimits
 from service.adapters.manager import AdapterManager
 from service.auth import TokenTable
 from service.basemodel import BaseModel, lora_target_modules, resolve_base_model
+from service.capture.drift import DriftMonitor
+from service.capture.online import OnlineQuality
 from service.capture.recorder import CaptureRecorder
 from service.capture.service import CaptureService
 from service.errors import ConfigError, UnavailableError
@@ -85,7 +87,8 @@ class App:
             on_restarted=self.adapters.engine_restarted,
             on_give_up=self.health.not_alive,
         )
-        self.capture = CaptureRecorder(self.store, self.metrics)
+        online = OnlineQuality(self.metrics)
+        self.capture = CaptureRecorder(self.store, self.metrics, online)
         self.generator = Generator(
             engine=engine,
             adapters=self.adapters,
@@ -164,9 +167,17 @@ class App:
             ),
         )
         self.runner.attach(self.jobs)
+        self.drift = DriftMonitor(
+            store=self.store,
+            adapters=self.adapters,
+            metrics=self.metrics,
+            targets=self.capture.targets,
+            interval=settings.drift_interval_seconds,
+        )
         self.captures = CaptureService(
             store=self.store,
             recorder=self.capture,
+            online=online,
             uploads=self.uploads,
             metrics=self.metrics,
             label=self.adapters.label,
@@ -283,6 +294,7 @@ class App:
         self._capture_tasks = [
             asyncio.create_task(self.capture.run(), name="capture-writer"),
             asyncio.create_task(self.capture.sweep(), name="capture-sweep"),
+            asyncio.create_task(self.drift.run(), name="drift"),
         ]
         if not self.store.exclusive:  # other processes write it too
             self._store_tasks = [

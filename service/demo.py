@@ -6,11 +6,14 @@ on it through a job (live progress) that registers it with the engine and evalua
 the base model (two bundled benchmarks, schema adherence, win rate with the reference judge),
 with gates an honestly trained adapter passes, so it is promoted to an alias; evaluates it again
 with a deliberately strict gate to show a block; answers held-out questions with the base model
-and the alias side by side; shows the metrics; then stops the server with SIGTERM as a rollout
-would.
+and the alias side by side; runs one round of the production loop (captures traffic through the
+alias, rates each answer against the GSM8K reference and corrects the wrong ones, exports that as
+a dataset and trains a second adapter on it); shows the metrics; then stops the server with
+SIGTERM as a rollout would.
 """
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +26,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from adapterd.v1 import evaluation_pb2, inference_pb2, jobs_pb2, server_pb2
+from adapterd.v1 import capture_pb2, evaluation_pb2, inference_pb2, jobs_pb2, server_pb2
 from service.client.api import Client
 from service.client.job_commands import follow_job
 from service.settings import ServerSettings
@@ -33,6 +36,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 GSM8K = Path(__file__).resolve().parents[1] / "data/gsm8k/train_slice.jsonl"
 ADAPTER, ALIAS = "gsm8k", "gsm8k-prod"
 TASKS = ["adapterd_gsm8k", "adapterd_arith_mc"]
+LOOP_ADAPTER = "gsm8k-loop"
+FINAL_NUMBER = re.compile(r"####\s*(-?[\d,.]+)")
+"""A GSM8K answer's final line, `#### 72`."""
 STRICT_GATE = {"metric": "GATE_METRIC_TASK", "task": "adapterd_gsm8k",
                "task_metric": "exact_match,strict-match", "comparator": "COMPARATOR_GE",
                "threshold": 0.9}  # fmt: skip
@@ -47,15 +53,17 @@ class DemoPlan:
     schema_questions: int
     answer_tokens: int  # of each side-by-side answer
     expect_promotion: bool  # whether the honest gates must pass for the demo to succeed
+    loop_requests: int  # captured through the alias in the production-loop round
+    loop_steps: int  # of the second job, trained on the exported traffic
 
 
 # The demo of `make demo`: an adapter trained on 256 rows passes the honest gates.
 FULL = DemoPlan(train_rows=256, questions=20, schema_questions=10, answer_tokens=160,
-                expect_promotion=True)  # fmt: skip
+                expect_promotion=True, loop_requests=6, loop_steps=3)  # fmt: skip
 # `--quick`: the whole flow in a few minutes (and in CI on a tiny model); 16 rows teach
 # too little to expect the gates to pass, so a block there is shown, not an error.
 QUICK = DemoPlan(train_rows=16, questions=4, schema_questions=2, answer_tokens=24,
-                 expect_promotion=False)  # fmt: skip
+                 expect_promotion=False, loop_requests=3, loop_steps=1)  # fmt: skip
 
 # Sizing the plan to the machine, so `make demo` ends within 15 minutes on a slow CPU too.
 TOKENS_PER_ROW = 223
@@ -202,7 +210,17 @@ def run_demo(
         shown = [
             line
             for line in page.splitlines()
-            if line.startswith(("adapterd_engine_ready", "adapterd_generated_tokens_total"))
+            if line.startswith(
+                (
+                    "adapterd_engine_ready",
+                    "adapterd_generated_tokens_total",
+                    "adapterd_captures_total",
+                    "adapterd_feedback_rating_sum",
+                    "adapterd_feedback_rating_count",
+                    "adapterd_feedback_total",
+                    "adapterd_capture_redactions_total",
+                )
+            )
         ]
         _say(f"{metrics_url}:\n  " + "\n  ".join(shown))
         if keep_running:
@@ -272,7 +290,65 @@ def _train_and_compare(client: Client, data_dir: Path, plan: DemoPlan) -> int:
             answer = reply.text.strip().splitlines() or [""]
             who = f"{adapter} ({reply.adapter_version})" if adapter else "base model"
             _say(f"  {who:>22}: ... {answer[-1][:100]}")
-    return 0
+    # A capture policy covers a name or alias (every version of it), not one version.
+    target = ALIAS if answering == ALIAS else ADAPTER
+    return _production_loop(client, target, plan, rows[-2 - plan.loop_requests : -2])
+
+
+def final_number(text: str) -> str | None:
+    """The number of a GSM8K answer's `#### N` line, without thousands separators. Pure."""
+    found = FINAL_NUMBER.findall(text)
+    return found[-1].replace(",", "").rstrip(".") if found else None
+
+
+def _production_loop(client: Client, target: str, plan: DemoPlan, rows: list[str]) -> int:
+    """Traffic through `target`, captured and redacted; each answer rated against the GSM8K
+    reference (a wrong one corrected with it); the rated traffic exported as a dataset that a
+    second job trains on."""
+    _say(f"production loop: capturing every request to {target}")
+    client.set_capture_policy(target, rate=1.0, retention_seconds=86400)
+    right = 0
+    for n, row in enumerate(json.loads(line) for line in rows):
+        question = row["prompt"]
+        if n == 0:  # what a user might paste: it never reaches the store
+            question = f"(reply to sam.doe@example.com) {question}"
+        request = inference_pb2.GenerateRequest(
+            adapter=target,
+            sampling=inference_pb2.SamplingParams(max_tokens=plan.answer_tokens),
+        )
+        request.chat.messages.add(role="user", content=question)
+        reply = client.generate(request)
+        correct = final_number(reply.text) == final_number(row["completion"])
+        right += correct
+        feedback = capture_pb2.SubmitFeedbackRequest(capture_id=reply.capture_id)
+        if correct:
+            feedback.score = 5
+        else:
+            feedback.score, feedback.flagged = 1, True
+            feedback.flag_reason = "wrong final answer"
+            feedback.correction = row["completion"]
+        client.submit_feedback(feedback)
+    mine = capture_pb2.CaptureFilter(target=target)
+    first = client.list_captures(capture_pb2.ListCapturesRequest(filter=mine)).captures[0]
+    stored = json_format.MessageToDict(first.request)["messages"][0]["content"]
+    _say(
+        f"  {len(rows)} answers captured and rated ({right} right, {len(rows) - right} corrected"
+        f"); stored as: {stored[:60]!r}... (redacted: {dict(first.redacted)})"
+    )
+    exported = client.export_captures(
+        capture_pb2.ExportCapturesRequest(filter=mine, min_rating=4, corrections=True)
+    )
+    client.delete_capture_policy(target)
+    _say(f"  exported {exported.rows} rows as {exported.upload_id}; training {LOOP_ADAPTER} on it")
+    spec = json_format.ParseDict(
+        {
+            "data": {"datasets": [{"dataset_id": exported.upload_id}]},
+            "training": {"max_steps": plan.loop_steps, "batch_size": 2, "learning_rate": 1e-3},
+            "adapter_name": LOOP_ADAPTER,
+        },
+        jobs_pb2.TrainSpec(),
+    )
+    return follow_job(client, client.submit_job(spec).id, as_json=False)
 
 
 def _report(client: Client, job_id: str, data_dir: Path) -> dict[str, Any]:

@@ -264,6 +264,38 @@ class Metrics:
             ["adapter", "kind"],
             registry=self.registry,
         )
+        self.feedback_rating = Histogram(
+            "adapterd_feedback_rating",
+            "Ratings of captured answers (1-5; a thumbs up is 5, down 1), by adapter.",
+            ["adapter"],
+            buckets=(1, 2, 3, 4, 5),
+            registry=self.registry,
+        )
+
+        self.online_schema_checks = Counter(
+            "adapterd_online_schema_checks",
+            "Captured answers checked against their capture policy's JSON Schema, by adapter and "
+            "outcome (valid, invalid, not_json).",
+            ["adapter", "outcome"],
+            registry=self.registry,
+        )
+        self.online_quality = Gauge(
+            "adapterd_online_quality",
+            "Quality of this process's captured traffic by adapter, over its last 200 captures "
+            "or ratings: schema_valid_rate, schema_parse_rate (beside adapterd_eval_quality's "
+            "offline numbers), mean_rating (1-5), flag_rate.",
+            ["adapter", "metric"],
+            registry=self.registry,
+        )
+
+        self.drift = Gauge(
+            "adapterd_drift",
+            "Prompt drift of the last hour's captured traffic from the adapter's training "
+            "prompts, by adapter and metric: centroid_distance (cosine, MiniLM embeddings), mmd "
+            "and mmd_p_value (kernel two-sample test), length_ks (prompt lengths), prompts.",
+            ["adapter", "metric"],
+            registry=self.registry,
+        )
 
     def record_engine_stats(self, stats: EngineStats) -> None:
         """Takes the engine's scheduler stats after a step (called by the engine)."""
@@ -296,6 +328,10 @@ class Metrics:
             self.eval_timestamp,
             self.captures,
             self.feedback,
+            self.feedback_rating,
+            self.online_schema_checks,
+            self.online_quality,
+            self.drift,
         )
 
 

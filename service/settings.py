@@ -289,6 +289,13 @@ class ServerSettings(BaseSettings):
     judge_api_key: SecretStr | None = Field(
         None, description="Bearer token sent to the judge_urls servers (unset: none)."
     )
+    drift_interval_seconds: float = Field(
+        60.0,
+        ge=1,
+        le=86400,
+        description="How often prompt drift is measured per captured adapter or alias, over the "
+        "prompts captured in the last hour, against the adapter's training prompts.",
+    )
     eval_concurrency: int = Field(
         256,
         ge=1,

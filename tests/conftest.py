@@ -91,6 +91,7 @@ def server(
     process.extra_flags += [
         "--judge-urls", f"self={process.http_url},garbage={garbage_judge}",
         "--judge-api-key", TOKENS[0]["token"],
+        "--drift-interval-seconds", "2",
         *shared_store_flags(request),
     ]  # fmt: skip
     process.start()

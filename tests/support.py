@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -130,18 +131,31 @@ def adapter_limits(root: Path, base_dir: Path, max_bytes: int) -> "AdapterLimits
     )
 
 
-def assert_promtool_accepts(page: str) -> None:
-    """`promtool check metrics` passes on a metrics page. Where promtool is not installed the
-    test is skipped with the install hint, except in CI (`CI` set), where it fails."""
+def _promtool(*args: str, given: str = "") -> None:
+    """`promtool check ...` passes (`given` on standard input). Where promtool is not installed
+    the test is skipped with the install hint, except in CI (`CI` set), where it fails."""
     promtool = shutil.which("promtool")
     if promtool is None:
         if os.environ.get("CI"):
             pytest.fail("promtool is missing in CI: .ci/run installs Debian's prometheus")
         pytest.skip("promtool not installed (apt-get install prometheus)")
     checked = subprocess.run(
-        [promtool, "check", "metrics"], input=page, capture_output=True, text=True, check=False
+        [promtool, "check", *args], input=given, capture_output=True, text=True, check=False
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def assert_promtool_accepts(page: str) -> None:
+    """`promtool check metrics` passes on a metrics page."""
+    _promtool("metrics", given=page)
+
+
+def assert_promtool_accepts_rules(rules: str) -> None:
+    """`promtool check rules` passes on a rules file's YAML."""
+    with tempfile.NamedTemporaryFile("w", suffix=".rules.yaml") as file:
+        file.write(rules)
+        file.flush()
+        _promtool("rules", file.name)
 
 
 def find_postgres_bin() -> Path | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import DatasetSpec, DataSpec
+from trainer.drift import prompt_text
 from trainer.formats import FieldProblem, RowError, Turn, normalize
 from trainer.masking import Example, render_trained, tokenize
 from trainer.pii import Redacted, redact
@@ -105,6 +106,8 @@ class PreparedData:
     train: list[Example]
     eval: list[Example]
     report: DataReport
+    prompts: list[str]
+    """The training rows' prompts (their user turns), for the adapter's drift reference."""
 
 
 class DataRejectedError(Exception):
@@ -397,4 +400,5 @@ def prepare_data(spec: DataSpec, tokenizer: Any, seed: int) -> PreparedData:
         train=examples,
         eval=[r.example for r in eval_records if r.example is not None],
         report=report,
+        prompts=[prompt_text((t.role, t.content) for t in r.turns) for r in train if r.example],
     )

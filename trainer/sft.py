@@ -41,6 +41,7 @@ from trainer.config import TrainConfig
 from trainer.contract import ExitCode, FailureReason, TrainerEvent
 from trainer.data import MAX_PROBLEMS_SHOWN, DataRejectedError, PreparedData, prepare_data
 from trainer.distributed import ALONE, Group
+from trainer.drift import write_reference
 from trainer.events import EventWriter
 from trainer.files import fresh_staging, publish_dir
 from trainer.hardware import resolve_precision
@@ -306,6 +307,7 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
         data_summary=summary,
     )
     curve_csv, curve_png = write_loss_curve(state, config.output_dir)
+    write_reference(data.prompts, config.output_dir)
     events.emit(
         TrainerEvent.DONE,
         status="succeeded",

@@ -18,6 +18,7 @@ from service.adapters.registry import check_name
 from service.errors import AdapterdError
 from service.jobs.model import Job, JobResult, JobSpec
 from service.store.base import AdapterRecord, Store
+from trainer.drift import REFERENCE_FILE
 from trainer.files import fresh_staging, publish_dir
 
 JOB_ADAPTERS = "jobs"
@@ -25,14 +26,16 @@ JOB_ADAPTERS = "jobs"
 
 
 def install_job_adapter(job_dir: Path, adapter_root: Path, job_id: str) -> str:
-    """Copies a finished job's adapter and manifest to `jobs/<job id>` under the adapter root:
-    written to a staging directory, then renamed into place, so a reader never sees half of it.
-    Returns the path relative to the root. Blocking file I/O."""
+    """Copies a finished job's adapter, manifest and drift reference to `jobs/<job id>` under
+    the adapter root: written to a staging directory, then renamed into place, so a reader
+    never sees half of it. Returns the path relative to the root. Blocking file I/O."""
     relative = f"{JOB_ADAPTERS}/{job_id}"
     target = adapter_root / relative
     staging = fresh_staging(target)
     shutil.copytree(job_dir / "adapter", staging, dirs_exist_ok=True)
     shutil.copy2(job_dir / "manifest.json", staging / "manifest.json")
+    if (job_dir / REFERENCE_FILE).is_file():  # trainers before drift wrote none
+        shutil.copy2(job_dir / REFERENCE_FILE, staging / REFERENCE_FILE)
     return str(publish_dir(staging, target).relative_to(adapter_root))
 
 

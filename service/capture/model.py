@@ -57,6 +57,9 @@ class CapturePolicy:
     """The share of requests captured, in (0, 1]."""
     retention_seconds: float
     created: float
+    schema: dict[str, Any] | None = None
+    """A JSON Schema the target's answers must satisfy: each captured answer is checked
+    against it (online schema adherence)."""
 
 
 def check_policy(rate: float, retention_seconds: float) -> None:

@@ -4,9 +4,11 @@
 (kept in step with the store: reread after this process changes a policy, when another
 process's change is heard, and every CAPTURE_SYNC_SECONDS) and one random draw against its
 rate. `record` only queues the capture (a bounded queue; a full one drops it and counts the
-drop, so serving never waits for the store). `run` is the single writer: it redacts each capture
-in a worker thread, then stores it. `sweep` deletes expired captures (on a shared store one
-process at a time, by the store's lock).
+drop, so serving never waits for the store). `run` is the single writer: it takes what has
+queued up (at most BATCH), redacts it in a worker thread, then stores it in one transaction (one
+commit, one fsync on SQLite, however busy the server is); where the policy carries a JSON
+Schema, the answer is checked against it in the same thread (`OnlineQuality`). `sweep` deletes
+expired captures (on a shared store one process at a time, by the store's lock).
 """
 
 import asyncio
@@ -16,14 +18,19 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from eval.schema import validator_of
 from service.capture.model import Capture, CapturePolicy, policy_for, redact_capture
+from service.capture.online import OnlineQuality, SchemaOutcome, schema_outcome
 from service.errors import AdapterdError
 from service.metrics import Metrics
 from service.store.base import Store
 
 QUEUE_SIZE = 1024
 """Captures waiting for the writer; past it a capture is dropped (and counted)."""
+BATCH = 64
+"""The most captures the writer stores in one transaction."""
 CAPTURE_SYNC_SECONDS = 5.0
 SWEEP_SECONDS = 60.0
 SETTLE_SECONDS = 10.0
@@ -45,15 +52,18 @@ class CaptureRecorder:
         self,
         store: Store,
         metrics: Metrics,
+        online: OnlineQuality,
         *,
         queue_size: int = QUEUE_SIZE,
         draw: Callable[[], float] = random.random,
     ) -> None:
         self._store = store
         self._metrics = metrics
+        self._online = online
         self._draw = draw
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue(queue_size)
         self._policies: dict[tuple[str, str], CapturePolicy] = {}
+        self._validators: dict[tuple[str, str], Any] = {}
         self._pending: dict[str, asyncio.Event] = {}
         self._changed = asyncio.Event()
 
@@ -61,6 +71,11 @@ class CaptureRecorder:
     async def refresh(self) -> None:
         """Rereads the policies from the store."""
         self._policies = {(p.tenant, p.target): p for p in await self._store.capture_policies()}
+        self._validators = {
+            key: validator_of(policy.schema)
+            for key, policy in self._policies.items()
+            if policy.schema is not None
+        }
 
     def changed(self) -> None:
         """Another process changed a policy: reread them soon."""
@@ -76,6 +91,10 @@ class CaptureRecorder:
                 await self.refresh()
             except AdapterdError as exc:  # the database is away: the next round retries
                 logger.warning("capture policy refresh: %s", exc)
+
+    def targets(self) -> list[str]:
+        """The targets some tenant's policy captures."""
+        return sorted({target for _, target in self._policies})
 
     def decide(self, tenant: str, requested: str) -> CapturePolicy | None:
         """The policy under which `tenant`'s request for `requested` is captured; None: it is
@@ -104,31 +123,38 @@ class CaptureRecorder:
                 await asyncio.wait_for(pending.wait(), SETTLE_SECONDS)
 
     async def run(self) -> None:
-        """Writes queued captures, one at a time, until cancelled."""
+        """Writes queued captures, a batch at a time, until cancelled."""
         while True:
-            queued = await self._queue.get()
+            batch = [await self._queue.get()]
+            while len(batch) < BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
             try:
-                await self._write(queued)
+                await self._write(batch)
             finally:
-                done = self._pending.pop(queued.capture.id, None)
-                if done is not None:
-                    done.set()
-                self._queue.task_done()
+                for queued in batch:
+                    done = self._pending.pop(queued.capture.id, None)
+                    if done is not None:
+                        done.set()
+                    self._queue.task_done()
 
-    async def _write(self, queued: _Queued) -> None:
+    async def _write(self, batch: list[_Queued]) -> None:
         try:
-            capture = await asyncio.to_thread(redact_capture, queued.capture)
-            await self._store.add_capture(capture)
-        except AdapterdError as exc:  # the database is away
-            logger.warning("capture %s dropped: %s", queued.capture.id, exc)
-            self._metrics.captures.labels(queued.label, "store_error").inc()
+            checked = await asyncio.to_thread(_checked, batch, self._validators)
+            captures = [capture for capture, _ in checked]
+            await self._store.add_captures(captures)
+        except Exception as exc:  # the batch is lost; the writer goes on with the next
+            if isinstance(exc, AdapterdError):  # the database is away
+                logger.warning("%d captures dropped: %s", len(batch), exc)
+            else:  # our bug
+                logger.exception("%d captures dropped", len(batch))
+            for queued in batch:
+                self._metrics.captures.labels(queued.label, "store_error").inc()
             return
-        except Exception:  # our bug: logged, and the writer goes on with the next
-            logger.exception("capture %s dropped", queued.capture.id)
-            self._metrics.captures.labels(queued.label, "store_error").inc()
-            return
-        self._metrics.captures.labels(queued.label, "stored").inc()
-        count_redactions(self._metrics, capture.redacted)
+        for queued, (capture, outcome) in zip(batch, checked, strict=True):
+            self._metrics.captures.labels(queued.label, "stored").inc()
+            count_redactions(self._metrics, capture.redacted)
+            if outcome is not None:
+                self._online.schema_checked(queued.label, [outcome])
 
     async def drain(self, grace: float) -> None:
         """Waits, at most `grace` seconds, for the queued captures to be written."""
@@ -145,6 +171,20 @@ class CaptureRecorder:
             else:
                 self._metrics.captures_expired.inc(deleted)
             await asyncio.sleep(interval)
+
+
+def _checked(
+    batch: list[_Queued], validators: Mapping[tuple[str, str], Any]
+) -> list[tuple[Capture, SchemaOutcome | None]]:
+    """Each capture redacted, with its answer (as the model gave it) checked against its
+    policy's schema if it has one."""
+    checked = []
+    for queued in batch:
+        capture = queued.capture
+        validator = validators.get((capture.tenant, capture.target))
+        outcome = None if validator is None else schema_outcome(validator, capture.answer)
+        checked.append((redact_capture(capture), outcome))
+    return checked
 
 
 def count_redactions(metrics: Metrics, counts: Mapping[str, int]) -> None:

@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable
 
+from eval.prompts import read_schema
 from service.auth import Principal
 from service.authz import qualify_read, visible_tenant
 from service.capture.model import (
@@ -28,6 +29,7 @@ from service.capture.model import (
     export_rows,
     redact_feedback,
 )
+from service.capture.online import OnlineQuality
 from service.capture.recorder import CaptureRecorder, count_redactions
 from service.errors import (
     FailedPreconditionError,
@@ -60,12 +62,14 @@ class CaptureService:
         *,
         store: Store,
         recorder: CaptureRecorder,
+        online: OnlineQuality,
         uploads: UploadService,
         metrics: Metrics,
         label: Callable[[str], str],
     ) -> None:
         self._store = store
         self._recorder = recorder
+        self._online = online
         self._uploads = uploads
         self._metrics = metrics
         self._label = label
@@ -73,17 +77,32 @@ class CaptureService:
 
     # ---- policies
     async def set_policy(
-        self, principal: Principal, target: str, rate: float, retention_seconds: float
+        self,
+        principal: Principal,
+        target: str,
+        rate: float,
+        retention_seconds: float,
+        schema_upload: str = "",
     ) -> CapturePolicy:
-        """Stores (or replaces) the caller's tenant's policy for `target`.
+        """Stores (or replaces) the caller's tenant's policy for `target`; with the JSON Schema
+        of `schema_upload` (one of the caller's uploads), every captured answer is checked
+        against it.
 
         Raises:
             InvalidArgumentError: a bad target, rate or retention, naming it.
-            NotFoundError: a target the caller may not read.
+            NotFoundError: a target the caller may not read, or no such schema upload.
         """
         qualified = _target(principal, target)
         check_policy(rate, retention_seconds)
-        policy = CapturePolicy(principal.tenant, qualified, rate, retention_seconds, time.time())
+        schema = None
+        if schema_upload:
+            path = await self._uploads.path_of(
+                principal, schema_upload, UploadKind.JSON_SCHEMA, "schema_upload"
+            )
+            schema = await asyncio.to_thread(read_schema, path)  # checked when it was uploaded
+        policy = CapturePolicy(
+            principal.tenant, qualified, rate, retention_seconds, time.time(), schema
+        )
         await self._store.set_capture_policy(policy)
         await self._recorder.refresh()
         return policy
@@ -165,6 +184,9 @@ class CaptureService:
         ):
             if given:
                 self._metrics.feedback.labels(label, kind).inc()
+        if feedback.rating is not None:
+            self._metrics.feedback_rating.labels(label).observe(feedback.rating)
+        self._online.feedback_given(label, feedback.rating, feedback.flagged)
         count_redactions(self._metrics, redacted.added)
         return stored
 

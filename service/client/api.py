@@ -220,12 +220,13 @@ class Client:
         return self.call(self.adapters.SetAlias, request, adapters_pb2.SetAliasResponse)
 
     def set_capture_policy(
-        self, target: str, rate: float, retention_seconds: float
+        self, target: str, rate: float, retention_seconds: float, schema_upload: str = ""
     ) -> capture_pb2.CapturePolicy:
         """SetCapturePolicy."""
         request = capture_pb2.SetCapturePolicyRequest(
-            target=target, rate=rate, retention_seconds=retention_seconds
-        )
+            target=target, rate=rate, retention_seconds=retention_seconds,
+            schema_upload=schema_upload,
+        )  # fmt: skip
         return self.call(self.capture.SetCapturePolicy, request, capture_pb2.CapturePolicy)
 
     def capture_policies(self) -> list[capture_pb2.CapturePolicy]:

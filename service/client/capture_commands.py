@@ -33,8 +33,10 @@ def _filter(args: argparse.Namespace) -> capture_pb2.CaptureFilter:
 def _capture(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     action = args.action
     if action == "set":
-        days = args.retention_days
-        show(client.set_capture_policy(args.policy_target, args.rate, days * 86400), as_json)
+        policy = client.set_capture_policy(
+            args.policy_target, args.rate, args.retention_days * 86400, args.schema_upload
+        )
+        show(policy, as_json)
     elif action == "unset":
         client.delete_capture_policy(args.policy_target)
     elif action == "list":
@@ -95,6 +97,9 @@ def add_capture_commands(commands: Any) -> dict[str, Command]:
     )
     policy.add_argument("--rate", type=float, default=1.0, help="Share captured, in (0, 1].")
     policy.add_argument("--retention-days", type=float, default=30.0, help="Days kept.")
+    policy.add_argument(
+        "--schema-upload", default="", help="A JSON Schema upload the answers must satisfy."
+    )
     unset = actions.add_parser("unset", help="Stop capturing TARGET.")
     unset.add_argument("policy_target", metavar="TARGET")
     actions.add_parser("list", help="Your capture policies.")

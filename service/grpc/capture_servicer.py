@@ -27,7 +27,11 @@ class CaptureServicer(capture_pb2_grpc.CaptureServicer):
         self, request: capture_pb2.SetCapturePolicyRequest, context: aio.ServicerContext[Any, Any]
     ) -> capture_pb2.CapturePolicy:
         policy = await self._captures.set_policy(
-            current_principal.get(), request.target, request.rate, request.retention_seconds
+            current_principal.get(),
+            request.target,
+            request.rate,
+            request.retention_seconds,
+            request.schema_upload,
         )
         return capture_policy_to_proto(policy)
 

@@ -1,5 +1,6 @@
 """Conversions between domain objects and adapterd.v1 protobuf messages, in one place."""
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -391,6 +392,7 @@ def capture_policy_to_proto(policy: CapturePolicy) -> capture_pb2.CapturePolicy:
         rate=policy.rate,
         retention_seconds=policy.retention_seconds,
         created=_timestamp(policy.created),
+        json_schema="" if policy.schema is None else json.dumps(policy.schema),
     )
 
 

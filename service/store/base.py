@@ -351,8 +351,8 @@ class Store(Protocol):
     async def delete_capture_policy(self, tenant: str, target: str) -> bool:
         """Removes the tenant's policy for `target`; whether there was one."""
 
-    async def add_capture(self, capture: Capture) -> None:
-        """Stores a (redacted) capture."""
+    async def add_captures(self, captures: Sequence[Capture]) -> None:
+        """Stores (redacted) captures, in order, in one transaction."""
 
     async def get_capture(self, capture_id: str) -> Capture | None:
         """The capture, or None."""

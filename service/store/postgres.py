@@ -28,7 +28,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -107,7 +107,7 @@ _JOB_MARKS = ", ".join(["%s"] * len(_JOB_COLUMNS))
 _UPLOAD_COLUMNS = "id, tenant, kind, name, path, sha256, size, stored, files, created"
 _ADAPTER_COLUMNS = "name, version, path, sha256, rank, base_model, created, pinned"
 _CAPTURES = ", ".join(CAPTURE_COLUMNS)
-_POLICY_COLUMNS = "tenant, target, rate, retention_seconds, created"
+_POLICY_COLUMNS = "tenant, target, rate, retention_seconds, created, schema"
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -551,11 +551,12 @@ class PostgresStore:
     async def set_capture_policy(self, policy: CapturePolicy) -> None:
         async with self._connection() as conn:
             await conn.execute(
-                f"INSERT INTO capture_policies ({_POLICY_COLUMNS}) VALUES (%s, %s, %s, %s, %s) "
-                "ON CONFLICT (tenant, target) DO UPDATE SET (rate, retention_seconds, created) "
-                "= (EXCLUDED.rate, EXCLUDED.retention_seconds, EXCLUDED.created)",
+                f"INSERT INTO capture_policies ({_POLICY_COLUMNS}) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant, target) DO UPDATE "
+                "SET (rate, retention_seconds, created, schema) = (EXCLUDED.rate, "
+                "EXCLUDED.retention_seconds, EXCLUDED.created, EXCLUDED.schema)",
                 (policy.tenant, policy.target, policy.rate, policy.retention_seconds,
-                 policy.created),
+                 policy.created, None if policy.schema is None else Jsonb(policy.schema)),
             )  # fmt: skip
             await self._notify(conn, Change.CAPTURE, policy.tenant)
 
@@ -574,14 +575,17 @@ class PostgresStore:
             await self._notify(conn, Change.CAPTURE, tenant)
             return deleted.rowcount > 0
 
-    async def add_capture(self, capture: Capture) -> None:
-        values = tuple(
-            Jsonb(v) if name in CAPTURE_JSON else v
-            for name, v in zip(CAPTURE_COLUMNS, capture_values(capture), strict=True)
-        )
+    async def add_captures(self, captures: Sequence[Capture]) -> None:
+        rows = [
+            tuple(
+                Jsonb(v) if name in CAPTURE_JSON else v
+                for name, v in zip(CAPTURE_COLUMNS, capture_values(capture), strict=True)
+            )
+            for capture in captures
+        ]
         marks = ", ".join(["%s"] * len(CAPTURE_COLUMNS))
-        async with self._connection() as conn:
-            await conn.execute(f"INSERT INTO captures ({_CAPTURES}) VALUES ({marks})", values)
+        async with self._connection() as conn, conn.cursor() as cursor:
+            await cursor.executemany(f"INSERT INTO captures ({_CAPTURES}) VALUES ({marks})", rows)
 
     async def get_capture(self, capture_id: str) -> Capture | None:
         async with self._connection() as conn:

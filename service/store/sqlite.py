@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -153,6 +153,7 @@ MIGRATIONS = [
         rate REAL NOT NULL,
         retention_seconds REAL NOT NULL,
         created REAL NOT NULL,
+        schema TEXT,
         PRIMARY KEY (tenant, target)
     );
     CREATE TABLE captures (
@@ -191,7 +192,7 @@ _JSON_FIELDS = ("spec", "result")
 _UPLOAD_COLUMNS = "id, tenant, kind, name, path, sha256, size, stored, files, created"
 _UPLOAD_MARKS = ", ".join("?" * len(_UPLOAD_COLUMNS.split(",")))
 _CAPTURES = ", ".join(CAPTURE_COLUMNS)
-_POLICY_COLUMNS = "tenant, target, rate, retention_seconds, created"
+_POLICY_COLUMNS = "tenant, target, rate, retention_seconds, created, schema"
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -550,9 +551,9 @@ class SqliteStore:
         await self._run(
             lambda db: db.execute(
                 f"INSERT OR REPLACE INTO capture_policies ({_POLICY_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 (policy.tenant, policy.target, policy.rate, policy.retention_seconds,
-                 policy.created),
+                 policy.created, None if policy.schema is None else json.dumps(policy.schema)),
             )
         )  # fmt: skip
 
@@ -561,7 +562,10 @@ class SqliteStore:
             rows = db.execute(
                 f"SELECT {_POLICY_COLUMNS} FROM capture_policies ORDER BY tenant, target"
             )
-            return [CapturePolicy(**dict(row)) for row in rows]
+            return [
+                CapturePolicy(**{**row, "schema": row["schema"] and json.loads(row["schema"])})
+                for row in map(dict, rows)
+            ]
 
         return await self._run(work)
 
@@ -574,17 +578,21 @@ class SqliteStore:
 
         return await self._run(work)
 
-    async def add_capture(self, capture: Capture) -> None:
-        values = tuple(
-            json.dumps(v) if name in CAPTURE_JSON else v
-            for name, v in zip(CAPTURE_COLUMNS, capture_values(capture), strict=True)
-        )
+    async def add_captures(self, captures: Sequence[Capture]) -> None:
+        rows = [
+            tuple(
+                json.dumps(v) if name in CAPTURE_JSON else v
+                for name, v in zip(CAPTURE_COLUMNS, capture_values(capture), strict=True)
+            )
+            for capture in captures
+        ]
 
         def work(db: sqlite3.Connection) -> None:
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM captures").fetchone()[0]
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM captures").fetchone()[0]
             marks = ", ".join("?" * len(CAPTURE_COLUMNS))
-            db.execute(
-                f"INSERT INTO captures (seq, {_CAPTURES}) VALUES (?, {marks})", (seq, *values)
+            db.executemany(
+                f"INSERT INTO captures (seq, {_CAPTURES}) VALUES (?, {marks})",
+                [(seq + n, *row) for n, row in enumerate(rows, start=1)],
             )
 
         await self._run(work)

@@ -2,18 +2,21 @@
 server and the workers need (probes, grace, volumes, ports, the shared store) and are valid
 Kubernetes objects; the worker pool's autoscaling query counts what a worker would do."""
 
+import re
 import time
 from typing import Any
 
 import kubernetes_validate
 import psycopg
 import pytest
+import yaml
 
 from service.grpc.server import ENGINE_BACKED_SERVICES, INFERENCE_SERVICE, LIVE_SERVICES
 from service.jobs.model import Job, JobKind, JobState, Work
+from service.metrics import Metrics
 from service.settings import SERVER_ENV_PREFIX, ServerSettings, load_settings
 from service.store.postgres import PostgresStore
-from tests.support import DEPLOY, Manifests, kustomize
+from tests.support import DEPLOY, Manifests, assert_promtool_accepts_rules, kustomize
 
 # The engine's shutdown after the drain (vLLM stops its core process), with margin.
 ENGINE_SHUTDOWN_SECONDS = 15
@@ -21,7 +24,9 @@ ENGINE_SHUTDOWN_SECONDS = 15
 KUBERNETES_VERSION = "1.33.0"
 # Kinds of custom resources (KEDA, Prometheus Operator, Gateway API Inference Extension): no
 # schema is bundled; their tests check what they mean instead.
-CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "InferencePool"}
+CUSTOM_KINDS = {
+    "ScaledObject", "TriggerAuthentication", "ServiceMonitor", "InferencePool", "PrometheusRule",
+}  # fmt: skip
 
 KUSTOMIZATIONS = ["base", "overlays/cpu", "overlays/scale-out", "overlays/inference-pool"]
 SCALED_OUT = ["overlays/scale-out", "overlays/inference-pool"]
@@ -86,6 +91,20 @@ def test_every_built_in_object_is_valid_for_kubernetes(manifests):
 def test_each_custom_kind_left_unvalidated_is_one_the_manifests_use(rendered):
     used = {kind for manifests in rendered.values() for kind, _ in manifests}
     assert used >= CUSTOM_KINDS
+
+
+def test_the_alert_rules_pass_promtool_and_query_only_metrics_adapterd_exports(rendered):
+    groups = rendered["base"][("PrometheusRule", "adapterd")]["spec"]["groups"]
+    assert_promtool_accepts_rules(yaml.safe_dump({"groups": groups}))
+    exported = {m._name for m in Metrics().per_adapter()}
+    queried = {
+        name
+        for group in groups
+        for rule in group["rules"]
+        for name in re.findall(r"\badapterd_[a-z_]+", rule["expr"])
+    }
+    assert queried and queried <= exported
+    assert {r["alert"] for g in groups for r in g["rules"]} >= {"AdapterdPromptDrift"}
 
 
 def test_the_single_node_base_is_one_replica_recreated_with_one_gpu(rendered):

@@ -6,6 +6,7 @@ CREATE TABLE capture_policies (
     rate DOUBLE PRECISION NOT NULL,
     retention_seconds DOUBLE PRECISION NOT NULL,
     created DOUBLE PRECISION NOT NULL,
+    schema JSONB,  -- the JSON Schema captured answers are checked against; NULL: none
     PRIMARY KEY (tenant, target)
 );
 CREATE TABLE captures (

@@ -5,6 +5,7 @@ trains a job."""
 
 import json
 import shutil
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -12,8 +13,10 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import json_format
+from prometheus_client.parser import text_string_to_metric_families
 
 from adapterd.v1 import capture_pb2, inference_pb2, jobs_pb2
+from eval.prompts import bundled_prompts, read_prompts
 from service.client.api import Client
 from service.client.cli import main
 from tests.support import ADMIN_TOKEN, OTHER_USER_TOKEN, USER_TOKEN
@@ -104,6 +107,58 @@ def test_a_policy_captures_its_targets_requests_redacted_with_the_replys_id(serv
     assert owner.generate(chat("cap-live")).capture_id == ""
 
 
+def gauges(server, name: str, adapter: str) -> dict[str, float]:
+    """The gauge `name` of `adapter` by its metric label, from the server's metrics page."""
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        page = response.read().decode()
+    return {
+        sample.labels["metric"]: sample.value
+        for family in text_string_to_metric_families(page)
+        if family.name == name
+        for sample in family.samples
+        if sample.labels["adapter"] == adapter
+    }
+
+
+def online_quality(server, adapter: str) -> dict[str, float]:
+    """adapterd_online_quality of `adapter`."""
+    return gauges(server, "adapterd_online_quality", adapter)
+
+
+def wait_for_drift(server, adapter: str, timeout: float = 60.0) -> dict[str, float]:
+    """adapterd_drift of `adapter` once the background monitor (every 2 s here) set it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := gauges(server, "adapterd_drift", adapter):
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"no drift of {adapter} after {timeout:.0f} s")
+
+
+def test_captured_answers_are_checked_against_the_policys_schema(server, owner, tmp_path):
+    schema = {"type": "object", "required": ["answer"], "additionalProperties": False,
+              "properties": {"answer": {"enum": ["yes", "no"]}}}  # fmt: skip
+    path = tmp_path / "contract.json"
+    path.write_text(json.dumps(schema))
+    upload = owner.upload_file(path, jobs_pb2.UPLOAD_KIND_JSON_SCHEMA).upload_id
+    policy = owner.set_capture_policy("cap-live", 1.0, 3600, schema_upload=upload)
+    assert json.loads(policy.json_schema) == schema
+    constrained = chat("cap-live", "Is 2 + 2 = 4? Answer as JSON.", max_tokens=24)
+    constrained.json_schema = json.dumps(schema)
+    for request in (constrained, constrained, chat("cap-live"), chat("cap-live")):
+        owner.get_capture(owner.generate(request).capture_id)  # waits until it is stored
+    owner.delete_capture_policy("cap-live")
+    # The two constrained answers satisfy it; the tiny model's free text is no JSON.
+    assert online_quality(server, "acme/cap-live") == {
+        "schema_valid_rate": 0.5, "schema_parse_rate": 0.5,
+    }  # fmt: skip
+    with Client(server.target, OTHER_USER_TOKEN) as other:  # another tenant's schema upload
+        assert (
+            code_of(lambda: other.set_capture_policy("nothing", 1.0, 3600, schema_upload=upload))
+            == grpc.StatusCode.NOT_FOUND
+        )
+
+
 def test_the_policy_rate_samples_requests(owner):
     owner.set_capture_policy("cap-quiet", rate=0.5, retention_seconds=3600)
     ids = [owner.generate(chat("cap-quiet", "Hi", max_tokens=1)).capture_id for _ in range(40)]
@@ -143,7 +198,7 @@ def test_only_the_owner_rates_a_capture_and_feedback_is_redacted(server, owner):
     assert http(server, "/feedback", USER_TOKEN, {"id": "chatcmpl-nope", "rating": 2})[0] == 404
 
 
-def test_an_export_of_rated_traffic_trains_a_job(owner):
+def test_an_export_of_rated_traffic_trains_an_adapter_whose_drift_is_measured(server, owner):
     exported = owner.export_captures(
         capture_pb2.ExportCapturesRequest(
             filter=capture_pb2.CaptureFilter(target="cap-bot"), min_rating=4, corrections=True
@@ -172,6 +227,15 @@ def test_an_export_of_rated_traffic_trains_a_job(owner):
     assert [e.data["state"] for e in events if e.kind == "state"][-1] == "succeeded", events[-3:]
     data = next(e.data for e in events if e.kind == "data")
     assert data["train_rows"] + data["eval_rows"] == 2, data
+    # Its training prompts were arithmetic questions; contact-card extraction is another task.
+    owner.set_capture_policy("from-traffic", 1.0, 3600)
+    for row in read_prompts(bundled_prompts("contact_card"), ("prompt",), 12):
+        owner.generate(chat("from-traffic", row["prompt"], max_tokens=1))
+    drifted = wait_for_drift(server, "acme/from-traffic")
+    owner.delete_capture_policy("from-traffic")
+    assert drifted["prompts"] == 12
+    assert drifted["centroid_distance"] > 0.3, drifted
+    assert drifted["length_ks"] > 0.5, drifted  # pasted contact texts are longer than sums
 
 
 def test_adapterctl_sets_a_policy_rates_and_exports(server, owner, capsys):

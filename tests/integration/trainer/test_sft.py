@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from trainer.contract import FENCE_VARIABLE
+from trainer.drift import read_reference
 from trainer.fingerprint import fingerprint
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -91,6 +92,9 @@ def test_training_moves_the_adapter_not_the_base_and_writes_the_artifacts(tmp_pa
     assert {"torch", "transformers", "peft"} <= set(manifest["libraries"])
     assert (out / "loss.png").stat().st_size > 1000
     assert len((out / "loss.csv").read_text().splitlines()) == 5  # header + 4 steps
+    reference = read_reference(out)  # the training prompts' statistics, for drift
+    assert reference is not None and reference.sample.shape[1] == 384
+    assert reference.prompts == len(reference.lengths) == len(reference.sample)
 
     events = read_events(tmp_path / "events.jsonl")
     kinds = [e["event"] for e in events]

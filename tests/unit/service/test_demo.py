@@ -1,8 +1,8 @@
-"""The demo's plan, sized from the speed the server measured."""
+"""The demo's plan, sized from the speed the server measured, and how it reads a GSM8K answer."""
 
 import pytest
 
-from service.demo import FULL, MIN_TRAIN_ROWS, QUICK, MachineSpeed, size_plan
+from service.demo import FULL, MIN_TRAIN_ROWS, QUICK, MachineSpeed, final_number, size_plan
 
 PARAMETERS = 134_515_008  # SmolLM2-135M
 
@@ -35,3 +35,12 @@ def test_quick_never_grows_and_an_unmeasured_machine_keeps_its_plan():
     assert plan.train_rows <= QUICK.train_rows
     plan, said = size_plan(FULL, MachineSpeed("bfloat16", 0.0, PARAMETERS))
     assert plan == FULL and "no matmul rate" in said
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [("so 3 + 4 = 7.\n#### 7", "7"), ("#### 1,250.", "1250"), ("#### -3\n#### 4", "4"),
+     ("The answer is 7.", None)],
+)  # fmt: skip
+def test_the_final_number_is_read_from_the_last_answer_line(text, number):
+    assert final_number(text) == number

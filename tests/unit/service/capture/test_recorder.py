@@ -8,6 +8,7 @@ import time
 import pytest
 
 from service.capture.model import Capture, CapturePolicy
+from service.capture.online import OnlineQuality
 from service.capture.recorder import CaptureRecorder
 from service.metrics import Metrics
 from service.store.sqlite import SqliteStore
@@ -21,10 +22,13 @@ async def store(tmp_path):
     await opened.close()
 
 
-def capture(n: int, text: str = "hi", expires: float | None = None) -> Capture:
+def capture(
+    n: int, text: str = "hi", expires: float | None = None, answer: str | None = None
+) -> Capture:
     return Capture(
         id=f"cap-{n}", tenant="acme", target="acme/bot", adapter_version="acme/bot@1",
-        request={"prompt": text, "sampling": {}, "json_schema": None}, answer=f"re: {text}",
+        request={"prompt": text, "sampling": {}, "json_schema": None},
+        answer=f"re: {text}" if answer is None else answer,
         finish_reason="stop", prompt_tokens=1, completion_tokens=1, latency_seconds=0.1,
         redacted={}, created=time.time(), expires=expires or time.time() + 3600,
     )  # fmt: skip
@@ -34,9 +38,14 @@ def value(metrics: Metrics, name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
+def recorder_on(store, metrics: Metrics | None = None, **kwargs) -> CaptureRecorder:
+    metrics = metrics or Metrics()
+    return CaptureRecorder(store, metrics, OnlineQuality(metrics), **kwargs)
+
+
 async def test_decisions_follow_the_policy_rate_and_tenant(store):
     draws = itertools.cycle([0.05, 0.3, 0.6, 0.9])  # half of them under the rate 0.5
-    recorder = CaptureRecorder(store, Metrics(), draw=lambda: next(draws))
+    recorder = recorder_on(store, draw=lambda: next(draws))
     assert recorder.decide("acme", "acme/bot") is None  # no policy yet
     await store.set_capture_policy(CapturePolicy("acme", "acme/bot", 0.5, 3600.0, 0.0))
     await recorder.refresh()
@@ -50,7 +59,7 @@ async def test_decisions_follow_the_policy_rate_and_tenant(store):
 
 async def test_the_writer_stores_captures_redacted_and_counts_them(store):
     metrics = Metrics()
-    recorder = CaptureRecorder(store, metrics)
+    recorder = recorder_on(store, metrics)
     writer = asyncio.create_task(recorder.run())
     recorder.record(capture(1, "mail me at ann@example.com"), "acme/bot")
     await recorder.settled("cap-1")
@@ -67,7 +76,7 @@ async def test_the_writer_stores_captures_redacted_and_counts_them(store):
 
 async def test_a_full_queue_drops_and_counts_instead_of_waiting(store):
     metrics = Metrics()
-    recorder = CaptureRecorder(store, metrics, queue_size=2)
+    recorder = recorder_on(store, metrics, queue_size=2)
     for n in range(5):
         recorder.record(capture(n), "acme/bot")  # no writer runs: the queue fills
     dropped = value(metrics, "adapterd_captures_total", adapter="acme/bot", outcome="queue_full")
@@ -82,9 +91,9 @@ async def test_a_full_queue_drops_and_counts_instead_of_waiting(store):
 
 async def test_the_sweep_deletes_expired_captures_and_counts_them(store):
     metrics = Metrics()
-    await store.add_capture(capture(1, expires=time.time() - 1))
-    await store.add_capture(capture(2))
-    sweeper = asyncio.create_task(CaptureRecorder(store, metrics).sweep(interval=0.05))
+    await store.add_captures([capture(1, expires=time.time() - 1)])
+    await store.add_captures([capture(2)])
+    sweeper = asyncio.create_task(recorder_on(store, metrics).sweep(interval=0.05))
     for _ in range(100):
         if value(metrics, "adapterd_captures_expired_total"):
             break
@@ -93,3 +102,47 @@ async def test_the_sweep_deletes_expired_captures_and_counts_them(store):
     assert value(metrics, "adapterd_captures_expired_total") == 1
     assert await store.get_capture("cap-1") is None
     assert await store.get_capture("cap-2") is not None
+
+
+async def test_what_queued_up_is_written_in_one_batch(store, monkeypatch):
+    batches: list[int] = []
+    original = store.add_captures
+
+    async def counted(captures):
+        batches.append(len(captures))
+        await original(captures)
+
+    monkeypatch.setattr(store, "add_captures", counted)
+    recorder = recorder_on(store)
+    for n in range(70):
+        recorder.record(capture(n), "acme/bot")
+    writer = asyncio.create_task(recorder.run())
+    await recorder.drain(5.0)
+    writer.cancel()
+    assert batches == [64, 6]
+    assert await store.get_capture("cap-69") is not None
+
+
+async def test_answers_are_checked_against_the_policys_schema_into_the_online_gauges(store):
+    metrics = Metrics()
+    schema = {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}
+    await store.set_capture_policy(CapturePolicy("acme", "acme/bot", 1.0, 3600.0, 0.0, schema))
+    recorder = recorder_on(store, metrics)
+    await recorder.refresh()
+    writer = asyncio.create_task(recorder.run())
+    for n, answer in enumerate(['{"n": 1}', '{"n": "one"}', "one", '```json\n{"n": 2}\n```']):
+        recorder.record(capture(n, answer=answer), "acme/bot")
+    await recorder.drain(5.0)
+    writer.cancel()
+    checks = {
+        outcome: value(metrics, "adapterd_online_schema_checks_total", adapter="acme/bot",
+                       outcome=outcome)
+        for outcome in ("valid", "invalid", "not_json")
+    }  # fmt: skip
+    assert checks == {"valid": 2, "invalid": 1, "not_json": 1}
+    quality = {
+        metric: value(metrics, "adapterd_online_quality", adapter="acme/bot", metric=metric)
+        for metric in ("schema_valid_rate", "schema_parse_rate")
+    }
+    assert quality == {"schema_valid_rate": 0.5, "schema_parse_rate": 0.75}
+    assert (await store.capture_policies())[0].schema == schema

@@ -340,7 +340,7 @@ async def test_capture_policies_are_per_tenant_and_target_and_replaced_in_place(
     first = CapturePolicy("acme", "acme/bot", 0.5, 3600.0, 1.0)
     await store.set_capture_policy(first)
     await store.set_capture_policy(CapturePolicy("globex", "acme/bot", 1.0, 60.0, 2.0))
-    replaced = CapturePolicy("acme", "acme/bot", 0.25, 7200.0, 3.0)
+    replaced = CapturePolicy("acme", "acme/bot", 0.25, 7200.0, 3.0, {"type": "object"})
     await store.set_capture_policy(replaced)
     assert await store.capture_policies() == [
         replaced, CapturePolicy("globex", "acme/bot", 1.0, 60.0, 2.0),
@@ -364,7 +364,7 @@ def capture(n: int, tenant: str = "acme", target: str = "acme/bot", **fields) ->
 
 
 async def test_a_capture_and_its_feedback_read_back_as_written(store):
-    await store.add_capture(capture(1))
+    await store.add_captures([capture(1)])
     assert await store.get_capture("cap-acme-1") == capture(1)
     assert await store.get_capture("nope") is None
     rated = Feedback(rating=2, flagged=True, flag_reason="wrong", correction="b1", time=9.0)
@@ -380,11 +380,10 @@ async def test_a_capture_and_its_feedback_read_back_as_written(store):
 async def test_captures_are_listed_by_tenant_target_time_rating_and_flag_in_pages(store):
     good = Feedback(5, False, "", None, 1.0)
     flagged = Feedback(1, True, "rude", "better", 1.0)
-    await store.add_capture(capture(1, feedback=good))
-    await store.add_capture(capture(2, feedback=flagged))
-    await store.add_capture(capture(3))
-    await store.add_capture(capture(4, target="acme/other", feedback=good))
-    await store.add_capture(capture(5, tenant="globex", target="globex/bot", feedback=good))
+    await store.add_captures([capture(1, feedback=good), capture(2, feedback=flagged)])
+    await store.add_captures([capture(3)])
+    await store.add_captures([capture(4, target="acme/other", feedback=good)])
+    await store.add_captures([capture(5, tenant="globex", target="globex/bot", feedback=good)])
 
     async def ids(**fields) -> list[str]:
         page = await store.list_captures(CaptureFilter(**({"tenant": "acme"} | fields)), 100, 0)
@@ -405,8 +404,8 @@ async def test_captures_are_listed_by_tenant_target_time_rating_and_flag_in_page
 
 
 async def test_the_retention_sweep_deletes_only_expired_captures(store):
-    await store.add_capture(capture(1, expires=50.0))
-    await store.add_capture(capture(2, expires=150.0))
+    await store.add_captures([capture(1, expires=50.0)])
+    await store.add_captures([capture(2, expires=150.0)])
     assert await store.delete_expired_captures(100.0) == 1
     assert await store.get_capture("cap-acme-1") is None
     assert await store.get_capture("cap-acme-2") is not None
@@ -414,8 +413,7 @@ async def test_the_retention_sweep_deletes_only_expired_captures(store):
 
 
 async def test_concurrent_sweeps_delete_each_capture_once(store):
-    for n in range(20):
-        await store.add_capture(capture(n, expires=1.0))
+    await store.add_captures([capture(n, expires=1.0) for n in range(20)])
     deleted = await asyncio.gather(*(store.delete_expired_captures(2.0) for _ in range(5)))
     assert sum(deleted) == 20
     assert (await store.list_captures(CaptureFilter(tenant=None), 100, 0)).captures == []
