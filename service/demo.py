@@ -20,13 +20,16 @@ import sys
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
+from prometheus_client.parser import text_string_to_metric_families
 
 from adapterd.v1 import capture_pb2, evaluation_pb2, inference_pb2, jobs_pb2, server_pb2
+from service.capture.drift import MIN_PROMPTS
 from service.client.api import Client
 from service.client.job_commands import follow_job
 from service.settings import ServerSettings
@@ -37,6 +40,9 @@ GSM8K = Path(__file__).resolve().parents[1] / "data/gsm8k/train_slice.jsonl"
 ADAPTER, ALIAS = "gsm8k", "gsm8k-prod"
 TASKS = ["adapterd_gsm8k", "adapterd_arith_mc"]
 LOOP_ADAPTER = "gsm8k-loop"
+DRIFT_SECONDS = 5.0
+"""The demo server's --drift-interval-seconds (unless given): the round shows drift at once."""
+DRIFT_WAIT_SECONDS = 60.0
 FINAL_NUMBER = re.compile(r"####\s*(-?[\d,.]+)")
 """A GSM8K answer's final line, `#### 72`."""
 STRICT_GATE = {"metric": "GATE_METRIC_TASK", "task": "adapterd_gsm8k",
@@ -53,17 +59,16 @@ class DemoPlan:
     schema_questions: int
     answer_tokens: int  # of each side-by-side answer
     expect_promotion: bool  # whether the honest gates must pass for the demo to succeed
-    loop_requests: int  # captured through the alias in the production-loop round
     loop_steps: int  # of the second job, trained on the exported traffic
 
 
 # The demo of `make demo`: an adapter trained on 256 rows passes the honest gates.
 FULL = DemoPlan(train_rows=256, questions=20, schema_questions=10, answer_tokens=160,
-                expect_promotion=True, loop_requests=6, loop_steps=3)  # fmt: skip
+                expect_promotion=True, loop_steps=3)  # fmt: skip
 # `--quick`: the whole flow in a few minutes (and in CI on a tiny model); 16 rows teach
 # too little to expect the gates to pass, so a block there is shown, not an error.
 QUICK = DemoPlan(train_rows=16, questions=4, schema_questions=2, answer_tokens=24,
-                 expect_promotion=False, loop_requests=3, loop_steps=1)  # fmt: skip
+                 expect_promotion=False, loop_steps=1)  # fmt: skip
 
 # Sizing the plan to the machine, so `make demo` ends within 15 minutes on a slow CPU too.
 TOKENS_PER_ROW = 223
@@ -169,6 +174,8 @@ def run_demo(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log_path = settings.data_dir / "demo-server.log"
     began = time.monotonic()
+    if "--drift-interval-seconds" not in server_flags:
+        server_flags = [*server_flags, "--drift-interval-seconds", f"{DRIFT_SECONDS:g}"]
     _say(f"starting `adapterd serve {' '.join(server_flags)}` (log: {log_path})")
     with log_path.open("w") as log:
         server = subprocess.Popen(
@@ -177,6 +184,7 @@ def run_demo(
             stderr=subprocess.STDOUT,
         )
     target = f"{settings.host}:{settings.port}"
+    metrics_url = f"http://{settings.host}:{settings.metrics_port}/metrics"
     try:
         with Client(target, timeout=300.0) as client:  # generous: answers run on the CPU
             seen = _wait_serving(client, server, log_path)
@@ -202,9 +210,8 @@ def run_demo(
             )
             plan, sizing = size_plan(plan, machine_speed(info))
             _say(sizing)
-            if _train_and_compare(client, settings.data_dir, plan) != 0:
+            if _train_and_compare(client, settings.data_dir, plan, metrics_url) != 0:
                 return 1
-        metrics_url = f"http://{settings.host}:{settings.metrics_port}/metrics"
         with urllib.request.urlopen(metrics_url, timeout=10) as response:
             page = response.read().decode()
         shown = [
@@ -219,6 +226,8 @@ def run_demo(
                     "adapterd_feedback_rating_count",
                     "adapterd_feedback_total",
                     "adapterd_capture_redactions_total",
+                    "adapterd_online_quality",
+                    "adapterd_drift",
                 )
             )
         ]
@@ -232,7 +241,7 @@ def run_demo(
     return 0 if code == 0 else 1
 
 
-def _train_and_compare(client: Client, data_dir: Path, plan: DemoPlan) -> int:
+def _train_and_compare(client: Client, data_dir: Path, plan: DemoPlan, metrics_url: str) -> int:
     """Upload -> validate -> train and evaluate (followed live) -> promotion -> a strict gate
     that blocks -> the adapter answers beside the base."""
     rows = GSM8K.read_text(encoding="utf-8").splitlines()
@@ -292,7 +301,10 @@ def _train_and_compare(client: Client, data_dir: Path, plan: DemoPlan) -> int:
             _say(f"  {who:>22}: ... {answer[-1][:100]}")
     # A capture policy covers a name or alias (every version of it), not one version.
     target = ALIAS if answering == ALIAS else ADAPTER
-    return _production_loop(client, target, plan, rows[-2 - plan.loop_requests : -2])
+    began = time.monotonic()
+    code = _production_loop(client, target, plan, rows[-2 - MIN_PROMPTS : -2], metrics_url)
+    _say(f"the production loop's round took {time.monotonic() - began:.1f} s")
+    return code
 
 
 def final_number(text: str) -> str | None:
@@ -301,15 +313,18 @@ def final_number(text: str) -> str | None:
     return found[-1].replace(",", "").rstrip(".") if found else None
 
 
-def _production_loop(client: Client, target: str, plan: DemoPlan, rows: list[str]) -> int:
-    """Traffic through `target`, captured and redacted; each answer rated against the GSM8K
-    reference (a wrong one corrected with it); the rated traffic exported as a dataset that a
-    second job trains on."""
+def _production_loop(
+    client: Client, target: str, plan: DemoPlan, rows: list[str], metrics_url: str
+) -> int:
+    """Traffic through `target` (concurrent, as users send it), captured and redacted; each
+    answer rated against the GSM8K reference (a wrong one corrected with it); drift and online
+    quality from /metrics; the rated traffic exported as a dataset that a second job trains on."""
     _say(f"production loop: capturing every request to {target}")
     client.set_capture_policy(target, rate=1.0, retention_seconds=86400)
-    right = 0
-    for n, row in enumerate(json.loads(line) for line in rows):
-        question = row["prompt"]
+    questions = [json.loads(line) for line in rows]
+
+    def ask(n: int) -> inference_pb2.GenerateResponse:
+        question = questions[n]["prompt"]
         if n == 0:  # what a user might paste: it never reaches the store
             question = f"(reply to sam.doe@example.com) {question}"
         request = inference_pb2.GenerateRequest(
@@ -317,7 +332,12 @@ def _production_loop(client: Client, target: str, plan: DemoPlan, rows: list[str
             sampling=inference_pb2.SamplingParams(max_tokens=plan.answer_tokens),
         )
         request.chat.messages.add(role="user", content=question)
-        reply = client.generate(request)
+        return client.generate(request)
+
+    with ThreadPoolExecutor(len(questions)) as pool:
+        replies = list(pool.map(ask, range(len(questions))))
+    right = 0
+    for row, reply in zip(questions, replies, strict=True):
         correct = final_number(reply.text) == final_number(row["completion"])
         right += correct
         feedback = capture_pb2.SubmitFeedbackRequest(capture_id=reply.capture_id)
@@ -335,6 +355,11 @@ def _production_loop(client: Client, target: str, plan: DemoPlan, rows: list[str
         f"  {len(rows)} answers captured and rated ({right} right, {len(rows) - right} corrected"
         f"); stored as: {stored[:60]!r}... (redacted: {dict(first.redacted)})"
     )
+    drift = _wait_for_drift(metrics_url, f"{client.server_info().caller_tenant}/{target}")
+    _say(
+        "  drift of these held-out questions from the training prompts: "
+        + (", ".join(f"{k} {v:.3f}" for k, v in sorted(drift.items())) or "not measured yet")
+    )
     exported = client.export_captures(
         capture_pb2.ExportCapturesRequest(filter=mine, min_rating=4, corrections=True)
     )
@@ -349,6 +374,26 @@ def _production_loop(client: Client, target: str, plan: DemoPlan, rows: list[str
         jobs_pb2.TrainSpec(),
     )
     return follow_job(client, client.submit_job(spec).id, as_json=False)
+
+
+def _wait_for_drift(metrics_url: str, label: str) -> dict[str, float]:
+    """The drift gauges of the adapter `label` once the server's background task measured them
+    (at most DRIFT_WAIT_SECONDS)."""
+    deadline = time.monotonic() + DRIFT_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(metrics_url, timeout=10) as response:
+            page = response.read().decode()
+        found = {
+            sample.labels["metric"]: sample.value
+            for family in text_string_to_metric_families(page)
+            if family.name == "adapterd_drift"
+            for sample in family.samples
+            if sample.labels["adapter"] == label
+        }
+        if found:
+            return found
+        time.sleep(1.0)
+    return {}
 
 
 def _report(client: Client, job_id: str, data_dir: Path) -> dict[str, Any]:

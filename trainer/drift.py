@@ -89,12 +89,9 @@ def reference_of(prompts: Sequence[str], embed: Any, model: str, seed: int = 0) 
 
 def write_reference(prompts: Sequence[str], output_dir: Path) -> Path:
     """Embeds a sample of the training prompts and writes the adapter's reference."""
-    from trainer.embeddings import EMBEDDING_MODEL, embed
+    from trainer.embeddings import EMBEDDING_MODEL, embed_rows
 
-    def rows(texts: list[str]) -> np.ndarray:
-        return np.concatenate([embed(texts[i : i + 32]).numpy() for i in range(0, len(texts), 32)])
-
-    reference = reference_of(prompts, rows, EMBEDDING_MODEL)
+    reference = reference_of(prompts, embed_rows, EMBEDDING_MODEL)
     path = output_dir / REFERENCE_FILE
     path.write_text(json.dumps(reference.to_json()))
     return path

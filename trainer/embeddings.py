@@ -41,3 +41,12 @@ def embed(texts: list[str]) -> Any:
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def embed_rows(texts: list[str], batch: int = 32) -> Any:
+    """`embed` of any number of texts, `batch` at a time, as one numpy array."""
+    import numpy as np
+
+    return np.concatenate(
+        [embed(texts[i : i + batch]).numpy() for i in range(0, len(texts), batch)]
+    )

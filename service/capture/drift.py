@@ -17,8 +17,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from service.adapters.manager import AdapterManager
 from service.capture.model import Capture, CaptureFilter
 from service.errors import AdapterdError
@@ -43,13 +41,12 @@ def captured_prompt(capture: Capture) -> str:
 
 
 def _measure(adapter_dir: Path, prompts: list[str]) -> Drift | None:
-    from trainer.embeddings import embed
+    from trainer.embeddings import embed_rows
 
     reference = read_reference(adapter_dir)
     if reference is None:
         return None
-    rows = np.concatenate([embed(prompts[i : i + 32]).numpy() for i in range(0, len(prompts), 32)])
-    return drift(reference, rows, [len(p) for p in prompts])
+    return drift(reference, embed_rows(prompts), [len(p) for p in prompts])
 
 
 class DriftMonitor:

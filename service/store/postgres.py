@@ -158,6 +158,12 @@ async def _maybe_row(conn: Connection, query: str, params: tuple[Any, ...]) -> D
     return await (await conn.execute(query, params)).fetchone()
 
 
+async def _sweeping(conn: Connection, lock: int) -> bool:
+    """Takes the transaction-scoped advisory `lock` if no other process holds it."""
+    row = await _row(conn, "SELECT pg_try_advisory_xact_lock(%s) AS held", (lock,))
+    return bool(row["held"])
+
+
 def _job(row: DictRow) -> Job:
     values = {name: row[name] for name in _JOB_COLUMNS}
     values["kind"] = JobKind(values["kind"])
@@ -389,10 +395,7 @@ class PostgresStore:
     async def expire_leases(self, now: float) -> list[Job]:
         owned = [state.value for state in OWNED]
         async with self._connection() as conn:
-            sweeping = await _row(
-                conn, "SELECT pg_try_advisory_xact_lock(%s) AS held", (SWEEP_LOCK,)
-            )
-            if not sweeping["held"]:  # another process sweeps right now
+            if not await _sweeping(conn, SWEEP_LOCK):  # another process sweeps right now
                 return []
             rows = await _rows(
                 conn,
@@ -619,10 +622,7 @@ class PostgresStore:
 
     async def delete_expired_captures(self, now: float) -> int:
         async with self._connection() as conn:
-            sweeping = await _row(
-                conn, "SELECT pg_try_advisory_xact_lock(%s) AS held", (CAPTURE_SWEEP_LOCK,)
-            )
-            if not sweeping["held"]:  # another process sweeps right now
+            if not await _sweeping(conn, CAPTURE_SWEEP_LOCK):  # another process sweeps now
                 return 0
             deleted = await conn.execute("DELETE FROM captures WHERE expires < %s", (now,))
             return deleted.rowcount
