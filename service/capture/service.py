@@ -8,7 +8,6 @@ export becomes a dataset upload of the caller, which a training job names by its
 """
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 
@@ -224,13 +223,13 @@ class CaptureService:
             after = page.next_after
             if not after:
                 break
-        exported = export_rows(captures[:MAX_EXPORT_ROWS], fmt, min_rating, corrections)
+        taken = captures[:MAX_EXPORT_ROWS]
+        exported = await asyncio.to_thread(export_rows, taken, fmt, min_rating, corrections)
         if not exported.rows:
             raise FailedPreconditionError(
-                f"export: {len(captures)} captures match the filter and none makes a "
-                f"{fmt.value} row"
+                f"export: {len(taken)} captures match the filter and none makes a {fmt.value} row"
             )
-        data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in exported.rows)
+        data = await asyncio.to_thread(exported.jsonl)
         name = f"captures-{fmt.value}-{int(time.time())}.jsonl"
-        record, _ = await self._uploads.add_file(principal, UploadKind.DATASET, name, data.encode())
+        record, _ = await self._uploads.add_file(principal, UploadKind.DATASET, name, data)
         return record, len(exported.rows), exported.skipped
