@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapterd.v1 import capture_pb2, evaluation_pb2, inference_pb2, jobs_pb2, server_pb2
@@ -321,6 +322,7 @@ def _production_loop(
     quality from /metrics; the rated traffic exported as a dataset that a second job trains on."""
     _say(f"production loop: capturing every request to {target}")
     client.set_capture_policy(target, rate=1.0, retention_seconds=86400)
+    began = time.time()  # this round's captures: a reused data directory holds earlier ones
     questions = [json.loads(line) for line in rows]
 
     def ask(n: int) -> inference_pb2.GenerateResponse:
@@ -348,8 +350,8 @@ def _production_loop(
             feedback.flag_reason = "wrong final answer"
             feedback.correction = row["completion"]
         client.submit_feedback(feedback)
-    mine = capture_pb2.CaptureFilter(target=target)
-    first = client.list_captures(capture_pb2.ListCapturesRequest(filter=mine)).captures[0]
+    mine = capture_pb2.CaptureFilter(target=target, since=_stamp(began))
+    first = client.get_capture(replies[0].capture_id)  # the one with an e-mail address
     stored = json_format.MessageToDict(first.request)["messages"][0]["content"]
     _say(
         f"  {len(rows)} answers captured and rated ({right} right, {len(rows) - right} corrected"
@@ -357,7 +359,7 @@ def _production_loop(
     )
     drift = _wait_for_drift(metrics_url, f"{client.server_info().caller_tenant}/{target}")
     _say(
-        "  drift of these held-out questions from the training prompts: "
+        "  drift of the last hour's captured questions from the training prompts: "
         + (", ".join(f"{k} {v:.3f}" for k, v in sorted(drift.items())) or "not measured yet")
     )
     exported = client.export_captures(
@@ -374,6 +376,12 @@ def _production_loop(
         jobs_pb2.TrainSpec(),
     )
     return follow_job(client, client.submit_job(spec).id, as_json=False)
+
+
+def _stamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
 
 
 def _wait_for_drift(metrics_url: str, label: str) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """Prompt drift of captured traffic, measured in the background.
 
-Every --drift-interval-seconds, for each target a capture policy covers: the prompts captured
-in the last WINDOW_SECONDS (at most MAX_PROMPTS, every tenant's) against the drift reference of
+Every --drift-interval-seconds, for each target a capture policy covers: the distinct prompts
+captured in the last WINDOW_SECONDS (at most MAX_PROMPTS, every tenant's) against the drift
+reference of
 the version that answered most of them (`trainer.drift`; an adapter trained elsewhere has none,
 and is skipped). Embedding and the statistics run in a worker thread, never per request. The
 gauges `adapterd_drift{adapter, metric}` hold the last measurement; on a shared store every
@@ -27,7 +28,7 @@ from trainer.drift import Drift, drift, prompt_text, read_reference
 WINDOW_SECONDS = 3600.0
 MAX_PROMPTS = 500
 MIN_PROMPTS = 10
-"""Fewer captured prompts than this in the window say nothing yet."""
+"""Fewer distinct captured prompts than this in the window say nothing yet."""
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,11 @@ class DriftMonitor:
             adapter_dir = self._adapters.resolve(version).path
         except AdapterdError:  # unloaded since
             return None
-        prompts = [captured_prompt(c) for c in page.captures]
+        # Distinct prompts: a question asked again is one draw of the distribution, and repeats
+        # would break the test's independence (they alone make a window look unlike any other).
+        prompts = list(dict.fromkeys(captured_prompt(c) for c in page.captures))
+        if len(prompts) < MIN_PROMPTS:
+            return None
         measured = await asyncio.to_thread(_measure, adapter_dir, prompts)
         if measured is not None:
             label = self._adapters.label(target)

@@ -78,7 +78,7 @@ def test_the_quick_demo_runs_the_whole_loop_and_keeps_serving(tmp_path, tiny_mod
                      r"'\(reply to \[EMAIL\]\) ", text), text  # fmt: skip
     assert "(redacted: {'email': 1})" in text
     assert re.search(r"exported 10 rows as ds-\w+; training gsm8k-loop on it", text)
-    assert re.search(r"from the training prompts: centroid_distance 0\.\d+, length_ks", text)
+    assert re.search(r"from the training prompts: centroid_distance 0\.\d+, length_ks", text), text
     assert "adapter_version: default/gsm8k-loop@1" in text
     assert listed.returncode == 0, listed.stderr
     assert re.search(r"^default/gsm8k@1\s+ready", listed.stdout, re.M), listed.stdout
