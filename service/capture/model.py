@@ -294,28 +294,46 @@ def export_rows(
     SFT: a capture with a correction (when `corrections`) gives the correction as the answer;
     one rated at least `min_rating` (> 0) and not flagged gives its own answer. PREFERENCE: a
     chat capture with a correction gives the pair correction-over-answer (a raw prompt is no
-    conversation and makes no pair).
+    conversation and makes no pair). A row equal to an earlier one (the same question answered
+    the same way again) is written once: the trainer refuses duplicate rows.
     """
     rows: list[dict[str, Any]] = []
     skipped = 0
+    seen: set[str] = set()
+    for row in _made(captures, fmt, min_rating, corrections):
+        if row is None:
+            skipped += 1
+            continue
+        key = json.dumps(row, sort_keys=True)
+        if key in seen:
+            skipped += 1
+            continue
+        seen.add(key)
+        rows.append(row)
+    return Exported(rows, skipped)
+
+
+def _made(
+    captures: Iterable[Capture], fmt: ExportFormat, min_rating: int, corrections: bool
+) -> Iterable[dict[str, Any] | None]:
+    """The row each capture makes, or None."""
     for capture in captures:
         feedback = capture.feedback
         correction = feedback.correction if feedback else None
         if fmt is ExportFormat.PREFERENCE:
             messages = _messages(capture.request)
             if correction is None or messages is None:
-                skipped += 1
-                continue
-            rows.append(PreferencePair(tuple(messages), correction, capture.answer).row())
+                yield None
+            else:
+                yield PreferencePair(tuple(messages), correction, capture.answer).row()
         elif corrections and correction is not None:
-            rows.append(_sft_row(capture.request, correction))
+            yield _sft_row(capture.request, correction)
         elif (
             feedback is not None
             and min_rating > 0
             and (feedback.rating or 0) >= min_rating
             and not feedback.flagged
         ):
-            rows.append(_sft_row(capture.request, capture.answer))
+            yield _sft_row(capture.request, capture.answer)
         else:
-            skipped += 1
-    return Exported(rows, skipped)
+            yield None

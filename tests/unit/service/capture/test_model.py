@@ -126,6 +126,9 @@ def test_an_sft_export_takes_good_answers_and_corrections_and_skips_the_rest():
     assert exported.skipped == 3
     without = export_rows(captures, ExportFormat.SFT, min_rating=4, corrections=False)
     assert len(without.rows) == 2
+    again = export_rows(captures * 2, ExportFormat.SFT, min_rating=4, corrections=True)
+    assert again.rows == exported.rows  # the same question answered alike: one row
+    assert again.skipped == 3 + len(captures)
 
 
 def test_a_preference_export_pairs_each_correction_over_its_answer():
