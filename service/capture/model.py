@@ -225,43 +225,6 @@ class CaptureFilter:
 
 
 @dataclass(frozen=True)
-class CapturePage:
-    """One page of captures, oldest first."""
-
-    captures: list[Capture]
-    next_after: int
-    """Cursor of the next page; 0 when this is the last."""
-
-
-def capture_query(
-    columns: str, mark: str, selected: CaptureFilter, page_size: int, after_seq: int
-) -> tuple[str, tuple[Any, ...]]:
-    """The SQL and parameters of one page of captures (one row more than the page: it tells
-    that another follows), in the driver's placeholder `mark`. Pure."""
-    where, args = [f"seq > {mark}"], [after_seq]
-    conditions: list[tuple[str, Any]] = [
-        ("tenant = {}", selected.tenant),
-        ("target = {}", selected.target or None),
-        ("created >= {}", selected.since or None),
-        ("created < {}", selected.until or None),
-        ("rating >= {}", selected.min_rating or None),
-    ]
-    for condition, value in conditions:
-        if value is not None:
-            where.append(condition.format(mark))
-            args.append(value)
-    if selected.flag is not FlagFilter.ANY:
-        where.append(f"flagged = {mark}")
-        args.append(selected.flag is FlagFilter.FLAGGED)
-    if selected.with_correction:
-        where.append("correction IS NOT NULL")
-    sql = (
-        f"SELECT seq, {columns} FROM captures WHERE {' AND '.join(where)} ORDER BY seq LIMIT {mark}"
-    )
-    return sql, (*args, page_size + 1)
-
-
-@dataclass(frozen=True)
 class Exported:
     """What an export wrote."""
 

@@ -19,7 +19,6 @@ from service.capture.model import (
     MAX_PAGE,
     Capture,
     CaptureFilter,
-    CapturePage,
     CapturePolicy,
     ExportFormat,
     Feedback,
@@ -37,7 +36,14 @@ from service.errors import (
     PermissionDeniedError,
 )
 from service.metrics import Metrics
-from service.store.base import MAX_ID_CHARS, Store, UploadRecord, could_be_issued, page_cursor
+from service.store.base import (
+    MAX_ID_CHARS,
+    CapturePage,
+    Store,
+    UploadRecord,
+    could_be_issued,
+    page_cursor,
+)
 from service.uploads import UploadKind, UploadService
 
 

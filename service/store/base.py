@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from service.capture.model import Capture, CaptureFilter, CapturePage, CapturePolicy, Feedback
+from service.capture.model import Capture, CaptureFilter, CapturePolicy, Feedback, FlagFilter
 from service.errors import InvalidArgumentError, ResourceExhaustedError
 from service.jobs.model import Job, JobEvent, JobKind, JobState, Lease, Work
 
@@ -157,14 +157,20 @@ def page_cursor(page_token: str) -> int:
     return int(page_token or 0)
 
 
+def _paged(rows: Sequence[Mapping[str, Any]], page_size: int) -> tuple[Sequence[Any], int]:
+    """The rows of a page a listing query read (one row more than the page: it only tells that
+    another page follows), and the cursor of the next page (0: this is the last)."""
+    more = len(rows) > page_size
+    return rows[:page_size], rows[page_size - 1]["seq"] if more else 0
+
+
 def job_page(
     rows: Sequence[Mapping[str, Any]], page_size: int, job_of: Callable[[Any], Job]
 ) -> JobPage:
     """The page `job_listing_query`'s rows make: at most `page_size` jobs, and the cursor of
     the next page when the extra row came back."""
-    more = len(rows) > page_size
-    jobs = [job_of(row) for row in rows[:page_size]]
-    return JobPage(jobs, rows[page_size - 1]["seq"] if more else 0)
+    page, next_after = _paged(rows, page_size)
+    return JobPage([job_of(row) for row in page], next_after)
 
 
 CAPTURE_COLUMNS = (
@@ -176,13 +182,15 @@ CAPTURE_JSON = ("request", "redacted")
 """The columns that hold JSON (the stores encode them their own way)."""
 
 
-def capture_values(capture: Capture) -> tuple[Any, ...]:
-    """`capture` as the values of `CAPTURE_COLUMNS`, JSON columns as Python objects. Pure."""
+def capture_values(capture: Capture, as_json: Callable[[Any], Any]) -> tuple[Any, ...]:
+    """`capture` as the values of `CAPTURE_COLUMNS`, its JSON columns encoded by `as_json`
+    (the driver's JSON adapter). Pure."""
     feedback = capture.feedback
     return (
-        capture.id, capture.tenant, capture.target, capture.adapter_version, capture.request,
-        capture.answer, capture.finish_reason, capture.prompt_tokens, capture.completion_tokens,
-        capture.latency_seconds, capture.redacted, capture.created, capture.expires,
+        capture.id, capture.tenant, capture.target, capture.adapter_version,
+        as_json(capture.request), capture.answer, capture.finish_reason, capture.prompt_tokens,
+        capture.completion_tokens, capture.latency_seconds, as_json(capture.redacted),
+        capture.created, capture.expires,
         feedback.rating if feedback else None, bool(feedback and feedback.flagged),
         feedback.flag_reason if feedback else "", feedback.correction if feedback else None,
         feedback.time if feedback else None,
@@ -201,12 +209,47 @@ def capture_of(row: Mapping[str, Any]) -> Capture:
     return Capture(**fields, feedback=feedback)
 
 
-def capture_page(rows: Sequence[Mapping[str, Any]], page_size: int) -> CapturePage:
-    """The page `capture_query`'s rows make (see `job_page`)."""
-    more = len(rows) > page_size
-    return CapturePage(
-        [capture_of(row) for row in rows[:page_size]], rows[page_size - 1]["seq"] if more else 0
+@dataclass(frozen=True)
+class CapturePage:
+    """One page of captures, oldest first."""
+
+    captures: list[Capture]
+    next_after: int
+    """Cursor of the next page; 0 when this is the last."""
+
+
+def capture_query(
+    columns: str, mark: str, selected: CaptureFilter, page_size: int, after_seq: int
+) -> tuple[str, tuple[Any, ...]]:
+    """The SQL and parameters of one page of captures (one row more than the page: it tells
+    that another follows), in the driver's placeholder `mark`. Pure."""
+    where, args = [f"seq > {mark}"], [after_seq]
+    conditions: list[tuple[str, Any]] = [
+        ("tenant = {}", selected.tenant),
+        ("target = {}", selected.target or None),
+        ("created >= {}", selected.since or None),
+        ("created < {}", selected.until or None),
+        ("rating >= {}", selected.min_rating or None),
+    ]
+    for condition, value in conditions:
+        if value is not None:
+            where.append(condition.format(mark))
+            args.append(value)
+    if selected.flag is not FlagFilter.ANY:
+        where.append(f"flagged = {mark}")
+        args.append(selected.flag is FlagFilter.FLAGGED)
+    if selected.with_correction:
+        where.append("correction IS NOT NULL")
+    sql = (
+        f"SELECT seq, {columns} FROM captures WHERE {' AND '.join(where)} ORDER BY seq LIMIT {mark}"
     )
+    return sql, (*args, page_size + 1)
+
+
+def capture_page(rows: Sequence[Mapping[str, Any]], page_size: int) -> CapturePage:
+    """The page `capture_query`'s rows make (JSON columns decoded)."""
+    page, next_after = _paged(rows, page_size)
+    return CapturePage([capture_of(row) for row in page], next_after)
 
 
 class Store(Protocol):

@@ -43,10 +43,8 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from service.capture.model import (
     Capture,
     CaptureFilter,
-    CapturePage,
     CapturePolicy,
     Feedback,
-    capture_query,
 )
 from service.errors import ConfigError, NotFoundError, UnavailableError
 from service.jobs.model import (
@@ -67,14 +65,15 @@ from service.jobs.model import (
 )
 from service.store.base import (
     CAPTURE_COLUMNS,
-    CAPTURE_JSON,
     AdapterRecord,
+    CapturePage,
     Change,
     Heard,
     JobPage,
     UploadRecord,
     capture_of,
     capture_page,
+    capture_query,
     capture_values,
     claim_query,
     job_listing_query,
@@ -579,13 +578,7 @@ class PostgresStore:
             return deleted.rowcount > 0
 
     async def add_captures(self, captures: Sequence[Capture]) -> None:
-        rows = [
-            tuple(
-                Jsonb(v) if name in CAPTURE_JSON else v
-                for name, v in zip(CAPTURE_COLUMNS, capture_values(capture), strict=True)
-            )
-            for capture in captures
-        ]
+        rows = [capture_values(capture, Jsonb) for capture in captures]
         marks = ", ".join(["%s"] * len(CAPTURE_COLUMNS))
         async with self._connection() as conn, conn.cursor() as cursor:
             await cursor.executemany(f"INSERT INTO captures ({_CAPTURES}) VALUES ({marks})", rows)

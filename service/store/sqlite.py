@@ -20,10 +20,8 @@ from typing import Any, TypeVar
 from service.capture.model import (
     Capture,
     CaptureFilter,
-    CapturePage,
     CapturePolicy,
     Feedback,
-    capture_query,
 )
 from service.errors import ConfigError, NotFoundError
 from service.jobs.model import (
@@ -46,11 +44,13 @@ from service.store.base import (
     CAPTURE_COLUMNS,
     CAPTURE_JSON,
     AdapterRecord,
+    CapturePage,
     Heard,
     JobPage,
     UploadRecord,
     capture_of,
     capture_page,
+    capture_query,
     capture_values,
     claim_query,
     job_listing_query,
@@ -579,13 +579,7 @@ class SqliteStore:
         return await self._run(work)
 
     async def add_captures(self, captures: Sequence[Capture]) -> None:
-        rows = [
-            tuple(
-                json.dumps(v) if name in CAPTURE_JSON else v
-                for name, v in zip(CAPTURE_COLUMNS, capture_values(capture), strict=True)
-            )
-            for capture in captures
-        ]
+        rows = [capture_values(capture, json.dumps) for capture in captures]
 
         def work(db: sqlite3.Connection) -> None:
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM captures").fetchone()[0]
