@@ -1,7 +1,6 @@
 """The composition root: builds every part of the server from settings, runs and stops it."""
 
 import asyncio
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -18,7 +17,7 @@ from service.capture.drift import DriftMonitor
 from service.capture.online import OnlineQuality
 from service.capture.recorder import CaptureRecorder
 from service.capture.service import CaptureService
-from service.errors import ConfigError, UnavailableError
+from service.errors import ConfigError
 from service.evaluation import EvaluationLimits, Evaluator
 from service.grpc.health import HealthPublisher
 from service.grpc.server import ENGINE_BACKED_SERVICES, LIVE_SERVICES, bind, build_grpc_server
@@ -38,7 +37,7 @@ from service.quotas import PerTenant
 from service.serverinfo import ServerInfo, reported_libraries
 from service.settings import ServerSettings
 from service.store import describe_store, store_for
-from service.store.base import Change
+from service.store.base import Change, keep_in_step
 from service.uploads import UploadLimits, UploadService, staging_name
 from trainer.hardware import Machine, PrecisionChoice, describe_machine, resolve_precision
 
@@ -231,18 +230,6 @@ class App:
         else:
             self._adapters_changed.set()
 
-    async def _sync_adapters(self) -> None:
-        """Keeps the registry in step with the store: at once when a change is heard, and
-        every ADAPTER_SYNC_SECONDS in case a notification was lost."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._adapters_changed.wait(), ADAPTER_SYNC_SECONDS)
-            self._adapters_changed.clear()
-            try:
-                await self.adapters.refresh()
-            except UnavailableError as exc:  # the database is away: the next round retries
-                logger.warning("adapter refresh: %s", exc)
-
     def describe(self) -> ServerInfo:
         """A snapshot of this server for GetServerInfo."""
         return ServerInfo(
@@ -299,7 +286,15 @@ class App:
         if not self.store.exclusive:  # other processes write it too
             self._store_tasks = [
                 asyncio.create_task(self.store.follow(self._heard), name="store-follow"),
-                asyncio.create_task(self._sync_adapters(), name="adapter-sync"),
+                asyncio.create_task(
+                    keep_in_step(
+                        self._adapters_changed,
+                        self.adapters.refresh,
+                        ADAPTER_SYNC_SECONDS,
+                        "adapter refresh",
+                    ),
+                    name="adapter-sync",
+                ),
                 asyncio.create_task(self.capture.sync(), name="capture-policy-sync"),
             ]
         self.runner.start()

@@ -25,7 +25,7 @@ from service.capture.model import Capture, CapturePolicy, policy_for, redact_cap
 from service.capture.online import OnlineQuality, SchemaOutcome, schema_outcome
 from service.errors import AdapterdError
 from service.metrics import Metrics
-from service.store.base import Store
+from service.store.base import Store, keep_in_step
 
 QUEUE_SIZE = 1024
 """Captures waiting for the writer; past it a capture is dropped (and counted)."""
@@ -83,14 +83,9 @@ class CaptureRecorder:
 
     async def sync(self) -> None:
         """Keeps the policies in step with a shared store, until cancelled."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), CAPTURE_SYNC_SECONDS)
-            self._changed.clear()
-            try:
-                await self.refresh()
-            except AdapterdError as exc:  # the database is away: the next round retries
-                logger.warning("capture policy refresh: %s", exc)
+        await keep_in_step(
+            self._changed, self.refresh, CAPTURE_SYNC_SECONDS, "capture policy refresh"
+        )
 
     def targets(self) -> list[str]:
         """The targets some tenant's policy captures."""

@@ -6,15 +6,20 @@ capture policies and captured traffic with its feedback.
 is here.
 """
 
+import asyncio
+import contextlib
 import enum
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from service.capture.model import Capture, CaptureFilter, CapturePolicy, Feedback, FlagFilter
-from service.errors import InvalidArgumentError, ResourceExhaustedError
+from service.errors import InvalidArgumentError, ResourceExhaustedError, UnavailableError
 from service.jobs.model import Job, JobEvent, JobKind, JobState, Lease, Work
+
+logger = logging.getLogger(__name__)
 
 
 class Change(enum.StrEnum):
@@ -35,6 +40,22 @@ class Change(enum.StrEnum):
 
 Heard = Callable[[Change, str], None]
 """Called with each change heard and its payload."""
+
+
+async def keep_in_step(
+    changed: asyncio.Event, refresh: Callable[[], Awaitable[None]], seconds: float, what: str
+) -> None:
+    """Calls `refresh` when `changed` is set (a change heard through `Store.follow`), and every
+    `seconds` in case a notification was lost, until cancelled; a database that is away is
+    logged as `what`, and the next round retries."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), seconds)
+        changed.clear()
+        try:
+            await refresh()
+        except UnavailableError as exc:
+            logger.warning("%s: %s", what, exc)
 
 
 @dataclass(frozen=True)
