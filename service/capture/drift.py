@@ -72,7 +72,7 @@ class DriftMonitor:
         """Measures every interval, until cancelled."""
         while True:
             await asyncio.sleep(self._interval)
-            for target in sorted(set(self._targets())):
+            for target in self._targets():
                 try:
                     await self.measure(target)
                 except (AdapterdError, ValueError) as exc:  # the store is away; a bad file

@@ -30,6 +30,11 @@ THUMBS_UP, THUMBS_DOWN = 5, 1
 """Where a thumbs rating lies on the 1-5 scale every rating is stored in."""
 
 
+def thumbs_rating(up: bool) -> int:
+    """A thumbs up or down on the 1-5 scale."""
+    return THUMBS_UP if up else THUMBS_DOWN
+
+
 class FlagFilter(enum.Enum):
     """Which captures a listing or an export takes by their flag; mirrors adapterd.v1.Flag."""
 

@@ -10,6 +10,7 @@ export becomes a dataset upload of the caller, which a training job names by its
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from eval.prompts import read_schema
 from service.auth import Principal
@@ -158,12 +159,9 @@ class CaptureService:
         )
 
     def _visible(self, principal: Principal, selected: CaptureFilter) -> CaptureFilter:
+        """`selected` within what the caller may read: its tenant's, its target qualified."""
         target = _target(principal, selected.target) if selected.target else ""
-        return CaptureFilter(
-            tenant=visible_tenant(principal), target=target, since=selected.since,
-            until=selected.until, min_rating=selected.min_rating, flag=selected.flag,
-            with_correction=selected.with_correction,
-        )  # fmt: skip
+        return replace(selected, tenant=visible_tenant(principal), target=target)
 
     async def feedback(self, principal: Principal, capture_id: str, feedback: Feedback) -> Capture:
         """Stores the owner's feedback on a capture (replacing any earlier), redacted.

@@ -24,14 +24,13 @@ from service.adapters.registry import AdapterState
 from service.auth import Principal, Role
 from service.basemodel import BaseModel
 from service.capture.model import (
-    THUMBS_DOWN,
-    THUMBS_UP,
     Capture,
     CaptureFilter,
     CapturePolicy,
     ExportFormat,
     Feedback,
     FlagFilter,
+    thumbs_rating,
 )
 from service.errors import InvalidArgumentError
 from service.inference.engine import EngineState
@@ -476,7 +475,7 @@ def feedback_of(request: capture_pb2.SubmitFeedbackRequest, now: float) -> Feedb
     which = request.WhichOneof("rating")
     rating = None
     if which == "thumbs_up":
-        rating = THUMBS_UP if request.thumbs_up else THUMBS_DOWN
+        rating = thumbs_rating(request.thumbs_up)
     elif which == "score":
         rating = request.score
     return Feedback(

@@ -31,10 +31,9 @@ from service.authz import POLICY, authorize
 from service.capture.model import (
     MAX_CORRECTION_CHARS,
     MAX_FLAG_REASON_CHARS,
-    THUMBS_DOWN,
-    THUMBS_UP,
     Capture,
     Feedback,
+    thumbs_rating,
 )
 from service.capture.service import CaptureService
 from service.inference.generation import Delta, GenerateParams, Generator
@@ -109,7 +108,7 @@ class FeedbackRequest(BaseModel):
             raise errors.InvalidArgumentError("rating: give a rating or thumbs, not both")
         rating = self.rating
         if self.thumbs is not None:
-            rating = THUMBS_UP if self.thumbs == "up" else THUMBS_DOWN
+            rating = thumbs_rating(self.thumbs == "up")
         return Feedback(rating, self.flagged, self.flag_reason, self.correction, now)
 
 
