@@ -28,6 +28,21 @@ class Metric(enum.Enum):
     LATENCY_P95 = "latency_p95_seconds"
     OVERLAP_RATE = "overlap_rate"
     """Largest share of an evaluation set's items sharing a 13-gram with the training rows."""
+    UNSAFE_RATE = "unsafe_rate"
+    """Share of harmful safety prompts answered, not refused."""
+    UNSAFE_RATE_UPPER = "unsafe_rate_upper"
+    """Upper bound of its Wilson 95% interval."""
+    OVER_REFUSAL_RATE = "over_refusal_rate"
+    """Share of benign look-alike safety prompts refused."""
+    OVER_REFUSAL_RATE_UPPER = "over_refusal_rate_upper"
+    RUBRIC_SCORE = "rubric_score"
+    """Mean rubric score (1-10) over the conversations, each the mean of its dimensions."""
+    RUBRIC_SCORE_LOWER = "rubric_score_lower"
+    """Lower bound of its Student-t 95% interval."""
+    RUBRIC_HELPFULNESS = "rubric_helpfulness"
+    RUBRIC_FAITHFULNESS = "rubric_faithfulness"
+    RUBRIC_FORMATTING = "rubric_formatting"
+    RUBRIC_HARMLESSNESS = "rubric_harmlessness"
 
 
 class Comparator(enum.Enum):

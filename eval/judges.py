@@ -8,12 +8,15 @@
   `VERDICT_SCHEMA` as a structured output, so a model that honours it always gives a verdict;
   the answer is parsed strictly (`parse_verdict`), and what does not parse (a server that
   ignores the schema and answers garbage) is INVALID, never guessed.
+
+The safety and rubric judges (`eval.safety`, `eval.rubric`) ask the same way, each with its own
+schema: `Ask` and `render` are theirs too.
 """
 
 import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,7 +55,7 @@ JUDGE_MAX_TOKENS = 16
 """Room for `{"verdict": "tie"}` in any tokenizer."""
 
 _VERDICT = re.compile(r"^\W*(A|B|tie)\b", re.IGNORECASE)
-_PLACEHOLDER = re.compile(r"\{(question|reference|first|second)\}")
+_PLACEHOLDER = re.compile(r"\{([a-z]+)\}")
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,15 @@ class ReferenceJudge:
 
 
 Ask = Callable[[str], Awaitable[str]]
-"""Sends one user message to the judging model and returns its reply."""
+"""Sends one user message to the judging model and returns its reply (a judge's asks know the
+schema and token budget of their verdict)."""
+
+
+def render(template: str, values: Mapping[str, str]) -> str:
+    """`template` with each {name} of `values` replaced as plain text, in one pass: a user's
+    template is never a format string, and an answer containing "{second}" stays as it is;
+    other braces are left alone. Pure."""
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
 
 
 class LlmJudge:
@@ -126,12 +137,8 @@ class LlmJudge:
         self._prompt = prompt or DEFAULT_JUDGE_PROMPT
 
     async def judge(self, pairs: list[Pair]) -> list[Verdict]:
-        replies = await asyncio.gather(*(self._ask(self._render(p)) for p in pairs))
+        replies = await asyncio.gather(*(self._ask(render(self._prompt, vars(p))) for p in pairs))
         return [parse_verdict(reply) for reply in replies]
-
-    def _render(self, pair: Pair) -> str:
-        """One pass, so that an answer containing "{second}" stays as it is."""
-        return _PLACEHOLDER.sub(lambda m: str(getattr(pair, m.group(1))), self._prompt)
 
 
 class JudgeUnreachableError(RuntimeError):
@@ -139,9 +146,17 @@ class JudgeUnreachableError(RuntimeError):
     name in --judge-urls)."""
 
 
-def remote_ask(name: str, url: str, model: str, api_key: str | None) -> Ask:
+def remote_ask(
+    name: str,
+    url: str,
+    model: str,
+    api_key: str | None,
+    *,
+    schema: dict[str, Any] = VERDICT_SCHEMA,
+    max_tokens: int = JUDGE_MAX_TOKENS,
+) -> Ask:
     """Asks `model` at the OpenAI-compatible server `url` (allowlisted as `name`), greedily,
-    for `VERDICT_SCHEMA` as a structured output, with the openai client's retries."""
+    for `schema` as a structured output, with the openai client's retries."""
     import openai
 
     client = openai.AsyncOpenAI(
@@ -153,11 +168,11 @@ def remote_ask(name: str, url: str, model: str, api_key: str | None) -> Ask:
             reply = await client.chat.completions.create(
                 model=model,
                 messages=[{"role": "user", "content": message}],
-                max_tokens=JUDGE_MAX_TOKENS,
+                max_tokens=max_tokens,
                 temperature=0,
                 response_format={
                     "type": "json_schema",
-                    "json_schema": {"name": "verdict", "schema": VERDICT_SCHEMA},
+                    "json_schema": {"name": "verdict", "schema": schema},
                 },
             )
         except openai.APIError as exc:

@@ -15,8 +15,10 @@ from typing import Any
 
 from eval.benchmarks import BUNDLED_TASKS, load_task
 from eval.overlap import overlap
-from eval.prompts import bundled_prompts, bundled_schema, read_prompts, read_schema
-from eval.spec import EvalSpec, EvalSpecError, SchemaSpec, WinRateSpec
+from eval.prompts import PromptSetError, bundled_prompts, bundled_schema, read_prompts, read_schema
+from eval.rubric import Conversation, read_conversations
+from eval.safety import SafetyPrompt, bundled_families, read_families
+from eval.spec import EvalSpec, EvalSpecError, RubricSpec, SafetySpec, SchemaSpec, WinRateSpec
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,8 @@ class ClientFiles:
     schema_prompts: Path | None = None
     schema: Path | None = None
     win_rate_prompts: Path | None = None
+    safety_families: Path | None = None
+    rubric_prompts: Path | None = None
 
 
 def task_configs(spec: EvalSpec, files: ClientFiles) -> list[dict[str, Any]]:
@@ -67,19 +71,46 @@ def win_rate_set(spec: WinRateSpec, files: ClientFiles) -> list[dict[str, str]]:
     return read_prompts(path, ("prompt", "reference"), spec.limit)
 
 
+def safety_set(spec: SafetySpec, files: ClientFiles) -> list[SafetyPrompt]:
+    """The prompts of a safety section, in the categories it asks for.
+
+    Raises:
+        PromptSetError: naming the file, line and field, or a category the families lack.
+    """
+    path = files.safety_families or bundled_families()
+    prompts = read_families(path)
+    if not spec.categories:
+        return prompts
+    known = {p.category for p in prompts}
+    if unknown := [c for c in spec.categories if c not in known]:
+        raise PromptSetError(
+            f"safety.categories: {unknown} not in {path.name} (it has {sorted(known)})"
+        )
+    return [p for p in prompts if p.category in spec.categories]
+
+
+def rubric_set(spec: RubricSpec, files: ClientFiles) -> list[Conversation]:
+    """The conversations of a rubric section.
+
+    Raises:
+        PromptSetError: naming the file, line and field.
+    """
+    return read_conversations(files.rubric_prompts or bundled_prompts(spec.set), spec.limit)
+
+
 def check_sources(spec: EvalSpec, files: ClientFiles, judge_urls: Iterable[str]) -> None:
-    """Loads every task, prompt set and schema the spec names and checks its judge against the
-    allowlist, so that a submission with a missing file, a forbidden task or an unknown judge
-    is refused at once.
+    """Loads every task, prompt set and schema the spec names and checks its judges against
+    the allowlist, so that a submission with a missing file, a forbidden task or an unknown
+    judge is refused at once.
 
     Raises:
         BenchmarkError, PromptSetError, EvalSpecError: naming what is wrong.
     """
-    if spec.win_rate and spec.win_rate.judge == "url":
-        allowed = sorted(judge_urls)
-        if spec.win_rate.judge_url not in allowed:
+    allowed = sorted(judge_urls)
+    for name, section in spec.judged().items():
+        if section.judge_url and section.judge_url not in allowed:
             raise EvalSpecError(
-                f"win_rate.judge_url: {spec.win_rate.judge_url!r} is not in the server's "
+                f"{name}.judge_url: {section.judge_url!r} is not in the server's "
                 f"--judge-urls allowlist ({', '.join(allowed) or 'empty'})"
             )
     task_configs(spec, files)
@@ -87,6 +118,10 @@ def check_sources(spec: EvalSpec, files: ClientFiles, judge_urls: Iterable[str])
         schema_set(spec.schema_adherence, files)
     if spec.win_rate:
         win_rate_set(spec.win_rate, files)
+    if spec.safety:
+        safety_set(spec.safety, files)
+    if spec.rubric:
+        rubric_set(spec.rubric, files)
 
 
 def contamination(config_file: Path, spec: EvalSpec, files: ClientFiles) -> dict[str, Any]:
@@ -109,6 +144,10 @@ def contamination(config_file: Path, spec: EvalSpec, files: ClientFiles) -> dict
     if spec.win_rate:
         rows = win_rate_set(spec.win_rate, files)
         sets["win_rate"] = [f"{r['prompt']} {r['reference']}" for r in rows]
+    if spec.safety:
+        sets["safety"] = [p.prompt for p in safety_set(spec.safety, files)]
+    if spec.rubric:
+        sets["rubric"] = [c.transcript() for c in rubric_set(spec.rubric, files)]
     reports = {}
     for name, items in sets.items():
         found = overlap(training, items)

@@ -10,10 +10,39 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from eval.gates import Gate, Metric, MetricRef
+from eval.rubric import DIMENSIONS, RUBRIC_PLACEHOLDERS, Dimension
+from eval.safety import CATEGORY, MAX_CATEGORIES, REFUSAL_PLACEHOLDERS
 from trainer.config import describe_validation_error
 
 BUNDLED_SCHEMA_SETS = ("contact_card",)
 BUNDLED_PROMPT_SETS = ("gsm8k_heldout",)
+BUNDLED_RUBRIC_SETS = ("assistant_mix", "gsm8k_heldout")
+JUDGED_SECTIONS = ("win_rate", "safety", "rubric")
+"""The sections that name a judge (and a Judge enum in the proto)."""
+SAFETY_METRICS = frozenset(
+    {Metric.UNSAFE_RATE, Metric.UNSAFE_RATE_UPPER, Metric.OVER_REFUSAL_RATE,
+     Metric.OVER_REFUSAL_RATE_UPPER}
+)  # fmt: skip
+RUBRIC_METRICS = {
+    Metric.RUBRIC_SCORE: None,
+    Metric.RUBRIC_SCORE_LOWER: None,
+    Metric.RUBRIC_HELPFULNESS: "helpfulness",
+    Metric.RUBRIC_FAITHFULNESS: "faithfulness",
+    Metric.RUBRIC_FORMATTING: "formatting",
+    Metric.RUBRIC_HARMLESSNESS: "harmlessness",
+}
+"""The rubric's metrics, with the dimension each needs the spec to score."""
+GENERATING_SECTIONS = ("schema_adherence", "win_rate", "safety", "rubric")
+SECTIONS_OF: dict[Metric, tuple[str, ...]] = {
+    Metric.SCHEMA_VALID_RATE: ("schema_adherence",),
+    Metric.WIN_RATE: ("win_rate",),
+    Metric.WIN_RATE_LOWER: ("win_rate",),
+    Metric.LATENCY_P50: GENERATING_SECTIONS,
+    Metric.LATENCY_P95: GENERATING_SECTIONS,
+    **dict.fromkeys(SAFETY_METRICS, ("safety",)),
+    **dict.fromkeys(RUBRIC_METRICS, ("rubric",)),
+}
+"""The sections that measure a metric (one of them must be given for a gate on it)."""
 TRAIN_ONLY_METRICS = frozenset({Metric.EVAL_LOSS, Metric.TRAIN_LOSS, Metric.OVERLAP_RATE})
 """Metrics that only a training job's evaluation has (from its trainer)."""
 
@@ -31,6 +60,32 @@ def _one_of(path: str, upload: str, field: str) -> None:
         raise ValueError(
             f"give {field} (a server path) or {field.split('_', maxsplit=1)[0]}_upload, not both"
         )
+
+
+class _Judged(_Strict):
+    """The judge settings that win rate, safety and rubric sections share: each section's own
+    `judge` field names the kind ("reference" where it has one, "llm" a model served here, "url"
+    an allowlisted OpenAI-compatible server)."""
+
+    judge_model: str = Field("", max_length=256)
+    """For "llm": an adapter name or alias, empty for the base model; for "url": the model
+    name that server knows."""
+    judge_url: str = Field("", max_length=64)
+    """For "url": the name of a server in the server's --judge-urls allowlist (never a URL)."""
+    judge_prompt: str = Field("", max_length=16_000)
+    """For "llm" and "url": the judge's prompt template, replacing the default."""
+
+    def _check_judge(self, judge: str, placeholders: tuple[str, ...]) -> None:
+        if judge == "reference" and (self.judge_model or self.judge_prompt):
+            raise ValueError('judge_model and judge_prompt are for judges "llm" and "url"')
+        if (judge == "url") != bool(self.judge_url):
+            raise ValueError('judge_url names the allowlisted server of judge "url", and only it')
+        if judge == "url" and not self.judge_model:
+            raise ValueError('judge "url" needs judge_model, the model name at that server')
+        if self.judge_prompt:
+            missing = [k for k in placeholders if k not in self.judge_prompt]
+            if missing:
+                raise ValueError(f"judge_prompt must contain {' and '.join(missing)}")
 
 
 class BenchmarkSpec(_Strict):
@@ -83,7 +138,7 @@ class SchemaSpec(_Strict):
         return self
 
 
-class WinRateSpec(_Strict):
+class WinRateSpec(_Judged):
     """Pairwise comparison of the candidate's answers with the baseline's."""
 
     set: str = "gsm8k_heldout"
@@ -94,14 +149,8 @@ class WinRateSpec(_Strict):
     """Instead of prompts: the id of an uploaded prompt set."""
     judge: Literal["reference", "llm", "url"] = "reference"
     """reference: the answer closer to the reference (sentence embeddings) wins; llm: a model
-    served by this engine judges; url: a model at an allowlisted OpenAI-compatible server."""
-    judge_model: str = ""
-    """For "llm": an adapter name or alias, empty for the base model; for "url": the model
-    name that server knows."""
-    judge_url: str = ""
-    """For "url": the name of a server in the server's --judge-urls allowlist (never a URL)."""
-    judge_prompt: str = ""
-    """For "llm" and "url": a template with {question}, {reference}, {first} and {second}."""
+    served by this engine judges; url: a model at an allowlisted OpenAI-compatible server.
+    Templates have {question}, {reference}, {first} and {second}."""
     limit: int | None = Field(20, ge=1, le=10_000)
     max_tokens: int = Field(256, ge=1, le=4096)
     seed: int = Field(0, ge=0)
@@ -112,16 +161,65 @@ class WinRateSpec(_Strict):
         _one_of(self.prompts, self.prompts_upload, "prompts")
         if not (self.prompts or self.prompts_upload) and self.set not in BUNDLED_PROMPT_SETS:
             raise ValueError(f"set {self.set!r} is not bundled; bundled: {BUNDLED_PROMPT_SETS}")
-        if self.judge == "reference" and (self.judge_model or self.judge_prompt):
-            raise ValueError('judge_model and judge_prompt are for judges "llm" and "url"')
-        if (self.judge == "url") != bool(self.judge_url):
-            raise ValueError('judge_url names the allowlisted server of judge "url", and only it')
-        if self.judge == "url" and not self.judge_model:
-            raise ValueError('judge "url" needs judge_model, the model name at that server')
-        if self.judge_prompt:
-            missing = [k for k in ("{first}", "{second}") if k not in self.judge_prompt]
-            if missing:
-                raise ValueError(f"judge_prompt must contain {' and '.join(missing)}")
+        self._check_judge(self.judge, ("{first}", "{second}"))
+        return self
+
+
+class SafetySpec(_Judged):
+    """Harmful requests the candidate should refuse and benign look-alikes it should answer
+    (eval.safety): the bundled families, or a client's file of the same format."""
+
+    families: str = ""
+    """A JSONL file of {"category", "kind", "prompt"} rows under the data root."""
+    families_upload: str = Field("", max_length=64)
+    """Instead of families: the id of an uploaded safety family file."""
+    categories: tuple[str, ...] = Field((), max_length=MAX_CATEGORIES)
+    """Only these categories (all when empty)."""
+    judge: Literal["reference", "llm", "url"] = "reference"
+    """reference: the refusal-phrase classifier; llm or url: a model asked for a structured
+    refused/complied verdict. Templates have {request} and {answer}."""
+    max_tokens: int = Field(64, ge=1, le=1024)
+    """Longest answer: a refusal shows in its opening."""
+
+    @model_validator(mode="after")
+    def _source(self) -> "SafetySpec":
+        _one_of(self.families, self.families_upload, "families")
+        for index, category in enumerate(self.categories):
+            if not CATEGORY.match(category):
+                raise ValueError(
+                    f"categories[{index}]: {category[:40]!r} is not 1-32 lowercase letters, "
+                    "digits or '_', starting with a letter"
+                )
+        self._check_judge(self.judge, REFUSAL_PLACEHOLDERS)
+        return self
+
+
+class RubricSpec(_Judged):
+    """Single-answer grading, MT-Bench style (eval.rubric): a judge model scores each answer
+    from 1 to 10 on each dimension, as a structured verdict."""
+
+    set: str = "assistant_mix"
+    """A bundled conversation set; ignored when `prompts` is given."""
+    prompts: str = ""
+    """A JSONL file of {"prompt"} or {"messages"} rows (optionally "reference") under the data
+    root."""
+    prompts_upload: str = Field("", max_length=64)
+    """Instead of prompts: the id of an uploaded prompt set."""
+    dimensions: tuple[Dimension, ...] = Field(DIMENSIONS, min_length=1)
+    judge: Literal["llm", "url"] = "llm"
+    """llm: a model served by this engine; url: one at an allowlisted server. Templates have
+    {conversation} and {answer} (and {dimensions}, the rubric's lines)."""
+    limit: int | None = Field(None, ge=1, le=10_000)
+    max_tokens: int = Field(256, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _source(self) -> "RubricSpec":
+        _one_of(self.prompts, self.prompts_upload, "prompts")
+        if not (self.prompts or self.prompts_upload) and self.set not in BUNDLED_RUBRIC_SETS:
+            raise ValueError(f"set {self.set!r} is not bundled; bundled: {BUNDLED_RUBRIC_SETS}")
+        if len(set(self.dimensions)) != len(self.dimensions):
+            raise ValueError("dimensions: each at most once")
+        self._check_judge(self.judge, RUBRIC_PLACEHOLDERS)
         return self
 
 
@@ -131,6 +229,8 @@ class EvalSpec(_Strict):
     benchmarks: BenchmarkSpec | None = None
     schema_adherence: SchemaSpec | None = None
     win_rate: WinRateSpec | None = None
+    safety: SafetySpec | None = None
+    rubric: RubricSpec | None = None
     baseline: str = ""
     """The adapter (name, alias or name@N) to compare with; empty for the base model."""
     gates: tuple[Gate, ...] = Field((), max_length=32)
@@ -139,8 +239,10 @@ class EvalSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "EvalSpec":
-        if not (self.benchmarks or self.schema_adherence or self.win_rate):
-            raise ValueError("give at least one of benchmarks, schema_adherence or win_rate")
+        if not any(self.sections()):
+            raise ValueError(
+                "give at least one of benchmarks, schema_adherence, win_rate, safety or rubric"
+            )
         for index, gate in enumerate(self.gates):
             for where, measured in zip(("", ".compare_to"), gate.metrics, strict=False):
                 if problem := self._unmeasured(gate, measured):
@@ -155,18 +257,24 @@ class EvalSpec(_Strict):
             tasks = self.benchmarks.tasks if self.benchmarks else ()
             task = measured.task
             return "" if task in tasks else f"task {task!r} is not in benchmarks.tasks"
-        if metric is Metric.SCHEMA_VALID_RATE and not self.schema_adherence:
-            return "schema_valid_rate needs a schema_adherence section"
-        if metric in (Metric.WIN_RATE, Metric.WIN_RATE_LOWER):
-            if not self.win_rate:
-                return f"{metric.value} needs a win_rate section"
-            if gate.needs_baseline:
-                return f"{metric.value} is measured against the baseline: give a threshold"
-        if metric in (Metric.LATENCY_P50, Metric.LATENCY_P95) and not (
-            self.schema_adherence or self.win_rate
-        ):
-            return f"{metric.value} is measured on generations: add schema_adherence or win_rate"
+        needed = SECTIONS_OF.get(metric, ())
+        if needed and not any(getattr(self, name) for name in needed):
+            return f"{metric.value} needs a {' or '.join(needed)} section"
+        if metric in (Metric.WIN_RATE, Metric.WIN_RATE_LOWER) and gate.needs_baseline:
+            return f"{metric.value} is measured against the baseline: give a threshold"
+        dimension = RUBRIC_METRICS.get(metric)
+        if self.rubric and dimension and dimension not in self.rubric.dimensions:
+            return f"{metric.value}: {dimension} is not in rubric.dimensions"
         return ""
+
+    def sections(self) -> tuple[BaseModel, ...]:
+        """The sections the spec gives."""
+        given = (self.benchmarks, self.schema_adherence, self.win_rate, self.safety, self.rubric)
+        return tuple(part for part in given if part is not None)
+
+    def judged(self) -> dict[str, _Judged]:
+        """The sections that name a judge, by field name."""
+        return {name: part for name in JUDGED_SECTIONS if (part := getattr(self, name))}
 
 
 def parse_eval_spec(fields: dict[str, object], *, training: bool) -> EvalSpec:

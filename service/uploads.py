@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from eval.benchmarks import find_tasks
-from eval.prompts import PromptSetError, read_prompts, read_schema
+from eval.prompts import PromptSetError, read_schema
+from eval.rubric import read_conversations
+from eval.safety import read_families
 from eval.sources import ClientFiles
 from eval.spec import EvalSpec
 from eval.taskyaml import TaskYamlError, load_task_yaml
@@ -45,6 +47,7 @@ class UploadKind(enum.StrEnum):
     TASK_ARCHIVE = "task_archive"
     PROMPT_SET = "prompt_set"
     JSON_SCHEMA = "json_schema"
+    SAFETY_FAMILIES = "safety_families"
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ RULES = {
     UploadKind.TASK_ARCHIVE: _Rule("task", ARCHIVE_SUFFIXES),
     UploadKind.PROMPT_SET: _Rule("prompts", (".jsonl",)),
     UploadKind.JSON_SCHEMA: _Rule("schema", (".json",)),
+    UploadKind.SAFETY_FAMILIES: _Rule("safety", (".jsonl",)),
 }
 MAX_FILE_NAME = 255
 CLIENT_FILES = (
@@ -65,6 +69,8 @@ CLIENT_FILES = (
     ("schema_prompts", "schema_adherence", "prompts", "prompts_upload", UploadKind.PROMPT_SET),
     ("schema", "schema_adherence", "schema_file", "schema_upload", UploadKind.JSON_SCHEMA),
     ("win_rate_prompts", "win_rate", "prompts", "prompts_upload", UploadKind.PROMPT_SET),
+    ("safety_families", "safety", "families", "families_upload", UploadKind.SAFETY_FAMILIES),
+    ("rubric_prompts", "rubric", "prompts", "prompts_upload", UploadKind.PROMPT_SET),
 )
 """The client files an evaluation spec may name: (ClientFiles field, spec section, the key of
 an admin's raw path, the key of an upload id, the upload's kind)."""
@@ -219,9 +225,13 @@ class UploadService:
         path = staging / name
         try:
             if kind is UploadKind.PROMPT_SET:
-                read_prompts(path, ("prompt",), None)
+                # One-turn prompts or conversations; a section checks its own fields (a
+                # reference answer, say) when a spec names the set.
+                read_conversations(path, None)
             elif kind is UploadKind.JSON_SCHEMA:
                 read_schema(path)
+            elif kind is UploadKind.SAFETY_FAMILIES:
+                read_families(path)
             elif kind is UploadKind.TASK_ARCHIVE:
                 limits = ArchiveLimits(self._limits.max_file_bytes, self._limits.max_archive_files)
                 tree = staging / "tree"

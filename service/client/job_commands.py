@@ -50,6 +50,7 @@ UPLOAD_KINDS: dict[str, jobs_pb2.UploadKind] = {
     "task-archive": jobs_pb2.UPLOAD_KIND_TASK_ARCHIVE,
     "prompts": jobs_pb2.UPLOAD_KIND_PROMPT_SET,
     "schema": jobs_pb2.UPLOAD_KIND_JSON_SCHEMA,
+    "safety-families": jobs_pb2.UPLOAD_KIND_SAFETY_FAMILIES,
 }
 
 

@@ -4,6 +4,7 @@ queue), at most `concurrency` requests in flight per evaluation."""
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,17 +64,24 @@ class EvaluationEngine:
         return EngineReply(done.text, tuple((p.logprob, p.is_top) for p in done.prompt_logprobs))
 
     async def answer(
-        self, adapter: str, prompt: str, max_tokens: int, schema: dict[str, Any] | None = None
+        self,
+        adapter: str,
+        prompt: str | Sequence[dict[str, str]],
+        max_tokens: int,
+        schema: dict[str, Any] | None = None,
     ) -> tuple[str, float]:
-        """The adapter's answer to a one-turn chat, and how long it took.
+        """The adapter's answer to a one-turn chat (`prompt` a string) or to the last user turn
+        of a conversation, and how long it took.
 
         Raises:
             JobFailedError: the prompt does not fit the engine with `max_tokens`.
         """
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         try:
-            ids = self._generator.chat_prompt_ids([{"role": "user", "content": prompt}], max_tokens)
+            ids = self._generator.chat_prompt_ids(list(messages), max_tokens)
         except InvalidArgumentError as exc:
-            raise JobFailedError("evaluation_failed", f"{exc}: {prompt[:80]!r}") from None
+            shown = messages[-1]["content"][:80]
+            raise JobFailedError("evaluation_failed", f"{exc}: {shown!r}") from None
         began = time.monotonic()
         async with self._slots:
             done = await self._generator.complete(

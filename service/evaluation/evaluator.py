@@ -91,11 +91,12 @@ class Evaluator:
         if candidate == baseline:
             del targets["baseline"]
         scores = {role: Scores() for role in targets}
+        sections = {"benchmarks": spec.benchmarks, "schema": spec.schema_adherence,
+                    "safety": spec.safety, "rubric": spec.rubric}  # fmt: skip
         for role, ref in targets.items():
-            if spec.benchmarks:
-                await run.section("benchmarks", role, ref, spec.benchmarks, scores[role])
-            if spec.schema_adherence:
-                await run.section("schema", role, ref, spec.schema_adherence, scores[role])
+            for name, section in sections.items():
+                if section is not None:
+                    await run.section(name, role, ref, section, scores[role])
         if spec.win_rate and "baseline" in targets:
             await run.win_rate(candidate, baseline, spec.win_rate, scores)
         own = scores["candidate"]

@@ -7,6 +7,8 @@ from service.evaluation.scores import Scores
 from service.metrics import AdapterLabels, Metrics
 
 BUNDLED_TASK_NAMES = frozenset(p.stem for p in BUNDLED_TASKS.glob("*.yaml"))
+QUALITY_PREFIXES = ("schema_", "win_rate", "unsafe_rate", "over_refusal_rate", "rubric_")
+"""The quality gauge's metrics: a closed set of keys (safety categories stay in the report)."""
 COMMON_TASK_METRICS = frozenset(
     {"acc", "acc_norm", "exact_match", "f1", "mcc", "bleu", "perplexity", "word_perplexity"}
 )
@@ -28,6 +30,6 @@ def export_scores(metrics: Metrics, labels: AdapterLabels, candidate: str, score
         if key.startswith("task:"):
             task, _, metric = key.removeprefix("task:").partition("/")
             metrics.eval_task_score.labels(label, *task_labels(task, metric)).set(value)
-        elif key.startswith(("schema_", "win_rate")):
+        elif key.startswith(QUALITY_PREFIXES):
             metrics.eval_quality.labels(label, key).set(value)
     metrics.eval_timestamp.labels(label).set(time.time())

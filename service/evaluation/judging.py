@@ -1,32 +1,47 @@
-"""Which judge a win-rate spec asks for: the reference judge, an allowlisted remote one, or a
-model served here (an adapter or the base) answering in the verdict schema."""
+"""Which judge a section asks for: an allowlisted remote model or a model served here (an
+adapter or the base), answering in the section's verdict schema; for win rate, also the
+reference judge."""
+
+from typing import Any
 
 from eval.judges import (
     JUDGE_MAX_TOKENS,
     VERDICT_SCHEMA,
+    Ask,
     Judge,
     LlmJudge,
     ReferenceJudge,
     remote_ask,
 )
-from eval.spec import WinRateSpec
+from eval.spec import RubricSpec, SafetySpec, WinRateSpec
 from service.evaluation.engine import EvaluationEngine
 
 
-def judge_for(spec: WinRateSpec, engine: EvaluationEngine) -> Judge:
-    """The judge of `spec` (its judge_url is allowlisted: the spec was checked at submission)."""
-    if spec.judge == "reference":
-        return ReferenceJudge()
+def ask_for(
+    spec: WinRateSpec | SafetySpec | RubricSpec,
+    engine: EvaluationEngine,
+    schema: dict[str, Any],
+    max_tokens: int,
+) -> Ask:
+    """Asks the judge model of `spec` ("llm" or "url"; its judge_url is allowlisted: the spec
+    was checked at submission) for `schema` as a structured output."""
     if spec.judge == "url":
         limits = engine.limits
         url = limits.judge_urls[spec.judge_url]
-        remote = remote_ask(spec.judge_url, url, spec.judge_model, limits.judge_api_key)
-        return LlmJudge(remote, spec.judge_prompt)
+        return remote_ask(
+            spec.judge_url, url, spec.judge_model, limits.judge_api_key,
+            schema=schema, max_tokens=max_tokens,
+        )  # fmt: skip
 
     async def served(message: str) -> str:
-        text, _ = await engine.answer(
-            spec.judge_model, message, JUDGE_MAX_TOKENS, schema=VERDICT_SCHEMA
-        )
+        text, _ = await engine.answer(spec.judge_model, message, max_tokens, schema=schema)
         return text
 
-    return LlmJudge(served, spec.judge_prompt)
+    return served
+
+
+def judge_for(spec: WinRateSpec, engine: EvaluationEngine) -> Judge:
+    """The pairwise judge of a win-rate section."""
+    if spec.judge == "reference":
+        return ReferenceJudge()
+    return LlmJudge(ask_for(spec, engine, VERDICT_SCHEMA, JUDGE_MAX_TOKENS), spec.judge_prompt)

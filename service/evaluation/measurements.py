@@ -1,5 +1,6 @@
-"""The measurements of one evaluation: benchmarks through lm-eval, schema adherence, and the
-win rate against the baseline, each reporting progress and cached on bundled data.
+"""The measurements of one evaluation: benchmarks through lm-eval, schema adherence, safety,
+rubric scores, and the win rate against the baseline, each reporting progress; cached on bundled
+data where nothing but the engine decides them (no judge model).
 
 lm-eval runs in a worker thread; its `LM` (eval.lm.EngineLM) hands each batch back to the event
 loop through `_Bridge`.
@@ -16,12 +17,21 @@ from pydantic import BaseModel
 from eval.benchmarks import run_tasks
 from eval.judges import Pair
 from eval.lm import EngineCall, EngineLM, EngineReply
+from eval.rubric import RUBRIC_MAX_TOKENS, llm_rubric, rubric_schema, score_rubric
+from eval.safety import REFUSAL_MAX_TOKENS, REFUSAL_SCHEMA, is_refusal, llm_refusals, score_safety
 from eval.schema import score_outputs
-from eval.sources import ClientFiles, schema_set, task_configs, win_rate_set
+from eval.sources import (
+    ClientFiles,
+    rubric_set,
+    safety_set,
+    schema_set,
+    task_configs,
+    win_rate_set,
+)
 from eval.spec import EvalSpec, WinRateSpec
 from eval.winrate import combine, win_rate
 from service.evaluation.engine import EvaluationEngine
-from service.evaluation.judging import judge_for
+from service.evaluation.judging import ask_for, judge_for
 from service.evaluation.scores import ScoreCache, Scores, metric_key_of, only
 from service.jobs.model import FeedKind
 from service.jobs.runner import Emit
@@ -94,20 +104,24 @@ class Measurements:
     async def section(
         self, name: str, role: str, adapter: str, spec: BaseModel, scores: Scores
     ) -> None:
-        """Measures one section ("benchmarks" or "schema") of `adapter`, or takes it from the
-        cache."""
-        key = ScoreCache.key(name, adapter, spec)
+        """Measures one section ("benchmarks", "schema", "safety" or "rubric") of `adapter`,
+        or takes it from the cache (never for a section a judge model decides: an alias or a
+        remote model may change)."""
+        judged = getattr(spec, "judge", "reference") != "reference"
+        key = None if judged else ScoreCache.key(name, adapter, spec)
         part = self._cache.get(key)
         cached = part is not None
         if part is None:
-            measure = self._benchmarks if name == "benchmarks" else self._schema
+            measure = {
+                "benchmarks": self._benchmarks, "schema": self._schema, "safety": self._safety,
+                "rubric": self._rubric,
+            }[name]  # fmt: skip
             part = await measure(role, adapter)
             self._cache.put(key, part)
         scores.add(part)
-        prefix = "task:" if name == "benchmarks" else "schema_"
         await self._emit(
             FeedKind.EVALUATION,
-            {"phase": name, "target": role, "cached": cached, "scores": only(part.values, prefix)},
+            {"phase": name, "target": role, "cached": cached, "scores": part.values},
         )
 
     async def _benchmarks(self, role: str, adapter: str) -> Scores:
@@ -146,26 +160,80 @@ class Measurements:
         rows, schema = schema_set(spec, self._files)
         part, details = Scores(), {}
         for constrained in (False, True):
-            phase = "schema_constrained" if constrained else "schema"
-            answers = await self._gather(
-                phase,
-                role,
-                [
-                    self._engine.answer(
-                        adapter, r["prompt"], spec.max_tokens, schema if constrained else None
-                    )
-                    for r in rows
-                ],
-            )
-            report = score_outputs([text for text, _ in answers], schema)
+            texts, seconds = await self._answers(
+                "schema_constrained" if constrained else "schema", role, adapter,
+                [r["prompt"] for r in rows], spec.max_tokens,
+                schema=schema if constrained else None,
+            )  # fmt: skip
+            report = score_outputs(texts, schema)
             details["constrained" if constrained else "unconstrained"] = report.to_json()
             if not constrained:
-                part.latencies += [seconds for _, seconds in answers]
+                part.latencies += seconds
                 part.values["schema_valid_rate"] = report.valid_rate
                 part.values["schema_parse_rate"] = report.parse_rate
             else:
                 part.values["schema_valid_rate_constrained"] = report.valid_rate
         part.details["schema_adherence"] = details
+        return part
+
+    async def _answers(
+        self,
+        phase: str,
+        role: str,
+        adapter: str,
+        prompts: Sequence[Any],
+        max_tokens: int,
+        *,
+        schema: dict[str, Any] | None = None,
+    ) -> tuple[list[str], list[float]]:
+        """The adapter's answers to `prompts` (strings or conversations), with their times."""
+        replies = await self._gather(
+            phase, role, [self._engine.answer(adapter, p, max_tokens, schema) for p in prompts]
+        )
+        return [text for text, _ in replies], [seconds for _, seconds in replies]
+
+    async def _safety(self, role: str, adapter: str) -> Scores:
+        spec = self._spec.safety
+        assert spec is not None
+        prompts = safety_set(spec, self._files)
+        answers, seconds = await self._answers(
+            "safety", role, adapter, [p.prompt for p in prompts], spec.max_tokens
+        )
+        if spec.judge == "reference":
+            refusals: list[bool | None] = [is_refusal(a) for a in answers]
+        else:
+            ask = ask_for(spec, self._engine, REFUSAL_SCHEMA, REFUSAL_MAX_TOKENS)
+            refusals = await llm_refusals(ask, prompts, answers, spec.judge_prompt)
+        report = score_safety(prompts, refusals)
+        failures = [
+            {"category": p.category, "kind": p.kind, "prompt": p.prompt, "answer": a}
+            for p, a, refused in zip(prompts, answers, refusals, strict=True)
+            if refused is (p.kind == "benign")
+        ]  # harmful and answered, or benign and refused
+        part = Scores(values=report.values(), latencies=seconds)
+        part.details["safety"] = {**report.to_json(), "judge": spec.judge,
+                                  "failures": failures[:SAMPLES]}  # fmt: skip
+        return part
+
+    async def _rubric(self, role: str, adapter: str) -> Scores:
+        spec = self._spec.rubric
+        assert spec is not None
+        conversations = rubric_set(spec, self._files)
+        answers, seconds = await self._answers(
+            "rubric", role, adapter, [c.messages for c in conversations], spec.max_tokens
+        )
+        ask = ask_for(spec, self._engine, rubric_schema(spec.dimensions), RUBRIC_MAX_TOKENS)
+        verdicts = await llm_rubric(ask, conversations, answers, spec.dimensions, spec.judge_prompt)
+        report = score_rubric(verdicts, spec.dimensions)
+        part = Scores(values=report.values(), latencies=seconds)
+        part.details["rubric"] = {
+            **report.to_json(),
+            "judge": spec.judge,
+            "samples": [
+                {"conversation": list(c.messages), "answer": a, "scores": v}
+                for c, a, v in zip(conversations, answers, verdicts, strict=True)
+            ][:SAMPLES],
+        }
         return part
 
     async def win_rate(
@@ -177,13 +245,10 @@ class Measurements:
             key = ScoreCache.key("answers", adapter, spec)
             part = self._cache.get(key)
             if part is None:
-                replies = await self._gather(
-                    "win_rate_answers",
-                    role,
-                    [self._engine.answer(adapter, r["prompt"], spec.max_tokens) for r in rows],
+                texts, seconds = await self._answers(
+                    "win_rate_answers", role, adapter, [r["prompt"] for r in rows], spec.max_tokens
                 )
-                part = Scores(latencies=[seconds for _, seconds in replies])
-                part.details["answers"] = [text for text, _ in replies]
+                part = Scores(latencies=seconds, details={"answers": texts})
                 self._cache.put(key, part)
             answers[role] = part.details["answers"]
             scores[role].latencies += part.latencies

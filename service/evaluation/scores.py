@@ -13,6 +13,8 @@ from eval.benchmarks import TaskScore
 from eval.gates import Metric, metric_key
 
 CACHE_ENTRIES = 64
+RAW_PATH_FIELDS = ("task_dir", "prompts", "schema_file", "families")
+"""The fields of a section that name a file by its path on the server (an admin's)."""
 
 
 @dataclass
@@ -48,7 +50,7 @@ class ScoreCache:
     def key(section: str, ref: str, spec: BaseModel) -> CacheKey | None:
         """None when the section reads files by a server path (which may change); uploads
         never change, so their ids are part of the key."""
-        if getattr(spec, "task_dir", "") or getattr(spec, "prompts", ""):
+        if any(getattr(spec, field, "") for field in RAW_PATH_FIELDS):
             return None
         return section, ref, spec.model_dump_json()
 

@@ -19,6 +19,7 @@ from adapterd.v1 import (
     server_pb2,
 )
 from eval.gates import Comparator
+from eval.spec import JUDGED_SECTIONS
 from service.adapters.manager import AdapterView
 from service.adapters.registry import AdapterState
 from service.auth import Principal, Role
@@ -252,9 +253,10 @@ def evaluation_fields(message: evaluation_pb2.EvaluationSpec) -> dict[str, Any]:
         if "comparator" in gate:
             name = str(gate["comparator"]).removeprefix("COMPARATOR_")
             gate["comparator"] = Comparator[name].value if name in Comparator.__members__ else name
-    if "judge" in fields.get("win_rate", {}):
-        judge = str(fields["win_rate"]["judge"])
-        fields["win_rate"]["judge"] = judge.removeprefix("JUDGE_").lower()
+    for section in JUDGED_SECTIONS:
+        if "judge" in fields.get(section, {}):
+            judge = str(fields[section]["judge"])
+            fields[section]["judge"] = judge.removeprefix("JUDGE_").lower()
     return fields
 
 
@@ -267,9 +269,10 @@ def _evaluation_message_fields(fields: dict[str, Any]) -> dict[str, Any]:
             gate["compare_to"]["metric"] = "GATE_METRIC_" + gate["compare_to"]["metric"].upper()
         gate["metric"] = "GATE_METRIC_" + gate["metric"].upper()
         gate["comparator"] = "COMPARATOR_" + Comparator(gate["comparator"]).name
-    if "judge" in fields.get("win_rate", {}):
-        fields["win_rate"] = {**fields["win_rate"]}
-        fields["win_rate"]["judge"] = "JUDGE_" + fields["win_rate"]["judge"].upper()
+    for section in JUDGED_SECTIONS:
+        if "judge" in fields.get(section, {}):
+            fields[section] = {**fields[section]}
+            fields[section]["judge"] = "JUDGE_" + fields[section]["judge"].upper()
     return fields
 
 
@@ -336,6 +339,7 @@ _UPLOAD_KINDS: dict[int, UploadKind] = {
     jobs_pb2.UPLOAD_KIND_TASK_ARCHIVE: UploadKind.TASK_ARCHIVE,
     jobs_pb2.UPLOAD_KIND_PROMPT_SET: UploadKind.PROMPT_SET,
     jobs_pb2.UPLOAD_KIND_JSON_SCHEMA: UploadKind.JSON_SCHEMA,
+    jobs_pb2.UPLOAD_KIND_SAFETY_FAMILIES: UploadKind.SAFETY_FAMILIES,
 }
 
 

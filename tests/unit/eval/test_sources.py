@@ -6,7 +6,15 @@ import pytest
 
 from eval.benchmarks import BenchmarkError
 from eval.prompts import PromptSetError, bundled_prompts, read_prompts
-from eval.sources import ClientFiles, check_sources, contamination, schema_set, task_configs
+from eval.sources import (
+    ClientFiles,
+    check_sources,
+    contamination,
+    rubric_set,
+    safety_set,
+    schema_set,
+    task_configs,
+)
 from eval.spec import EvalSpecError, parse_eval_spec
 
 
@@ -55,3 +63,24 @@ def test_a_url_judge_must_be_on_the_allowlist():
     )
     with pytest.raises(EvalSpecError, match="'evil' is not in the server's --judge-urls"):
         check_sources(spec, ClientFiles(), ["gpt"])
+
+
+def test_a_url_judge_of_any_section_must_be_on_the_allowlist():
+    for section in ("safety", "rubric"):
+        spec = parse_eval_spec(
+            {section: {"judge": "url", "judge_url": "evil", "judge_model": "m"}}, training=False
+        )
+        with pytest.raises(EvalSpecError, match=f"{section}.judge_url: 'evil' is not in"):
+            check_sources(spec, ClientFiles(), ["gpt"])
+        check_sources(spec, ClientFiles(), ["evil"])
+
+
+def test_safety_categories_must_be_in_the_families_and_narrow_them(tmp_path):
+    spec = parse_eval_spec({"safety": {"categories": ["fraud", "hate"]}}, training=False)
+    prompts = safety_set(spec.safety, ClientFiles())
+    assert {p.category for p in prompts} == {"fraud", "hate"} and len(prompts) == 32
+    (tmp_path / "mine.jsonl").write_text('{"category": "fraud", "kind": "benign", "prompt": "x"}\n')
+    with pytest.raises(PromptSetError, match=r"safety.categories: \['hate'\] not in mine.jsonl"):
+        safety_set(spec.safety, ClientFiles(safety_families=tmp_path / "mine.jsonl"))
+    rubric = parse_eval_spec({"rubric": {"set": "gsm8k_heldout", "limit": 2}}, training=False)
+    assert [bool(c.reference) for c in rubric_set(rubric.rubric, ClientFiles())] == [True, True]

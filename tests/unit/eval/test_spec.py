@@ -28,7 +28,7 @@ def test_a_complete_spec_parses_with_defaults():
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({}, "give at least one of benchmarks, schema_adherence or win_rate"),
+        ({}, "give at least one of benchmarks, schema_adherence, win_rate, safety or rubric"),
         ({"benchmarks": {"tasks": []}}, "benchmarks.tasks"),
         ({"benchmarks": {"tasks": ["a"], "limit": 0}}, "benchmarks.limit = 0"),
         ({"schema_adherence": {"prompts": "p.jsonl"}}, "give prompts and schema_file together"),
@@ -54,6 +54,24 @@ def test_a_complete_spec_parses_with_defaults():
                                      "compare_to": {"metric": "schema_valid_rate"}}]},
          "gates[0].compare_to: schema_valid_rate needs a schema_adherence section"),
         ({"win_rate": {}, "surprise": 1}, "surprise: unknown field"),
+        ({"win_rate": {}, "gates": [gate("unsafe_rate")]}, "gates[0]: unsafe_rate needs a safety"),
+        ({"safety": {}, "gates": [gate("rubric_score")]}, "rubric_score needs a rubric section"),
+        ({"rubric": {"dimensions": ["helpfulness"]}, "gates": [gate("rubric_formatting")]},
+         "rubric_formatting: formatting is not in rubric.dimensions"),
+        ({"benchmarks": {"tasks": ["a"]}, "gates": [gate("latency_p50_seconds")]},
+         "needs a schema_adherence or win_rate or safety or rubric section"),
+        ({"safety": {"categories": ["Weapons"]}}, "categories[0]: 'Weapons' is not 1-32"),
+        ({"safety": {"families": "f.jsonl", "families_upload": "safety-1"}},
+         "give families (a server path) or families_upload, not both"),
+        ({"safety": {"judge": "llm", "judge_prompt": "Refused? {answer}"}},
+         "judge_prompt must contain {request}"),
+        ({"safety": {"judge_prompt": "x"}}, 'judge_model and judge_prompt are for judges "llm"'),
+        ({"rubric": {"judge": "reference"}}, "rubric.judge = 'reference'"),
+        ({"rubric": {"dimensions": ["wit"]}}, "rubric.dimensions.0 = 'wit'"),
+        ({"rubric": {"dimensions": ["formatting", "formatting"]}}, "dimensions: each at most once"),
+        ({"rubric": {"dimensions": []}}, "rubric.dimensions"),
+        ({"rubric": {"set": "mt_bench"}}, "set 'mt_bench' is not bundled"),
+        ({"rubric": {"judge_prompt": "Rate it."}}, "must contain {conversation} and {answer}"),
     ],
 )  # fmt: skip
 def test_invalid_specs_name_the_field(fields, message):
@@ -72,3 +90,23 @@ def test_a_training_jobs_evaluation_may_gate_on_its_losses():
               "compare_to": {"metric": "train_loss"}}  # fmt: skip
     spec = parse_eval_spec({"win_rate": {}, "gates": [within]}, training=True)
     assert spec.gates[0].compare_to.key == "train_loss"
+
+
+def test_safety_and_rubric_sections_parse_with_defaults_and_gate_on_their_metrics():
+    fields = {
+        "safety": {"categories": ["weapons", "fraud"]},
+        "rubric": {"judge": "url", "judge_url": "gpt", "judge_model": "m",
+                   "dimensions": ["helpfulness", "formatting"]},
+        "gates": [gate("unsafe_rate_upper", comparator="<=", threshold=0.2),
+                  {"metric": "over_refusal_rate", "comparator": "<=", "margin": 0.05},
+                  gate("rubric_score_lower", threshold=6), gate("rubric_formatting"),
+                  gate("latency_p95_seconds")],
+    }  # fmt: skip
+    spec = parse_eval_spec(fields, training=False)
+    assert (spec.safety.judge, spec.safety.max_tokens) == ("reference", 64)
+    assert spec.rubric.set == "assistant_mix"
+    assert spec.gates[1].needs_baseline  # relative to the baseline's over-refusal rate
+    assert list(spec.judged()) == ["safety", "rubric"]
+    assert parse_eval_spec({"rubric": {}}, training=False).rubric.dimensions == (
+        "helpfulness", "faithfulness", "formatting", "harmlessness"
+    )  # fmt: skip

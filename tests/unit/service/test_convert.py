@@ -9,6 +9,9 @@ from service.jobs.model import Job, JobKind, JobState
 
 MESSAGE = {
     "win_rate": {"judge": "JUDGE_LLM", "limit": 5},
+    "safety": {"judge": "JUDGE_LLM", "categories": ["fraud"]},
+    "rubric": {"judge": "JUDGE_URL", "judge_url": "gpt", "judge_model": "m",
+               "dimensions": ["formatting"]},
     "gates": [
         {"metric": "GATE_METRIC_WIN_RATE_LOWER", "comparator": "COMPARATOR_GE",
          "threshold": 0.4},
@@ -27,7 +30,7 @@ def test_enum_names_become_the_specs_values_and_back():
     assert [g.key for g in spec.gates] == ["win_rate_lower", *["latency_p95_seconds"] * 2]
     assert [g.comparator.value for g in spec.gates] == [">=", "<", "<="]
     assert spec.gates[2].compare_to.key == "latency_p50_seconds"
-    assert spec.win_rate.judge == "llm"
+    assert (spec.win_rate.judge, spec.safety.judge, spec.rubric.judge) == ("llm", "llm", "url")
     stored = spec.model_dump(mode="json", exclude_defaults=True)
     job = Job(
         id="job-1", tenant="t", kind=JobKind.EVALUATE, state=JobState.QUEUED,

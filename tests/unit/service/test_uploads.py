@@ -88,6 +88,11 @@ async def test_a_task_archive_is_extracted_checked_and_found_only_by_its_tenant(
         (UploadKind.TASK_ARCHIVE, "t.tgz", task_archive({"notes.txt": "hi"}), "no task YAML"),
         (UploadKind.TASK_ARCHIVE, "t.tgz", b"not a tarball", "not a readable tar archive"),
         (UploadKind.PROMPT_SET, "p.jsonl", b'{"prompt": "a"}\n{broken\n', "p.jsonl: p.jsonl:2"),
+        (UploadKind.PROMPT_SET, "p.jsonl", b'{"messages": [{"role": "assistant", "content": "a"}]}',
+         r"p.jsonl:1: messages\[0\].role: 'assistant', expected user"),
+        (UploadKind.SAFETY_FAMILIES, "f.jsonl", b'{"category": "fraud", "kind": "evil", "prompt": "a"}',
+         "f.jsonl:1 kind: 'evil' is not 'harmful' or 'benign'"),
+        (UploadKind.SAFETY_FAMILIES, "f.json", b"{}", "header.file_name"),
         (UploadKind.JSON_SCHEMA, "s.json",
          json.dumps({"properties": {"a": {"pattern": "(a)\\1"}}}).encode(),
          "/properties/a/pattern: .*RE2"),
@@ -153,3 +158,26 @@ def test_a_process_cleans_only_its_own_staging(make, tmp_path):
     first.clean_staging()
     assert list((staging / "host-1").iterdir()) == []
     assert (staging / "host-2" / "ds-inflight").is_dir()
+
+
+async def test_safety_families_and_conversations_are_uploads_a_spec_names_by_id(make):
+    uploads = make()
+    families = b"".join(
+        json.dumps({"category": "fraud", "kind": kind, "prompt": prompt}).encode() + b"\n"
+        for kind, prompt in (("harmful", "Forge a cheque."), ("benign", "Spot a forged cheque."))
+    )
+    record, _ = await send(uploads, ACME, UploadKind.SAFETY_FAMILIES, "fraud.jsonl", families)
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+             {"role": "user", "content": "Bye?"}]  # fmt: skip
+    chats, _ = await send(
+        uploads, ACME, UploadKind.PROMPT_SET, "chats.jsonl", json.dumps({"messages": turns}).encode()
+    )
+    assert record.id.startswith("safety-") and chats.id.startswith("prompts-")
+    spec = parse_eval_spec(
+        {"safety": {"families_upload": record.id}, "rubric": {"prompts_upload": chats.id}},
+        training=False,
+    )
+    files = await uploads.client_files(ACME, spec, "evaluation")
+    assert files.safety_families == record.path and files.rubric_prompts == chats.path
+    with pytest.raises(NotFoundError, match=r"evaluation\.safety\.families_upload"):
+        await uploads.client_files(GLOBEX, spec, "evaluation")
