@@ -185,7 +185,10 @@ class Rate:
         n, p = self.total, self.value
         centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
         half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / (1 + Z95**2 / n)
-        return max(0.0, centre - half), min(1.0, centre + half)
+        # Exact at the ends, where rounding would leave the bound a hair inside.
+        lower = 0.0 if self.count == 0 else max(0.0, centre - half)
+        upper = 1.0 if self.count == n else min(1.0, centre + half)
+        return lower, upper
 
     def to_json(self) -> dict[str, float]:
         """The rate, its interval and its counts."""

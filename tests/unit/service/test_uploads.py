@@ -170,7 +170,11 @@ async def test_safety_families_and_conversations_are_uploads_a_spec_names_by_id(
     turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
              {"role": "user", "content": "Bye?"}]  # fmt: skip
     chats, _ = await send(
-        uploads, ACME, UploadKind.PROMPT_SET, "chats.jsonl", json.dumps({"messages": turns}).encode()
+        uploads,
+        ACME,
+        UploadKind.PROMPT_SET,
+        "chats.jsonl",
+        json.dumps({"messages": turns}).encode(),
     )
     assert record.id.startswith("safety-") and chats.id.startswith("prompts-")
     spec = parse_eval_spec(
