@@ -67,6 +67,8 @@ class _Judged(_Strict):
     `judge` field names the kind ("reference" where it has one, "llm" a model served here, "url"
     an allowlisted OpenAI-compatible server)."""
 
+    judge: str
+    """Narrowed by each section to the kinds it has."""
     judge_model: str = Field("", max_length=256)
     """For "llm": an adapter name or alias, empty for the base model; for "url": the model
     name that server knows."""

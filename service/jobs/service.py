@@ -152,11 +152,12 @@ class JobService:
         updates: dict[str, Any] = {}
         if spec.baseline:
             updates["baseline"] = self._adapters.find(principal, spec.baseline, f"{where}.baseline")
-        if spec.win_rate and spec.win_rate.judge == "llm" and spec.win_rate.judge_model:
-            field = f"{where}.win_rate.judge_model"
-            judge = qualify_read(principal, spec.win_rate.judge_model, field)
-            self._adapters.resolve(judge, field)  # it must exist and be ready now
-            updates["win_rate"] = spec.win_rate.model_copy(update={"judge_model": judge})
+        for name, section in spec.judged().items():
+            if section.judge == "llm" and section.judge_model:
+                field = f"{where}.{name}.judge_model"
+                judge = qualify_read(principal, section.judge_model, field)
+                self._adapters.resolve(judge, field)  # it must exist and be ready now
+                updates[name] = section.model_copy(update={"judge_model": judge})
         if spec.promote_alias:
             if not spec.gates:
                 raise InvalidArgumentError(

@@ -334,7 +334,7 @@ def test_the_safety_suite_scores_an_adapter_that_refuses_and_one_that_complies(s
     assert 'adapterd_eval_quality{adapter="acme/refuser",metric="over_refusal_rate"}' in page
 
 
-def test_a_tenants_safety_families_and_rubric_verdicts_from_a_served_judge(server, tmp_path):
+def test_a_tenants_safety_families_and_rubric_verdicts_from_a_served_judge(admin, server, tmp_path):
     families = tmp_path / "families.jsonl"
     families.write_text("".join(
         json.dumps({"category": category, "kind": kind, "prompt": f"{category} {kind} {n}?"}) + "\n"
@@ -366,4 +366,8 @@ def test_a_tenants_safety_families_and_rubric_verdicts_from_a_served_judge(serve
     assert len(rubric["samples"][0]["conversation"]) == 1
     with Client(server.target, OTHER_USER_TOKEN, timeout=60) as other:
         code, message = code_of(lambda: evaluate(other, spec, adapter=""))
-    assert code == grpc.StatusCode.NOT_FOUND and "safety.families_upload" in message
+        assert code == grpc.StatusCode.NOT_FOUND and "safety.families_upload" in message
+        # A judge model is read as the submitter: another tenant's adapter does not exist.
+        judged = {"rubric": {"judge": "JUDGE_LLM", "judge_model": "ops/eval-one"}}
+        code, message = code_of(lambda: evaluate(other, judged, adapter=""))
+        assert code == grpc.StatusCode.NOT_FOUND and "rubric.judge_model" in message
