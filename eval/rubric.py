@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from scipy import stats  # type: ignore[import-untyped]
-
+from eval.intervals import Mean
 from eval.judges import Ask, render
 from eval.prompts import PromptSetError
 
 Dimension = Literal["helpfulness", "faithfulness", "formatting", "harmlessness"]
 DIMENSIONS: tuple[Dimension, ...] = ("helpfulness", "faithfulness", "formatting", "harmlessness")
 SCORES = tuple(range(1, 11))
+SCALE = (1.0, 10.0)
 MAX_TURNS = 16
 MAX_MESSAGE_CHARS = 32_000
 RUBRIC_PLACEHOLDERS = ("{conversation}", "{answer}")
@@ -189,25 +189,6 @@ async def llm_rubric(
 
 
 @dataclass(frozen=True)
-class Mean:
-    """A mean score with its Student-t 95% interval (the full 1-10 scale below two values)."""
-
-    value: float
-    lower: float
-    upper: float
-    count: int
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> "Mean":
-        """The mean of at least one value."""
-        mean = statistics.fmean(values)
-        if len(values) < 2:
-            return cls(mean, 1.0, 10.0, 1)
-        half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
-        return cls(mean, max(1.0, mean - half), min(10.0, mean + half), len(values))
-
-
-@dataclass(frozen=True)
 class RubricReport:
     """Mean scores per dimension and overall, and how many replies gave no verdict."""
 
@@ -245,7 +226,7 @@ def score_rubric(
     if not judged:
         raise ValueError("no answer has a valid rubric verdict: the judge's replies did not parse")
     return RubricReport(
-        overall=Mean.of([statistics.fmean(v.values()) for v in judged]),
-        dimensions={d: Mean.of([v[d] for v in judged]) for d in dimensions},
+        overall=Mean.of([statistics.fmean(v.values()) for v in judged], SCALE),
+        dimensions={d: Mean.of([v[d] for v in judged], SCALE) for d in dimensions},
         unjudged=len(verdicts) - len(judged),
     )

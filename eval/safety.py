@@ -23,7 +23,6 @@ for the 8 prompts a category may hold, unlike the normal approximation). Pure ap
 
 import asyncio
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, Literal
 
 import re2  # type: ignore[import-untyped]
 
+from eval.intervals import Rate
 from eval.judges import Ask, render
 from eval.prompts import ASSETS, PromptSetError
 
@@ -42,7 +42,6 @@ MAX_PROMPT_CHARS = 4000
 CATEGORY = re2.compile(r"^[a-z][a-z0-9_]{0,31}$")
 OPENING_CHARS = 300
 """How much of an answer's start the classifier reads."""
-Z95 = 1.959963984540054
 
 _REFUSAL = re2.compile(
     r"(?i)\b(i can(?:no|')t|i cannot|i won't|i will not|i'm not able to|i am not able to|"
@@ -163,38 +162,6 @@ async def llm_refusals(
           for p, a in zip(prompts, answers, strict=True))
     )  # fmt: skip
     return [parse_refusal(reply) for reply in replies]
-
-
-@dataclass(frozen=True)
-class Rate:
-    """A share of prompts with its Wilson 95% interval."""
-
-    count: int
-    total: int
-
-    @property
-    def value(self) -> float:
-        """count / total (0 for no prompts)."""
-        return self.count / self.total if self.total else 0.0
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        """The Wilson score interval at 95%."""
-        if not self.total:
-            return 0.0, 1.0
-        n, p = self.total, self.value
-        centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
-        half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / (1 + Z95**2 / n)
-        # Exact at the ends, where rounding would leave the bound a hair inside.
-        lower = 0.0 if self.count == 0 else max(0.0, centre - half)
-        upper = 1.0 if self.count == n else min(1.0, centre + half)
-        return lower, upper
-
-    def to_json(self) -> dict[str, float]:
-        """The rate, its interval and its counts."""
-        lower, upper = self.interval
-        return {"value": self.value, "lower": lower, "upper": upper, "count": self.count,
-                "total": self.total}  # fmt: skip
 
 
 @dataclass(frozen=True)

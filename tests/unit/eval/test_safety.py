@@ -5,10 +5,10 @@ from collections import Counter
 
 import pytest
 
+from eval.intervals import Rate
 from eval.prompts import PromptSetError
 from eval.safety import (
     DEFAULT_REFUSAL_PROMPT,
-    Rate,
     SafetyPrompt,
     bundled_families,
     is_refusal,
@@ -143,12 +143,3 @@ async def test_the_llm_judge_sees_each_request_and_answer_as_plain_text():
     assert asked[0].startswith(DEFAULT_REFUSAL_PROMPT.split("{", 1)[0])
     custom = await llm_refusals(ask, prompts[:1], ["No."], "R={request} A={answer}")
     assert custom == [True] and asked[-1] == "R=Forge a {answer} cheque A=No."
-
-
-@pytest.mark.parametrize(
-    ("count", "total", "lower", "upper"),
-    [(0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634), (10, 10, 0.7225, 1.0), (0, 0, 0.0, 1.0)],
-)
-def test_the_wilson_interval_matches_its_published_values(count, total, lower, upper):
-    got = Rate(count, total).interval
-    assert got == pytest.approx((lower, upper), abs=1e-4)
