@@ -43,6 +43,14 @@ class Metric(enum.Enum):
     RUBRIC_FAITHFULNESS = "rubric_faithfulness"
     RUBRIC_FORMATTING = "rubric_formatting"
     RUBRIC_HARMLESSNESS = "rubric_harmlessness"
+    HUMAN_SCORE = "human_score"
+    """Mean human rating (1-5) of the candidate's answers; measured once ratings are imported."""
+    HUMAN_SCORE_LOWER = "human_score_lower"
+    """Lower bound of its Student-t 95% interval."""
+    HUMAN_WIN_RATE = "human_win_rate"
+    """The raters' preferences for the candidate over the baseline: wins plus half the ties."""
+    HUMAN_JUDGE_AGREEMENT = "human_judge_agreement"
+    """Share of the raters' preferences that the judge's outcome matches."""
 
 
 class Comparator(enum.Enum):

@@ -67,10 +67,11 @@ class Conversation:
     messages: tuple[dict[str, str], ...]
     reference: str = ""
 
-    def transcript(self) -> str:
-        """The turns as the judge reads them ("User: ...", "Assistant: ...")."""
+    def transcript(self, *, reference: bool = True) -> str:
+        """The turns as a judge reads them ("User: ...", "Assistant: ..."), then the reference
+        (unless `reference` is False: a pairwise judge is shown it on its own)."""
         lines = [f"{m['role'].capitalize()}: {m['content']}" for m in self.messages]
-        if self.reference:
+        if self.reference and reference:
             lines.append(f"(Reference: {self.reference})")
         return "\n\n".join(lines)
 

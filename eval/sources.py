@@ -18,7 +18,15 @@ from eval.overlap import overlap
 from eval.prompts import PromptSetError, bundled_prompts, bundled_schema, read_prompts, read_schema
 from eval.rubric import Conversation, read_conversations
 from eval.safety import SafetyPrompt, bundled_families, read_families
-from eval.spec import EvalSpec, EvalSpecError, RubricSpec, SafetySpec, SchemaSpec, WinRateSpec
+from eval.spec import (
+    EvalSpec,
+    EvalSpecError,
+    HumanSpec,
+    RubricSpec,
+    SafetySpec,
+    SchemaSpec,
+    WinRateSpec,
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,7 @@ class ClientFiles:
     win_rate_prompts: Path | None = None
     safety_families: Path | None = None
     rubric_prompts: Path | None = None
+    human_prompts: Path | None = None
 
 
 def task_configs(spec: EvalSpec, files: ClientFiles) -> list[dict[str, Any]]:
@@ -98,6 +107,24 @@ def rubric_set(spec: RubricSpec, files: ClientFiles) -> list[Conversation]:
     return read_conversations(files.rubric_prompts or bundled_prompts(spec.set), spec.limit)
 
 
+def human_set(spec: HumanSpec, files: ClientFiles) -> list[Conversation]:
+    """The conversations of a human section; each with a reference for the reference judge.
+
+    Raises:
+        PromptSetError: naming the file, line and field.
+    """
+    path = files.human_prompts or bundled_prompts(spec.set)
+    conversations = read_conversations(path, spec.limit)
+    if spec.judge == "reference":
+        missing = [i for i, c in enumerate(conversations, start=1) if not c.reference]
+        if missing:
+            raise PromptSetError(
+                f"{path.name}: human.judge 'reference' needs a reference on every conversation; "
+                f"rows {missing[:10]} have none"
+            )
+    return conversations
+
+
 def check_sources(spec: EvalSpec, files: ClientFiles, judge_urls: Iterable[str]) -> None:
     """Loads every task, prompt set and schema the spec names and checks its judges against
     the allowlist, so that a submission with a missing file, a forbidden task or an unknown
@@ -122,6 +149,8 @@ def check_sources(spec: EvalSpec, files: ClientFiles, judge_urls: Iterable[str])
         safety_set(spec.safety, files)
     if spec.rubric:
         rubric_set(spec.rubric, files)
+    if spec.human:
+        human_set(spec.human, files)
 
 
 def contamination(config_file: Path, spec: EvalSpec, files: ClientFiles) -> dict[str, Any]:
@@ -148,6 +177,8 @@ def contamination(config_file: Path, spec: EvalSpec, files: ClientFiles) -> dict
         sets["safety"] = [p.prompt for p in safety_set(spec.safety, files)]
     if spec.rubric:
         sets["rubric"] = [c.transcript() for c in rubric_set(spec.rubric, files)]
+    if spec.human:
+        sets["human"] = [c.transcript() for c in human_set(spec.human, files)]
     reports = {}
     for name, items in sets.items():
         found = overlap(training, items)

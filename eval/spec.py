@@ -17,7 +17,7 @@ from trainer.config import describe_validation_error
 BUNDLED_SCHEMA_SETS = ("contact_card",)
 BUNDLED_PROMPT_SETS = ("gsm8k_heldout",)
 BUNDLED_RUBRIC_SETS = ("assistant_mix", "gsm8k_heldout")
-JUDGED_SECTIONS = ("win_rate", "safety", "rubric")
+JUDGED_SECTIONS = ("win_rate", "safety", "rubric", "human")
 """The sections that name a judge (and a Judge enum in the proto)."""
 SAFETY_METRICS = frozenset(
     {Metric.UNSAFE_RATE, Metric.UNSAFE_RATE_UPPER, Metric.OVER_REFUSAL_RATE,
@@ -32,7 +32,16 @@ RUBRIC_METRICS = {
     Metric.RUBRIC_HARMLESSNESS: "harmlessness",
 }
 """The rubric's metrics, with the dimension each needs the spec to score."""
-GENERATING_SECTIONS = ("schema_adherence", "win_rate", "safety", "rubric")
+HUMAN_METRICS = frozenset(
+    {Metric.HUMAN_SCORE, Metric.HUMAN_SCORE_LOWER, Metric.HUMAN_WIN_RATE,
+     Metric.HUMAN_JUDGE_AGREEMENT}
+)  # fmt: skip
+"""Measured when a human section's ratings are imported, after the evaluation job."""
+CANDIDATE_ONLY_METRICS = frozenset(
+    {Metric.WIN_RATE, Metric.WIN_RATE_LOWER, Metric.HUMAN_WIN_RATE, Metric.HUMAN_JUDGE_AGREEMENT}
+)
+"""Metrics of the pair, not of each side: the baseline has no value of its own."""
+GENERATING_SECTIONS = ("schema_adherence", "win_rate", "safety", "rubric", "human")
 SECTIONS_OF: dict[Metric, tuple[str, ...]] = {
     Metric.SCHEMA_VALID_RATE: ("schema_adherence",),
     Metric.WIN_RATE: ("win_rate",),
@@ -41,6 +50,7 @@ SECTIONS_OF: dict[Metric, tuple[str, ...]] = {
     Metric.LATENCY_P95: GENERATING_SECTIONS,
     **dict.fromkeys(SAFETY_METRICS, ("safety",)),
     **dict.fromkeys(RUBRIC_METRICS, ("rubric",)),
+    **dict.fromkeys(HUMAN_METRICS, ("human",)),
 }
 """The sections that measure a metric (one of them must be given for a gate on it)."""
 TRAIN_ONLY_METRICS = frozenset({Metric.EVAL_LOSS, Metric.TRAIN_LOSS, Metric.OVERLAP_RATE})
@@ -225,6 +235,34 @@ class RubricSpec(_Judged):
         return self
 
 
+class HumanSpec(_Judged):
+    """A blinded side-by-side sheet of the candidate's and the baseline's answers for people
+    to rate (eval.human); the pairs are also judged, for the agreement of raters and judge."""
+
+    set: str = "gsm8k_heldout"
+    """A bundled conversation set; ignored when `prompts` is given."""
+    prompts: str = ""
+    """A JSONL file of {"prompt"} or {"messages"} rows (optionally "reference") under the data
+    root."""
+    prompts_upload: str = Field("", max_length=64)
+    """Instead of prompts: the id of an uploaded prompt set."""
+    judge: Literal["reference", "llm", "url"] = "reference"
+    """Who judges the same pairs (as win rate's judge; "reference" needs a reference answer on
+    every conversation). Templates have {question}, {reference}, {first} and {second}."""
+    limit: int | None = Field(20, ge=1, le=500)
+    max_tokens: int = Field(256, ge=1, le=4096)
+    seed: int = Field(0, ge=0)
+    """Draws each item's order of A and B."""
+
+    @model_validator(mode="after")
+    def _source(self) -> "HumanSpec":
+        _one_of(self.prompts, self.prompts_upload, "prompts")
+        if not (self.prompts or self.prompts_upload) and self.set not in BUNDLED_RUBRIC_SETS:
+            raise ValueError(f"set {self.set!r} is not bundled; bundled: {BUNDLED_RUBRIC_SETS}")
+        self._check_judge(self.judge, ("{first}", "{second}"))
+        return self
+
+
 class EvalSpec(_Strict):
     """One evaluation: what to measure, against which baseline, and the gates."""
 
@@ -233,6 +271,7 @@ class EvalSpec(_Strict):
     win_rate: WinRateSpec | None = None
     safety: SafetySpec | None = None
     rubric: RubricSpec | None = None
+    human: HumanSpec | None = None
     baseline: str = ""
     """The adapter (name, alias or name@N) to compare with; empty for the base model."""
     gates: tuple[Gate, ...] = Field((), max_length=32)
@@ -243,7 +282,8 @@ class EvalSpec(_Strict):
     def _consistent(self) -> "EvalSpec":
         if not any(self.sections()):
             raise ValueError(
-                "give at least one of benchmarks, schema_adherence, win_rate, safety or rubric"
+                "give at least one of benchmarks, schema_adherence, win_rate, safety, rubric or "
+                "human"
             )
         for index, gate in enumerate(self.gates):
             for where, measured in zip(("", ".compare_to"), gate.metrics, strict=False):
@@ -262,7 +302,7 @@ class EvalSpec(_Strict):
         needed = SECTIONS_OF.get(metric, ())
         if needed and not any(getattr(self, name) for name in needed):
             return f"{metric.value} needs a {' or '.join(needed)} section"
-        if metric in (Metric.WIN_RATE, Metric.WIN_RATE_LOWER) and gate.needs_baseline:
+        if metric in CANDIDATE_ONLY_METRICS and gate.needs_baseline:
             return f"{metric.value} is measured against the baseline: give a threshold"
         dimension = RUBRIC_METRICS.get(metric)
         if self.rubric and dimension and dimension not in self.rubric.dimensions:
@@ -271,8 +311,14 @@ class EvalSpec(_Strict):
 
     def sections(self) -> tuple[BaseModel, ...]:
         """The sections the spec gives."""
-        given = (self.benchmarks, self.schema_adherence, self.win_rate, self.safety, self.rubric)
+        given = (self.benchmarks, self.schema_adherence, self.win_rate, self.safety, self.rubric,
+                 self.human)  # fmt: skip
         return tuple(part for part in given if part is not None)
+
+    @property
+    def awaits_ratings(self) -> bool:
+        """A gate reads a human metric: promotion waits for imported ratings."""
+        return any(m.metric in HUMAN_METRICS for gate in self.gates for m in gate.metrics)
 
     def judged(self) -> dict[str, _Judged]:
         """The sections that name a judge, by field name."""

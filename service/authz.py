@@ -65,6 +65,8 @@ POLICY: dict[str, Access] = {
     _JOBS + "WatchJob": Access.USER,
     _JOBS + "Evaluate": Access.USER,
     _JOBS + "GetEvaluationReport": Access.USER,
+    _JOBS + "GetHumanEvalSheet": Access.USER,
+    _JOBS + "ImportHumanRatings": Access.USER,
     # A tenant captures, reads, rates and exports its own traffic only (`service.capture`).
     _CAPTURE + "SetCapturePolicy": Access.USER,
     _CAPTURE + "ListCapturePolicies": Access.USER,

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from eval.benchmarks import find_tasks
+from eval.human import read_ratings
 from eval.prompts import PromptSetError, read_schema
 from eval.rubric import read_conversations
 from eval.safety import read_families
@@ -48,6 +49,7 @@ class UploadKind(enum.StrEnum):
     PROMPT_SET = "prompt_set"
     JSON_SCHEMA = "json_schema"
     SAFETY_FAMILIES = "safety_families"
+    HUMAN_RATINGS = "human_ratings"
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ RULES = {
     UploadKind.PROMPT_SET: _Rule("prompts", (".jsonl",)),
     UploadKind.JSON_SCHEMA: _Rule("schema", (".json",)),
     UploadKind.SAFETY_FAMILIES: _Rule("safety", (".jsonl",)),
+    UploadKind.HUMAN_RATINGS: _Rule("ratings", (".jsonl",)),
 }
 MAX_FILE_NAME = 255
 CLIENT_FILES = (
@@ -71,6 +74,7 @@ CLIENT_FILES = (
     ("win_rate_prompts", "win_rate", "prompts", "prompts_upload", UploadKind.PROMPT_SET),
     ("safety_families", "safety", "families", "families_upload", UploadKind.SAFETY_FAMILIES),
     ("rubric_prompts", "rubric", "prompts", "prompts_upload", UploadKind.PROMPT_SET),
+    ("human_prompts", "human", "prompts", "prompts_upload", UploadKind.PROMPT_SET),
 )
 """The client files an evaluation spec may name: (ClientFiles field, spec section, the key of
 an admin's raw path, the key of an upload id, the upload's kind)."""
@@ -232,6 +236,8 @@ class UploadService:
                 read_schema(path)
             elif kind is UploadKind.SAFETY_FAMILIES:
                 read_families(path)
+            elif kind is UploadKind.HUMAN_RATINGS:
+                read_ratings(path)  # the items are checked against a sheet on import
             elif kind is UploadKind.TASK_ARCHIVE:
                 limits = ArchiveLimits(self._limits.max_file_bytes, self._limits.max_archive_files)
                 tree = staging / "tree"

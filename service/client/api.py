@@ -168,6 +168,16 @@ class Client:
         request = jobs_pb2.GetEvaluationReportRequest(job_id=job_id)
         return self.call(self.jobs.GetEvaluationReport, request, jobs_pb2.EvaluationReport)
 
+    def human_sheet(self, job_id: str) -> jobs_pb2.HumanEvalSheet:
+        """GetHumanEvalSheet."""
+        request = jobs_pb2.GetHumanEvalSheetRequest(job_id=job_id)
+        return self.call(self.jobs.GetHumanEvalSheet, request, jobs_pb2.HumanEvalSheet)
+
+    def import_ratings(self, job_id: str, upload_id: str) -> jobs_pb2.HumanRatingsResult:
+        """ImportHumanRatings."""
+        request = jobs_pb2.ImportHumanRatingsRequest(job_id=job_id, upload_id=upload_id)
+        return self.call(self.jobs.ImportHumanRatings, request, jobs_pb2.HumanRatingsResult)
+
     def get_job(self, job_id: str) -> jobs_pb2.Job:
         """GetJob."""
         return self.call(self.jobs.GetJob, jobs_pb2.GetJobRequest(job_id=job_id), jobs_pb2.Job)

@@ -51,6 +51,7 @@ UPLOAD_KINDS: dict[str, jobs_pb2.UploadKind] = {
     "prompts": jobs_pb2.UPLOAD_KIND_PROMPT_SET,
     "schema": jobs_pb2.UPLOAD_KIND_JSON_SCHEMA,
     "safety-families": jobs_pb2.UPLOAD_KIND_SAFETY_FAMILIES,
+    "ratings": jobs_pb2.UPLOAD_KIND_HUMAN_RATINGS,
 }
 
 
@@ -107,6 +108,10 @@ def _submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
 def _evaluate(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     if args.action == "report":
         return _report(client, args.job_id, Path(args.out), as_json)
+    if args.action == "sheet":
+        return _sheet(client, args.job_id, Path(args.out))
+    if args.action == "rate":
+        return _rate(client, args.job_id, Path(args.ratings), as_json)
     evaluation = read_message(args.spec_file, evaluation_pb2.EvaluationSpec())
     spec = jobs_pb2.EvaluateSpec(adapter=args.adapter, evaluation=evaluation)
     job = client.evaluate(spec, args.request_id, args.priority)
@@ -115,6 +120,31 @@ def _evaluate(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         with contextlib.suppress(grpc.RpcError):  # a failed evaluation has no report
             _report(client, job.id, Path(args.out), as_json)
     return status
+
+
+def _sheet(client: Client, job_id: str, out: Path) -> int:
+    """Writes the job's human evaluation sheet (JSONL and HTML) into `out`."""
+    sheet = client.human_sheet(job_id)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{job_id}.sheet.jsonl").write_text(sheet.jsonl)
+    (out / f"{job_id}.sheet.html").write_text(sheet.html)
+    print(f"{sheet.items} items: {out / (job_id + '.sheet.html')} (save ratings.jsonl from it)")
+    return 0
+
+
+def _rate(client: Client, job_id: str, ratings: Path, as_json: bool) -> int:
+    """Uploads a ratings file and imports it into the job's human evaluation."""
+    upload = client.upload_file(ratings, jobs_pb2.UPLOAD_KIND_HUMAN_RATINGS)
+    summary = json_format.MessageToDict(client.import_ratings(job_id, upload.upload_id).evaluation)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    scores = summary["scores"]
+    print(f"human_score {scores['human_score']:.3f} (lower {scores['human_score_lower']:.3f})")
+    for reason in summary["failed_gates"]:
+        print(f"  gate FAIL: {reason}")
+    print("promoted" if summary["promoted"] else "not promoted")
+    return 0
 
 
 def _report(client: Client, job_id: str, out: Path, as_json: bool) -> int:
@@ -309,6 +339,12 @@ def add_job_commands(commands: Any) -> dict[str, Command]:
     report = actions.add_parser("report", help="Write a job's report (JSON and HTML).")
     report.add_argument("job_id")
     report.add_argument("--out", default=".", help="Directory to write JOB_ID.json/.html.")
+    sheet = actions.add_parser("sheet", help="Write a job's human evaluation sheet.")
+    sheet.add_argument("job_id")
+    sheet.add_argument("--out", default=".", help="Directory for JOB_ID.sheet.jsonl/.html.")
+    rate = actions.add_parser("rate", help="Upload and import ratings of a job's sheet.")
+    rate.add_argument("job_id")
+    rate.add_argument("ratings", help="ratings.jsonl, as the sheet's page saves it.")
     return {
         "eval": _evaluate,
         "upload": _upload,

@@ -8,14 +8,17 @@ field, file or line.
 """
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 from eval.benchmarks import BenchmarkError
 from eval.gates import check_gates
+from eval.human import score_human
 from eval.judges import JudgeUnreachableError
 from eval.prompts import PromptSetError
+from eval.report import REPORT_JSON
 from eval.sources import contamination
 from eval.spec import EvalSpec, EvalSpecError, parse_eval_spec
 from service.adapters.manager import AdapterManager
@@ -23,7 +26,7 @@ from service.errors import AdapterdError
 from service.evaluation.engine import EvaluationEngine, EvaluationLimits
 from service.evaluation.export import export_scores
 from service.evaluation.measurements import Measurements
-from service.evaluation.report import gate_json, write_report
+from service.evaluation.report import add_ratings, gate_json, write_report, write_sheet
 from service.evaluation.scores import ScoreCache, Scores, percentile, trainer_losses
 from service.inference.generation import Generator
 from service.jobs.model import FeedKind, Job, JobFailedError, JobKind, JobResult, JobSpec
@@ -56,6 +59,7 @@ class Evaluator:
         self._labels = labels
         self._engine = EvaluationEngine(generator, tokenizer, limits)
         self._cache = ScoreCache()
+        self._importing: dict[str, asyncio.Lock] = {}
 
     async def evaluate(self, job: Job, emit: Emit, out_dir: Path) -> dict[str, Any]:
         """Measures the job's candidate and baseline, checks the gates, promotes, reports.
@@ -99,6 +103,10 @@ class Evaluator:
                     await run.section(name, role, ref, section, scores[role])
         if spec.win_rate and "baseline" in targets:
             await run.win_rate(candidate, baseline, spec.win_rate, scores)
+        if spec.human and "baseline" in targets:
+            items, key = await run.human(candidate, baseline, spec.human, scores)
+            title = f"{job.id}: two answers to each of {len(items)} conversations"
+            await asyncio.to_thread(write_sheet, out_dir, items, key, title)
         own = scores["candidate"]
         if own.latencies:
             own.values["latency_p50_seconds"] = percentile(own.latencies, 50)
@@ -115,6 +123,7 @@ class Evaluator:
         gates = check_gates(list(spec.gates), own.values, base_values)
         passed = all(g.passed for g in gates)
         promotion = await self._promote(spec, candidate, passed)
+        awaiting = spec.awaits_ratings and "baseline" in targets
         report = {
             "job_id": job.id,
             "candidate": candidate or "base",
@@ -127,20 +136,46 @@ class Evaluator:
             "details": {role: s.details for role, s in scores.items()},
             "gates": [gate_json(g) for g in gates],
             "passed": passed,
+            "awaiting_ratings": awaiting,
             **promotion,
             "loss_curve": await self._loss_curve(job.id) if training else [],
         }
         await asyncio.to_thread(write_report, out_dir, report)
         export_scores(self._metrics, self._labels, candidate, own)
-        summary = {
-            "passed": passed,
-            **promotion,
-            "scores": own.values,
-            "baseline_scores": base_values,
-            "failed_gates": [g["reason"] for g in report["gates"] if not g["passed"]],
-        }
+        summary = _summary(report)
         await emit(FeedKind.EVALUATION, {"phase": "done", **summary})
         return {"evaluation": summary}
+
+    async def import_ratings(self, out_dir: Path, upload_id: str, ratings: Path) -> dict[str, Any]:
+        """Takes in one upload of human ratings of a finished evaluation's sheet: scores every
+        rating kept so far, checks the gates again with them, promotes when they all pass, and
+        rewrites the report. Returns the evaluation's summary as it now stands.
+
+        Raises:
+            PromptSetError: a rating that does not fit the sheet, naming its line and field.
+        """
+        async with self._importing.setdefault(out_dir.name, asyncio.Lock()):
+            report = json.loads(await asyncio.to_thread((out_dir / REPORT_JSON).read_text))
+            key, kept = await asyncio.to_thread(add_ratings, out_dir, upload_id, ratings)
+            human = score_human(kept, key)
+            own, base = human.values()
+            scores = report["scores"]
+            scores["candidate"] |= own
+            scores["baseline"] |= base
+            report["details"]["candidate"]["human"] |= human.to_json()
+            spec = EvalSpec.model_validate(report["spec"])
+            gates = check_gates(list(spec.gates), scores["candidate"], scores["baseline"])
+            passed = all(g.passed for g in gates)
+            candidate = report["candidate"]
+            report |= {
+                "gates": [gate_json(g) for g in gates],
+                "passed": passed,
+                "awaiting_ratings": False,
+                **await self._promote(spec, candidate, passed),
+            }
+            await asyncio.to_thread(write_report, out_dir, report)
+        export_scores(self._metrics, self._labels, candidate, Scores(values=own))
+        return _summary(report)
 
     async def _promote(self, spec: EvalSpec, candidate: str, passed: bool) -> dict[str, Any]:
         if not spec.promote_alias:
@@ -157,3 +192,16 @@ class Evaluator:
             for e in events
             if e.kind == TrainerEvent.PROGRESS and "step" in e.data and "loss" in e.data
         ]
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    """A job result's evaluation summary from its report. Pure."""
+    return {
+        "passed": report["passed"],
+        "awaiting_ratings": report["awaiting_ratings"],
+        "promoted": report["promoted"],
+        **({"promote_alias": report["promote_alias"]} if "promote_alias" in report else {}),
+        "scores": report["scores"]["candidate"],
+        "baseline_scores": report["scores"].get("baseline", {}),
+        "failed_gates": [g["reason"] for g in report["gates"] if not g["passed"]],
+    }

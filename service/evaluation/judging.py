@@ -13,12 +13,12 @@ from eval.judges import (
     ReferenceJudge,
     remote_ask,
 )
-from eval.spec import RubricSpec, SafetySpec, WinRateSpec
+from eval.spec import HumanSpec, RubricSpec, SafetySpec, WinRateSpec
 from service.evaluation.engine import EvaluationEngine
 
 
 def ask_for(
-    spec: WinRateSpec | SafetySpec | RubricSpec,
+    spec: WinRateSpec | SafetySpec | RubricSpec | HumanSpec,
     engine: EvaluationEngine,
     schema: dict[str, Any],
     max_tokens: int,
@@ -40,8 +40,8 @@ def ask_for(
     return served
 
 
-def judge_for(spec: WinRateSpec, engine: EvaluationEngine) -> Judge:
-    """The pairwise judge of a win-rate section."""
+def judge_for(spec: WinRateSpec | HumanSpec, engine: EvaluationEngine) -> Judge:
+    """The pairwise judge of a win-rate or human section."""
     if spec.judge == "reference":
         return ReferenceJudge()
     return LlmJudge(ask_for(spec, engine, VERDICT_SCHEMA, JUDGE_MAX_TOKENS), spec.judge_prompt)

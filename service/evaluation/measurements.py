@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from eval.benchmarks import run_tasks
+from eval.human import Item, KeyEntry, blind
 from eval.judges import Pair
 from eval.lm import EngineCall, EngineLM, EngineReply
 from eval.rubric import RUBRIC_MAX_TOKENS, llm_rubric, rubric_schema, score_rubric
@@ -22,14 +23,15 @@ from eval.safety import REFUSAL_MAX_TOKENS, REFUSAL_SCHEMA, is_refusal, llm_refu
 from eval.schema import score_outputs
 from eval.sources import (
     ClientFiles,
+    human_set,
     rubric_set,
     safety_set,
     schema_set,
     task_configs,
     win_rate_set,
 )
-from eval.spec import EvalSpec, WinRateSpec
-from eval.winrate import combine, win_rate
+from eval.spec import EvalSpec, HumanSpec, WinRateSpec
+from eval.winrate import Outcome, Verdict, combine, win_rate
 from service.evaluation.engine import EvaluationEngine
 from service.evaluation.judging import ask_for, judge_for
 from service.evaluation.scores import ScoreCache, Scores, metric_key_of, only
@@ -236,29 +238,55 @@ class Measurements:
         }
         return part
 
-    async def win_rate(
-        self, candidate: str, baseline: str, spec: WinRateSpec, scores: dict[str, Scores]
-    ) -> None:
-        rows = win_rate_set(spec, self._files)
+    async def _paired_answers(
+        self,
+        phase: str,
+        spec: WinRateSpec | HumanSpec,
+        prompts: Sequence[Any],
+        targets: dict[str, str],
+        scores: dict[str, Scores],
+    ) -> dict[str, list[str]]:
+        """Each target's answers to `prompts` (by role), cached per adapter version."""
         answers = {}
-        for role, adapter in (("candidate", candidate), ("baseline", baseline)):
-            key = ScoreCache.key("answers", adapter, spec)
+        for role, adapter in targets.items():
+            key = ScoreCache.key(phase, adapter, spec)
             part = self._cache.get(key)
             if part is None:
-                texts, seconds = await self._answers(
-                    "win_rate_answers", role, adapter, [r["prompt"] for r in rows], spec.max_tokens
-                )
+                texts, seconds = await self._answers(phase, role, adapter, prompts, spec.max_tokens)
                 part = Scores(latencies=seconds, details={"answers": texts})
                 self._cache.put(key, part)
             answers[role] = part.details["answers"]
             scores[role].latencies += part.latencies
-        judge = judge_for(spec, self._engine)
+        return answers
+
+    async def _pairwise(
+        self,
+        spec: WinRateSpec | HumanSpec,
+        questions: Sequence[tuple[str, str]],
+        mine: Sequence[str],
+        theirs: Sequence[str],
+    ) -> tuple[list[Outcome | None], int]:
+        """The judge's outcome for the candidate on each (question, reference), from both
+        orders, and how many verdicts did not parse."""
         shown = []
-        for row, mine, theirs in zip(rows, answers["candidate"], answers["baseline"], strict=True):
-            shown.append(Pair(row["prompt"], row["reference"], mine, theirs))
-            shown.append(Pair(row["prompt"], row["reference"], theirs, mine))
-        verdicts = await judge.judge(shown)
+        for (question, reference), a, b in zip(questions, mine, theirs, strict=True):
+            shown += [Pair(question, reference, a, b), Pair(question, reference, b, a)]
+        verdicts = await judge_for(spec, self._engine).judge(shown)
         outcomes = [combine(verdicts[i], verdicts[i + 1]) for i in range(0, len(verdicts), 2)]
+        return outcomes, sum(v is Verdict.INVALID for v in verdicts)
+
+    async def win_rate(
+        self, candidate: str, baseline: str, spec: WinRateSpec, scores: dict[str, Scores]
+    ) -> None:
+        rows = win_rate_set(spec, self._files)
+        answers = await self._paired_answers(
+            "win_rate_answers", spec, [r["prompt"] for r in rows],
+            {"candidate": candidate, "baseline": baseline}, scores,
+        )  # fmt: skip
+        outcomes, unparsed = await self._pairwise(
+            spec, [(r["prompt"], r["reference"]) for r in rows], answers["candidate"],
+            answers["baseline"],
+        )  # fmt: skip
         lengths = [
             float(len(mine) - len(theirs))
             for mine, theirs in zip(answers["candidate"], answers["baseline"], strict=True)
@@ -274,7 +302,7 @@ class Measurements:
         own.details["win_rate"] = {
             **vars(result),
             "judge": spec.judge,
-            "unparsed_verdicts": sum(v.value == "invalid" for v in verdicts),
+            "unparsed_verdicts": unparsed,
             "samples": [
                 {"prompt": r["prompt"], "reference": r["reference"], "candidate": mine,
                  "baseline": theirs, "outcome": o.name.lower() if o else "invalid"}
@@ -287,3 +315,23 @@ class Measurements:
             FeedKind.EVALUATION,
             {"phase": "win_rate", "target": "candidate", "scores": only(own.values, "win")},
         )
+
+    async def human(
+        self, candidate: str, baseline: str, spec: HumanSpec, scores: dict[str, Scores]
+    ) -> tuple[list[Item], dict[str, KeyEntry]]:
+        """The blinded sheet of a human section and its key; the raters' scores come later."""
+        conversations = human_set(spec, self._files)
+        answers = await self._paired_answers(
+            "human_answers", spec, [c.messages for c in conversations],
+            {"candidate": candidate, "baseline": baseline}, scores,
+        )  # fmt: skip
+        mine, theirs = answers["candidate"], answers["baseline"]
+        outcomes, unparsed = await self._pairwise(
+            spec, [(c.transcript(reference=False), c.reference) for c in conversations], mine,
+            theirs,
+        )  # fmt: skip
+        items, key = blind(conversations, mine, theirs, outcomes, spec.seed)
+        scores["candidate"].details["human"] = {
+            "items": len(items), "judge": spec.judge, "unparsed_verdicts": unparsed,
+        }  # fmt: skip
+        return items, key

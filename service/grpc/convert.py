@@ -340,6 +340,7 @@ _UPLOAD_KINDS: dict[int, UploadKind] = {
     jobs_pb2.UPLOAD_KIND_PROMPT_SET: UploadKind.PROMPT_SET,
     jobs_pb2.UPLOAD_KIND_JSON_SCHEMA: UploadKind.JSON_SCHEMA,
     jobs_pb2.UPLOAD_KIND_SAFETY_FAMILIES: UploadKind.SAFETY_FAMILIES,
+    jobs_pb2.UPLOAD_KIND_HUMAN_RATINGS: UploadKind.HUMAN_RATINGS,
 }
 
 

@@ -120,3 +120,19 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         response = jobs_pb2.EvaluationReport(html=html)
         response.report.update(report)
         return response
+
+    async def GetHumanEvalSheet(
+        self, request: jobs_pb2.GetHumanEvalSheetRequest, context: aio.ServicerContext[Any, Any]
+    ) -> jobs_pb2.HumanEvalSheet:
+        jsonl, html, items = await self._jobs.human_sheet(current_principal.get(), request.job_id)
+        return jobs_pb2.HumanEvalSheet(jsonl=jsonl, html=html, items=items)
+
+    async def ImportHumanRatings(
+        self, request: jobs_pb2.ImportHumanRatingsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> jobs_pb2.HumanRatingsResult:
+        summary = await self._jobs.import_ratings(
+            current_principal.get(), request.job_id, request.upload_id
+        )
+        response = jobs_pb2.HumanRatingsResult()
+        response.evaluation.update(summary)
+        return response

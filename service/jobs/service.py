@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from eval.benchmarks import BenchmarkError
+from eval.human import HUMAN_DIR, SHEET_HTML, SHEET_JSONL
 from eval.prompts import PromptSetError
 from eval.report import REPORT_HTML, REPORT_JSON
 from eval.sources import ClientFiles, check_sources
@@ -324,6 +325,47 @@ class JobService:
                 f"{'' if JobSpec.of(job).evaluation else ', and its spec has no evaluation'})"
             ) from None
         return report, html
+
+    async def human_sheet(self, principal: Principal, job_id: str) -> tuple[str, str, int]:
+        """The human evaluation sheet of a job: (JSONL, HTML, items).
+
+        Raises:
+            NotFoundError: as `get`.
+            FailedPreconditionError: the job has no sheet (yet, or its spec has no human section).
+        """
+        job = await self.get(principal, job_id)
+        directory = self._runner.job_dir(job.id) / HUMAN_DIR
+        try:
+            jsonl = (directory / SHEET_JSONL).read_text(encoding="utf-8")
+            html = (directory / SHEET_HTML).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise FailedPreconditionError(
+                f"job {job_id} has no human evaluation sheet ({job.state.value}; it is written "
+                "by an evaluation with a human section and a baseline other than the candidate)"
+            ) from None
+        return jsonl, html, jsonl.count("\n")
+
+    async def import_ratings(
+        self, principal: Principal, job_id: str, upload_id: str
+    ) -> dict[str, Any]:
+        """Imports the caller's ratings upload into the job's human evaluation; returns the
+        evaluation's summary as it now stands (`Evaluator.import_ratings`).
+
+        Raises:
+            NotFoundError: as `get`, or an upload the caller may not use.
+            FailedPreconditionError: the job has no sheet.
+            InvalidArgumentError: a rating that does not fit the sheet, naming its line.
+        """
+        await self.human_sheet(principal, job_id)
+        ratings = await self._uploads.path_of(
+            principal, upload_id, UploadKind.HUMAN_RATINGS, "upload_id"
+        )
+        try:
+            return await self._evaluator.import_ratings(
+                self._runner.job_dir(job_id), upload_id, ratings
+            )
+        except PromptSetError as exc:
+            raise InvalidArgumentError(f"upload_id: {exc}") from None
 
     async def _train_config(
         self, principal: Principal, spec: dict[str, Any], directory: Path

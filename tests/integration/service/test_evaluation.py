@@ -371,3 +371,67 @@ def test_a_tenants_safety_families_and_rubric_verdicts_from_a_served_judge(admin
         judged = {"rubric": {"judge": "JUDGE_LLM", "judge_model": "ops/eval-one"}}
         code, message = code_of(lambda: evaluate(other, judged, adapter=""))
         assert code == grpc.StatusCode.NOT_FOUND and "rubric.judge_model" in message
+
+
+def rate(client, tmp_path, name, rows):
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return client.upload_file(path, jobs_pb2.UPLOAD_KIND_HUMAN_RATINGS).upload_id
+
+
+def test_human_ratings_come_back_and_promote_once_the_gate_on_them_passes(admin, server, tmp_path):
+    spec = {
+        "human": {"limit": 4, "max_tokens": 8, "seed": 1},
+        "gates": [{"metric": "GATE_METRIC_HUMAN_SCORE", "comparator": "COMPARATOR_GT",
+                   "threshold": 4.0}],
+        "promote_alias": "eval-human",
+    }  # fmt: skip
+    done, _ = finish(admin, evaluate(admin, spec).id)
+    assert done.state == jobs_pb2.JOB_STATE_SUCCEEDED, done.error_message
+    summary = result_of(done)["evaluation"]
+    assert summary["awaiting_ratings"] and not summary["promoted"]
+    assert summary["failed_gates"] == ["human_score was not measured"]
+    sheet = admin.human_sheet(done.id)
+    items = [json.loads(line) for line in sheet.jsonl.splitlines()]
+    assert sheet.items == len(items) == 4 and "Save ratings.jsonl" in sheet.html
+    assert "eval-one" not in sheet.jsonl + sheet.html  # blinded
+    # Which side is the candidate is on the server only; the test reads it to rate as a person
+    # who liked the candidate's answers would.
+    key = json.loads((server.data_dir / "jobs" / done.id / "human" / "key.json").read_text())
+
+    def ratings(candidate, rater):
+        return [{"item": i["item"], "rater": rater,
+                 **({"a": candidate, "b": 2} if key[i["item"]]["candidate_first"]
+                    else {"a": 2, "b": candidate}),
+                 "preference": "A" if key[i["item"]]["candidate_first"] else "B"}
+                for i in items]  # fmt: skip
+
+    first = rate(admin, tmp_path, "ann", ratings(4, "ann"))
+    now = json_format.MessageToDict(admin.import_ratings(done.id, first).evaluation)
+    assert not now["awaiting_ratings"] and not now["promoted"]
+    assert now["scores"]["human_score"] == 4.0 and now["baseline_scores"]["human_score"] == 2.0
+    assert now["failed_gates"] == ["human_score 4 not > 4"]
+    assert now["scores"]["human_win_rate"] == 1.0
+    assert 0.0 <= now["scores"]["human_judge_agreement"] <= 1.0
+    unknown = rate(admin, tmp_path, "bad", [{"item": "item-999", "a": 5, "b": 1}])
+    code, message = code_of(lambda: admin.import_ratings(done.id, unknown))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "bad.jsonl:1 item: 'item-999'" in message
+    second = rate(admin, tmp_path, "bob", ratings(5, "bob"))
+    now = json_format.MessageToDict(admin.import_ratings(done.id, second).evaluation)
+    assert now["scores"]["human_score"] == 4.5 and now["passed"] and now["promoted"]
+    aliases = {a.name: list(a.aliases) for a in admin.list_adapters().adapters}
+    assert "ops/eval-human" in aliases["ops/eval-one"]
+    again = json_format.MessageToDict(admin.import_ratings(done.id, second).evaluation)
+    assert again["scores"]["human_score"] == 4.5  # an upload imported again replaces itself
+    report = json_format.MessageToDict(admin.evaluation_report(done.id).report)
+    human = report["details"]["candidate"]["human"]
+    assert (human["ratings"], human["raters"], human["items"]) == (8, 2, 4)
+    assert report["passed"] and report["gates"][0]["reason"] == "human_score 4.5 > 4"
+    page = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    assert 'adapterd_eval_quality{adapter="ops/eval-one",metric="human_score"} 4.5' in page
+    admin.set_alias("eval-human", "")
+    with Client(server.target, USER_TOKEN, timeout=60) as user:
+        code, _ = code_of(lambda: user.import_ratings(done.id, first))
+        assert code == grpc.StatusCode.NOT_FOUND
+        code, _ = code_of(lambda: user.human_sheet(done.id))
+        assert code == grpc.StatusCode.NOT_FOUND

@@ -133,6 +133,10 @@ def _cases(world: dict[str, Any]) -> list[tuple[str, Callable[[Client], Any], tu
          lambda c: _cancelled(c.evaluate(_evaluate("acme/tm-bot")), c), (OK, NF, OK)),
         ("/adapterd.v1.Jobs/GetEvaluationReport", lambda c: c.evaluation_report(job),
          (FP, NF, FP)),
+        # The job has no sheet: the owner and the admin learn so before the upload is read.
+        ("/adapterd.v1.Jobs/GetHumanEvalSheet", lambda c: c.human_sheet(job), (FP, NF, FP)),
+        ("/adapterd.v1.Jobs/ImportHumanRatings",
+         lambda c: c.import_ratings(job, "ratings-0123456789abcdef"), (FP, NF, FP)),
         # A policy is its setter's tenant's, on a target it may read: the admin's covers only
         # the admin's own requests.
         ("/adapterd.v1.Capture/SetCapturePolicy",

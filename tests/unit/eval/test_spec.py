@@ -28,7 +28,12 @@ def test_a_complete_spec_parses_with_defaults():
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({}, "give at least one of benchmarks, schema_adherence, win_rate, safety or rubric"),
+        ({}, "give at least one of benchmarks, schema_adherence, win_rate, safety, rubric or human"),
+        ({"win_rate": {}, "gates": [gate("human_score")]}, "human_score needs a human section"),
+        ({"human": {}, "gates": [{"metric": "human_win_rate", "comparator": ">=", "margin": 0}]},
+         "human_win_rate is measured against the baseline: give a threshold"),
+        ({"human": {"limit": 501}}, "human.limit"),
+        ({"human": {"judge": "llm", "judge_prompt": "A or B?"}}, "must contain {first} and"),
         ({"benchmarks": {"tasks": []}}, "benchmarks.tasks"),
         ({"benchmarks": {"tasks": ["a"], "limit": 0}}, "benchmarks.limit = 0"),
         ({"schema_adherence": {"prompts": "p.jsonl"}}, "give prompts and schema_file together"),
@@ -59,7 +64,7 @@ def test_a_complete_spec_parses_with_defaults():
         ({"rubric": {"dimensions": ["helpfulness"]}, "gates": [gate("rubric_formatting")]},
          "rubric_formatting: formatting is not in rubric.dimensions"),
         ({"benchmarks": {"tasks": ["a"]}, "gates": [gate("latency_p50_seconds")]},
-         "needs a schema_adherence or win_rate or safety or rubric section"),
+         "needs a schema_adherence or win_rate or safety or rubric or human section"),
         ({"safety": {"categories": ["Weapons"]}}, "categories[0]: 'Weapons' is not 1-32"),
         ({"safety": {"families": "f.jsonl", "families_upload": "safety-1"}},
          "give families (a server path) or families_upload, not both"),
@@ -110,3 +115,14 @@ def test_safety_and_rubric_sections_parse_with_defaults_and_gate_on_their_metric
     assert parse_eval_spec({"rubric": {}}, training=False).rubric.dimensions == (
         "helpfulness", "faithfulness", "formatting", "harmlessness"
     )  # fmt: skip
+
+
+def test_a_gate_on_a_human_metric_makes_the_promotion_wait_for_ratings():
+    waiting = parse_eval_spec(
+        {"human": {}, "gates": [gate("human_score", comparator=">", threshold=4.0)]},
+        training=False,
+    )
+    assert waiting.awaits_ratings and waiting.human.set == "gsm8k_heldout"
+    relative = {"metric": "human_score", "comparator": ">=", "margin": 0.0}
+    assert parse_eval_spec({"human": {}, "gates": [relative]}, training=False).awaits_ratings
+    assert not parse_eval_spec({"human": {}, "win_rate": {}}, training=False).awaits_ratings
