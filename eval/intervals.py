@@ -1,19 +1,17 @@
 """Intervals of the scores evaluations report. Pure.
 
-- `Rate`: a share with its Wilson score interval at 95%, exact enough for the 8 prompts a safety
+- `Rate`: a share with its Wilson score interval at 95%, good enough for the 8 prompts a safety
   category may hold (the normal approximation is not, and collapses at 0 and n).
 - `Mean`: a mean score on a bounded scale (a rubric's 1-10, a human rating's 1-5) with its
-  Student-t 95% interval (scipy), clipped to the scale.
+  Student-t 95% interval, clipped to the scale.
+Both from scipy.
 """
 
-import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from scipy import stats  # type: ignore[import-untyped]
-
-Z95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -30,15 +28,13 @@ class Rate:
 
     @property
     def interval(self) -> tuple[float, float]:
-        """The Wilson score interval at 95%."""
+        """The Wilson score interval at 95% (scipy's binomtest), the whole range for none."""
         if not self.total:
             return 0.0, 1.0
-        n, p = self.total, self.value
-        centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
-        half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / (1 + Z95**2 / n)
+        found = stats.binomtest(self.count, self.total).proportion_ci(0.95, method="wilson")
         # Exact at the ends, where rounding would leave the bound a hair inside.
-        lower = 0.0 if self.count == 0 else max(0.0, centre - half)
-        upper = 1.0 if self.count == n else min(1.0, centre + half)
+        lower = 0.0 if self.count == 0 else float(found.low)
+        upper = 1.0 if self.count == self.total else float(found.high)
         return lower, upper
 
     def to_json(self) -> dict[str, float]:
