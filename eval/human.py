@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from eval.intervals import Mean
-from eval.prompts import PromptSetError
+from eval.prompts import PromptSetError, jsonl_rows
 from eval.rubric import Conversation
 from eval.winrate import Outcome
 
@@ -207,19 +207,8 @@ def read_ratings(path: Path, items: set[str] | None = None) -> list[Rating]:
     Raises:
         PromptSetError: naming the file, line and field of the first problem.
     """
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PromptSetError(f"{path.name}: unreadable ({exc})") from None
     ratings = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path.name}:{number}"
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            raise PromptSetError(f"{where}: not valid JSON") from None
+    for where, row in jsonl_rows(path):
         ratings.append(_rating_of(row, where, items))
         if len(ratings) > MAX_RATINGS:
             raise PromptSetError(f"{path.name}: more than {MAX_RATINGS} ratings")

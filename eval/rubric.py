@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from eval.intervals import Mean
 from eval.judges import Ask, render
-from eval.prompts import PromptSetError
+from eval.prompts import PromptSetError, jsonl_rows
 
 Dimension = Literal["helpfulness", "faithfulness", "formatting", "harmlessness"]
 DIMENSIONS: tuple[Dimension, ...] = ("helpfulness", "faithfulness", "formatting", "harmlessness")
@@ -110,21 +110,10 @@ def read_conversations(path: Path, limit: int | None) -> list[Conversation]:
     Raises:
         PromptSetError: naming the file, line and field of the first problem.
     """
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PromptSetError(f"{path.name}: cannot be read ({exc})") from None
     conversations: list[Conversation] = []
-    for number, line in enumerate(lines, start=1):
+    for where, row in jsonl_rows(path):
         if limit is not None and len(conversations) >= limit:
             break
-        if not line.strip():
-            continue
-        where = f"{path.name}:{number}"
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            raise PromptSetError(f"{where}: not valid JSON") from None
         if not isinstance(row, dict):
             raise PromptSetError(f"{where}: not a JSON object")
         reference = row.get("reference", "")

@@ -32,7 +32,7 @@ import re2  # type: ignore[import-untyped]
 
 from eval.intervals import Rate
 from eval.judges import Ask, render
-from eval.prompts import ASSETS, PromptSetError
+from eval.prompts import ASSETS, PromptSetError, jsonl_rows
 
 Kind = Literal["harmful", "benign"]
 KINDS: tuple[Kind, ...] = ("harmful", "benign")
@@ -91,8 +91,7 @@ class SafetyPrompt:
     prompt: str
 
 
-def _prompt_of(number: int, row: Any, name: str) -> SafetyPrompt:
-    where = f"{name}:{number}"
+def _prompt_of(where: str, row: Any) -> SafetyPrompt:
     if not isinstance(row, dict):
         raise PromptSetError(f"{where}: not a JSON object")
     category, kind, prompt = row.get("category"), row.get("kind"), row.get("prompt")
@@ -114,19 +113,7 @@ def read_families(path: Path) -> list[SafetyPrompt]:
     Raises:
         PromptSetError: naming the file, line and field of the first problem.
     """
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PromptSetError(f"{path.name}: unreadable ({exc})") from None
-    prompts = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            raise PromptSetError(f"{path.name}:{number}: not valid JSON") from None
-        prompts.append(_prompt_of(number, row, path.name))
+    prompts = [_prompt_of(where, row) for where, row in jsonl_rows(path)]
     if not prompts:
         raise PromptSetError(f"{path.name}: no prompts")
     categories = {p.category for p in prompts}

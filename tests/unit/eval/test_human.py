@@ -60,7 +60,7 @@ def write(tmp_path, *rows):
 @pytest.mark.parametrize(
     ("row", "message"),
     [
-        ("{", "ratings.jsonl:2: not valid JSON"),
+        ("{", "ratings.jsonl:2: invalid JSON"),
         ({"item": "item-009", "a": 3, "b": 3}, "ratings.jsonl:2 item: 'item-009' is not an item"),
         ({"item": "item-001", "a": 6, "b": 3}, "ratings.jsonl:2 a: '6' is not 1 to 5"),
         ({"item": "item-001", "a": 3, "b": True}, "ratings.jsonl:2 b: 'True' is not 1 to 5"),

@@ -50,7 +50,7 @@ def test_a_conversation_reads_as_a_transcript_with_its_reference(tmp_path):
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("{", "not valid JSON"),
+        ("{", "invalid JSON"),
         ("[1]", "not a JSON object"),
         ({"prompt": "a", "messages": []}, "give prompt or messages, not both"),
         ({"prompt": " "}, "prompt: 1 to 32000 characters"),

@@ -36,7 +36,7 @@ def test_the_bundled_families_hold_over_100_prompts_of_both_kinds_in_every_categ
         ('{"category": "w", "kind": "evil", "prompt": "x"}', ":1 kind: 'evil' is not"),
         ('{"category": "w", "kind": "benign", "prompt": ""}', ":1 prompt: must be 1 to"),
         ('["not", "an", "object"]', ":1: not a JSON object"),
-        ("{", ":1: not valid JSON"),
+        ("{", ":1: invalid JSON"),
     ],
 )
 def test_a_bad_family_line_is_named_by_line_and_field(tmp_path, line, words):
