@@ -10,6 +10,8 @@ redacted (`trainer.pii`) before it is stored; the counts per kind are kept inste
 
 import enum
 import json
+import secrets
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -24,6 +26,30 @@ MAX_RETENTION_SECONDS = 366 * 86400.0
 MAX_FLAG_REASON_CHARS = 1000
 MAX_CORRECTION_CHARS = 1 << 16
 MAX_PAGE = 1000
+_ISSUED_DIGITS = 11
+"""Milliseconds since the epoch in hex: 11 digits until the year 2527."""
+
+
+def new_request_id(prefix: str, now: float | None = None) -> str:
+    """A request's id, which its capture keeps: `prefix`, the time it was issued and 64 random
+    bits ("gen-18f0c2a41b2" + 16 hex digits). The time lets any replica tell a capture that
+    another replica may still be writing from one that never was (`issued_at`)."""
+    issued = int((time.time() if now is None else now) * 1000)
+    return f"{prefix}-{issued:0{_ISSUED_DIGITS}x}{secrets.token_hex(8)}"
+
+
+def issued_at(request_id: str) -> float | None:
+    """When `new_request_id` issued `request_id` (seconds since the epoch); None for an id of
+    another form. Pure."""
+    stamp = request_id.rpartition("-")[2]
+    if len(stamp) != _ISSUED_DIGITS + 16:
+        return None
+    try:
+        return int(stamp[:_ISSUED_DIGITS], 16) / 1000
+    except ValueError:
+        return None
+
+
 MAX_EXPORT_ROWS = 20_000
 """The most captures one export reads (the oldest first; narrow the time for more)."""
 THUMBS_UP, THUMBS_DOWN = 5, 1

@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from eval.schema import validator_of
-from service.capture.model import Capture, CapturePolicy, policy_for, redact_capture
+from service.capture.model import (
+    Capture,
+    CapturePolicy,
+    issued_at,
+    policy_for,
+    redact_capture,
+)
 from service.capture.online import OnlineQuality, SchemaOutcome, schema_outcome
 from service.errors import AdapterdError
 from service.metrics import Metrics
@@ -34,7 +40,11 @@ BATCH = 64
 CAPTURE_SYNC_SECONDS = 5.0
 SWEEP_SECONDS = 60.0
 SETTLE_SECONDS = 10.0
-"""How long a read of a capture still in the queue waits for the writer."""
+"""How long a read of a capture still being written waits for its writer."""
+OTHER_WRITER_SECONDS = 3.0
+"""How long a read looks again for a recent capture that another replica may be writing."""
+RECENT_SECONDS = 900.0
+STORED_POLL_SECONDS = 0.2
 
 logger = logging.getLogger(__name__)
 
@@ -109,13 +119,25 @@ class CaptureRecorder:
             return
         self._pending[capture.id] = asyncio.Event()
 
-    async def settled(self, capture_id: str) -> None:
-        """Returns once a capture this process queued has been written (or dropped), at most
-        SETTLE_SECONDS later; at once for any other id."""
+    async def stored(self, capture_id: str) -> Capture | None:
+        """The stored capture of `capture_id`, once written. A capture this process queued is
+        waited for (at most SETTLE_SECONDS). One that another replica may still be writing (an
+        id issued in the last RECENT_SECONDS: a request may run for minutes before its capture
+        is queued) is looked for again for OTHER_WRITER_SECONDS. None: there is no such capture
+        (never captured, or dropped)."""
         pending = self._pending.get(capture_id)
         if pending is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(pending.wait(), SETTLE_SECONDS)
+        issued = issued_at(capture_id)
+        recent = issued is not None and -1.0 < time.time() - issued < RECENT_SECONDS
+        deadline = time.monotonic() + (OTHER_WRITER_SECONDS if recent and pending is None else 0)
+        while (capture := await self._store.get_capture(capture_id)) is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            await asyncio.sleep(min(STORED_POLL_SECONDS, left))
+        return capture
 
     async def run(self) -> None:
         """Writes queued captures, a batch at a time, until cancelled."""

@@ -139,10 +139,7 @@ class CaptureService:
         Raises:
             NotFoundError: no such capture, or another tenant's.
         """
-        capture = None
-        if could_be_issued(capture_id):
-            await self._recorder.settled(capture_id)
-            capture = await self._store.get_capture(capture_id)
+        capture = await self._recorder.stored(capture_id) if could_be_issued(capture_id) else None
         tenant = visible_tenant(principal)
         if capture is None or (tenant is not None and capture.tenant != tenant):
             raise NotFoundError(f"capture_id: no capture {capture_id[:MAX_ID_CHARS]!r}")

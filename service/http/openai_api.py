@@ -13,7 +13,6 @@ vLLM's own HTTP server is never exposed.
 
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
@@ -33,6 +32,7 @@ from service.capture.model import (
     MAX_FLAG_REASON_CHARS,
     Capture,
     Feedback,
+    new_request_id,
     thumbs_rating,
 )
 from service.capture.service import CaptureService
@@ -295,7 +295,7 @@ def build_openai_app(
     async def respond(
         request: Request, params: GenerateParams, model: str, stream: bool, chat: bool
     ) -> JSONResponse | StreamingResponse:
-        completion_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        completion_id = new_request_id("chatcmpl" if chat else "cmpl")
         deltas = generator.stream(params, request.state.principal, request_id=completion_id)
         if stream:
             first = await anext(deltas)  # errors before the first token are HTTP errors

@@ -22,7 +22,7 @@ from eval.schema import check_schema
 from service.adapters.manager import AdapterManager
 from service.auth import Principal
 from service.authz import qualify_read
-from service.capture.model import Capture, CapturePolicy
+from service.capture.model import Capture, CapturePolicy, new_request_id
 from service.capture.recorder import CaptureRecorder
 from service.errors import AdapterdError, InvalidArgumentError, UnavailableError
 from service.inference.engine import (
@@ -256,7 +256,7 @@ class Generator:
         policy = self._capture.decide(principal.tenant, requested)
         if policy is None:
             return None
-        return _Capturing(request_id or f"gen-{uuid.uuid4().hex}", policy, params, self._capture)
+        return _Capturing(request_id or new_request_id("gen"), policy, params, self._capture)
 
     async def _serve(
         self,

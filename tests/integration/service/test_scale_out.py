@@ -14,7 +14,7 @@ import psutil
 import pytest
 from google.protobuf import json_format
 
-from adapterd.v1 import inference_pb2, jobs_pb2
+from adapterd.v1 import capture_pb2, inference_pb2, jobs_pb2
 from service.client.api import Client
 from tests.support import TOKENS, USER_TOKEN, ServerProcess, WorkerProcess, find_postgres_bin
 
@@ -170,6 +170,19 @@ def test_an_alias_moved_on_one_replica_is_followed_by_the_other(users):
         users[n % 2].set_alias(alias, "scaled@1")
         delays.append(until_answered(users[(n + 1) % 2], alias, "acme/scaled@1"))
     assert max(delays) < PROPAGATION_SECONDS, delays
+
+
+def test_feedback_through_one_replica_rates_what_the_other_just_captured(users):
+    users[0].set_capture_policy("moved-0", 1.0, 3600)
+    began = time.monotonic()
+    while not (reply := generate(users[1], "moved-0")).capture_id:  # until the policy is there
+        assert time.monotonic() - began < PROPAGATION_SECONDS + 5, "the policy never arrived"
+        time.sleep(0.1)
+    rated = users[0].submit_feedback(
+        capture_pb2.SubmitFeedbackRequest(capture_id=reply.capture_id, score=4)
+    )
+    assert rated.feedback.rating == 4 and rated.adapter_version == "acme/scaled@1"
+    users[0].delete_capture_policy("moved-0")
 
 
 def test_a_cancel_through_one_replica_reaches_the_worker_running_the_job_at_once(users):

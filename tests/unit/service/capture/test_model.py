@@ -13,6 +13,8 @@ from service.capture.model import (
     check_feedback,
     check_policy,
     export_rows,
+    issued_at,
+    new_request_id,
     policy_for,
     redact_capture,
     redact_feedback,
@@ -156,3 +158,12 @@ def test_nul_characters_are_stored_as_a_stand_in_everywhere():
     assert stored.answer == "c\ufffdd"
     feedback = redact_feedback(Feedback(None, True, "x\x00", "y\x00", 1.0), chat).feedback
     assert (feedback.flag_reason, feedback.correction) == ("x\ufffd", "y\ufffd")
+
+
+def test_a_request_id_carries_when_it_was_issued():
+    issued = new_request_id("chatcmpl", now=1_790_000_000.123)
+    assert issued.startswith("chatcmpl-") and len(issued) == len("chatcmpl-") + 27
+    assert issued_at(issued) == pytest.approx(1_790_000_000.123, abs=1e-3)
+    assert new_request_id("gen") != new_request_id("gen")
+    for other in ("gen-abc", "chatcmpl-" + "z" * 27, "cap-1", ""):
+        assert issued_at(other) is None

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from service.capture.model import Capture, CapturePolicy
+from service.capture.model import Capture, CapturePolicy, new_request_id
 from service.capture.online import OnlineQuality
 from service.capture.recorder import CaptureRecorder
 from service.metrics import Metrics
@@ -23,10 +23,10 @@ async def store(tmp_path):
 
 
 def capture(
-    n: int, text: str = "hi", expires: float | None = None, answer: str | None = None
+    n: int | str, text: str = "hi", expires: float | None = None, answer: str | None = None
 ) -> Capture:
     return Capture(
-        id=f"cap-{n}", tenant="acme", target="acme/bot", adapter_version="acme/bot@1",
+        id=n if isinstance(n, str) else f"cap-{n}", tenant="acme", target="acme/bot", adapter_version="acme/bot@1",
         request={"prompt": text, "sampling": {}, "json_schema": None},
         answer=f"re: {text}" if answer is None else answer,
         finish_reason="stop", prompt_tokens=1, completion_tokens=1, latency_seconds=0.1,
@@ -62,8 +62,7 @@ async def test_the_writer_stores_captures_redacted_and_counts_them(store):
     recorder = recorder_on(store, metrics)
     writer = asyncio.create_task(recorder.run())
     recorder.record(capture(1, "mail me at ann@example.com"), "acme/bot")
-    await recorder.settled("cap-1")
-    stored = await store.get_capture("cap-1")
+    stored = await recorder.stored("cap-1")  # waits for this process's writer
     assert stored is not None
     assert (stored.request["prompt"], stored.answer) == (
         "mail me at [EMAIL]", "re: mail me at [EMAIL]",
@@ -146,3 +145,26 @@ async def test_answers_are_checked_against_the_policys_schema_into_the_online_ga
     }
     assert quality == {"schema_valid_rate": 0.5, "schema_parse_rate": 0.75}
     assert (await store.capture_policies())[0].schema == schema
+
+
+async def test_a_recent_capture_another_replica_is_writing_is_looked_for_again(store):
+    recorder = recorder_on(store)  # this process queued nothing
+    recent = new_request_id("chatcmpl")
+
+    async def other_replica_writes_late():
+        await asyncio.sleep(0.5)
+        await store.add_captures([capture(recent)])
+
+    began = time.monotonic()
+    writing = asyncio.create_task(other_replica_writes_late())
+    found = await recorder.stored(recent)
+    assert found is not None and found.id == recent
+    assert 0.5 <= time.monotonic() - began < 2.0
+    await writing
+    began = time.monotonic()
+    for unknown in ("cap-404", new_request_id("gen", now=time.time() - 3600)):
+        assert await recorder.stored(unknown) is None  # an old or foreign id: at once
+    assert time.monotonic() - began < 0.5
+    began = time.monotonic()
+    assert await recorder.stored(new_request_id("gen")) is None  # recent, never written
+    assert 2.5 < time.monotonic() - began < 4.5
