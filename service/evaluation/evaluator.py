@@ -166,7 +166,7 @@ class Evaluator:
             spec = EvalSpec.model_validate(report["spec"])
             gates = check_gates(list(spec.gates), scores["candidate"], scores["baseline"])
             passed = all(g.passed for g in gates)
-            candidate = report["candidate"]
+            candidate = "" if report["candidate"] == "base" else report["candidate"]
             report |= {
                 "gates": [gate_json(g) for g in gates],
                 "passed": passed,
