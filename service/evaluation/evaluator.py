@@ -32,7 +32,7 @@ from service.inference.generation import Generator
 from service.jobs.model import FeedKind, Job, JobFailedError, JobKind, JobResult, JobSpec
 from service.jobs.runner import CONFIG_FILE, Emit
 from service.metrics import AdapterLabels, Metrics
-from service.store.base import Store
+from service.store.base import WHOLE_FEED, Store
 from service.uploads import UploadService
 from trainer.contract import TrainerEvent
 
@@ -186,7 +186,7 @@ class Evaluator:
         return {"promoted": True, "promote_alias": spec.promote_alias}
 
     async def _loss_curve(self, job_id: str) -> list[list[float]]:
-        events = await self._store.events(job_id, 0, limit=1_000_000)
+        events = await self._store.events(job_id, 0, limit=WHOLE_FEED)
         return [
             [e.data["step"], e.data["loss"]]
             for e in events

@@ -58,7 +58,7 @@ from service.jobs.model import (
     released_state,
 )
 from service.metrics import Metrics
-from service.store.base import Store
+from service.store.base import WHOLE_FEED, Store
 from trainer.contract import (
     DEVICES_VARIABLE,
     FENCE_VARIABLE,
@@ -214,11 +214,27 @@ def relative_paths(event: dict[str, Any], job_dir: Path) -> dict[str, Any]:
     }
 
 
-def retry(result: Outcome, attempts: int, max_attempts: int) -> Outcome:
-    """`result`, or a requeue when a retryable failure still has attempts left. Pure."""
-    if result.state is JobState.FAILED and result.reason in RETRYABLE and attempts < max_attempts:
+RETRYING = "retrying"
+"""The reason of the `state` event that requeues a job after a retryable failure."""
+
+
+def retryable(result: Outcome) -> bool:
+    """Whether `result` is a failure that another run might not repeat. Pure."""
+    return result.state is JobState.FAILED and result.reason in RETRYABLE
+
+
+def failed_runs(events: Sequence[JobEvent]) -> int:
+    """The runs of a job that ended in a retryable failure, from its feed: runs the server
+    stopped (a drain, a lost lease) are not among them. Pure."""
+    return sum(e.kind == FeedKind.STATE and e.data.get("reason") == RETRYING for e in events)
+
+
+def retry(result: Outcome, failures: int, max_attempts: int) -> Outcome:
+    """`result`, or a requeue when it is a retryable failure and the job's runs have failed
+    fewer than `max_attempts` times (`failures` counts this one). Pure."""
+    if retryable(result) and failures < max_attempts:
         return Outcome(
-            JobState.QUEUED, "retrying", f"attempt {attempts} of {max_attempts} failed: "
+            JobState.QUEUED, RETRYING, f"run {failures} of {max_attempts} failed: "
             f"{result.message.splitlines()[0] if result.message else result.reason}",
         )  # fmt: skip
     return result
@@ -547,7 +563,10 @@ class JobRunner:
             None if kills_before is None or kills_after is None else (kills_after > kills_before)
         )
         result = outcome(process.returncode, failure, _tail(directory / LOG_FILE), oom_killed)
-        return retry(result, job.attempts, self._max_attempts)
+        if not retryable(result):
+            return result
+        earlier = failed_runs(await self._store.events(job.id, 0, limit=WHOLE_FEED))
+        return retry(result, earlier + 1, self._max_attempts)
 
     async def _follow_trainer(
         self, job: Job, process: asyncio.subprocess.Process, tail: _EventTail
@@ -559,7 +578,7 @@ class JobRunner:
         # writes anything, and never again.
         if (earlier := earlier_events_file(self.job_dir(job.id), job.fence)) is not None:
             fence, path = earlier
-            stored = await self._store.events(job.id, 0, limit=1_000_000)
+            stored = await self._store.events(job.id, 0, limit=WHOLE_FEED)
             for event in _EventTail(path).read()[trainer_lines_stored(stored, fence) :]:
                 await self._record(job, event)
         while True:

@@ -159,6 +159,10 @@ def claim_query(
 MAX_ID_CHARS = 128
 
 
+WHOLE_FEED = 1_000_000
+"""An `events` limit that reads a job's whole feed (for the service's own reads of it)."""
+
+
 def could_be_issued(object_id: str) -> bool:
     """Whether `object_id` has the form of an id the server issues (1 to MAX_ID_CHARS
     printable ASCII characters). Any other is unknown without asking the store, which could not

@@ -11,6 +11,7 @@ from service.jobs.model import (
     CLAIMS,
     OWNED,
     TRANSITIONS,
+    JobEvent,
     JobKind,
     JobResult,
     JobSpec,
@@ -23,6 +24,7 @@ from service.jobs.model import (
 )
 from service.jobs.runner import (
     Outcome,
+    failed_runs,
     oom_kills,
     outcome,
     redact_paths,
@@ -102,13 +104,29 @@ def test_a_trainer_exit_becomes_a_job_state_with_a_reason(code, failure, state, 
 
 def test_only_a_crash_is_retried_and_only_while_attempts_remain():
     crash = outcome(1, None, "Traceback ...\nRuntimeError: bus error")
-    assert retry(crash, attempts=1, max_attempts=2).state is JobState.QUEUED
-    assert "attempt 1 of 2 failed" in retry(crash, attempts=1, max_attempts=2).message
-    assert retry(crash, attempts=2, max_attempts=2) is crash
+    assert retry(crash, failures=1, max_attempts=2).state is JobState.QUEUED
+    assert "run 1 of 2 failed" in retry(crash, failures=1, max_attempts=2).message
+    assert retry(crash, failures=2, max_attempts=2) is crash
     rejected = Outcome(JobState.FAILED, "data_rejected", "rows.jsonl:2 ...")
     oom = outcome(-signal.SIGKILL, None, "")
     assert retry(rejected, 1, 3) is rejected
     assert retry(oom, 1, 3) is oom
+
+
+def test_only_failed_runs_count_against_the_retries_not_runs_the_server_stopped():
+    def state(seq, state, reason=None):
+        return JobEvent(
+            "job-1", seq, 0.0, "state", {"state": state, **({"reason": reason} if reason else {})}
+        )
+
+    feed = [state(1, "queued"), state(2, "running"), state(3, "queued", "interrupted"),
+            state(4, "running"), state(5, "queued", "lease_expired"), state(6, "running"),
+            state(7, "queued", "retrying"), state(8, "running"),
+            JobEvent("job-1", 9, 0.0, "progress", {"reason": "retrying"})]  # fmt: skip
+    assert failed_runs(feed) == 1  # four runs, one of them crashed
+    crash = outcome(1, None, "Traceback ...")
+    assert retry(crash, failed_runs(feed) + 1, max_attempts=3).state is JobState.QUEUED
+    assert retry(crash, failed_runs(feed) + 1, max_attempts=2) is crash
 
 
 def test_a_python_exception_in_the_trainer_is_the_retried_crash():
@@ -117,7 +135,7 @@ def test_a_python_exception_in_the_trainer_is_the_retried_crash():
     failure = {"reason": FailureReason.CRASHED.value, "message": "RuntimeError: bus error"}
     crash = outcome(1, failure, "tail")
     assert crash.reason == "trainer_crashed"
-    assert retry(crash, attempts=1, max_attempts=2).state is JobState.QUEUED
+    assert retry(crash, failures=1, max_attempts=2).state is JobState.QUEUED
 
 
 def test_the_trainer_environment_keeps_no_setting_or_secret_of_the_server():
