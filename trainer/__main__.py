@@ -187,27 +187,33 @@ def _train(args: argparse.Namespace) -> int:
 
     group = Group.join()
     fence = int(os.environ.get(FENCE_VARIABLE, "0"))
-    with EventWriter(Path(args.events) if args.events and group.main else None) as events:
+    path = Path(args.events) if args.events else None
+    with EventWriter(path if group.main else None) as events:
         try:
             return run(config, events, fence, group)
         except SupersededError:  # a later attempt owns the job: stopped, as on SIGTERM
             return ExitCode.INTERRUPTED
         except torch.OutOfMemoryError as exc:
-            events.emit(
-                TrainerEvent.FAILED,
-                reason=FailureReason.OUT_OF_MEMORY,
-                message=f"{exc}; {OOM_HINT}",
-            )
+            failed(events, path, group.rank, FailureReason.OUT_OF_MEMORY, f"{exc}; {OOM_HINT}")
             return ExitCode.OUT_OF_MEMORY
         except Exception as exc:
-            events.emit(
-                TrainerEvent.FAILED,
-                reason=FailureReason.CRASHED,
-                message=f"{type(exc).__name__}: {exc}",
-            )
+            failed(events, path, group.rank, FailureReason.CRASHED, f"{type(exc).__name__}: {exc}")
             raise
         finally:
             group.leave()
+
+
+def failed(
+    events: EventWriter, path: Path | None, rank: int, reason: FailureReason, message: str
+) -> None:
+    """The run's `failed` event: rank 0's through its writer; another rank (which writes no
+    other event) appends its own to the same file, with its rank, so that the service learns
+    why whichever rank failed."""
+    if rank == 0:
+        events.emit(TrainerEvent.FAILED, reason=reason, message=message)
+        return
+    with EventWriter(path) as own:
+        own.emit(TrainerEvent.FAILED, reason=reason, message=message, rank=rank)
 
 
 def build_parser() -> argparse.ArgumentParser:

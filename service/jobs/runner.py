@@ -584,7 +584,8 @@ class JobRunner:
         while True:
             finished = process.returncode is not None
             for event in tail.read():
-                failure = event if event.get("event") == TrainerEvent.FAILED else failure
+                if failure is None and event.get("event") == TrainerEvent.FAILED:
+                    failure = event  # the first: a rank's own error, before the others' timeouts
                 await self._record(job, event)
             if finished:
                 return failure
