@@ -79,13 +79,19 @@ class CaptureRecorder:
 
     # ---- policies
     async def refresh(self) -> None:
-        """Rereads the policies from the store."""
-        self._policies = {(p.tenant, p.target): p for p in await self._store.capture_policies()}
-        self._validators = {
-            key: validator_of(policy.schema)
-            for key, policy in self._policies.items()
-            if policy.schema is not None
-        }
+        """Rereads the policies from the store; a schema's validator is built (in a worker
+        thread) only when the schema is new or changed."""
+        before, built = self._policies, self._validators
+        policies = {(p.tenant, p.target): p for p in await self._store.capture_policies()}
+        validators = {}
+        for key, policy in policies.items():
+            if policy.schema is None:
+                continue
+            unchanged = key in built and before[key].schema == policy.schema
+            validators[key] = (
+                built[key] if unchanged else await asyncio.to_thread(validator_of, policy.schema)
+            )
+        self._policies, self._validators = policies, validators
 
     def changed(self) -> None:
         """Another process changed a policy: reread them soon."""

@@ -168,3 +168,26 @@ async def test_a_recent_capture_another_replica_is_writing_is_looked_for_again(s
     began = time.monotonic()
     assert await recorder.stored(new_request_id("gen")) is None  # recent, never written
     assert 2.5 < time.monotonic() - began < 4.5
+
+
+async def test_a_policys_schema_is_compiled_once_until_it_changes(store, monkeypatch):
+    import service.capture.recorder as recorder_module
+
+    compiled = []
+    real = recorder_module.validator_of
+
+    def counting(schema):
+        compiled.append(schema)
+        return real(schema)
+
+    monkeypatch.setattr(recorder_module, "validator_of", counting)
+    recorder = recorder_on(store)
+    schema = {"type": "object", "required": ["name"]}
+    await store.set_capture_policy(CapturePolicy("acme", "acme/bot", 1.0, 3600.0, 0.0, schema))
+    for _ in range(3):  # the periodic rereads
+        await recorder.refresh()
+    assert compiled == [schema]
+    changed = {"type": "object", "required": ["email"]}
+    await store.set_capture_policy(CapturePolicy("acme", "acme/bot", 1.0, 3600.0, 0.0, changed))
+    await recorder.refresh()
+    assert compiled == [schema, changed]
