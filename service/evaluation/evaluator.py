@@ -10,6 +10,7 @@ field, file or line.
 import asyncio
 import json
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,10 @@ class Evaluator:
         self._labels = labels
         self._engine = EvaluationEngine(generator, tokenizer, limits)
         self._cache = ScoreCache()
-        self._importing: dict[str, asyncio.Lock] = {}
+        self._importing: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        """One import at a time per job in this process (a lock lives while it is in use)."""
 
     async def evaluate(self, job: Job, emit: Emit, out_dir: Path) -> dict[str, Any]:
         """Measures the job's candidate and baseline, checks the gates, promotes, reports.
@@ -154,7 +158,8 @@ class Evaluator:
         Raises:
             PromptSetError: a rating that does not fit the sheet, naming its line and field.
         """
-        async with self._importing.setdefault(out_dir.name, asyncio.Lock()):
+        lock = self._importing.setdefault(out_dir.name, asyncio.Lock())
+        async with lock:
             report = json.loads(await asyncio.to_thread((out_dir / REPORT_JSON).read_text))
             key, kept = await asyncio.to_thread(add_ratings, out_dir, upload_id, ratings)
             human = score_human(kept, key)
