@@ -59,6 +59,11 @@ def write_manifest(
             "double_quant": config.quantization.double_quant if quantization != "none" else False,
             "compute_dtype": config.quantization.resolved_compute_dtype(precision.dtype),
         },
+        "parent": (
+            {"ref": config.init_adapter.ref, "sha256": config.init_adapter.sha256}
+            if config.init_adapter
+            else None
+        ),
         "libraries": installed_versions(LIBRARIES),
         "metrics": metrics,
         "data": data_summary,

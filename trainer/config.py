@@ -215,6 +215,48 @@ class TrainingSpec(_Strict):
         return self
 
 
+class InitAdapter(_Strict):
+    """A warm start: the adapter version a job goes on training (its LoRA shape is the job's)."""
+
+    path: Path
+    """Its directory: adapter_config.json and adapter_model.safetensors."""
+    ref: str = ""
+    """Its name and version ("tenant/name@N"), recorded in the new version's manifest."""
+    sha256: str = ""
+    """sha256 of its adapter_model.safetensors, recorded beside the ref."""
+
+
+LORA_SHAPE = {"rank": "r", "alpha": "lora_alpha", "use_rslora": "use_rslora",
+              "target_modules": "target_modules"}  # fmt: skip
+"""The LoRA settings the weights depend on: LoraSpec's name -> peft's adapter_config.json key."""
+
+
+def warm_lora(asked: dict[str, Any] | None, parent: dict[str, Any], ref: str) -> dict[str, Any]:
+    """The `lora` section of a job that warm starts from the adapter whose adapter_config.json
+    is `parent`: the parent's shape, with what the job asked for where the weights allow it
+    (dropout). Pure.
+
+    Raises:
+        TrainConfigError: a setting of the shape that differs from the parent's, named.
+    """
+    shape: dict[str, Any] = {ours: parent.get(theirs) for ours, theirs in LORA_SHAPE.items()}
+    if isinstance(shape["target_modules"], list | tuple):
+        shape["target_modules"] = sorted(shape["target_modules"])
+    problems = []
+    for field, value in (asked or {}).items():
+        if field not in shape:
+            continue
+        wanted = sorted(value) if field == "target_modules" and isinstance(value, list) else value
+        if wanted != shape[field]:
+            problems.append(
+                f"lora.{field} = {value!r}: {ref} was trained with {shape[field]!r}, and a "
+                "warm start keeps its parent's LoRA shape (leave it out)"
+            )
+    if problems:
+        raise TrainConfigError("; ".join(problems))
+    return {**(asked or {}), **shape}
+
+
 class TrainConfig(_Strict):
     """A whole training job, as `python -m trainer train --config` reads it."""
 
@@ -228,6 +270,8 @@ class TrainConfig(_Strict):
     """Data sources and checks."""
     lora: LoraSpec = LoraSpec()
     """The adapter's shape."""
+    init_adapter: InitAdapter | None = None
+    """Start from this adapter's weights instead of a fresh LoRA (`lora` is its shape)."""
     quantization: QuantizationSpec = QuantizationSpec()
     """QLoRA settings."""
     training: TrainingSpec = TrainingSpec()

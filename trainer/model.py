@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -58,8 +58,9 @@ def load_base(
     return model
 
 
-def attach_lora(model: Any, spec: LoraSpec) -> Any:
-    """Wraps the base in a peft LoRA model; only the adapter trains. Its weights stay fp32 (the
+def attach_lora(model: Any, spec: LoraSpec, init: Path | None = None) -> Any:
+    """Wraps the base in a peft LoRA model, fresh or with the weights of the adapter at `init`
+    (a warm start, whose shape `spec` is); only the adapter trains. Its weights stay fp32 (the
     optimizer's master copy); the recipe computes under autocast in the base's dtype.
 
     peft casts each LoRA input to its weights' dtype (here fp32), which under autocast only
@@ -74,9 +75,15 @@ def attach_lora(model: Any, spec: LoraSpec) -> Any:
         bias="none",
         task_type="CAUSAL_LM",
     )
-    peft_model = get_peft_model(model, config, autocast_adapter_dtype=True)
+    peft_model: Any
+    if init is None:
+        peft_model = get_peft_model(model, config, autocast_adapter_dtype=True)
+    else:  # the parent's weights, in the shape `config` repeats (its dropout may differ)
+        peft_model = PeftModel.from_pretrained(
+            model, str(init), config=config, is_trainable=True, autocast_adapter_dtype=True
+        )
     for module in peft_model.modules():
         if isinstance(module, BaseTunerLayer):
-            # nn.Module's __setattr__ is typed for tensors and modules only
-            module.cast_input_dtype_enabled = False  # type: ignore[assignment]
+            # an attribute of peft's LoRA layers that its BaseTunerLayer stubs do not declare
+            module.cast_input_dtype_enabled = False  # type: ignore[attr-defined]
     return peft_model

@@ -146,7 +146,9 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
         config.quantization,
         settings.gradient_checkpointing,
     )
-    model = attach_lora(base, config.lora)
+    model = attach_lora(
+        base, config.lora, config.init_adapter.path if config.init_adapter else None
+    )
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
     per_epoch = math.ceil(len(data.train) / settings.batch_size)

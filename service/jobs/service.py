@@ -47,7 +47,13 @@ from service.metrics import Metrics
 from service.quotas import PerTenant
 from service.store.base import MAX_ID_CHARS, JobPage, Store, could_be_issued, page_cursor
 from service.uploads import UploadKind, UploadService
-from trainer.config import DataSpec, TrainConfigError, describe_validation_error, load_config
+from trainer.config import (
+    DataSpec,
+    TrainConfigError,
+    describe_validation_error,
+    load_config,
+    warm_lora,
+)
 
 DATASET = UploadKind.DATASET
 WATCH_POLL_SECONDS = 5.0
@@ -218,6 +224,9 @@ class JobService:
         if spec.get("adapter_name"):
             name = qualify_write(principal, spec["adapter_name"], "train.adapter_name")
             spec = {**spec, "adapter_name": name}
+        if spec.get("from_adapter"):
+            parent = self._adapters.find(principal, spec["from_adapter"], "train.from_adapter")
+            spec = {**spec, "from_adapter": parent}
         if "evaluation" in spec:
             if not spec.get("adapter_name") or spec.get("validate_only"):
                 raise InvalidArgumentError(
@@ -381,10 +390,30 @@ class JobService:
             "validate_only": spec.get("validate_only", False),
         }
         config |= {k: spec[k] for k in ("lora", "quantization", "training") if k in spec}
+        if spec.get("from_adapter"):
+            config |= await self._warm_start(spec["from_adapter"], spec.get("lora"))
         try:
             return load_config(config).model_dump_json()
         except TrainConfigError as exc:
             raise InvalidArgumentError(f"train: {exc}") from None
+
+    async def _warm_start(self, ref: str, lora: dict[str, Any] | None) -> dict[str, Any]:
+        """The trainer config's `init_adapter` and `lora` for a job that goes on training the
+        version `ref` (qualified and resolved at submission).
+
+        Raises:
+            InvalidArgumentError: a lora setting that differs from the parent's shape, named.
+        """
+        parent = self._adapters.resolve(ref, "train.from_adapter")
+        adapter_config = await asyncio.to_thread(
+            (parent.path / "adapter_config.json").read_text, encoding="utf-8"
+        )
+        try:
+            shape = warm_lora(lora, json.loads(adapter_config), parent.ref)
+        except TrainConfigError as exc:
+            raise InvalidArgumentError(f"train: {exc}") from None
+        init = {"path": str(parent.path), "ref": parent.ref, "sha256": parent.sha256}
+        return {"lora": shape, "init_adapter": init}
 
     async def get(self, principal: Principal, job_id: str) -> Job:
         """The job, if the caller may see it.

@@ -372,3 +372,38 @@ def test_a_job_whose_lease_was_swept_elsewhere_stops_writing_and_its_next_claim_
     progress = [int(data["step"]) for kind, data in feed if kind == "progress"]
     assert progress == list(range(1, len(progress) + 1))  # every step once, none lost
     assert int(resumed.data["step"]) in progress
+
+
+def first_loss(feed):
+    return next(json_format.MessageToDict(e.data)["loss"] for e in feed if e.kind == "progress")
+
+
+def test_a_job_warm_started_from_a_version_goes_on_from_its_weights(user, dataset_id, server):
+    fast = {"max_steps": 12, "batch_size": 4, "learning_rate": 5e-3}
+    parent = user.submit_job(spec(dataset_id, adapter_name="warm-a", lora={"rank": 8},
+                                  training=fast))  # fmt: skip
+    parent_feed = watch_to_end(user, parent.id)
+    assert user.get_job(parent.id).state == jobs_pb2.JOB_STATE_SUCCEEDED
+    losses = [json_format.MessageToDict(e.data)["loss"] for e in parent_feed
+              if e.kind == "progress" and "loss" in e.data]  # fmt: skip
+    child = user.submit_job(
+        spec(dataset_id, adapter_name="warm-b", from_adapter="warm-a",
+             lora={"dropout": 0.1}, training={**fast, "max_steps": 2})
+    )  # fmt: skip
+    assert child.train.from_adapter == "acme/warm-a@1"  # resolved at submission
+    child_feed = watch_to_end(user, child.id)
+    done = user.get_job(child.id)
+    assert done.state == jobs_pb2.JOB_STATE_SUCCEEDED, done.error_message
+    # It starts where its parent ended, not where a fresh adapter starts.
+    assert first_loss(child_feed) < losses[0] - 0.5, (first_loss(child_feed), losses)
+    manifest = json.loads((server.data_dir / "jobs" / child.id / "manifest.json").read_text())
+    assert manifest["parent"]["ref"] == "acme/warm-a@1" and len(manifest["parent"]["sha256"]) == 64
+    assert (manifest["config"]["lora"]["rank"], manifest["config"]["lora"]["dropout"]) == (8, 0.1)
+    reshaped = spec(dataset_id, adapter_name="warm-c", from_adapter="warm-a@1", lora={"rank": 4})
+    code, message = code_of(lambda: user.submit_job(reshaped))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "lora.rank = 4: acme/warm-a@1 was trained with 8" in message
+    with Client(server.target, OTHER_USER_TOKEN, timeout=60) as other:
+        foreign = spec(other.upload_dataset(SLICE), from_adapter="acme/warm-a")
+        code, message = code_of(lambda: other.submit_job(foreign))
+    assert code == grpc.StatusCode.NOT_FOUND and "train.from_adapter" in message

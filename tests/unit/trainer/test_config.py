@@ -92,3 +92,22 @@ def test_each_device_needs_a_whole_micro_batch_of_every_step():
     config = load_config({**BASE, "training": {"devices": 2, "gradient_accumulation": 2}})
     assert config.training.devices == 2
     assert load_config(BASE).training.devices == 1
+
+
+PARENT = {"r": 8, "lora_alpha": 16, "use_rslora": False,
+          "target_modules": ["v_proj", "q_proj"], "lora_dropout": 0.0}  # fmt: skip
+
+
+def test_a_warm_start_takes_its_parents_lora_shape():
+    from trainer.config import warm_lora
+
+    assert warm_lora(None, PARENT, "acme/bot@1") == {
+        "rank": 8, "alpha": 16, "use_rslora": False, "target_modules": ["q_proj", "v_proj"]
+    }  # fmt: skip
+    same = {"rank": 8, "target_modules": ["q_proj", "v_proj"], "dropout": 0.1}
+    assert warm_lora(same, PARENT, "acme/bot@1")["dropout"] == 0.1  # not part of the weights
+    with pytest.raises(TrainConfigError) as caught:
+        warm_lora({"rank": 16, "alpha": 32, "target_modules": "all-linear"}, PARENT, "acme/bot@1")
+    problems = str(caught.value).split("; ")
+    assert problems[0].startswith("lora.rank = 16: acme/bot@1 was trained with 8")
+    assert [p.split(" ")[0] for p in problems] == ["lora.rank", "lora.alpha", "lora.target_modules"]
