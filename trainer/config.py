@@ -248,8 +248,10 @@ def warm_lora(asked: dict[str, Any] | None, parent: dict[str, Any], ref: str) ->
             continue
         wanted = sorted(value) if field == "target_modules" and isinstance(value, list) else value
         if wanted != shape[field]:
+            # JSON (and a protobuf Struct) gives every number as a float: 4.0 is shown as 4
+            shown = int(value) if isinstance(value, float) and value.is_integer() else value
             problems.append(
-                f"lora.{field} = {value!r}: {ref} was trained with {shape[field]!r}, and a "
+                f"lora.{field} = {shown!r}: {ref} was trained with {shape[field]!r}, and a "
                 "warm start keeps its parent's LoRA shape (leave it out)"
             )
     if problems:

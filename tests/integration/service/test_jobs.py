@@ -379,7 +379,7 @@ def first_loss(feed):
 
 
 def test_a_job_warm_started_from_a_version_goes_on_from_its_weights(user, dataset_id, server):
-    fast = {"max_steps": 12, "batch_size": 4, "learning_rate": 5e-3}
+    fast = {"max_steps": 8, "batch_size": 4, "learning_rate": 5e-3}
     parent = user.submit_job(spec(dataset_id, adapter_name="warm-a", lora={"rank": 8},
                                   training=fast))  # fmt: skip
     parent_feed = watch_to_end(user, parent.id)
@@ -394,8 +394,11 @@ def test_a_job_warm_started_from_a_version_goes_on_from_its_weights(user, datase
     child_feed = watch_to_end(user, child.id)
     done = user.get_job(child.id)
     assert done.state == jobs_pb2.JOB_STATE_SUCCEEDED, done.error_message
-    # It starts where its parent ended, not where a fresh adapter starts.
-    assert first_loss(child_feed) < losses[0] - 0.5, (first_loss(child_feed), losses)
+    # Its first step sees its parent's first batch (same seed and data): a fresh adapter (B = 0,
+    # the base's output) would score exactly the parent's first loss; the parent's weights score
+    # about what the parent reached.
+    assert first_loss(child_feed) < losses[0] - 0.1, (first_loss(child_feed), losses)
+    assert first_loss(child_feed) < min(losses[:4]), (first_loss(child_feed), losses)
     manifest = json.loads((server.data_dir / "jobs" / child.id / "manifest.json").read_text())
     assert manifest["parent"]["ref"] == "acme/warm-a@1" and len(manifest["parent"]["sha256"]) == 64
     assert (manifest["config"]["lora"]["rank"], manifest["config"]["lora"]["dropout"]) == (8, 0.1)
