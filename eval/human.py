@@ -3,7 +3,7 @@ readers.
 
 An evaluation's `human` section answers its conversations with the candidate and the baseline
 and makes a sheet of items (`blind`): each item a conversation and two answers, A and B, the
-order drawn per item from the section's seed, no adapter named. The key (which side is the
+order drawn per item from the system's randomness, no adapter named. The key (which side is the
 candidate, and the judge's outcome on the pair) stays on the server. Raters score each answer
 from 1 to 5 and may prefer one ("A", "B" or "tie"); the sheet's HTML page (`sheet_html`, one
 self-contained file) writes their ratings as JSONL, one `{"item", "a", "b", "preference",
@@ -65,10 +65,12 @@ def blind(
     candidate: Sequence[str],
     baseline: Sequence[str],
     judged: Sequence[Outcome | None],
-    seed: int,
+    draw: random.Random | None = None,
 ) -> tuple[list[Item], dict[str, KeyEntry]]:
-    """The items of a sheet and their key: each item's order drawn from `seed`."""
-    draw = random.Random(seed)
+    """The items of a sheet and their key: each item's order drawn by `draw` (the system's
+    randomness unless a test gives its own: an order that a seed could reproduce would not be
+    blind to whoever knows the seed)."""
+    draw = draw or random.SystemRandom()
     items, key = [], {}
     for index, (conversation, mine, theirs, outcome) in enumerate(
         zip(conversations, candidate, baseline, judged, strict=True), start=1

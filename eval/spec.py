@@ -251,8 +251,6 @@ class HumanSpec(_Judged):
     every conversation). Templates have {question}, {reference}, {first} and {second}."""
     limit: int | None = Field(20, ge=1, le=500)
     max_tokens: int = Field(256, ge=1, le=4096)
-    seed: int = Field(0, ge=0)
-    """Draws each item's order of A and B."""
 
     @model_validator(mode="after")
     def _source(self) -> "HumanSpec":

@@ -231,31 +231,42 @@ LORA_SHAPE = {"rank": "r", "alpha": "lora_alpha", "use_rslora": "use_rslora",
 """The LoRA settings the weights depend on: LoraSpec's name -> peft's adapter_config.json key."""
 
 
-def warm_lora(asked: dict[str, Any] | None, parent: dict[str, Any], ref: str) -> dict[str, Any]:
+def warm_lora(
+    asked: dict[str, Any] | None,
+    parent: dict[str, Any],
+    ref: str,
+    recorded_modules: object = None,
+) -> dict[str, Any]:
     """The `lora` section of a job that warm starts from the adapter whose adapter_config.json
     is `parent`: the parent's shape, with what the job asked for where the weights allow it
-    (dropout). Pure.
+    (dropout). `recorded_modules` is the target_modules its own job asked for (its manifest),
+    so that "all-linear", which peft saves expanded, matches. Pure.
 
     Raises:
-        TrainConfigError: a setting of the shape that differs from the parent's, named.
+        TrainConfigError: a setting that is invalid, or that differs from the parent's shape,
+            named.
     """
+    try:
+        given = LoraSpec.model_validate(asked or {})
+    except ValidationError as exc:
+        problems = describe_validation_error(exc)
+        raise TrainConfigError("; ".join(f"lora.{p}" for p in problems)) from None
     shape: dict[str, Any] = {ours: parent.get(theirs) for ours, theirs in LORA_SHAPE.items()}
     if isinstance(shape["target_modules"], list | tuple):
         shape["target_modules"] = sorted(shape["target_modules"])
     problems = []
-    for field, value in (asked or {}).items():
-        if field not in shape:
+    for field in (asked or {}).keys() & shape.keys():
+        value = getattr(given, field)
+        wanted = sorted(value) if isinstance(value, list) else value
+        if field == "target_modules" and value == recorded_modules:
             continue
-        wanted = sorted(value) if field == "target_modules" and isinstance(value, list) else value
         if wanted != shape[field]:
-            # JSON (and a protobuf Struct) gives every number as a float: 4.0 is shown as 4
-            shown = int(value) if isinstance(value, float) and value.is_integer() else value
             problems.append(
-                f"lora.{field} = {shown!r}: {ref} was trained with {shape[field]!r}, and a "
+                f"lora.{field} = {value!r}: {ref} was trained with {shape[field]!r}, and a "
                 "warm start keeps its parent's LoRA shape (leave it out)"
             )
     if problems:
-        raise TrainConfigError("; ".join(problems))
+        raise TrainConfigError("; ".join(sorted(problems)))
     return {**(asked or {}), **shape}
 
 

@@ -317,6 +317,10 @@ class AdapterManager:
         name, never its version)."""
         return self._labels.of(requested.partition("@")[0])
 
+    def alias_target(self, alias: str) -> str:
+        """The version a qualified alias points at now ("" when there is no such alias)."""
+        return self._registry.aliases.get(alias, "")
+
     def resolve(self, requested: str, field: str = "adapter") -> AdapterVersion:
         """The ready version a qualified reference resolves to now (see Registry.resolve)."""
         return self._registry.resolve(requested, field)

@@ -16,7 +16,7 @@ from typing import Any
 
 from eval.benchmarks import BenchmarkError
 from eval.gates import check_gates
-from eval.human import score_human
+from eval.human import HumanReport, score_human
 from eval.judges import JudgeUnreachableError
 from eval.prompts import PromptSetError
 from eval.report import REPORT_JSON
@@ -128,6 +128,8 @@ class Evaluator:
         passed = all(g.passed for g in gates)
         promotion = await self._promote(spec, candidate, passed)
         awaiting = spec.awaits_ratings and "baseline" in targets
+        if awaiting and spec.promote_alias:  # an import promotes only if nobody moved it since
+            promotion["alias_at_end"] = self._adapters.alias_target(spec.promote_alias)
         report = {
             "job_id": job.id,
             "candidate": candidate or "base",
@@ -161,8 +163,12 @@ class Evaluator:
         lock = self._importing.setdefault(out_dir.name, asyncio.Lock())
         async with lock:
             report = json.loads(await asyncio.to_thread((out_dir / REPORT_JSON).read_text))
-            key, kept = await asyncio.to_thread(add_ratings, out_dir, upload_id, ratings)
-            human = score_human(kept, key)
+
+            def scored() -> HumanReport:
+                key, kept = add_ratings(out_dir, upload_id, ratings)
+                return score_human(kept, key)
+
+            human = await asyncio.to_thread(scored)
             own, base = human.values()
             scores = report["scores"]
             scores["candidate"] |= own
@@ -172,15 +178,30 @@ class Evaluator:
             gates = check_gates(list(spec.gates), scores["candidate"], scores["baseline"])
             passed = all(g.passed for g in gates)
             candidate = "" if report["candidate"] == "base" else report["candidate"]
+            report.pop("promotion_skipped", None)  # said of the last import, decided again now
             report |= {
                 "gates": [gate_json(g) for g in gates],
                 "passed": passed,
                 "awaiting_ratings": False,
-                **await self._promote(spec, candidate, passed),
+                **await self._promote_late(spec, candidate, passed, report),
             }
             await asyncio.to_thread(write_report, out_dir, report)
         export_scores(self._metrics, self._labels, candidate, Scores(values=own))
         return _summary(report)
+
+    async def _promote_late(
+        self, spec: EvalSpec, candidate: str, passed: bool, report: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The promotion an import of ratings makes: once, and only while the alias still
+        points where it did when the evaluation ended (a later evaluation may have moved it
+        since: that one stands). A promotion made is never taken back by later ratings."""
+        if report["promoted"] or not spec.promote_alias:
+            return {}
+        now = self._adapters.alias_target(spec.promote_alias)
+        if passed and now != report.get("alias_at_end", ""):
+            return {"promotion_skipped": f"{spec.promote_alias} moved to {now or 'nothing'} "
+                    "after this evaluation ended"}  # fmt: skip
+        return await self._promote(spec, candidate, passed)
 
     async def _promote(self, spec: EvalSpec, candidate: str, passed: bool) -> dict[str, Any]:
         if not spec.promote_alias:

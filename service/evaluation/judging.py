@@ -2,6 +2,7 @@
 adapter or the base), answering in the section's verdict schema; for win rate, also the
 reference judge."""
 
+import asyncio
 from typing import Any
 
 from eval.judges import (
@@ -28,10 +29,17 @@ def ask_for(
     if spec.judge == "url":
         limits = engine.limits
         url = limits.judge_urls[spec.judge_url]
-        return remote_ask(
+        remote = remote_ask(
             spec.judge_url, url, spec.judge_model, limits.judge_api_key,
             schema=schema, max_tokens=max_tokens,
         )  # fmt: skip
+        slots = asyncio.Semaphore(limits.concurrency)  # as many in flight as on the engine
+
+        async def bounded(message: str) -> str:
+            async with slots:
+                return await remote(message)
+
+        return bounded
 
     async def served(message: str) -> str:
         text, _ = await engine.answer(spec.judge_model, message, max_tokens, schema=schema)

@@ -330,7 +330,7 @@ class Measurements:
             spec, [(c.transcript(reference=False), c.reference) for c in conversations], mine,
             theirs,
         )  # fmt: skip
-        items, key = blind(conversations, mine, theirs, outcomes, spec.seed)
+        items, key = blind(conversations, mine, theirs, outcomes)
         scores["candidate"].details["human"] = {
             "items": len(items), "judge": spec.judge, "unparsed_verdicts": unparsed,
         }  # fmt: skip

@@ -57,8 +57,10 @@ def write_sheet(out_dir: Path, items: list[Item], key: dict[str, KeyEntry], titl
 def add_ratings(
     out_dir: Path, upload_id: str, ratings: Path
 ) -> tuple[dict[str, KeyEntry], list[Rating]]:
-    """Checks one upload's ratings against the sheet and keeps them (an upload imported again
-    replaces itself); returns the key and every rating kept so far.
+    """Checks one upload's ratings against the sheet and keeps them; returns the key and every
+    rating kept so far, one per rater and item: the latest import's (an upload imported again
+    replaces itself; a rater's item rated again in a later upload replaces the earlier rating;
+    ratings without a rater's name count per upload).
 
     Raises:
         PromptSetError: naming the upload's line and field.
@@ -67,5 +69,10 @@ def add_ratings(
     key = read_key(directory / KEY_JSON)
     read_ratings(ratings, set(key))
     write_atomic(directory / RATINGS_DIR / f"{upload_id}.jsonl", ratings.read_text("utf-8"))
-    kept = sorted((directory / RATINGS_DIR).glob("*.jsonl"))
-    return key, [r for path in kept for r in read_ratings(path, set(key))]
+    kept = sorted((directory / RATINGS_DIR).glob("*.jsonl"), key=lambda p: p.stat().st_mtime_ns)
+    latest = {
+        (rating.rater or path.stem, rating.item): rating
+        for path in kept
+        for rating in read_ratings(path, set(key))
+    }
+    return key, list(latest.values())

@@ -342,17 +342,34 @@ class JobService:
             NotFoundError: as `get`.
             FailedPreconditionError: the job has no sheet (yet, or its spec has no human section).
         """
-        job = await self.get(principal, job_id)
+        job = await self._finished_evaluation(principal, job_id)
         directory = self._runner.job_dir(job.id) / HUMAN_DIR
-        try:
-            jsonl = (directory / SHEET_JSONL).read_text(encoding="utf-8")
-            html = (directory / SHEET_HTML).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise FailedPreconditionError(
-                f"job {job_id} has no human evaluation sheet ({job.state.value}; it is written "
-                "by an evaluation with a human section and a baseline other than the candidate)"
-            ) from None
+        jsonl = await asyncio.to_thread((directory / SHEET_JSONL).read_text, encoding="utf-8")
+        html = await asyncio.to_thread((directory / SHEET_HTML).read_text, encoding="utf-8")
         return jsonl, html, jsonl.count("\n")
+
+    async def _finished_evaluation(self, principal: Principal, job_id: str) -> Job:
+        """A job whose evaluation has ended with a human sheet and its report.
+
+        Raises:
+            NotFoundError: as `get`.
+            FailedPreconditionError: the job has not succeeded, or wrote no sheet.
+        """
+        job = await self.get(principal, job_id)
+        directory = self._runner.job_dir(job.id)
+        written = job.state is JobState.SUCCEEDED and await asyncio.to_thread(
+            lambda: (
+                (directory / HUMAN_DIR / SHEET_JSONL).is_file()
+                and (directory / REPORT_JSON).is_file()
+            )
+        )
+        if not written:
+            raise FailedPreconditionError(
+                f"job {job_id} has no human evaluation sheet ({job.state.value}; an evaluation "
+                "with a human section and a baseline other than the candidate writes one when "
+                "it succeeds)"
+            )
+        return job
 
     async def import_ratings(
         self, principal: Principal, job_id: str, upload_id: str
@@ -365,7 +382,7 @@ class JobService:
             FailedPreconditionError: the job has no sheet.
             InvalidArgumentError: a rating that does not fit the sheet, naming its line.
         """
-        await self.human_sheet(principal, job_id)
+        await self._finished_evaluation(principal, job_id)
         ratings = await self._uploads.path_of(
             principal, upload_id, UploadKind.HUMAN_RATINGS, "upload_id"
         )
@@ -405,11 +422,14 @@ class JobService:
             InvalidArgumentError: a lora setting that differs from the parent's shape, named.
         """
         parent = self._adapters.resolve(ref, "train.from_adapter")
-        adapter_config = await asyncio.to_thread(
-            (parent.path / "adapter_config.json").read_text, encoding="utf-8"
-        )
         try:
-            shape = warm_lora(lora, json.loads(adapter_config), parent.ref)
+            saved, recorded = await asyncio.to_thread(_lora_of, parent.path)
+        except (OSError, ValueError) as exc:
+            raise FailedPreconditionError(
+                f"train.from_adapter: {parent.ref}'s adapter_config.json cannot be read ({exc})"
+            ) from None
+        try:
+            shape = warm_lora(lora, saved, parent.ref, recorded)
         except TrainConfigError as exc:
             raise InvalidArgumentError(f"train: {exc}") from None
         init = {"path": str(parent.path), "ref": parent.ref, "sha256": parent.sha256}
@@ -531,3 +551,15 @@ class JobService:
         """Evaluates a job's target on this replica's engine."""
         await self._adapters.refresh()  # the candidate may be a version a worker published
         return await self._evaluator.evaluate(job, emit, self._runner.job_dir(job.id))
+
+
+def _lora_of(adapter: Path) -> tuple[dict[str, Any], object]:
+    """An adapter version's saved peft config, and the target_modules its own job asked for
+    (from its manifest: None when it has none, as an adapter trained elsewhere)."""
+    saved = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads((adapter / "manifest.json").read_text(encoding="utf-8"))
+        recorded = manifest["config"]["lora"]["target_modules"]
+    except (OSError, ValueError, KeyError, TypeError):
+        recorded = None
+    return dict(saved), recorded

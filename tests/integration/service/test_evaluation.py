@@ -381,7 +381,7 @@ def rate(client, tmp_path, name, rows):
 
 def test_human_ratings_come_back_and_promote_once_the_gate_on_them_passes(admin, server, tmp_path):
     spec = {
-        "human": {"limit": 4, "max_tokens": 8, "seed": 1},
+        "human": {"limit": 4, "max_tokens": 8},
         "gates": [{"metric": "GATE_METRIC_HUMAN_SCORE", "comparator": "COMPARATOR_GT",
                    "threshold": 4.0}],
         "promote_alias": "eval-human",
@@ -416,13 +416,19 @@ def test_human_ratings_come_back_and_promote_once_the_gate_on_them_passes(admin,
     unknown = rate(admin, tmp_path, "bad", [{"item": "item-999", "a": 5, "b": 1}])
     code, message = code_of(lambda: admin.import_ratings(done.id, unknown))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "bad.jsonl:1 item: 'item-999'" in message
+    # Someone moves the alias after the evaluation ended: passing ratings do not move it back.
+    admin.set_alias("eval-human", "eval-one@1")
     second = rate(admin, tmp_path, "bob", ratings(5, "bob"))
     now = json_format.MessageToDict(admin.import_ratings(done.id, second).evaluation)
-    assert now["scores"]["human_score"] == 4.5 and now["passed"] and now["promoted"]
-    aliases = {a.name: list(a.aliases) for a in admin.list_adapters().adapters}
-    assert "ops/eval-human" in aliases["ops/eval-one"]
+    assert now["scores"]["human_score"] == 4.5 and now["passed"] and not now["promoted"]
+    report = json_format.MessageToDict(admin.evaluation_report(done.id).report)
+    assert report["promotion_skipped"].startswith("ops/eval-human moved to ops/eval-one@1")
+    admin.set_alias("eval-human", "")  # back where it was when the evaluation ended
     again = json_format.MessageToDict(admin.import_ratings(done.id, second).evaluation)
     assert again["scores"]["human_score"] == 4.5  # an upload imported again replaces itself
+    assert again["promoted"]
+    aliases = {a.name: list(a.aliases) for a in admin.list_adapters().adapters}
+    assert "ops/eval-human" in aliases["ops/eval-one"]
     report = json_format.MessageToDict(admin.evaluation_report(done.id).report)
     human = report["details"]["candidate"]["human"]
     assert (human["ratings"], human["raters"], human["items"]) == (8, 2, 4)

@@ -3,6 +3,7 @@ agreement with the judge (ratings made up here: the scorer's unit test; the roun
 the server is in the integration tests)."""
 
 import json
+import random
 
 import pytest
 
@@ -25,17 +26,18 @@ CONVERSATIONS = [Conversation(({"role": "user", "content": f"Question {i}?"},), 
                  for i in range(8)]  # fmt: skip
 
 
-def test_the_sheet_is_blinded_per_item_by_the_seed_and_the_key_stays_apart(tmp_path):
+def test_the_sheet_is_blinded_per_item_and_the_key_stays_apart(tmp_path):
     mine, theirs = [f"mine {i}" for i in range(8)], [f"theirs {i}" for i in range(8)]
-    items, key = blind(CONVERSATIONS, mine, theirs, [Outcome.WIN] * 8, seed=3)
+    items, key = blind(CONVERSATIONS, mine, theirs, [Outcome.WIN] * 8, random.Random(3))
     assert [i.id for i in items] == [f"item-{n:03d}" for n in range(1, 9)]
     firsts = [key[i.id].candidate_first for i in items]
     assert True in firsts and False in firsts  # both orders occur
     for item, first in zip(items, firsts, strict=True):
         assert (item.a.startswith("mine"), item.b.startswith("mine")) == (first, not first)
-    assert blind(CONVERSATIONS, mine, theirs, [None] * 8, seed=3)[0] == items  # reproducible
-    _, other_key = blind(CONVERSATIONS, mine, theirs, [None] * 8, seed=4)
-    assert [other_key[i.id].candidate_first for i in items] != firsts
+    assert blind(CONVERSATIONS, mine, theirs, [None] * 8, random.Random(3))[0] == items
+    orders = {tuple(k.candidate_first for k in blind(CONVERSATIONS, mine, theirs, [None] * 8)[1]
+                    .values()) for _ in range(8)}  # fmt: skip
+    assert len(orders) > 1  # the system's randomness: no seed reproduces a sheet
     rows = [json.loads(line) for line in sheet_jsonl(items).splitlines()]
     assert set(rows[0]) == {"item", "conversation", "reference", "a", "b"}
     assert "candidate" not in sheet_jsonl(items) and "mine" not in json.dumps(rows[0]["item"])
@@ -44,7 +46,7 @@ def test_the_sheet_is_blinded_per_item_by_the_seed_and_the_key_stays_apart(tmp_p
 
 
 def test_the_html_sheet_escapes_answers_and_is_self_contained():
-    items, _ = blind(CONVERSATIONS[:1], ["<script>alert(1)</script>"], ["fine"], [None], seed=0)
+    items, _ = blind(CONVERSATIONS[:1], ["<script>alert(1)</script>"], ["fine"], [None])
     page = sheet_html(items, "job-1 <sheet>")
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)" in page
     assert "job-1 &lt;sheet&gt;" in page and "http" not in page.lower().replace("ndjson", "")

@@ -107,7 +107,14 @@ def test_a_warm_start_takes_its_parents_lora_shape():
     same = {"rank": 8, "target_modules": ["q_proj", "v_proj"], "dropout": 0.1}
     assert warm_lora(same, PARENT, "acme/bot@1")["dropout"] == 0.1  # not part of the weights
     with pytest.raises(TrainConfigError) as caught:
-        warm_lora({"rank": 16, "alpha": 32, "target_modules": "all-linear"}, PARENT, "acme/bot@1")
+        warm_lora({"rank": 16.0, "alpha": 32, "target_modules": "all-linear"}, PARENT, "acme/bot@1")
     problems = str(caught.value).split("; ")
-    assert problems[0].startswith("lora.rank = 16: acme/bot@1 was trained with 8")
-    assert [p.split(" ")[0] for p in problems] == ["lora.rank", "lora.alpha", "lora.target_modules"]
+    assert [p.split(" ")[0] for p in problems] == ["lora.alpha", "lora.rank", "lora.target_modules"]
+    assert problems[1].startswith("lora.rank = 16: acme/bot@1 was trained with 8")
+    # peft saves "all-linear" expanded; the parent's own job asked for it: the same shape
+    same_ask = warm_lora({"target_modules": "all-linear"}, PARENT, "acme/bot@1", "all-linear")
+    assert same_ask["target_modules"] == ["q_proj", "v_proj"]
+    with pytest.raises(TrainConfigError, match=r"lora\.target_modules"):
+        warm_lora({"target_modules": ["q_proj", 1]}, PARENT, "acme/bot@1")
+    with pytest.raises(TrainConfigError, match=r"lora\.surprise"):
+        warm_lora({"surprise": 1}, PARENT, "acme/bot@1")
