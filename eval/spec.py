@@ -72,6 +72,13 @@ def _one_of(path: str, upload: str, field: str) -> None:
         )
 
 
+def _prompt_source(prompts: str, upload: str, bundled_set: str, bundled: tuple[str, ...]) -> None:
+    """A section's prompts: a server path, an upload, or else a bundled set by name."""
+    _one_of(prompts, upload, "prompts")
+    if not (prompts or upload) and bundled_set not in bundled:
+        raise ValueError(f"set {bundled_set!r} is not bundled; bundled: {bundled}")
+
+
 class _Judged(_Strict):
     """The judge settings that win rate, safety and rubric sections share: each section's own
     `judge` field names the kind ("reference" where it has one, "llm" a model served here, "url"
@@ -170,9 +177,7 @@ class WinRateSpec(_Judged):
 
     @model_validator(mode="after")
     def _source(self) -> "WinRateSpec":
-        _one_of(self.prompts, self.prompts_upload, "prompts")
-        if not (self.prompts or self.prompts_upload) and self.set not in BUNDLED_PROMPT_SETS:
-            raise ValueError(f"set {self.set!r} is not bundled; bundled: {BUNDLED_PROMPT_SETS}")
+        _prompt_source(self.prompts, self.prompts_upload, self.set, BUNDLED_PROMPT_SETS)
         self._check_judge(self.judge, ("{first}", "{second}"))
         return self
 
@@ -226,9 +231,7 @@ class RubricSpec(_Judged):
 
     @model_validator(mode="after")
     def _source(self) -> "RubricSpec":
-        _one_of(self.prompts, self.prompts_upload, "prompts")
-        if not (self.prompts or self.prompts_upload) and self.set not in BUNDLED_RUBRIC_SETS:
-            raise ValueError(f"set {self.set!r} is not bundled; bundled: {BUNDLED_RUBRIC_SETS}")
+        _prompt_source(self.prompts, self.prompts_upload, self.set, BUNDLED_RUBRIC_SETS)
         if len(set(self.dimensions)) != len(self.dimensions):
             raise ValueError("dimensions: each at most once")
         self._check_judge(self.judge, RUBRIC_PLACEHOLDERS)
@@ -254,9 +257,7 @@ class HumanSpec(_Judged):
 
     @model_validator(mode="after")
     def _source(self) -> "HumanSpec":
-        _one_of(self.prompts, self.prompts_upload, "prompts")
-        if not (self.prompts or self.prompts_upload) and self.set not in BUNDLED_RUBRIC_SETS:
-            raise ValueError(f"set {self.set!r} is not bundled; bundled: {BUNDLED_RUBRIC_SETS}")
+        _prompt_source(self.prompts, self.prompts_upload, self.set, BUNDLED_RUBRIC_SETS)
         self._check_judge(self.judge, ("{first}", "{second}"))
         return self
 
