@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 
 from service import __version__
 from service.adapters.checks import AdapterLimits
+from service.adapters.imports import AdapterImports
 from service.adapters.manager import AdapterManager
 from service.auth import TokenTable
 from service.basemodel import BaseModel, lora_target_modules, resolve_base_model
@@ -69,10 +70,11 @@ class App:
         tokenizer = AutoTokenizer.from_pretrained(base_model.path)
         self.store = store_for(settings.resolved_store_url)
         labels = AdapterLabels(self.metrics, settings.adapter_labels)
+        limits = AdapterLimits.for_server(settings, base_model)
         self.adapters = AdapterManager(
             engine=engine,
             store=self.store,
-            limits=AdapterLimits.for_server(settings, base_model),
+            limits=limits,
             capacity=settings.max_cpu_loras,
             metrics=self.metrics,
             labels=labels,
@@ -124,6 +126,7 @@ class App:
             ),
             staging=staging_name(),
         )
+        self.imports = AdapterImports(adapters=self.adapters, uploads=self.uploads, limits=limits)
         self.evaluator = Evaluator(
             generator=self.generator,
             adapters=self.adapters,
@@ -203,6 +206,7 @@ class App:
             self.describe,
             self.generator,
             self.adapters,
+            self.imports,
             self.jobs,
             self.uploads,
             self.captures,

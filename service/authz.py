@@ -55,6 +55,8 @@ POLICY: dict[str, Access] = {
     # Pins hold slots of the one engine every tenant shares.
     _ADAPTERS + "PinAdapter": Access.ADMIN,
     _ADAPTERS + "SetAlias": Access.USER,
+    # The files are the caller's own upload, checked tensor by tensor against the base model.
+    _ADAPTERS + "ImportAdapter": Access.USER,
     _JOBS + "UploadDataset": Access.USER,
     _JOBS + "Upload": Access.USER,
     _JOBS + "ValidateDataset": Access.USER,

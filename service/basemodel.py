@@ -10,7 +10,7 @@ import fcntl
 import logging
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,20 +58,32 @@ class BaseModel:
     """Hashes of its weights and chat template."""
 
 
-def lora_target_modules(path: Path) -> frozenset[str]:
-    """Names of the base model's linear layers that LoRA may target ("q_proj", ...): every
-    linear module but the output head, built on the meta device from config.json alone."""
+def linear_layers(path: Path) -> dict[str, tuple[int, int]]:
+    """The base model's linear layers that LoRA may target, by module path
+    ("model.layers.0.self_attn.q_proj"), with their (out_features, in_features): every linear
+    module but the output head, built on the meta device from config.json alone."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
     head = model.get_output_embeddings()
-    return frozenset(
-        name.rsplit(".", 1)[-1]
+    return {
+        name: (module.out_features, module.in_features)
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) and module is not head
-    )
+    }
+
+
+def target_names(layers: Iterable[str]) -> frozenset[str]:
+    """The short names ("q_proj", ...) that LoRA targets give for layers' module paths (peft
+    matches a target by the path's last component)."""
+    return frozenset(name.rsplit(".", 1)[-1] for name in layers)
+
+
+def lora_target_modules(path: Path) -> frozenset[str]:
+    """The short names of the base model's linear layers that LoRA may target."""
+    return target_names(linear_layers(path))
 
 
 def resolve_base_model(name: str, cache_dir: Path) -> BaseModel:

@@ -3,8 +3,9 @@
 A client streams a file with a header (kind, name, size, sha256). The bytes go to a staging
 directory of this process (`uploads/.staging/<host>-<pid>/`, so replicas sharing one root never
 touch each other's), are checked for their size and sha256, then for their kind (a task archive
-is extracted by `service.archive` and its YAMLs loaded by the allowlisting loader; a prompt set
-and a JSON Schema are parsed, RE2 patterns included), fsynced, and moved into place; only then is
+is extracted by `service.archive` and its YAMLs loaded by the allowlisting loader, an adapter
+archive extracted the same way and its peft files checked; a prompt set and a JSON Schema are
+parsed, RE2 patterns included), fsynced, and moved into place; only then is
 the record committed, with the tenant's byte quota checked in the same transaction. An upload
 belongs to the uploading tenant and is named by its id; `path_of` and `client_files` answer
 another tenant's id exactly as an unknown one.
@@ -33,6 +34,7 @@ from eval.safety import read_families
 from eval.sources import ClientFiles
 from eval.spec import EvalSpec
 from eval.taskyaml import TaskYamlError, load_task_yaml
+from service.adapters.checks import check_peft_files
 from service.archive import ARCHIVE_SUFFIXES, ArchiveError, ArchiveLimits, extract
 from service.auth import Principal
 from service.authz import is_admin, visible_tenant
@@ -50,6 +52,7 @@ class UploadKind(enum.StrEnum):
     JSON_SCHEMA = "json_schema"
     SAFETY_FAMILIES = "safety_families"
     HUMAN_RATINGS = "human_ratings"
+    ADAPTER_ARCHIVE = "adapter_archive"
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,10 @@ RULES = {
     UploadKind.JSON_SCHEMA: _Rule("schema", (".json",)),
     UploadKind.SAFETY_FAMILIES: _Rule("safety", (".jsonl",)),
     UploadKind.HUMAN_RATINGS: _Rule("ratings", (".jsonl",)),
+    UploadKind.ADAPTER_ARCHIVE: _Rule("adapter", ARCHIVE_SUFFIXES),
 }
+ARCHIVE_KINDS = frozenset({UploadKind.TASK_ARCHIVE, UploadKind.ADAPTER_ARCHIVE})
+"""Kinds stored extracted: the record's path is the directory."""
 MAX_FILE_NAME = 255
 CLIENT_FILES = (
     ("task_dir", "benchmarks", "task_dir", "task_upload", UploadKind.TASK_ARCHIVE),
@@ -177,7 +183,7 @@ class UploadService:
             await asyncio.to_thread(_publish, staging, final)
             record = UploadRecord(
                 id=upload_id, tenant=principal.tenant, kind=kind.value, name=name,
-                path=final if kind is UploadKind.TASK_ARCHIVE else final / name,
+                path=final if kind in ARCHIVE_KINDS else final / name,
                 sha256=digest, size=size, stored=stored, files=files, created=time.time(),
             )  # fmt: skip
             try:
@@ -238,7 +244,7 @@ class UploadService:
                 read_families(path)
             elif kind is UploadKind.HUMAN_RATINGS:
                 read_ratings(path)  # the items are checked against a sheet on import
-            elif kind is UploadKind.TASK_ARCHIVE:
+            elif kind in ARCHIVE_KINDS:
                 limits = ArchiveLimits(self._limits.max_file_bytes, self._limits.max_archive_files)
                 tree = staging / "tree"
                 extracted = extract(path, tree, limits)
@@ -246,7 +252,10 @@ class UploadService:
                 for entry in tree.iterdir():
                     entry.rename(staging / entry.name)
                 tree.rmdir()
-                _check_tasks(staging)
+                if kind is UploadKind.TASK_ARCHIVE:
+                    _check_tasks(staging)
+                else:
+                    check_peft_files(staging)
                 return extracted.bytes, extracted.files
         except (PromptSetError, ArchiveError, TaskYamlError) as exc:
             raise InvalidArgumentError(f"{name}: {exc}") from None
@@ -261,6 +270,12 @@ class UploadService:
         Raises:
             NotFoundError: no such upload, another tenant's, or one of another kind.
         """
+        return (await self.record_of(principal, upload_id, kind, field)).path
+
+    async def record_of(
+        self, principal: Principal | None, upload_id: str, kind: UploadKind, field: str
+    ) -> UploadRecord:
+        """An upload of `kind`, if `principal` may use it (see `path_of`)."""
         record = await self._store.get_upload(upload_id) if could_be_issued(upload_id) else None
         tenant = visible_tenant(principal) if principal is not None else None
         if (
@@ -269,7 +284,7 @@ class UploadService:
             or (tenant is not None and record.tenant != tenant)
         ):
             raise NotFoundError(f"{field}: no {kind.value} upload {upload_id[:64]!r}")
-        return record.path
+        return record
 
     async def client_files(
         self, principal: Principal | None, spec: EvalSpec, where: str

@@ -115,10 +115,44 @@ def make_adapter(out: Path, base_dir: Path, seed: int, rank: int = 8, **lora: ob
     return out
 
 
+def edit_json(path: Path, **changes: object) -> None:
+    """Sets top-level keys of a JSON object file."""
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def make_lora(out: Path, layers: dict[str, tuple[int, int]], rank: int) -> Path:
+    """Writes a LoRA adapter in peft's format without peft: adapter_config.json and random A
+    and B matrices for every layer in `layers` ({module path: (out, in)}), as a tool other
+    than peft (or another model of the same architecture) would."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(rank)
+    tensors = {}
+    for layer, (out_features, in_features) in layers.items():
+        prefix = f"base_model.model.{layer}"
+        tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, in_features, generator=generator)
+        tensors[f"{prefix}.lora_B.weight"] = torch.randn(out_features, rank, generator=generator)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, out / "adapter_model.safetensors")
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": rank,
+        "lora_alpha": 2 * rank,
+        "target_modules": sorted({layer.rsplit(".", 1)[-1] for layer in layers}),
+        "bias": "none",
+    }
+    (out / "adapter_config.json").write_text(json.dumps(config))
+    return out
+
+
 def adapter_limits(root: Path, base_dir: Path, max_bytes: int) -> "AdapterLimits":
     """What a server on the model in `base_dir` accepts: rank 16, adapters under `root`."""
     from service.adapters.checks import AdapterLimits
-    from service.basemodel import lora_target_modules
+    from service.basemodel import linear_layers
     from trainer.fingerprint import fingerprint
 
     return AdapterLimits(
@@ -127,7 +161,7 @@ def adapter_limits(root: Path, base_dir: Path, max_bytes: int) -> "AdapterLimits
         max_bytes=max_bytes,
         base=fingerprint(base_dir),
         base_name="tiny",
-        target_modules=lora_target_modules(base_dir),
+        layers=linear_layers(base_dir),
     )
 
 

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 from service.adapters.checks import AdapterLimits, check_adapter
 from service.adapters.publish import publish
@@ -122,6 +123,10 @@ class AdapterManager:
             InvalidArgumentError, NotFoundError, FailedPreconditionError: see Registry.resolve.
         """
         return self._registry.resolve(qualify_read(principal, requested, field), field).ref
+
+    def holds(self, path: Path) -> bool:
+        """Whether a registered version's files are at `path` (resolved)."""
+        return any(v.path == path for v in self._registry.versions.values())
 
     def visible(self, principal: Principal) -> list[AdapterView]:
         """Every version the caller may see, by name and version."""

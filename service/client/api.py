@@ -117,10 +117,15 @@ class Client:
         self, path: Path, kind: jobs_pb2.UploadKind, chunk_bytes: int = 1 << 20
     ) -> jobs_pb2.UploadResponse:
         """Upload: streams a file of `kind` (an adapterd.v1.UploadKind) in chunks."""
-        data = path.read_bytes()
+        return self.upload_bytes(path.name, path.read_bytes(), kind, chunk_bytes)
+
+    def upload_bytes(
+        self, file_name: str, data: bytes, kind: jobs_pb2.UploadKind, chunk_bytes: int = 1 << 20
+    ) -> jobs_pb2.UploadResponse:
+        """Upload: streams `data` as a file named `file_name` of `kind`, in chunks."""
         header = jobs_pb2.UploadHeader(
             kind=jobs_pb2.UploadKind.Name(kind),
-            file_name=path.name,
+            file_name=file_name,
             size=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
         )
@@ -203,6 +208,13 @@ class Client:
         request = adapters_pb2.LoadAdapterRequest(name=name, path=path, pin=pin)
         return self.call(
             self.adapters.LoadAdapter, request, adapters_pb2.LoadAdapterResponse
+        ).adapter
+
+    def import_adapter(self, name: str, upload_id: str) -> adapters_pb2.AdapterInfo:
+        """ImportAdapter: registers the caller's adapter archive upload as `name`."""
+        request = adapters_pb2.ImportAdapterRequest(name=name, upload_id=upload_id)
+        return self.call(
+            self.adapters.ImportAdapter, request, adapters_pb2.ImportAdapterResponse
         ).adapter
 
     def unload_adapter(self, adapter: str) -> list[str]:

@@ -5,6 +5,7 @@
     adapterctl generate [--adapter NAME] [--max-tokens N] [--temperature T] [--raw] TEXT
     adapterctl adapters list
     adapterctl adapters load NAME PATH [--pin]
+    adapterctl adapters import NAME DIR|ARCHIVE   (a peft adapter trained elsewhere)
     adapterctl adapters unload NAME[@VERSION]
     adapterctl adapters pin|unpin NAME@VERSION
     adapterctl adapters alias ALIAS [NAME@VERSION]   (no target: remove the alias)
@@ -18,14 +19,17 @@ Global flags (or ADAPTERCTL_* variables): --target, --token, --timeout, --output
 """
 
 import argparse
+import io
 import json
 import sys
+import tarfile
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
 
-from adapterd.v1 import adapters_pb2, inference_pb2
+from adapterd.v1 import adapters_pb2, inference_pb2, jobs_pb2
 from service.client.api import Client
 from service.client.capture_commands import add_capture_commands
 from service.client.job_commands import add_job_commands, show
@@ -83,6 +87,21 @@ def _generate(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     return 0
 
 
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def adapter_archive(source: Path) -> tuple[str, bytes]:
+    """An adapter to upload as (file name, bytes): an archive as it is, or a directory's two
+    peft files packed into a .tar.gz (nothing else of it: no pickles, no stray files)."""
+    if not source.is_dir():
+        return source.name, source.read_bytes()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name in PEFT_FILES:
+            archive.add(source / name, arcname=name)
+    return f"{source.resolve().name or 'adapter'}.tar.gz", buffer.getvalue()
+
+
 def _adapters(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     action = args.action
     if action == "list":
@@ -102,6 +121,10 @@ def _adapters(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         return 0
     if action == "load":
         show(client.load_adapter(args.name, args.path, args.pin), as_json)
+    elif action == "import":
+        file_name, data = adapter_archive(Path(args.source))
+        upload = client.upload_bytes(file_name, data, jobs_pb2.UPLOAD_KIND_ADAPTER_ARCHIVE)
+        show(client.import_adapter(args.name, upload.upload_id), as_json)
     elif action == "unload":
         print("\n".join(client.unload_adapter(args.adapter)))
     elif action in ("pin", "unpin"):
@@ -145,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("name", help="Adapter name.")
     load.add_argument("path", help="Directory relative to the server's adapter root.")
     load.add_argument("--pin", action="store_true", help="Never evict it.")
+    imported = actions.add_parser(
+        "import", help="Upload a peft adapter trained elsewhere and register it as NAME."
+    )
+    imported.add_argument("name", help="Adapter name.")
+    imported.add_argument(
+        "source",
+        help="A peft adapter directory (adapter_config.json, adapter_model.safetensors) or an "
+        "archive of one (.tar, .tar.gz, .tgz, .zip).",
+    )
     unload = actions.add_parser("unload", help="Unregister NAME@N, or every version of NAME.")
     unload.add_argument("adapter", help="NAME or NAME@N.")
     for verb in ("pin", "unpin"):

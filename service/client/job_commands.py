@@ -52,6 +52,7 @@ UPLOAD_KINDS: dict[str, jobs_pb2.UploadKind] = {
     "schema": jobs_pb2.UPLOAD_KIND_JSON_SCHEMA,
     "safety-families": jobs_pb2.UPLOAD_KIND_SAFETY_FAMILIES,
     "ratings": jobs_pb2.UPLOAD_KIND_HUMAN_RATINGS,
+    "adapter": jobs_pb2.UPLOAD_KIND_ADAPTER_ARCHIVE,
 }
 
 

@@ -5,6 +5,7 @@ from typing import Any
 from grpc import aio
 
 from adapterd.v1 import adapters_pb2, adapters_pb2_grpc
+from service.adapters.imports import AdapterImports
 from service.adapters.manager import AdapterManager
 from service.auth import current_principal
 from service.grpc.convert import adapter_to_proto
@@ -13,8 +14,9 @@ from service.grpc.convert import adapter_to_proto
 class AdaptersServicer(adapters_pb2_grpc.AdaptersServicer):
     """Thin: calls the manager with the caller (who may call what: `service.authz`), converts."""
 
-    def __init__(self, manager: AdapterManager) -> None:
+    def __init__(self, manager: AdapterManager, imports: AdapterImports) -> None:
         self._manager = manager
+        self._imports = imports
 
     async def LoadAdapter(
         self, request: adapters_pb2.LoadAdapterRequest, context: aio.ServicerContext[Any, Any]
@@ -51,3 +53,11 @@ class AdaptersServicer(adapters_pb2_grpc.AdaptersServicer):
             current_principal.get(), request.alias, request.target
         )
         return adapters_pb2.SetAliasResponse(target=target, previous=previous)
+
+    async def ImportAdapter(
+        self, request: adapters_pb2.ImportAdapterRequest, context: aio.ServicerContext[Any, Any]
+    ) -> adapters_pb2.ImportAdapterResponse:
+        view = await self._imports.import_for(
+            current_principal.get(), request.name, request.upload_id
+        )
+        return adapters_pb2.ImportAdapterResponse(adapter=adapter_to_proto(view))

@@ -19,6 +19,7 @@ from adapterd.v1 import (
     server_pb2,
     server_pb2_grpc,
 )
+from service.adapters.imports import AdapterImports
 from service.adapters.manager import AdapterManager
 from service.auth import TokenTable
 from service.capture.service import CaptureService
@@ -58,6 +59,7 @@ def build_grpc_server(  # noqa: PLR0917 (the parts it assembles)
     describe: Callable[[], ServerInfo],
     generator: Generator,
     adapters: AdapterManager,
+    imports: AdapterImports,
     jobs: JobService,
     uploads: UploadService,
     captures: CaptureService,
@@ -77,7 +79,7 @@ def build_grpc_server(  # noqa: PLR0917 (the parts it assembles)
     )
     server_pb2_grpc.add_ServerServicer_to_server(ServerServicer(describe), server)
     inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(generator), server)
-    adapters_pb2_grpc.add_AdaptersServicer_to_server(AdaptersServicer(adapters), server)
+    adapters_pb2_grpc.add_AdaptersServicer_to_server(AdaptersServicer(adapters, imports), server)
     jobs_pb2_grpc.add_JobsServicer_to_server(JobsServicer(jobs, uploads), server)
     capture_pb2_grpc.add_CaptureServicer_to_server(CaptureServicer(captures), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)

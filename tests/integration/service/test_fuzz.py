@@ -155,7 +155,7 @@ WIRE = st.fixed_dictionaries({
     "evaluation": st.dictionaries(
         st.sampled_from(["benchmarks", "schema_adherence", "win_rate", "safety", "rubric", "human",
                          "gates", "baseline", "promote_alias"]), json_values, max_size=3),
-    "kind": st.integers(0, 7),
+    "kind": st.integers(0, 8),
     "upload": st.binary(max_size=200),
     "file_name": st.sampled_from(["t.tgz", "p.jsonl", "s.json", "r.jsonl", "../x.json", ""])
     | st.text(max_size=12),
@@ -200,6 +200,7 @@ def test_every_other_rpc_and_route_refuses_random_input_by_name_never_internal(u
     call("get", user.get_job, case["job_id"])
     call("sheet", user.human_sheet, case["job_id"])
     call("ratings", user.import_ratings, case["job_id"], case["alias"])
+    call("import", user.import_adapter, case["alias"], case["job_id"])
     call("list", user.list_jobs, jobs_pb2.ListJobsRequest(page_token=case["page_token"]))
     spec = jobs_pb2.EvaluateSpec(adapter=case["adapter"])
     # Where the client's own encoder refuses a value, what it parsed so far is sent.

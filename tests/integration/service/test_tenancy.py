@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from adapterd.v1 import capture_pb2, inference_pb2, jobs_pb2
 from service.authz import POLICY
 from service.client.api import Client
+from service.client.cli import adapter_archive
 from tests.support import ADMIN_TOKEN, OTHER_USER_TOKEN, USER_TOKEN
 
 CALLERS = {
@@ -61,8 +62,10 @@ def world(server, tiny_adapter, tmp_path_factory):
         capture = owner.generate(_generate("tm-live")).capture_id
         owner.submit_feedback(capture_pb2.SubmitFeedbackRequest(capture_id=capture, score=5))
         owner.delete_capture_policy("tm-live")
+        name, archive = adapter_archive(tiny_adapter)
+        adapter = owner.upload_bytes(name, archive, jobs_pb2.UPLOAD_KIND_ADAPTER_ARCHIVE)
     return {"dataset": dataset, "job": job.id, "rows": rows, "prompts": prompts,
-            "capture": capture}  # fmt: skip
+            "capture": capture, "adapter_upload": adapter.upload_id}  # fmt: skip
 
 
 def _train(dataset: str, **fields: Any) -> jobs_pb2.TrainSpec:
@@ -108,6 +111,9 @@ def _cases(world: dict[str, Any]) -> list[tuple[str, Callable[[Client], Any], tu
          lambda c: list(c.generate_stream(_generate("acme/tm-live"))), (OK, NF, OK)),
         ("/adapterd.v1.Adapters/LoadAdapter", lambda c: c.load_adapter("acme/tm-new", "tenancy"),
          (PD, PD, OK)),
+        # Unqualified, the name is each caller's own: another tenant's upload is NOT_FOUND.
+        ("/adapterd.v1.Adapters/ImportAdapter",
+         lambda c: c.import_adapter("tm-imported", world["adapter_upload"]), (OK, NF, OK)),
         ("/adapterd.v1.Adapters/UnloadAdapter",
          lambda c: (_loaded(c, "tm-gone"), c.unload_adapter("acme/tm-gone")), (OK, NF, OK)),
         ("/adapterd.v1.Adapters/ListAdapters", lambda c: c.list_adapters(), (OK, OK, OK)),

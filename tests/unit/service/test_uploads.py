@@ -46,19 +46,43 @@ async def send(service, principal, kind, name, data, *, sha=None):
     return await service.upload(principal, header, chunks())
 
 
-def task_archive(files):
+def tar_gz(files):
+    """A .tar.gz of {name: text or bytes}."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, text in files.items():
+        for name, content in files.items():
+            data = content if isinstance(content, bytes) else content.encode()
             info = tarfile.TarInfo(name)
-            info.size = len(text.encode())
-            archive.addfile(info, io.BytesIO(text.encode()))
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+NO_TENSORS = b"\x02\x00\x00\x00\x00\x00\x00\x00{}"
+"""A valid safetensors file holding nothing: the tensors are checked on import, not here."""
+LORA = json.dumps({"peft_type": "LORA", "r": 8, "target_modules": ["q_proj"]})
+
+
+def adapter_archive(**changes):
+    files = {"adapter_config.json": LORA, "adapter_model.safetensors": NO_TENSORS}
+    return tar_gz({k: v for k, v in {**files, **changes}.items() if v is not None})
+
+
+async def test_an_adapter_archive_is_extracted_and_its_peft_files_checked(make):
+    uploads = make()
+    data = adapter_archive(**{"README.md": "trained elsewhere"})
+    record, _ = await send(uploads, ACME, UploadKind.ADAPTER_ARCHIVE, "mine.tar.gz", data)
+    assert record.id.startswith("adapter-") and record.files == 3
+    found = await uploads.record_of(ACME, record.id, UploadKind.ADAPTER_ARCHIVE, "upload_id")
+    assert found.path.is_dir() and (found.path / "adapter_model.safetensors").is_file()
+    assert found.sha256 == hashlib.sha256(data).hexdigest()
+    with pytest.raises(NotFoundError, match="upload_id: no adapter_archive upload"):
+        await uploads.record_of(GLOBEX, record.id, UploadKind.ADAPTER_ARCHIVE, "upload_id")
 
 
 async def test_a_task_archive_is_extracted_checked_and_found_only_by_its_tenant(make):
     uploads = make()
-    data = task_archive(
+    data = tar_gz(
         {"gsm8k.yaml": STOCK_GSM8K, "train.jsonl": ROWS.decode(), "test.jsonl": ROWS.decode()}
     )
     record, total = await send(uploads, ACME, UploadKind.TASK_ARCHIVE, "gsm8k.tgz", data)
@@ -82,11 +106,23 @@ async def test_a_task_archive_is_extracted_checked_and_found_only_by_its_tenant(
 @pytest.mark.parametrize(
     ("kind", "name", "data", "message"),
     [
-        (UploadKind.TASK_ARCHIVE, "t.tgz", task_archive({"evil.yaml": "task: x\nclass: os.system\n"}),
+        (UploadKind.TASK_ARCHIVE, "t.tgz", tar_gz({"evil.yaml": "task: x\nclass: os.system\n"}),
          "t.tgz: evil.yaml: class: unknown field"),
-        (UploadKind.TASK_ARCHIVE, "t.tgz", task_archive({"../up.yaml": "task: x\n"}), "'..'"),
-        (UploadKind.TASK_ARCHIVE, "t.tgz", task_archive({"notes.txt": "hi"}), "no task YAML"),
+        (UploadKind.TASK_ARCHIVE, "t.tgz", tar_gz({"../up.yaml": "task: x\n"}), "'..'"),
+        (UploadKind.TASK_ARCHIVE, "t.tgz", tar_gz({"notes.txt": "hi"}), "no task YAML"),
         (UploadKind.TASK_ARCHIVE, "t.tgz", b"not a tarball", "not a readable tar archive"),
+        (UploadKind.ADAPTER_ARCHIVE, "a.safetensors", adapter_archive(), "header.file_name"),
+        (UploadKind.ADAPTER_ARCHIVE, "a.tgz", adapter_archive(**{"extra/adapter.bin": b"\x80"}),
+         r"extra/adapter\.bin is a pickle file"),
+        (UploadKind.ADAPTER_ARCHIVE, "a.tgz", adapter_archive(**{"adapter_model.safetensors": None}),
+         "adapter_model.safetensors: missing from the archive's top level"),
+        (UploadKind.ADAPTER_ARCHIVE, "a.tgz", adapter_archive(**{"adapter_model.safetensors": b"x"}),
+         "adapter_model.safetensors: not a safetensors file"),
+        (UploadKind.ADAPTER_ARCHIVE, "a.tgz", adapter_archive(**{"adapter_config.json": None}),
+         "adapter_config.json: missing"),
+        (UploadKind.ADAPTER_ARCHIVE, "a.tgz",
+         adapter_archive(**{"adapter_config.json": '{"peft_type": "IA3"}'}),
+         "adapter_config.json: peft_type is 'IA3', not 'LORA'"),
         (UploadKind.PROMPT_SET, "p.jsonl", b'{"prompt": "a"}\n{broken\n', "p.jsonl: p.jsonl:2"),
         (UploadKind.PROMPT_SET, "p.jsonl", b'{"messages": [{"role": "assistant", "content": "a"}]}',
          r"p.jsonl:1: messages\[0\].role: 'assistant', expected user"),
