@@ -125,14 +125,19 @@ def online_quality(server, adapter: str) -> dict[str, float]:
     return gauges(server, "adapterd_online_quality", adapter)
 
 
-def wait_for_drift(server, adapter: str, timeout: float = 60.0) -> dict[str, float]:
-    """adapterd_drift of `adapter` once the background monitor (every 2 s here) set it."""
+def wait_for_drift(server, adapter: str, prompts: int, timeout: float = 60.0) -> dict[str, float]:
+    """adapterd_drift of `adapter` once the background monitor (every 2 s here) measured it over
+    `prompts` captured prompts (a pass while the requests were still arriving saw fewer)."""
     deadline = time.monotonic() + timeout
+    found: dict[str, float] = {}
     while time.monotonic() < deadline:
-        if found := gauges(server, "adapterd_drift", adapter):
+        found = gauges(server, "adapterd_drift", adapter)
+        if found.get("prompts", 0) >= prompts:
             return found
         time.sleep(0.5)
-    raise AssertionError(f"no drift of {adapter} after {timeout:.0f} s")
+    raise AssertionError(
+        f"no drift of {adapter} over {prompts} prompts after {timeout:.0f} s: {found}"
+    )
 
 
 def test_captured_answers_are_checked_against_the_policys_schema(server, owner, tmp_path):
@@ -231,7 +236,7 @@ def test_an_export_of_rated_traffic_trains_an_adapter_whose_drift_is_measured(se
     owner.set_capture_policy("from-traffic", 1.0, 3600)
     for row in read_prompts(bundled_prompts("contact_card"), ("prompt",), 12):
         owner.generate(chat("from-traffic", row["prompt"], max_tokens=1))
-    drifted = wait_for_drift(server, "acme/from-traffic")
+    drifted = wait_for_drift(server, "acme/from-traffic", prompts=12)
     owner.delete_capture_policy("from-traffic")
     assert drifted["prompts"] == 12
     assert drifted["centroid_distance"] > 0.3, drifted
