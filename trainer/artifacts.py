@@ -40,13 +40,7 @@ def write_manifest(
     metrics."""
     base = fingerprint(config.base_model)
     manifest = {
-        "base_model": {
-            "name": config.base_model_name or str(config.base_model),
-            "weights_sha256": base.weights_sha256,
-            "chat_template_sha256": base.chat_template_sha256,
-            "architecture": base.architecture,
-            "parameters": base.parameters,
-        },
+        "base_model": base.manifest_entry(config.base_model_name or str(config.base_model)),
         "datasets": [
             {"path": str(d.path), "sha256": sha256_files([d.path]), "weight": d.weight}
             for d in config.data.datasets

@@ -27,6 +27,11 @@ class ModelFingerprint:
     parameters: int
     """Number of parameters, counted from the safetensors headers."""
 
+    def manifest_entry(self, name: str) -> dict[str, Any]:
+        """The `base_model` object of an adapter's manifest.json, what the server's checks
+        compare with the served base model (`service.adapters.checks`)."""
+        return {"name": name, **asdict(self)}
+
     def to_json(self) -> str:
         """Serializes to JSON."""
         return json.dumps(asdict(self), sort_keys=True)

@@ -136,8 +136,13 @@ def check_peft_files(directory: Path) -> None:
             f"{WEIGHTS_FILE}: missing from the archive's top level (safetensors weights are "
             "required)"
         )
+    _read_header(weights)
+
+
+def _read_header(weights: Path) -> dict[str, Any]:
+    """The weights' safetensors header; a file that is not one is refused."""
     try:
-        safetensors_header(weights)
+        return safetensors_header(weights)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgumentError(f"{WEIGHTS_FILE}: {exc}") from None
 
@@ -268,11 +273,7 @@ def _check_weights(path: Path, shape: LoraShape, limits: AdapterLimits) -> tuple
             f"{WEIGHTS_FILE}: {size} bytes is above the cap of {limits.max_bytes} bytes "
             "(--max-adapter-mib)"
         )
-    try:
-        header = safetensors_header(path)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgumentError(f"{WEIGHTS_FILE}: {exc}") from None
-    rank = check_tensors(header, shape, limits)
+    rank = check_tensors(_read_header(path), shape, limits)
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest(), rank
 

@@ -30,15 +30,8 @@ IMPORTS = "imports"
 
 def import_manifest(limits: AdapterLimits, upload: UploadRecord) -> dict[str, Any]:
     """adapterd's manifest for an imported adapter: the served base model, and its origin."""
-    base = limits.base
     return {
-        "base_model": {
-            "name": limits.base_name,
-            "weights_sha256": base.weights_sha256,
-            "chat_template_sha256": base.chat_template_sha256,
-            "architecture": base.architecture,
-            "parameters": base.parameters,
-        },
+        "base_model": limits.base.manifest_entry(limits.base_name),
         "imported": {
             "upload_id": upload.id,
             "file_name": upload.name,
