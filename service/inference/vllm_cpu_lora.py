@@ -4,23 +4,30 @@ vLLM's CPU Punica wrapper applies LoRA with reference torch ops (`vllm.lora.ops.
 for every token they gather a copy of its adapter's weight matrix and multiply with einsum,
 which is memory-bound: for 320 prompt tokens of the 135M model, 1.4 ms (shrink) and 3.1 ms
 (expand) per projection where a matmul takes 0.2 to 0.3 ms. Here the same functions use plain
-matmuls (see `lora_matmul`), with the reference's indexing and output semantics unchanged
+matmuls, with the reference's indexing and output semantics unchanged
 (tests/unit/service/test_vllm_cpu_lora.py compares them), but for one thing: a row whose index
 is -1, vLLM's mark for "no adapter", gets no LoRA delta. The reference indexes the weight stack
 with it, that is the last of the `max_loras` slots, so once every slot holds an adapter, base
 model requests batched with adapter requests were answered with the last slot's adapter (a
 serving test saw the base model's greedy output change with what ran beside it).
 
-At decode a step multiplies only a handful of rows, so what counts there is the number of torch
-calls, not FLOPs: vLLM's wrapper runs, per slice of every linear, a buffer fill, two
-`repeat_interleave`s (V1 always takes its "prefill" path) and a shrink and an expand of about
-eight ops each. `add_lora_linear` replaces that for the linears (every projection of the
-model): the rows' slots are read once per engine step (`step_slots`), and with one adapter in
-the batch each slice is two matmuls and an add. With several, a shrink multiplies by every
-slot's A at once and picks each row's; an expand multiplies the shrunk rows, spread into their
-slot's block of a [rows, slots x rank] matrix, by every slot's B stacked ([slots x rank, out],
-a copy kept per B buffer and refreshed when vLLM writes to it: about as much memory again as
-the adapters' B weights).
+At decode a step multiplies only a handful of rows, so what counts there is the number and
+kind of torch calls, not FLOPs. vLLM's wrapper runs, per slice of every linear, a buffer fill,
+two `repeat_interleave`s (V1 always takes its "prefill" path) and a shrink and an expand of
+about eight ops each. `add_lora_linear` replaces that for the linears (every projection of the
+model): the rows' slots are read once per engine step (`step_slots`); one matmul shrinks every
+slice of a fused projection at once (q, k and v; gate and up), and each slice's expand is one
+more. A step of few rows (decode) multiplies in float32, whose small products cost a third of
+bfloat16's (see FEW_ROWS). Rows are split by adapter three ways: one adapter in the batch,
+plain matmuls; several over few rows, a shrink by every slot's A at once and an expand by
+every slot's B stacked (see DENSE_MAX_SLOTS); otherwise (a prefill) a matmul per run of rows
+with one adapter, or per adapter where the rows interleave (`shrink`, `expand`).
+
+The weights are multiplied in the layouts those matmuls want, copies kept per vLLM buffer and
+dtype and rebuilt when vLLM writes to the buffer (`weights_of`): the A matrices of a fused
+projection side by side (as large as vLLM's A buffers; in float32, twice that), B in float32
+(in the model's dtype it is used in place), and for the mixed decode path every slot's A and
+B once more.
 
 vLLM calls `register` in each of its processes (entry point group `vllm.general_plugins`, see
 pyproject.toml); it does nothing on other platforms, whose kernels are fused already.
@@ -28,15 +35,27 @@ pyproject.toml); it does nothing on other platforms, whose kernels are fused alr
 
 import functools
 import weakref
+from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 import torch
 
+FEW_ROWS = 64
+"""A batch of at most this many rows (a decode step) multiplies in float32: products this small
+cost their call more than their FLOPs, and a bfloat16 one costs about 30 us a call against 6
+to 15 in float32 (oneDNN against the BLAS). Longer batches (prefills) multiply in the model's
+dtype, where bfloat16 is the faster one per FLOP."""
+
 DENSE_MAX_SLOTS = 8
-"""Up to this many adapter slots, a batch mixing adapters may multiply by all of them at once."""
-DENSE_MAX_ELEMENTS = 1 << 18
-"""... if the rows times every slot's outputs stay this small (decode steps; a long prefill
-multiplies per adapter instead: L times the FLOPs would no longer be cheap)."""
+"""Up to this many slots, a batch of few rows mixing adapters multiplies by every slot at once:
+L times the FLOPs of one adapter, in a handful of calls (a shrink by every slot's A, side by
+side; each row's result kept in its slot's block, zeros elsewhere; times every slot's B
+stacked). Grouping the rows by slot for one batched matmul (`torch.bmm`) instead, with its
+gathers and scatters, took 1.4x as long for 16 rows over 4 adapters through 30 layers'
+linears (under torch.profiler, which adds a little to every call)."""
+
+Rows = slice | torch.Tensor
+"""Some rows of a batch: a run of consecutive ones, or their numbers."""
 
 
 class RowSlots:
@@ -53,51 +72,64 @@ class RowSlots:
         else:
             lowest, highest = (int(bound) for bound in torch.aminmax(indices))
             self.shared = lowest if lowest == highest else None
+        self.few = indices.numel() <= FEW_ROWS
         self._spread: dict[tuple[int, torch.dtype], torch.Tensor] = {}
 
-    @functools.cached_property
-    def picks(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Row numbers, each row's slot (0 for none) and, if any row has none, their mask."""
-        absent = self.indices < 0
-        mask = absent.unsqueeze(1) if bool(absent.any()) else None
-        return torch.arange(self.indices.numel()), self.indices.clamp(min=0), mask
-
-    @functools.cached_property
-    def groups(self) -> list[tuple[int, torch.Tensor]]:
-        """(slot, its rows) for every slot present."""
-        slots = torch.unique(self.indices).tolist()
-        return [(s, torch.nonzero(self.indices == s).squeeze(1)) for s in slots if s >= 0]
+    def dense(self, slots: int) -> bool:
+        """Whether to multiply these mixed rows by all of `slots` slots at once."""
+        return self.few and slots <= DENSE_MAX_SLOTS
 
     def spread(self, count: int, dtype: torch.dtype) -> torch.Tensor:
-        """[rows, count, 1]: 1 at each row's slot, 0 elsewhere (everywhere for no adapter)."""
-        key = (count, dtype)
-        if key not in self._spread:
+        """[rows, 1, count, 1]: 1 at each row's slot, 0 elsewhere (everywhere for no adapter)."""
+        if (count, dtype) not in self._spread:
             present = self.indices.clamp(min=0).unsqueeze(1) == torch.arange(count)
-            self._spread[key] = (present & (self.indices >= 0).unsqueeze(1)).to(dtype)[..., None]
-        return self._spread[key]
+            mask = present & (self.indices >= 0).unsqueeze(1)
+            self._spread[count, dtype] = mask.to(dtype).view(-1, 1, count, 1)
+        return self._spread[count, dtype]
+
+    @functools.cached_property
+    def segments(self) -> list[tuple[int, Rows]]:
+        """(slot, its rows) for every slot present: as runs of consecutive rows, where they
+        are few (vLLM keeps a request's tokens together, so a prefill has one per request);
+        else one index list per slot (a gather and a scatter each, but no more matmuls)."""
+        values, counts = torch.unique_consecutive(self.indices, return_counts=True)
+        runs: list[tuple[int, Rows]] = []
+        start = 0
+        for slot, count in zip(values.tolist(), counts.tolist(), strict=True):
+            if slot >= 0:
+                runs.append((slot, slice(start, start + count)))
+            start += count
+        present = sorted({slot for slot, _ in runs})
+        if len(runs) <= 2 * len(present):
+            return runs
+        return [(s, torch.nonzero(self.indices == s).squeeze(1)) for s in present]
 
 
+K = TypeVar("K")
 V = TypeVar("V")
 
 
-class ByIdentity(Generic[V]):
-    """A cache keyed by an object's identity, which forgets the object when it dies (a
-    tensor's == is elementwise, so tensors cannot be keys by value)."""
+class Derived(Generic[K, V]):
+    """Values derived from objects (tensors, vLLM's wrapper), kept per object by identity (a
+    tensor's == is elementwise) and kind (say, a dtype), and forgotten when the object dies;
+    rebuilt when the key they were made under changes (say, the version counters of the
+    buffers they were copied from)."""
 
     def __init__(self) -> None:
-        self._entries: dict[int, V] = {}
+        self._entries: dict[int, dict[Hashable, tuple[K, V]]] = {}
 
-    def get(self, key: object) -> V | None:
-        return self._entries.get(id(key))
+    def get(self, owner: object, kind: Hashable, key: K, build: Callable[[], V]) -> V:
+        entries = self._entries.get(id(owner))
+        if entries is None:
+            entries = self._entries[id(owner)] = {}
+            weakref.finalize(owner, self._entries.pop, id(owner), None)
+        entry = entries.get(kind)
+        if entry is None or entry[0] != key:
+            entry = entries[kind] = key, build()
+        return entry[1]
 
-    def put(self, key: object, value: V) -> None:
-        if id(key) not in self._entries:
-            weakref.finalize(key, self._entries.pop, id(key), None)
-        self._entries[id(key)] = value
 
-
-_STEP_SLOTS = ByIdentity[tuple[tuple[int, int, int], RowSlots]]()
-"""Per Punica wrapper: its indices' (address, version, length) and their RowSlots."""
+_STEP_SLOTS = Derived[tuple[int, int, int], RowSlots]()
 
 
 def step_slots(wrapper: Any) -> RowSlots:
@@ -105,77 +137,120 @@ def step_slots(wrapper: Any) -> RowSlots:
     each step's per-token slots into one buffer in place, which bumps its version."""
     indices = wrapper.token_lora_indices
     key = (indices.data_ptr(), indices._version, indices.numel())
-    cached = _STEP_SLOTS.get(wrapper)
-    if cached is None or cached[0] != key:
-        cached = key, RowSlots(indices)
-        _STEP_SLOTS.put(wrapper, cached)
-    return cached[1]
+    return _STEP_SLOTS.get(wrapper, None, key, lambda: RowSlots(indices))
 
 
-_STACKED = ByIdentity[tuple[tuple[int, torch.dtype], torch.Tensor]]()
-"""Per weight buffer: (its version, the dtype) and its stacked copy."""
+def slot_weights(stacks: tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.Tensor:
+    """[L, in, slices x out]: slot l's matrices of every slice side by side, transposed for
+    `inputs @`; from vLLM's [L, 1, out, in] buffers (A: out is the rank; B: in is)."""
+    slots, features = stacks[0].shape[0], stacks[0].shape[-1]
+    flat = [stack.reshape(slots, stack.shape[-2], features).to(dtype) for stack in stacks]
+    return (flat[0] if len(flat) == 1 else torch.cat(flat, 1)).transpose(1, 2)
 
 
-def stacked_by_input(weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Every slot's weights [L, (1,) O, I] as one [L * I, O] matrix in `dtype`, rebuilt only
-    when the buffer was written since (its version counter counts every in-place write)."""
-    key = (weights._version, dtype)
-    cached = _STACKED.get(weights)
-    if cached is None or cached[0] != key:
-        slots, out_features, in_features = weights.shape[0], weights.shape[-2], weights.shape[-1]
-        flat = weights.reshape(slots, out_features, in_features).transpose(1, 2)
-        cached = key, flat.reshape(slots * in_features, out_features).to(dtype).contiguous()
-        _STACKED.put(weights, cached)
-    return cached[1]
+_WEIGHTS = Derived[tuple[int, ...], torch.Tensor]()
 
 
-def lora_matmul(
-    inputs: torch.Tensor, weights: torch.Tensor, slots: RowSlots, dtype: torch.dtype
+def weights_of(stacks: tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.Tensor:
+    """slot_weights of these buffers: a view where no copy is needed, else a copy rebuilt
+    when any buffer was written since (a tensor's version counter counts every in-place
+    write: vLLM loading or clearing a slot)."""
+    key = tuple(stack._version for stack in stacks)
+    kind = (dtype, len(stacks))
+    return _WEIGHTS.get(stacks[0], kind, key, lambda: slot_weights(stacks, dtype))
+
+
+def every_slot_shrinks(stacks: tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.Tensor:
+    """[in, slices x L x r]: every slot's A of the first slice, then of the next."""
+    key = tuple(stack._version for stack in stacks)
+    features = stacks[0].shape[-1]
+
+    def build() -> torch.Tensor:
+        return torch.cat([stack.reshape(-1, features) for stack in stacks]).to(dtype).T
+
+    return _WEIGHTS.get(stacks[0], (dtype, len(stacks), "every slot"), key, build)
+
+
+def every_slot_expands(stack: torch.Tensor, dtype: torch.dtype, width: int) -> torch.Tensor:
+    """[L x r, width]: every slot's B (of one slice), transposed and stacked."""
+
+    def build() -> torch.Tensor:
+        return weights_of((stack,), dtype)[..., :width].reshape(-1, width)
+
+    return _WEIGHTS.get(stack, (dtype, 1, "every slot", width), (stack._version,), build)
+
+
+def shrink_every_slot(
+    inputs: torch.Tensor, stacks: tuple[torch.Tensor, ...], slots: RowSlots
 ) -> torch.Tensor:
-    """Row t of the result is inputs[t] @ weights[slot of t].T (weights [L, (1,) O, I]), and
-    zero for rows without an adapter.
+    """[rows, slices, L x r]: for slice i, row t's inputs @ A_i of its slot in that slot's
+    block of r columns, and zeros in the others (in all of them for a row without an
+    adapter)."""
+    count, rank = stacks[0].shape[0], stacks[0].shape[-2]
+    every = (inputs @ every_slot_shrinks(stacks, inputs.dtype)).view(
+        inputs.shape[0], -1, count, rank
+    )
+    return (every * slots.spread(count, inputs.dtype)).flatten(2)
 
-    One adapter in the batch: one matmul. Several, with few slots and rows (L times the FLOPs
-    of one adapter, but no per-token copies and no Python loop): when the output is the wider
-    side (an expand), the inputs spread into their slot's block times every slot's weights
-    stacked; otherwise (a shrink) the inputs times every slot's weights, then each row's slot
-    picked out. Otherwise one matmul per adapter present.
-    """
-    stack = weights.squeeze(1) if weights.dim() == 4 else weights
-    inputs = inputs.to(dtype)
-    count, out_features, in_features = stack.shape
+
+def shrink(inputs: torch.Tensor, weights: torch.Tensor, slots: RowSlots) -> torch.Tensor:
+    """Row t: inputs[t] @ weights[slot of t], and zero for rows without an adapter (weights
+    as slot_weights makes them)."""
+    rows, width = inputs.shape[0], weights.shape[-1]
     if slots.shared is not None:
         if slots.shared < 0:
-            return inputs.new_zeros((inputs.shape[0], out_features))
-        return inputs @ stack[slots.shared].to(dtype).T
-    rows = inputs.shape[0]
+            return inputs.new_zeros((rows, width))
+        return inputs @ weights[slots.shared]
     if slots.indices.numel() != rows:
         raise ValueError(f"{slots.indices.numel()} LoRA indices for {rows} rows")
-    if count <= DENSE_MAX_SLOTS and rows * count * out_features <= DENSE_MAX_ELEMENTS:
-        if out_features > in_features:
-            spread = (inputs.unsqueeze(1) * slots.spread(count, dtype)).view(rows, -1)
-            return spread @ stacked_by_input(weights, dtype)
-        numbers, chosen, absent = slots.picks
-        every = inputs @ stack.reshape(count * out_features, in_features).to(dtype).T
-        picked = every.view(rows, count, out_features)[numbers, chosen]
-        return picked if absent is None else picked.masked_fill(absent, 0)
-    outputs = inputs.new_zeros((rows, out_features))
-    for slot, members in slots.groups:
-        outputs[members] = inputs[members] @ stack[slot].to(dtype).T
-    return outputs
+    shrunk = inputs.new_zeros((rows, width))
+    for slot, members in slots.segments:
+        shrunk[members] = inputs[members] @ weights[slot]
+    return shrunk
+
+
+def expand(
+    target: torch.Tensor,
+    shrunk: torch.Tensor,
+    weights: torch.Tensor,
+    slots: RowSlots,
+    scale: float = 1.0,
+) -> None:
+    """Row t of target += scale * shrunk[t] @ weights[slot of t], in place (nothing for rows
+    without an adapter)."""
+    if slots.shared is not None:
+        if slots.shared >= 0:
+            accumulate(target, shrunk, weights[slots.shared], scale)
+        return
+    for slot, members in slots.segments:
+        if isinstance(members, slice):
+            accumulate(target[members], shrunk[members], weights[slot], scale)
+        else:  # a gather and a scatter (index_add_ is 3x slower in bfloat16)
+            target[members] += scale * (shrunk[members] @ weights[slot]).to(target.dtype)
+
+
+def accumulate(
+    target: torch.Tensor, inputs: torch.Tensor, weights: torch.Tensor, scale: float
+) -> None:
+    """target += scale * inputs @ weights, in place: one addmm_ where the dtypes agree."""
+    if target.dtype == inputs.dtype:
+        target.addmm_(inputs, weights, alpha=scale)
+    else:
+        target.add_(inputs @ weights, alpha=scale)
 
 
 def bgmv_shrink(
     inputs: torch.Tensor,
-    lora_b_weights: torch.Tensor,
+    lora_a_weights: torch.Tensor,
     output_tensor: torch.Tensor,
     lora_indices_tensor: torch.Tensor,
     scaling: float = 1.0,
 ) -> None:
     """As vllm.lora.ops.torch_ops.bgmv_shrink."""
-    slots = RowSlots(lora_indices_tensor)
-    outputs = lora_matmul(inputs, lora_b_weights, slots, output_tensor.dtype)
-    output_tensor[:, : outputs.shape[1]] = scaling * outputs
+    dtype = output_tensor.dtype
+    weights = weights_of((lora_a_weights,), dtype)
+    shrunk = shrink(inputs.to(dtype), weights, RowSlots(lora_indices_tensor))
+    output_tensor[:, : shrunk.shape[1]] = scaling * shrunk
 
 
 def bgmv_expand(
@@ -185,18 +260,12 @@ def bgmv_expand(
     lora_indices_tensor: torch.Tensor,
     add_inputs: bool = True,
 ) -> None:
-    """As vllm.lora.ops.torch_ops.bgmv_expand."""
-    slots = RowSlots(lora_indices_tensor)
-    outputs = lora_matmul(inputs, lora_b_weights, slots, output_tensor.dtype)
-    limit = output_tensor.shape[0]
-    if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:
-        limit = 1
-    # The adapter and the model may pad their output dimensions differently.
-    common = min(outputs.shape[1], output_tensor.shape[1])
-    if add_inputs:
-        output_tensor[:, :common] += outputs[:limit, :common]
-    else:
-        output_tensor[:, :common] = outputs[:limit, :common]
+    """As vllm.lora.ops.torch_ops.bgmv_expand (the adapter and the model may pad their
+    output dimensions differently: the common ones are written)."""
+    width = min(lora_b_weights.shape[-2], output_tensor.shape[1])
+    bgmv_expand_slice(
+        inputs, lora_b_weights, output_tensor, lora_indices_tensor, 0, width, add_inputs
+    )
 
 
 def bgmv_expand_slice(  # noqa: PLR0917 (vLLM's signature)
@@ -209,12 +278,12 @@ def bgmv_expand_slice(  # noqa: PLR0917 (vLLM's signature)
     add_inputs: bool = True,
 ) -> None:
     """As vllm.lora.ops.torch_ops.bgmv_expand_slice."""
-    slots = RowSlots(lora_indices_tensor)
-    outputs = lora_matmul(inputs, lora_b_weights, slots, output_tensor.dtype)
-    if add_inputs:
-        output_tensor[:, slice_offset : slice_offset + slice_size] += outputs
-    else:
-        output_tensor[:, slice_offset : slice_offset + slice_size] = outputs
+    dtype = output_tensor.dtype
+    target = output_tensor[:, slice_offset : slice_offset + slice_size]
+    if not add_inputs:
+        target.zero_()
+    weights = weights_of((lora_b_weights,), dtype)[..., :slice_size]
+    expand(target, inputs.to(dtype), weights, RowSlots(lora_indices_tensor))
 
 
 def add_lora_linear(  # noqa: PLR0917 (vLLM's signature)
@@ -230,23 +299,29 @@ def add_lora_linear(  # noqa: PLR0917 (vLLM's signature)
     **kwargs: Any,
 ) -> None:
     """As PunicaWrapperCPU.add_lora_linear: for each slice i, y[:, slice i] += (x @ A_i.T *
-    scale) @ B_i.T with each row's adapter. The shrunk rows are float32, as in the reference's
-    buffer."""
+    scale) @ B_i.T with each row's adapter. A few rows are multiplied in float32, more in y's
+    dtype (the reference shrinks in float32 and expands in y's dtype)."""
     slots = step_slots(wrapper)
     if slots.shared is not None and slots.shared < 0:
         return  # no adapter in the batch
-    rows = x.view(-1, x.shape[-1])
     out = y.view(-1, y.shape[-1])
-    offset = 0
-    for lora_a, lora_b, size in zip(lora_a_stacked, lora_b_stacked, output_slices, strict=True):
-        target = out[:, offset : offset + size]
+    dtype = torch.float32 if slots.few else out.dtype
+    rows = x.view(-1, x.shape[-1]).to(dtype)
+    dense = slots.shared is None and slots.dense(lora_a_stacked[0].shape[0])
+    if dense:
+        shrunk = shrink_every_slot(rows, lora_a_stacked, slots)
+    else:
+        shrunk = shrink(rows, weights_of(lora_a_stacked, dtype), slots)
+    rank, offset = lora_a_stacked[0].shape[-2], 0
+    for number, (lora_b, size) in enumerate(zip(lora_b_stacked, output_slices, strict=True)):
+        width = min(size, lora_b.shape[-2])  # the adapter may pad its output differently
+        target = out[:, offset : offset + width]
         offset += size
-        shrunk = lora_matmul(rows, lora_a, slots, torch.float32)
-        if scale != 1.0:
-            shrunk.mul_(scale)
-        delta = lora_matmul(shrunk, lora_b, slots, out.dtype)
-        common = min(size, delta.shape[1])  # the adapter may pad its output differently
-        target[:, :common] += delta[:, :common]
+        if dense:
+            accumulate(target, shrunk[:, number], every_slot_expands(lora_b, dtype, width), scale)
+        else:
+            part = shrunk[:, number * rank : (number + 1) * rank]
+            expand(target, part, weights_of((lora_b,), dtype)[..., :width], slots, scale)
 
 
 REPLACEMENTS: dict[str, Any] = {
