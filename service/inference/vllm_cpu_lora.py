@@ -24,7 +24,7 @@ every slot's B stacked (see DENSE_MAX_SLOTS); otherwise (a prefill) a matmul per
 with one adapter, or per adapter where the rows interleave (`shrink`, `expand`).
 
 The weights are multiplied in the layouts those matmuls want, copies kept per vLLM buffer and
-dtype and rebuilt when vLLM writes to the buffer (`weights_of`): the A matrices of a fused
+dtype and rebuilt when vLLM writes to the buffer (`layout`): the A matrices of a fused
 projection side by side (as large as vLLM's A buffers; in float32, twice that), B in float32
 (in the model's dtype it is used in place), and for the mixed decode path every slot's A and
 B once more.
@@ -148,27 +148,32 @@ def slot_weights(stacks: tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.
     return (flat[0] if len(flat) == 1 else torch.cat(flat, 1)).transpose(1, 2)
 
 
-_WEIGHTS = Derived[tuple[int, ...], torch.Tensor]()
+_LAYOUTS = Derived[tuple[int, ...], torch.Tensor]()
+
+
+def layout(
+    stacks: tuple[torch.Tensor, ...], kind: Hashable, build: Callable[[], torch.Tensor]
+) -> torch.Tensor:
+    """The layout `build` makes of these vLLM buffers, one per kind, rebuilt when any buffer
+    was written since (a tensor's version counter counts every in-place write: vLLM loading
+    or clearing a slot)."""
+    key = tuple(stack._version for stack in stacks)
+    return _LAYOUTS.get(stacks[0], (len(stacks), kind), key, build)
 
 
 def weights_of(stacks: tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.Tensor:
-    """slot_weights of these buffers: a view where no copy is needed, else a copy rebuilt
-    when any buffer was written since (a tensor's version counter counts every in-place
-    write: vLLM loading or clearing a slot)."""
-    key = tuple(stack._version for stack in stacks)
-    kind = (dtype, len(stacks))
-    return _WEIGHTS.get(stacks[0], kind, key, lambda: slot_weights(stacks, dtype))
+    """slot_weights of these buffers: a view where no copy is needed, else a kept copy."""
+    return layout(stacks, dtype, lambda: slot_weights(stacks, dtype))
 
 
 def every_slot_shrinks(stacks: tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.Tensor:
     """[in, slices x L x r]: every slot's A of the first slice, then of the next."""
-    key = tuple(stack._version for stack in stacks)
     features = stacks[0].shape[-1]
 
     def build() -> torch.Tensor:
         return torch.cat([stack.reshape(-1, features) for stack in stacks]).to(dtype).T
 
-    return _WEIGHTS.get(stacks[0], (dtype, len(stacks), "every slot"), key, build)
+    return layout(stacks, (dtype, "every slot"), build)
 
 
 def every_slot_expands(stack: torch.Tensor, dtype: torch.dtype, width: int) -> torch.Tensor:
@@ -177,7 +182,7 @@ def every_slot_expands(stack: torch.Tensor, dtype: torch.dtype, width: int) -> t
     def build() -> torch.Tensor:
         return weights_of((stack,), dtype)[..., :width].reshape(-1, width)
 
-    return _WEIGHTS.get(stack, (dtype, 1, "every slot", width), (stack._version,), build)
+    return layout((stack,), (dtype, "every slot", width), build)
 
 
 def shrink_every_slot(
