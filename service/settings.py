@@ -190,8 +190,9 @@ class ServerSettings(BaseSettings):
         2,
         ge=1,
         le=10,
-        description="Crashed trainer runs after which a job fails (bad data, bad settings and "
-        "out of memory are never retried; runs the server stopped do not count).",
+        description="Crashed runs after which a job fails: trainer crashes and runs whose "
+        "owner died (its lease expired). Bad data, bad settings and out of memory are never "
+        "retried; runs the server stopped do not count.",
     )
     max_queued_jobs: int = Field(
         100, ge=1, le=100_000, description="Queued jobs at most; past it SubmitJob is refused."

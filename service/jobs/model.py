@@ -18,6 +18,7 @@ acts on (`request_cancel`); the owner is the one writer of its job's state.
 import enum
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -145,6 +146,13 @@ def spec_digest(spec: dict[str, Any]) -> str:
 
 CANCELLED_REASON = "cancelled"
 CANCELLED_MESSAGE = "cancelled by a client"
+RETRYING = "retrying"
+"""The reason of the `state` event that requeues a job after a retryable failure."""
+LEASE_EXPIRED = "lease_expired"
+"""The reason of the `state` event that releases a job whose owner stopped renewing its lease
+(it died, or lost the store): that run crashed."""
+WORKER_LOST = "worker_lost"
+"""The failure of a job whose runs kept crashing until the last was its owner's death."""
 
 
 class LeaseLostError(Exception):
@@ -369,18 +377,38 @@ def _end_cancelled(job: Job, now: float) -> dict[str, Any]:
     return added
 
 
-def expire(job: Job, now: float) -> dict[str, Any]:
+def crashed_runs(events: Sequence[JobEvent]) -> int:
+    """The runs of a job that crashed, from its feed: a retryable failure requeued it, or its
+    owner died and the sweep released it. Runs the server stopped (a drain, a cancel) are not
+    among them. Pure."""
+    return sum(
+        e.kind == FeedKind.STATE and e.data.get("reason") in (RETRYING, LEASE_EXPIRED)
+        for e in events
+    )
+
+
+def expire(job: Job, now: float, crashed_before: int, max_attempts: int) -> dict[str, Any]:
     """The sweep of an owned `job` whose lease ran out, in place: cancelled if a client asked
-    for it, otherwise released to wait again (`released_state`). Returns the `state` event's
-    data. Pure."""
+    for it; failed if this lost run makes `max_attempts` crashed runs (`crashed_before` counts
+    the earlier ones, `crashed_runs`), so a job that kills every worker that takes it (say, out
+    of memory) stops being handed on; otherwise released to wait again (`released_state`).
+    Returns the `state` event's data. Pure."""
     job.updated = now
     if job.cancel_requested:
         return _end_cancelled(job, now)
-    owner = job.owner
+    owner, runs = job.owner, crashed_before + 1
     job.worker_pid = job.worker_started = None
+    if runs >= max_attempts:
+        message = (
+            f"run {runs} of {max_attempts} crashed: {owner} stopped renewing its lease "
+            "(it died or lost the store)"
+        )
+        added = _transition(job, JobState.FAILED, {"reason": WORKER_LOST, "message": message})
+        job.finished, job.error_reason, job.error_message = now, WORKER_LOST, message
+        return added
     return _transition(
         job,
         released_state(job),
-        {"reason": "lease_expired", "message": f"{owner} stopped renewing its lease; resumes "
-         "from its last checkpoint"},
+        {"reason": LEASE_EXPIRED, "message": f"run {runs} of {max_attempts} crashed: {owner} "
+         "stopped renewing its lease; resumes from its last checkpoint"},
     )  # fmt: skip

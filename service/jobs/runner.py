@@ -45,6 +45,7 @@ from service.jobs.model import (
     CANCELLED_MESSAGE,
     CANCELLED_REASON,
     OWNED,
+    RETRYING,
     SERVICE_FEED_KINDS,
     FeedKind,
     Job,
@@ -55,6 +56,7 @@ from service.jobs.model import (
     JobState,
     LeaseLostError,
     Work,
+    crashed_runs,
     released_state,
 )
 from service.metrics import Metrics
@@ -214,19 +216,9 @@ def relative_paths(event: dict[str, Any], job_dir: Path) -> dict[str, Any]:
     }
 
 
-RETRYING = "retrying"
-"""The reason of the `state` event that requeues a job after a retryable failure."""
-
-
 def retryable(result: Outcome) -> bool:
     """Whether `result` is a failure that another run might not repeat. Pure."""
     return result.state is JobState.FAILED and result.reason in RETRYABLE
-
-
-def failed_runs(events: Sequence[JobEvent]) -> int:
-    """The runs of a job that ended in a retryable failure, from its feed: runs the server
-    stopped (a drain, a lost lease) are not among them. Pure."""
-    return sum(e.kind == FeedKind.STATE and e.data.get("reason") == RETRYING for e in events)
 
 
 def retry(result: Outcome, failures: int, max_attempts: int) -> Outcome:
@@ -373,7 +365,7 @@ class JobRunner:
         page = await self._store.list_jobs(None, OWNED, [], 10_000, 0)
         for job in page.jobs:
             _stop_stale_trainer(job)
-        await self._announce(await self._store.expire_leases(math.inf))
+        await self._announce(await self._store.expire_leases(math.inf, self._max_attempts))
 
     def attach(self, hooks: JobHooks) -> None:
         """Makes `hooks` the component that answers for this runner's jobs."""
@@ -446,7 +438,9 @@ class JobRunner:
         while not self._stopping:
             self._wake.clear()
             try:
-                await self._announce(await self._store.expire_leases(time.time()))
+                await self._announce(
+                    await self._store.expire_leases(time.time(), self._max_attempts)
+                )
                 job = await self._store.claim_job(self.owner, self._work, self._lease_seconds)
             except UnavailableError as exc:  # a shared database away: look again shortly
                 logger.warning("job queue: %s", exc)
@@ -565,7 +559,7 @@ class JobRunner:
         result = outcome(process.returncode, failure, _tail(directory / LOG_FILE), oom_killed)
         if not retryable(result):
             return result
-        earlier = failed_runs(await self._store.events(job.id, 0, limit=WHOLE_FEED))
+        earlier = crashed_runs(await self._store.events(job.id, 0, limit=WHOLE_FEED))
         return retry(result, earlier + 1, self._max_attempts)
 
     async def _follow_trainer(

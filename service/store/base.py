@@ -360,9 +360,10 @@ class Store(Protocol):
             FailedPreconditionError: it has ended already.
         """
 
-    async def expire_leases(self, now: float) -> list[Job]:
-        """Releases every owned job whose lease ran out before `now` (cancelled if a client
-        asked, otherwise waiting again), one sweeper at a time; returns them."""
+    async def expire_leases(self, now: float, max_attempts: int) -> list[Job]:
+        """Releases every owned job whose lease ran out before `now`, one sweeper at a time:
+        cancelled if a client asked, failed if that makes `max_attempts` crashed runs
+        (`service.jobs.model.expire`), otherwise waiting again. Returns them."""
 
     async def count_queued(self, tenant: str) -> int:
         """The tenant's queued jobs."""

@@ -60,11 +60,13 @@ from service.jobs.model import (
     check_lease,
     claim,
     claimable,
+    crashed_runs,
     expire,
     request_cancel,
 )
 from service.store.base import (
     CAPTURE_COLUMNS,
+    WHOLE_FEED,
     AdapterRecord,
     CapturePage,
     Change,
@@ -161,6 +163,16 @@ async def _sweeping(conn: Connection, lock: int) -> bool:
     """Takes the transaction-scoped advisory `lock` if no other process holds it."""
     row = await _row(conn, "SELECT pg_try_advisory_xact_lock(%s) AS held", (lock,))
     return bool(row["held"])
+
+
+async def _events(conn: Connection, job_id: str, after_seq: int, limit: int) -> list[JobEvent]:
+    rows = await _rows(
+        conn,
+        "SELECT job_id, seq, time, kind, data FROM job_events "
+        "WHERE job_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+        (job_id, after_seq, limit),
+    )
+    return [JobEvent(**r) for r in rows]
 
 
 def _job(row: DictRow) -> Job:
@@ -391,7 +403,7 @@ class PostgresStore:
                 await self._notify(conn, Change.CANCEL, job_id)
             return await self._write(conn, job, added)
 
-    async def expire_leases(self, now: float) -> list[Job]:
+    async def expire_leases(self, now: float, max_attempts: int) -> list[Job]:
         owned = [state.value for state in OWNED]
         async with self._connection() as conn:
             if not await _sweeping(conn, SWEEP_LOCK):  # another process sweeps right now
@@ -402,8 +414,12 @@ class PostgresStore:
                 "FOR UPDATE SKIP LOCKED",
                 (owned, now),
             )
-            expired = [_job(row) for row in rows]
-            return [await self._write(conn, job, expire(job, time.time())) for job in expired]
+            swept = []
+            for job in map(_job, rows):
+                crashed = crashed_runs(await _events(conn, job.id, 0, WHOLE_FEED))
+                added = expire(job, time.time(), crashed, max_attempts)
+                swept.append(await self._write(conn, job, added))
+            return swept
 
     async def count_queued(self, tenant: str) -> int:
         async with self._connection() as conn:
@@ -448,13 +464,7 @@ class PostgresStore:
 
     async def events(self, job_id: str, after_seq: int, limit: int = 1000) -> list[JobEvent]:
         async with self._connection() as conn:
-            rows = await _rows(
-                conn,
-                "SELECT job_id, seq, time, kind, data FROM job_events "
-                "WHERE job_id = %s AND seq > %s ORDER BY seq LIMIT %s",
-                (job_id, after_seq, limit),
-            )
-        return [JobEvent(**r) for r in rows]
+            return await _events(conn, job_id, after_seq, limit)
 
     # ---- uploads
     async def add_upload(self, record: UploadRecord, quota_bytes: int) -> int:

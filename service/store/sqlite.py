@@ -37,12 +37,14 @@ from service.jobs.model import (
     check_lease,
     claim,
     claimable,
+    crashed_runs,
     expire,
     request_cancel,
 )
 from service.store.base import (
     CAPTURE_COLUMNS,
     CAPTURE_JSON,
+    WHOLE_FEED,
     AdapterRecord,
     CapturePage,
     Heard,
@@ -203,6 +205,15 @@ def _job(row: sqlite3.Row) -> Job:
     values["state"] = JobState(values["state"])
     values["cancel_requested"] = bool(values["cancel_requested"])
     return Job(**values)
+
+
+def _events(db: sqlite3.Connection, job_id: str, after_seq: int, limit: int) -> list[JobEvent]:
+    rows = db.execute(
+        "SELECT job_id, seq, time, kind, data FROM job_events "
+        "WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (job_id, after_seq, limit),
+    ).fetchall()
+    return [JobEvent(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
 
 class SqliteStore:
@@ -396,7 +407,7 @@ class SqliteStore:
 
         return await self._run(work)
 
-    async def expire_leases(self, now: float) -> list[Job]:
+    async def expire_leases(self, now: float, max_attempts: int) -> list[Job]:
         owned = [state.value for state in OWNED]
         marks = ", ".join("?" * len(owned))
 
@@ -405,8 +416,11 @@ class SqliteStore:
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({marks}) AND lease_until < ?",
                 (*owned, now),
             ).fetchall()
-            expired = [_job(row) for row in rows]
-            return [self._write(db, job, expire(job, time.time())) for job in expired]
+            swept = []
+            for job in map(_job, rows):
+                crashed = crashed_runs(_events(db, job.id, 0, WHOLE_FEED))
+                swept.append(self._write(db, job, expire(job, time.time(), crashed, max_attempts)))
+            return swept
 
         return await self._run(work)
 
@@ -447,15 +461,7 @@ class SqliteStore:
         return await self._run(work)
 
     async def events(self, job_id: str, after_seq: int, limit: int = 1000) -> list[JobEvent]:
-        def work(db: sqlite3.Connection) -> list[JobEvent]:
-            rows = db.execute(
-                "SELECT job_id, seq, time, kind, data FROM job_events "
-                "WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (job_id, after_seq, limit),
-            ).fetchall()
-            return [JobEvent(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
-
-        return await self._run(work)
+        return await self._run(lambda db: _events(db, job_id, after_seq, limit))
 
     # ---- uploads
     async def add_upload(self, record: UploadRecord, quota_bytes: int) -> int:

@@ -19,12 +19,13 @@ from service.jobs.model import (
     Work,
     check_transition,
     claimable,
+    crashed_runs,
+    expire,
     released_state,
     spec_digest,
 )
 from service.jobs.runner import (
     Outcome,
-    failed_runs,
     oom_kills,
     outcome,
     redact_paths,
@@ -113,7 +114,7 @@ def test_only_a_crash_is_retried_and_only_while_attempts_remain():
     assert retry(oom, 1, 3) is oom
 
 
-def test_only_failed_runs_count_against_the_retries_not_runs_the_server_stopped():
+def test_crashed_runs_count_against_the_retries_not_runs_the_server_stopped():
     def state(seq, state, reason=None):
         return JobEvent(
             "job-1", seq, 0.0, "state", {"state": state, **({"reason": reason} if reason else {})}
@@ -123,10 +124,28 @@ def test_only_failed_runs_count_against_the_retries_not_runs_the_server_stopped(
             state(4, "running"), state(5, "queued", "lease_expired"), state(6, "running"),
             state(7, "queued", "retrying"), state(8, "running"),
             JobEvent("job-1", 9, 0.0, "progress", {"reason": "retrying"})]  # fmt: skip
-    assert failed_runs(feed) == 1  # four runs, one of them crashed
+    # Four runs: one drained, one whose owner died, one crashed trainer, one running.
+    assert crashed_runs(feed) == 2
     crash = outcome(1, None, "Traceback ...")
-    assert retry(crash, failed_runs(feed) + 1, max_attempts=3).state is JobState.QUEUED
-    assert retry(crash, failed_runs(feed) + 1, max_attempts=2) is crash
+    assert retry(crash, crashed_runs(feed) + 1, max_attempts=4).state is JobState.QUEUED
+    assert retry(crash, crashed_runs(feed) + 1, max_attempts=3) is crash
+
+
+def test_the_sweep_fails_a_lost_run_only_at_the_cap_and_a_cancel_wins_over_both():
+    def lost(state, crashed_before, max_attempts, cancel=False):
+        owned = replace(job(1), state=state, owner="w1", fence=1, cancel_requested=cancel)
+        event = expire(owned, 5.0, crashed_before, max_attempts)
+        return owned.state, event.get("reason"), owned.error_reason
+
+    assert lost(JobState.RUNNING, 0, 2) == (JobState.QUEUED, "lease_expired", "")
+    assert lost(JobState.EVALUATING, 0, 2) == (
+        JobState.EVALUATION_PENDING, "lease_expired", "",
+    )  # fmt: skip
+    assert lost(JobState.RUNNING, 1, 2) == (JobState.FAILED, "worker_lost", "worker_lost")
+    assert lost(JobState.RUNNING, 0, 1) == (JobState.FAILED, "worker_lost", "worker_lost")
+    assert lost(JobState.RUNNING, 1, 2, cancel=True) == (
+        JobState.CANCELLED, "cancelled", "cancelled",
+    )  # fmt: skip
 
 
 def test_a_python_exception_in_the_trainer_is_the_retried_crash():

@@ -225,19 +225,40 @@ async def test_the_sweep_releases_expired_leases_only(store):
     await store.request_cancel("job-3")
     await store.create_job(job(4))
     await store.claim_job("alive", EVERYTHING, lease_seconds=3600)
-    swept = await store.expire_leases(time.time() + 120)
+    swept = await store.expire_leases(time.time() + 120, max_attempts=2)
     assert {j.id: j.state for j in swept} == {
         "job-1": JobState.QUEUED, "job-2": JobState.EVALUATION_PENDING, "job-3": JobState.CANCELLED,
     }  # fmt: skip
     assert all(j.owner == "" for j in swept)
     assert (await store.events("job-1", 0))[-1].data["reason"] == "lease_expired"
-    assert await store.expire_leases(time.time() + 120) == []  # each release happens once
+    assert (
+        await store.expire_leases(time.time() + 120, max_attempts=2) == []
+    )  # each release happens once
     for stale in (one.lease, two.lease, three.lease):  # the dead owner can write nothing
         with pytest.raises(LeaseLostError):
             await store.append_event(stale, "progress", {})
     assert (await store.get_job("job-4")).owner == "alive"
     again = await store.claim_job("alive", TRAINING, 60)
     assert (again.id, again.fence) == ("job-1", 2)
+
+
+async def test_a_job_whose_owners_keep_dying_fails_after_the_crashed_runs_allowed(store):
+    # Each claim's owner dies (say, the job's memory kills it): the sweep hands the job on
+    # until its crashed runs reach the cap, then ends it instead of requeueing it forever.
+    await store.create_job(job(1))
+    for run in (1, 2):
+        taken = await store.claim_job(f"worker-{run}", TRAINING, lease_seconds=60)
+        assert taken is not None and taken.fence == run
+        [swept] = await store.expire_leases(time.time() + 120, max_attempts=3)
+        assert (swept.state, swept.error_reason) == (JobState.QUEUED, "")
+    await store.claim_job("worker-3", TRAINING, lease_seconds=60)
+    [failed] = await store.expire_leases(time.time() + 120, max_attempts=3)
+    assert (failed.state, failed.error_reason, failed.owner) == (JobState.FAILED, "worker_lost", "")
+    assert failed.finished is not None
+    assert failed.error_message.startswith("run 3 of 3 crashed: worker-3 stopped renewing")
+    reasons = [e.data.get("reason") for e in await store.events("job-1", 0) if e.kind == "state"]
+    assert reasons.count("lease_expired") == 2 and reasons[-1] == "worker_lost"
+    assert await store.claim_job("worker-4", TRAINING, lease_seconds=60) is None
 
 
 async def test_adapter_versions_and_aliases_survive_a_reopen(new_store, tmp_path):
@@ -331,7 +352,7 @@ async def released_by_the_first_sweep(store: Store) -> None:
     sweep releases; closes `store`."""
     before = await store.get_job("job-1")
     assert (before.owner, before.lease_until) == ("a server before leases", 0)
-    [released] = await store.expire_leases(time.time())
+    [released] = await store.expire_leases(time.time(), max_attempts=2)
     assert (released.state, released.owner) == (JobState.QUEUED, "")
     await store.close()
 
