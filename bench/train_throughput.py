@@ -104,7 +104,7 @@ def run_adapterd(model_dir: Path, quantization: str, precision: str) -> dict[str
     from trainer.config import load_config
     from trainer.contract import ExitCode
     from trainer.events import EventWriter
-    from trainer.sft import run
+    from trainer.recipe import run
 
     with tempfile.TemporaryDirectory() as out:
         data = Path(out) / "rows.jsonl"

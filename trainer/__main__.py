@@ -5,7 +5,7 @@
     python -m trainer train --config CONFIG.json [--events EVENTS.jsonl]
 
 validate exits 0 when the data is valid, 1 when it was rejected, 2 on invalid arguments.
-train's exit codes are listed in trainer.sft.
+train's exit codes are listed in trainer.recipe.
 """
 
 import argparse
@@ -183,7 +183,7 @@ def _train(args: argparse.Namespace) -> int:
     import torch  # torch and transformers load only for training
 
     from trainer.distributed import Group
-    from trainer.sft import OOM_HINT, SupersededError, run
+    from trainer.recipe import OOM_HINT, SupersededError, run
 
     group = Group.join()
     fence = int(os.environ.get(FENCE_VARIABLE, "0"))

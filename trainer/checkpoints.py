@@ -49,6 +49,9 @@ class LoopState:
     """For early stopping."""
     history: list[dict[str, Any]] = field(default_factory=list)
     """Per-step records: step, epoch, loss, lr, and eval_loss where measured."""
+    reference: list[list[float]] = field(default_factory=list)
+    """DPO: the reference's log-probabilities of each training pair's chosen and rejected
+    answer, then each eval pair's (`trainer.objectives.reference_logps`)."""
 
 
 def attempt_dir(output_dir: Path, fence: int) -> Path:

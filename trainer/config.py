@@ -79,7 +79,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-DataFormat = Literal["auto", "messages", "prompt_completion", "alpaca", "sharegpt"]
+DataFormat = Literal["auto", "messages", "prompt_completion", "alpaca", "sharegpt", "preference"]
 
 
 class DatasetSpec(_Strict):
@@ -90,7 +90,8 @@ class DatasetSpec(_Strict):
     weight: float = Field(1.0, gt=0, le=100)
     """Mixing weight relative to the other datasets; the share of training rows it supplies."""
     format: DataFormat = "auto"
-    """Row format; "auto" detects it from the fields of each row."""
+    """Row format; "auto" detects it from the fields of each row. "preference" rows
+    (prompt, chosen, rejected) are what training.method "dpo" trains on, and only that."""
     columns: dict[str, str] = Field(default_factory=dict)
     """Maps a format's fields to this file's columns, e.g. {"prompt": "question",
     "completion": "answer"} for GSM8K."""
@@ -161,6 +162,12 @@ class QuantizationSpec(_Strict):
 class TrainingSpec(_Strict):
     """Optimization hyperparameters."""
 
+    method: Literal["sft", "dpo"] = "sft"
+    """"sft": supervised fine-tuning on conversations. "dpo": direct preference optimization
+    (sigmoid loss) on preference rows, against the adapter the job starts from (its warm start,
+    or the base model for a fresh adapter) as the frozen reference (`trainer.objectives`)."""
+    beta: float = Field(0.1, gt=0, le=10)
+    """DPO's beta: how far the policy may move from the reference (TRL's default, 0.1)."""
     precision: Precision = "auto"
     """Dtype of the frozen base and of the compute (adapter weights stay fp32): "auto" is bf16
     where the device computes it natively and fp32 otherwise (trainer.hardware)."""
@@ -308,6 +315,18 @@ class TrainConfig(_Strict):
                 "training.early_stopping_patience needs eval data "
                 "(data.eval_file or data.eval_fraction)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _formats_of_the_method(self) -> "TrainConfig":
+        preference = self.training.method == "dpo"
+        for index, dataset in enumerate(self.data.datasets):
+            if dataset.format != "auto" and (dataset.format == "preference") != preference:
+                raise ValueError(
+                    f"data.datasets[{index}].format = {dataset.format!r}: training.method "
+                    f"{self.training.method!r} trains on "
+                    + ("preference rows only" if preference else "conversations, not preferences")
+                )
         return self
 
     @model_validator(mode="after")

@@ -1,7 +1,7 @@
 """What the trainer and the service tell each other: the events a run writes, how it ends (exit
 codes, failure reasons), and the environment it gets. Torch-free.
 
-Defined once here and imported on both sides of the process boundary (`trainer.sft` and
+Defined once here and imported on both sides of the process boundary (`trainer.recipe` and
 `trainer.__main__` write them, `service.jobs.runner` reads them), so the two cannot drift.
 """
 

@@ -13,13 +13,14 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from trainer.config import DatasetSpec, DataSpec
 from trainer.drift import prompt_text
-from trainer.formats import FieldProblem, RowError, Turn, normalize
+from trainer.formats import FieldProblem, RowError, Turn, normalize, normalize_preference
 from trainer.masking import Example, render_trained, tokenize
 from trainer.pii import Redacted, redact
+from trainer.preference import Pair
 from trainer.quality import quality_flag
 
 MAX_PROBLEMS_SHOWN = 50
@@ -51,7 +52,17 @@ class Record:
     row: int
     format: str
     turns: list[Turn]
-    example: Example | None = None
+    rejected: list[Turn] | None = None
+    """A preference row's rejected conversation (`turns` is the chosen one)."""
+    prompt: int = 0
+    """A preference row's prompt: the first turns, the same in both conversations."""
+    examples: tuple[Example, ...] = ()
+    """`turns` tokenized, then `rejected` if there is one."""
+
+    @property
+    def conversations(self) -> list[list[Turn]]:
+        """The row's conversations: one, or a preference row's chosen and rejected."""
+        return [self.turns] if self.rejected is None else [self.turns, self.rejected]
 
 
 @dataclass
@@ -99,12 +110,16 @@ class DataReport:
         return data
 
 
-@dataclass
-class PreparedData:
-    """Validated, tokenized and mixed data ready for the recipe."""
+Item = TypeVar("Item", Example, Pair)
 
-    train: list[Example]
-    eval: list[Example]
+
+@dataclass
+class PreparedData(Generic[Item]):
+    """Validated, tokenized and mixed data ready for the recipe: conversations (`Example`) for
+    supervised fine-tuning, preference pairs (`Pair`) for DPO."""
+
+    train: list[Item]
+    eval: list[Item]
     report: DataReport
     prompts: list[str]
     """The training rows' prompts (their user turns), for the adapter's drift reference."""
@@ -155,13 +170,31 @@ def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
         raise ValueError(f"{path}: unsupported file type {suffix!r} (jsonl, json, csv, parquet)")
 
 
-def _normalized_key(turns: list[Turn]) -> tuple[tuple[str, str], ...]:
+def _normalized_key(record: Record) -> tuple[tuple[str, str], ...]:
     return tuple(
-        (t.role, " ".join(re.sub(r"[^\w\s]", "", t.content.lower()).split())) for t in turns
+        (t.role, " ".join(re.sub(r"[^\w\s]", "", t.content.lower()).split()))
+        for turns in record.conversations
+        for t in turns
     )
 
 
-def _read_source(spec: DatasetSpec, report: SourceReport) -> tuple[list[Record], list[Problem]]:
+def _normalized(parsed: Any, spec: DatasetSpec, preference: bool, source: str, row: int) -> Record:
+    """The row as a Record: a conversation, or under `preference` a preference pair.
+
+    Raises:
+        RowError: with every problem of the row.
+    """
+    if preference:
+        fmt, chosen, rejected = normalize_preference(parsed, spec.format, spec.columns)
+        prompt = next(i for i, (a, b) in enumerate(zip(chosen, rejected, strict=False)) if a != b)
+        return Record(source, row, fmt, chosen, rejected, prompt)
+    fmt, turns = normalize(parsed, spec.format, spec.columns)
+    return Record(source, row, fmt, turns)
+
+
+def _read_source(
+    spec: DatasetSpec, report: SourceReport, preference: bool
+) -> tuple[list[Record], list[Problem]]:
     records, problems = [], []
     formats: Counter[str] = Counter()
     source = str(spec.path)
@@ -175,14 +208,14 @@ def _read_source(spec: DatasetSpec, report: SourceReport) -> tuple[list[Record],
             problems.append(Problem(source, row_number, parsed.field, parsed.code, parsed.message))
             continue
         try:
-            fmt, turns = normalize(parsed, spec.format, spec.columns)
+            record = _normalized(parsed, spec, preference, source, row_number)
         except RowError as exc:
             problems += [
                 Problem(source, row_number, p.field, p.code, p.message) for p in exc.problems
             ]
             continue
-        formats[fmt] += 1
-        records.append(Record(source, row_number, fmt, turns))
+        formats[record.format] += 1
+        records.append(record)
     report.formats = dict(formats)
     return records, problems
 
@@ -192,8 +225,8 @@ def _find_duplicates(records: list[Record]) -> list[Problem]:
     near: dict[Any, Record] = {}
     problems = []
     for record in records:
-        exact_key = tuple((t.role, t.content) for t in record.turns)
-        near_key = _normalized_key(record.turns)
+        exact_key = tuple((t.role, t.content) for turns in record.conversations for t in turns)
+        near_key = _normalized_key(record)
         first = exact.get(exact_key) or near.get(near_key)
         if first is not None:
             code = "duplicate" if exact_key in exact else "near_duplicate"
@@ -239,8 +272,8 @@ def _mix(pools: list[list[Record]], weights: list[float], rng: random.Random) ->
 def _tokenize_all(records: list[Record], tokenizer: Any, max_length: int) -> list[Problem]:
     problems = []
     for record in records:
-        record.example = tokenize(tokenizer, record.turns)
-        length = len(record.example.input_ids)
+        record.examples = tuple(tokenize(tokenizer, turns) for turns in record.conversations)
+        length = max(len(example.input_ids) for example in record.examples)
         if length > max_length:
             problems.append(
                 Problem(
@@ -274,19 +307,25 @@ def _personal_data(
         return records, []
     kept, problems = [], []
     for record in records:
-        results = [redact(turn.content) for turn in record.turns]
+        # A preference row's prompt is in both conversations: checked (and counted) once.
+        prompt = record.prompt
+        turns = [*record.turns, *(record.rejected or [])[prompt:]]
+        results = [redact(turn.content) for turn in turns]
         if mode == "reject":
             problems += [
                 Problem(record.source, record.row, turn.origin, "pii", _pii_message(result))
-                for turn, result in zip(record.turns, results, strict=True)
+                for turn, result in zip(turns, results, strict=True)
                 if result.counts
             ]
             kept.append(record)
             continue
         for result in results:
             redacted.update({str(kind): n for kind, n in result.counts.items()})
-        turns = [replace(t, content=r.text) for t, r in zip(record.turns, results, strict=True)]
-        kept.append(replace(record, turns=turns))
+        clean = [replace(t, content=r.text) for t, r in zip(turns, results, strict=True)]
+        chosen, rejected = clean[: len(record.turns)], None
+        if record.rejected is not None:
+            rejected = clean[:prompt] + clean[len(record.turns) :]
+        kept.append(replace(record, turns=chosen, rejected=rejected))
     return kept, problems
 
 
@@ -308,24 +347,66 @@ def _hold_out(
     return held_out
 
 
-def prepare_data(spec: DataSpec, tokenizer: Any, seed: int) -> PreparedData:
-    """Reads, validates, tokenizes, splits and mixes the data of a job.
+def prepare_data(spec: DataSpec, tokenizer: Any, seed: int) -> PreparedData[Example]:
+    """Reads, validates, tokenizes, splits and mixes the conversations of a job.
 
     Raises:
         DataRejectedError: under the "reject" policy when any row has a problem.
         TemplateError: when the chat template cannot be trained on at all.
     """
+    train, held_out, report = _prepare(spec, tokenizer, seed, preference=False)
+    return PreparedData(
+        train=[r.examples[0] for r in train],
+        eval=[r.examples[0] for r in held_out],
+        report=report,
+        prompts=_prompts(train),
+    )
+
+
+def prepare_preferences(spec: DataSpec, tokenizer: Any, seed: int) -> PreparedData[Pair]:
+    """Reads, validates, tokenizes, splits and mixes the preference rows of a job, as
+    `prepare_data` does conversations (a pair is one row: its problems, duplicates and length
+    are the row's; `max_length` bounds the longer of its two conversations).
+
+    Raises:
+        DataRejectedError: under the "reject" policy when any row has a problem.
+        TemplateError: when the chat template cannot be trained on at all.
+    """
+    train, held_out, report = _prepare(spec, tokenizer, seed, preference=True)
+    return PreparedData(
+        train=[Pair(*_two(r.examples)) for r in train],
+        eval=[Pair(*_two(r.examples)) for r in held_out],
+        report=report,
+        prompts=_prompts(train),
+    )
+
+
+def _two(examples: tuple[Example, ...]) -> tuple[Example, Example]:
+    chosen, rejected = examples
+    return chosen, rejected
+
+
+def _prompts(records: list[Record]) -> list[str]:
+    return [prompt_text((t.role, t.content) for t in r.turns) for r in records]
+
+
+def _prepare(
+    spec: DataSpec, tokenizer: Any, seed: int, preference: bool
+) -> tuple[list[Record], list[Record], DataReport]:
+    """The training and eval records (tokenized) and the report."""
     reports = [SourceReport(str(s.path), s.weight) for s in spec.datasets]
     pools, problems = [], []
     for dataset, source_report in zip(spec.datasets, reports, strict=True):
-        records, found = _read_source(dataset, source_report)
+        records, found = _read_source(dataset, source_report, preference)
         pools.append(records)
         problems += found
     eval_report: SourceReport | None = None
     eval_records: list[Record] = []
     if spec.eval_file is not None:
         eval_report = SourceReport(str(spec.eval_file), 0.0)
-        eval_records, found = _read_source(DatasetSpec(path=spec.eval_file), eval_report)
+        eval_records, found = _read_source(
+            DatasetSpec(path=spec.eval_file), eval_report, preference
+        )
         problems += found
 
     redacted: Counter[str] = Counter()
@@ -337,9 +418,9 @@ def prepare_data(spec: DataSpec, tokenizer: Any, seed: int) -> PreparedData:
 
     train_records = [r for pool in pools for r in pool]
     problems += _find_duplicates(train_records)
-    eval_keys = {_normalized_key(r.turns): r for r in eval_records}
+    eval_keys = {_normalized_key(r): r for r in eval_records}
     for record in train_records:
-        shared = eval_keys.get(_normalized_key(record.turns))
+        shared = eval_keys.get(_normalized_key(record))
         if shared is not None:
             problems.append(
                 Problem(
@@ -372,7 +453,7 @@ def prepare_data(spec: DataSpec, tokenizer: Any, seed: int) -> PreparedData:
     train = [r for pool in mixed for r in pool]
     rng.shuffle(train)
 
-    examples = [r.example for r in train if r.example is not None]
+    examples = [e for r in train for e in r.examples]
     lengths = [len(e.input_ids) for e in examples]
     fatal = [p for p in problems if p.code in FILE_CODES]
     report = DataReport(
@@ -380,7 +461,7 @@ def prepare_data(spec: DataSpec, tokenizer: Any, seed: int) -> PreparedData:
         policy=spec.policy,
         sources=reports,
         eval_source=eval_report,
-        train_rows=len(examples),
+        train_rows=len(train),
         eval_rows=len(eval_records),
         problems=problems,
         problem_counts=dict(Counter(p.code for p in problems)),
@@ -393,12 +474,7 @@ def prepare_data(spec: DataSpec, tokenizer: Any, seed: int) -> PreparedData:
     )
     if problems and (spec.policy == "reject" or fatal):
         raise DataRejectedError(report)
-    if not examples:
+    if not train:
         report.ok = False
         raise DataRejectedError(report)
-    return PreparedData(
-        train=examples,
-        eval=[r.example for r in eval_records if r.example is not None],
-        report=report,
-        prompts=[prompt_text((t.role, t.content) for t in r.turns) for r in train if r.example],
-    )
+    return train, eval_records, report

@@ -3,6 +3,9 @@
 Supported: chat `messages` (system/user/assistant, multi-turn), `prompt`/`completion`, Alpaca
 `instruction`/`input`/`output`, ShareGPT `conversations` with `from`/`value`; a column mapping
 renames fields for anything else (GSM8K: {"prompt": "question", "completion": "answer"}).
+Preference rows (`prompt`/`chosen`/`rejected`, TRL's preference format, which
+`trainer.preference.PreferencePair` writes) normalize into two conversations that share the
+prompt, for `training.method: dpo` (`normalize_preference`).
 Pure: no I/O, no tokenizer. Problems carry a field path and a stable code.
 """
 
@@ -19,6 +22,9 @@ SHAREGPT_ROLES = {
     "assistant": "assistant",
 }
 FORMATS = ("messages", "prompt_completion", "alpaca", "sharegpt")
+PREFERENCE = "preference"
+"""The format of preference rows: what `training.method: dpo` trains on, and nothing else."""
+PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,8 @@ def detect_format(record: Mapping[str, Any], columns: Mapping[str, str]) -> str 
     def has(name: str) -> bool:
         return columns.get(name, name) in record
 
+    if all(map(has, PREFERENCE_FIELDS)):
+        return PREFERENCE
     if has("messages"):
         return "messages"
     if has("conversations"):
@@ -233,19 +241,11 @@ def check_structure(turns: list[Turn]) -> list[FieldProblem]:
     return problems
 
 
-def normalize(record: Any, fmt: str, columns: Mapping[str, str]) -> tuple[str, list[Turn]]:
-    """Normalizes one parsed row.
-
-    Args:
-        record: the parsed row (must be a JSON object).
-        fmt: one of FORMATS, or "auto" to detect it.
-        columns: canonical field name -> column name in this file.
-
-    Returns:
-        The format used and the conversation's turns.
+def _format_of(record: Any, fmt: str, columns: Mapping[str, str]) -> str:
+    """The row's format: `fmt`, or the one its fields indicate under "auto".
 
     Raises:
-        RowError: with every problem of the row.
+        RowError: the row is not an object, or its format cannot be told.
     """
     if not isinstance(record, dict):
         raise RowError(
@@ -268,9 +268,88 @@ def normalize(record: Any, fmt: str, columns: Mapping[str, str]) -> tuple[str, l
                 )
             ]
         )
+    return used
+
+
+def normalize(record: Any, fmt: str, columns: Mapping[str, str]) -> tuple[str, list[Turn]]:
+    """Normalizes one parsed row of supervised data.
+
+    Args:
+        record: the parsed row (must be a JSON object).
+        fmt: one of FORMATS, or "auto" to detect it.
+        columns: canonical field name -> column name in this file.
+
+    Returns:
+        The format used and the conversation's turns.
+
+    Raises:
+        RowError: with every problem of the row.
+    """
+    used = _format_of(record, fmt, columns)
+    if used == PREFERENCE:
+        raise RowError(
+            [
+                FieldProblem(
+                    "",
+                    "preference_row",
+                    "a preference row (prompt, chosen, rejected) trains with "
+                    "training.method 'dpo', not supervised fine-tuning",
+                )
+            ]
+        )
     reader = _Reader(record, columns)
     turns = _NORMALIZERS[used](reader)
     problems = reader.problems or check_structure(turns)
     if problems:
         raise RowError(problems)
     return used, turns
+
+
+def normalize_preference(
+    record: Any, fmt: str, columns: Mapping[str, str]
+) -> tuple[str, list[Turn], list[Turn]]:
+    """Normalizes one parsed preference row into its two conversations: the prompt (after an
+    optional `system`) followed by the chosen answer, and by the rejected one. `prompt` is a
+    string or a message list (its assistant turns are context), `chosen` and `rejected` strings
+    or message lists of the assistant.
+
+    Returns:
+        The format ("preference") and the chosen and rejected conversations' turns.
+
+    Raises:
+        RowError: with every problem of the row (not a preference row, a missing or mistyped
+            field, a conversation that cannot train, two equal answers).
+    """
+    used = _format_of(record, fmt, columns)
+    if used != PREFERENCE:
+        raise RowError(
+            [
+                FieldProblem(
+                    "",
+                    "not_a_preference_row",
+                    f"a {used} row: training.method 'dpo' trains on preference rows "
+                    f"({', '.join(PREFERENCE_FIELDS)})",
+                )
+            ]
+        )
+    reader = _Reader(record, columns)
+    system = reader.get("system", str, required=False)
+    head = [Turn("system", system, reader.name("system"))] if system else []
+    prompt = head + _text_or_messages(reader, "prompt", "user")
+    chosen = prompt + _text_or_messages(reader, "chosen", "assistant")
+    rejected = prompt + _text_or_messages(reader, "rejected", "assistant")
+    problems = reader.problems or list(
+        dict.fromkeys(check_structure(chosen) + check_structure(rejected))
+    )
+    answers = [[(t.role, t.content) for t in turns[len(prompt) :]] for turns in (chosen, rejected)]
+    if not problems and answers[0] == answers[1]:
+        problems = [
+            FieldProblem(
+                reader.name("rejected"),
+                "identical_answers",
+                "the chosen and rejected answers are the same: the pair teaches nothing",
+            )
+        ]
+    if problems:
+        raise RowError(problems)
+    return used, chosen, rejected

@@ -118,3 +118,21 @@ def test_a_warm_start_takes_its_parents_lora_shape():
         warm_lora({"target_modules": ["q_proj", 1]}, PARENT, "acme/bot@1")
     with pytest.raises(TrainConfigError, match=r"lora\.surprise"):
         warm_lora({"surprise": 1}, PARENT, "acme/bot@1")
+
+
+def test_dpo_is_opt_in_and_a_datasets_format_must_fit_the_method():
+    assert (load_config(BASE).training.method, load_config(BASE).training.beta) == ("sft", 0.1)
+    dpo = {**BASE, "training": {"method": "dpo", "beta": 0.25}}
+    assert load_config(dpo).training.beta == 0.25
+    preference = {"datasets": [{"path": "d.jsonl"}, {"path": "p.jsonl", "format": "preference"}]}
+    with pytest.raises(TrainConfigError) as caught:
+        load_config({**BASE, "data": preference})
+    assert str(caught.value) == (
+        "data.datasets[1].format = 'preference': training.method 'sft' trains on "
+        "conversations, not preferences"
+    )
+    chat = {"datasets": [{"path": "d.jsonl", "format": "messages"}]}
+    with pytest.raises(TrainConfigError, match=r"datasets\[0\].format = 'messages'.*'dpo'"):
+        load_config({**dpo, "data": chat})
+    with pytest.raises(TrainConfigError, match=r"training\.beta = 0"):
+        load_config({**BASE, "training": {"method": "dpo", "beta": 0}})

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from trainer.config import DataSpec
-from trainer.data import DataRejectedError, prepare_data
+from trainer.data import DataRejectedError, prepare_data, prepare_preferences
+from trainer.masking import render_trained
 
 ROOT = Path(__file__).resolve().parents[3]
 GSM8K = ROOT / "data/gsm8k/train_slice.jsonl"
@@ -195,3 +196,66 @@ def test_a_non_string_role_is_a_row_problem_not_a_crash(tmp_path, tokenizer):
     )
     report = prepare_data(spec(path, policy="drop"), tokenizer, seed=0).report
     assert report.problem_counts == {"unknown_role": 1}
+
+
+def pair(i, chosen=None, rejected=None, **extra):
+    return {"prompt": f"Question number {i}?", "chosen": chosen or f"It is {i}.",
+            "rejected": rejected or f"It is {i + 1}.", **extra}  # fmt: skip
+
+
+def test_preference_rows_become_pairs_trained_on_their_answers_only(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "p.jsonl", [pair(1), pair(2, system="Be brief.")])
+    prepared = prepare_preferences(spec(path), tokenizer, seed=0)
+    assert prepared.report.train_rows == 2
+    assert prepared.report.sources[0].formats == {"preference": 2}
+    for item in prepared.train:
+        chosen, rejected = (render_trained(tokenizer, e) for e in (item.chosen, item.rejected))
+        # One prompt, two answers: each trained with its end-of-turn token, the prompt never.
+        assert chosen.split("[[")[0] == rejected.split("[[")[0]
+        question = chosen.split("Question number ")[1][0]
+        assert f"[[It is {question}.<|im_end|>]]" in chosen
+        assert f"[[It is {int(question) + 1}.<|im_end|>]]" in rejected
+        assert item.reference is None
+
+
+def test_preference_problems_carry_the_line_field_and_code(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "p.jsonl", [
+        pair(1),
+        pair(2, chosen="Same.", rejected="Same."),
+        qa(3),                                   # a supervised row in a preference file
+        pair(1),                                 # duplicate of line 1
+        {"prompt": "Q", "chosen": "A", "rejected": 5},
+        pair(6, rejected="word " * 400),         # the longer answer is too long
+    ])  # fmt: skip
+    with pytest.raises(DataRejectedError) as caught:
+        prepare_preferences(spec(path, max_length=128), tokenizer, seed=0)
+    found = {(p.row, p.field, p.code) for p in caught.value.report.problems}
+    assert found == {
+        (2, "rejected", "identical_answers"),
+        (3, "", "not_a_preference_row"),
+        (4, "", "duplicate"),
+        (5, "rejected", "wrong_type"),
+        (6, "", "too_long"),
+    }
+
+
+def test_a_supervised_job_refuses_preference_rows_by_line(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "p.jsonl", [qa(1), pair(2)])
+    with pytest.raises(DataRejectedError) as caught:
+        prepare_data(spec(path), tokenizer, seed=0)
+    [problem] = caught.value.report.problems
+    assert (problem.row, problem.code) == (2, "preference_row")
+    assert "training.method 'dpo'" in problem.message
+
+
+def test_pii_in_a_preference_prompt_is_redacted_in_both_answers_and_counted_once(
+    tmp_path, tokenizer
+):
+    row = pair(1) | {"prompt": "Mail jane.doe@example.com the total?"}
+    path = write_jsonl(tmp_path / "p.jsonl", [row])
+    prepared = prepare_preferences(spec(path, pii="redact"), tokenizer, seed=0)
+    assert prepared.report.pii_redacted == {"email": 1}
+    [item] = prepared.train
+    for example in (item.chosen, item.rejected):
+        text = tokenizer.decode(example.input_ids)
+        assert "Mail [EMAIL] the total?" in text and "jane.doe" not in text

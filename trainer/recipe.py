@@ -1,4 +1,5 @@
-"""The SFT recipe: setup, train, save, read top to bottom.
+"""The training recipe: setup, train, save, read top to bottom. One loop for both objectives
+(`trainer.objectives`): supervised fine-tuning, and DPO on preference pairs.
 
 Our own loop rather than TRL's SFTTrainer: measured on these CPUs (bench/train_throughput.py),
 TRL at its defaults (gradient checkpointing, padded batches, full-vocabulary logits and
@@ -24,7 +25,7 @@ import torch
 from transformers import AutoTokenizer, get_scheduler
 
 from trainer.artifacts import install_adapter, write_loss_curve, write_manifest
-from trainer.batching import Batch, epoch_order, padded, padding_free, token_losses
+from trainer.batching import Batch, epoch_order, padded, padding_free
 from trainer.checkpoints import (
     BEST,
     CHECKPOINTS,
@@ -39,7 +40,13 @@ from trainer.checkpoints import (
 )
 from trainer.config import TrainConfig
 from trainer.contract import ExitCode, FailureReason, TrainerEvent
-from trainer.data import MAX_PROBLEMS_SHOWN, DataRejectedError, PreparedData, prepare_data
+from trainer.data import (
+    MAX_PROBLEMS_SHOWN,
+    DataRejectedError,
+    PreparedData,
+    prepare_data,
+    prepare_preferences,
+)
 from trainer.distributed import ALONE, Group
 from trainer.drift import write_reference
 from trainer.events import EventWriter
@@ -47,6 +54,7 @@ from trainer.files import fresh_staging, publish_dir
 from trainer.hardware import resolve_precision
 from trainer.masking import Example, TemplateError
 from trainer.model import DTYPES, attach_lora, device, load_base, resolve_quantization
+from trainer.objectives import Dpo, Objective, Sft, measure, reference_logps, referenced
 
 OOM_HINT = (
     "lower training.batch_size or data.max_length, or turn on training.gradient_checkpointing "
@@ -91,19 +99,6 @@ class Batching:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
 
-def evaluate(model: Any, examples: list[Example], batch_size: int, batching: Batching) -> float:
-    """Mean loss per trained token over `examples`."""
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad(), batching.autocast():
-        for start in range(0, len(examples), batch_size):
-            batch = batching.make(examples[start : start + batch_size])
-            total += float(token_losses(model, batch).sum())
-            count += batch.trained_tokens
-    model.train()
-    return total / max(count, 1)
-
-
 def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group = ALONE) -> int:
     """Trains an adapter as `config` says, as the attempt under `fence` (see
     `trainer.checkpoints`), as one rank of `group` (see `trainer.distributed`; `events` writes
@@ -115,8 +110,11 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
     config.output_dir.mkdir(parents=True, exist_ok=True)
     _check_superseded(config, fence, events, 0, group)
     tokenizer = AutoTokenizer.from_pretrained(config.base_model)
+    preference = settings.method == "dpo"
+    objective: Objective[Any] = Dpo(settings.beta) if preference else Sft()
+    prepare = prepare_preferences if preference else prepare_data
     try:
-        data: PreparedData = prepare_data(config.data, tokenizer, settings.seed)
+        data: PreparedData[Any] = prepare(config.data, tokenizer, settings.seed)
     except DataRejectedError as exc:
         report = exc.report
         events.emit(
@@ -171,7 +169,7 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
     # fp16 gradients underflow without loss scaling; its scale is not checkpointed (a resumed
     # run starts from the default scale, which adapts within a few steps).
     scaler = torch.amp.GradScaler(batching.device.type, enabled=precision.dtype == "float16")
-    lengths = [len(e.input_ids) for e in data.train]
+    lengths = [objective.length(item) for item in data.train]
     if group.main:
         take_over(config.output_dir, fence)
     group.barrier()
@@ -181,9 +179,17 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
     if (latest := latest_checkpoint(checkpoints)) is not None:
         state = load_checkpoint(latest, model, optimizer, scheduler, group.rank)
         events.emit(TrainerEvent.RESUMED, step=state.step, checkpoint=str(latest))
+    if preference:
+        if not state.reference:  # DPO's reference: the model as it starts, before it moves
+            measured = reference_logps(model, data.train + data.eval, settings.batch_size, batching)
+            state.reference = [list(logps) for logps in measured]
+        train_rows = len(data.train)
+        data.train = referenced(data.train, state.reference[:train_rows])
+        data.eval = referenced(data.eval, state.reference[train_rows:])
     events.emit(
         TrainerEvent.STARTED,
         total_steps=total_steps,
+        method=settings.method,
         precision=precision.to_json(),
         quantization=quantization,
         packing=batching.packing,
@@ -215,20 +221,26 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
                 ),
             )
             if group.mine(position):
-                batches.append(batching.make([data.train[i] for i in order[index]]))
+                items = [data.train[i] for i in order[index]]
+                batches.append(objective.make(items, batching))
             state.micro_batch += 1
-        trained, step_tokens = group.sum(
-            [sum(b.trained_tokens for b in batches), sum(b.input_tokens for b in batches)]
-        )
-        step_trained, own_loss = int(trained), 0.0
-        for batch in batches:
+        units, trained, step_tokens = map(int, group.sum(
+            [sum(m.units for m in batches), sum(m.batch.trained_tokens for m in batches),
+             sum(m.batch.input_tokens for m in batches)]
+        ))  # fmt: skip
+        own = dict.fromkeys(("loss", *objective.metrics), 0.0)
+        for micro in batches:
             with batching.autocast():
-                loss = token_losses(model, batch).sum() / step_trained
+                summed_loss, metrics = objective.loss(model, micro)
+                loss = summed_loss / units
             scaler.scale(loss).backward()
-            own_loss += loss.detach().item()
+            own["loss"] += loss.detach().item()
+            for name, value in metrics.items():
+                own[name] += float(value) / units
         group.sum_gradients(trainable)
         # One SIGTERM (the agent forwards it to every rank) stops all ranks after the same step.
-        step_loss, stopping = group.sum([own_loss, float(stop.requested)])
+        *summed, stopping = group.sum([*own.values(), float(stop.requested)])
+        step = dict(zip(own, summed, strict=True))
         scaler.unscale_(optimizer)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm))
         scaler.step(optimizer)
@@ -237,15 +249,16 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
         optimizer.zero_grad(set_to_none=True)
 
         state.step += 1
-        state.trained_tokens += step_trained
+        state.trained_tokens += int(trained)
         state.input_tokens += int(step_tokens)
         elapsed = time.monotonic() - run_started
         rate = (state.input_tokens - run_start_tokens) / max(elapsed, 1e-9)
         record: dict[str, Any] = {
             "step": state.step,
             "epoch": round(state.micro_batch / per_epoch, 4),
-            "loss": round(step_loss, 5),
+            "loss": round(step["loss"], 5),
             "learning_rate": scheduler.get_last_lr()[0],
+            **{name: round(step[name], 5) for name in objective.metrics},
         }
         events.emit(
             TrainerEvent.PROGRESS,
@@ -259,10 +272,10 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
             eta_seconds=round(elapsed / (state.step - start_step) * (total_steps - state.step), 1),
         )
         if data.eval and (state.step % settings.eval_interval == 0 or state.step == total_steps):
-            record["eval_loss"] = round(
-                evaluate(model, data.eval, settings.batch_size, batching), 5
-            )
-            events.emit(TrainerEvent.EVAL, step=state.step, eval_loss=record["eval_loss"])
+            scores = measure(model, objective, data.eval, settings.batch_size, batching)
+            evaluated = {f"eval_{name}": round(value, 5) for name, value in scores.items()}
+            record |= evaluated
+            events.emit(TrainerEvent.EVAL, step=state.step, **evaluated)
             if state.best_eval_loss is None or record["eval_loss"] < state.best_eval_loss:
                 state.best_eval_loss, state.best_step = record["eval_loss"], state.step
                 state.evals_without_improvement = 0

@@ -1,0 +1,78 @@
+"""DPO on the tiny model, run as the service runs it: `python -m trainer train`."""
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tests.integration.trainer.test_sft import GSM8K, read_events, train
+from tests.support import gsm8k_preferences
+from trainer.batching import padded
+from trainer.config import DataSpec
+from trainer.data import prepare_preferences
+from trainer.objectives import answer_logps
+
+
+def write_dpo_config(tmp_path, model_dir, rows=24, **training):
+    lines = GSM8K.read_text().splitlines()[:rows]
+    pairs = gsm8k_preferences([json.loads(line) for line in lines])
+    data_file = tmp_path / "pairs.jsonl"
+    data_file.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    config = {
+        "base_model": str(model_dir),
+        "output_dir": str(tmp_path / "out"),
+        "data": {"datasets": [{"path": str(data_file)}], "eval_fraction": 0.25},
+        "training": {
+            "method": "dpo", "precision": "float32", "batch_size": 6, "eval_interval": 3,
+            "checkpoint_interval": 3, "learning_rate": 5e-3, "warmup_ratio": 0.0, **training,
+        },
+    }  # fmt: skip
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return path, data_file
+
+
+def test_dpo_widens_the_margin_against_the_base_as_reference(tmp_path, tiny_model_dir):
+    config, data_file = write_dpo_config(tmp_path, tiny_model_dir, max_steps=6)
+    process = train(config, tmp_path / "events.jsonl")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    events = read_events(tmp_path / "events.jsonl")
+    started = next(e for e in events if e["event"] == "started")
+    assert (started["method"], started["train_rows"], started["eval_rows"]) == ("dpo", 18, 6)
+    progress = [e for e in events if e["event"] == "progress"]
+    # The first step's policy is the reference: every margin is 0, the loss log 2.
+    assert progress[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert progress[0]["reward_margin"] == pytest.approx(0.0, abs=1e-4)
+    evals = [e for e in events if e["event"] == "eval"]
+    assert [e["step"] for e in evals] == [3, 6]
+    # Trained pairs end preferred, and held-out ones lean the same way.
+    assert [p["reward_accuracy"] for p in progress[-3:]] == [1.0] * 3
+    assert min(p["reward_margin"] for p in progress[-3:]) > 0.05
+    last = evals[-1]
+    assert last["eval_reward_margin"] > 0.01
+    assert last["eval_reward_accuracy"] > 0.5
+    assert last["eval_loss"] < math.log(2) - 0.004
+    assert last["eval_chosen_reward"] - last["eval_rejected_reward"] == pytest.approx(
+        last["eval_reward_margin"], abs=1e-4
+    )
+
+    # The reference kept in the loop state is the base model's own log-probabilities.
+    [checkpoint] = sorted((tmp_path / "out").glob("attempts/*/checkpoints/step-0000006"))
+    kept = json.loads((checkpoint / "state.json").read_text())["reference"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    spec = DataSpec(datasets=[{"path": data_file}], eval_fraction=0.25)
+    pairs = prepare_preferences(spec, tokenizer, seed=0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, torch_dtype=torch.float32)
+    chunk = pairs.train[:3]
+    with torch.no_grad():
+        logps = answer_logps(
+            base, padded([p.chosen for p in chunk] + [p.rejected for p in chunk], 0)
+        ).tolist()
+    expected = [v for pair in zip(logps[:3], logps[3:], strict=True) for v in pair]
+    assert [v for pair in kept[:3] for v in pair] == pytest.approx(expected, rel=1e-5)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["config"]["training"]["method"] == "dpo"
+    assert manifest["metrics"]["final_eval_loss"] == last["eval_loss"]

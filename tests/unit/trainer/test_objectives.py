@@ -1,0 +1,47 @@
+"""The training objectives: DPO's loss and metrics, and the reference measured once."""
+
+import math
+
+import pytest
+import torch
+
+from trainer.masking import Example
+from trainer.objectives import Dpo, dpo_loss, referenced
+from trainer.preference import Pair
+
+
+def test_dpo_loss_is_the_sigmoid_loss_of_the_reward_margin():
+    chosen = torch.tensor([-10.0, -20.0, -5.0])
+    rejected = torch.tensor([-12.0, -19.0, -5.0])
+    reference = torch.tensor([[-11.0, -11.0], [-20.0, -20.0], [-6.0, -4.0]])
+    loss, metrics = dpo_loss(chosen, rejected, reference, beta=0.5)
+    # margins: 0.5 * ((c - r) - (rc - rr)) = 1.0, -0.5, 1.0
+    expected = sum(math.log1p(math.exp(-m)) for m in (1.0, -0.5, 1.0))
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    assert float(metrics["reward_margin"]) == pytest.approx(1.5)
+    assert float(metrics["reward_accuracy"]) == 2.0
+    assert float(metrics["chosen_reward"]) == pytest.approx(0.5 * (1.0 + 0.0 + 1.0))
+    assert float(metrics["rejected_reward"]) == pytest.approx(0.5 * (-1.0 + 1.0 - 1.0))
+
+
+def test_at_the_reference_the_loss_is_log_2_and_its_gradient_favours_chosen():
+    chosen = torch.tensor([-3.0, -7.0], requires_grad=True)
+    rejected = torch.tensor([-4.0, -6.0], requires_grad=True)
+    reference = torch.stack([chosen, rejected], dim=1).detach()
+    loss, metrics = dpo_loss(chosen, rejected, reference, beta=0.1)
+    loss.backward()
+    assert float(loss) == pytest.approx(2 * math.log(2))
+    assert float(metrics["reward_accuracy"]) == 0.0  # a tie is not a preference
+    assert chosen.grad.tolist() == pytest.approx([-0.05, -0.05])  # -beta * sigmoid(0)
+    assert rejected.grad.tolist() == pytest.approx([0.05, 0.05])
+
+
+def test_a_dpo_micro_batch_needs_every_pair_measured():
+    example = Example([1, 2, 3], [-100, 2, 3])
+    pairs = [Pair(example, Example([1, 2, 4], [-100, 2, 4]))]
+    with pytest.raises(ValueError, match="reference"):
+        Dpo(beta=0.1).make(pairs, batcher=None)  # refused before any batch is built
+    [measured] = referenced(pairs, [[-1.5, -2.5]])
+    assert measured.reference == (-1.5, -2.5)
+    with pytest.raises(ValueError, match="zip"):
+        referenced(pairs, [])

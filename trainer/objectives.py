@@ -1,0 +1,185 @@
+"""What a training step minimizes: supervised fine-tuning's cross-entropy over conversations,
+or DPO's preference loss over pairs. `trainer.recipe` runs either with one loop; an objective
+says how its items become micro-batches, what the step's loss is averaged over (trained tokens,
+or pairs) and what else a step and an evaluation report.
+
+DPO (Rafailov et al., 2023; TRL's `loss_type="sigmoid"`): for each pair, with the log-
+probabilities of the chosen and the rejected answer (summed over the answer's trained tokens,
+end-of-turn included, exactly SFT's loss mask) under the policy and under the reference,
+loss = -log sigmoid(beta * ((policy_chosen - policy_rejected) - (ref_chosen - ref_rejected))).
+The reference is the adapter the job starts from: its parent for a warm start (so DPO after
+SFT), the base model for a fresh adapter (peft's B = 0 makes the two equal). It is frozen, so
+its log-probabilities are constants: they are measured once, before the first step, with the
+model as it starts (`reference_logps`), and kept in the loop state, so a resumed run never
+needs the starting weights again. Neither a second copy of the base nor of the adapter exists
+while training (TRL's `precompute_ref_log_probs`, without its second model).
+"""
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+from typing import Any, Generic, Protocol, TypeVar
+
+import torch
+
+from trainer.batching import Batch, token_losses
+from trainer.masking import Example
+from trainer.preference import Pair
+
+Item = TypeVar("Item", Example, Pair)
+
+
+class Batcher(Protocol):
+    """Builds micro-batches of conversations on the model's device and computes them in the
+    training precision (`trainer.recipe.Batching`)."""
+
+    def make(self, examples: list[Example]) -> Batch: ...
+
+    def autocast(self) -> AbstractContextManager[Any]: ...
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """A micro-batch of an objective."""
+
+    batch: Batch
+    """The model's inputs: the conversations (a DPO micro-batch's chosen ones, then its rejected
+    ones)."""
+    units: int
+    """What its loss sums over: trained tokens (SFT) or pairs (DPO)."""
+    reference: torch.Tensor | None = None
+    """DPO: the reference's log-probabilities, [pairs, 2] (chosen, rejected)."""
+
+
+class Objective(Protocol, Generic[Item]):
+    """A training objective over items of one kind."""
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """What a step reports beside its loss, each a mean over the step's units."""
+
+    def length(self, item: Item) -> int:
+        """The item's size in tokens, for grouping micro-batches by length."""
+
+    def make(self, items: list[Item], batcher: Batcher) -> MicroBatch:
+        """The micro-batch of `items`."""
+
+    def loss(self, model: Any, micro: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss summed over the micro-batch's units, and each metric summed likewise."""
+
+
+class Sft:
+    """Cross-entropy of the trained tokens (each assistant answer with its end-of-turn token)."""
+
+    metrics: tuple[str, ...] = ()
+
+    def length(self, item: Example) -> int:
+        return len(item.input_ids)
+
+    def make(self, items: list[Example], batcher: Batcher) -> MicroBatch:
+        batch = batcher.make(items)
+        return MicroBatch(batch, batch.trained_tokens)
+
+    def loss(self, model: Any, micro: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return token_losses(model, micro.batch).sum(), {}
+
+
+DPO_METRICS = ("reward_margin", "reward_accuracy", "chosen_reward", "rejected_reward")
+"""Per pair, as TRL names them: the implicit rewards beta * (policy - reference) of the chosen
+and the rejected answer, their difference, and whether it is above 0."""
+
+
+@dataclass(frozen=True)
+class Dpo:
+    """DPO's sigmoid loss against the reference measured before training (module doc)."""
+
+    beta: float
+    metrics: tuple[str, ...] = DPO_METRICS
+
+    def length(self, item: Pair) -> int:
+        return max(len(item.chosen.input_ids), len(item.rejected.input_ids))
+
+    def make(self, items: list[Pair], batcher: Batcher) -> MicroBatch:
+        if any(p.reference is None for p in items):
+            raise ValueError("a pair without its reference log-probabilities (referenced)")
+        batch = batcher.make([p.chosen for p in items] + [p.rejected for p in items])
+        reference = torch.tensor([p.reference for p in items], dtype=torch.float32)
+        return MicroBatch(batch, len(items), reference.to(batch.input_ids.device))
+
+    def loss(self, model: Any, micro: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        assert micro.reference is not None
+        logps = answer_logps(model, micro.batch)
+        return dpo_loss(logps[: micro.units], logps[micro.units :], micro.reference, self.beta)
+
+
+def answer_logps(model: Any, batch: Batch) -> torch.Tensor:
+    """Each conversation's log-probability of its trained tokens (its answer), [rows]."""
+    return -token_losses(model, batch).sum(dim=1)
+
+
+def dpo_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, reference: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """DPO's sigmoid loss summed over pairs, and `DPO_METRICS` summed over pairs, from the
+    policy's log-probabilities of the chosen and rejected answers ([pairs] each) and the
+    reference's ([pairs, 2]). Pure."""
+    chosen_reward = beta * (chosen - reference[:, 0])
+    rejected_reward = beta * (rejected - reference[:, 1])
+    margin = chosen_reward - rejected_reward
+    loss = -torch.nn.functional.logsigmoid(margin).sum()
+    margin = margin.detach()
+    return loss, {
+        "reward_margin": margin.sum(),
+        "reward_accuracy": (margin > 0).sum().float(),
+        "chosen_reward": chosen_reward.detach().sum(),
+        "rejected_reward": rejected_reward.detach().sum(),
+    }
+
+
+def measure(
+    model: Any,
+    objective: Objective[Item],
+    items: Sequence[Item],
+    batch_size: int,
+    batcher: Batcher,
+) -> dict[str, float]:
+    """The objective's mean loss and metrics over `items`, without gradients, in eval mode."""
+    model.eval()
+    sums: dict[str, float] = {"loss": 0.0, **dict.fromkeys(objective.metrics, 0.0)}
+    units = 0
+    with torch.no_grad(), batcher.autocast():
+        for start in range(0, len(items), batch_size):
+            micro = objective.make(list(items[start : start + batch_size]), batcher)
+            loss, metrics = objective.loss(model, micro)
+            sums["loss"] += float(loss)
+            for name, value in metrics.items():
+                sums[name] += float(value)
+            units += micro.units
+    model.train()
+    return {name: total / max(units, 1) for name, total in sums.items()}
+
+
+def reference_logps(
+    model: Any,
+    pairs: Sequence[Pair],
+    batch_size: int,
+    batcher: Batcher,
+) -> list[tuple[float, float]]:
+    """The log-probabilities of each pair's chosen and rejected answer under `model` as it is
+    now (DPO's reference), measured without gradients in eval mode."""
+    model.eval()
+    measured: list[tuple[float, float]] = []
+    with torch.no_grad(), batcher.autocast():
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            batch = batcher.make([p.chosen for p in chunk] + [p.rejected for p in chunk])
+            logps = answer_logps(model, batch).tolist()
+            measured += zip(logps[: len(chunk)], logps[len(chunk) :], strict=True)
+    model.train()
+    return measured
+
+
+def referenced(pairs: Sequence[Pair], logps: Sequence[Sequence[float]]) -> list[Pair]:
+    """`pairs` with their reference log-probabilities (`reference_logps`, as the loop state
+    keeps them). Pure."""
+    return [replace(p, reference=(c, r)) for p, (c, r) in zip(pairs, logps, strict=True)]
