@@ -433,15 +433,3 @@ def serve_garbage_judge() -> http.server.ThreadingHTTPServer:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _GarbageJudgeHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
-
-
-def gsm8k_preferences(rows: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The synthetic preference set of the DPO tests: for each GSM8K row (`prompt`,
-    `completion`), the answer chosen over the same answer with its final `#### n` changed."""
-    pairs = []
-    for row in rows:
-        body, _, answer = row["completion"].rpartition("#### ")
-        wrong = str(int(answer.replace(",", "")) + 7)
-        pairs.append({"prompt": row["prompt"], "chosen": row["completion"],
-                      "rejected": f"{body}#### {wrong}"})  # fmt: skip
-    return pairs

@@ -80,6 +80,8 @@ class _Strict(BaseModel):
 
 
 DataFormat = Literal["auto", "messages", "prompt_completion", "alpaca", "sharegpt", "preference"]
+Method = Literal["sft", "dpo"]
+"""What a job trains with: supervised fine-tuning, or direct preference optimization."""
 
 
 class DatasetSpec(_Strict):
@@ -162,7 +164,7 @@ class QuantizationSpec(_Strict):
 class TrainingSpec(_Strict):
     """Optimization hyperparameters."""
 
-    method: Literal["sft", "dpo"] = "sft"
+    method: Method = "sft"
     """"sft": supervised fine-tuning on conversations. "dpo": direct preference optimization
     (sigmoid loss) on preference rows, against the adapter the job starts from (its warm start,
     or the base model for a fresh adapter) as the frozen reference (`trainer.objectives`)."""

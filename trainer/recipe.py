@@ -179,9 +179,13 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
     if (latest := latest_checkpoint(checkpoints)) is not None:
         state = load_checkpoint(latest, model, optimizer, scheduler, group.rank)
         events.emit(TrainerEvent.RESUMED, step=state.step, checkpoint=str(latest))
+    reference_seconds = 0.0  # DPO's pass over the training pairs (the eval pairs' is apart)
     if preference:
         if not state.reference:  # DPO's reference: the model as it starts, before it moves
-            measured = reference_logps(model, data.train + data.eval, settings.batch_size, batching)
+            reference_started = time.monotonic()
+            measured = reference_logps(model, data.train, settings.batch_size, batching)
+            reference_seconds = time.monotonic() - reference_started
+            measured += reference_logps(model, data.eval, settings.batch_size, batching)
             state.reference = [list(logps) for logps in measured]
         train_rows = len(data.train)
         data.train = referenced(data.train, state.reference[:train_rows])
@@ -190,6 +194,7 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
         TrainerEvent.STARTED,
         total_steps=total_steps,
         method=settings.method,
+        reference_seconds=round(reference_seconds, 2),
         precision=precision.to_json(),
         quantization=quantization,
         packing=batching.packing,

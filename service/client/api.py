@@ -149,9 +149,11 @@ class Client:
             self.jobs.UploadDataset, parts(), jobs_pb2.UploadDatasetResponse
         ).dataset_id
 
-    def validate_dataset(self, data: jobs_pb2.DataSettings) -> jobs_pb2.ValidateDatasetResponse:
+    def validate_dataset(
+        self, data: jobs_pb2.DataSettings, method: str = ""
+    ) -> jobs_pb2.ValidateDatasetResponse:
         """ValidateDataset."""
-        request = jobs_pb2.ValidateDatasetRequest(data=data)
+        request = jobs_pb2.ValidateDatasetRequest(data=data, method=method)
         return self.call(self.jobs.ValidateDataset, request, jobs_pb2.ValidateDatasetResponse)
 
     def submit_job(

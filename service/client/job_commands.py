@@ -19,7 +19,7 @@ import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import grpc
 import yaml
@@ -31,6 +31,7 @@ from adapterd.v1 import evaluation_pb2, jobs_pb2
 from service.client.api import Client
 from service.errors import ConfigError
 from service.jobs.model import FeedKind
+from trainer.config import Method
 from trainer.contract import TrainerEvent
 
 Command = Callable[[Client, argparse.Namespace, bool], int]
@@ -74,7 +75,7 @@ def _data_settings(args: argparse.Namespace) -> jobs_pb2.DataSettings:
 
 
 def _validate_data(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    response = client.validate_dataset(_data_settings(args))
+    response = client.validate_dataset(_data_settings(args), args.method)
     report = json_format.MessageToDict(response.report)
     if as_json:
         print(json.dumps({"valid": response.valid, "report": report}, indent=2))
@@ -311,6 +312,10 @@ def add_job_commands(commands: Any) -> dict[str, Command]:
     validate.add_argument("--dataset", action="append", help="Uploaded dataset id (repeatable).")
     validate.add_argument("--path", action="append", help="File under the server's data root.")
     validate.add_argument("--max-length", type=int, default=1024, help="Token limit per row.")
+    validate.add_argument(
+        "--method", choices=get_args(Method), default="sft",
+        help="What the data is for: sft (conversations, the default) or dpo (preference rows).",
+    )  # fmt: skip
     validate.add_argument(
         "--pii", choices=("keep", "redact", "reject"), default="keep",
         help="Personal data in the rows: keep (default), redact (counted) or reject.",

@@ -56,7 +56,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         self, request: jobs_pb2.ValidateDatasetRequest, context: aio.ServicerContext[Any, Any]
     ) -> jobs_pb2.ValidateDatasetResponse:
         fields = message_fields(request.data)
-        report = await self._jobs.validate(current_principal.get(), fields)
+        report = await self._jobs.validate(current_principal.get(), fields, request.method)
         response = jobs_pb2.ValidateDatasetResponse(valid=bool(report.get("ok")))
         response.report.update(report)
         return response

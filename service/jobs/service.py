@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
@@ -49,6 +49,7 @@ from service.store.base import MAX_ID_CHARS, JobPage, Store, could_be_issued, pa
 from service.uploads import UploadKind, UploadService
 from trainer.config import (
     DataSpec,
+    Method,
     TrainConfigError,
     describe_validation_error,
     load_config,
@@ -192,10 +193,17 @@ class JobService:
             )
         return section
 
-    async def validate(self, principal: Principal, data: dict[str, Any]) -> dict[str, Any]:
-        """The trainer's data report for `data` (no model is loaded)."""
-        from trainer.data import DataRejectedError, prepare_data  # torch: load on first use
+    async def validate(
+        self, principal: Principal, data: dict[str, Any], method: str
+    ) -> dict[str, Any]:
+        """The trainer's data report for `data` as training `method` reads it ("" is "sft";
+        no model is loaded)."""
+        from trainer.data import DataRejectedError, prepare_data, prepare_preferences
 
+        methods = get_args(Method)
+        if method and method not in methods:
+            raise InvalidArgumentError(f"method: {method!r} is not one of {', '.join(methods)}")
+        prepare = prepare_preferences if method == "dpo" else prepare_data
         try:
             spec = DataSpec.model_validate(await self._data_section(principal, data))
         except ValidationError as exc:
@@ -204,7 +212,7 @@ class JobService:
 
         def report() -> dict[str, Any]:
             try:
-                return dict(prepare_data(spec, self._tokenizer, seed=0).report.to_json())
+                return dict(prepare(spec, self._tokenizer, seed=0).report.to_json())
             except DataRejectedError as exc:
                 return dict(exc.report.to_json())
 

@@ -25,7 +25,7 @@ ALLOWED = {
     grpc.StatusCode.PERMISSION_DENIED,  # a user naming a raw server path
 }
 TRAINING_KEYS = ["learning_rate", "epochs", "max_steps", "batch_size", "scheduler", "seed",
-                 "warmup_ratio", "gradient_accumulation", "select", "packing", "eval_interval"]  # fmt: skip
+                 "warmup_ratio", "gradient_accumulation", "select", "packing", "eval_interval", "method", "beta"]  # fmt: skip
 LORA_KEYS = ["rank", "alpha", "dropout", "target_modules", "use_rslora"]
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(10**12), 10**12)
@@ -40,7 +40,7 @@ def fields(keys: list[str]) -> st.SearchStrategy[dict[str, object]]:
 
 
 jsonl_rows = st.lists(
-    st.dictionaries(st.sampled_from(["prompt", "completion", "messages", "question"]),
+    st.dictionaries(st.sampled_from(["prompt", "completion", "messages", "question", "chosen", "rejected"]),
                     json_values, max_size=3),
     max_size=5,
 ).map(lambda rows: "\n".join(json_format.MessageToJson(_struct(r), indent=None) for r in rows))  # fmt: skip
@@ -78,7 +78,8 @@ REQUESTS = st.fixed_dictionaries({
     "body": st.binary(max_size=300) | jsonl_rows.map(str.encode),
     "size_delta": st.sampled_from([0, 0, 0, 1, -1]),
     "good_hash": st.booleans(),
-    "format": st.sampled_from(["", "auto", "messages", "alpaca", "nonsense"]),
+    "format": st.sampled_from(["", "auto", "messages", "alpaca", "preference", "nonsense"]),
+    "method": st.sampled_from(["", "sft", "dpo", "ppo"]),
     "columns": st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=2),
     "max_length": st.integers(-5, 5000),
     "policy": st.sampled_from(["", "reject", "drop", "maybe"]),
@@ -92,7 +93,7 @@ ANSWERED: Counter[str] = Counter()
 
 VALID = {
     "name": "rows.jsonl", "body": b'{"prompt": "2+2?", "completion": "4"}\n', "size_delta": 0,
-    "good_hash": True, "format": "", "columns": {}, "max_length": 512, "policy": "",
+    "good_hash": True, "format": "", "method": "", "columns": {}, "max_length": 512, "policy": "",
     "training": {}, "lora": {}, "path": "",
 }  # fmt: skip
 
@@ -127,7 +128,7 @@ def test_random_requests_get_a_named_error_or_an_answer_never_internal(user, cas
     data = jobs_pb2.DataSettings(
         datasets=[source], max_length=case["max_length"], policy=case["policy"]
     )
-    call("validate", user.validate_dataset, data)
+    call("validate", user.validate_dataset, data, case["method"])
     spec = jobs_pb2.TrainSpec(data=data, validate_only=True)
     spec.training.update(case["training"])
     spec.lora.update(case["lora"])

@@ -13,6 +13,7 @@ import pytest
 from google.protobuf import json_format
 
 from adapterd.v1 import inference_pb2, jobs_pb2
+from bench.preferences import gsm8k_preferences
 from service.client.api import Client
 from service.client.cli import main
 from service.jobs.model import JobState
@@ -410,3 +411,23 @@ def test_a_job_warm_started_from_a_version_goes_on_from_its_weights(user, datase
         foreign = spec(other.upload_dataset(SLICE), from_adapter="acme/warm-a")
         code, message = code_of(lambda: other.submit_job(foreign))
     assert code == grpc.StatusCode.NOT_FOUND and "train.from_adapter" in message
+
+
+def test_validate_dataset_reads_preference_rows_for_dpo_and_names_a_bad_method(user, tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in gsm8k_preferences(0, 3)))
+    dataset = user.upload_dataset(path)
+    data = jobs_pb2.DataSettings(datasets=[jobs_pb2.DatasetRef(dataset_id=dataset)])
+    for_dpo = user.validate_dataset(data, method="dpo")
+    report = json_format.MessageToDict(for_dpo.report)
+    assert (for_dpo.valid, report["train_rows"], report["sources"][0]["formats"]) == (
+        True, 3, {"preference": 3},
+    )  # fmt: skip
+    for_sft = user.validate_dataset(data)
+    problems = json_format.MessageToDict(for_sft.report)["problems"]
+    assert not for_sft.valid
+    assert {(p["row"], p["code"]) for p in problems} == {(n, "preference_row") for n in (1, 2, 3)}
+    code, details = code_of(lambda: user.validate_dataset(data, method="ppo"))
+    assert (code, details) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "method: 'ppo' is not one of sft, dpo",
+    )  # fmt: skip

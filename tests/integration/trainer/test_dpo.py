@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.integration.trainer.test_sft import GSM8K, read_events, train
-from tests.support import gsm8k_preferences
+from bench.preferences import gsm8k_preferences
+from tests.integration.trainer.test_sft import read_events, train
 from trainer.batching import padded
 from trainer.config import DataSpec
 from trainer.data import prepare_preferences
@@ -16,8 +16,7 @@ from trainer.objectives import answer_logps
 
 
 def write_dpo_config(tmp_path, model_dir, rows=24, **training):
-    lines = GSM8K.read_text().splitlines()[:rows]
-    pairs = gsm8k_preferences([json.loads(line) for line in lines])
+    pairs = gsm8k_preferences(0, rows)
     data_file = tmp_path / "pairs.jsonl"
     data_file.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     config = {
@@ -42,6 +41,7 @@ def test_dpo_widens_the_margin_against_the_base_as_reference(tmp_path, tiny_mode
     events = read_events(tmp_path / "events.jsonl")
     started = next(e for e in events if e["event"] == "started")
     assert (started["method"], started["train_rows"], started["eval_rows"]) == ("dpo", 18, 6)
+    assert started["reference_seconds"] > 0
     progress = [e for e in events if e["event"] == "progress"]
     # The first step's policy is the reference: every margin is 0, the loss log 2.
     assert progress[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
