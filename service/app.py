@@ -126,7 +126,12 @@ class App:
             ),
             staging=staging_name(),
         )
-        self.imports = AdapterImports(adapters=self.adapters, uploads=self.uploads, limits=limits)
+        self.imports = AdapterImports(
+            adapters=self.adapters,
+            uploads=self.uploads,
+            limits=limits,
+            sources=settings.import_urls,
+        )
         self.evaluator = Evaluator(
             generator=self.generator,
             adapters=self.adapters,

@@ -287,6 +287,13 @@ class ServerSettings(BaseSettings):
         "name=url pairs separated by commas (e.g. 'gpt=https://api.openai.com/v1'); an "
         "evaluation names one of them, never a URL.",
     )
+    import_urls: Annotated[dict[str, str], NoDecode, BeforeValidator(_name_url_pairs)] = Field(
+        default_factory=dict,
+        description="Servers ImportAdapter may download adapter archives from, as name=url "
+        "pairs separated by commas (e.g. 'hub=https://huggingface.co'); a client names one of "
+        "them and a path under it, never a URL, and redirects are followed only to URLs under "
+        "one of them.",
+    )
     judge_api_key: SecretStr | None = Field(
         None, description="Bearer token sent to the judge_urls servers (unset: none)."
     )

@@ -20,6 +20,7 @@ import hashlib
 import os
 import shutil
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -73,6 +74,7 @@ RULES = {
 ARCHIVE_KINDS = frozenset({UploadKind.TASK_ARCHIVE, UploadKind.ADAPTER_ARCHIVE})
 """Kinds stored extracted: the record's path is the directory."""
 MAX_FILE_NAME = 255
+READ_CHUNK_BYTES = 1 << 20
 CLIENT_FILES = (
     ("task_dir", "benchmarks", "task_dir", "task_upload", UploadKind.TASK_ARCHIVE),
     ("schema_prompts", "schema_adherence", "prompts", "prompts_upload", UploadKind.PROMPT_SET),
@@ -194,6 +196,37 @@ class UploadService:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return record, total
+
+    @property
+    def max_file_bytes(self) -> int:
+        """The largest upload."""
+        return self._limits.max_file_bytes
+
+    def scratch(self) -> "tempfile.TemporaryDirectory[str]":
+        """A temporary directory in this process's staging area, gone on exit (and after a
+        crash, with the staging area at the next start)."""
+        return tempfile.TemporaryDirectory(dir=self._staging)
+
+    async def add_path(  # noqa: PLR0917 (the file and what was measured of it as it arrived)
+        self,
+        principal: Principal,
+        kind: UploadKind,
+        file_name: str,
+        path: Path,
+        size: int,
+        digest: str,
+    ) -> tuple[UploadRecord, int]:
+        """Stores a file the server fetched for the caller (a download, its `size` and sha256
+        `digest` measured as it arrived) as the caller's upload, through every check and the
+        quota an upload passes (`upload`)."""
+
+        async def chunks() -> AsyncIterator[bytes]:
+            with path.open("rb") as f:
+                while chunk := f.read(READ_CHUNK_BYTES):
+                    yield chunk
+
+        header = Announced(kind, file_name, size, digest)
+        return await self.upload(principal, header, chunks())
 
     async def add_file(
         self, principal: Principal, kind: UploadKind, file_name: str, data: bytes

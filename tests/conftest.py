@@ -24,6 +24,7 @@ from tests.support import (
     find_postgres_bin,
     make_adapter,
     postgres_bin,
+    serve_adapter_files,
     serve_garbage_judge,
 )
 
@@ -66,6 +67,16 @@ def garbage_judge() -> Iterator[str]:
     judge.shutdown()
 
 
+@pytest.fixture(scope="session")
+def adapter_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """A directory and the URL of a file server over it (`serve_adapter_files`): the `server`
+    fixture's allowlisted download sources are its /files ("files") and /moved ("moved")."""
+    root = tmp_path_factory.mktemp("adapter-files")
+    files = serve_adapter_files(root)
+    yield root, f"http://127.0.0.1:{files.server_address[1]}"
+    files.shutdown()
+
+
 def shared_store_flags(request: pytest.FixtureRequest) -> list[str]:
     """`--store-url` of a fresh database on the session's PostgreSQL server; none (SQLite)
     where PostgreSQL is not installed, outside CI."""
@@ -80,11 +91,12 @@ def server(
     tmp_path_factory: pytest.TempPathFactory,
     tiny_model_dir: Path,
     garbage_judge: str,
+    adapter_files: tuple[Path, str],
 ) -> Iterator[ServerProcess]:
     """One real server for the session: vLLM on the tiny model, auth on with `TOKENS`, its
     store on the session's PostgreSQL (so every test through it runs on the shared store; the
     other servers keep SQLite); its allowlisted LLM judges are its own HTTP API ("self") and
-    `garbage_judge` ("garbage")."""
+    `garbage_judge` ("garbage"); its download sources are `adapter_files`' ("files", "moved")."""
     process = ServerProcess(
         data_dir=tmp_path_factory.mktemp("server"), base_model=str(tiny_model_dir), tokens=TOKENS
     )
@@ -92,6 +104,7 @@ def server(
         "--judge-urls", f"self={process.http_url},garbage={garbage_judge}",
         "--judge-api-key", TOKENS[0]["token"],
         "--drift-interval-seconds", "2",
+        "--import-urls", f"files={adapter_files[1]}/files,moved={adapter_files[1]}/moved",
         *shared_store_flags(request),
     ]  # fmt: skip
     process.start()

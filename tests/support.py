@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -431,5 +432,38 @@ class _GarbageJudgeHandler(http.server.BaseHTTPRequestHandler):
 def serve_garbage_judge() -> http.server.ThreadingHTTPServer:
     """A judge that answers garbage, on a free port of 127.0.0.1, served from a thread."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _GarbageJudgeHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def serve_adapter_files(root: Path) -> http.server.ThreadingHTTPServer:
+    """A plain file server over `root` on a free port of 127.0.0.1, served from a thread, as an
+    allowlisted adapter source would be: GET /files/PATH is the file (404 if absent),
+    /moved/PATH redirects to /files/PATH, /files/away/PATH redirects to /outside/PATH (under no
+    source)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = urllib.parse.unquote(self.path)
+            for prefix, target in (("/moved/", "/files/"), ("/files/away/", "/outside/")):
+                if path.startswith(prefix):
+                    self.send_response(302)
+                    self.send_header("Location", target + path.removeprefix(prefix))
+                    self.end_headers()
+                    return
+            file = root / path.removeprefix("/files/")
+            if not path.startswith("/files/") or not file.is_file():
+                self.send_error(404)
+                return
+            body = file.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

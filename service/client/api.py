@@ -219,6 +219,15 @@ class Client:
             self.adapters.ImportAdapter, request, adapters_pb2.ImportAdapterResponse
         ).adapter
 
+    def download_adapter(
+        self, name: str, download: adapters_pb2.AdapterDownload
+    ) -> adapters_pb2.AdapterInfo:
+        """ImportAdapter of an archive the server downloads from an allowlisted source."""
+        request = adapters_pb2.ImportAdapterRequest(name=name, download=download)
+        return self.call(
+            self.adapters.ImportAdapter, request, adapters_pb2.ImportAdapterResponse
+        ).adapter
+
     def unload_adapter(self, adapter: str) -> list[str]:
         """UnloadAdapter: "name@N" or every version of "name"; returns the refs removed."""
         request = adapters_pb2.UnloadAdapterRequest(adapter=adapter)

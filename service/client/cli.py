@@ -6,6 +6,7 @@
     adapterctl adapters list
     adapterctl adapters load NAME PATH [--pin]
     adapterctl adapters import NAME DIR|ARCHIVE   (a peft adapter trained elsewhere)
+    adapterctl adapters import NAME PATH --from SOURCE [--sha256 HEX]   (downloaded by the server)
     adapterctl adapters unload NAME[@VERSION]
     adapterctl adapters pin|unpin NAME@VERSION
     adapterctl adapters alias ALIAS [NAME@VERSION]   (no target: remove the alias)
@@ -121,6 +122,11 @@ def _adapters(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         return 0
     if action == "load":
         show(client.load_adapter(args.name, args.path, args.pin), as_json)
+    elif action == "import" and args.remote:
+        download = adapters_pb2.AdapterDownload(
+            source=args.remote, path=args.source, sha256=args.sha256
+        )
+        show(client.download_adapter(args.name, download), as_json)
     elif action == "import":
         file_name, data = adapter_archive(Path(args.source))
         upload = client.upload_bytes(file_name, data, jobs_pb2.UPLOAD_KIND_ADAPTER_ARCHIVE)
@@ -175,8 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     imported.add_argument(
         "source",
         help="A peft adapter directory (adapter_config.json, adapter_model.safetensors) or an "
-        "archive of one (.tar, .tar.gz, .tgz, .zip).",
+        "archive of one (.tar, .tar.gz, .tgz, .zip); with --from, the archive's path under "
+        "that source.",
     )
+    imported.add_argument(
+        "--from", dest="remote", metavar="NAME",
+        help="The server downloads the archive from this source of its --import-urls.",
+    )  # fmt: skip
+    imported.add_argument("--sha256", default="", help="The archive's sha256 (with --from).")
     unload = actions.add_parser("unload", help="Unregister NAME@N, or every version of NAME.")
     unload.add_argument("adapter", help="NAME or NAME@N.")
     for verb in ("pin", "unpin"):

@@ -8,7 +8,7 @@ from adapterd.v1 import adapters_pb2, adapters_pb2_grpc
 from service.adapters.imports import AdapterImports
 from service.adapters.manager import AdapterManager
 from service.auth import current_principal
-from service.grpc.convert import adapter_to_proto
+from service.grpc.convert import adapter_to_proto, download_of
 
 
 class AdaptersServicer(adapters_pb2_grpc.AdaptersServicer):
@@ -57,7 +57,10 @@ class AdaptersServicer(adapters_pb2_grpc.AdaptersServicer):
     async def ImportAdapter(
         self, request: adapters_pb2.ImportAdapterRequest, context: aio.ServicerContext[Any, Any]
     ) -> adapters_pb2.ImportAdapterResponse:
-        view = await self._imports.import_for(
-            current_principal.get(), request.name, request.upload_id
-        )
+        principal = current_principal.get()
+        if request.WhichOneof("archive") == "download":
+            download = download_of(request.download)
+            view = await self._imports.import_download(principal, request.name, download)
+        else:
+            view = await self._imports.import_for(principal, request.name, request.upload_id)
         return adapters_pb2.ImportAdapterResponse(adapter=adapter_to_proto(view))

@@ -20,6 +20,7 @@ from adapterd.v1 import (
 )
 from eval.gates import Comparator
 from eval.spec import JUDGED_SECTIONS
+from service.adapters.downloads import Download
 from service.adapters.manager import AdapterView
 from service.adapters.registry import AdapterState
 from service.auth import Principal, Role
@@ -229,6 +230,11 @@ _JOB_STATES = {
     JobState.CANCELLED: jobs_pb2.JOB_STATE_CANCELLED,
 }
 _JOB_KINDS = {JobKind.TRAIN: jobs_pb2.JOB_KIND_TRAIN, JobKind.EVALUATE: jobs_pb2.JOB_KIND_EVALUATE}
+
+
+def download_of(message: adapters_pb2.AdapterDownload) -> Download:
+    """An ImportAdapter's archive to download."""
+    return Download(message.source, message.path, message.sha256)
 
 
 def _struct(values: dict[str, Any]) -> Struct:

@@ -1,14 +1,16 @@
 """Adapters trained elsewhere, on the real server and engine (tiny model, shared `server`):
-written without peft, packed and uploaded by adapterctl, checked against the base model's layers,
-registered in the caller's tenant and served."""
+written without peft or by peft itself, uploaded by adapterctl or downloaded by the server from
+a real HTTP server on its allowlist, checked against the base model's layers, registered in the
+caller's tenant and served."""
 
+import hashlib
 import json
 import shutil
 
 import grpc
 import pytest
 
-from adapterd.v1 import inference_pb2, jobs_pb2
+from adapterd.v1 import adapters_pb2, inference_pb2, jobs_pb2
 from service.basemodel import linear_layers
 from service.client.api import Client
 from service.client.cli import adapter_archive, main
@@ -87,4 +89,75 @@ def test_an_adapter_of_another_model_is_refused_by_its_shapes_and_leaves_nothing
             "lora_B is [128, 4]; the base model's layer is 64 x 128"
         ) in caught.value.details()
         assert not [a for a in user.list_adapters().adapters if a.name == "wider"]
+    assert (sorted(imports.iterdir()) if imports.exists() else []) == before
+
+
+def peft_adapter(model_dir, out):
+    """A LoRA made by peft itself (not adapterd's trainer), random B so it changes answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                        init_lora_weights=False)  # fmt: skip
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+def test_an_adapter_peft_made_is_downloaded_from_an_allowlisted_source_and_served(
+    server, adapter_files, tiny_model_dir, tmp_path, capsys
+):
+    root, _ = adapter_files
+    file_name, data = adapter_archive(peft_adapter(tiny_model_dir, tmp_path / "peft-lora"))
+    (root / "org" / "peft-lora").mkdir(parents=True)
+    (root / "org" / "peft-lora" / file_name).write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    # Through a redirect from one allowlisted source to another, with the sha256 checked.
+    code, out, err = adapterctl(
+        server, USER_TOKEN, "--output", "json", "adapters", "import", "from-hub",
+        f"org/peft-lora/{file_name}", "--from", "moved", "--sha256", digest, capsys=capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    info = json.loads(out)
+    assert (info["ref"], info["rank"], info["state"]) == (
+        "acme/from-hub@1", 4, "ADAPTER_STATE_READY",
+    )  # fmt: skip
+    manifest = json.loads(
+        (server.data_dir / "adapters" / info["path"] / "manifest.json").read_text()
+    )
+    assert manifest["imported"]["url"].endswith(f"/moved/org/peft-lora/{file_name}")
+    assert manifest["imported"]["archive_sha256"] == digest
+    assert manifest["imported"]["upload_id"].startswith("adapter-")  # the tenant's upload
+    with Client(server.target, USER_TOKEN, timeout=120) as user:
+        assert answer(user, "from-hub") != answer(user)
+
+
+def test_a_download_is_refused_by_name_before_anything_is_kept(server, adapter_files, tmp_path):
+    root, _ = adapter_files
+    (root / "stray.tar.gz").write_bytes(b"not an archive")
+    imports = server.data_dir / "adapters" / "imports"
+    before = sorted(imports.iterdir()) if imports.exists() else []
+    cases = [
+        (("nowhere", "a.tar.gz", ""), grpc.StatusCode.INVALID_ARGUMENT,
+         "download.source: 'nowhere' is not an allowlisted source (files, moved)"),
+        (("files", "../etc/a.tar.gz", ""), grpc.StatusCode.INVALID_ARGUMENT, "download.path:"),
+        (("files", "missing.tar.gz", ""), grpc.StatusCode.FAILED_PRECONDITION,
+         "/files/missing.tar.gz answered HTTP 404"),
+        (("files", "away/a.tar.gz", ""), grpc.StatusCode.FAILED_PRECONDITION,
+         "/outside/a.tar.gz, which is under no allowlisted source"),
+        (("files", "stray.tar.gz", "0" * 64), grpc.StatusCode.INVALID_ARGUMENT,
+         "download.sha256: "),
+        (("files", "stray.tar.gz", ""), grpc.StatusCode.INVALID_ARGUMENT, "stray.tar.gz: "),
+    ]  # fmt: skip
+    with Client(server.target, USER_TOKEN, timeout=120) as user:
+        for (source, path, sha256), code, message in cases:
+            download = adapters_pb2.AdapterDownload(source=source, path=path, sha256=sha256)
+            with pytest.raises(grpc.RpcError) as caught:
+                user.download_adapter("refused", download)
+            assert (caught.value.code(), message in caught.value.details()) == (code, True), (
+                caught.value.details()
+            )
+        assert not [a for a in user.list_adapters().adapters if a.name == "refused"]
     assert (sorted(imports.iterdir()) if imports.exists() else []) == before

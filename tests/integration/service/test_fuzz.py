@@ -13,7 +13,7 @@ from google.protobuf import json_format
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from adapterd.v1 import capture_pb2, inference_pb2, jobs_pb2
+from adapterd.v1 import adapters_pb2, capture_pb2, inference_pb2, jobs_pb2
 from service.client.api import Client
 from tests.support import USER_TOKEN
 
@@ -161,6 +161,9 @@ WIRE = st.fixed_dictionaries({
     "file_name": st.sampled_from(["t.tgz", "p.jsonl", "s.json", "r.jsonl", "../x.json", ""])
     | st.text(max_size=12),
     "http_body": json_values,
+    "source": st.sampled_from(["files", "moved", "", "nowhere"]),
+    "download_path": st.sampled_from(["a.tar.gz", "away/x.zip", "../a.tgz", "a?b.tar", "/x.tar",
+                                      "x%2e.tar", "a//b.tar", ""]) | st.text(max_size=16),
     "rate": st.floats(),
     "seconds": st.floats(),
 })  # fmt: skip
@@ -202,6 +205,8 @@ def test_every_other_rpc_and_route_refuses_random_input_by_name_never_internal(u
     call("sheet", user.human_sheet, case["job_id"])
     call("ratings", user.import_ratings, case["job_id"], case["alias"])
     call("import", user.import_adapter, case["alias"], case["job_id"])
+    download = adapters_pb2.AdapterDownload(source=case["source"], path=case["download_path"])
+    call("download", user.download_adapter, case["alias"], download)
     call("list", user.list_jobs, jobs_pb2.ListJobsRequest(page_token=case["page_token"]))
     spec = jobs_pb2.EvaluateSpec(adapter=case["adapter"])
     # Where the client's own encoder refuses a value, what it parsed so far is sent.

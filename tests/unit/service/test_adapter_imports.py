@@ -35,7 +35,11 @@ def setup(tmp_path, tiny_model_dir, store):
         staging="host-1",
     )  # fmt: skip
     uploads.clean_staging()
-    return AdapterImports(adapters=manager, uploads=uploads, limits=limits), uploads, limits
+    return (
+        AdapterImports(adapters=manager, uploads=uploads, limits=limits, sources={}),
+        uploads,
+        limits,
+    )
 
 
 async def upload(uploads, principal, directory):
