@@ -14,7 +14,7 @@ from adapterd.v1 import adapters_pb2, inference_pb2, jobs_pb2
 from service.basemodel import linear_layers
 from service.client.api import Client
 from service.client.cli import adapter_archive, main
-from tests.support import ADMIN_TOKEN, USER_TOKEN, edit_json, make_lora
+from tests.support import ADMIN_TOKEN, USER_TOKEN, edit_json, make_adapter, make_lora
 
 PROMPT = "1, 2, 3, 4,"
 
@@ -92,25 +92,13 @@ def test_an_adapter_of_another_model_is_refused_by_its_shapes_and_leaves_nothing
     assert (sorted(imports.iterdir()) if imports.exists() else []) == before
 
 
-def peft_adapter(model_dir, out):
-    """A LoRA made by peft itself (not adapterd's trainer), random B so it changes answers."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(3)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                        init_lora_weights=False)  # fmt: skip
-    get_peft_model(model, config).save_pretrained(out)
-    return out
-
-
 def test_an_adapter_peft_made_is_downloaded_from_an_allowlisted_source_and_served(
     server, adapter_files, tiny_model_dir, tmp_path, capsys
 ):
     root, _ = adapter_files
-    file_name, data = adapter_archive(peft_adapter(tiny_model_dir, tmp_path / "peft-lora"))
+    made = make_adapter(tmp_path / "peft-lora", tiny_model_dir, seed=3, rank=4,
+                        target_modules=["q_proj", "v_proj"])  # fmt: skip
+    file_name, data = adapter_archive(made)  # its two peft files: peft wrote them
     (root / "org" / "peft-lora").mkdir(parents=True)
     (root / "org" / "peft-lora" / file_name).write_bytes(data)
     digest = hashlib.sha256(data).hexdigest()

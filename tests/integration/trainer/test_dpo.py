@@ -15,7 +15,7 @@ from trainer.data import prepare_preferences
 from trainer.objectives import answer_logps
 
 
-def write_dpo_config(tmp_path, model_dir, rows=24, **training):
+def write_dpo_config(tmp_path, model_dir, rows=24, extra=None, **training):
     pairs = gsm8k_preferences(0, rows)
     data_file = tmp_path / "pairs.jsonl"
     data_file.write_text("".join(json.dumps(p) + "\n" for p in pairs))
@@ -27,6 +27,7 @@ def write_dpo_config(tmp_path, model_dir, rows=24, **training):
             "method": "dpo", "precision": "float32", "batch_size": 6, "eval_interval": 3,
             "checkpoint_interval": 3, "learning_rate": 5e-3, "warmup_ratio": 0.0, **training,
         },
+        **(extra or {}),
     }  # fmt: skip
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
@@ -60,8 +61,7 @@ def test_dpo_widens_the_margin_against_the_base_as_reference(tmp_path, tiny_mode
     )
 
     # The reference kept in the loop state is the base model's own log-probabilities.
-    [checkpoint] = sorted((tmp_path / "out").glob("attempts/*/checkpoints/step-0000006"))
-    kept = json.loads((checkpoint / "state.json").read_text())["reference"]
+    kept = kept_reference(tmp_path / "out")
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     spec = DataSpec(datasets=[{"path": data_file}], eval_fraction=0.25)
     pairs = prepare_preferences(spec, tokenizer, seed=0)
@@ -76,3 +76,39 @@ def test_dpo_widens_the_margin_against_the_base_as_reference(tmp_path, tiny_mode
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["config"]["training"]["method"] == "dpo"
     assert manifest["metrics"]["final_eval_loss"] == last["eval_loss"]
+
+
+def kept_reference(out):
+    [checkpoint] = sorted(out.glob("attempts/*/checkpoints/step-*"))[-1:]
+    return json.loads((checkpoint / "state.json").read_text())["reference"]
+
+
+def test_dpo_after_a_warm_start_takes_the_parent_adapter_as_its_reference(
+    tmp_path, tiny_model_dir, tiny_adapter
+):
+    from peft import PeftModel
+
+    parent = {
+        "lora": {"rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj", "down_proj"]},
+        "init_adapter": {"path": str(tiny_adapter), "ref": "acme/sft@1"},
+    }
+    config, data_file = write_dpo_config(tmp_path, tiny_model_dir, max_steps=1, extra=parent)
+    process = train(config, tmp_path / "events.jsonl")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    progress = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "progress"]
+    assert progress[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # it starts at the parent
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    pairs = prepare_preferences(
+        DataSpec(datasets=[{"path": data_file}], eval_fraction=0.25), tokenizer, seed=0
+    ).train[:3]
+    batch = padded([p.chosen for p in pairs] + [p.rejected for p in pairs], 0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, torch_dtype=torch.float32)
+    with torch.no_grad():
+        of_parent = answer_logps(PeftModel.from_pretrained(base, tiny_adapter), batch).tolist()
+        with_parent = [v for pair in zip(of_parent[:3], of_parent[3:], strict=True) for v in pair]
+    kept = [v for pair in kept_reference(tmp_path / "out")[:3] for v in pair]
+    assert kept == pytest.approx(with_parent, rel=1e-5)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["parent"]["ref"] == "acme/sft@1"
