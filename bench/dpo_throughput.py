@@ -130,7 +130,7 @@ def likelihood_accuracy(config: Any, adapter: Path, pairs_file: Path) -> tuple[f
     from trainer.batching import padded
     from trainer.config import DataSpec
     from trainer.data import prepare_preferences
-    from trainer.objectives import answer_logps
+    from trainer.objectives import pair_batch, pair_logps
 
     tokenizer = AutoTokenizer.from_pretrained(config.base_model)
     pairs = prepare_preferences(DataSpec(datasets=[{"path": pairs_file}]), tokenizer, 0).train
@@ -141,9 +141,9 @@ def likelihood_accuracy(config: Any, adapter: Path, pairs_file: Path) -> tuple[f
         wins = 0
         for start in range(0, len(pairs), 8):
             chunk = pairs[start : start + 8]
-            batch = padded([p.chosen for p in chunk] + [p.rejected for p in chunk], 0)
-            logps = answer_logps(model, batch)
-            wins += int((logps[: len(chunk)] > logps[len(chunk) :]).sum())
+            batch = pair_batch(chunk, lambda examples: padded(examples, 0))
+            chosen, rejected = pair_logps(model, batch, len(chunk))
+            wins += int((chosen > rejected).sum())
         return wins / len(pairs)
 
     with torch.no_grad():

@@ -118,7 +118,12 @@ def staging_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def _check_name(file_name: str, kind: UploadKind) -> str:
+def check_file_name(file_name: str, kind: UploadKind, field: str = "header.file_name") -> str:
+    """`file_name` if it may name an upload of `kind`: a plain name of its suffixes.
+
+    Raises:
+        InvalidArgumentError: naming `field`.
+    """
     suffixes = RULES[kind].suffixes
     name = PurePosixPath(file_name).name if "\x00" not in file_name else ""
     if (
@@ -129,7 +134,7 @@ def _check_name(file_name: str, kind: UploadKind) -> str:
         or not name.endswith(suffixes)
     ):
         raise InvalidArgumentError(
-            f"header.file_name: {file_name[:300]!r} must be a plain file name of at most "
+            f"{field}: {file_name[:300]!r} must be a plain file name of at most "
             f"{MAX_FILE_NAME} bytes ending in {', '.join(suffixes)} (for kind {kind.value})"
         )
     return name
@@ -168,7 +173,7 @@ class UploadService:
             ResourceExhaustedError: past the tenant's quota (nothing is kept).
         """
         kind, size = header.kind, header.size
-        name = _check_name(header.file_name, kind)
+        name = check_file_name(header.file_name, kind)
         cap = self._limits.max_file_bytes
         if not 0 < size <= cap:
             raise InvalidArgumentError(f"header.size: {size} must be 1 to {cap} bytes")

@@ -1,6 +1,6 @@
 """`python -m trainer`: the trainer's command line.
 
-    python -m trainer validate DATA... --tokenizer MODEL_DIR [options]
+    python -m trainer validate DATA... --tokenizer MODEL_DIR [--method sft|dpo] [options]
     python -m trainer validate --config CONFIG.json
     python -m trainer train --config CONFIG.json [--events EVENTS.jsonl]
 
@@ -16,9 +16,15 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from trainer.config import DataSpec, TrainConfigError, describe_validation_error, load_config
+from trainer.config import (
+    DataSpec,
+    Method,
+    TrainConfigError,
+    describe_validation_error,
+    load_config,
+)
 from trainer.contract import (
     DEVICES_VARIABLE,
     FENCE_VARIABLE,
@@ -28,16 +34,16 @@ from trainer.contract import (
     FailureReason,
     TrainerEvent,
 )
-from trainer.data import MAX_PROBLEMS_SHOWN, DataRejectedError, DataReport, prepare_data
+from trainer.data import MAX_PROBLEMS_SHOWN, DataRejectedError, DataReport, preparer
 from trainer.events import EventWriter
 from trainer.hardware import available_cpus
 from trainer.masking import TemplateError
 
 
-def _data_spec(args: argparse.Namespace) -> tuple[DataSpec, Path, int]:
+def _data_spec(args: argparse.Namespace) -> tuple[DataSpec, Path, int, Method]:
     if args.config:
         config = load_config(_load_config_file(args.config))
-        return config.data, config.base_model, config.training.seed
+        return config.data, config.base_model, config.training.seed, config.training.method
     if not args.data or not args.tokenizer:
         raise TrainConfigError("give DATA files and --tokenizer, or --config")
     from pydantic import ValidationError
@@ -57,7 +63,7 @@ def _data_spec(args: argparse.Namespace) -> tuple[DataSpec, Path, int]:
         )
     except ValidationError as exc:
         raise TrainConfigError("; ".join(describe_validation_error(exc))) from None
-    return spec, Path(args.tokenizer), 0
+    return spec, Path(args.tokenizer), 0, args.method
 
 
 def _print_report(report: DataReport) -> None:
@@ -92,7 +98,7 @@ def _print_report(report: DataReport) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    spec, tokenizer_dir, seed = _data_spec(args)
+    spec, tokenizer_dir, seed, method = _data_spec(args)
     from transformers import AutoTokenizer  # after the cheap checks: it takes seconds
 
     try:
@@ -100,7 +106,7 @@ def _validate(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise TrainConfigError(f"--tokenizer {tokenizer_dir}: {exc}") from None
     try:
-        report = prepare_data(spec, tokenizer, seed).report
+        report = preparer(method)(spec, tokenizer, seed).report
     except DataRejectedError as exc:
         report = exc.report
     except TemplateError as exc:
@@ -225,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--config", help="A training config; validates its data section.")
     validate.add_argument("--tokenizer", help="Model directory whose tokenizer and template apply.")
     validate.add_argument("--format", default="auto", help="Row format (default: detect).")
+    validate.add_argument(
+        "--method", choices=get_args(Method), default="sft",
+        help="What the data is for: sft (conversations, the default) or dpo (preference rows).",
+    )  # fmt: skip
     validate.add_argument(
         "--columns",
         default="{}",

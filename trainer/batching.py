@@ -8,7 +8,7 @@
   carry no label. Micro-batches are grouped by length, so little padding is left.
 Logits are computed only where a label trains (most of a chat is prompt), a chunk at a time
 (`trainer.losses`), and the loss is a sum over trained tokens, divided by the trained tokens of
-the whole optimizer step.
+the whole optimizer step (SFT's; DPO's is averaged over the step's pairs, `trainer.objectives`).
 """
 
 import random

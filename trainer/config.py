@@ -184,7 +184,8 @@ class TrainingSpec(_Strict):
     max_steps: int | None = Field(None, ge=1, le=1_000_000)
     """Optimizer steps to run instead of epochs."""
     batch_size: int = Field(4, ge=1, le=1024)
-    """Conversations per micro-batch (per packed row budget when packing)."""
+    """Conversations per micro-batch (per packed row budget when packing); under DPO, pairs:
+    twice as many conversations."""
     gradient_accumulation: int = Field(1, ge=1, le=1024)
     """Micro-batches per optimizer step."""
     seed: int = Field(0, ge=0)
@@ -199,7 +200,7 @@ class TrainingSpec(_Strict):
     """"on": padding-free rows (one per micro-batch, block-diagonal attention); "off": right-
     padded micro-batches grouped by length; "auto": padding-free on CUDA, where varlen attention
     makes it cheap, padded on the CPU, where attention over one long row costs more than the
-    padding that length grouping leaves."""
+    padding that length grouping leaves. DPO always pads."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
     max_grad_norm: float = Field(1.0, gt=0)
@@ -212,6 +213,15 @@ class TrainingSpec(_Strict):
     """Local devices to train on, one process each (torch.distributed.run; gloo on the CPU,
     NCCL on GPUs): each takes whole micro-batches of every step, so the global batch, the
     checkpoints and the events are those of one device."""
+
+    @model_validator(mode="after")
+    def _dpo_batches_are_padded(self) -> "TrainingSpec":
+        if self.method == "dpo" and self.packing == "on":
+            raise ValueError(
+                "training.packing = 'on': DPO weighs each answer's log-probability on its own "
+                "row, so its batches are padded (leave training.packing at auto or off)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _a_micro_batch_per_device(self) -> "TrainingSpec":

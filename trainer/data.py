@@ -10,17 +10,17 @@ import json
 import random
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic
 
-from trainer.config import DatasetSpec, DataSpec
+from trainer.config import DatasetSpec, DataSpec, Method
 from trainer.drift import prompt_text
 from trainer.formats import FieldProblem, RowError, Turn, normalize, normalize_preference
 from trainer.masking import Example, render_trained, tokenize
 from trainer.pii import Redacted, redact
-from trainer.preference import Pair
+from trainer.preference import Item, Pair
 from trainer.quality import quality_flag
 
 MAX_PROBLEMS_SHOWN = 50
@@ -110,9 +110,6 @@ class DataReport:
         return data
 
 
-Item = TypeVar("Item", Example, Pair)
-
-
 @dataclass
 class PreparedData(Generic[Item]):
     """Validated, tokenized and mixed data ready for the recipe: conversations (`Example`) for
@@ -185,8 +182,7 @@ def _normalized(parsed: Any, spec: DatasetSpec, preference: bool, source: str, r
         RowError: with every problem of the row.
     """
     if preference:
-        fmt, chosen, rejected = normalize_preference(parsed, spec.format, spec.columns)
-        prompt = next(i for i, (a, b) in enumerate(zip(chosen, rejected, strict=False)) if a != b)
+        fmt, chosen, rejected, prompt = normalize_preference(parsed, spec.format, spec.columns)
         return Record(source, row, fmt, chosen, rejected, prompt)
     fmt, turns = normalize(parsed, spec.format, spec.columns)
     return Record(source, row, fmt, turns)
@@ -374,16 +370,17 @@ def prepare_preferences(spec: DataSpec, tokenizer: Any, seed: int) -> PreparedDa
     """
     train, held_out, report = _prepare(spec, tokenizer, seed, preference=True)
     return PreparedData(
-        train=[Pair(*_two(r.examples)) for r in train],
-        eval=[Pair(*_two(r.examples)) for r in held_out],
+        train=[Pair(r.examples[0], r.examples[1]) for r in train],
+        eval=[Pair(r.examples[0], r.examples[1]) for r in held_out],
         report=report,
         prompts=_prompts(train),
     )
 
 
-def _two(examples: tuple[Example, ...]) -> tuple[Example, Example]:
-    chosen, rejected = examples
-    return chosen, rejected
+def preparer(method: Method) -> Callable[[DataSpec, Any, int], PreparedData[Any]]:
+    """How a job trained with `method` reads its data: `prepare_preferences` for "dpo",
+    `prepare_data` otherwise."""
+    return prepare_preferences if method == "dpo" else prepare_data
 
 
 def _prompts(records: list[Record]) -> list[str]:

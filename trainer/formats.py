@@ -307,14 +307,15 @@ def normalize(record: Any, fmt: str, columns: Mapping[str, str]) -> tuple[str, l
 
 def normalize_preference(
     record: Any, fmt: str, columns: Mapping[str, str]
-) -> tuple[str, list[Turn], list[Turn]]:
+) -> tuple[str, list[Turn], list[Turn], int]:
     """Normalizes one parsed preference row into its two conversations: the prompt (after an
     optional `system`) followed by the chosen answer, and by the rejected one. `prompt` is a
     string or a message list (its assistant turns are context), `chosen` and `rejected` strings
     or message lists of the assistant.
 
     Returns:
-        The format ("preference") and the chosen and rejected conversations' turns.
+        The format ("preference"), the chosen and rejected conversations' turns, and how many
+        of their first turns are the prompt they share.
 
     Raises:
         RowError: with every problem of the row (not a preference row, a missing or mistyped
@@ -352,4 +353,4 @@ def normalize_preference(
         ]
     if problems:
         raise RowError(problems)
-    return used, chosen, rejected
+    return used, chosen, rejected, len(prompt)

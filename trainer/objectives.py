@@ -15,18 +15,16 @@ needs the starting weights again. Neither a second copy of the base nor of the a
 while training (TRL's `precompute_ref_log_probs`, without its second model).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol
 
 import torch
 
 from trainer.batching import Batch, token_losses
 from trainer.masking import Example
-from trainer.preference import Pair
-
-Item = TypeVar("Item", Example, Pair)
+from trainer.preference import Item, Pair
 
 
 class Batcher(Protocol):
@@ -102,19 +100,32 @@ class Dpo:
     def make(self, items: list[Pair], batcher: Batcher) -> MicroBatch:
         if any(p.reference is None for p in items):
             raise ValueError("a pair without its reference log-probabilities (referenced)")
-        batch = batcher.make([p.chosen for p in items] + [p.rejected for p in items])
+        batch = pair_batch(items, batcher.make)
         reference = torch.tensor([p.reference for p in items], dtype=torch.float32)
         return MicroBatch(batch, len(items), reference.to(batch.input_ids.device))
 
     def loss(self, model: Any, micro: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert micro.reference is not None
-        logps = answer_logps(model, micro.batch)
-        return dpo_loss(logps[: micro.units], logps[micro.units :], micro.reference, self.beta)
+        chosen, rejected = pair_logps(model, micro.batch, micro.units)
+        return dpo_loss(chosen, rejected, micro.reference, self.beta)
 
 
 def answer_logps(model: Any, batch: Batch) -> torch.Tensor:
     """Each conversation's log-probability of its trained tokens (its answer), [rows]."""
     return -token_losses(model, batch).sum(dim=1)
+
+
+def pair_batch(pairs: Sequence[Pair], make: Callable[[list[Example]], Batch]) -> Batch:
+    """The pairs' conversations as one micro-batch: every chosen one, then every rejected one
+    (one row each: DPO never packs)."""
+    return make([p.chosen for p in pairs] + [p.rejected for p in pairs])
+
+
+def pair_logps(model: Any, batch: Batch, pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log-probabilities of the chosen and of the rejected answers in a `pair_batch` of
+    `pairs` pairs, [pairs] each."""
+    logps = answer_logps(model, batch)
+    return logps[:pairs], logps[pairs:]
 
 
 def dpo_loss(
@@ -172,9 +183,8 @@ def reference_logps(
     with torch.no_grad(), batcher.autocast():
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
-            batch = batcher.make([p.chosen for p in chunk] + [p.rejected for p in chunk])
-            logps = answer_logps(model, batch).tolist()
-            measured += zip(logps[: len(chunk)], logps[len(chunk) :], strict=True)
+            chosen, rejected = pair_logps(model, pair_batch(chunk, batcher.make), len(chunk))
+            measured += zip(chosen.tolist(), rejected.tolist(), strict=True)
     model.train()
     return measured
 

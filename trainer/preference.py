@@ -6,7 +6,7 @@ accepted too). `trainer.formats.normalize_preference` reads such a row, `Prefere
 writes one, and `Pair` is one tokenized. Pure."""
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from trainer.formats import PREFERENCE_FIELDS
 from trainer.masking import Example
@@ -42,3 +42,7 @@ class Pair:
     reference: tuple[float, float] | None = None
     """The reference policy's log-probabilities of the chosen and the rejected answer, once
     measured (`trainer.objectives.reference_logps`)."""
+
+
+Item = TypeVar("Item", Example, Pair)
+"""What a job trains on, item by item: conversations (SFT) or preference pairs (DPO)."""

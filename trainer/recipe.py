@@ -40,13 +40,7 @@ from trainer.checkpoints import (
 )
 from trainer.config import TrainConfig
 from trainer.contract import ExitCode, FailureReason, TrainerEvent
-from trainer.data import (
-    MAX_PROBLEMS_SHOWN,
-    DataRejectedError,
-    PreparedData,
-    prepare_data,
-    prepare_preferences,
-)
+from trainer.data import MAX_PROBLEMS_SHOWN, DataRejectedError, PreparedData, preparer
 from trainer.distributed import ALONE, Group
 from trainer.drift import write_reference
 from trainer.events import EventWriter
@@ -112,9 +106,8 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
     tokenizer = AutoTokenizer.from_pretrained(config.base_model)
     preference = settings.method == "dpo"
     objective: Objective[Any] = Dpo(settings.beta) if preference else Sft()
-    prepare = prepare_preferences if preference else prepare_data
     try:
-        data: PreparedData[Any] = prepare(config.data, tokenizer, settings.seed)
+        data: PreparedData[Any] = preparer(settings.method)(config.data, tokenizer, settings.seed)
     except DataRejectedError as exc:
         report = exc.report
         events.emit(
@@ -161,7 +154,8 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
     )
     on_cuda = device().type == "cuda"
     batching = Batching(
-        packing=settings.packing == "on" or (settings.packing == "auto" and on_cuda),
+        packing=not preference
+        and (settings.packing == "on" or (settings.packing == "auto" and on_cuda)),
         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         device=next(model.parameters()).device,
         dtype=DTYPES[precision.dtype],

@@ -9,11 +9,13 @@ the CDN is allowlisted too). The file then goes through the upload path like any
 archive (`UploadService.upload`: extraction, the peft files' checks, the tenant's quota).
 """
 
+import asyncio
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from urllib.parse import quote, urljoin
+from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 
@@ -22,6 +24,9 @@ from service.errors import FailedPreconditionError, InvalidArgumentError, Unavai
 MAX_REDIRECTS = 5
 TIMEOUT_SECONDS = 30.0
 """For connecting and for each read: a source that stalls longer is unavailable."""
+TOTAL_SECONDS = 600.0
+"""For the whole download: a source that trickles is unavailable too."""
+SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 CHUNK_BYTES = 1 << 20
 _FORBIDDEN = set("?#\\%") | {chr(c) for c in range(32)} | {"\x7f"}
 
@@ -62,13 +67,24 @@ def download_url(sources: Mapping[str, str], source: str, path: str) -> str:
     return f"{sources[source]}/{quote(path)}"
 
 
+def check_sha256(sha256: str) -> None:
+    """Raises InvalidArgumentError unless `sha256` is empty or 64 hex digits. Pure."""
+    if sha256 and not SHA256.fullmatch(sha256):
+        raise InvalidArgumentError(f"download.sha256: {sha256[:80]!r} is not 64 hex digits")
+
+
 def file_name_of(path: str) -> str:
     """The archive's file name: the last part of its path. Pure."""
     return PurePosixPath(path).name
 
 
 def allowlisted(url: str, sources: Mapping[str, str]) -> bool:
-    """Whether `url` lies under one of the allowlisted sources' URLs. Pure."""
+    """Whether `url` lies under one of the allowlisted sources' URLs, as a server resolves it:
+    a path with a "." or ".." segment or an escaped dot or slash, which could climb out of the
+    source's path after the prefix matched, is under none. Pure."""
+    path = urlsplit(url).path
+    if {".", ".."} & set(path.split("/")) or re.search(r"%2[eEfF]|%5[cC]", path):
+        return False
     return any(url.startswith(f"{base}/") for base in sources.values())
 
 
@@ -79,16 +95,20 @@ async def fetch(
 
     Raises:
         InvalidArgumentError: the body is larger than `max_bytes`.
-        FailedPreconditionError: the source answered something other than the file (an
+        FailedPreconditionError: the source answered something other than the file (a client
             error status, a redirect outside the allowlist, too many redirects).
-        UnavailableError: the source could not be reached or stalled.
+        UnavailableError: the source could not be reached, stalled, took longer than
+            TOTAL_SECONDS, or answered 429 or a server error.
     """
     try:
-        async with httpx.AsyncClient(timeout=TIMEOUT_SECONDS, follow_redirects=False) as client:
+        async with (
+            asyncio.timeout(TOTAL_SECONDS),
+            httpx.AsyncClient(timeout=TIMEOUT_SECONDS, follow_redirects=False) as client,
+        ):
             for _ in range(MAX_REDIRECTS + 1):
                 async with client.stream("GET", url) as response:
-                    if response.is_redirect:
-                        location = urljoin(url, response.headers.get("location", ""))
+                    if response.has_redirect_location:
+                        location = urljoin(url, response.headers["location"])
                         if not allowlisted(location, sources):
                             raise FailedPreconditionError(
                                 f"download: {url} redirects to {location[:300]}, which is under "
@@ -96,13 +116,18 @@ async def fetch(
                             )
                         url = location
                         continue
-                    if response.status_code != httpx.codes.OK:
-                        raise FailedPreconditionError(
-                            f"download: {url} answered HTTP {response.status_code}"
-                        )
+                    status = response.status_code
+                    if status == httpx.codes.TOO_MANY_REQUESTS or httpx.codes.is_server_error(
+                        status
+                    ):
+                        raise UnavailableError(f"download: {url} answered HTTP {status}")
+                    if status != httpx.codes.OK:
+                        raise FailedPreconditionError(f"download: {url} answered HTTP {status}")
                     return await _save(response, url, target, max_bytes)
     except httpx.HTTPError as exc:
         raise UnavailableError(f"download: {url}: {type(exc).__name__}: {exc}") from None
+    except TimeoutError:
+        raise UnavailableError(f"download: {url} took longer than {TOTAL_SECONDS:.0f} s") from None
     raise FailedPreconditionError(f"download: more than {MAX_REDIRECTS} redirects from {url}")
 
 

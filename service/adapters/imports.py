@@ -20,13 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from service.adapters.checks import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, AdapterLimits
-from service.adapters.downloads import Download, download_url, fetch, file_name_of
+from service.adapters.downloads import (
+    Download,
+    check_sha256,
+    download_url,
+    fetch,
+    file_name_of,
+)
 from service.adapters.manager import AdapterManager, AdapterView
 from service.auth import Principal
 from service.authz import qualify_write
 from service.errors import InvalidArgumentError
 from service.store.base import UploadRecord
-from service.uploads import UploadKind, UploadService
+from service.uploads import UploadKind, UploadService, check_file_name
 from trainer.files import fresh_staging, publish_dir
 
 IMPORTS = "imports"
@@ -116,6 +122,10 @@ class AdapterImports:
         """
         qualify_write(principal, name, "name")
         url = download_url(self._sources, download.source, download.path)
+        archive_name = check_file_name(
+            file_name_of(download.path), UploadKind.ADAPTER_ARCHIVE, "download.path"
+        )
+        check_sha256(download.sha256)  # all before a byte is fetched
         with self._uploads.scratch() as scratch:
             archive = Path(scratch) / "archive"
             size, digest = await fetch(url, self._sources, archive, self._uploads.max_file_bytes)
@@ -123,9 +133,8 @@ class AdapterImports:
                 raise InvalidArgumentError(
                     f"download.sha256: {url} hashes to {digest}, not {download.sha256[:64]!r}"
                 )
-            name_of_file = file_name_of(download.path)
             upload, _ = await self._uploads.add_path(
-                principal, UploadKind.ADAPTER_ARCHIVE, name_of_file, archive, size, digest
+                principal, UploadKind.ADAPTER_ARCHIVE, archive_name, archive, size, digest
             )
         return await self._register(principal, name, upload, url)
 

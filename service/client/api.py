@@ -212,18 +212,16 @@ class Client:
             self.adapters.LoadAdapter, request, adapters_pb2.LoadAdapterResponse
         ).adapter
 
-    def import_adapter(self, name: str, upload_id: str) -> adapters_pb2.AdapterInfo:
-        """ImportAdapter: registers the caller's adapter archive upload as `name`."""
-        request = adapters_pb2.ImportAdapterRequest(name=name, upload_id=upload_id)
-        return self.call(
-            self.adapters.ImportAdapter, request, adapters_pb2.ImportAdapterResponse
-        ).adapter
-
-    def download_adapter(
-        self, name: str, download: adapters_pb2.AdapterDownload
+    def import_adapter(
+        self, name: str, upload_id: str = "", download: adapters_pb2.AdapterDownload | None = None
     ) -> adapters_pb2.AdapterInfo:
-        """ImportAdapter of an archive the server downloads from an allowlisted source."""
-        request = adapters_pb2.ImportAdapterRequest(name=name, download=download)
+        """ImportAdapter: registers the caller's adapter archive upload, or the archive the
+        server downloads from an allowlisted source, as `name`."""
+        request = adapters_pb2.ImportAdapterRequest(name=name)
+        if download is not None:
+            request.download.CopyFrom(download)
+        else:
+            request.upload_id = upload_id
         return self.call(
             self.adapters.ImportAdapter, request, adapters_pb2.ImportAdapterResponse
         ).adapter

@@ -126,7 +126,9 @@ def _adapters(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         download = adapters_pb2.AdapterDownload(
             source=args.remote, path=args.source, sha256=args.sha256
         )
-        show(client.download_adapter(args.name, download), as_json)
+        show(client.import_adapter(args.name, download=download), as_json)
+    elif action == "import" and args.sha256:
+        raise ConfigError("--sha256 checks a download: give --from SOURCE too")
     elif action == "import":
         file_name, data = adapter_archive(Path(args.source))
         upload = client.upload_bytes(file_name, data, jobs_pb2.UPLOAD_KIND_ADAPTER_ARCHIVE)

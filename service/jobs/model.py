@@ -251,7 +251,8 @@ class Job:
     result: dict[str, Any] = field(default_factory=dict)
     """Metrics, adapter path and version, evaluation results; `JobResult.of(job)` reads it."""
     error_reason: str = ""
-    """Machine-readable failure kind: data_rejected, out_of_memory, trainer_crashed, ..."""
+    """Machine-readable failure kind: data_rejected, out_of_memory, trainer_crashed,
+    worker_lost, ..."""
     error_message: str = ""
     """What the user can act on."""
     worker_pid: int | None = None
@@ -406,9 +407,15 @@ def expire(job: Job, now: float, crashed_before: int, max_attempts: int) -> dict
         added = _transition(job, JobState.FAILED, {"reason": WORKER_LOST, "message": message})
         job.finished, job.error_reason, job.error_message = now, WORKER_LOST, message
         return added
+    released = released_state(job)
+    then = (
+        "resumes from its last checkpoint"
+        if job.kind is JobKind.TRAIN and released is JobState.QUEUED
+        else "waits for an engine to evaluate it again"
+    )
     return _transition(
         job,
-        released_state(job),
+        released,
         {"reason": LEASE_EXPIRED, "message": f"run {runs} of {max_attempts} crashed: {owner} "
-         "stopped renewing its lease; resumes from its last checkpoint"},
+         f"stopped renewing its lease; {then}"},
     )  # fmt: skip

@@ -198,12 +198,13 @@ class JobService:
     ) -> dict[str, Any]:
         """The trainer's data report for `data` as training `method` reads it ("" is "sft";
         no model is loaded)."""
-        from trainer.data import DataRejectedError, prepare_data, prepare_preferences
+        from trainer.data import DataRejectedError, preparer  # torch: load on first use
 
-        methods = get_args(Method)
-        if method and method not in methods:
+        methods: tuple[Method, ...] = get_args(Method)
+        chosen = next((known for known in methods if known == (method or "sft")), None)
+        if chosen is None:
             raise InvalidArgumentError(f"method: {method!r} is not one of {', '.join(methods)}")
-        prepare = prepare_preferences if method == "dpo" else prepare_data
+        prepare = preparer(chosen)
         try:
             spec = DataSpec.model_validate(await self._data_section(principal, data))
         except ValidationError as exc:
@@ -212,7 +213,7 @@ class JobService:
 
         def report() -> dict[str, Any]:
             try:
-                return dict(prepare(spec, self._tokenizer, seed=0).report.to_json())
+                return dict(prepare(spec, self._tokenizer, 0).report.to_json())
             except DataRejectedError as exc:
                 return dict(exc.report.to_json())
 

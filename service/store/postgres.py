@@ -165,12 +165,15 @@ async def _sweeping(conn: Connection, lock: int) -> bool:
     return bool(row["held"])
 
 
-async def _events(conn: Connection, job_id: str, after_seq: int, limit: int) -> list[JobEvent]:
+async def _events(
+    conn: Connection, job_id: str, after_seq: int, limit: int, kind: str = ""
+) -> list[JobEvent]:
+    """The job's events after `after_seq`, of `kind` only if one is given."""
     rows = await _rows(
         conn,
         "SELECT job_id, seq, time, kind, data FROM job_events "
-        "WHERE job_id = %s AND seq > %s ORDER BY seq LIMIT %s",
-        (job_id, after_seq, limit),
+        "WHERE job_id = %s AND seq > %s AND (%s = '' OR kind = %s) ORDER BY seq LIMIT %s",
+        (job_id, after_seq, kind, kind, limit),
     )
     return [JobEvent(**r) for r in rows]
 
@@ -416,7 +419,8 @@ class PostgresStore:
             )
             swept = []
             for job in map(_job, rows):
-                crashed = crashed_runs(await _events(conn, job.id, 0, WHOLE_FEED))
+                states = await _events(conn, job.id, 0, WHOLE_FEED, FeedKind.STATE)
+                crashed = crashed_runs(states)
                 added = expire(job, time.time(), crashed, max_attempts)
                 swept.append(await self._write(conn, job, added))
             return swept

@@ -207,11 +207,14 @@ def _job(row: sqlite3.Row) -> Job:
     return Job(**values)
 
 
-def _events(db: sqlite3.Connection, job_id: str, after_seq: int, limit: int) -> list[JobEvent]:
+def _events(
+    db: sqlite3.Connection, job_id: str, after_seq: int, limit: int, kind: str = ""
+) -> list[JobEvent]:
+    """The job's events after `after_seq`, of `kind` only if one is given."""
     rows = db.execute(
         "SELECT job_id, seq, time, kind, data FROM job_events "
-        "WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-        (job_id, after_seq, limit),
+        "WHERE job_id = ? AND seq > ? AND (? = '' OR kind = ?) ORDER BY seq LIMIT ?",
+        (job_id, after_seq, kind, kind, limit),
     ).fetchall()
     return [JobEvent(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
@@ -418,7 +421,8 @@ class SqliteStore:
             ).fetchall()
             swept = []
             for job in map(_job, rows):
-                crashed = crashed_runs(_events(db, job.id, 0, WHOLE_FEED))
+                states = _events(db, job.id, 0, WHOLE_FEED, FeedKind.STATE)
+                crashed = crashed_runs(states)
                 swept.append(self._write(db, job, expire(job, time.time(), crashed, max_attempts)))
             return swept
 

@@ -138,12 +138,16 @@ def test_a_download_is_refused_by_name_before_anything_is_kept(server, adapter_f
         (("files", "stray.tar.gz", "0" * 64), grpc.StatusCode.INVALID_ARGUMENT,
          "download.sha256: "),
         (("files", "stray.tar.gz", ""), grpc.StatusCode.INVALID_ARGUMENT, "stray.tar.gz: "),
+        (("files", "notes.txt", ""), grpc.StatusCode.INVALID_ARGUMENT,
+         "download.path: 'notes.txt' must be a plain file name"),
+        (("files", "stray.tar.gz", "xyz"), grpc.StatusCode.INVALID_ARGUMENT,
+         "download.sha256: 'xyz' is not 64 hex digits"),
     ]  # fmt: skip
     with Client(server.target, USER_TOKEN, timeout=120) as user:
         for (source, path, sha256), code, message in cases:
             download = adapters_pb2.AdapterDownload(source=source, path=path, sha256=sha256)
             with pytest.raises(grpc.RpcError) as caught:
-                user.download_adapter("refused", download)
+                user.import_adapter("refused", download=download)
             assert (caught.value.code(), message in caught.value.details()) == (code, True), (
                 caught.value.details()
             )

@@ -2,7 +2,7 @@
 
 import pytest
 
-from service.adapters.downloads import allowlisted, download_url, file_name_of
+from service.adapters.downloads import allowlisted, check_sha256, download_url, file_name_of
 from service.errors import InvalidArgumentError
 
 SOURCES = {"hub": "https://huggingface.co", "cdn": "https://cdn.example.org/lfs"}
@@ -40,3 +40,15 @@ def test_redirects_are_allowed_only_under_a_source_not_beside_it():
     assert not allowlisted("https://cdn.example.org/", SOURCES)
     assert not allowlisted("https://huggingface.co.evil.example/x", SOURCES)
     assert not allowlisted("http://huggingface.co/x", SOURCES)
+    # What a server would resolve out of the source's path after the prefix matched.
+    assert not allowlisted("https://cdn.example.org/lfs/../admin/x", SOURCES)
+    assert not allowlisted("https://cdn.example.org/lfs/a/./b", SOURCES)
+    assert not allowlisted("https://cdn.example.org/lfs/%2e%2e/admin", SOURCES)
+    assert not allowlisted("https://cdn.example.org/lfs/a%2Fb", SOURCES)
+
+
+def test_a_sha256_is_64_hex_digits_or_none():
+    check_sha256("")
+    check_sha256("aB" * 32)
+    with pytest.raises(InvalidArgumentError, match=r"^download\.sha256: 'xyz' is not 64 hex"):
+        check_sha256("xyz")

@@ -134,5 +134,7 @@ def test_dpo_is_opt_in_and_a_datasets_format_must_fit_the_method():
     chat = {"datasets": [{"path": "d.jsonl", "format": "messages"}]}
     with pytest.raises(TrainConfigError, match=r"datasets\[0\].format = 'messages'.*'dpo'"):
         load_config({**dpo, "data": chat})
+    with pytest.raises(TrainConfigError, match=r"training.packing = 'on': DPO weighs"):
+        load_config({**BASE, "training": {"method": "dpo", "packing": "on"}})
     with pytest.raises(TrainConfigError, match=r"training\.beta = 0"):
         load_config({**BASE, "training": {"method": "dpo", "beta": 0}})
