@@ -26,7 +26,6 @@ is one JSON object with the machine.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.children import report_child, run_child  # noqa: E402
 from bench.preferences import gsm8k_preferences  # noqa: E402 (needs ROOT on the path)
 from bench.results import report  # noqa: E402
 
@@ -157,22 +157,12 @@ def child(variant: str, model_dir: Path, dtype: str, threads: int) -> None:
 
     torch.set_num_threads(threads)
     figures = run_reference(model_dir, dtype) if variant == "reference" else run_adapterd(model_dir)
-    print("RESULT " + json.dumps(figures), flush=True)
+    report_child(figures)
 
 
 def measure(variant: str, model_dir: Path, dtype: str, threads: int) -> dict[str, float]:
-    print(f"running {variant} ...", file=sys.stderr, flush=True)
-    child_args = ["--child", variant, "--model", str(model_dir), "--dtype", dtype]
-    result = subprocess.run(
-        [sys.executable, __file__, *child_args, "--threads", str(threads)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    if result.returncode != 0 or not lines:
-        sys.exit(f"{variant} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
-    figures: dict[str, float] = json.loads(lines[-1].removeprefix("RESULT "))
+    args = ("--model", str(model_dir), "--dtype", dtype, "--threads", str(threads))
+    figures: dict[str, float] = run_child(__file__, variant, *args)
     return figures
 
 

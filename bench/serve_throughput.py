@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.children import report_child, run_child  # noqa: E402
 from bench.results import report  # noqa: E402 (needs ROOT on the path)
 from trainer.hardware import available_cpus, describe_machine, resolve_precision  # noqa: E402
 
@@ -129,22 +129,12 @@ def child(variant: str, model_dir: Path, engine_threads: int, dtype: str) -> Non
         rates = run_hf(model_dir, dtype)
     else:
         rates = run_direct(model_dir, engine_threads, dtype)
-    print("RESULT " + json.dumps(rates), flush=True)
+    report_child(rates)
 
 
 def in_subprocess(variant: str, model_dir: Path, engine_threads: int, dtype: str) -> list[float]:
-    print(f"running {variant} ...", file=sys.stderr, flush=True)
-    command = [sys.executable, __file__, "--child", variant, "--model", str(model_dir)]
-    result = subprocess.run(
-        [*command, "--engine-threads", str(engine_threads), "--engine-dtype", dtype],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    if result.returncode != 0 or not lines:
-        sys.exit(f"{variant} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
-    rates: list[float] = json.loads(lines[-1].removeprefix("RESULT "))
+    args = ("--model", str(model_dir), "--engine-threads", str(engine_threads))
+    rates: list[float] = run_child(__file__, variant, *args, "--engine-dtype", dtype)
     return rates
 
 

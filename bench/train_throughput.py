@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.children import report_child, run_child  # noqa: E402
 from bench.results import report  # noqa: E402 (needs ROOT on the path)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -166,22 +166,12 @@ def child(variant: str, model_dir: Path, dtype: str, threads: int) -> None:
         figures = run_adapterd(model_dir, "nf4", "auto")
     else:
         figures = run_adapterd(model_dir, "none", variant.removeprefix("adapterd-"))
-    print("RESULT " + json.dumps(figures), flush=True)
+    report_child(figures)
 
 
 def measure(variant: str, model_dir: Path, dtype: str, threads: int) -> dict[str, float]:
-    print(f"running {variant} ...", file=sys.stderr, flush=True)
-    child_args = ["--child", variant, "--model", str(model_dir), "--dtype", dtype]
-    result = subprocess.run(
-        [sys.executable, __file__, *child_args, "--threads", str(threads)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    if result.returncode != 0 or not lines:
-        sys.exit(f"{variant} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
-    figures: dict[str, float] = json.loads(lines[-1].removeprefix("RESULT "))
+    args = ("--model", str(model_dir), "--dtype", dtype, "--threads", str(threads))
+    figures: dict[str, float] = run_child(__file__, variant, *args)
     return figures
 
 

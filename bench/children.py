@@ -1,0 +1,31 @@
+"""Benchmark variants each in a process of its own (so each one's peak RSS and warm-up are its
+own): the parent runs `SCRIPT --child VARIANT ARGS...`, the child prints its figures as one
+`RESULT <json>` line (`report_child`), and the parent reads that line (`run_child`)."""
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+RESULT = "RESULT "
+
+
+def report_child(figures: Any) -> None:
+    """The child's last word: its figures, on stdout."""
+    print(RESULT + json.dumps(figures), flush=True)
+
+
+def run_child(script: str, variant: str, *args: str) -> Any:
+    """Runs `script` as the child `variant` with `args`; returns its figures. Exits naming the
+    variant, with the ends of its output, when it fails."""
+    print(f"running {variant} ...", file=sys.stderr, flush=True)
+    result = subprocess.run(
+        [sys.executable, script, "--child", variant, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT)]
+    if result.returncode != 0 or not lines:
+        sys.exit(f"{variant} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    return json.loads(lines[-1].removeprefix(RESULT))
