@@ -23,7 +23,6 @@ is one JSON object with the machine.
     .venv/bin/python bench/dpo_throughput.py
 """
 
-import argparse
 import json
 import os
 import sys
@@ -33,7 +32,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.children import report_child, run_child  # noqa: E402
+from bench.children import child_arguments, measure, report_child  # noqa: E402
 from bench.preferences import gsm8k_preferences  # noqa: E402 (needs ROOT on the path)
 from bench.results import report  # noqa: E402
 
@@ -160,19 +159,8 @@ def child(variant: str, model_dir: Path, dtype: str, threads: int) -> None:
     report_child(figures)
 
 
-def measure(variant: str, model_dir: Path, dtype: str, threads: int) -> dict[str, float]:
-    args = ("--model", str(model_dir), "--dtype", dtype, "--threads", str(threads))
-    figures: dict[str, float] = run_child(__file__, variant, *args)
-    return figures
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--dtype", help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = child_arguments(__doc__.split("\n\n")[0])
     if args.child:
         child(args.child, Path(args.model), args.dtype, args.threads)
         return
@@ -184,7 +172,9 @@ def main() -> None:
     threads = available_cpus()
     auto = resolve_precision("auto", "train", threads)
     model = resolve_base_model("smollm2-135m-instruct", ServerSettings().model_cache_dir)
-    results = {v: measure(v, model.path, auto.dtype, threads) for v in ("reference", "adapterd")}
+    results = {
+        v: measure(__file__, v, model.path, auto.dtype, threads) for v in ("reference", "adapterd")
+    }
     ours = results["adapterd"]
     figures = {
         "reference_pairs_per_second": results["reference"]["pairs_per_second"],

@@ -19,7 +19,6 @@ machine's matmul rate in both dtypes is measured in the same run: LoRA training 
     .venv/bin/python bench/train_throughput.py
 """
 
-import argparse
 import json
 import os
 import resource
@@ -30,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.children import report_child, run_child  # noqa: E402
+from bench.children import child_arguments, measure, report_child  # noqa: E402
 from bench.results import report  # noqa: E402 (needs ROOT on the path)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -169,19 +168,8 @@ def child(variant: str, model_dir: Path, dtype: str, threads: int) -> None:
     report_child(figures)
 
 
-def measure(variant: str, model_dir: Path, dtype: str, threads: int) -> dict[str, float]:
-    args = ("--model", str(model_dir), "--dtype", dtype, "--threads", str(threads))
-    figures: dict[str, float] = run_child(__file__, variant, *args)
-    return figures
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--dtype", help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = child_arguments(__doc__.split("\n\n")[0])
     if args.child:
         child(args.child, Path(args.model), args.dtype, args.threads)
         return
@@ -202,7 +190,7 @@ def main() -> None:
         f"adapterd-{other}",
         "adapterd-qlora",
     )
-    results = {v: measure(v, model.path, auto.dtype, threads) for v in variants}
+    results = {v: measure(__file__, v, model.path, auto.dtype, threads) for v in variants}
     results["adapterd"] = results.pop(f"adapterd-{auto.dtype}")
     limit = results["matmul"][f"{auto.dtype}_flops"] / (4 * parameters)
     print(
