@@ -1,6 +1,7 @@
 """Benchmark variants each in a process of its own (so each one's peak RSS and warm-up are its
 own): the parent runs `SCRIPT --child VARIANT ARGS...`, the child prints its figures as one
-`RESULT <json>` line (`report_child`), and the parent reads that line (`run_child`)."""
+`RESULT <json>` line (`report_child`), and the parent reads that line (`run_child`; or
+`start_child` and `child_result`, for children that run at the same time)."""
 
 import argparse
 import json
@@ -17,20 +18,30 @@ def report_child(figures: Any) -> None:
     print(RESULT + json.dumps(figures), flush=True)
 
 
-def run_child(script: str, variant: str, *args: str) -> Any:
-    """Runs `script` as the child `variant` with `args`; returns its figures. Exits naming the
-    variant, with the ends of its output, when it fails."""
-    print(f"running {variant} ...", file=sys.stderr, flush=True)
-    result = subprocess.run(
-        [sys.executable, script, "--child", variant, *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT)]
-    if result.returncode != 0 or not lines:
-        sys.exit(f"{variant} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+def start_child(
+    script: str, variant: str, *args: str, core: int | None = None
+) -> subprocess.Popen[str]:
+    """Starts `script` as the child `variant` with `args`, pinned to `core` when given."""
+    command = [sys.executable, script, "--child", variant, *args]
+    if core is not None:
+        command = ["taskset", "--cpu-list", str(core), *command]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def child_result(variant: str, child: subprocess.Popen[str]) -> Any:
+    """Waits for a started child; returns its figures. Exits naming the variant, with the
+    ends of its output, when it fails."""
+    stdout, stderr = child.communicate()
+    lines = [line for line in stdout.splitlines() if line.startswith(RESULT)]
+    if child.returncode != 0 or not lines:
+        sys.exit(f"{variant} failed:\n{stdout[-2000:]}\n{stderr[-4000:]}")
     return json.loads(lines[-1].removeprefix(RESULT))
+
+
+def run_child(script: str, variant: str, *args: str) -> Any:
+    """Runs `script` as the child `variant` with `args`; returns its figures."""
+    print(f"running {variant} ...", file=sys.stderr, flush=True)
+    return child_result(variant, start_child(script, variant, *args))
 
 
 def child_arguments(description: str) -> argparse.Namespace:

@@ -8,6 +8,11 @@ One run, on a PostgreSQL cluster of its own (fsync on, as in production):
     contention between the two (a job takes longer) from gaps between jobs. The jobs are
     written to the store as a serving replica writes them (the trainer config validated by the
     trainer's own model), since no replica runs here.
+  - the ceiling a second worker is measured against: the same 6 jobs run by bare trainers
+    (`python -m trainer train`, as a worker starts it, with no worker or store), on core 0
+    alone and then on cores 0 and 1 at once; and the machine's own scaling from one core to
+    two on work bound by the core (matmuls in L2) and on work bound by memory bandwidth (a
+    200 MB copy), each probe in a pinned process of its own.
   - cross-process event delay: a job claimed by this process (as a worker would), 100 events
     appended with its lease at 20 ms intervals; a client follows the job through WatchJob on a
     serving replica (another process): delay = arrival at the client - the append's commit.
@@ -16,8 +21,10 @@ One run, on a PostgreSQL cluster of its own (fsync on, as in production):
     time until the replica's ListAdapters shows the move.
   - submit latency: `create_job` on the SQLite store (synchronous=FULL) and on PostgreSQL
     (fsync on), 200 each, p50.
-The last line is one JSON object; the ratios: two workers' jobs per hour over one's, and
-SQLite's submit latency over PostgreSQL's (above 1: PostgreSQL is faster).
+The last line is one JSON object; the ratios: two workers' jobs per hour over one's, two bare
+trainers' over one's, two workers' over two bare trainers' (what the workers keep of what the
+machine gives), the machine's two-core scaling on each probe, and SQLite's submit latency over
+PostgreSQL's (above 1: PostgreSQL is faster).
 
     .venv/bin/python bench/scale_out.py
 """
@@ -36,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.children import child_result, report_child, start_child  # noqa: E402
 from bench.results import report  # noqa: E402 (needs ROOT on the path)
 
 if TYPE_CHECKING:
@@ -49,6 +57,7 @@ JOBS = 6
 EVENTS = 100
 ALIAS_MOVES = 20
 SUBMITS = 200
+PROBE_ROUNDS = 20_000
 SLICE = ROOT / "data/gsm8k/train_slice.jsonl"
 
 
@@ -69,24 +78,31 @@ def new_job(n: int, spec: dict[str, Any] | None = None) -> Any:
     )  # fmt: skip
 
 
-async def queue_training_jobs(store: "Store", data: Path, model: "BaseModel") -> list[str]:
-    """JOBS training jobs, each with its validated trainer config in its job directory."""
+def write_config(directory: Path, data: Path, model: "BaseModel") -> None:
+    """A job directory's trainer config (validated by the trainer's own model), as a serving
+    replica writes it: the default model, 4 steps of 2 rows, fp32."""
+    from service.jobs.runner import CONFIG_FILE
     from trainer.config import load_config
 
-    (data / "datasets").mkdir(parents=True, exist_ok=True)
     rows = data / "datasets" / "rows.jsonl"
-    rows.write_text("\n".join(SLICE.read_text().splitlines()[:32]) + "\n")
+    if not rows.exists():
+        rows.parent.mkdir(parents=True, exist_ok=True)
+        rows.write_text("\n".join(SLICE.read_text().splitlines()[:32]) + "\n")
+    config = load_config({
+        "base_model": str(model.path), "base_model_name": model.name,
+        "output_dir": str(directory), "data": {"datasets": [{"path": str(rows)}]},
+        "training": {"max_steps": 4, "batch_size": 2, "precision": "float32"},
+    })  # fmt: skip
+    directory.mkdir(parents=True)
+    (directory / CONFIG_FILE).write_text(config.model_dump_json())
+
+
+async def queue_training_jobs(store: "Store", data: Path, model: "BaseModel") -> list[str]:
+    """JOBS training jobs, each with its trainer config in its job directory."""
     ids = []
     for n in range(JOBS):
         job = new_job(n)
-        directory = data / "jobs" / job.id
-        directory.mkdir(parents=True)
-        config = load_config({
-            "base_model": str(model.path), "base_model_name": model.name,
-            "output_dir": str(directory), "data": {"datasets": [{"path": str(rows)}]},
-            "training": {"max_steps": 4, "batch_size": 2, "precision": "float32"},
-        })  # fmt: skip
-        (directory / "config.json").write_text(config.model_dump_json())
+        write_config(data / "jobs" / job.id, data, model)
         await store.create_job(job)
         ids.append(job.id)
     return ids
@@ -139,6 +155,64 @@ async def jobs_per_hour(
         return JOBS / (ended - began) * 3600, statistics.mean(e - s for s, e in spans)
     finally:
         await store.close()
+
+
+async def bare_trainers_per_hour(data: Path, model: "BaseModel", cores: list[int]) -> float:
+    """Jobs per hour of the trainer alone, started as a worker starts it (`python -m trainer
+    train`, one thread) with no worker, store or server around it: the same JOBS jobs dealt
+    round-robin to `cores`, one trainer at a time on each, all cores at once."""
+    from service.jobs.runner import CONFIG_FILE, trainer_environment
+
+    env = trainer_environment(os.environ, 1, os.getpid(), 0)
+
+    async def lane(core: int, directories: list[Path]) -> None:
+        for directory in directories:
+            with (directory / "trainer.log").open("wb") as log:
+                process = await asyncio.create_subprocess_exec(
+                    "taskset", "--cpu-list", str(core), sys.executable, "-m", "trainer", "train",
+                    "--config", str(directory / CONFIG_FILE),
+                    "--events", str(directory / "events.jsonl"),
+                    stdout=log, stderr=subprocess.STDOUT, env=env,
+                )  # fmt: skip
+                if await process.wait() != 0:
+                    raise RuntimeError(f"trainer failed: see {directory / 'trainer.log'}")
+
+    directories = [data / "jobs" / f"job-{n}" for n in range(JOBS)]
+    for directory in directories:
+        write_config(directory, data, model)
+    began = time.perf_counter()
+    await asyncio.gather(*(lane(c, directories[i :: len(cores)]) for i, c in enumerate(cores)))
+    return JOBS / (time.perf_counter() - began) * 3600
+
+
+def probe(kind: str) -> float:
+    """Seconds of fixed single-thread work: "compute", fp32 matmuls whose operands fit a core's
+    L2 (bound by the core); "memory", a scaled copy of 200 MB, 20 times (bound by memory
+    bandwidth)."""
+    import torch
+
+    torch.set_num_threads(1)
+    if kind == "compute":
+        x, weights = torch.randn(64, 256), [torch.randn(256, 256) for _ in range(4)]
+        began = time.perf_counter()
+        for _ in range(PROBE_ROUNDS):
+            for weight in weights:
+                x @ weight
+    else:
+        source = torch.randn(50_000_000)
+        target = torch.empty_like(source)
+        began = time.perf_counter()
+        for _ in range(20):
+            torch.mul(source, 1.0001, out=target)
+    return time.perf_counter() - began
+
+
+def two_cores_vs_one(kind: str) -> float:
+    """The machine's own scaling: `probe(kind)` on core 0 alone, then on cores 0 and 1 at
+    once; twice the lone time over the slower of the pair (2.0: the cores share nothing)."""
+    alone = child_result(kind, start_child(__file__, kind, core=0))
+    pair = [start_child(__file__, kind, core=c) for c in (0, 1)]
+    return 2 * alone / max(child_result(kind, child) for child in pair)
 
 
 async def event_delays(url: str, target: str) -> list[float]:
@@ -238,6 +312,8 @@ async def measure(model: "BaseModel", tmp: Path) -> tuple[dict[str, float], dict
     try:
         one, one_job = await jobs_per_hour(postgres.create_database(), tmp / "one", model, [0])
         two, two_job = await jobs_per_hour(postgres.create_database(), tmp / "two", model, [0, 1])
+        bare_one = await bare_trainers_per_hour(tmp / "bare-one", model, [0])
+        bare_two = await bare_trainers_per_hour(tmp / "bare-two", model, [0, 1])
 
         url = postgres.create_database()
         replica = ServerProcess(
@@ -270,9 +346,15 @@ async def measure(model: "BaseModel", tmp: Path) -> tuple[dict[str, float], dict
         "jobs_per_hour_two_workers": two,
         "job_seconds_one_worker": one_job,
         "job_seconds_two_workers": two_job,
+        "jobs_per_hour_bare_trainer_one_core": bare_one,
+        "jobs_per_hour_bare_trainers_two_cores": bare_two,
     }
     ratios = {
         "two_workers_vs_one": two / one,
+        "bare_trainers_two_cores_vs_one": bare_two / bare_one,
+        "two_workers_of_bare_trainers": two / bare_two,
+        "machine_two_cores_vs_one_compute": two_cores_vs_one("compute"),
+        "machine_two_cores_vs_one_memory": two_cores_vs_one("memory"),
         "sqlite_vs_postgres_submit": sqlite_p50 / postgres_p50,
     }
     return figures, ratios
@@ -283,6 +365,9 @@ def main() -> None:
     from service.settings import ServerSettings
     from trainer.hardware import describe_machine, resolve_precision
 
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        report_child(probe(sys.argv[2]))
+        return
     if len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("scale_out needs two cores: one per worker")
     model = resolve_base_model(MODEL, ServerSettings().model_cache_dir)
