@@ -69,6 +69,9 @@ POLICY: dict[str, Access] = {
     _JOBS + "GetEvaluationReport": Access.USER,
     _JOBS + "GetHumanEvalSheet": Access.USER,
     _JOBS + "ImportHumanRatings": Access.USER,
+    # A job's own checkpoints, registered in the job's tenant (`JobService.register_checkpoint`).
+    _JOBS + "ListCheckpoints": Access.USER,
+    _JOBS + "RegisterCheckpoint": Access.USER,
     # A tenant captures, reads, rates and exports its own traffic only (`service.capture`).
     _CAPTURE + "SetCapturePolicy": Access.USER,
     _CAPTURE + "ListCapturePolicies": Access.USER,

@@ -11,35 +11,35 @@ from trainer.config import TrainConfig
 from trainer.files import fresh_staging, installed_versions, publish_dir
 from trainer.fingerprint import fingerprint, sha256_files
 from trainer.hardware import PrecisionChoice
+from trainer.layout import ADAPTER, MANIFEST
 
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "trl", "accelerate", "safetensors")
 
 
 def install_adapter(source: Path, output_dir: Path) -> Path:
     """Copies a saved peft adapter (safetensors + config) to OUTPUT/adapter, atomically."""
-    target = output_dir / "adapter"
+    target = output_dir / ADAPTER
     staging = fresh_staging(target)
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         shutil.copy2(source / name, staging / name)
     return publish_dir(staging, target)
 
 
-def write_manifest(
+def identity(
     config: TrainConfig,
-    output_dir: Path,
     *,
     precision: PrecisionChoice,
     adapter_dtype: str,
     quantization: str,
-    metrics: dict[str, Any],
     data_summary: dict[str, Any],
-) -> Path:
-    """manifest.json: base model identity, dataset hashes and weights, resolved config,
-    library versions, the training precision (and why) beside the adapter weights' dtype (fp32
-    whatever the precision, so an engine in any dtype serves them), quantization and final
-    metrics."""
+) -> dict[str, Any]:
+    """What every adapter of a run shares in its manifest: base model identity, dataset hashes
+    and weights, resolved config, library versions, the training precision (and why) beside
+    the adapter weights' dtype (fp32 whatever the precision, so an engine in any dtype serves
+    them), quantization, the parent of a warm start, and the data's summary. Hashes the base
+    model's weights and the datasets."""
     base = fingerprint(config.base_model)
-    manifest = {
+    return {
         "base_model": base.manifest_entry(config.base_model_name or str(config.base_model)),
         "datasets": [
             {"path": str(d.path), "sha256": sha256_files([d.path]), "weight": d.weight}
@@ -59,10 +59,13 @@ def write_manifest(
             else None
         ),
         "libraries": installed_versions(LIBRARIES),
-        "metrics": metrics,
         "data": data_summary,
     }
-    path = output_dir / "manifest.json"
+
+
+def write_manifest(manifest: dict[str, Any], output_dir: Path) -> Path:
+    """OUTPUT/manifest.json: the run's `identity` with its final metrics."""
+    path = output_dir / MANIFEST
     path.write_text(json.dumps(manifest, indent=2))
     return path
 

@@ -1,18 +1,21 @@
-"""Checkpoints: complete or absent, the newest K kept, resumable exactly, one directory per
-attempt.
+"""Checkpoints: complete or absent, kept by the job's retention policy (the newest K, and the
+K with the lowest eval loss), resumable exactly, one directory per attempt (`trainer.layout`).
 
 A checkpoint is written into a hidden temporary directory and renamed into place when complete,
-so a crash mid-write never leaves something that looks resumable. It holds the adapter, the
-optimizer, the scheduler, every RNG state and the loop state (step, data position, history).
+so a crash mid-write never leaves something that looks resumable. It holds the adapter with
+its manifest (what the server registers as a version), the optimizer, the scheduler, every RNG
+state and the loop state (step, data position, history).
 
 Each attempt of a job works in a directory named by its claim's fencing number
 (`attempts/<fence>/`: its checkpoints and its best and last adapters). A new attempt starts
-from a copy of the newest checkpoint of the attempt before it, so nothing an earlier attempt's
-trainer writes afterwards (one whose owner lost its lease but which still runs) is ever read;
-and such a trainer, seeing a later attempt's directory, stops before its next write.
+from copies of the checkpoints the attempt before it kept (it resumes from the newest), so
+nothing an earlier attempt's trainer writes afterwards (one whose owner lost its lease but which
+still runs) is ever read; and such a trainer, seeing a later attempt's directory, stops before
+its next write.
 """
 
 import json
+import math
 import random
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -24,9 +27,21 @@ from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from trainer.files import fresh_staging, publish_dir
-
-PREFIX = "step-"
-ATTEMPTS, CHECKPOINTS, BEST = "attempts", "checkpoints", "best"
+from trainer.layout import (
+    ADAPTER,
+    BEST,
+    CHECKPOINTS,
+    MANIFEST,
+    PREFIX,
+    STATE,
+    CheckpointSummary,
+    attempt_dir,
+    attempts,
+    checkpoint_dir,
+    complete_checkpoints,
+    retained,
+    summary_of,
+)
 
 
 @dataclass
@@ -54,43 +69,27 @@ class LoopState:
     answer, then each eval pair's (`trainer.objectives.reference_logps`)."""
 
 
-def attempt_dir(output_dir: Path, fence: int) -> Path:
-    """The working directory of the attempt under `fence`."""
-    return output_dir / ATTEMPTS / f"{fence:07d}"
-
-
-def _attempts(output_dir: Path) -> list[tuple[int, Path]]:
-    """The attempts' directories by fence, oldest first (staging directories are hidden)."""
-    found = [(int(p.name), p) for p in (output_dir / ATTEMPTS).glob("*") if p.name.isdigit()]
-    return sorted(found)
-
-
 def superseded(output_dir: Path, fence: int) -> bool:
     """Whether an attempt under a later fence has started: this one must write nothing more."""
-    return any(later > fence for later, _ in _attempts(output_dir))
+    return any(later > fence for later, _ in attempts(output_dir))
 
 
 def take_over(output_dir: Path, fence: int) -> Path:
     """The attempt's directory. An attempt that starts again under its own fence (a trainer run
     by hand, twice) continues in it; a new one gets it made from copies of the newest
-    checkpoint and the best adapter of the latest earlier attempt, whatever that attempt's
+    kept checkpoints and the best adapter of the latest earlier attempt, whatever that attempt's
     trainer still writes."""
     mine = attempt_dir(output_dir, fence)
     if mine.is_dir():
         return mine
     staging = fresh_staging(mine)
-    earlier = [path for number, path in _attempts(output_dir) if number < fence]
+    earlier = [path for number, path in attempts(output_dir) if number < fence]
     if earlier:
-        if (latest := latest_checkpoint(earlier[-1] / CHECKPOINTS)) is not None:
-            shutil.copytree(latest, staging / CHECKPOINTS / latest.name)
+        for kept in complete_checkpoints(earlier[-1] / CHECKPOINTS):
+            shutil.copytree(kept, staging / CHECKPOINTS / kept.name)
         if (earlier[-1] / BEST).is_dir():
             shutil.copytree(earlier[-1] / BEST, staging / BEST)
     return publish_dir(staging, mine)
-
-
-def checkpoint_dir(root: Path, step: int) -> Path:
-    """The directory of the checkpoint after `step`."""
-    return root / f"{PREFIX}{step:07d}"
 
 
 def rng_state() -> dict[str, Any]:
@@ -105,14 +104,20 @@ def save_checkpoint(
     scheduler: Any,
     state: LoopState,
     *,
-    keep: int,
+    manifest: dict[str, Any],
+    keep: tuple[int, int],
     rng_states: list[dict[str, Any]],
 ) -> Path:
-    """Writes a complete checkpoint atomically and prunes all but the newest `keep`;
-    `rng_states` holds every rank's `rng_state()`, by rank."""
+    """Writes a complete checkpoint atomically, its adapter with `manifest` and the summary of
+    the step just recorded in `state.history`, then prunes what `keep` (newest, best) does not
+    retain (`trainer.layout.retained`); `rng_states` holds every rank's `rng_state()`, by
+    rank."""
     target = checkpoint_dir(root, state.step)
     staging = fresh_staging(target)
-    model.save_pretrained(staging / "adapter")
+    model.save_pretrained(staging / ADAPTER)
+    summary = CheckpointSummary.of_record(state.history[-1])
+    entry = {**manifest, "checkpoint": summary.to_json()}
+    (staging / MANIFEST).write_text(json.dumps(entry, indent=2))
     torch.save(
         {
             "optimizer": optimizer.state_dict(),
@@ -121,17 +126,25 @@ def save_checkpoint(
         },
         staging / "training_state.pt",
     )
-    (staging / "state.json").write_text(json.dumps(asdict(state)))
+    (staging / STATE).write_text(json.dumps(asdict(state)))
     publish_dir(staging, target)
-    for old in sorted(root.glob(f"{PREFIX}*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    prune(root, *keep)
     return target
 
 
-def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete checkpoint, if any (temporary directories are never considered)."""
-    complete = [p for p in sorted(root.glob(f"{PREFIX}*")) if (p / "state.json").is_file()]
-    return complete[-1] if complete else None
+def prune(root: Path, newest: int, best: int) -> None:
+    """Deletes the checkpoints under `root` that the policy does not retain; one without a
+    summary counts as one with no eval loss."""
+    found = complete_checkpoints(root)
+    summaries = [summary_of(p) or CheckpointSummary(_step_of(p), 0.0, math.nan) for p in found]
+    kept = retained(summaries, newest, best)
+    for path, summary in zip(found, summaries, strict=True):
+        if summary.step not in kept:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.removeprefix(PREFIX))
 
 
 def load_checkpoint(
@@ -139,7 +152,7 @@ def load_checkpoint(
 ) -> LoopState:
     """Restores adapter weights, optimizer, scheduler and this rank's RNGs; returns the loop
     state."""
-    weights = load_file(path / "adapter" / "adapter_model.safetensors")
+    weights = load_file(path / ADAPTER / "adapter_model.safetensors")
     set_peft_model_state_dict(model, weights)
     # Tensors, numbers and containers only: a checkpoint file can never run code on load.
     saved = torch.load(path / "training_state.pt", weights_only=True)
@@ -147,4 +160,4 @@ def load_checkpoint(
     scheduler.load_state_dict(saved["scheduler"])
     random.setstate(saved["rng"][rank]["python"])
     torch.set_rng_state(saved["rng"][rank]["torch"])
-    return LoopState(**json.loads((path / "state.json").read_text()))
+    return LoopState(**json.loads((path / STATE).read_text()))

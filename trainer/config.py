@@ -209,6 +209,9 @@ class TrainingSpec(_Strict):
     """Optimizer steps between checkpoints."""
     keep_checkpoints: int = Field(2, ge=1, le=100)
     """Newest checkpoints kept on disk."""
+    keep_best_checkpoints: int = Field(0, ge=0, le=100)
+    """Also keep this many checkpoints with the lowest eval loss (needs eval data, and
+    checkpoint_interval a multiple of eval_interval, so that every checkpoint has one)."""
     devices: int = Field(1, ge=1, le=64)
     """Local devices to train on, one process each (torch.distributed.run; gloo on the CPU,
     NCCL on GPUs): each takes whole micro-batches of every step, so the global batch, the
@@ -327,6 +330,19 @@ class TrainConfig(_Strict):
                 "training.early_stopping_patience needs eval data "
                 "(data.eval_file or data.eval_fraction)"
             )
+        training = self.training
+        if training.keep_best_checkpoints:
+            if not has_eval:
+                raise ValueError(
+                    "training.keep_best_checkpoints needs eval data "
+                    "(data.eval_file or data.eval_fraction)"
+                )
+            if training.checkpoint_interval % training.eval_interval:
+                raise ValueError(
+                    f"training.keep_best_checkpoints ranks checkpoints by their eval loss: "
+                    f"training.checkpoint_interval ({training.checkpoint_interval}) must be a "
+                    f"multiple of training.eval_interval ({training.eval_interval})"
+                )
         return self
 
     @model_validator(mode="after")

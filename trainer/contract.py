@@ -59,7 +59,7 @@ PARENT_PID_VARIABLE = "ADAPTERD_PARENT_PID"
 """The server's pid, in the trainer's environment: the trainer stops when that process dies."""
 FENCE_VARIABLE = "ADAPTERD_JOB_FENCE"
 """The fencing number of the claim the trainer runs under (0 when run by hand): its working
-directory is named by it (`trainer.checkpoints.attempt_dir`), and a later claim's directory
+directory is named by it (`trainer.layout.attempt_dir`), and a later claim's directory
 tells a trainer left running by a lost owner to stop writing."""
 DEVICES_VARIABLE = "CUDA_VISIBLE_DEVICES"
 """The accelerators a trainer may use: a worker's slot sets its share of them."""

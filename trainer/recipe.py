@@ -24,14 +24,10 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, get_scheduler
 
-from trainer.artifacts import install_adapter, write_loss_curve, write_manifest
+from trainer.artifacts import identity, install_adapter, write_loss_curve, write_manifest
 from trainer.batching import Batch, epoch_order, padded, padding_free
 from trainer.checkpoints import (
-    BEST,
-    CHECKPOINTS,
     LoopState,
-    attempt_dir,
-    latest_checkpoint,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -46,6 +42,7 @@ from trainer.drift import write_reference
 from trainer.events import EventWriter
 from trainer.files import fresh_staging, publish_dir
 from trainer.hardware import resolve_precision
+from trainer.layout import BEST, CHECKPOINTS, attempt_dir, latest_checkpoint
 from trainer.masking import Example, TemplateError
 from trainer.model import DTYPES, attach_lora, device, load_base, resolve_quantization
 from trainer.objectives import Dpo, Objective, Sft, measure, reference_logps, referenced
@@ -164,7 +161,17 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
     # run starts from the default scale, which adapts within a few steps).
     scaler = torch.amp.GradScaler(batching.device.type, enabled=precision.dtype == "float16")
     lengths = [objective.length(item) for item in data.train]
+    # What every adapter of this run is (the checkpoints' and the final one's), hashed once.
+    summary = {k: v for k, v in data.report.to_json().items() if k not in ("problems", "sample")}
+    manifest = identity(
+        config,
+        precision=precision,
+        adapter_dtype=str(trainable[0].dtype).removeprefix("torch."),
+        quantization=quantization,
+        data_summary=summary,
+    )
     if group.main:
+        write_reference(data.prompts, config.output_dir)
         take_over(config.output_dir, fence)
     group.barrier()
     work = attempt_dir(config.output_dir, fence)
@@ -289,8 +296,9 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
             rng_states = group.gather(rng_state())
             if group.main:
                 path = save_checkpoint(
-                    checkpoints, model, optimizer, scheduler, state,
-                    keep=settings.keep_checkpoints, rng_states=rng_states,
+                    checkpoints, model, optimizer, scheduler, state, manifest=manifest,
+                    keep=(settings.keep_checkpoints, settings.keep_best_checkpoints),
+                    rng_states=rng_states,
                 )  # fmt: skip
                 events.emit(TrainerEvent.CHECKPOINT, step=state.step, path=str(path))
         if stopping:
@@ -310,23 +318,13 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
     metrics = _final_metrics(
         state, per_epoch, use_best, time.monotonic() - run_started, run_start_tokens
     )
-    summary = {k: v for k, v in data.report.to_json().items() if k not in ("problems", "sample")}
-    manifest = write_manifest(
-        config,
-        config.output_dir,
-        precision=precision,
-        adapter_dtype=str(trainable[0].dtype).removeprefix("torch."),
-        quantization=quantization,
-        metrics=metrics,
-        data_summary=summary,
-    )
+    manifest_path = write_manifest(manifest | {"metrics": metrics}, config.output_dir)
     curve_csv, curve_png = write_loss_curve(state, config.output_dir)
-    write_reference(data.prompts, config.output_dir)
     events.emit(
         TrainerEvent.DONE,
         status="succeeded",
         adapter=str(adapter),
-        manifest=str(manifest),
+        manifest=str(manifest_path),
         loss_csv=str(curve_csv),
         loss_png=str(curve_png),
         metrics=metrics,

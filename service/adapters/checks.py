@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from service.errors import InvalidArgumentError, NotFoundError
 from service.paths import confined
 from trainer.fingerprint import ModelFingerprint, safetensors_header
+from trainer.layout import MANIFEST
 
 if TYPE_CHECKING:
     from service.basemodel import BaseModel
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = MANIFEST
+"""adapterd's manifest beside the peft files (the trainer's layout names it)."""
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
 PEFT_PREFIX = "base_model.model."
 """How peft names a saved LoRA tensor: this, the layer's module path, then `.lora_A.weight`."""

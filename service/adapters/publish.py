@@ -7,36 +7,70 @@ worker only publishes, and every serving replica picks the version up from the s
 """
 
 import asyncio
+import json
 import shutil
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from service.adapters.checks import AdapterLimits, CheckedAdapter, check_adapter
+from service.adapters.checks import (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    AdapterLimits,
+    CheckedAdapter,
+    check_adapter,
+)
 from service.adapters.registry import check_name
 from service.errors import AdapterdError
 from service.jobs.model import Job, JobResult, JobSpec
 from service.store.base import AdapterRecord, Store
 from trainer.drift import REFERENCE_FILE
 from trainer.files import fresh_staging, publish_dir
+from trainer.layout import ADAPTER
 
 JOB_ADAPTERS = "jobs"
 """Where under the adapter root a training job's adapter is installed (`jobs/<job id>`)."""
+JOB_CHECKPOINTS = "checkpoints"
+"""Where under the adapter root a job's registered checkpoints are installed
+(`checkpoints/<job id>/step-<N>`)."""
+
+
+def _install(target: Path, adapter: Path, manifest: dict[str, Any], reference: Path) -> Path:
+    """Writes the two peft files of `adapter`, `manifest` and the drift `reference` (if the
+    trainer wrote one) to a staging directory, then renames it into place at `target`, so a
+    reader never sees half of it. Blocking file I/O."""
+    staging = fresh_staging(target)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        shutil.copy2(adapter / name, staging / name)
+    (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    if reference.is_file():  # trainers before drift wrote none
+        shutil.copy2(reference, staging / REFERENCE_FILE)
+    return publish_dir(staging, target)
 
 
 def install_job_adapter(job_dir: Path, adapter_root: Path, job_id: str) -> str:
-    """Copies a finished job's adapter, manifest and drift reference to `jobs/<job id>` under
-    the adapter root: written to a staging directory, then renamed into place, so a reader
-    never sees half of it. Returns the path relative to the root. Blocking file I/O."""
+    """Installs a finished job's adapter, manifest and drift reference at `jobs/<job id>`
+    under the adapter root. Returns the path relative to the root. Blocking file I/O."""
     relative = f"{JOB_ADAPTERS}/{job_id}"
+    manifest = json.loads((job_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+    _install(adapter_root / relative, job_dir / ADAPTER, manifest, job_dir / REFERENCE_FILE)
+    return relative
+
+
+def install_checkpoint(checkpoint: Path, job_dir: Path, adapter_root: Path, job_id: str) -> str:
+    """Installs one of a job's checkpoints (its adapter, its manifest naming the job, the job's
+    drift reference) at `checkpoints/<job id>/step-<N>` under the adapter root, once: a
+    checkpoint installed before is reused, its files never change. Returns the path relative
+    to the root. Blocking file I/O."""
+    relative = f"{JOB_CHECKPOINTS}/{job_id}/{checkpoint.name}"
     target = adapter_root / relative
-    staging = fresh_staging(target)
-    shutil.copytree(job_dir / "adapter", staging, dirs_exist_ok=True)
-    shutil.copy2(job_dir / "manifest.json", staging / "manifest.json")
-    if (job_dir / REFERENCE_FILE).is_file():  # trainers before drift wrote none
-        shutil.copy2(job_dir / REFERENCE_FILE, staging / REFERENCE_FILE)
-    return str(publish_dir(staging, target).relative_to(adapter_root))
+    if not target.is_dir():
+        manifest = json.loads((checkpoint / MANIFEST_FILE).read_text(encoding="utf-8"))
+        manifest["checkpoint"]["job_id"] = job_id
+        _install(target, checkpoint / ADAPTER, manifest, job_dir / REFERENCE_FILE)
+    return relative
 
 
 Register = Callable[[str, str], Awaitable[str]]

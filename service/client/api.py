@@ -205,6 +205,22 @@ class Client:
         stream: Iterator[jobs_pb2.JobEvent] = self.jobs.WatchJob(request, metadata=self._metadata)
         return stream
 
+    def list_checkpoints(self, job_id: str) -> list[jobs_pb2.Checkpoint]:
+        """ListCheckpoints: the checkpoints the job keeps, oldest first."""
+        request = jobs_pb2.ListCheckpointsRequest(job_id=job_id)
+        reply = self.call(self.jobs.ListCheckpoints, request, jobs_pb2.ListCheckpointsResponse)
+        return list(reply.checkpoints)
+
+    def register_checkpoint(
+        self, job_id: str, step: int, name: str = ""
+    ) -> adapters_pb2.AdapterInfo:
+        """RegisterCheckpoint: the job's checkpoint after `step` as the next version of `name`
+        ("": the job's adapter name)."""
+        request = jobs_pb2.RegisterCheckpointRequest(job_id=job_id, step=step, name=name)
+        return self.call(
+            self.jobs.RegisterCheckpoint, request, jobs_pb2.RegisterCheckpointResponse
+        ).adapter
+
     def load_adapter(self, name: str, path: str, pin: bool = False) -> adapters_pb2.AdapterInfo:
         """LoadAdapter: registers the adapter at `path` (under the adapter root) as `name`."""
         request = adapters_pb2.LoadAdapterRequest(name=name, path=path, pin=pin)

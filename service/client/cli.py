@@ -13,6 +13,7 @@
     adapterctl upload FILE [--kind dataset|task-archive|prompts|schema] | validate-data --dataset ID
     adapterctl submit JOB.yaml [--watch]
     adapterctl get|cancel|watch JOB_ID | list [--state STATE]
+    adapterctl checkpoints list JOB_ID | checkpoints register JOB_ID STEP [--name NAME]
     adapterctl eval run SPEC.yaml [--adapter NAME] [--watch] | eval report JOB_ID [--out DIR]
     adapterctl capture set|unset|list|show|traffic|export ... | feedback CAPTURE_ID ...
 

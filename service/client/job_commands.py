@@ -208,6 +208,21 @@ def _watch(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     return follow_job(client, args.job_id, as_json, args.after)
 
 
+def _checkpoints(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    if args.action == "register":
+        show(client.register_checkpoint(args.job_id, args.step, args.name), as_json)
+        return 0
+    checkpoints = client.list_checkpoints(args.job_id)
+    if as_json:
+        show(jobs_pb2.ListCheckpointsResponse(checkpoints=checkpoints), True)
+        return 0
+    print(f"{'step':>7}{'epoch':>9}{'train loss':>12}{'eval loss':>11}")
+    for c in checkpoints:
+        measured = f"{c.eval_loss:>11.4f}" if c.HasField("eval_loss") else f"{'-':>11}"
+        print(f"{c.step:>7}{c.epoch:>9.3f}{c.train_loss:>12.4f}{measured}")
+    return 0
+
+
 def follow_job(client: Client, job_id: str, as_json: bool, after: int = 0) -> int:
     """Prints the job's events (JSON lines) or progress bars, then a summary; the exit code
     is 0 when the job succeeded."""
@@ -333,6 +348,15 @@ def add_job_commands(commands: Any) -> dict[str, Command]:
     watch = commands.add_parser("watch", help="Follow a job with a progress bar.")
     watch.add_argument("job_id")
     watch.add_argument("--after", type=int, default=0, help="Skip events up to this seq.")
+    checkpoints = commands.add_parser("checkpoints", help="A job's checkpoints: list, register.")
+    kept = checkpoints.add_subparsers(dest="action", required=True)
+    kept.add_parser("list", help="Steps and losses of the checkpoints a job keeps.").add_argument(
+        "job_id"
+    )
+    register = kept.add_parser("register", help="Register a checkpoint as an adapter version.")
+    register.add_argument("job_id")
+    register.add_argument("step", type=int, help="The checkpoint's step.")
+    register.add_argument("--name", default="", help="Adapter name (default: the job's).")
     evaluate = commands.add_parser("eval", help="Evaluate an adapter, or fetch a report.")
     actions = evaluate.add_subparsers(dest="action", required=True)
     run = actions.add_parser("run", help="Queue an evaluation from an EvaluationSpec file.")
@@ -353,6 +377,7 @@ def add_job_commands(commands: Any) -> dict[str, Command]:
     rate.add_argument("ratings", help="ratings.jsonl, as the sheet's page saves it.")
     return {
         "eval": _evaluate,
+        "checkpoints": _checkpoints,
         "upload": _upload,
         "validate-data": _validate_data,
         "submit": _submit,

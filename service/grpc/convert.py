@@ -42,6 +42,7 @@ from service.serverinfo import ServerInfo
 from service.store.base import UploadRecord
 from service.uploads import UploadKind
 from trainer.hardware import Machine, PrecisionChoice
+from trainer.layout import CheckpointSummary
 
 _ENGINE_STATES = {
     EngineState.STARTING: server_pb2.ENGINE_STATE_STARTING,
@@ -194,6 +195,16 @@ def _timestamp(seconds: float | None) -> Timestamp | None:
     stamp = Timestamp()
     stamp.FromNanoseconds(int(seconds * 1e9))
     return stamp
+
+
+def checkpoint_to_proto(summary: CheckpointSummary) -> jobs_pb2.Checkpoint:
+    """A checkpoint a job keeps -> adapterd.v1.Checkpoint."""
+    return jobs_pb2.Checkpoint(
+        step=summary.step,
+        epoch=summary.epoch,
+        train_loss=summary.loss,
+        eval_loss=summary.eval_loss,
+    )
 
 
 def adapter_to_proto(view: AdapterView) -> adapters_pb2.AdapterInfo:

@@ -8,6 +8,8 @@ from grpc import aio
 from adapterd.v1 import jobs_pb2, jobs_pb2_grpc
 from service.auth import current_principal
 from service.grpc.convert import (
+    adapter_to_proto,
+    checkpoint_to_proto,
     evaluation_fields,
     event_to_proto,
     job_filters,
@@ -136,3 +138,19 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         response = jobs_pb2.HumanRatingsResult()
         response.evaluation.update(summary)
         return response
+
+    async def ListCheckpoints(
+        self, request: jobs_pb2.ListCheckpointsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> jobs_pb2.ListCheckpointsResponse:
+        summaries = await self._jobs.checkpoints(current_principal.get(), request.job_id)
+        return jobs_pb2.ListCheckpointsResponse(
+            checkpoints=[checkpoint_to_proto(s) for s in summaries]
+        )
+
+    async def RegisterCheckpoint(
+        self, request: jobs_pb2.RegisterCheckpointRequest, context: aio.ServicerContext[Any, Any]
+    ) -> jobs_pb2.RegisterCheckpointResponse:
+        view = await self._jobs.register_checkpoint(
+            current_principal.get(), request.job_id, request.step, request.name
+        )
+        return jobs_pb2.RegisterCheckpointResponse(adapter=adapter_to_proto(view))

@@ -30,8 +30,9 @@ from eval.prompts import PromptSetError
 from eval.report import REPORT_HTML, REPORT_JSON
 from eval.sources import ClientFiles, check_sources
 from eval.spec import EvalSpec, EvalSpecError, parse_eval_spec
-from service.adapters.manager import AdapterManager
-from service.adapters.publish import register_job_adapter
+from service.adapters.manager import AdapterManager, AdapterView
+from service.adapters.publish import install_checkpoint, register_job_adapter
+from service.adapters.registry import qualify
 from service.auth import Principal
 from service.authz import is_admin, qualify_read, qualify_write, visible_tenant
 from service.errors import (
@@ -55,6 +56,7 @@ from trainer.config import (
     load_config,
     warm_lora,
 )
+from trainer.layout import CheckpointSummary, job_checkpoints
 
 DATASET = UploadKind.DATASET
 WATCH_POLL_SECONDS = 5.0
@@ -529,6 +531,55 @@ class JobService:
                 return
             with contextlib.suppress(TimeoutError):  # a missed wake-up costs one poll
                 await asyncio.wait_for(changed.wait(), WATCH_POLL_SECONDS)
+
+    # ---- checkpoints
+    async def checkpoints(self, principal: Principal, job_id: str) -> tuple[CheckpointSummary, ...]:
+        """The checkpoints the job keeps, oldest first (`trainer.layout.job_checkpoints`).
+
+        Raises:
+            NotFoundError: as `get`.
+        """
+        job = await self.get(principal, job_id)
+        found = await asyncio.to_thread(job_checkpoints, self._runner.job_dir(job.id))
+        return tuple(summary for _, summary in found)
+
+    async def register_checkpoint(
+        self, principal: Principal, job_id: str, step: int, name: str
+    ) -> AdapterView:
+        """Registers the job's checkpoint after `step` as the next version of `name`
+        (`[tenant/]name`, a bare name in the job's tenant; empty: the job's adapter_name),
+        installed once under the adapter root and loaded in the engine.
+
+        Raises:
+            InvalidArgumentError: a bad step or name, no name for a job that names none, or a
+                checkpoint the adapter checks refuse.
+            NotFoundError: as `get`, or a step the job does not keep.
+            PermissionDeniedError: a tenant the caller may not change.
+            ResourceExhaustedError: the engine's cache is full of held adapters.
+        """
+        job = await self.get(principal, job_id)
+        if step < 1:
+            raise InvalidArgumentError(f"step: {step} is no step; steps count from 1")
+        name = name or JobSpec.of(job).adapter_name
+        if not name:
+            raise InvalidArgumentError(f"name: job {job.id} registers no adapter; give a name")
+        qualified = qualify_write(principal, qualify(name, job.tenant, "name"), "name")
+        directory = self._runner.job_dir(job.id)
+        kept = {s.step: p for p, s in await asyncio.to_thread(job_checkpoints, directory)}
+        if step not in kept:
+            steps = f"it keeps steps {', '.join(map(str, kept))}" if kept else "it has none yet"
+            raise NotFoundError(f"step: job {job.id} keeps no checkpoint at step {step}; {steps}")
+        root = self._limits.adapter_root
+        try:
+            relative = await asyncio.to_thread(
+                install_checkpoint, kept[step], directory, root, job.id
+            )
+        except FileNotFoundError:  # pruned by the running trainer meanwhile
+            raise NotFoundError(
+                f"step: job {job.id} pruned its checkpoint at step {step} as it was being "
+                "registered (its retention: training.keep_checkpoints)"
+            ) from None
+        return await self._adapters.load_for(principal, qualified, relative, pin=False)
 
     # ---- hooks of the runner
     def wake(self, job_id: str) -> None:

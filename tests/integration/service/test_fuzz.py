@@ -150,6 +150,7 @@ WIRE = st.fixed_dictionaries({
                                "[" * 5000, '{"type": "object"}'])
     | st.text(max_size=30),
     "max_tokens": st.integers(-2, 8),
+    "step": st.integers(-(2**31), 2**31 - 1),
     "prompt": st.text(max_size=40),
     "job_id": st.text(max_size=40),
     "page_token": st.sampled_from(["", "9" * 20, "\u00b2", "-1", "12"]) | st.text(max_size=8),
@@ -205,6 +206,8 @@ def test_every_other_rpc_and_route_refuses_random_input_by_name_never_internal(u
     call("sheet", user.human_sheet, case["job_id"])
     call("ratings", user.import_ratings, case["job_id"], case["alias"])
     call("import", user.import_adapter, case["alias"], case["job_id"])
+    call("checkpoints", user.list_checkpoints, case["job_id"])
+    call("register", user.register_checkpoint, case["job_id"], case["step"], case["alias"])
     download = adapters_pb2.AdapterDownload(source=case["source"], path=case["download_path"])
     call("download", lambda: user.import_adapter(case["alias"], download=download))
     call("list", user.list_jobs, jobs_pb2.ListJobsRequest(page_token=case["page_token"]))

@@ -2,6 +2,7 @@
 store: PostgreSQL where it is installed (always in CI)."""
 
 import asyncio
+import hashlib
 import json
 import threading
 import urllib.request
@@ -431,3 +432,55 @@ def test_validate_dataset_reads_preference_rows_for_dpo_and_names_a_bad_method(u
     assert (code, details) == (
         grpc.StatusCode.INVALID_ARGUMENT, "method: 'ppo' is not one of sft, dpo",
     )  # fmt: skip
+
+
+def test_a_jobs_kept_checkpoints_are_listed_and_one_registers_and_serves(
+    user, dataset_id, server, capsys
+):
+    retention = {"max_steps": 4, "batch_size": 2, "checkpoint_interval": 1, "eval_interval": 1,
+                 "keep_checkpoints": 1, "keep_best_checkpoints": 1, "learning_rate": 5e-3}  # fmt: skip
+    job = user.submit_job(
+        spec(dataset_id, adapter_name="ckpt-bot", training=retention,
+             data={"datasets": [{"dataset_id": dataset_id}], "eval_fraction": 0.25})
+    )  # fmt: skip
+    feed = watch_to_end(user, job.id)
+    assert user.get_job(job.id).state == jobs_pb2.JOB_STATE_SUCCEEDED
+    evals = {int(e.data["step"]): e.data["eval_loss"] for e in feed if e.kind == "eval"}
+    losses = {int(e.data["step"]): e.data["loss"] for e in feed if e.kind == "progress"}
+    best = min(evals, key=lambda step: (evals[step], step))
+    kept = user.list_checkpoints(job.id)
+    # The newest (the last step) and the lowest eval loss; every other one was pruned.
+    assert [c.step for c in kept] == sorted({4, best})
+    for c in kept:
+        assert c.eval_loss == pytest.approx(evals[c.step], abs=1e-5)
+        assert c.train_loss == pytest.approx(losses[c.step], abs=1e-5)
+    code = main(["--target", server.target, "--token", USER_TOKEN, "checkpoints", "list", job.id])
+    assert code == 0 and f"{evals[best]:.4f}" in capsys.readouterr().out
+
+    registered = user.register_checkpoint(job.id, best)  # the job's own name by default
+    assert registered.ref == "acme/ckpt-bot@2"  # @1: the adapter the job registered
+    step_dir = f"step-{best:07d}"
+    (checkpoint,) = (server.data_dir / "jobs" / job.id).glob(f"attempts/*/checkpoints/{step_dir}")
+    weights = (checkpoint / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert registered.sha256 == hashlib.sha256(weights).hexdigest()
+    installed = server.data_dir / "adapters" / registered.path / "manifest.json"
+    summary = json.loads(installed.read_text())["checkpoint"]
+    assert (summary["job_id"], summary["step"]) == (job.id, best)
+    reply = user.generate(
+        inference_pb2.GenerateRequest(
+            adapter="ckpt-bot@2", prompt="2 + 2 =",
+            sampling=inference_pb2.SamplingParams(max_tokens=4),
+        )
+    )  # fmt: skip
+    assert reply.adapter_version == "acme/ckpt-bot@2" and reply.usage.completion_tokens >= 1
+    pruned = next(step for step in range(1, 5) if step not in {4, best})
+    code, message = code_of(lambda: user.register_checkpoint(job.id, pruned, "ckpt-other"))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert (
+        f"no checkpoint at step {pruned}; it keeps steps {', '.join(map(str, sorted({4, best})))}"
+        in message
+    )
+    code, message = code_of(lambda: user.register_checkpoint(job.id, 0, "ckpt-other"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and message.startswith("step: 0")
+    code, message = code_of(lambda: user.register_checkpoint(job.id, 4, "globex/ckpt"))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "name: 'globex/ckpt'" in message

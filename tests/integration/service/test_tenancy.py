@@ -39,13 +39,13 @@ OK, NF, PD, UA, FP = (
     "UNAUTHENTICATED",
     "FAILED_PRECONDITION",
 )
-ROWS = {"gsm": '{"prompt": "What is 2+2?", "completion": "4"}\n' * 4}
+ROWS = {"gsm": "".join(f'{{"prompt": "What is {n}+2?", "completion": "{n + 2}"}}\n' for n in range(4))}
 
 
 @pytest.fixture(scope="module")
 def world(server, tiny_adapter, tmp_path_factory):
-    """acme's adapter (loaded by the admin into acme), alias, dataset, job and a capture of
-    its traffic."""
+    """acme's adapter (loaded by the admin into acme), alias, dataset, a cancelled job, a
+    trained one (one step: one checkpoint) and a capture of its traffic."""
     shutil.copytree(tiny_adapter, server.data_dir / "adapters" / "tenancy")
     rows = tmp_path_factory.mktemp("tenancy") / "rows.jsonl"
     rows.write_text(ROWS["gsm"])
@@ -58,13 +58,18 @@ def world(server, tiny_adapter, tmp_path_factory):
         dataset = owner.upload_dataset(rows)
         job = owner.submit_job(_train(dataset, validate_only=True))
         owner.cancel_job(job.id)
+        trained = owner.submit_job(_train(dataset, training={"max_steps": 1, "batch_size": 1}))
+        list(owner.watch_job(trained.id))
+        done = owner.get_job(trained.id)
+        assert done.state == jobs_pb2.JOB_STATE_SUCCEEDED, done.error_message
         owner.set_capture_policy("tm-live", 1.0, 3600)
         capture = owner.generate(_generate("tm-live")).capture_id
         owner.submit_feedback(capture_pb2.SubmitFeedbackRequest(capture_id=capture, score=5))
         owner.delete_capture_policy("tm-live")
         name, archive = adapter_archive(tiny_adapter)
         adapter = owner.upload_bytes(name, archive, jobs_pb2.UPLOAD_KIND_ADAPTER_ARCHIVE)
-    return {"dataset": dataset, "job": job.id, "rows": rows, "prompts": prompts,
+    return {"dataset": dataset, "job": job.id, "trained": trained.id, "rows": rows,
+            "prompts": prompts,
             "capture": capture, "adapter_upload": adapter.upload_id}  # fmt: skip
 
 
@@ -143,6 +148,11 @@ def _cases(world: dict[str, Any]) -> list[tuple[str, Callable[[Client], Any], tu
         ("/adapterd.v1.Jobs/GetHumanEvalSheet", lambda c: c.human_sheet(job), (FP, NF, FP)),
         ("/adapterd.v1.Jobs/ImportHumanRatings",
          lambda c: c.import_ratings(job, "ratings-0123456789abcdef"), (FP, NF, FP)),
+        ("/adapterd.v1.Jobs/ListCheckpoints", lambda c: c.list_checkpoints(world["trained"]),
+         (OK, NF, OK)),
+        # A bare name is in the job's tenant, for the admin too.
+        ("/adapterd.v1.Jobs/RegisterCheckpoint",
+         lambda c: c.register_checkpoint(world["trained"], 1, "tm-step"), (OK, NF, OK)),
         # A policy is its setter's tenant's, on a target it may read: the admin's covers only
         # the admin's own requests.
         ("/adapterd.v1.Capture/SetCapturePolicy",
