@@ -39,7 +39,9 @@ OK, NF, PD, UA, FP = (
     "UNAUTHENTICATED",
     "FAILED_PRECONDITION",
 )
-ROWS = {"gsm": "".join(f'{{"prompt": "What is {n}+2?", "completion": "{n + 2}"}}\n' for n in range(4))}
+ROWS = {
+    "gsm": "".join(f'{{"prompt": "What is {n}+2?", "completion": "{n + 2}"}}\n' for n in range(4))
+}
 
 
 @pytest.fixture(scope="module")
