@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from scipy import stats  # type: ignore[import-untyped]
 
+from trainer.files import write_atomic
+
 REFERENCE_FILE = "drift_reference.json"
 SAMPLE = 128
 """Training prompts embedded for the reference (a seeded random sample)."""
@@ -89,12 +91,13 @@ def reference_of(prompts: Sequence[str], embed: Any, model: str, seed: int = 0) 
 
 
 def write_reference(prompts: Sequence[str], output_dir: Path) -> Path:
-    """Embeds a sample of the training prompts and writes the adapter's reference."""
+    """Embeds a sample of the training prompts and writes the adapter's reference, atomically
+    (a reader sees no file or the whole one)."""
     from trainer.embeddings import EMBEDDING_MODEL, embed_rows
 
     reference = reference_of(prompts, embed_rows, EMBEDDING_MODEL)
     path = output_dir / REFERENCE_FILE
-    path.write_text(json.dumps(reference.to_json()))
+    write_atomic(path, json.dumps(reference.to_json()))
     return path
 
 

@@ -38,7 +38,7 @@ from trainer.config import TrainConfig
 from trainer.contract import ExitCode, FailureReason, TrainerEvent
 from trainer.data import MAX_PROBLEMS_SHOWN, DataRejectedError, PreparedData, preparer
 from trainer.distributed import ALONE, Group
-from trainer.drift import write_reference
+from trainer.drift import REFERENCE_FILE, write_reference
 from trainer.events import EventWriter
 from trainer.files import fresh_staging, publish_dir
 from trainer.hardware import resolve_precision
@@ -161,17 +161,24 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
     # run starts from the default scale, which adapts within a few steps).
     scaler = torch.amp.GradScaler(batching.device.type, enabled=precision.dtype == "float16")
     lengths = [objective.length(item) for item in data.train]
-    # What every adapter of this run is (the checkpoints' and the final one's), hashed once.
+    # What every adapter of this run is (the checkpoints' and the final one's), hashed once, on
+    # the rank that writes them.
     summary = {k: v for k, v in data.report.to_json().items() if k not in ("problems", "sample")}
-    manifest = identity(
-        config,
-        precision=precision,
-        adapter_dtype=str(trainable[0].dtype).removeprefix("torch."),
-        quantization=quantization,
-        data_summary=summary,
+    manifest = (
+        identity(
+            config,
+            precision=precision,
+            adapter_dtype=str(trainable[0].dtype).removeprefix("torch."),
+            quantization=quantization,
+            data_summary=summary,
+        )
+        if group.main
+        else {}
     )
     if group.main:
-        write_reference(data.prompts, config.output_dir)
+        # The same data and seed give the same reference: an attempt that resumes keeps it.
+        if not (config.output_dir / REFERENCE_FILE).is_file():
+            write_reference(data.prompts, config.output_dir)
         take_over(config.output_dir, fence)
     group.barrier()
     work = attempt_dir(config.output_dir, fence)
