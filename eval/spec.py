@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from eval.gates import Gate, Metric, MetricRef
 from eval.rubric import DIMENSIONS, RUBRIC_PLACEHOLDERS, Dimension
 from eval.safety import CATEGORY, MAX_CATEGORIES, REFUSAL_PLACEHOLDERS
+from eval.selection import Goal
 from trainer.config import describe_validation_error
 
 BUNDLED_SCHEMA_SETS = ("contact_card",)
@@ -262,6 +263,17 @@ class HumanSpec(_Judged):
         return self
 
 
+class CheckpointSelection(_Strict):
+    """A training job's evaluation of its kept checkpoints besides its adapter: each is
+    registered as a version of `<adapter_name>-ckpt` and measured like the adapter, and the best
+    by `select_by` (eval.selection) is the one the gates are checked on and the alias points at."""
+
+    select_by: MetricRef
+    """A metric the spec measures of each candidate, or the trainer's eval_loss at its step."""
+    goal: Goal = "auto"
+    """Which way is better; "auto" decides by the metric (eval.selection.maximizes)."""
+
+
 class EvalSpec(_Strict):
     """One evaluation: what to measure, against which baseline, and the gates."""
 
@@ -276,6 +288,8 @@ class EvalSpec(_Strict):
     gates: tuple[Gate, ...] = Field((), max_length=32)
     promote_alias: str = ""
     """Point this alias at the candidate when every gate passes."""
+    checkpoints: CheckpointSelection | None = None
+    """For a training job: score its kept checkpoints too and take the best."""
 
     @model_validator(mode="after")
     def _consistent(self) -> "EvalSpec":
@@ -286,13 +300,27 @@ class EvalSpec(_Strict):
             )
         for index, gate in enumerate(self.gates):
             for where, measured in zip(("", ".compare_to"), gate.metrics, strict=False):
-                if problem := self._unmeasured(gate, measured):
+                if problem := self._unmeasured(measured, gate.needs_baseline):
                     raise ValueError(f"gates[{index}]{where}: {problem}")
+        if self.checkpoints:
+            by = self.checkpoints.select_by
+            if self.human:
+                raise ValueError("checkpoints: not with a human section (its sheet rates one "
+                                 "candidate against the baseline)")  # fmt: skip
+            if by.metric is Metric.OVERLAP_RATE:
+                raise ValueError("checkpoints.select_by: overlap_rate is the same for every "
+                                 "checkpoint of a job")  # fmt: skip
+            if by.metric is Metric.TRAIN_LOSS:
+                raise ValueError("checkpoints.select_by: train_loss is the adapter's mean over "
+                                 "its last epoch but a checkpoint's loss of its step; rank by "
+                                 "eval_loss")  # fmt: skip
+            if problem := self._unmeasured(by, needs_baseline=False):
+                raise ValueError(f"checkpoints.select_by: {problem}")
         return self
 
-    def _unmeasured(self, gate: Gate, measured: MetricRef) -> str:
-        """Why the evaluation would not measure `measured`, a metric `gate` reads ("": it
-        would)."""
+    def _unmeasured(self, measured: MetricRef, needs_baseline: bool) -> str:
+        """Why the evaluation would not measure `measured` ("": it would), read against the
+        baseline's value where `needs_baseline`."""
         metric = measured.metric
         if metric is Metric.TASK:
             tasks = self.benchmarks.tasks if self.benchmarks else ()
@@ -301,7 +329,7 @@ class EvalSpec(_Strict):
         needed = SECTIONS_OF.get(metric, ())
         if needed and not any(getattr(self, name) for name in needed):
             return f"{metric.value} needs a {' or '.join(needed)} section"
-        if metric in CANDIDATE_ONLY_METRICS and gate.needs_baseline:
+        if metric in CANDIDATE_ONLY_METRICS and needs_baseline:
             return f"{metric.value} is measured against the baseline: give a threshold"
         dimension = RUBRIC_METRICS.get(metric)
         if self.rubric and dimension and dimension not in self.rubric.dimensions:
@@ -335,6 +363,10 @@ def parse_eval_spec(fields: dict[str, object], *, training: bool) -> EvalSpec:
     except ValidationError as exc:
         raise EvalSpecError("; ".join(describe_validation_error(exc))) from None
     if not training:
+        if spec.checkpoints:
+            raise EvalSpecError(
+                "checkpoints: only a training job's evaluation has checkpoints to score"
+            )
         for index, gate in enumerate(spec.gates):
             for where, measured in zip(("", ".compare_to"), gate.metrics, strict=False):
                 if measured.metric in TRAIN_ONLY_METRICS:

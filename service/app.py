@@ -140,6 +140,7 @@ class App:
             tokenizer=tokenizer,
             metrics=self.metrics,
             labels=labels,
+            adapter_root=settings.resolved_adapter_root,
             limits=EvaluationLimits(
                 concurrency=settings.eval_concurrency,
                 max_model_len=settings.max_model_len,

@@ -180,6 +180,16 @@ class AdapterManager:
         logger.info("adapter %s loaded from %s (%.3f s)", entry.ref, path, entry.load_seconds)
         return entry
 
+    async def load_once(self, name: str, path: str) -> AdapterVersion:
+        """The ready version of the qualified `name` registered from `path` (relative to the
+        root) before, or else `load` of it, unpinned: the same files registered twice under
+        one name are one version. Raises as `load`."""
+        where = (self._limits.root / path).resolve()
+        for entry in self._registry.versions.values():
+            if (entry.name, entry.path, entry.state) == (name, where, AdapterState.READY):
+                return entry
+        return await self.load(name, path, pin=False)
+
     def _register(self, record: AdapterRecord) -> AdapterVersion:
         entry = self._registry.register(
             record.name,

@@ -35,6 +35,13 @@ JOB_ADAPTERS = "jobs"
 JOB_CHECKPOINTS = "checkpoints"
 """Where under the adapter root a job's registered checkpoints are installed
 (`checkpoints/<job id>/step-<N>`)."""
+CHECKPOINTS_SUFFIX = "-ckpt"
+
+
+def checkpoints_name(adapter_name: str) -> str:
+    """The name a job's checkpoints register under unless told otherwise, `<adapter_name>-ckpt`:
+    a checkpoint never becomes the newest version of the job's own adapter."""
+    return adapter_name + CHECKPOINTS_SUFFIX
 
 
 def _install(target: Path, adapter: Path, manifest: dict[str, Any], reference: Path) -> Path:

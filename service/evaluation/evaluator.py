@@ -9,8 +9,10 @@ field, file or line.
 
 import asyncio
 import json
+import math
 import time
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,11 @@ from eval.human import HumanReport, score_human
 from eval.judges import JudgeUnreachableError
 from eval.prompts import PromptSetError
 from eval.report import REPORT_JSON
+from eval.selection import Candidate, select
 from eval.sources import contamination
 from eval.spec import EvalSpec, EvalSpecError, parse_eval_spec
 from service.adapters.manager import AdapterManager
+from service.adapters.publish import checkpoints_name, install_checkpoint
 from service.errors import AdapterdError
 from service.evaluation.engine import EvaluationEngine, EvaluationLimits
 from service.evaluation.export import export_scores
@@ -36,6 +40,7 @@ from service.metrics import AdapterLabels, Metrics
 from service.store.base import WHOLE_FEED, Store
 from service.uploads import UploadService
 from trainer.contract import TrainerEvent
+from trainer.layout import job_checkpoints
 
 
 class Evaluator:
@@ -52,8 +57,10 @@ class Evaluator:
         metrics: Metrics,
         labels: AdapterLabels,
         limits: EvaluationLimits,
+        adapter_root: Path,
     ) -> None:
         self._adapters = adapters
+        self._adapter_root = adapter_root
         self._uploads = uploads
         self._store = store
         self._metrics = metrics
@@ -89,50 +96,62 @@ class Evaluator:
         training = job.kind is JobKind.TRAIN
         asked, result = JobSpec.of(job), JobResult.of(job)
         spec = parse_eval_spec(asked.evaluation or {}, training=training)
-        candidate = result.adapter_version if training else asked.adapter
         baseline = self._adapters.resolve(spec.baseline).ref if spec.baseline else ""
         # The uploads of the spec were the submitter's at submission; they never change.
         files = await self._uploads.client_files(None, spec, "evaluation")
         await self._engine.wait_ready()
+        targets = await self._targets(job, spec, result, out_dir)
         run = Measurements(self._engine, self._cache, spec, files, emit)
-        targets = {"candidate": candidate, "baseline": baseline}
-        if candidate == baseline:
-            del targets["baseline"]
-        scores = {role: Scores() for role in targets}
-        sections = {"benchmarks": spec.benchmarks, "schema": spec.schema_adherence,
-                    "safety": spec.safety, "rubric": spec.rubric}  # fmt: skip
-        for role, ref in targets.items():
-            for name, section in sections.items():
-                if section is not None:
-                    await run.section(name, role, ref, section, scores[role])
-        if spec.win_rate and "baseline" in targets:
-            await run.win_rate(candidate, baseline, spec.win_rate, scores)
-        if spec.human and "baseline" in targets:
-            items, key = await run.human(candidate, baseline, spec.human, scores)
-            title = f"{job.id}: two answers to each of {len(items)} conversations"
-            await asyncio.to_thread(write_sheet, out_dir, items, key, title)
-        own = scores["candidate"]
-        if own.latencies:
-            own.values["latency_p50_seconds"] = percentile(own.latencies, 50)
-            own.values["latency_p95_seconds"] = percentile(own.latencies, 95)
-        if training:
-            own.values |= trainer_losses(result.metrics)
-            own.details["overlap"] = await asyncio.to_thread(
-                contamination, out_dir / CONFIG_FILE, spec, files
+        compared = [t.ref for t in targets] != [baseline]
+        base = Scores()
+        if compared:
+            await self._sections(run, spec, "baseline", baseline, base)
+        overlap = (
+            await asyncio.to_thread(contamination, out_dir / CONFIG_FILE, spec, files)
+            if training else {}
+        )  # fmt: skip
+        measured: list[tuple[_Target, Scores]] = []
+        for target in targets:
+            if spec.checkpoints:
+                await emit(FeedKind.EVALUATION, {"phase": "candidate", "adapter": target.ref,
+                                                 "step": target.step})  # fmt: skip
+            own = Scores()
+            await self._sections(run, spec, "candidate", target.ref, own)
+            pair = {"candidate": own, "baseline": base}
+            if spec.win_rate and compared:
+                await run.win_rate(target.ref, baseline, spec.win_rate, pair)
+            if spec.human and compared:  # one target: the spec refuses human with checkpoints
+                items, key = await run.human(target.ref, baseline, spec.human, pair)
+                title = f"{job.id}: two answers to each of {len(items)} conversations"
+                await asyncio.to_thread(write_sheet, out_dir, items, key, title)
+            if own.latencies:
+                own.values["latency_p50_seconds"] = percentile(own.latencies, 50)
+                own.values["latency_p95_seconds"] = percentile(own.latencies, 95)
+            if training:
+                own.values |= target.losses
+                own.details["overlap"] = overlap
+                own.values["overlap_rate"] = max((o["rate"] for o in overlap.values()), default=0.0)
+            measured.append((target, own))
+        (chosen, own), ranked = measured[0], []
+        if spec.checkpoints:
+            picked = select(
+                [Candidate(t.ref, t.step or 0, s.values) for t, s in measured],
+                spec.checkpoints.select_by,
+                spec.checkpoints.goal,
             )
-            own.values["overlap_rate"] = max(
-                (o["rate"] for o in own.details["overlap"].values()), default=0.0
-            )
-        base_values = scores["baseline"].values if "baseline" in scores else {}
-        gates = check_gates(list(spec.gates), own.values, base_values)
+            chosen, own = next(m for m in measured if m[0].ref == picked.ref)
+            ranked = [{"adapter_version": t.ref, "step": t.step, "scores": s.values,
+                       "selected": t is chosen} for t, s in measured]  # fmt: skip
+        scores = {"candidate": own, **({"baseline": base} if compared else {})}
+        gates = check_gates(list(spec.gates), own.values, base.values if compared else {})
         passed = all(g.passed for g in gates)
-        promotion = await self._promote(spec, candidate, passed)
-        awaiting = spec.awaits_ratings and "baseline" in targets
+        promotion = await self._promote(spec, chosen.ref, passed)
+        awaiting = spec.awaits_ratings and compared
         if awaiting and spec.promote_alias:  # an import promotes only if nobody moved it since
             promotion["alias_at_end"] = self._adapters.alias_target(spec.promote_alias)
         report = {
             "job_id": job.id,
-            "candidate": candidate or "base",
+            "candidate": chosen.ref or "base",
             "baseline": baseline or "base",
             "finished": time.time(),
             "duration_seconds": time.monotonic() - began,
@@ -144,13 +163,51 @@ class Evaluator:
             "passed": passed,
             "awaiting_ratings": awaiting,
             **promotion,
+            **({"checkpoints": ranked} if ranked else {}),
             "loss_curve": await self._loss_curve(job.id) if training else [],
         }
         await asyncio.to_thread(write_report, out_dir, report)
-        export_scores(self._metrics, self._labels, candidate, own)
+        export_scores(self._metrics, self._labels, chosen.ref, own)
         summary = _summary(report)
         await emit(FeedKind.EVALUATION, {"phase": "done", **summary})
         return {"evaluation": summary}
+
+    async def _sections(
+        self, run: Measurements, spec: EvalSpec, role: str, ref: str, scores: Scores
+    ) -> None:
+        """The sections that measure one target alone (not win rate and human: pairs)."""
+        sections = {"benchmarks": spec.benchmarks, "schema": spec.schema_adherence,
+                    "safety": spec.safety, "rubric": spec.rubric}  # fmt: skip
+        for name, section in sections.items():
+            if section is not None:
+                await run.section(name, role, ref, section, scores)
+
+    async def _targets(
+        self, job: Job, spec: EvalSpec, result: JobResult, job_dir: Path
+    ) -> list["_Target"]:
+        """What the evaluation measures besides the baseline: an evaluation job's adapter; a
+        training job's adapter with the trainer's losses, and with `checkpoints` every other
+        checkpoint it keeps, registered (once) as versions of `<adapter_name>-ckpt`."""
+        if job.kind is not JobKind.TRAIN:
+            return [_Target(JobSpec.of(job).adapter, None, {})]
+        targets = [_Target(result.adapter_version, result.adapter_step,
+                           trainer_losses(result.metrics))]  # fmt: skip
+        if not spec.checkpoints:
+            return targets
+        name = checkpoints_name(result.adapter_version.partition("@")[0])
+        for path, summary in await asyncio.to_thread(job_checkpoints, job_dir):
+            if summary.step == result.adapter_step:
+                continue  # the adapter's own weights
+            relative = await asyncio.to_thread(
+                install_checkpoint, path, job_dir, self._adapter_root, job.id
+            )
+            entry = await self._adapters.load_once(name, relative)
+            losses = {"train_loss": summary.loss}
+            if summary.eval_loss is not None:
+                losses |= {"eval_loss": summary.eval_loss,
+                           "eval_perplexity": math.exp(summary.eval_loss)}  # fmt: skip
+            targets.append(_Target(entry.ref, summary.step, losses))
+        return sorted(targets, key=lambda t: t.step or 0)
 
     async def import_ratings(self, out_dir: Path, upload_id: str, ratings: Path) -> dict[str, Any]:
         """Takes in one upload of human ratings of a finished evaluation's sheet: scores every
@@ -220,6 +277,18 @@ class Evaluator:
         ]
 
 
+@dataclass(frozen=True)
+class _Target:
+    """One adapter version an evaluation measures as its candidate."""
+
+    ref: str
+    """"tenant/name@N"; "" for the base model."""
+    step: int | None
+    """A training job's: the steps its weights had."""
+    losses: dict[str, float]
+    """A training job's: the trainer's losses of those weights."""
+
+
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
     """A job result's evaluation summary from its report. Pure."""
     return {
@@ -230,4 +299,5 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         "scores": report["scores"]["candidate"],
         "baseline_scores": report["scores"].get("baseline", {}),
         "failed_gates": [g["reason"] for g in report["gates"] if not g["passed"]],
+        **({"selected": report["candidate"]} if "checkpoints" in report else {}),
     }

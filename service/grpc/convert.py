@@ -263,13 +263,18 @@ def evaluation_fields(message: evaluation_pb2.EvaluationSpec) -> dict[str, Any]:
     """An EvaluationSpec as eval.spec's fields: enum names become the domain's values
     (GATE_METRIC_WIN_RATE -> "win_rate", COMPARATOR_GE -> ">=", JUDGE_LLM -> "llm")."""
     fields = message_fields(message)
+    selection = fields.get("checkpoints", {})
+    metrics = [selection.get("select_by", {})]
     for gate in fields.get("gates", []):
-        for named in (gate, gate.get("compare_to", {})):
-            if "metric" in named:  # an unknown number stays a number, for the spec to refuse
-                named["metric"] = str(named["metric"]).removeprefix("GATE_METRIC_").lower()
+        metrics += [gate, gate.get("compare_to", {})]
         if "comparator" in gate:
             name = str(gate["comparator"]).removeprefix("COMPARATOR_")
             gate["comparator"] = Comparator[name].value if name in Comparator.__members__ else name
+    for named in metrics:
+        if "metric" in named:  # an unknown number stays a number, for the spec to refuse
+            named["metric"] = str(named["metric"]).removeprefix("GATE_METRIC_").lower()
+    if "goal" in selection:
+        selection["goal"] = str(selection["goal"]).removeprefix("SELECTION_GOAL_").lower()
     for section in JUDGED_SECTIONS:
         if "judge" in fields.get(section, {}):
             judge = str(fields[section]["judge"])
@@ -279,13 +284,24 @@ def evaluation_fields(message: evaluation_pb2.EvaluationSpec) -> dict[str, Any]:
 
 def _evaluation_message_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """The inverse of evaluation_fields, for ParseDict."""
-    fields = {**fields, "gates": [dict(g) for g in fields.get("gates", [])]}
-    for gate in fields["gates"]:
+
+    def metric_ref(named: dict[str, Any]) -> dict[str, Any]:
+        return {**named, "metric": "GATE_METRIC_" + named["metric"].upper()}
+
+    gates = []
+    for gate in fields.get("gates", []):
+        comparator = "COMPARATOR_" + Comparator(gate["comparator"]).name
+        converted = metric_ref(gate) | {"comparator": comparator}
         if gate.get("compare_to"):
-            gate["compare_to"] = {**gate["compare_to"]}
-            gate["compare_to"]["metric"] = "GATE_METRIC_" + gate["compare_to"]["metric"].upper()
-        gate["metric"] = "GATE_METRIC_" + gate["metric"].upper()
-        gate["comparator"] = "COMPARATOR_" + Comparator(gate["comparator"]).name
+            converted["compare_to"] = metric_ref(gate["compare_to"])
+        gates.append(converted)
+    fields = {**fields, "gates": gates}
+    if "checkpoints" in fields:
+        selection = {**fields["checkpoints"]}
+        selection["select_by"] = metric_ref(selection["select_by"])
+        if "goal" in selection:
+            selection["goal"] = "SELECTION_GOAL_" + selection["goal"].upper()
+        fields["checkpoints"] = selection
     for section in JUDGED_SECTIONS:
         if "judge" in fields.get(section, {}):
             fields[section] = {**fields[section]}

@@ -223,6 +223,13 @@ class JobResult(BaseModel):
     def of(cls, job: "Job") -> Self:
         return cls.model_validate(job.result)
 
+    @property
+    def adapter_step(self) -> int | None:
+        """The optimizer steps of the weights the job's adapter holds: the best eval loss's
+        step where the trainer kept that one, else its last; None before it finished."""
+        step = self.metrics.get("best_step" if self.metrics.get("selected") == "best" else "steps")
+        return step if isinstance(step, int) else None
+
     def additions(self) -> dict[str, Any]:
         """The fields set here, to merge into a stored result."""
         return self.model_dump(exclude_defaults=True)

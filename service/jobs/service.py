@@ -31,8 +31,8 @@ from eval.report import REPORT_HTML, REPORT_JSON
 from eval.sources import ClientFiles, check_sources
 from eval.spec import EvalSpec, EvalSpecError, parse_eval_spec
 from service.adapters.manager import AdapterManager, AdapterView
-from service.adapters.publish import install_checkpoint, register_job_adapter
-from service.adapters.registry import qualify
+from service.adapters.publish import checkpoints_name, install_checkpoint, register_job_adapter
+from service.adapters.registry import check_name, qualify
 from service.auth import Principal
 from service.authz import is_admin, qualify_read, qualify_write, visible_tenant
 from service.errors import (
@@ -93,6 +93,18 @@ def _check_request(
             f"priority: {priority} is above {user_max_priority}, the highest a user may ask for "
             "(--user-max-priority)"
         )
+
+
+def _check_checkpoints_name(adapter_name: str) -> None:
+    """A job whose evaluation scores its checkpoints registers them as `<adapter_name>-ckpt`:
+    that name must be valid too."""
+    try:
+        check_name(checkpoints_name(adapter_name), "train.adapter_name")
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(
+            f"{exc} (train.evaluation.checkpoints registers the job's checkpoints as "
+            f"{checkpoints_name('<adapter_name>')})"
+        ) from None
 
 
 def _prefixed(where: str, exc: Exception) -> str:
@@ -247,6 +259,8 @@ class JobService:
             evaluation = await self._evaluation(
                 principal, spec["evaluation"], "train.evaluation", True
             )
+            if "checkpoints" in evaluation:
+                _check_checkpoints_name(spec["adapter_name"])
             spec = {**spec, "evaluation": evaluation}
         job_id = f"job-{uuid.uuid4().hex[:16]}"
         config = await self._train_config(principal, spec, self._runner.job_dir(job_id))
@@ -547,8 +561,9 @@ class JobService:
         self, principal: Principal, job_id: str, step: int, name: str
     ) -> AdapterView:
         """Registers the job's checkpoint after `step` as the next version of `name`
-        (`[tenant/]name`, a bare name in the job's tenant; empty: the job's adapter_name),
-        installed once under the adapter root and loaded in the engine.
+        (`[tenant/]name`, a bare name in the job's tenant; empty: `<adapter_name>-ckpt`),
+        installed once under the adapter root and loaded in the engine; a checkpoint
+        registered under that name before is that version again.
 
         Raises:
             InvalidArgumentError: a bad step or name, no name for a job that names none, or a
@@ -560,9 +575,10 @@ class JobService:
         job = await self.get(principal, job_id)
         if step < 1:
             raise InvalidArgumentError(f"step: {step} is no step; steps count from 1")
-        name = name or JobSpec.of(job).adapter_name
         if not name:
-            raise InvalidArgumentError(f"name: job {job.id} registers no adapter; give a name")
+            if not (adapter_name := JobSpec.of(job).adapter_name):
+                raise InvalidArgumentError(f"name: job {job.id} registers no adapter; give a name")
+            name = checkpoints_name(adapter_name)
         qualified = qualify_write(principal, qualify(name, job.tenant, "name"), "name")
         directory = self._runner.job_dir(job.id)
         kept = {s.step: p for p, s in await asyncio.to_thread(job_checkpoints, directory)}
@@ -579,7 +595,8 @@ class JobService:
                 f"step: job {job.id} pruned its checkpoint at step {step} as it was being "
                 "registered (its retention: training.keep_checkpoints)"
             ) from None
-        return await self._adapters.load_for(principal, qualified, relative, pin=False)
+        entry = await self._adapters.load_once(qualified, relative)
+        return self._adapters.view(entry.ref)
 
     # ---- hooks of the runner
     def wake(self, job_id: str) -> None:

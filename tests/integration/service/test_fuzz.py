@@ -156,7 +156,8 @@ WIRE = st.fixed_dictionaries({
     "page_token": st.sampled_from(["", "9" * 20, "\u00b2", "-1", "12"]) | st.text(max_size=8),
     "evaluation": st.dictionaries(
         st.sampled_from(["benchmarks", "schema_adherence", "win_rate", "safety", "rubric", "human",
-                         "gates", "baseline", "promote_alias"]), json_values, max_size=3),
+                         "gates", "baseline", "promote_alias", "checkpoints"]), json_values,
+        max_size=3),
     "kind": st.integers(0, 8),
     "upload": st.binary(max_size=200),
     "file_name": st.sampled_from(["t.tgz", "p.jsonl", "s.json", "r.jsonl", "../x.json", ""])

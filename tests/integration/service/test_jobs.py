@@ -434,13 +434,24 @@ def test_validate_dataset_reads_preference_rows_for_dpo_and_names_a_bad_method(u
     )  # fmt: skip
 
 
-def test_a_jobs_kept_checkpoints_are_listed_and_one_registers_and_serves(
+def test_a_jobs_kept_checkpoints_are_scored_the_best_promoted_and_any_registers_and_serves(
     user, dataset_id, server, capsys
 ):
     retention = {"max_steps": 4, "batch_size": 2, "checkpoint_interval": 1, "eval_interval": 1,
-                 "keep_checkpoints": 1, "keep_best_checkpoints": 1, "learning_rate": 5e-3}  # fmt: skip
+                 "keep_checkpoints": 2, "keep_best_checkpoints": 1, "learning_rate": 5e-3}  # fmt: skip
+    # Ranked the wrong way round (the highest eval loss) on purpose: on the tiny model the eval
+    # loss mostly falls at every step, and the test wants a checkpoint, not the job's own
+    # adapter, to be the one promoted.
+    evaluation = {
+        "schema_adherence": {"limit": 1, "max_tokens": 4},
+        "checkpoints": {"select_by": {"metric": "GATE_METRIC_EVAL_LOSS"},
+                        "goal": "SELECTION_GOAL_MAXIMIZE"},
+        "gates": [{"metric": "GATE_METRIC_EVAL_LOSS", "comparator": "COMPARATOR_LT",
+                   "threshold": 100.0}],
+        "promote_alias": "ckpt-best",
+    }  # fmt: skip
     job = user.submit_job(
-        spec(dataset_id, adapter_name="ckpt-bot", training=retention,
+        spec(dataset_id, adapter_name="ckpt-bot", training=retention, evaluation=evaluation,
              data={"datasets": [{"dataset_id": dataset_id}], "eval_fraction": 0.25})
     )  # fmt: skip
     feed = watch_to_end(user, job.id)
@@ -449,36 +460,67 @@ def test_a_jobs_kept_checkpoints_are_listed_and_one_registers_and_serves(
     losses = {int(e.data["step"]): e.data["loss"] for e in feed if e.kind == "progress"}
     best = min(evals, key=lambda step: (evals[step], step))
     kept = user.list_checkpoints(job.id)
-    # The newest (the last step) and the lowest eval loss; every other one was pruned.
-    assert [c.step for c in kept] == sorted({4, best})
+    # The two newest and the lowest eval loss; every other one was pruned.
+    assert [c.step for c in kept] == sorted({3, 4, best})
     for c in kept:
         assert c.eval_loss == pytest.approx(evals[c.step], abs=1e-5)
         assert c.train_loss == pytest.approx(losses[c.step], abs=1e-5)
     code = main(["--target", server.target, "--token", USER_TOKEN, "checkpoints", "list", job.id])
     assert code == 0 and f"{evals[best]:.4f}" in capsys.readouterr().out
 
-    registered = user.register_checkpoint(job.id, best)  # the job's own name by default
-    assert registered.ref == "acme/ckpt-bot@2"  # @1: the adapter the job registered
-    step_dir = f"step-{best:07d}"
+    # Every kept checkpoint but the last (the adapter's own weights) was registered as a
+    # version of ckpt-bot-ckpt, measured on the engine, and the highest eval loss promoted.
+    report = json_format.MessageToDict(user.evaluation_report(job.id).report)
+    candidates = {int(c["step"]): c for c in report["checkpoints"]}
+    assert sorted(candidates) == sorted({3, 4, best})
+    assert candidates[4]["adapter_version"] == "acme/ckpt-bot@1"
+    others = sorted(s for s in candidates if s != 4)
+    assert [candidates[s]["adapter_version"] for s in others] == [
+        f"acme/ckpt-bot-ckpt@{n}" for n in range(1, len(others) + 1)
+    ]
+    for step, candidate in candidates.items():
+        assert candidate["scores"]["eval_loss"] == pytest.approx(evals[step], abs=1e-5)
+        assert "schema_valid_rate" in candidate["scores"]  # served and measured
+    chosen = max(candidates, key=lambda step: (evals[step], step))
+    assert [s for s, c in candidates.items() if c["selected"]] == [chosen]
+    summary = json_format.MessageToDict(user.get_job(job.id).result)["evaluation"]
+    assert summary["selected"] == candidates[chosen]["adapter_version"] == report["candidate"]
+    assert (
+        summary["promoted"]
+        and summary["scores"]["eval_loss"] == candidates[chosen]["scores"]["eval_loss"]
+    )
+    served = user.generate(
+        inference_pb2.GenerateRequest(
+            adapter="ckpt-best", prompt="2 + 2 =",
+            sampling=inference_pb2.SamplingParams(max_tokens=4),
+        )
+    )  # fmt: skip
+    assert served.adapter_version == summary["selected"]
+
+    registered = user.register_checkpoint(job.id, 3)  # <adapter_name>-ckpt by default
+    assert registered.ref == candidates[3]["adapter_version"]  # the evaluation's, not a new one
+    step_dir = f"step-{3:07d}"
     (checkpoint,) = (server.data_dir / "jobs" / job.id).glob(f"attempts/*/checkpoints/{step_dir}")
     weights = (checkpoint / "adapter" / "adapter_model.safetensors").read_bytes()
     assert registered.sha256 == hashlib.sha256(weights).hexdigest()
     installed = server.data_dir / "adapters" / registered.path / "manifest.json"
     summary = json.loads(installed.read_text())["checkpoint"]
-    assert (summary["job_id"], summary["step"]) == (job.id, best)
+    assert (summary["job_id"], summary["step"]) == (job.id, 3)
+    again = user.register_checkpoint(job.id, 4, "ckpt-other")
+    assert again.ref == "acme/ckpt-other@1"
     reply = user.generate(
         inference_pb2.GenerateRequest(
-            adapter="ckpt-bot@2", prompt="2 + 2 =",
+            adapter="ckpt-other@1", prompt="2 + 2 =",
             sampling=inference_pb2.SamplingParams(max_tokens=4),
         )
     )  # fmt: skip
-    assert reply.adapter_version == "acme/ckpt-bot@2" and reply.usage.completion_tokens >= 1
-    pruned = next(step for step in range(1, 5) if step not in {4, best})
+    assert reply.adapter_version == "acme/ckpt-other@1" and reply.usage.completion_tokens >= 1
+    pruned = next(step for step in range(1, 5) if step not in {3, 4, best})
     code, message = code_of(lambda: user.register_checkpoint(job.id, pruned, "ckpt-other"))
     assert code == grpc.StatusCode.NOT_FOUND
     assert (
-        f"no checkpoint at step {pruned}; it keeps steps {', '.join(map(str, sorted({4, best})))}"
-        in message
+        f"no checkpoint at step {pruned}; it keeps steps "
+        f"{', '.join(map(str, sorted({3, 4, best})))}" in message
     )
     code, message = code_of(lambda: user.register_checkpoint(job.id, 0, "ckpt-other"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and message.startswith("step: 0")

@@ -126,3 +126,34 @@ def test_a_gate_on_a_human_metric_makes_the_promotion_wait_for_ratings():
     relative = {"metric": "human_score", "comparator": ">=", "margin": 0.0}
     assert parse_eval_spec({"human": {}, "gates": [relative]}, training=False).awaits_ratings
     assert not parse_eval_spec({"human": {}, "win_rate": {}}, training=False).awaits_ratings
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"schema_adherence": {}, "checkpoints": {"select_by": {"metric": "win_rate"}}},
+         "checkpoints.select_by: win_rate needs a win_rate section"),
+        ({"benchmarks": {"tasks": ["a"]},
+          "checkpoints": {"select_by": {"metric": "task", "task": "b", "task_metric": "acc"}}},
+         "checkpoints.select_by: task 'b' is not in benchmarks.tasks"),
+        ({"human": {}, "checkpoints": {"select_by": {"metric": "eval_loss"}}},
+         "checkpoints: not with a human section"),
+        ({"win_rate": {}, "checkpoints": {"select_by": {"metric": "overlap_rate"}}},
+         "overlap_rate is the same for every checkpoint"),
+        ({"win_rate": {}, "checkpoints": {"select_by": {"metric": "train_loss"}}},
+         "rank by eval_loss"),
+        ({"win_rate": {}, "checkpoints": {"select_by": {"metric": "win_rate"}, "goal": "up"}},
+         "checkpoints.goal = 'up'"),
+    ],
+)  # fmt: skip
+def test_a_checkpoint_selection_must_rank_by_a_metric_each_checkpoint_has(fields, message):
+    with pytest.raises(EvalSpecError) as caught:
+        parse_eval_spec(fields, training=True)
+    assert message in str(caught.value)
+
+
+def test_checkpoints_are_scored_only_in_a_training_jobs_evaluation():
+    fields = {"win_rate": {}, "checkpoints": {"select_by": {"metric": "win_rate_lower"}}}
+    assert parse_eval_spec(fields, training=True).checkpoints.goal == "auto"
+    with pytest.raises(EvalSpecError, match="only a training job's evaluation has checkpoints"):
+        parse_eval_spec(fields, training=False)

@@ -270,3 +270,13 @@ async def test_tenants_see_and_change_only_their_own_and_shared_adapters(setup):
     with pytest.raises(NotFoundError):  # acme's alias is acme's alone
         manager.find(GLOBEX, "acme/prod")
     assert await manager.unload_for(ACME, "a") == ["acme/a@1"]
+
+
+async def test_the_same_files_registered_twice_under_one_name_are_one_version(setup):
+    _, _, make = setup
+    manager = make(capacity=3)
+    first = await manager.load_once("t/a-ckpt", "a")
+    assert (first.ref, first.state) == ("t/a-ckpt@1", AdapterState.READY)
+    assert await manager.load_once("t/a-ckpt", "a") is first
+    assert (await manager.load_once("t/a-ckpt", "b")).ref == "t/a-ckpt@2"  # other files
+    assert (await manager.load_once("t/a", "a")).ref == "t/a@1"  # another name

@@ -48,3 +48,22 @@ def test_an_unknown_enum_number_reaches_the_spec_as_a_value_it_refuses():
     message.gates.add(metric=99, comparator=evaluation_pb2.COMPARATOR_GE, threshold=1)
     fields = evaluation_fields(message)
     assert fields["gates"][0]["metric"] == "99"
+
+
+def test_a_checkpoint_selection_converts_both_ways():
+    message = {
+        "schema_adherence": {"limit": 2},
+        "checkpoints": {"select_by": {"metric": "GATE_METRIC_EVAL_LOSS"},
+                        "goal": "SELECTION_GOAL_MAXIMIZE"},
+    }  # fmt: skip
+    fields = evaluation_fields(json_format.ParseDict(message, evaluation_pb2.EvaluationSpec()))
+    spec = parse_eval_spec(fields, training=True)
+    assert (spec.checkpoints.select_by.key, spec.checkpoints.goal) == ("eval_loss", "maximize")
+    stored = spec.model_dump(mode="json", exclude_defaults=True)
+    job = Job(
+        id="job-1", tenant="t", kind=JobKind.TRAIN, state=JobState.QUEUED,
+        spec={"adapter_name": "t/bot", "evaluation": stored}, spec_digest="", request_id="",
+        priority=0, created=0.0, updated=0.0,
+    )  # fmt: skip
+    back = job_to_proto(job).train.evaluation
+    assert json_format.MessageToDict(back, preserving_proto_field_name=True) == message

@@ -215,3 +215,15 @@ def test_the_spec_and_result_models_read_what_the_service_acts_on_and_keep_the_r
     result = JobResult.model_validate({"metrics": {"steps": 4}, "status": "succeeded"})
     assert (result.adapter_version, result.metrics["steps"]) == ("", 4)
     assert JobResult(adapter_version="acme/a@2").additions() == {"adapter_version": "acme/a@2"}
+
+
+@pytest.mark.parametrize(
+    ("metrics", "step"),
+    [
+        ({"steps": 8, "best_step": 4, "selected": "last"}, 8),
+        ({"steps": 8, "best_step": 4, "selected": "best"}, 4),
+        ({}, None),
+    ],
+)
+def test_the_adapters_step_is_the_one_whose_weights_the_trainer_kept(metrics, step):
+    assert JobResult(metrics=metrics).adapter_step == step
