@@ -237,6 +237,17 @@ def test_other_tenants_cannot_see_a_job_but_admins_can(server, user, dataset_id)
         ({"data": {"datasets": [{"path": "/etc/passwd"}]}}, "PERMISSION_DENIED", "raw server"),
         ({"data": {"datasets": [{"dataset_id": "ds-nope"}]}}, "NOT_FOUND", "no dataset"),
         ({"data": {"datasets": []}}, "INVALID_ARGUMENT", "data.datasets"),
+        (
+            {
+                "adapter_name": "b" * 60,
+                "evaluation": {
+                    "schema_adherence": {},
+                    "checkpoints": {"select_by": {"metric": "GATE_METRIC_SCHEMA_VALID_RATE"}},
+                },
+            },
+            "INVALID_ARGUMENT",
+            "train.adapter_name: '" + "b" * 60 + "-ckpt' is not a valid name",
+        ),
     ],
 )
 def test_malformed_submissions_get_the_right_status_naming_the_field(
