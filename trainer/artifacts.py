@@ -11,7 +11,7 @@ from trainer.config import TrainConfig
 from trainer.files import fresh_staging, installed_versions, publish_dir
 from trainer.fingerprint import fingerprint, sha256_files
 from trainer.hardware import PrecisionChoice
-from trainer.layout import ADAPTER, MANIFEST
+from trainer.layout import ADAPTER, MANIFEST, PEFT_CONFIG, PEFT_WEIGHTS
 
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "trl", "accelerate", "safetensors")
 
@@ -20,7 +20,7 @@ def install_adapter(source: Path, output_dir: Path) -> Path:
     """Copies a saved peft adapter (safetensors + config) to OUTPUT/adapter, atomically."""
     target = output_dir / ADAPTER
     staging = fresh_staging(target)
-    for name in ("adapter_model.safetensors", "adapter_config.json"):
+    for name in (PEFT_WEIGHTS, PEFT_CONFIG):
         shutil.copy2(source / name, staging / name)
     return publish_dir(staging, target)
 

@@ -32,7 +32,7 @@ from trainer.layout import (
     BEST,
     CHECKPOINTS,
     MANIFEST,
-    PREFIX,
+    PEFT_WEIGHTS,
     STATE,
     CheckpointSummary,
     attempt_dir,
@@ -40,6 +40,7 @@ from trainer.layout import (
     checkpoint_dir,
     complete_checkpoints,
     retained,
+    step_of,
     summary_of,
 )
 
@@ -136,15 +137,11 @@ def prune(root: Path, newest: int, best: int) -> None:
     """Deletes the checkpoints under `root` that the policy does not retain; one without a
     summary counts as one with no eval loss."""
     found = complete_checkpoints(root)
-    summaries = [summary_of(p) or CheckpointSummary(_step_of(p), 0.0, math.nan) for p in found]
+    summaries = [summary_of(p) or CheckpointSummary(step_of(p), 0.0, math.nan) for p in found]
     kept = retained(summaries, newest, best)
     for path, summary in zip(found, summaries, strict=True):
         if summary.step not in kept:
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _step_of(checkpoint: Path) -> int:
-    return int(checkpoint.name.removeprefix(PREFIX))
 
 
 def load_checkpoint(
@@ -152,7 +149,7 @@ def load_checkpoint(
 ) -> LoopState:
     """Restores adapter weights, optimizer, scheduler and this rank's RNGs; returns the loop
     state."""
-    weights = load_file(path / ADAPTER / "adapter_model.safetensors")
+    weights = load_file(path / ADAPTER / PEFT_WEIGHTS)
     set_peft_model_state_dict(model, weights)
     # Tensors, numbers and containers only: a checkpoint file can never run code on load.
     saved = torch.load(path / "training_state.pt", weights_only=True)

@@ -19,6 +19,8 @@ from typing import Any
 ATTEMPTS, CHECKPOINTS, BEST = "attempts", "checkpoints", "best"
 PREFIX = "step-"
 ADAPTER, MANIFEST, STATE = "adapter", "manifest.json", "state.json"
+PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+"""The two files of a saved peft adapter (`save_pretrained`), in every adapter directory."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,11 @@ def attempts(output_dir: Path) -> list[tuple[int, Path]]:
 def checkpoint_dir(root: Path, step: int) -> Path:
     """The directory of the checkpoint after `step`."""
     return root / f"{PREFIX}{step:07d}"
+
+
+def step_of(checkpoint: Path) -> int:
+    """The step a checkpoint directory is named after (`checkpoint_dir`'s inverse)."""
+    return int(checkpoint.name.removeprefix(PREFIX))
 
 
 def complete_checkpoints(root: Path) -> list[Path]:

@@ -21,16 +21,14 @@ from typing import TYPE_CHECKING, Any
 from service.errors import InvalidArgumentError, NotFoundError
 from service.paths import confined
 from trainer.fingerprint import ModelFingerprint, safetensors_header
-from trainer.layout import MANIFEST
+from trainer.layout import MANIFEST, PEFT_CONFIG, PEFT_WEIGHTS
 
 if TYPE_CHECKING:
     from service.basemodel import BaseModel
     from service.settings import ServerSettings
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-MANIFEST_FILE = MANIFEST
-"""adapterd's manifest beside the peft files (the trainer's layout names it)."""
+CONFIG_FILE, WEIGHTS_FILE, MANIFEST_FILE = PEFT_CONFIG, PEFT_WEIGHTS, MANIFEST
+"""peft's two files and adapterd's manifest beside them (the trainer's layout names them)."""
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
 PEFT_PREFIX = "base_model.model."
 """How peft names a saved LoRA tensor: this, the layer's module path, then `.lora_A.weight`."""

@@ -56,7 +56,7 @@ from trainer.config import (
     load_config,
     warm_lora,
 )
-from trainer.layout import CheckpointSummary, job_checkpoints
+from trainer.layout import MANIFEST, PEFT_CONFIG, CheckpointSummary, job_checkpoints
 
 DATASET = UploadKind.DATASET
 WATCH_POLL_SECONDS = 5.0
@@ -633,9 +633,9 @@ class JobService:
 def _lora_of(adapter: Path) -> tuple[dict[str, Any], object]:
     """An adapter version's saved peft config, and the target_modules its own job asked for
     (from its manifest: None when it has none, as an adapter trained elsewhere)."""
-    saved = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    saved = json.loads((adapter / PEFT_CONFIG).read_text(encoding="utf-8"))
     try:
-        manifest = json.loads((adapter / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads((adapter / MANIFEST).read_text(encoding="utf-8"))
         recorded = manifest["config"]["lora"]["target_modules"]
     except (OSError, ValueError, KeyError, TypeError):
         recorded = None
