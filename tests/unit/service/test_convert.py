@@ -24,6 +24,13 @@ MESSAGE = {
 }  # fmt: skip
 
 
+def queued(kind, spec):
+    return Job(
+        id="job-1", tenant="t", kind=kind, state=JobState.QUEUED, spec=spec, spec_digest="",
+        request_id="", priority=0, created=0.0, updated=0.0,
+    )  # fmt: skip
+
+
 def test_enum_names_become_the_specs_values_and_back():
     fields = evaluation_fields(json_format.ParseDict(MESSAGE, evaluation_pb2.EvaluationSpec()))
     spec = parse_eval_spec(fields, training=False)
@@ -32,12 +39,7 @@ def test_enum_names_become_the_specs_values_and_back():
     assert spec.gates[2].compare_to.key == "latency_p50_seconds"
     assert (spec.win_rate.judge, spec.safety.judge, spec.rubric.judge) == ("llm", "llm", "url")
     stored = spec.model_dump(mode="json", exclude_defaults=True)
-    job = Job(
-        id="job-1", tenant="t", kind=JobKind.EVALUATE, state=JobState.QUEUED,
-        spec={"adapter": "bot@1", "evaluation": stored}, spec_digest="", request_id="",
-        priority=0, created=0.0, updated=0.0,
-    )  # fmt: skip
-    proto = job_to_proto(job)
+    proto = job_to_proto(queued(JobKind.EVALUATE, {"adapter": "bot@1", "evaluation": stored}))
     assert proto.evaluate.adapter == "bot@1" and not proto.HasField("train")
     back = json_format.MessageToDict(proto.evaluate.evaluation, preserving_proto_field_name=True)
     assert back == MESSAGE
@@ -60,10 +62,6 @@ def test_a_checkpoint_selection_converts_both_ways():
     spec = parse_eval_spec(fields, training=True)
     assert (spec.checkpoints.select_by.key, spec.checkpoints.goal) == ("eval_loss", "maximize")
     stored = spec.model_dump(mode="json", exclude_defaults=True)
-    job = Job(
-        id="job-1", tenant="t", kind=JobKind.TRAIN, state=JobState.QUEUED,
-        spec={"adapter_name": "t/bot", "evaluation": stored}, spec_digest="", request_id="",
-        priority=0, created=0.0, updated=0.0,
-    )  # fmt: skip
-    back = job_to_proto(job).train.evaluation
+    back = job_to_proto(queued(JobKind.TRAIN, {"adapter_name": "t/bot", "evaluation": stored}))
+    back = back.train.evaluation
     assert json_format.MessageToDict(back, preserving_proto_field_name=True) == message
