@@ -8,6 +8,8 @@ with its interval, schema errors, the training loss curve as inline SVG, and sam
 from html import escape
 from typing import Any
 
+from eval.gates import Metric, metric_key
+
 REPORT_JSON, REPORT_HTML = "report.json", "report.html"
 """File names of a report in its job's directory."""
 
@@ -82,6 +84,24 @@ def render_html(report: dict[str, Any]) -> str:
             ],
         ),
     ]
+    if candidates := report.get("checkpoints"):
+        by = report["spec"]["checkpoints"]["select_by"]
+        key = metric_key(Metric(by["metric"]), by.get("task", ""), by.get("task_metric", ""))
+        parts += [
+            f"<h2>Checkpoints, ranked by {escape(key)}</h2>",
+            _table(
+                ["version", "step", escape(key), ""],
+                [
+                    [
+                        escape(c["adapter_version"]),
+                        str(c["step"]),
+                        _number(c["scores"].get(key)),
+                        "<b>selected</b>" if c["selected"] else "",
+                    ]
+                    for c in candidates
+                ],
+            ),
+        ]
     if report["gates"]:
         parts += [
             "<h2>Gates</h2>",

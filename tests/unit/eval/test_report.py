@@ -37,3 +37,17 @@ def test_a_promoted_adapter_says_where_it_went():
 def test_the_loss_curve_needs_two_points():
     assert loss_svg([[1, 2.0]]) == ""
     assert loss_svg([[1, 2.0], [2, 1.0]]).count(",") == 2
+
+
+def test_scored_checkpoints_are_listed_with_the_metric_that_ranked_them():
+    candidates = [
+        {"adapter_version": "t/bot-ckpt@1", "step": 2, "scores": {"eval_loss": 1.5},
+         "selected": False},
+        {"adapter_version": "t/bot@1", "step": 4, "scores": {"eval_loss": 1.25},
+         "selected": True},
+    ]  # fmt: skip
+    spec = {"checkpoints": {"select_by": {"metric": "eval_loss"}, "goal": "auto"}}
+    page = render_html(report(checkpoints=candidates, spec=spec))
+    assert "<h2>Checkpoints, ranked by eval_loss</h2>" in page
+    assert "<td>t/bot-ckpt@1</td><td>2</td><td>1.5</td><td></td>" in page
+    assert "<td>t/bot@1</td><td>4</td><td>1.25</td><td><b>selected</b></td>" in page
