@@ -27,6 +27,7 @@ from eval.spec import (
     SchemaSpec,
     WinRateSpec,
 )
+from trainer.config import DataSpec
 
 
 @dataclass(frozen=True)
@@ -156,11 +157,11 @@ def check_sources(spec: EvalSpec, files: ClientFiles, judge_urls: Iterable[str])
 def contamination(config_file: Path, spec: EvalSpec, files: ClientFiles) -> dict[str, Any]:
     """13-gram overlap of a training job's rows (its trainer config names the files) with
     each evaluation set of the spec: {set: {"rate", "items", "contaminated", "examples"}}."""
-    config = json.loads(config_file.read_text(encoding="utf-8"))
+    data = DataSpec.model_validate(json.loads(config_file.read_text(encoding="utf-8"))["data"])
     training = [
         line
-        for source in config["data"]["datasets"]
-        for line in Path(source["path"]).read_text(encoding="utf-8", errors="replace").splitlines()
+        for source in data.sources()
+        for line in source.spec.path.read_text(encoding="utf-8", errors="replace").splitlines()
     ]
     sets: dict[str, list[str]] = {}
     for task in task_configs(spec, files):

@@ -39,11 +39,17 @@ def identity(
     them), quantization, the parent of a warm start, and the data's summary. Hashes the base
     model's weights and the datasets."""
     base = fingerprint(config.base_model)
+    names = [stage.name for stage in config.data.stages]
     return {
         "base_model": base.manifest_entry(config.base_model_name or str(config.base_model)),
         "datasets": [
-            {"path": str(d.path), "sha256": sha256_files([d.path]), "weight": d.weight}
-            for d in config.data.datasets
+            {
+                "path": str(d.spec.path),
+                "sha256": sha256_files([d.spec.path]),
+                "weight": d.spec.weight,
+                **({"stage": names[d.stage]} if names else {}),
+            }
+            for d in config.data.sources()
         ],
         "eval_file_sha256": sha256_files([config.data.eval_file]) if config.data.eval_file else "",
         "config": json.loads(config.model_dump_json()),

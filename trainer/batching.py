@@ -11,7 +11,6 @@ Logits are computed only where a label trains (most of a chat is prompt), a chun
 the whole optimizer step (SFT's; DPO's is averaged over the step's pairs, `trainer.objectives`).
 """
 
-import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,31 +127,3 @@ def _plain_head(causal_lm: Any, head: Any) -> bool:
         and head.weight.is_floating_point()
         and not any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS)
     )
-
-
-GROUP_WINDOW = 16  # micro-batches whose examples are sorted by length together
-
-
-def epoch_order(
-    lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool
-) -> list[list[int]]:
-    """The micro-batches of one epoch as example indices; a function of (seed, epoch) alone,
-    so a resumed run sees exactly the same order.
-
-    With `group_by_length`, the shuffled examples are sorted by length within windows of
-    GROUP_WINDOW micro-batches (less padding) and the micro-batches shuffled again.
-    """
-    rng = random.Random(seed * 1_000_003 + epoch)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    if group_by_length:
-        window = batch_size * GROUP_WINDOW
-        order = [
-            i
-            for start in range(0, len(order), window)
-            for i in sorted(order[start : start + window], key=lengths.__getitem__)
-        ]
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    if group_by_length:
-        rng.shuffle(batches)
-    return batches

@@ -53,6 +53,8 @@ class LoopState:
     """Optimizer steps completed."""
     micro_batch: int = 0
     """Micro-batches consumed in all (the data position)."""
+    stage: int = 0
+    """The curriculum stage of the last micro-batch consumed (`data.stages`; 0 without)."""
     trained_tokens: int = 0
     """Loss-carrying tokens seen."""
     input_tokens: int = 0

@@ -6,6 +6,7 @@ tokens) is refused here, before any data or model is touched.
 """
 
 from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -99,11 +100,39 @@ class DatasetSpec(_Strict):
     "completion": "answer"} for GSM8K."""
 
 
+STAGE_NAME = r"^[a-z][a-z0-9_-]{0,31}$"
+
+
+class StageSpec(_Strict):
+    """One stage of a curriculum: its own mixture of files, trained for its own epochs."""
+
+    name: str = Field(pattern=STAGE_NAME)
+    """Shown in the events and the data report: 1-32 lowercase letters, digits, '_' or '-'."""
+    datasets: list[DatasetSpec] = Field(min_length=1, max_length=16)
+    """The stage's files, mixed by weight."""
+    epochs: float = Field(1.0, gt=0, le=100)
+    """Passes over the stage's rows before the next stage begins."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One training file of a job, with where the config names it."""
+
+    field: str
+    """Its place in the data section: "datasets[0]", "stages[1].datasets[0]"."""
+    stage: int
+    """Its stage's index (0 without stages)."""
+    spec: DatasetSpec
+
+
 class DataSpec(_Strict):
     """Where the data comes from and how it is checked."""
 
-    datasets: list[DatasetSpec] = Field(min_length=1, max_length=16)
+    datasets: list[DatasetSpec] = Field(default_factory=list, max_length=16)
     """Training files, mixed by weight."""
+    stages: list[StageSpec] = Field(default_factory=list, max_length=8)
+    """Instead of datasets, a curriculum: stages trained one after the other, in order, with
+    one optimizer and one learning-rate schedule across all of them."""
     eval_file: Path | None = None
     """A held-out file for eval loss; exclusive with eval_fraction."""
     eval_fraction: float = Field(0.0, ge=0.0, le=0.5)
@@ -125,6 +154,28 @@ class DataSpec(_Strict):
         if self.eval_file is not None and self.eval_fraction > 0:
             raise ValueError("give eval_file or eval_fraction, not both")
         return self
+
+    @model_validator(mode="after")
+    def _datasets_or_stages(self) -> "DataSpec":
+        if bool(self.datasets) == bool(self.stages):
+            raise ValueError(
+                "data.datasets: give the training files, or data.stages (a curriculum) instead; "
+                "one of them, not both"
+            )
+        names = [stage.name for stage in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.stages: names must differ, got {names}")
+        return self
+
+    def sources(self) -> list[Source]:
+        """Every training file, stage by stage."""
+        if not self.stages:
+            return [Source(f"datasets[{i}]", 0, d) for i, d in enumerate(self.datasets)]
+        return [
+            Source(f"stages[{k}].datasets[{i}]", k, d)
+            for k, stage in enumerate(self.stages)
+            for i, d in enumerate(stage.datasets)
+        ]
 
 
 class LoraSpec(_Strict):
@@ -346,12 +397,22 @@ class TrainConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _epochs_of_the_stages(self) -> "TrainConfig":
+        if self.data.stages and "epochs" in self.training.model_fields_set:
+            raise ValueError(
+                "training.epochs: with data.stages each stage has its own epochs "
+                "(data.stages[N].epochs)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _formats_of_the_method(self) -> "TrainConfig":
         preference = self.training.method == "dpo"
-        for index, dataset in enumerate(self.data.datasets):
+        for source in self.data.sources():
+            dataset = source.spec
             if dataset.format != "auto" and (dataset.format == "preference") != preference:
                 raise ValueError(
-                    f"data.datasets[{index}].format = {dataset.format!r}: training.method "
+                    f"data.{source.field}.format = {dataset.format!r}: training.method "
                     f"{self.training.method!r} trains on "
                     + ("preference rows only" if preference else "conversations, not preferences")
                 )

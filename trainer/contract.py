@@ -18,6 +18,8 @@ class TrainerEvent(enum.StrEnum):
     RESUMED = "resumed"
     STARTED = "started"
     """Training begins: total steps, precision, quantization."""
+    STAGE = "stage"
+    """A curriculum stage begins: its name, index, first step, rows and epochs."""
     PROGRESS = "progress"
     EVAL = "eval"
     """The eval split's loss at a step."""

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic
 
-from trainer.config import DatasetSpec, DataSpec, Method
+from trainer.config import DatasetSpec, DataSpec, Method, Source
 from trainer.drift import prompt_text
 from trainer.formats import FieldProblem, RowError, Turn, normalize, normalize_preference
 from trainer.masking import Example, render_trained, tokenize
@@ -24,9 +24,9 @@ from trainer.preference import Item, Pair
 from trainer.quality import quality_flag
 
 MAX_PROBLEMS_SHOWN = 50
-# Problems with a whole file: fatal whatever the policy (dropping a file would silently
-# change the mix).
-FILE_CODES = frozenset({"unreadable_file", "not_a_list"})
+# Problems with a whole file or stage: fatal whatever the policy (dropping a file would
+# silently change the mix, an empty stage the curriculum).
+FILE_CODES = frozenset({"unreadable_file", "not_a_list", "empty_stage"})
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,8 @@ class SourceReport:
 
     path: str
     weight: float
+    stage: str = ""
+    """Its curriculum stage (`data.stages`); "" without stages."""
     rows: int = 0
     valid: int = 0
     formats: dict[str, int] = field(default_factory=dict)
@@ -97,6 +99,8 @@ class DataReport:
     trained_tokens: int
     total_tokens: int
     sample: str
+    stage_rows: dict[str, int] = field(default_factory=dict)
+    """Training rows per curriculum stage, in order; empty without stages."""
 
     @property
     def assistant_token_fraction(self) -> float:
@@ -116,10 +120,13 @@ class PreparedData(Generic[Item]):
     supervised fine-tuning, preference pairs (`Pair`) for DPO."""
 
     train: list[Item]
+    """Stage after stage (`stages`), each stage's items shuffled."""
     eval: list[Item]
     report: DataReport
     prompts: list[str]
     """The training rows' prompts (their user turns), for the adapter's drift reference."""
+    stages: list[int]
+    """How many of `train` each curriculum stage has, in order (one count without stages)."""
 
 
 class DataRejectedError(Exception):
@@ -265,6 +272,28 @@ def _mix(pools: list[list[Record]], weights: list[float], rng: random.Random) ->
     return mixed
 
 
+def _mix_stages(
+    pools: list[list[Record]],
+    sources: list[Source],
+    reports: list[SourceReport],
+    rng: random.Random,
+) -> tuple[list[Record], list[int]]:
+    """The training records stage after stage, each stage its files mixed by weight
+    (`_mix`) and shuffled; and each stage's count. Sets each source's `used`."""
+    train: list[Record] = []
+    sizes = []
+    for stage in range(max(s.stage for s in sources) + 1):
+        members = [i for i, s in enumerate(sources) if s.stage == stage]
+        mixed = _mix([pools[i] for i in members], [sources[i].spec.weight for i in members], rng)
+        for i, used in zip(members, mixed, strict=True):
+            reports[i].used = len(used)
+        rows = [r for pool in mixed for r in pool]
+        rng.shuffle(rows)
+        train += rows
+        sizes.append(len(rows))
+    return train, sizes
+
+
 def _tokenize_all(records: list[Record], tokenizer: Any, max_length: int) -> list[Problem]:
     problems = []
     for record in records:
@@ -350,12 +379,13 @@ def prepare_data(spec: DataSpec, tokenizer: Any, seed: int) -> PreparedData[Exam
         DataRejectedError: under the "reject" policy when any row has a problem.
         TemplateError: when the chat template cannot be trained on at all.
     """
-    train, held_out, report = _prepare(spec, tokenizer, seed, preference=False)
+    train, held_out, report, stages = _prepare(spec, tokenizer, seed, preference=False)
     return PreparedData(
         train=[r.examples[0] for r in train],
         eval=[r.examples[0] for r in held_out],
         report=report,
         prompts=_prompts(train),
+        stages=stages,
     )
 
 
@@ -368,12 +398,13 @@ def prepare_preferences(spec: DataSpec, tokenizer: Any, seed: int) -> PreparedDa
         DataRejectedError: under the "reject" policy when any row has a problem.
         TemplateError: when the chat template cannot be trained on at all.
     """
-    train, held_out, report = _prepare(spec, tokenizer, seed, preference=True)
+    train, held_out, report, stages = _prepare(spec, tokenizer, seed, preference=True)
     return PreparedData(
         train=[Pair(r.examples[0], r.examples[1]) for r in train],
         eval=[Pair(r.examples[0], r.examples[1]) for r in held_out],
         report=report,
         prompts=_prompts(train),
+        stages=stages,
     )
 
 
@@ -389,12 +420,18 @@ def _prompts(records: list[Record]) -> list[str]:
 
 def _prepare(
     spec: DataSpec, tokenizer: Any, seed: int, preference: bool
-) -> tuple[list[Record], list[Record], DataReport]:
-    """The training and eval records (tokenized) and the report."""
-    reports = [SourceReport(str(s.path), s.weight) for s in spec.datasets]
+) -> tuple[list[Record], list[Record], DataReport, list[int]]:
+    """The training records (tokenized, stage after stage), the eval records, the report and
+    the training rows of each stage."""
+    sources = spec.sources()
+    names = [stage.name for stage in spec.stages]
+    reports = [
+        SourceReport(str(s.spec.path), s.spec.weight, names[s.stage] if names else "")
+        for s in sources
+    ]
     pools, problems = [], []
-    for dataset, source_report in zip(spec.datasets, reports, strict=True):
-        records, found = _read_source(dataset, source_report, preference)
+    for source, source_report in zip(sources, reports, strict=True):
+        records, found = _read_source(source.spec, source_report, preference)
         pools.append(records)
         problems += found
     eval_report: SourceReport | None = None
@@ -444,11 +481,12 @@ def _prepare(
     rng = random.Random(seed)
     if spec.eval_fraction > 0:
         eval_records += _hold_out(pools, reports, spec.eval_fraction, rng)
-    mixed = _mix(pools, [s.weight for s in spec.datasets], rng)
-    for used, source_report in zip(mixed, reports, strict=True):
-        source_report.used = len(used)
-    train = [r for pool in mixed for r in pool]
-    rng.shuffle(train)
+    train, sizes = _mix_stages(pools, sources, reports, rng)
+    problems += [
+        Problem("", 0, f"data.stages.{name}", "empty_stage", f"stage {name!r} has no valid rows")
+        for name, size in zip(names, sizes, strict=True)
+        if not size
+    ]
 
     examples = [e for r in train for e in r.examples]
     lengths = [len(e.input_ids) for e in examples]
@@ -468,10 +506,11 @@ def _prepare(
         trained_tokens=sum(e.trained_tokens for e in examples),
         total_tokens=sum(lengths),
         sample=render_trained(tokenizer, examples[0]) if examples else "",
+        stage_rows=dict(zip(names, sizes, strict=True)),
     )
     if problems and (spec.policy == "reject" or fatal):
         raise DataRejectedError(report)
     if not train:
         report.ok = False
         raise DataRejectedError(report)
-    return train, eval_records, report
+    return train, eval_records, report, sizes

@@ -25,7 +25,7 @@ import torch
 from transformers import AutoTokenizer, get_scheduler
 
 from trainer.artifacts import identity, install_adapter, write_loss_curve, write_manifest
-from trainer.batching import Batch, epoch_order, padded, padding_free
+from trainer.batching import Batch, padded, padding_free
 from trainer.checkpoints import (
     LoopState,
     load_checkpoint,
@@ -46,6 +46,7 @@ from trainer.layout import BEST, CHECKPOINTS, attempt_dir, latest_checkpoint
 from trainer.masking import Example, TemplateError
 from trainer.model import DTYPES, attach_lora, device, load_base, resolve_quantization
 from trainer.objectives import Dpo, Objective, Sft, measure, reference_logps, referenced
+from trainer.schedule import Schedule, Stage
 
 OOM_HINT = (
     "lower training.batch_size or data.max_length, or turn on training.gradient_checkpointing "
@@ -139,16 +140,6 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
-    per_epoch = math.ceil(len(data.train) / settings.batch_size)
-    total_steps = settings.max_steps or math.ceil(
-        settings.epochs * per_epoch / settings.gradient_accumulation
-    )
-    scheduler = get_scheduler(
-        SCHEDULERS[settings.scheduler],
-        optimizer,
-        num_warmup_steps=round(settings.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
     on_cuda = device().type == "cuda"
     batching = Batching(
         packing=not preference
@@ -157,10 +148,28 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
         device=next(model.parameters()).device,
         dtype=DTYPES[precision.dtype],
     )
+    staged = bool(config.data.stages)
+    schedule = Schedule(
+        [Stage(s.name, n, s.epochs) for s, n in zip(config.data.stages, data.stages, strict=True)]
+        if staged
+        else [Stage("", len(data.train), settings.epochs)],
+        [objective.length(item) for item in data.train],
+        settings.batch_size,
+        settings.seed,
+        group_by_length=not batching.packing,
+    )
+    total_steps = settings.max_steps or math.ceil(
+        schedule.micro_batches / settings.gradient_accumulation
+    )
+    scheduler = get_scheduler(
+        SCHEDULERS[settings.scheduler],
+        optimizer,
+        num_warmup_steps=round(settings.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
     # fp16 gradients underflow without loss scaling; its scale is not checkpointed (a resumed
     # run starts from the default scale, which adapts within a few steps).
     scaler = torch.amp.GradScaler(batching.device.type, enabled=precision.dtype == "float16")
-    lengths = [objective.length(item) for item in data.train]
     # What every adapter of this run is (the checkpoints' and the final one's), hashed once, on
     # the rank that writes them.
     summary = {k: v for k, v in data.report.to_json().items() if k not in ("problems", "sample")}
@@ -215,7 +224,6 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
 
     # ---- train
     model.train()
-    orders: dict[int, list[list[int]]] = {}
     run_started, run_start_tokens, start_step = time.monotonic(), state.input_tokens, state.step
     patience = settings.early_stopping_patience
 
@@ -224,17 +232,16 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
 
     while state.step < total_steps and not should_stop_early():
         step_started = time.monotonic()
+        first = state.micro_batch
         batches = []  # this rank's micro-batches of the step
         for position in range(settings.gradient_accumulation):
-            epoch, index = divmod(state.micro_batch, per_epoch)
-            order = orders.setdefault(
-                epoch,
-                epoch_order(
-                    lengths, settings.batch_size, settings.seed, epoch, not batching.packing
-                ),
-            )
+            if staged and schedule.starts_stage(state.micro_batch):
+                index = schedule.stage_at(state.micro_batch)
+                begun = schedule.stages[index]
+                events.emit(TrainerEvent.STAGE, stage=begun.name, index=index,
+                            step=state.step + 1, rows=begun.size, epochs=begun.epochs)  # fmt: skip
             if group.mine(position):
-                items = [data.train[i] for i in order[index]]
+                items = [data.train[i] for i in schedule.batch(state.micro_batch)]
                 batches.append(objective.make(items, batching))
             state.micro_batch += 1
         units, trained, step_tokens = map(int, group.sum(
@@ -262,13 +269,17 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
         optimizer.zero_grad(set_to_none=True)
 
         state.step += 1
+        state.stage = schedule.stage_at(state.micro_batch - 1)
+        # A stage ended within this step: it is measured and checkpointed as its last step.
+        stage_ended = schedule.stage_at(state.micro_batch) > schedule.stage_at(first)
         state.trained_tokens += int(trained)
         state.input_tokens += int(step_tokens)
         elapsed = time.monotonic() - run_started
         rate = (state.input_tokens - run_start_tokens) / max(elapsed, 1e-9)
         record: dict[str, Any] = {
             "step": state.step,
-            "epoch": round(state.micro_batch / per_epoch, 4),
+            "epoch": round(schedule.epochs_done(state.micro_batch), 4),
+            **({"stage": schedule.stages[state.stage].name} if staged else {}),
             "loss": round(step["loss"], 5),
             "learning_rate": scheduler.get_last_lr()[0],
             **{name: round(step[name], 5) for name in objective.metrics},
@@ -284,7 +295,8 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
             step_tokens_per_second=round(step_tokens / (time.monotonic() - step_started), 1),
             eta_seconds=round(elapsed / (state.step - start_step) * (total_steps - state.step), 1),
         )
-        if data.eval and (state.step % settings.eval_interval == 0 or state.step == total_steps):
+        at_interval = state.step % settings.eval_interval == 0
+        if data.eval and (at_interval or state.step == total_steps or stage_ended):
             scores = measure(model, objective, data.eval, settings.batch_size, batching)
             evaluated = {f"eval_{name}": round(value, 5) for name, value in scores.items()}
             record |= evaluated
@@ -298,7 +310,7 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
                 state.evals_without_improvement += 1
         state.history.append(record)
         last = state.step == total_steps or should_stop_early()
-        if state.step % settings.checkpoint_interval == 0 or last or stopping:
+        if state.step % settings.checkpoint_interval == 0 or last or stopping or stage_ended:
             _check_superseded(config, fence, events, state.step, group)
             rng_states = group.gather(rng_state())
             if group.main:
@@ -322,9 +334,7 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
     if not use_best:
         _save_adapter(model, work / "last")
     adapter = install_adapter(work / (BEST if use_best else "last"), config.output_dir)
-    metrics = _final_metrics(
-        state, per_epoch, use_best, time.monotonic() - run_started, run_start_tokens
-    )
+    metrics = _final_metrics(state, use_best, time.monotonic() - run_started, run_start_tokens)
     manifest_path = write_manifest(manifest | {"metrics": metrics}, config.output_dir)
     curve_csv, curve_png = write_loss_curve(state, config.output_dir)
     events.emit(
@@ -361,10 +371,15 @@ def _save_adapter(model: Any, target: Path) -> None:
 
 
 def _final_metrics(
-    state: LoopState, per_epoch: int, used_best: bool, seconds: float, start_tokens: int
+    state: LoopState, used_best: bool, seconds: float, start_tokens: int
 ) -> dict[str, Any]:
-    last_epoch = math.ceil(state.history[-1]["epoch"]) - 1 if state.history else 0
-    last_epoch_losses = [r["loss"] for r in state.history if r["epoch"] > last_epoch]
+    last = state.history[-1] if state.history else {}
+    last_epoch = math.ceil(last["epoch"]) - 1 if last else 0
+    last_epoch_losses = [  # of the last stage's last epoch
+        r["loss"]
+        for r in state.history
+        if r.get("stage") == last.get("stage") and r["epoch"] > last_epoch
+    ]
     evals = [r["eval_loss"] for r in state.history if "eval_loss" in r]
     return {
         "steps": state.step,

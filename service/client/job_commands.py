@@ -244,7 +244,7 @@ def follow_job(client: Client, job_id: str, as_json: bool, after: int = 0) -> in
 
 class _LiveView:
     """A job on the terminal: a bar for training steps, one per evaluation phase, and a line
-    for each state change, score and checkpoint."""
+    for each state change, curriculum stage, score and checkpoint."""
 
     def __init__(self, job_id: str) -> None:
         self._job_id = job_id
@@ -266,6 +266,9 @@ class _LiveView:
             self._eval(seq, data)
         elif kind == FeedKind.STATE:
             tqdm.write(f"[{seq}] {data['state']} {data.get('reason', '')}".rstrip())
+        elif kind == TrainerEvent.STAGE:
+            tqdm.write(f"[{seq}] stage {data['stage']} from step {int(data['step'])}: "
+                       f"{int(data['rows'])} rows, {data['epochs']:g} epochs")  # fmt: skip
         elif kind in (TrainerEvent.CHECKPOINT, TrainerEvent.RESUMED, TrainerEvent.FAILED):
             tqdm.write(f"[{seq}] {kind}: {json.dumps(data)}")
 

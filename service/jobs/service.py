@@ -152,6 +152,16 @@ class JobService:
         self._changes: dict[str, asyncio.Event] = {}
 
     # ---- datasets
+    async def _files(
+        self, principal: Principal, refs: list[dict[str, Any]], where: str
+    ) -> list[dict[str, Any]]:
+        """The trainer's `datasets` entries for the API's DatasetRefs under `where`."""
+        files = []
+        for i, ref in enumerate(refs):
+            entry = {"path": await self._dataset_path(principal, ref, f"{where}.datasets[{i}]")}
+            files.append(entry | {k: ref[k] for k in ("weight", "format", "columns") if k in ref})
+        return files
+
     async def _dataset_path(self, principal: Principal, ref: dict[str, Any], where: str) -> str:
         if "dataset_id" in ref:
             field = f"{where}.dataset_id"
@@ -193,14 +203,15 @@ class JobService:
     async def _data_section(self, principal: Principal, data: dict[str, Any]) -> dict[str, Any]:
         """The trainer's `data` config from the API's DataSettings (as a dict)."""
         section: dict[str, Any] = {
-            k: v for k, v in data.items() if k not in ("datasets", "eval_dataset")
+            k: v for k, v in data.items() if k not in ("datasets", "stages", "eval_dataset")
         }
-        section["datasets"] = []
-        for i, ref in enumerate(data.get("datasets", [])):
-            where = f"data.datasets[{i}]"
-            entry = {"path": await self._dataset_path(principal, ref, where)}
-            entry |= {k: ref[k] for k in ("weight", "format", "columns") if k in ref}
-            section["datasets"].append(entry)
+        section["datasets"] = await self._files(principal, data.get("datasets", []), "data")
+        if "stages" in data:
+            section["stages"] = []
+            for k, stage in enumerate(data["stages"]):
+                where = f"data.stages[{k}]"
+                files = await self._files(principal, stage.get("datasets", []), where)
+                section["stages"].append({**stage, "datasets": files})
         if "eval_dataset" in data:
             section["eval_file"] = await self._dataset_path(
                 principal, data["eval_dataset"], "data.eval_dataset"

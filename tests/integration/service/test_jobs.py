@@ -287,6 +287,30 @@ def test_validate_dataset_reports_problems_with_line_numbers(user, tmp_path):
     assert any(p["row"] == 3 for p in problems)
 
 
+def test_a_curriculums_stages_are_read_from_the_callers_uploads_and_reported(
+    user, dataset_id, server, tmp_path
+):
+    path = tmp_path / "format.jsonl"
+    path.write_text("\n".join(SLICE.read_text().splitlines()[30:36]) + "\n")
+    stages = [
+        jobs_pb2.Stage(name="general", datasets=[jobs_pb2.DatasetRef(dataset_id=dataset_id)]),
+        jobs_pb2.Stage(
+            name="format", epochs=2,
+            datasets=[jobs_pb2.DatasetRef(dataset_id=user.upload_dataset(path))],
+        ),
+    ]  # fmt: skip
+    response = user.validate_dataset(jobs_pb2.DataSettings(stages=stages))
+    report = json_format.MessageToDict(response.report)
+    assert response.valid and report["stage_rows"] == {"general": 24, "format": 6}
+    assert [s["stage"] for s in report["sources"]] == ["general", "format"]
+    with Client(server.target, OTHER_USER_TOKEN) as other:  # another tenant's upload
+        code, message = code_of(
+            lambda: other.validate_dataset(jobs_pb2.DataSettings(stages=stages))
+        )
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert message.startswith("data.stages[0].datasets[0].dataset_id")
+
+
 def test_adapterctl_validates_a_dataset_with_its_personal_data_redacted(server, tmp_path, capsys):
     path = tmp_path / "contacts.jsonl"
     rows = [

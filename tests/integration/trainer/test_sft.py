@@ -279,3 +279,50 @@ def test_unreadable_config_file_exits_2(tmp_path):
     result = train_with_config_file(path)
     assert result.returncode == 2
     assert result.stderr.startswith(f"trainer: error: --config {path}:")
+
+
+def test_a_curriculum_trains_its_stages_in_order_on_one_schedule(tmp_path, tiny_model_dir):
+    lines = GSM8K.read_text().splitlines(keepends=True)
+    files = {}
+    for name, part in (("general", lines[:8]), ("format", lines[8:12]), ("held", lines[12:16])):
+        files[name] = tmp_path / f"{name}.jsonl"
+        files[name].write_text("".join(part))
+    config = {
+        "base_model": str(tiny_model_dir),
+        "output_dir": str(tmp_path / "out"),
+        "data": {
+            "stages": [
+                {"name": "general", "datasets": [{"path": str(files["general"])}]},
+                {"name": "format", "datasets": [{"path": str(files["format"])}], "epochs": 2},
+            ],
+            "eval_file": str(files["held"]),
+        },
+        "training": {"batch_size": 2, "eval_interval": 50, "checkpoint_interval": 50,
+                     "learning_rate": 1e-3, "scheduler": "linear", "warmup_ratio": 0.0},
+    }  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    process = train(tmp_path / "config.json", tmp_path / "events.jsonl")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    events = read_events(tmp_path / "events.jsonl")
+
+    data = next(e for e in events if e["event"] == "data")
+    assert data["stage_rows"] == {"general": 8, "format": 4}
+    # 8 rows in batches of 2 once, then 4 rows twice: 4 + 4 steps on one linear schedule.
+    assert next(e for e in events if e["event"] == "started")["total_steps"] == 8
+    stages = [(e["stage"], e["index"], e["step"]) for e in events if e["event"] == "stage"]
+    assert stages == [("general", 0, 1), ("format", 1, 5)]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert [e["stage"] for e in progress] == ["general"] * 4 + ["format"] * 4
+    assert [e["epoch"] for e in progress] == [0.25, 0.5, 0.75, 1.0, 0.5, 1.0, 1.5, 2.0]
+    rates = [e["learning_rate"] for e in progress]
+    assert rates == sorted(rates, reverse=True) and rates[-1] == 0.0  # one decay across both
+    # Each stage's end is measured and checkpointed; the saved loop state names the stage.
+    assert [e["step"] for e in events if e["event"] == "eval"] == [4, 8]
+    saved = [
+        json.loads((p / "state.json").read_text())
+        for p in sorted((tmp_path / "out").glob("attempts/*/checkpoints/step-*"))
+    ]
+    assert [(state["step"], state["stage"]) for state in saved] == [(4, 0), (8, 1)]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [d["stage"] for d in manifest["datasets"]] == ["general", "format"]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from trainer.batching import Batch, epoch_order, padded, padding_free, token_losses
+from trainer.batching import Batch, padded, padding_free, token_losses
 from trainer.formats import normalize
 from trainer.masking import tokenize
 
@@ -88,19 +88,3 @@ def test_padded_and_padding_free_batches_give_the_same_total_loss(model, example
         total_pad = float(token_losses(model, pad).sum())
     assert total_free == pytest.approx(total_pad, rel=1e-4)
     assert pad.input_tokens == free.input_tokens == sum(len(e.input_ids) for e in examples)
-
-
-@pytest.mark.parametrize("grouped", [False, True])
-def test_epoch_order_is_a_function_of_seed_and_epoch(grouped):
-    lengths = list(range(10))
-    first = epoch_order(lengths, 4, seed=1, epoch=0, group_by_length=grouped)
-    assert first == epoch_order(lengths, 4, seed=1, epoch=0, group_by_length=grouped)
-    assert first != epoch_order(lengths, 4, seed=1, epoch=1, group_by_length=grouped)
-    assert sorted(i for batch in first for i in batch) == list(range(10))
-    assert sorted(len(b) for b in first) == [2, 4, 4]
-
-
-def test_grouping_by_length_puts_similar_lengths_together():
-    lengths = [10, 500] * 32
-    batches = epoch_order(lengths, 8, seed=0, epoch=0, group_by_length=True)
-    assert all(len({lengths[i] for i in batch}) == 1 for batch in batches)

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from trainer.config import TrainConfigError, load_config
@@ -138,3 +140,30 @@ def test_dpo_is_opt_in_and_a_datasets_format_must_fit_the_method():
         load_config({**BASE, "training": {"method": "dpo", "packing": "on"}})
     with pytest.raises(TrainConfigError, match=r"training\.beta = 0"):
         load_config({**BASE, "training": {"method": "dpo", "beta": 0}})
+
+
+def test_a_curriculum_gives_stages_instead_of_datasets_each_with_its_own_epochs():
+    stages = {"stages": [
+        {"name": "general", "datasets": [{"path": "g.jsonl"}], "epochs": 2},
+        {"name": "format", "datasets": [{"path": "f.jsonl"}, {"path": "p.jsonl",
+                                                              "format": "messages"}]},
+    ]}  # fmt: skip
+    data = load_config({**BASE, "data": stages, "training": {"method": "sft"}}).data
+    assert [(s.field, s.stage, s.spec.path.name) for s in data.sources()] == [
+        ("stages[0].datasets[0]", 0, "g.jsonl"),
+        ("stages[1].datasets[0]", 1, "f.jsonl"),
+        ("stages[1].datasets[1]", 1, "p.jsonl"),
+    ]
+    for data, message in [
+        ({**stages, "datasets": [{"path": "d.jsonl"}]}, "give the training files, or data.stages"),
+        ({"datasets": []}, "data.datasets: give the training files"),
+        ({"stages": [stages["stages"][0]] * 2}, "data.stages: names must differ"),
+        ({"stages": [{"name": "Bad Name", "datasets": [{"path": "g.jsonl"}]}]},
+         "data.stages.0.name = 'Bad Name'"),
+    ]:  # fmt: skip
+        with pytest.raises(TrainConfigError, match=re.escape(message)):
+            load_config({**BASE, "data": data})
+    with pytest.raises(TrainConfigError, match=r"training\.epochs: with data\.stages each stage"):
+        load_config({**BASE, "data": stages, "training": {"epochs": 3}})
+    with pytest.raises(TrainConfigError, match=re.escape("data.stages[1].datasets[1].format")):
+        load_config({**BASE, "data": stages, "training": {"method": "dpo"}})

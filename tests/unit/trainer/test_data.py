@@ -259,3 +259,39 @@ def test_pii_in_a_preference_prompt_is_redacted_in_both_answers_and_counted_once
     for example in (item.chosen, item.rejected):
         text = tokenizer.decode(example.input_ids)
         assert "Mail [EMAIL] the total?" in text and "jane.doe" not in text
+
+
+def test_a_curriculum_keeps_its_stages_in_order_each_mixed_from_its_own_files(tmp_path, tokenizer):
+    general = write_jsonl(tmp_path / "general.jsonl", [qa(i) for i in range(6)])
+    domain = write_jsonl(tmp_path / "domain.jsonl", [qa(100 + i) for i in range(8)])
+    extra = write_jsonl(tmp_path / "extra.jsonl", [qa(200 + i) for i in range(2)])
+    data = DataSpec(stages=[
+        {"name": "general", "datasets": [{"path": general}]},
+        {"name": "domain", "datasets": [{"path": domain, "weight": 3}, {"path": extra}]},
+    ])  # fmt: skip
+    prepared = prepare_data(data, tokenizer, seed=0)
+    assert prepared.stages == [6, 10]
+    numbers = [
+        int(tokenizer.decode(e.input_ids).split("number ")[1].split("?")[0]) for e in prepared.train
+    ]
+    assert sorted(numbers[:6]) == list(range(6))  # "general" first, then "domain" alone
+    assert all(n >= 100 for n in numbers[6:])
+    report = prepared.report
+    assert report.stage_rows == {"general": 6, "domain": 10}
+    # "domain" mixes its 10 rows 3:1 (7.5 and 2.5, rounded); "general" is not in its mixture.
+    assert [(s.stage, s.used) for s in report.sources] == [
+        ("general", 6), ("domain", 8), ("domain", 2),
+    ]  # fmt: skip
+
+
+def test_a_stage_left_without_rows_rejects_the_data_whatever_the_policy(tmp_path, tokenizer):
+    good = write_jsonl(tmp_path / "good.jsonl", [qa(i) for i in range(4)])
+    bad = write_jsonl(tmp_path / "bad.jsonl", ['{"prompt": 1}'])
+    data = DataSpec(policy="drop", stages=[
+        {"name": "general", "datasets": [{"path": good}]},
+        {"name": "format", "datasets": [{"path": bad}]},
+    ])  # fmt: skip
+    with pytest.raises(DataRejectedError) as caught:
+        prepare_data(data, tokenizer, seed=0)
+    codes = caught.value.report.problem_counts
+    assert codes["empty_stage"] == 1 and "stage 'format' has no valid rows" in str(caught.value)
