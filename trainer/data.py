@@ -482,9 +482,10 @@ def _prepare(
     if spec.eval_fraction > 0:
         eval_records += _hold_out(pools, reports, spec.eval_fraction, rng)
     train, sizes = _mix_stages(pools, sources, reports, rng)
+    stage_rows = dict(zip(names, sizes, strict=True)) if names else {}
     problems += [
         Problem("", 0, f"data.stages.{name}", "empty_stage", f"stage {name!r} has no valid rows")
-        for name, size in zip(names, sizes, strict=True)
+        for name, size in stage_rows.items()
         if not size
     ]
 
@@ -506,7 +507,7 @@ def _prepare(
         trained_tokens=sum(e.trained_tokens for e in examples),
         total_tokens=sum(lengths),
         sample=render_trained(tokenizer, examples[0]) if examples else "",
-        stage_rows=dict(zip(names, sizes, strict=True)),
+        stage_rows=stage_rows,
     )
     if problems and (spec.policy == "reject" or fatal):
         raise DataRejectedError(report)
