@@ -83,6 +83,7 @@ class _Strict(BaseModel):
 DataFormat = Literal["auto", "messages", "prompt_completion", "alpaca", "sharegpt", "preference"]
 Method = Literal["sft", "dpo"]
 """What a job trains with: supervised fine-tuning, or direct preference optimization."""
+PreferenceLoss = Literal["sigmoid", "ipo"]
 
 
 class DatasetSpec(_Strict):
@@ -221,6 +222,9 @@ class TrainingSpec(_Strict):
     or the base model for a fresh adapter) as the frozen reference (`trainer.objectives`)."""
     beta: float = Field(0.1, gt=0, le=10)
     """DPO's beta: how far the policy may move from the reference (TRL's default, 0.1)."""
+    preference_loss: PreferenceLoss = "sigmoid"
+    """DPO's loss (TRL's `loss_type`): "sigmoid" (DPO), or "ipo" (IPO: the squared distance
+    of the length-normalized log-ratio margin from 1 / (2 beta); `trainer.objectives`)."""
     precision: Precision = "auto"
     """Dtype of the frozen base and of the compute (adapter weights stay fp32): "auto" is bf16
     where the device computes it natively and fp32 otherwise (trainer.hardware)."""
@@ -267,6 +271,15 @@ class TrainingSpec(_Strict):
     """Local devices to train on, one process each (torch.distributed.run; gloo on the CPU,
     NCCL on GPUs): each takes whole micro-batches of every step, so the global batch, the
     checkpoints and the events are those of one device."""
+
+    @model_validator(mode="after")
+    def _preference_loss_of_dpo(self) -> "TrainingSpec":
+        if self.method != "dpo" and "preference_loss" in self.model_fields_set:
+            raise ValueError(
+                f"training.preference_loss = {self.preference_loss!r} is for training.method "
+                f"'dpo' (the method is {self.method!r})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _dpo_batches_are_padded(self) -> "TrainingSpec":

@@ -7,6 +7,10 @@ DPO (Rafailov et al., 2023; TRL's `loss_type="sigmoid"`): for each pair, with th
 probabilities of the chosen and the rejected answer (summed over the answer's trained tokens,
 end-of-turn included, exactly SFT's loss mask) under the policy and under the reference,
 loss = -log sigmoid(beta * ((policy_chosen - policy_rejected) - (ref_chosen - ref_rejected))).
+IPO (Azar et al., 2023; TRL's `loss_type="ipo"`) on the same pairs: with each answer's log-
+ratio (policy - reference) divided by its trained tokens, as TRL does,
+loss = ((ratio_chosen - ratio_rejected) - 1 / (2 beta))^2, which pulls the margin towards a
+fixed target instead of pushing it without bound.
 The reference is the adapter the job starts from: its parent for a warm start (so DPO after
 SFT), the base model for a fresh adapter (peft's B = 0 makes the two equal). It is frozen, so
 its log-probabilities are constants: they are measured once, before the first step, with the
@@ -23,6 +27,7 @@ from typing import Any, Generic, Protocol
 import torch
 
 from trainer.batching import Batch, token_losses
+from trainer.config import PreferenceLoss
 from trainer.masking import Example
 from trainer.preference import Item, Pair
 
@@ -47,6 +52,8 @@ class MicroBatch:
     """What its loss sums over: trained tokens (SFT) or pairs (DPO)."""
     reference: torch.Tensor | None = None
     """DPO: the reference's log-probabilities, [pairs, 2] (chosen, rejected)."""
+    answer_tokens: torch.Tensor | None = None
+    """DPO: the trained tokens of each answer, [pairs, 2] (chosen, rejected)."""
 
 
 class Objective(Protocol, Generic[Item]):
@@ -84,14 +91,17 @@ class Sft:
 
 DPO_METRICS = ("reward_margin", "reward_accuracy", "chosen_reward", "rejected_reward")
 """Per pair, as TRL names them: the implicit rewards beta * (policy - reference) of the chosen
-and the rejected answer, their difference, and whether it is above 0."""
+and the rejected answer (under IPO, of the length-normalized log-ratios), their difference, and
+whether it is above 0."""
 
 
 @dataclass(frozen=True)
 class Dpo:
-    """DPO's sigmoid loss against the reference measured before training (module doc)."""
+    """DPO's sigmoid or IPO's loss against the reference measured before training (module
+    doc)."""
 
     beta: float
+    loss_type: PreferenceLoss = "sigmoid"
     metrics: tuple[str, ...] = DPO_METRICS
 
     def length(self, item: Pair) -> int:
@@ -101,12 +111,17 @@ class Dpo:
         if any(p.reference is None for p in items):
             raise ValueError("a pair without its reference log-probabilities (referenced)")
         batch = pair_batch(items, batcher.make)
+        device = batch.input_ids.device
         reference = torch.tensor([p.reference for p in items], dtype=torch.float32)
-        return MicroBatch(batch, len(items), reference.to(batch.input_ids.device))
+        tokens = [[p.chosen.trained_tokens, p.rejected.trained_tokens] for p in items]
+        answer_tokens = torch.tensor(tokens, dtype=torch.float32)
+        return MicroBatch(batch, len(items), reference.to(device), answer_tokens.to(device))
 
     def loss(self, model: Any, micro: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        assert micro.reference is not None
+        assert micro.reference is not None and micro.answer_tokens is not None
         chosen, rejected = pair_logps(model, micro.batch, micro.units)
+        if self.loss_type == "ipo":
+            return ipo_loss(chosen, rejected, micro.reference, micro.answer_tokens, self.beta)
         return dpo_loss(chosen, rejected, micro.reference, self.beta)
 
 
@@ -138,12 +153,34 @@ def dpo_loss(
     rejected_reward = beta * (rejected - reference[:, 1])
     margin = chosen_reward - rejected_reward
     loss = -torch.nn.functional.logsigmoid(margin).sum()
-    margin = margin.detach()
-    return loss, {
+    return loss, _rewards(chosen_reward, rejected_reward)
+
+
+def ipo_loss(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    reference: torch.Tensor,
+    answer_tokens: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """IPO's loss summed over pairs, and `DPO_METRICS` of the length-normalized log-ratios,
+    from the same log-probabilities as `dpo_loss` and each answer's trained tokens ([pairs,
+    2]). Pure."""
+    chosen_ratio = (chosen - reference[:, 0]) / answer_tokens[:, 0]
+    rejected_ratio = (rejected - reference[:, 1]) / answer_tokens[:, 1]
+    loss = ((chosen_ratio - rejected_ratio - 1 / (2 * beta)) ** 2).sum()
+    return loss, _rewards(beta * chosen_ratio, beta * rejected_ratio)
+
+
+def _rewards(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`DPO_METRICS` summed over pairs, from each pair's implicit rewards."""
+    chosen, rejected = chosen.detach(), rejected.detach()
+    margin = chosen - rejected
+    return {
         "reward_margin": margin.sum(),
         "reward_accuracy": (margin > 0).sum().float(),
-        "chosen_reward": chosen_reward.detach().sum(),
-        "rejected_reward": rejected_reward.detach().sum(),
+        "chosen_reward": chosen.sum(),
+        "rejected_reward": rejected.sum(),
     }
 
 

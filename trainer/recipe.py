@@ -103,7 +103,9 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
     _check_superseded(config, fence, events, 0, group)
     tokenizer = AutoTokenizer.from_pretrained(config.base_model)
     preference = settings.method == "dpo"
-    objective: Objective[Any] = Dpo(settings.beta) if preference else Sft()
+    objective: Objective[Any] = (
+        Dpo(settings.beta, settings.preference_loss) if preference else Sft()
+    )
     try:
         data: PreparedData[Any] = preparer(settings.method)(config.data, tokenizer, settings.seed)
     except DataRejectedError as exc:

@@ -78,6 +78,22 @@ def test_dpo_widens_the_margin_against_the_base_as_reference(tmp_path, tiny_mode
     assert manifest["metrics"]["final_eval_loss"] == last["eval_loss"]
 
 
+def test_ipo_starts_at_the_square_of_its_target_and_moves_the_margin_towards_it(
+    tmp_path, tiny_model_dir
+):
+    config, _ = write_dpo_config(
+        tmp_path, tiny_model_dir, max_steps=3, beta=0.5, preference_loss="ipo"
+    )
+    process = train(config, tmp_path / "events.jsonl")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    progress = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "progress"]
+    # At the reference every log-ratio is 0: the loss is (1 / (2 beta))^2 = 1 per pair.
+    assert progress[0]["loss"] == pytest.approx(1.0, abs=1e-4)
+    assert progress[0]["reward_margin"] == pytest.approx(0.0, abs=1e-5)
+    assert progress[-1]["loss"] < progress[0]["loss"] and progress[-1]["reward_margin"] > 0
+
+
 def kept_reference(out):
     [checkpoint] = sorted(out.glob("attempts/*/checkpoints/step-*"))[-1:]
     return json.loads((checkpoint / "state.json").read_text())["reference"]

@@ -140,6 +140,10 @@ def test_dpo_is_opt_in_and_a_datasets_format_must_fit_the_method():
         load_config({**BASE, "training": {"method": "dpo", "packing": "on"}})
     with pytest.raises(TrainConfigError, match=r"training\.beta = 0"):
         load_config({**BASE, "training": {"method": "dpo", "beta": 0}})
+    ipo = {**BASE, "training": {"method": "dpo", "preference_loss": "ipo"}}
+    assert load_config(ipo).training.preference_loss == "ipo"
+    with pytest.raises(TrainConfigError, match=r"preference_loss = 'ipo' is for training\.method"):
+        load_config({**BASE, "training": {"preference_loss": "ipo"}})
 
 
 def test_a_curriculum_gives_stages_instead_of_datasets_each_with_its_own_epochs():

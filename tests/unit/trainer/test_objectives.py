@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trainer.masking import Example
-from trainer.objectives import Dpo, dpo_loss, referenced
+from trainer.objectives import Dpo, dpo_loss, ipo_loss, referenced
 from trainer.preference import Pair
 
 
@@ -45,3 +45,24 @@ def test_a_dpo_micro_batch_needs_every_pair_measured():
     assert measured.reference == (-1.5, -2.5)
     with pytest.raises(ValueError, match="zip"):
         referenced(pairs, [])
+
+
+def test_ipo_loss_pulls_the_length_normalized_margin_towards_one_over_two_beta():
+    chosen = torch.tensor([-10.0, -20.0], requires_grad=True)
+    rejected = torch.tensor([-12.0, -19.0], requires_grad=True)
+    reference = torch.tensor([[-11.0, -11.0], [-20.0, -20.0]])
+    tokens = torch.tensor([[2.0, 4.0], [5.0, 1.0]])
+    loss, metrics = ipo_loss(chosen, rejected, reference, tokens, beta=0.25)
+    # ratios: (1/2 - (-1/4)) = 0.75 and (0/5 - 1/1) = -1; target 1 / (2 * 0.25) = 2
+    assert float(loss) == pytest.approx((0.75 - 2) ** 2 + (-1 - 2) ** 2)
+    assert float(metrics["reward_margin"]) == pytest.approx(0.25 * (0.75 - 1))
+    assert float(metrics["reward_accuracy"]) == 1.0
+    loss.backward()
+    assert chosen.grad.tolist() == pytest.approx([2 * (0.75 - 2) / 2, 2 * (-1 - 2) / 5])
+
+
+def test_at_the_reference_the_ipo_loss_is_the_square_of_its_target():
+    chosen, rejected = torch.tensor([-3.0, -7.0]), torch.tensor([-4.0, -6.0])
+    reference = torch.stack([chosen, rejected], dim=1)
+    loss, _ = ipo_loss(chosen, rejected, reference, torch.ones(2, 2), beta=0.1)
+    assert float(loss) == pytest.approx(2 * 5.0**2)
