@@ -35,11 +35,18 @@ class CheckpointSummary:
     """The training loss of its step."""
     eval_loss: float | None = None
     """The eval loss measured at its step; None where none was."""
+    stage: str = ""
+    """Its curriculum stage (`data.stages`); "" without stages."""
+    stage_end: bool = False
+    """Its step ends its stage: kept whatever the retention (`retained`)."""
 
     @classmethod
     def of_record(cls, record: dict[str, Any]) -> "CheckpointSummary":
         """From a step's history record (`trainer.checkpoints.LoopState.history`)."""
-        return cls(record["step"], record["epoch"], record["loss"], record.get("eval_loss"))
+        return cls(
+            record["step"], record["epoch"], record["loss"], record.get("eval_loss"),
+            record.get("stage", ""), record.get("stage_end", False),
+        )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,9 +106,11 @@ def job_checkpoints(output_dir: Path) -> list[tuple[Path, CheckpointSummary]]:
 
 
 def retained(summaries: list[CheckpointSummary], newest: int, best: int) -> set[int]:
-    """The steps a retention policy keeps: the `newest` latest checkpoints, and the `best` with
-    the lowest eval loss among those where one was measured (ties: the earlier). Pure."""
+    """The steps a retention policy keeps: the `newest` latest checkpoints, the `best` with the
+    lowest eval loss among those where one was measured (ties: the earlier), and every one that
+    ends a curriculum stage. Pure."""
     steps = sorted(s.step for s in summaries)
     measured = [s for s in summaries if s.eval_loss is not None and math.isfinite(s.eval_loss)]
     lowest = sorted(measured, key=lambda s: (s.eval_loss, s.step))[:best]
-    return set(steps[-newest:] if newest else []) | {s.step for s in lowest}
+    stage_ends = {s.step for s in summaries if s.stage_end}
+    return set(steps[-newest:] if newest else []) | {s.step for s in lowest} | stage_ends

@@ -282,6 +282,7 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
             "step": state.step,
             "epoch": round(schedule.epochs_done(state.micro_batch), 4),
             **({"stage": schedule.stages[state.stage].name} if staged else {}),
+            **({"stage_end": True} if stage_ended else {}),
             "loss": round(step["loss"], 5),
             "learning_rate": scheduler.get_last_lr()[0],
             **{name: round(step[name], 5) for name in objective.metrics},

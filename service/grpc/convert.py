@@ -204,6 +204,8 @@ def checkpoint_to_proto(summary: CheckpointSummary) -> jobs_pb2.Checkpoint:
         epoch=summary.epoch,
         train_loss=summary.loss,
         eval_loss=summary.eval_loss,
+        stage=summary.stage,
+        stage_end=summary.stage_end,
     )
 
 

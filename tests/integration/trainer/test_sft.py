@@ -298,7 +298,8 @@ def test_a_curriculum_trains_its_stages_in_order_on_one_schedule(tmp_path, tiny_
             "eval_file": str(files["held"]),
         },
         "training": {"batch_size": 2, "eval_interval": 50, "checkpoint_interval": 50,
-                     "learning_rate": 1e-3, "scheduler": "linear", "warmup_ratio": 0.0},
+                     "keep_checkpoints": 1, "learning_rate": 1e-3, "scheduler": "linear",
+                     "warmup_ratio": 0.0},
     }  # fmt: skip
     (tmp_path / "config.json").write_text(json.dumps(config))
     process = train(tmp_path / "config.json", tmp_path / "events.jsonl")
@@ -317,12 +318,14 @@ def test_a_curriculum_trains_its_stages_in_order_on_one_schedule(tmp_path, tiny_
     assert [e["epoch"] for e in progress] == [0.25, 0.5, 0.75, 1.0, 0.5, 1.0, 1.5, 2.0]
     rates = [e["learning_rate"] for e in progress]
     assert rates == sorted(rates, reverse=True) and rates[-1] == 0.0  # one decay across both
-    # Each stage's end is measured and checkpointed; the saved loop state names the stage.
+    # Each stage's end is measured and checkpointed, and kept beside the newest checkpoint;
+    # the saved loop state and the checkpoint's summary name the stage.
     assert [e["step"] for e in events if e["event"] == "eval"] == [4, 8]
-    saved = [
-        json.loads((p / "state.json").read_text())
-        for p in sorted((tmp_path / "out").glob("attempts/*/checkpoints/step-*"))
-    ]
+    kept = sorted((tmp_path / "out").glob("attempts/*/checkpoints/step-*"))
+    saved = [json.loads((p / "state.json").read_text()) for p in kept]
     assert [(state["step"], state["stage"]) for state in saved] == [(4, 0), (8, 1)]
+    summaries = [json.loads((p / "manifest.json").read_text())["checkpoint"] for p in kept]
+    assert [(c["stage"], c["stage_end"]) for c in summaries] == [("general", True),
+                                                                 ("format", False)]  # fmt: skip
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert [d["stage"] for d in manifest["datasets"]] == ["general", "format"]

@@ -26,6 +26,15 @@ def test_retained_unites_the_newest_with_the_lowest_eval_losses():
     assert retained([], newest=2, best=2) == set()
 
 
+def test_a_checkpoint_that_ends_a_curriculum_stage_is_always_kept():
+    stage_end = CheckpointSummary(2, 1.0, 1.5, None, "general", stage_end=True)
+    found = [summary(1), stage_end, summary(3), summary(4)]
+    assert retained(found, newest=1, best=0) == {2, 4}
+    record = {"step": 2, "epoch": 1.0, "loss": 1.5, "stage": "general", "stage_end": True}
+    assert CheckpointSummary.of_record(record) == stage_end
+    assert CheckpointSummary.of_record({"step": 3, "epoch": 0.5, "loss": 1.0}).stage == ""
+
+
 def write(root, step, eval_loss, *, complete=True, manifest=True):
     path = checkpoint_dir(root / "checkpoints", step)
     path.mkdir(parents=True)
