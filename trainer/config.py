@@ -274,7 +274,7 @@ class TrainingSpec(_Strict):
 
     @model_validator(mode="after")
     def _preference_loss_of_dpo(self) -> "TrainingSpec":
-        if self.method != "dpo" and "preference_loss" in self.model_fields_set:
+        if self.method != "dpo" and self.preference_loss != "sigmoid":
             raise ValueError(
                 f"training.preference_loss = {self.preference_loss!r} is for training.method "
                 f"'dpo' (the method is {self.method!r})"
@@ -411,7 +411,8 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _epochs_of_the_stages(self) -> "TrainConfig":
-        if self.data.stages and "epochs" in self.training.model_fields_set:
+        # By value, not by the fields set: the server writes the whole config for the trainer.
+        if self.data.stages and self.training.epochs != TrainingSpec.model_fields["epochs"].default:
             raise ValueError(
                 "training.epochs: with data.stages each stage has its own epochs "
                 "(data.stages[N].epochs)"

@@ -1,3 +1,4 @@
+import json
 import re
 
 import pytest
@@ -171,3 +172,14 @@ def test_a_curriculum_gives_stages_instead_of_datasets_each_with_its_own_epochs(
         load_config({**BASE, "data": stages, "training": {"epochs": 3}})
     with pytest.raises(TrainConfigError, match=re.escape("data.stages[1].datasets[1].format")):
         load_config({**BASE, "data": stages, "training": {"method": "dpo"}})
+
+
+def test_a_config_the_server_wrote_in_full_loads_again_in_the_trainer():
+    # The server validates a job's config and writes every field for the trainer, defaults too.
+    for data, training in [
+        (BASE["data"], {}),
+        (BASE["data"], {"method": "dpo", "preference_loss": "ipo"}),
+        ({"stages": [{"name": "general", "datasets": [{"path": "g.jsonl"}]}]}, {}),
+    ]:
+        config = load_config({**BASE, "data": data, "training": training})
+        assert load_config(json.loads(config.model_dump_json())) == config
