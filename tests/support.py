@@ -1,6 +1,7 @@
 """Helpers shared by the tests: the tiny model, free ports, a real server process, and the
 Kubernetes manifests as kustomize renders them."""
 
+import contextlib
 import http.server
 import json
 import os
@@ -14,6 +15,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -363,6 +365,18 @@ class ServerProcess:
         """SIGTERM, then wait; returns the exit code (SIGKILL after `timeout`, code -9)."""
         assert self.process is not None
         return terminate(self.process, timeout)
+
+    def kill_9(self, spare: Collection[int] = ()) -> None:
+        """SIGKILL to the server and to every process it started but those in `spare`, as
+        when its container dies: vLLM's engine processes outlive a server killed alone, and
+        would hold their memory for the rest of the session."""
+        assert self.process is not None
+        children = [c for c in self.children() if c.pid not in spare]
+        os.kill(self.process.pid, signal.SIGKILL)  # the server dies without any cleanup
+        self.process.wait()
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
 
 
 @dataclass

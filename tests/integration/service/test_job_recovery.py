@@ -4,8 +4,6 @@ it from the checkpoint, and the jobs queued behind it keep their order throughou
 three server starts: each start costs an engine's."""
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import psutil
@@ -42,12 +40,7 @@ def kill_9(server: ServerProcess, job_id: str) -> psutil.Process:
         p for p in psutil.process_iter(["cmdline"]) if "trainer" in (p.info["cmdline"] or [])
         and job_id in " ".join(p.info["cmdline"] or [])
     )  # fmt: skip
-    engine_children = [c for c in server.children() if c.pid != trainer.pid]
-    assert server.process is not None
-    os.kill(server.process.pid, signal.SIGKILL)  # the server dies without any cleanup
-    server.process.wait()
-    for child in engine_children:
-        child.kill()
+    server.kill_9(spare={trainer.pid})
     return trainer
 
 

@@ -222,8 +222,7 @@ def test_a_replica_killed_mid_job_leaves_the_other_serving_and_a_watch_resumes_t
         seen.append(event)
         if event.kind == "progress":
             break
-    os.kill(replicas[0].process.pid, signal.SIGKILL)
-    replicas[0].process.wait()
+    replicas[0].kill_9()
     rest = list(users[1].watch_job(job.id, seen[-1].seq))  # reconnected to the other replica
     assert [e.seq for e in seen + rest] == list(range(1, len(seen) + len(rest) + 1))
     assert rest[-1].data["state"] == "succeeded"
