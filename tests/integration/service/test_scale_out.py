@@ -48,9 +48,10 @@ def cluster(request, tmp_path_factory, tiny_model_dir):
         for n in range(2)
     ]
     processes = [*replicas, *workers]
-    with ThreadPoolExecutor(len(processes)) as pool:  # at once: each start waits on its own
-        try:
-            list(pool.map(lambda process: process.start(), processes))
+    with ThreadPoolExecutor(len(processes)) as pool:
+        try:  # the engines first (a worker's start beside them slows their warm-up)
+            list(pool.map(lambda process: process.start(), replicas))
+            list(pool.map(lambda process: process.start(), workers))
             yield replicas, workers
         finally:
             list(pool.map(lambda process: process.process and process.stop(), processes))
