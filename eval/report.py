@@ -8,7 +8,7 @@ with its interval, schema errors, the training loss curve as inline SVG, and sam
 from html import escape
 from typing import Any
 
-from eval.gates import Metric, metric_key
+from eval.gates import MetricRef
 
 REPORT_JSON, REPORT_HTML = "report.json", "report.html"
 """File names of a report in its job's directory."""
@@ -85,8 +85,7 @@ def render_html(report: dict[str, Any]) -> str:
         ),
     ]
     if candidates := report.get("checkpoints"):
-        by = report["spec"]["checkpoints"]["select_by"]
-        key = metric_key(Metric(by["metric"]), by.get("task", ""), by.get("task_metric", ""))
+        key = MetricRef.model_validate(report["spec"]["checkpoints"]["select_by"]).key
         parts += [
             f"<h2>Checkpoints, ranked by {escape(key)}</h2>",
             _table(

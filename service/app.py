@@ -140,7 +140,6 @@ class App:
             tokenizer=tokenizer,
             metrics=self.metrics,
             labels=labels,
-            adapter_root=settings.resolved_adapter_root,
             limits=EvaluationLimits(
                 concurrency=settings.eval_concurrency,
                 max_model_len=settings.max_model_len,

@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 
 from service.adapters.checks import AdapterLimits, check_adapter
-from service.adapters.publish import publish
+from service.adapters.publish import install_checkpoint, publish
 from service.adapters.registry import (
     NOT_REGISTERED,
     AdapterState,
@@ -189,6 +189,21 @@ class AdapterManager:
             if (entry.name, entry.path, entry.state) == (name, where, AdapterState.READY):
                 return entry
         return await self.load(name, path, pin=False)
+
+    async def load_checkpoint(
+        self, name: str, checkpoint: Path, job_dir: Path, job_id: str
+    ) -> AdapterVersion:
+        """A job's checkpoint installed under the root once (`install_checkpoint`) and
+        registered once as a version of the qualified `name` (`load_once`).
+
+        Raises:
+            FileNotFoundError: the checkpoint went away as it was copied (pruned).
+            InvalidArgumentError, NotFoundError, ResourceExhaustedError: as `load`.
+        """
+        relative = await asyncio.to_thread(
+            install_checkpoint, checkpoint, job_dir, self._limits.root, job_id
+        )
+        return await self.load_once(name, relative)
 
     def _register(self, record: AdapterRecord) -> AdapterVersion:
         entry = self._registry.register(

@@ -9,7 +9,6 @@ field, file or line.
 
 import asyncio
 import json
-import math
 import time
 import weakref
 from dataclasses import dataclass
@@ -26,13 +25,19 @@ from eval.selection import Candidate, select
 from eval.sources import contamination
 from eval.spec import EvalSpec, EvalSpecError, parse_eval_spec
 from service.adapters.manager import AdapterManager
-from service.adapters.publish import checkpoints_name, install_checkpoint
+from service.adapters.publish import checkpoints_name
 from service.errors import AdapterdError
 from service.evaluation.engine import EvaluationEngine, EvaluationLimits
 from service.evaluation.export import export_scores
 from service.evaluation.measurements import Measurements
 from service.evaluation.report import add_ratings, gate_json, write_report, write_sheet
-from service.evaluation.scores import ScoreCache, Scores, percentile, trainer_losses
+from service.evaluation.scores import (
+    ScoreCache,
+    Scores,
+    checkpoint_losses,
+    percentile,
+    trainer_losses,
+)
 from service.inference.generation import Generator
 from service.jobs.model import FeedKind, Job, JobFailedError, JobKind, JobResult, JobSpec
 from service.jobs.runner import CONFIG_FILE, Emit
@@ -57,10 +62,8 @@ class Evaluator:
         metrics: Metrics,
         labels: AdapterLabels,
         limits: EvaluationLimits,
-        adapter_root: Path,
     ) -> None:
         self._adapters = adapters
-        self._adapter_root = adapter_root
         self._uploads = uploads
         self._store = store
         self._metrics = metrics
@@ -198,15 +201,8 @@ class Evaluator:
         for path, summary in await asyncio.to_thread(job_checkpoints, job_dir):
             if summary.step == result.adapter_step:
                 continue  # the adapter's own weights
-            relative = await asyncio.to_thread(
-                install_checkpoint, path, job_dir, self._adapter_root, job.id
-            )
-            entry = await self._adapters.load_once(name, relative)
-            losses = {"train_loss": summary.loss}
-            if summary.eval_loss is not None:
-                losses |= {"eval_loss": summary.eval_loss,
-                           "eval_perplexity": math.exp(summary.eval_loss)}  # fmt: skip
-            targets.append(_Target(entry.ref, summary.step, losses))
+            entry = await self._adapters.load_checkpoint(name, path, job_dir, job.id)
+            targets.append(_Target(entry.ref, summary.step, checkpoint_losses(summary)))
         return sorted(targets, key=lambda t: t.step or 0)
 
     async def import_ratings(self, out_dir: Path, upload_id: str, ratings: Path) -> dict[str, Any]:

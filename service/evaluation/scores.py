@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from eval.benchmarks import TaskScore
 from eval.gates import Metric, metric_key
+from trainer.layout import CheckpointSummary
 
 CACHE_ENTRIES = 64
 RAW_PATH_FIELDS = ("task_dir", "prompts", "schema_file", "families")
@@ -89,11 +90,21 @@ def trainer_losses(metrics: dict[str, Any]) -> dict[str, float]:
     """train_loss (mean over the last epoch), the eval loss of the adapter that was kept and
     its perplexity, from the trainer's final metrics."""
     kept = "best_eval_loss" if metrics.get("selected") == "best" else "final_eval_loss"
-    losses = {
+    return _with_perplexity({
         key: float(metrics[source])
         for key, source in (("train_loss", "train_loss"), ("eval_loss", kept))
         if isinstance(metrics.get(source), int | float)
-    }
+    })  # fmt: skip
+
+
+def checkpoint_losses(summary: CheckpointSummary) -> dict[str, float]:
+    """A checkpoint's train_loss (its step's), and the eval loss measured at its step with its
+    perplexity where one was."""
+    measured = {} if summary.eval_loss is None else {"eval_loss": summary.eval_loss}
+    return _with_perplexity({"train_loss": summary.loss, **measured})
+
+
+def _with_perplexity(losses: dict[str, float]) -> dict[str, float]:
     if "eval_loss" in losses:
         losses["eval_perplexity"] = math.exp(losses["eval_loss"])
     return losses

@@ -31,7 +31,7 @@ from eval.report import REPORT_HTML, REPORT_JSON
 from eval.sources import ClientFiles, check_sources
 from eval.spec import EvalSpec, EvalSpecError, parse_eval_spec
 from service.adapters.manager import AdapterManager, AdapterView
-from service.adapters.publish import checkpoints_name, install_checkpoint, register_job_adapter
+from service.adapters.publish import checkpoints_name, register_job_adapter
 from service.adapters.registry import check_name, qualify
 from service.auth import Principal
 from service.authz import is_admin, qualify_read, qualify_write, visible_tenant
@@ -596,17 +596,13 @@ class JobService:
         if step not in kept:
             steps = f"it keeps steps {', '.join(map(str, kept))}" if kept else "it has none yet"
             raise NotFoundError(f"step: job {job.id} keeps no checkpoint at step {step}; {steps}")
-        root = self._limits.adapter_root
         try:
-            relative = await asyncio.to_thread(
-                install_checkpoint, kept[step], directory, root, job.id
-            )
+            entry = await self._adapters.load_checkpoint(qualified, kept[step], directory, job.id)
         except FileNotFoundError:  # pruned by the running trainer meanwhile
             raise NotFoundError(
                 f"step: job {job.id} pruned its checkpoint at step {step} as it was being "
                 "registered (its retention: training.keep_checkpoints)"
             ) from None
-        entry = await self._adapters.load_once(qualified, relative)
         return self._adapters.view(entry.ref)
 
     # ---- hooks of the runner
