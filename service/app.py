@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 from grpc import aio
-from transformers import AutoTokenizer
 
 from service import __version__
 from service.adapters.checks import AdapterLimits
@@ -41,6 +40,7 @@ from service.store import describe_store, store_for
 from service.store.base import Change, keep_in_step
 from service.uploads import UploadLimits, UploadService, staging_name
 from trainer.hardware import Machine, PrecisionChoice, describe_machine, resolve_precision
+from trainer.templates import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class App:
         self.machine = server_machine(settings)
         self.metrics = metrics or Metrics()
         self.health = HealthPublisher(LIVE_SERVICES, ENGINE_BACKED_SERVICES)
-        tokenizer = AutoTokenizer.from_pretrained(base_model.path)
+        tokenizer = load_tokenizer(base_model.path, base_model.chat_template)
         self.store = store_for(settings.resolved_store_url)
         labels = AdapterLabels(self.metrics, settings.adapter_labels)
         limits = AdapterLimits.for_server(settings, base_model)
@@ -159,6 +159,7 @@ class App:
                 adapter_root=settings.resolved_adapter_root,
                 base_model_path=base_model.path,
                 base_model_name=base_model.name,
+                chat_template=base_model.chat_template,
                 max_lora_rank=settings.max_lora_rank,
                 max_queued=settings.max_queued_jobs,
                 tenant_max_queued=settings.tenant_max_queued_jobs,
@@ -357,7 +358,9 @@ def build_app(settings: ServerSettings) -> App:
                 "machine has none; on the CPU the engine and a trainer share the cores "
                 "(--engine-threads, --trainer-threads)"
             )
-    base_model = resolve_base_model(settings.base_model, settings.model_cache_dir)
+    base_model = resolve_base_model(
+        settings.base_model, settings.model_cache_dir, settings.chat_template
+    )
     metrics = Metrics()
     engine = VllmEngine(engine_config(settings, base_model.path), stats=metrics.record_engine_stats)
     return App(settings, base_model, engine, tokens, metrics)

@@ -18,6 +18,7 @@ from pathlib import Path
 from service.errors import ConfigError
 from trainer.files import fresh_staging, packaged_path, publish_dir
 from trainer.fingerprint import ModelFingerprint, fingerprint, sha256_files
+from trainer.templates import MODEL, ChatTemplate, with_template
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ class BaseModel:
     path: Path
     """A Hugging Face checkpoint directory."""
     fingerprint: ModelFingerprint
-    """Hashes of its weights and chat template."""
+    """Hashes of its weights and of the chat template it is served with."""
+    chat_template: ChatTemplate = MODEL
+    """The template chats render with (`--chat-template`)."""
 
 
 def linear_layers(path: Path) -> dict[str, tuple[int, int]]:
@@ -86,23 +89,31 @@ def lora_target_modules(path: Path) -> frozenset[str]:
     return target_names(linear_layers(path))
 
 
-def resolve_base_model(name: str, cache_dir: Path) -> BaseModel:
-    """Turns the `--base-model` setting into a checkpoint directory, preparing it if needed.
+def resolve_base_model(
+    name: str, cache_dir: Path, chat_template: ChatTemplate = MODEL
+) -> BaseModel:
+    """Turns the `--base-model` setting into a checkpoint directory, preparing it if needed;
+    its fingerprint is the base model's as served under `chat_template` (`--chat-template`).
 
     Raises:
         ConfigError: naming `--base-model` when the name is neither registered, nor a local
             checkpoint, nor downloadable.
     """
+    path, found = _checkpoint(name, cache_dir)
+    return BaseModel(name, path, with_template(found, chat_template), chat_template)
+
+
+def _checkpoint(name: str, cache_dir: Path) -> tuple[Path, ModelFingerprint]:
     if name in REGISTERED_MODELS:
         path = prepare_registered(name, cache_dir)
         stored = (path / FINGERPRINT_FILE).read_text(encoding="utf-8")
-        return BaseModel(name, path, ModelFingerprint.from_json(stored))
+        return path, ModelFingerprint.from_json(stored)
     local = Path(name).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
             raise ConfigError(f"--base-model {name!r}: directory has no config.json")
         try:
-            return BaseModel(name, local.resolve(), fingerprint(local))
+            return local.resolve(), fingerprint(local)
         except FileNotFoundError as exc:
             raise ConfigError(f"--base-model {name!r}: {exc}") from None
     registered = ", ".join(REGISTERED_MODELS)
@@ -112,7 +123,7 @@ def resolve_base_model(name: str, cache_dir: Path) -> BaseModel:
             "and not a local checkpoint directory"
         )
     path = _download(name, registered)
-    return BaseModel(name, path, fingerprint(path))
+    return path, fingerprint(path)
 
 
 def _download(repo_id: str, registered: str) -> Path:

@@ -71,7 +71,9 @@ def _demo(args: argparse.Namespace) -> int:
 def _prepare_model(args: argparse.Namespace) -> int:
     settings = settings_from_args(ServerSettings, args, only=PREPARE_MODEL_FLAGS)
     configure_logging(settings.log_level)
-    model = resolve_base_model(settings.base_model, settings.model_cache_dir)
+    model = resolve_base_model(
+        settings.base_model, settings.model_cache_dir, settings.chat_template
+    )
     print(f"{model.name}: {model.path}")
     print(f"  weights sha256       {model.fingerprint.weights_sha256}")
     print(f"  chat template sha256 {model.fingerprint.chat_template_sha256}")

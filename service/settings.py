@@ -24,6 +24,7 @@ from service.client.api import LoadBalancing
 from service.errors import ConfigError
 from trainer.config import describe_validation_error
 from trainer.hardware import Precision, available_cpus
+from trainer.templates import MODEL, ChatTemplate
 
 SERVER_ENV_PREFIX = "ADAPTERD_"
 CLIENT_ENV_PREFIX = "ADAPTERCTL_"
@@ -119,6 +120,12 @@ class ServerSettings(BaseSettings):
         min_length=1,
         description="A registered model name, a local checkpoint directory, or a hub id "
         "(needs a network).",
+    )
+    chat_template: ChatTemplate = Field(
+        MODEL,
+        description="The template chats render with, in training and serving: the base "
+        "model's own (model) or chatml_tools (Hermes-style tool calls, for models whose "
+        "template has none); part of the base fingerprint adapters are checked against.",
     )
     adapter_root: Path | None = Field(
         None, description="Root that adapter files must lie under (default: DATA_DIR/adapters)."

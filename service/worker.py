@@ -178,4 +178,7 @@ def build_worker(settings: ServerSettings) -> Worker:
             "--store-url: a worker takes its jobs from the store its serving replicas share; "
             "give postgresql://... (the SQLite store belongs to one server)"
         )
-    return Worker(settings, resolve_base_model(settings.base_model, settings.model_cache_dir))
+    return Worker(
+        settings,
+        resolve_base_model(settings.base_model, settings.model_cache_dir, settings.chat_template),
+    )

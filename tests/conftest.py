@@ -130,3 +130,11 @@ def tokenizer(default_model: BaseModel):  # type: ignore[no-untyped-def]
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(default_model.path)
+
+
+@pytest.fixture(scope="session")
+def tools_tokenizer(default_model: BaseModel):  # type: ignore[no-untyped-def]
+    """The default model's tokenizer under the shipped `chatml_tools` template."""
+    from trainer.templates import load_tokenizer
+
+    return load_tokenizer(default_model.path, "chatml_tools")

@@ -38,12 +38,14 @@ from trainer.data import MAX_PROBLEMS_SHOWN, DataRejectedError, DataReport, prep
 from trainer.events import EventWriter
 from trainer.hardware import available_cpus
 from trainer.masking import TemplateError
+from trainer.templates import MODEL, ChatTemplate, load_tokenizer
 
 
-def _data_spec(args: argparse.Namespace) -> tuple[DataSpec, Path, int, Method]:
+def _data_spec(args: argparse.Namespace) -> tuple[DataSpec, Path, ChatTemplate, int, Method]:
     if args.config:
         config = load_config(_load_config_file(args.config))
-        return config.data, config.base_model, config.training.seed, config.training.method
+        training = config.training
+        return config.data, config.base_model, config.chat_template, training.seed, training.method
     if not args.data or not args.tokenizer:
         raise TrainConfigError("give DATA files and --tokenizer, or --config")
     from pydantic import ValidationError
@@ -63,7 +65,7 @@ def _data_spec(args: argparse.Namespace) -> tuple[DataSpec, Path, int, Method]:
         )
     except ValidationError as exc:
         raise TrainConfigError("; ".join(describe_validation_error(exc))) from None
-    return spec, Path(args.tokenizer), 0, args.method
+    return spec, Path(args.tokenizer), args.chat_template, 0, args.method
 
 
 def _print_report(report: DataReport) -> None:
@@ -98,11 +100,9 @@ def _print_report(report: DataReport) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    spec, tokenizer_dir, seed, method = _data_spec(args)
-    from transformers import AutoTokenizer  # after the cheap checks: it takes seconds
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    spec, tokenizer_dir, template, seed, method = _data_spec(args)
+    try:  # after the cheap checks: loading a tokenizer takes seconds
+        tokenizer = load_tokenizer(tokenizer_dir, template)
     except OSError as exc:
         raise TrainConfigError(f"--tokenizer {tokenizer_dir}: {exc}") from None
     try:
@@ -230,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("data", nargs="*", help="JSONL, JSON, CSV or Parquet files.")
     validate.add_argument("--config", help="A training config; validates its data section.")
     validate.add_argument("--tokenizer", help="Model directory whose tokenizer and template apply.")
+    validate.add_argument(
+        "--chat-template",
+        choices=get_args(ChatTemplate),
+        default=MODEL,
+        help="The chat template to render with: the model's own (default) or a shipped one.",
+    )
     validate.add_argument("--format", default="auto", help="Row format (default: detect).")
     validate.add_argument(
         "--method", choices=get_args(Method), default="sft",

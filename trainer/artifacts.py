@@ -12,6 +12,7 @@ from trainer.files import fresh_staging, installed_versions, publish_dir
 from trainer.fingerprint import fingerprint, sha256_files
 from trainer.hardware import PrecisionChoice
 from trainer.layout import ADAPTER, MANIFEST, PEFT_CONFIG, PEFT_WEIGHTS
+from trainer.templates import with_template
 
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "trl", "accelerate", "safetensors")
 
@@ -38,7 +39,7 @@ def identity(
     the adapter weights' dtype (fp32 whatever the precision, so an engine in any dtype serves
     them), quantization, the parent of a warm start, and the data's summary. Hashes the base
     model's weights and the datasets."""
-    base = fingerprint(config.base_model)
+    base = with_template(fingerprint(config.base_model), config.chat_template)
     names = [stage.name for stage in config.data.stages]
     return {
         "base_model": base.manifest_entry(config.base_model_name or str(config.base_model)),

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from trainer.hardware import Dtype, Precision
+from trainer.templates import MODEL, ChatTemplate
 
 
 class TrainConfigError(ValueError):
@@ -363,6 +364,9 @@ class TrainConfig(_Strict):
     """Hugging Face checkpoint directory of the base model."""
     base_model_name: str = ""
     """The name the base model is served under (recorded in the manifest)."""
+    chat_template: ChatTemplate = MODEL
+    """The template chats render with, the server's `--chat-template`: "model" (the base
+    model's own) or "chatml_tools" (`trainer.templates`); part of the base fingerprint."""
     output_dir: Path
     """Where checkpoints, the adapter and the manifest are written."""
     data: DataSpec

@@ -18,10 +18,11 @@ from typing import Any, Generic
 from trainer.config import DatasetSpec, DataSpec, Method, Source
 from trainer.drift import prompt_text
 from trainer.formats import FieldProblem, RowError, Turn, normalize, normalize_preference
-from trainer.masking import Example, render_trained, tokenize
+from trainer.masking import Example, render_trained, require_tools, tokenize
 from trainer.pii import Redacted, redact
 from trainer.preference import Item, Pair
 from trainer.quality import quality_flag
+from trainer.tools import Tool
 
 MAX_PROBLEMS_SHOWN = 50
 # Problems with a whole file or stage: fatal whatever the policy (dropping a file would
@@ -58,6 +59,13 @@ class Record:
     """A preference row's prompt: the first turns, the same in both conversations."""
     examples: tuple[Example, ...] = ()
     """`turns` tokenized, then `rejected` if there is one."""
+    tools: tuple[Tool, ...] = ()
+    """The tools a `messages` row offers its assistant."""
+
+    @property
+    def uses_tools(self) -> bool:
+        """Whether the row offers tools, calls one or answers a call."""
+        return bool(self.tools) or any(t.tool_calls or t.role == "tool" for t in self.turns)
 
     @property
     def conversations(self) -> list[list[Turn]]:
@@ -175,8 +183,12 @@ def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _normalized_key(record: Record) -> tuple[tuple[str, str], ...]:
+    def text(turn: Turn) -> str:
+        calls = " ".join(f"{call.name} {call.arguments}" for call in turn.tool_calls)
+        return f"{turn.content} {calls}".lower()
+
     return tuple(
-        (t.role, " ".join(re.sub(r"[^\w\s]", "", t.content.lower()).split()))
+        (t.role, " ".join(re.sub(r"[^\w\s]", "", text(t)).split()))
         for turns in record.conversations
         for t in turns
     )
@@ -191,8 +203,8 @@ def _normalized(parsed: Any, spec: DatasetSpec, preference: bool, source: str, r
     if preference:
         fmt, chosen, rejected, prompt = normalize_preference(parsed, spec.format, spec.columns)
         return Record(source, row, fmt, chosen, rejected, prompt)
-    fmt, turns = normalize(parsed, spec.format, spec.columns)
-    return Record(source, row, fmt, turns)
+    fmt, turns, tools = normalize(parsed, spec.format, spec.columns)
+    return Record(source, row, fmt, turns, tools=tools)
 
 
 def _read_source(
@@ -228,7 +240,12 @@ def _find_duplicates(records: list[Record]) -> list[Problem]:
     near: dict[Any, Record] = {}
     problems = []
     for record in records:
-        exact_key = tuple((t.role, t.content) for turns in record.conversations for t in turns)
+        exact_key = (
+            record.tools,
+            tuple(
+                (t.role, t.content, t.tool_calls) for turns in record.conversations for t in turns
+            ),
+        )
         near_key = _normalized_key(record)
         first = exact.get(exact_key) or near.get(near_key)
         if first is not None:
@@ -295,9 +312,13 @@ def _mix_stages(
 
 
 def _tokenize_all(records: list[Record], tokenizer: Any, max_length: int) -> list[Problem]:
+    if any(record.uses_tools for record in records):
+        require_tools(tokenizer)
     problems = []
     for record in records:
-        record.examples = tuple(tokenize(tokenizer, turns) for turns in record.conversations)
+        record.examples = tuple(
+            tokenize(tokenizer, turns, record.tools) for turns in record.conversations
+        )
         length = max(len(example.input_ids) for example in record.examples)
         if length > max_length:
             problems.append(

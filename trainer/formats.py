@@ -1,6 +1,8 @@
 """Row formats: detect a row's format and normalize it into one conversation form.
 
-Supported: chat `messages` (system/user/assistant, multi-turn), `prompt`/`completion`, Alpaca
+Supported: chat `messages` (system/user/assistant, multi-turn; with `tools`, assistant
+`tool_calls` and `tool` messages, OpenAI's shape, checked by `trainer.tools`),
+`prompt`/`completion`, Alpaca
 `instruction`/`input`/`output`, ShareGPT `conversations` with `from`/`value`; a column mapping
 renames fields for anything else (GSM8K: {"prompt": "question", "completion": "answer"}).
 Preference rows (`prompt`/`chosen`/`rejected`, TRL's preference format, which
@@ -9,11 +11,17 @@ prompt, for `training.method: dpo` (`normalize_preference`).
 Pure: no I/O, no tokenizer. Problems carry a field path and a stable code.
 """
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from trainer.tools import Tool, ToolCall, ToolError, read_tool_calls, read_tools
+
 ROLES = ("system", "user", "assistant")
+MESSAGE_ROLES = (*ROLES, "tool")
+"""The roles of the `messages` format: with `tools`, a `tool` message answers the assistant's
+calls."""
 SHAREGPT_ROLES = {
     "system": "system",
     "human": "user",
@@ -32,7 +40,7 @@ class Turn:
     """One message of a normalized conversation."""
 
     role: str
-    """"system", "user" or "assistant"."""
+    """"system", "user", "assistant" or "tool"."""
     content: str
     """The message text."""
     origin: str
@@ -40,6 +48,15 @@ class Turn:
     trained: bool = True
     """Whether the loss covers it (assistant turns only). False for assistant turns inside a
     conversational prompt: they are few-shot context, as in TRL's prompt/completion."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """The calls an assistant turn makes (trained like its text)."""
+
+    def message(self) -> dict[str, Any]:
+        """The turn as a chat template takes it."""
+        if not self.tool_calls:
+            return {"role": self.role, "content": self.content}
+        calls = [call.as_dict() for call in self.tool_calls]
+        return {"role": self.role, "content": self.content, "tool_calls": calls}
 
     @property
     def learns(self) -> bool:
@@ -93,6 +110,12 @@ class _Reader:
         self.record = record
         self.columns = columns
         self.problems: list[FieldProblem] = []
+        self.tools: tuple[Tool, ...] | None = None
+        """The row's tools once read (`messages` rows only): then assistant messages may
+        call them and `tool` messages answer."""
+
+    def tool_problems(self, exc: ToolError) -> None:
+        self.problems += [FieldProblem(*problem) for problem in exc.problems]
 
     def name(self, field: str) -> str:
         return self.columns.get(field, field)
@@ -131,6 +154,14 @@ class _Reader:
                 self.problem(path, "wrong_type", f"'{path}' must be an object")
                 continue
             role, text = item.get(role_key), item.get(text_key)
+            calls: tuple[ToolCall, ...] = ()
+            if self.tools is not None and role == "assistant" and item.get("tool_calls"):
+                try:
+                    calls = read_tool_calls(item["tool_calls"], f"{path}.tool_calls", self.tools)
+                except ToolError as exc:
+                    self.tool_problems(exc)
+                    continue
+                text = "" if text is None else text
             if not isinstance(role, str) or role not in roles:
                 allowed = ", ".join(sorted(roles))
                 self.problem(
@@ -144,12 +175,19 @@ class _Reader:
                     f"{path}.{text_key}", "wrong_type", f"'{path}.{text_key}' must be a string"
                 )
                 continue
-            turns.append(Turn(roles[role], text, f"{path}.{text_key}"))
+            turns.append(Turn(roles[role], text, f"{path}.{text_key}", tool_calls=calls))
         return turns
 
 
 def _messages(reader: _Reader) -> list[Turn]:
-    return reader.message_list("messages", "role", "content", {r: r for r in ROLES})
+    reader.tools = ()
+    tools = reader.get("tools", list, required=False)
+    if tools:
+        try:
+            reader.tools = read_tools(tools, reader.name("tools"))
+        except ToolError as exc:
+            reader.tool_problems(exc)
+    return reader.message_list("messages", "role", "content", {r: r for r in MESSAGE_ROLES})
 
 
 def _sharegpt(reader: _Reader) -> list[Turn]:
@@ -216,7 +254,7 @@ def check_structure(turns: list[Turn]) -> list[FieldProblem]:
             )
         )
     for turn in assistants:
-        if not turn.content.strip():
+        if not turn.content.strip() and not turn.tool_calls:
             problems.append(
                 FieldProblem(
                     turn.origin, "empty_content", f"'{turn.origin}' is an empty assistant message"
@@ -236,6 +274,15 @@ def check_structure(turns: list[Turn]) -> list[FieldProblem]:
             problems.append(
                 FieldProblem(
                     turn.origin, "misplaced_system", "a system message may only come first"
+                )
+            )
+    for previous, turn in itertools.pairwise(turns):
+        if turn.role == "tool" and previous.role != "tool" and not previous.tool_calls:
+            problems.append(
+                FieldProblem(
+                    turn.origin,
+                    "tool_without_call",
+                    "a tool message must follow an assistant message with tool_calls",
                 )
             )
     return problems
@@ -271,7 +318,9 @@ def _format_of(record: Any, fmt: str, columns: Mapping[str, str]) -> str:
     return used
 
 
-def normalize(record: Any, fmt: str, columns: Mapping[str, str]) -> tuple[str, list[Turn]]:
+def normalize(
+    record: Any, fmt: str, columns: Mapping[str, str]
+) -> tuple[str, list[Turn], tuple[Tool, ...]]:
     """Normalizes one parsed row of supervised data.
 
     Args:
@@ -280,7 +329,7 @@ def normalize(record: Any, fmt: str, columns: Mapping[str, str]) -> tuple[str, l
         columns: canonical field name -> column name in this file.
 
     Returns:
-        The format used and the conversation's turns.
+        The format used, the conversation's turns and the tools it offers (`messages` only).
 
     Raises:
         RowError: with every problem of the row.
@@ -302,7 +351,7 @@ def normalize(record: Any, fmt: str, columns: Mapping[str, str]) -> tuple[str, l
     problems = reader.problems or check_structure(turns)
     if problems:
         raise RowError(problems)
-    return used, turns
+    return used, turns, reader.tools or ()
 
 
 def normalize_preference(

@@ -5,7 +5,9 @@ works for templates without `{% generation %}` markers (SmolLM2's ChatML has non
 assistant turn's span is found by rendering the conversation up to it, with and without the
 turn, and the end-of-turn token is the first special token the template emits after the text.
 Padding is masked by the attention mask elsewhere, never here by token id (pad may equal the
-end-of-turn token).
+end-of-turn token). An assistant turn's tool calls train with it: the span runs from the
+turn's start through its end-of-turn token, whatever the template renders the calls as; a
+conversation with tools needs a template that renders them (`supports_tools`).
 """
 
 from collections.abc import Sequence
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainer.formats import Turn
+from trainer.tools import Tool
 
 IGNORE_INDEX = -100
 
@@ -36,9 +39,46 @@ class Example:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
-def _render(tokenizer: Any, messages: list[dict[str, str]], prompt: bool) -> str:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+def _render(
+    tokenizer: Any, messages: list[dict[str, Any]], prompt: bool, tools: Sequence[Tool] = ()
+) -> str:
+    text = tokenizer.apply_chat_template(
+        messages,
+        tools=[tool.as_dict() for tool in tools] or None,
+        tokenize=False,
+        add_generation_prompt=prompt,
+    )
     return str(text)
+
+
+PROBE = "adapterd_probe_tool"
+
+
+def supports_tools(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template renders tools, an assistant's call and a tool's
+    answer (SmolLM2's silently drops all three)."""
+    tool = {"type": "function", "function": {"name": PROBE, "parameters": {}}}
+    call = {"type": "function", "function": {"name": f"{PROBE}_call", "arguments": {}}}
+    messages = [
+        {"role": "user", "content": "u"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": f"{PROBE}_answer"},
+    ]
+    try:
+        text = tokenizer.apply_chat_template(messages, tools=[tool], tokenize=False)
+    except Exception:  # a template may raise anything on roles or fields it does not know
+        return False
+    return all(f"{PROBE}{suffix}" in text for suffix in ("", "_call", "_answer"))
+
+
+def require_tools(tokenizer: Any) -> None:
+    """Raises TemplateError, naming the remedy, unless the template renders tools."""
+    if not supports_tools(tokenizer):
+        raise TemplateError(
+            "the chat template does not render tools, tool calls or tool messages (they would "
+            "vanish from the text the model learns); use the chat template 'chatml_tools' "
+            "(--chat-template chatml_tools), a Hermes-style ChatML template with <tool_call>"
+        )
 
 
 def _end_of_turn(tokenizer: Any, tail: str) -> str:
@@ -52,21 +92,23 @@ def _end_of_turn(tokenizer: Any, tail: str) -> str:
     return str(min(found)[1])
 
 
-def assistant_spans(tokenizer: Any, turns: Sequence[Turn]) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(
+    tokenizer: Any, turns: Sequence[Turn], tools: Sequence[Tool] = ()
+) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans that train: each assistant message
-    through its end-of-turn token.
+    (its text and its tool calls) through its end-of-turn token.
 
     Raises:
         TemplateError: when rendering is not prefix-stable or alters assistant text.
     """
-    messages = [{"role": t.role, "content": t.content} for t in turns]
-    full = _render(tokenizer, messages, prompt=False)
+    messages = [t.message() for t in turns]
+    full = _render(tokenizer, messages, prompt=False, tools=tools)
     spans = []
     for index, turn in enumerate(turns):
         if not turn.learns:
             continue
-        before = _render(tokenizer, messages[:index], prompt=True)
-        through = _render(tokenizer, messages[: index + 1], prompt=False)
+        before = _render(tokenizer, messages[:index], prompt=True, tools=tools)
+        through = _render(tokenizer, messages[: index + 1], prompt=False, tools=tools)
         if not (through.startswith(before) and full.startswith(through)):
             raise TemplateError(
                 "the chat template does not render a conversation as a prefix of its "
@@ -79,27 +121,33 @@ def assistant_spans(tokenizer: Any, turns: Sequence[Turn]) -> tuple[str, list[tu
                 "it cannot be trained exactly"
             )
         tail = segment[len(turn.content) :]
+        if any(call.name not in tail for call in turn.tool_calls):
+            raise TemplateError(
+                f"the chat template does not render the tool calls at {turn.origin}"
+            )
         eot = _end_of_turn(tokenizer, tail)
         end = len(before) + len(turn.content) + tail.find(eot) + len(eot)
         spans.append((len(before), end))
     return full, spans
 
 
-def prompt_token_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    """A chat as the model sees it at inference: rendered exactly as in training, plus the
-    assistant prefix, tokenized."""
-    text = _render(tokenizer, messages, prompt=True)
+def prompt_token_ids(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: Sequence[Tool] = ()
+) -> list[int]:
+    """A chat (with the tools it offers) as the model sees it at inference: rendered exactly as
+    in training, plus the assistant prefix, tokenized."""
+    text = _render(tokenizer, messages, prompt=True, tools=tools)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def tokenize(tokenizer: Any, turns: Sequence[Turn]) -> Example:
+def tokenize(tokenizer: Any, turns: Sequence[Turn], tools: Sequence[Tool] = ()) -> Example:
     """Tokenizes a conversation with labels on its assistant spans.
 
     Raises:
         TemplateError: as `assistant_spans`, or when an assistant turn's end-of-turn token
             does not end up trained (the "model never stops" bug).
     """
-    text, spans = assistant_spans(tokenizer, turns)
+    text, spans = assistant_spans(tokenizer, turns, tools)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = list(encoded["input_ids"])
     labels = [IGNORE_INDEX] * len(ids)

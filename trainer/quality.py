@@ -14,7 +14,10 @@ MAX_WORDS_PER_INSTRUCTION_WORD = 50
 
 
 def quality_flag(turns: Sequence[Turn]) -> str | None:
-    """The reason to filter a conversation ("too_short", "sycophantic", "verbose"), or None."""
+    """The reason to filter a conversation ("too_short", "sycophantic", "verbose"), or None
+    (always for one that ends in a tool call: its arguments are checked by their schema)."""
+    if turns[-1].tool_calls:
+        return None
     response = turns[-1].content
     users = [t.content for t in turns if t.role == "user"]
     instruction_words = len(users[-1].split()) if users else 0

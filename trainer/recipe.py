@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, get_scheduler
+from transformers import get_scheduler
 
 from trainer.artifacts import identity, install_adapter, write_loss_curve, write_manifest
 from trainer.batching import Batch, padded, padding_free
@@ -47,6 +47,7 @@ from trainer.masking import Example, TemplateError
 from trainer.model import DTYPES, attach_lora, device, load_base, resolve_quantization
 from trainer.objectives import Dpo, Objective, Sft, measure, reference_logps, referenced
 from trainer.schedule import Schedule, Stage
+from trainer.templates import load_tokenizer
 
 OOM_HINT = (
     "lower training.batch_size or data.max_length, or turn on training.gradient_checkpointing "
@@ -101,7 +102,7 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
     torch.manual_seed(settings.seed)
     config.output_dir.mkdir(parents=True, exist_ok=True)
     _check_superseded(config, fence, events, 0, group)
-    tokenizer = AutoTokenizer.from_pretrained(config.base_model)
+    tokenizer = load_tokenizer(config.base_model, config.chat_template)
     preference = settings.method == "dpo"
     objective: Objective[Any] = (
         Dpo(settings.beta, settings.preference_loss) if preference else Sft()

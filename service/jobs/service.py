@@ -57,6 +57,7 @@ from trainer.config import (
     warm_lora,
 )
 from trainer.layout import MANIFEST, PEFT_CONFIG, CheckpointSummary, job_checkpoints
+from trainer.templates import MODEL, ChatTemplate
 
 DATASET = UploadKind.DATASET
 WATCH_POLL_SECONDS = 5.0
@@ -79,6 +80,8 @@ class JobLimits:
     """How long a cancel of an owned job waits for its owner to end it."""
     judge_urls: frozenset[str] = frozenset()
     """Names of the allowlisted judge servers."""
+    chat_template: ChatTemplate = MODEL
+    """The template the server renders chats with; jobs train under it."""
 
 
 def _check_request(
@@ -437,6 +440,7 @@ class JobService:
         config = {
             "base_model": str(limits.base_model_path),
             "base_model_name": limits.base_model_name,
+            "chat_template": limits.chat_template,
             "output_dir": str(directory),
             "data": await self._data_section(principal, spec.get("data", {})),
             "serving_max_lora_rank": limits.max_lora_rank,

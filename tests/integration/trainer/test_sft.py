@@ -1,5 +1,6 @@
 """The recipe on the tiny model, run as the service runs it: `python -m trainer train`."""
 
+import hashlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from safetensors.torch import load_file
 from trainer.contract import FENCE_VARIABLE
 from trainer.drift import read_reference
 from trainer.fingerprint import fingerprint
+from trainer.templates import CHATML_TOOLS
 
 ROOT = Path(__file__).resolve().parents[3]
 GSM8K = ROOT / "data/gsm8k/train_slice.jsonl"
@@ -329,3 +331,52 @@ def test_a_curriculum_trains_its_stages_in_order_on_one_schedule(tmp_path, tiny_
                                                                  ("format", False)]  # fmt: skip
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert [d["stage"] for d in manifest["datasets"]] == ["general", "format"]
+
+
+def write_tool_rows(path: Path, count: int) -> None:
+    """`count` chats in which the assistant calls `add` and then answers with its result."""
+    add = {"type": "function", "function": {"name": "add", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+        "required": ["a", "b"]}}}  # fmt: skip
+    rows = []
+    for a in range(count):
+        call = {"type": "function", "function": {"name": "add", "arguments": {"a": a, "b": 2}}}
+        rows.append({"tools": [add], "messages": [
+            {"role": "user", "content": f"What is {a} + 2?"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "content": str(a + 2)},
+            {"role": "assistant", "content": f"{a} + 2 = {a + 2}."},
+        ]})  # fmt: skip
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+@pytest.mark.parametrize("template", ["model", "chatml_tools"])
+def test_tool_call_rows_train_under_a_template_with_tools_and_fail_naming_it_otherwise(
+    tmp_path, tiny_model_dir, template
+):
+    write_tool_rows(tmp_path / "tools.jsonl", 8)
+    config = {
+        "base_model": str(tiny_model_dir),
+        "chat_template": template,
+        "output_dir": str(tmp_path / "out"),
+        "data": {"datasets": [{"path": str(tmp_path / "tools.jsonl")}]},
+        "training": {"batch_size": 4, "max_steps": 2, "learning_rate": 1e-3},
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    process = train(path, tmp_path / "events.jsonl")
+    output, _ = process.communicate(timeout=300)
+    events = read_events(tmp_path / "events.jsonl")
+    if template == "model":  # SmolLM2's template drops tools: exit 4, before any model loads
+        assert process.returncode == 4, output[-2000:]
+        assert events[-1]["reason"] == "chat_template"
+        assert "--chat-template chatml_tools" in events[-1]["message"]
+        assert "Loading weights" not in output
+        return
+    assert process.returncode == 0, output[-3000:]
+    [data] = [e for e in events if e["event"] == "data"]
+    assert data["sample"].count("[[<tool_call>") == 1  # the call trains, the tool's answer not
+    manifest = json.loads((tmp_path / "out/manifest.json").read_text())
+    shipped = hashlib.sha256(CHATML_TOOLS.encode()).hexdigest()
+    assert manifest["base_model"]["chat_template_sha256"] == shipped
+    assert fingerprint(tiny_model_dir).chat_template_sha256 != shipped

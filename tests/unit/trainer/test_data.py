@@ -7,7 +7,7 @@ import pytest
 
 from trainer.config import DataSpec
 from trainer.data import DataRejectedError, prepare_data, prepare_preferences
-from trainer.masking import render_trained
+from trainer.masking import TemplateError, render_trained
 
 ROOT = Path(__file__).resolve().parents[3]
 GSM8K = ROOT / "data/gsm8k/train_slice.jsonl"
@@ -295,3 +295,27 @@ def test_a_stage_left_without_rows_rejects_the_data_whatever_the_policy(tmp_path
         prepare_data(data, tokenizer, seed=0)
     codes = caught.value.report.problem_counts
     assert codes["empty_stage"] == 1 and "stage 'format' has no valid rows" in str(caught.value)
+
+
+def add_row(a, b):
+    call = {"type": "function", "function": {"name": "add", "arguments": {"a": a, "b": b}}}
+    return {
+        "tools": [{"type": "function", "function": {"name": "add", "parameters": {
+            "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}}],
+        "messages": [{"role": "user", "content": "Add the numbers, please."},
+                     {"role": "assistant", "content": None, "tool_calls": [call]}],
+    }  # fmt: skip
+
+
+def test_tool_rows_need_a_template_that_renders_tools(tmp_path, tokenizer, tools_tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", [add_row(1, 2), add_row(3, 4), add_row(1, 2)])
+    with pytest.raises(TemplateError, match="chatml_tools"):
+        prepare_data(spec(path, policy="drop"), tokenizer, seed=0)
+    prepared = prepare_data(spec(path, policy="drop"), tools_tokenizer, seed=0)
+    # the same request with other arguments is another example; the same call is a duplicate
+    assert len(prepared.train) == 2
+    assert [(p.row, p.code) for p in prepared.report.problems] == [(3, "duplicate")]
+    rendered = " ".join(render_trained(tools_tokenizer, e) for e in prepared.train)
+    for a, b in [(1, 2), (3, 4)]:
+        call = f'{{"name": "add", "arguments": {{"a": {a}, "b": {b}}}}}'
+        assert f"[[<tool_call>\n{call}\n</tool_call><|im_end|>" in rendered

@@ -31,7 +31,7 @@ def roles_and_texts(turns):
     ],
 )  # fmt: skip
 def test_every_format_normalizes_to_the_same_conversation_form(row, columns, fmt, expected):
-    used, turns = normalize(row, "auto", columns)
+    used, turns, _ = normalize(row, "auto", columns)
     assert used == fmt
     assert roles_and_texts(turns) == expected
 
@@ -75,3 +75,61 @@ def test_forced_format_reports_missing_fields_by_their_column_names():
     assert problems_of({"q": "x"}, "prompt_completion", {"prompt": "q", "completion": "a"}) == [
         ("a", "missing_field")
     ]
+
+
+ADD = {"type": "function", "function": {"name": "add", "parameters": {
+    "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+    "required": ["a", "b"]}}}  # fmt: skip
+
+
+def tool_row(*messages, tools=(ADD,)):
+    return {"tools": list(tools), "messages": [{"role": "user", "content": "2+3?"}, *messages]}
+
+
+CALL = {"role": "assistant", "content": None,
+        "tool_calls": [{"id": "c0", "type": "function",
+                        "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}]}  # fmt: skip
+
+
+def test_a_tool_conversation_normalizes_with_its_calls_and_tools():
+    row = tool_row(CALL, {"role": "tool", "content": "5"}, {"role": "assistant", "content": "5."})
+    used, turns, tools = normalize(row, "auto", {})
+    assert used == "messages"
+    assert [tool.name for tool in tools] == ["add"]
+    assert [(t.role, t.content) for t in turns] == [
+        ("user", "2+3?"), ("assistant", ""), ("tool", "5"), ("assistant", "5."),
+    ]  # fmt: skip
+    assert turns[1].message()["tool_calls"][0]["function"] == {
+        "name": "add",
+        "arguments": {"a": 2, "b": 3},
+    }
+    assert "tool_calls" not in turns[3].message()
+
+
+def test_a_conversation_may_end_in_a_tool_call():
+    _, turns, _ = normalize(tool_row(CALL), "auto", {})
+    assert turns[-1].tool_calls[0].name == "add"
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        (tool_row({"role": "tool", "content": "5"}, {"role": "assistant", "content": "5"}),
+         [("messages[1].content", "tool_without_call")]),
+        (tool_row({**CALL, "tool_calls": [{"function": {"name": "mul", "arguments": {}}}]}),
+         [("messages[1].tool_calls[0].function.name", "unknown_tool")]),
+        (tool_row({**CALL, "tool_calls": [{"function": {"name": "add", "arguments": {"a": 1}}}]}),
+         [("messages[1].tool_calls[0].function.arguments", "invalid_arguments")]),
+        (tool_row(CALL, tools=[{"type": "function", "function": {"name": "a/b"}}]),
+         [("tools[0].function.name", "invalid_tool_name"),
+          ("messages[1].tool_calls[0].function.name", "unknown_tool")]),
+        (tool_row({"role": "assistant", "content": ""}), [("messages[1].content", "empty_content")]),
+    ],
+)  # fmt: skip
+def test_tool_problems_name_their_field(row, expected):
+    assert problems_of(row) == expected
+
+
+def test_a_row_without_tools_may_not_call_one():
+    row = {"messages": [{"role": "user", "content": "2+3?"}, CALL]}
+    assert problems_of(row) == [("messages[1].tool_calls[0].function.name", "unknown_tool")]

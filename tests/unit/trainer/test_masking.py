@@ -3,7 +3,7 @@
 import pytest
 
 from trainer.formats import normalize
-from trainer.masking import IGNORE_INDEX, TemplateError, tokenize
+from trainer.masking import IGNORE_INDEX, TemplateError, require_tools, supports_tools, tokenize
 
 ROWS = {
     "messages_multi_turn": {"messages": [
@@ -39,14 +39,14 @@ def trained_segments(tokenizer, example):
 
 @pytest.mark.parametrize("name", ROWS)
 def test_trained_tokens_are_the_assistant_contents_with_their_end_of_turn(tokenizer, name):
-    _, turns = normalize(ROWS[name], "auto", {})
+    _, turns, _ = normalize(ROWS[name], "auto", {})
     example = tokenize(tokenizer, turns)
     expected = [f"{t.content}<|im_end|>" for t in turns if t.role == "assistant"]
     assert trained_segments(tokenizer, example) == expected
 
 
 def test_every_end_of_turn_token_is_trained(tokenizer):
-    _, turns = normalize(ROWS["messages_multi_turn"], "auto", {})
+    _, turns, _ = normalize(ROWS["messages_multi_turn"], "auto", {})
     example = tokenize(tokenizer, turns)
     eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
     trained_eot = [i for i, label in enumerate(example.labels) if label == eot]
@@ -61,13 +61,13 @@ class TemplateWithoutEndOfTurn:
 
     all_special_tokens = ["<s>"]
 
-    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+    def apply_chat_template(self, messages, tools, tokenize, add_generation_prompt):
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
         return text + ("assistant: " if add_generation_prompt else "")
 
 
 def test_a_template_without_end_of_turn_token_fails_hard():
-    _, turns = normalize({"prompt": "Q", "completion": "A"}, "auto", {})
+    _, turns, _ = normalize({"prompt": "Q", "completion": "A"}, "auto", {})
     with pytest.raises(TemplateError, match="never learn to stop"):
         tokenize(TemplateWithoutEndOfTurn(), turns)
 
@@ -81,5 +81,35 @@ def test_assistant_turns_inside_a_conversational_prompt_are_context_not_targets(
         ],
         "completion": [{"role": "assistant", "content": "6"}],
     }
-    _, turns = normalize(row, "auto", {})
+    _, turns, _ = normalize(row, "auto", {})
     assert trained_segments(tokenizer, tokenize(tokenizer, turns)) == ["6<|im_end|>"]
+
+
+ADD = {"type": "function", "function": {"name": "add", "parameters": {
+    "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}}  # fmt: skip
+TOOL_ROW = {"tools": [ADD], "messages": [
+    {"role": "user", "content": "2+3?"},
+    {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}]},
+    {"role": "tool", "content": "5"},
+    {"role": "assistant", "content": "It is 5."},
+]}  # fmt: skip
+
+
+def test_a_tool_call_trains_with_its_end_of_turn_and_the_tool_answer_does_not(tools_tokenizer):
+    _, turns, tools = normalize(TOOL_ROW, "auto", {})
+    example = tokenize(tools_tokenizer, turns, tools)
+    assert trained_segments(tools_tokenizer, example) == [
+        '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call><|im_end|>',
+        "It is 5.<|im_end|>",
+    ]
+    text = tools_tokenizer.decode(example.input_ids)
+    assert '"name": "add"' in text.split("\n</tools>")[0]  # the signature is in the prompt
+    assert "<tool_response>\n5\n</tool_response>" in text
+
+
+def test_the_models_own_template_is_refused_for_tools_naming_the_remedy(tokenizer, tools_tokenizer):
+    assert not supports_tools(tokenizer)  # SmolLM2's template drops tools and calls silently
+    assert supports_tools(tools_tokenizer)
+    with pytest.raises(TemplateError, match="--chat-template chatml_tools"):
+        require_tools(tokenizer)

@@ -1,0 +1,275 @@
+"""Tool calls: the function definitions a chat offers, the calls an assistant makes, checked.
+
+One shape on every side, OpenAI's: a tool is `{"type": "function", "function": {"name",
+"description", "parameters"}}` (parameters a JSON Schema), a call `{"id", "type": "function",
+"function": {"name", "arguments"}}` (arguments a JSON object, or OpenAI's JSON string of one).
+Training data (`trainer.formats`, the `messages` format with `tools`, assistant `tool_calls` and
+`tool` messages) and the serving routes read them here, so a call is valid in a dataset exactly
+when it is valid in a request. Parameter schemas are a client's: they are checked by
+`eval.schema` (metaschema, depth, patterns in RE2) and arguments validated under RE2.
+Pure: no I/O, no tokenizer.
+"""
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from eval.schema import validator_of
+
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""OpenAI's rule for function names; it also keeps a name from breaking out of a template."""
+MAX_TOOLS = 64
+MAX_TOOL_CALLS = 16
+"""Calls one assistant message may make."""
+MAX_DESCRIPTION = 4096
+MAX_ARGUMENTS_CHARS = 1 << 16
+
+
+@dataclass(frozen=True)
+class Tool:
+    """One function a chat offers."""
+
+    name: str
+    definition: str
+    """The tool as canonical JSON (OpenAI's shape), what the chat template renders."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The tool's OpenAI-shaped object."""
+        value: dict[str, Any] = json.loads(self.definition)
+        return value
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The JSON Schema of its arguments (an empty one accepts any object)."""
+        value: dict[str, Any] = self.as_dict()["function"].get("parameters") or {}
+        return value
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One call an assistant makes."""
+
+    name: str
+    arguments: str
+    """The arguments as canonical JSON of an object."""
+    id: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The call as a chat template renders it: arguments as an object."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": json.loads(self.arguments)},
+        }
+
+    def openai(self) -> dict[str, Any]:
+        """The call in OpenAI's response shape: arguments as a JSON string."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+class ToolError(ValueError):
+    """Invalid tools or calls; `problems` are (field path, code, message)."""
+
+    def __init__(self, problems: list[tuple[str, str, str]]) -> None:
+        super().__init__("; ".join(message for _, _, message in problems))
+        self.problems = problems
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+
+
+def read_tools(value: Any, path: str) -> tuple[Tool, ...]:
+    """The tools of `value` (a list of OpenAI tool objects) at field `path`.
+
+    Raises:
+        ToolError: every problem, naming `path[i]...`: not a list, too many, a wrong shape, a
+            bad or repeated name, a parameters value that is not a valid JSON Schema.
+    """
+    if not isinstance(value, list):
+        raise ToolError([(path, "wrong_type", f"'{path}' must be a list of tools")])
+    if len(value) > MAX_TOOLS:
+        raise ToolError([(path, "too_many_tools", f"'{path}': more than {MAX_TOOLS} tools")])
+    problems: list[tuple[str, str, str]] = []
+    tools: dict[str, Tool] = {}
+    for index, item in enumerate(value):
+        where = f"{path}[{index}]"
+        function = item.get("function") if isinstance(item, dict) else None
+        if (
+            not isinstance(item, dict)
+            or item.get("type") != "function"
+            or not isinstance(function, dict)
+        ):
+            problems.append(
+                (where, "wrong_type", f"'{where}' must be {{\"type\": \"function\", "
+                 "\"function\": {\"name\", \"description\", \"parameters\"}}")
+            )  # fmt: skip
+            continue
+        problem = _function_problem(function, f"{where}.function")
+        if problem is not None:
+            problems.append(problem)
+            continue
+        name = function["name"]
+        if name in tools:
+            problems.append(
+                (f"{where}.function.name", "duplicate_tool", f"tool {name!r} is defined twice")
+            )
+            continue
+        tools[name] = Tool(name, _canonical({"type": "function", "function": function}))
+    if problems:
+        raise ToolError(problems)
+    return tuple(tools.values())
+
+
+def _function_problem(function: dict[str, Any], where: str) -> tuple[str, str, str] | None:
+    unknown = set(function) - {"name", "description", "parameters", "strict"}
+    if unknown:
+        field = f"{where}.{sorted(unknown)[0]}"
+        return field, "unknown_field", f"'{field}': unknown field"
+    name = function.get("name")
+    if not isinstance(name, str) or not TOOL_NAME.match(name):
+        return (
+            f"{where}.name",
+            "invalid_tool_name",
+            f"'{where}.name' is {str(name)[:80]!r}: 1-64 letters, digits, '_' or '-'",
+        )
+    description = function.get("description", "")
+    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
+        return (
+            f"{where}.description",
+            "wrong_type",
+            f"'{where}.description' must be a string of at most {MAX_DESCRIPTION} characters",
+        )
+    parameters = function.get("parameters", {})
+    try:
+        _validator(_canonical(parameters))
+    except ValueError as exc:
+        return f"{where}.parameters", "invalid_schema", f"'{where}.parameters': {exc}"
+    return None
+
+
+@lru_cache(maxsize=256)
+def _validator(schema: str) -> Any:
+    """A validator (RE2 patterns) of a canonical JSON Schema; ValueError when it is invalid."""
+    return validator_of(json.loads(schema))
+
+
+def read_tool_calls(value: Any, path: str, tools: Sequence[Tool]) -> tuple[ToolCall, ...]:
+    """The calls of an assistant message's `tool_calls` at field `path`, each naming one of
+    `tools` with arguments valid under its parameters.
+
+    Raises:
+        ToolError: every problem, naming `path[i].function...`.
+    """
+    if not isinstance(value, list) or not value:
+        raise ToolError([(path, "wrong_type", f"'{path}' must be a non-empty list of calls")])
+    if len(value) > MAX_TOOL_CALLS:
+        raise ToolError([(path, "too_many_calls", f"'{path}': more than {MAX_TOOL_CALLS} calls")])
+    by_name = {tool.name: tool for tool in tools}
+    problems: list[tuple[str, str, str]] = []
+    calls = []
+    for index, item in enumerate(value):
+        where = f"{path}[{index}]"
+        try:
+            calls.append(_call(item, where, by_name))
+        except ToolError as exc:
+            problems += exc.problems
+    if problems:
+        raise ToolError(problems)
+    return tuple(calls)
+
+
+def _call(item: Any, where: str, tools: Mapping[str, Tool]) -> ToolCall:
+    function = item.get("function") if isinstance(item, dict) else None
+    if not isinstance(function, dict) or item.get("type", "function") != "function":
+        raise ToolError(
+            [(where, "wrong_type", f"'{where}' must be {{\"type\": \"function\", "
+              "\"function\": {\"name\", \"arguments\"}}")]
+        )  # fmt: skip
+    call_id = item.get("id", "")
+    if not isinstance(call_id, str) or len(call_id) > 64:
+        raise ToolError([(f"{where}.id", "wrong_type", f"'{where}.id' must be a short string")])
+    name = function.get("name")
+    if not isinstance(name, str) or name not in tools:
+        offered = ", ".join(sorted(tools)) or "none"
+        raise ToolError(
+            [
+                (
+                    f"{where}.function.name",
+                    "unknown_tool",
+                    f"'{where}.function.name' is {str(name)[:80]!r}, not one of the tools "
+                    f"offered ({offered})",
+                )
+            ]
+        )
+    arguments = parse_arguments(function.get("arguments", {}), f"{where}.function.arguments")
+    errors = list(_validator(_canonical(tools[name].parameters)).iter_errors(arguments))
+    if errors:
+        raise ToolError(
+            [
+                (
+                    f"{where}.function.arguments",
+                    "invalid_arguments",
+                    f"'{where}.function.arguments' do not match {name}'s parameters: "
+                    f"{errors[0].message[:200]}",
+                )
+            ]
+        )
+    return ToolCall(name, _canonical(arguments), call_id)
+
+
+def parse_arguments(value: Any, where: str) -> dict[str, Any]:
+    """A call's arguments as an object: given as one, or as OpenAI's JSON string of one.
+
+    Raises:
+        ToolError: not an object, not JSON, too long or nested too deep.
+    """
+    if isinstance(value, str):
+        if len(value) > MAX_ARGUMENTS_CHARS:
+            raise ToolError(
+                [(where, "too_long", f"'{where}': longer than {MAX_ARGUMENTS_CHARS} characters")]
+            )
+        try:
+            value = json.loads(value)
+        except (json.JSONDecodeError, RecursionError):
+            raise ToolError(
+                [(where, "invalid_arguments", f"'{where}' is not JSON of an object")]
+            ) from None
+    if not isinstance(value, dict):
+        raise ToolError([(where, "invalid_arguments", f"'{where}' must be a JSON object")])
+    return value
+
+
+TOOL_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|\Z)", re.DOTALL)
+"""A Hermes-style call in generated text (`trainer.templates.CHATML_TOOLS` asks for them);
+the last one may be cut off by the end of the generation."""
+
+
+def parse_generated(text: str, tools: Sequence[Tool]) -> tuple[str, tuple[ToolCall, ...]]:
+    """The content and the calls of a generated answer: `<tool_call>{"name": ..., "arguments":
+    ...}</tool_call>` blocks naming offered tools with valid arguments become calls, numbered
+    `call_<i>`; when any block is not such a call, the whole text stays content (as vLLM's
+    Hermes parser does), so nothing generated is lost.
+    """
+    blocks = list(TOOL_CALL_BLOCK.finditer(text))
+    if not blocks:
+        return text, ()
+    calls = []
+    for index, block in enumerate(blocks):
+        try:
+            value = json.loads(block.group(1))
+            if not isinstance(value, dict):
+                return text, ()
+            item = {"function": {"name": value.get("name"), "arguments": value.get("arguments")}}
+            calls.append(_call(item, "call", {t.name: t for t in tools}))
+        except (json.JSONDecodeError, RecursionError, ToolError):
+            return text, ()
+        calls[-1] = ToolCall(calls[-1].name, calls[-1].arguments, f"call_{index}")
+    return text[: blocks[0].start()].strip(), tuple(calls)
