@@ -51,6 +51,8 @@ class Metric(enum.Enum):
     """The raters' preferences for the candidate over the baseline: wins plus half the ties."""
     HUMAN_JUDGE_AGREEMENT = "human_judge_agreement"
     """Share of the raters' preferences that the judge's outcome matches."""
+    TOOL_CALL_VALID_RATE = "tool_call_valid_rate"
+    """Share of tool-call prompts answered with calls valid under the offered tools' schemas."""
 
 
 class Comparator(enum.Enum):

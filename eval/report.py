@@ -154,6 +154,16 @@ def render_html(report: dict[str, Any]) -> str:
                         [_failure_row(f) for f in s["failures"]],
                     )
                 )
+    if "tool_calls" in details:
+        t = details["tool_calls"]
+        errors = ", ".join(f"{k}: {v}" for k, v in t["errors_by_keyword"].items()) or "none"
+        parts.append(
+            f"<h2>Tool calls</h2><p>{t['total']} prompts: valid {_number(t['valid_rate'])}, "
+            f"called {_number(t['call_rate'])}, parsed {_number(t['parse_rate'])}; errors by "
+            f"keyword: {escape(errors)}</p>"
+        )
+        if t["failures"]:
+            parts.append(_table(["#", "answer", "why"], [_failure_row(f) for f in t["failures"]]))
     if "overlap" in details:
         parts += [
             "<h2>Overlap with the training rows (13-grams)</h2>",

@@ -83,7 +83,7 @@ def extract_json(text: str) -> Any:
     for candidate in candidates:
         try:
             return json.loads(candidate)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # a model may nest past the stack
             continue
     raise ValueError("not JSON")
 
@@ -175,7 +175,7 @@ def score_outputs(outputs: list[str], schema: dict[str, Any]) -> SchemaReport:
         report.total += 1
         judged = judge_output(validator, output)
         if judged is None:
-            _fail(report, index, output, "not JSON")
+            add_failure(report.failures, index, output, "not JSON")
             continue
         value, errors = judged
         report.parsed += 1
@@ -186,10 +186,11 @@ def score_outputs(outputs: list[str], schema: dict[str, Any]) -> SchemaReport:
             report.valid += 1
             continue
         report.errors_by_keyword.update(str(e.validator) for e in errors)
-        _fail(report, index, output, "; ".join(e.message for e in errors[:3]))
+        add_failure(report.failures, index, output, "; ".join(e.message for e in errors[:3]))
     return report
 
 
-def _fail(report: SchemaReport, index: int, output: str, reason: str) -> None:
-    if len(report.failures) < MAX_SAMPLES:
-        report.failures.append(Failure(index, output, reason))
+def add_failure(failures: list[Failure], index: int, output: str, reason: str) -> None:
+    """Keeps a failing output as a sample while there are fewer than MAX_SAMPLES."""
+    if len(failures) < MAX_SAMPLES:
+        failures.append(Failure(index, output, reason))

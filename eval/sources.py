@@ -25,8 +25,10 @@ from eval.spec import (
     RubricSpec,
     SafetySpec,
     SchemaSpec,
+    ToolCallSpec,
     WinRateSpec,
 )
+from eval.toolcalls import ToolPrompt, read_tool_prompts
 from trainer.config import DataSpec
 
 
@@ -38,6 +40,7 @@ class ClientFiles:
     """The directory of `benchmarks.task_upload` or `benchmarks.task_dir`."""
     schema_prompts: Path | None = None
     schema: Path | None = None
+    tool_prompts: Path | None = None
     win_rate_prompts: Path | None = None
     safety_families: Path | None = None
     rubric_prompts: Path | None = None
@@ -69,6 +72,15 @@ def schema_set(spec: SchemaSpec, files: ClientFiles) -> tuple[list[dict[str, str
         prompts, schema = bundled_prompts(spec.set), bundled_schema(spec.set)
     checked = read_schema(schema)
     return read_prompts(prompts, ("prompt",), spec.limit), checked
+
+
+def tool_set(spec: ToolCallSpec, files: ClientFiles) -> list[ToolPrompt]:
+    """The prompts with their tools of a tool-call section.
+
+    Raises:
+        PromptSetError: naming the file, line and field.
+    """
+    return read_tool_prompts(files.tool_prompts or bundled_prompts(spec.set), spec.limit)
 
 
 def win_rate_set(spec: WinRateSpec, files: ClientFiles) -> list[dict[str, str]]:
@@ -144,6 +156,8 @@ def check_sources(spec: EvalSpec, files: ClientFiles, judge_urls: Iterable[str])
     task_configs(spec, files)
     if spec.schema_adherence:
         schema_set(spec.schema_adherence, files)
+    if spec.tool_calls:
+        tool_set(spec.tool_calls, files)
     if spec.win_rate:
         win_rate_set(spec.win_rate, files)
     if spec.safety:
@@ -171,6 +185,8 @@ def contamination(config_file: Path, spec: EvalSpec, files: ClientFiles) -> dict
         sets["schema_adherence"] = [
             r["prompt"] for r in schema_set(spec.schema_adherence, files)[0]
         ]
+    if spec.tool_calls:
+        sets["tool_calls"] = [p.conversation.transcript() for p in tool_set(spec.tool_calls, files)]
     if spec.win_rate:
         rows = win_rate_set(spec.win_rate, files)
         sets["win_rate"] = [f"{r['prompt']} {r['reference']}" for r in rows]

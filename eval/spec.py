@@ -16,6 +16,7 @@ from eval.selection import Goal
 from trainer.config import describe_validation_error
 
 BUNDLED_SCHEMA_SETS = ("contact_card",)
+BUNDLED_TOOL_SETS = ("basic_tools",)
 BUNDLED_PROMPT_SETS = ("gsm8k_heldout",)
 BUNDLED_RUBRIC_SETS = ("assistant_mix", "gsm8k_heldout")
 JUDGED_SECTIONS = ("win_rate", "safety", "rubric", "human")
@@ -42,9 +43,10 @@ CANDIDATE_ONLY_METRICS = frozenset(
     {Metric.WIN_RATE, Metric.WIN_RATE_LOWER, Metric.HUMAN_WIN_RATE, Metric.HUMAN_JUDGE_AGREEMENT}
 )
 """Metrics of the pair, not of each side: the baseline has no value of its own."""
-GENERATING_SECTIONS = ("schema_adherence", "win_rate", "safety", "rubric", "human")
+GENERATING_SECTIONS = ("schema_adherence", "tool_calls", "win_rate", "safety", "rubric", "human")
 SECTIONS_OF: dict[Metric, tuple[str, ...]] = {
     Metric.SCHEMA_VALID_RATE: ("schema_adherence",),
+    Metric.TOOL_CALL_VALID_RATE: ("tool_calls",),
     Metric.WIN_RATE: ("win_rate",),
     Metric.WIN_RATE_LOWER: ("win_rate",),
     Metric.LATENCY_P50: GENERATING_SECTIONS,
@@ -155,6 +157,24 @@ class SchemaSpec(_Strict):
             raise ValueError("give prompts and schema_file together, or neither (a bundled set)")
         if not has_prompts and self.set not in BUNDLED_SCHEMA_SETS:
             raise ValueError(f"set {self.set!r} is not bundled; bundled: {BUNDLED_SCHEMA_SETS}")
+        return self
+
+
+class ToolCallSpec(_Strict):
+    """Prompts that offer tools, the answers scored as calls (`eval.toolcalls`)."""
+
+    set: str = "basic_tools"
+    """A bundled prompt set with its tools (eval/assets); ignored when `prompts` is given."""
+    prompts: str = ""
+    """A JSONL file of {"prompt" or "messages", "tools"} rows under the data root."""
+    prompts_upload: str = Field("", max_length=64)
+    """Instead of prompts: the id of an uploaded prompt set."""
+    limit: int | None = Field(None, ge=1, le=10_000)
+    max_tokens: int = Field(128, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _source(self) -> "ToolCallSpec":
+        _prompt_source(self.prompts, self.prompts_upload, self.set, BUNDLED_TOOL_SETS)
         return self
 
 
@@ -279,6 +299,7 @@ class EvalSpec(_Strict):
 
     benchmarks: BenchmarkSpec | None = None
     schema_adherence: SchemaSpec | None = None
+    tool_calls: ToolCallSpec | None = None
     win_rate: WinRateSpec | None = None
     safety: SafetySpec | None = None
     rubric: RubricSpec | None = None
@@ -295,8 +316,8 @@ class EvalSpec(_Strict):
     def _consistent(self) -> "EvalSpec":
         if not any(self.sections()):
             raise ValueError(
-                "give at least one of benchmarks, schema_adherence, win_rate, safety, rubric or "
-                "human"
+                "give at least one of benchmarks, schema_adherence, tool_calls, win_rate, "
+                "safety, rubric or human"
             )
         for index, gate in enumerate(self.gates):
             for where, measured in zip(("", ".compare_to"), gate.metrics, strict=False):
@@ -338,8 +359,8 @@ class EvalSpec(_Strict):
 
     def sections(self) -> tuple[BaseModel, ...]:
         """The sections the spec gives."""
-        given = (self.benchmarks, self.schema_adherence, self.win_rate, self.safety, self.rubric,
-                 self.human)  # fmt: skip
+        given = (self.benchmarks, self.schema_adherence, self.tool_calls, self.win_rate,
+                 self.safety, self.rubric, self.human)  # fmt: skip
         return tuple(part for part in given if part is not None)
 
     @property

@@ -79,6 +79,7 @@ CLIENT_FILES = (
     ("task_dir", "benchmarks", "task_dir", "task_upload", UploadKind.TASK_ARCHIVE),
     ("schema_prompts", "schema_adherence", "prompts", "prompts_upload", UploadKind.PROMPT_SET),
     ("schema", "schema_adherence", "schema_file", "schema_upload", UploadKind.JSON_SCHEMA),
+    ("tool_prompts", "tool_calls", "prompts", "prompts_upload", UploadKind.PROMPT_SET),
     ("win_rate_prompts", "win_rate", "prompts", "prompts_upload", UploadKind.PROMPT_SET),
     ("safety_families", "safety", "families", "families_upload", UploadKind.SAFETY_FAMILIES),
     ("rubric_prompts", "rubric", "prompts", "prompts_upload", UploadKind.PROMPT_SET),

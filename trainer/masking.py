@@ -132,11 +132,12 @@ def assistant_spans(
 
 
 def prompt_token_ids(
-    tokenizer: Any, messages: list[dict[str, Any]], tools: Sequence[Tool] = ()
+    tokenizer: Any, messages: list[dict[str, Any]], tools: Sequence[Tool] = (), prefill: str = ""
 ) -> list[int]:
     """A chat (with the tools it offers) as the model sees it at inference: rendered exactly as
-    in training, plus the assistant prefix, tokenized."""
-    text = _render(tokenizer, messages, prompt=True, tools=tools)
+    in training, plus the assistant prefix and the start of its answer, `prefill`, tokenized
+    as one text (as the answer was in training)."""
+    text = _render(tokenizer, messages, prompt=True, tools=tools) + prefill
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

@@ -26,6 +26,8 @@ MAX_TOOL_CALLS = 16
 """Calls one assistant message may make."""
 MAX_DESCRIPTION = 4096
 MAX_ARGUMENTS_CHARS = 1 << 16
+MAX_DEPTH = 64
+"""Nesting an object of arguments or parameters may have."""
 
 
 @dataclass(frozen=True)
@@ -112,9 +114,10 @@ def read_tools(value: Any, path: str) -> tuple[Tool, ...]:
                  "\"function\": {\"name\", \"description\", \"parameters\"}}")
             )  # fmt: skip
             continue
-        problem = _function_problem(function, f"{where}.function")
-        if problem is not None:
-            problems.append(problem)
+        try:
+            function = _function(function, f"{where}.function")
+        except ToolError as exc:
+            problems += exc.problems
             continue
         name = function["name"]
         if name in tools:
@@ -128,31 +131,33 @@ def read_tools(value: Any, path: str) -> tuple[Tool, ...]:
     return tuple(tools.values())
 
 
-def _function_problem(function: dict[str, Any], where: str) -> tuple[str, str, str] | None:
+def _function(function: dict[str, Any], where: str) -> dict[str, Any]:
+    """`function` checked, its parameters an object (given as one or as JSON text).
+
+    Raises:
+        ToolError: its first problem.
+    """
     unknown = set(function) - {"name", "description", "parameters", "strict"}
     if unknown:
         field = f"{where}.{sorted(unknown)[0]}"
-        return field, "unknown_field", f"'{field}': unknown field"
+        raise ToolError([(field, "unknown_field", f"'{field}': unknown field")])
     name = function.get("name")
     if not isinstance(name, str) or not TOOL_NAME.match(name):
-        return (
-            f"{where}.name",
-            "invalid_tool_name",
-            f"'{where}.name' is {str(name)[:80]!r}: 1-64 letters, digits, '_' or '-'",
-        )
+        message = f"'{where}.name' is {str(name)[:80]!r}: 1-64 letters, digits, '_' or '-'"
+        raise ToolError([(f"{where}.name", "invalid_tool_name", message)])
     description = function.get("description", "")
     if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
-        return (
-            f"{where}.description",
-            "wrong_type",
-            f"'{where}.description' must be a string of at most {MAX_DESCRIPTION} characters",
-        )
-    parameters = function.get("parameters", {})
+        message = f"'{where}.description' must be a string of at most {MAX_DESCRIPTION} characters"
+        raise ToolError([(f"{where}.description", "wrong_type", message)])
+    parameters = parse_object(
+        function.get("parameters", {}), f"{where}.parameters", "invalid_schema"
+    )
     try:
         _validator(_canonical(parameters))
     except ValueError as exc:
-        return f"{where}.parameters", "invalid_schema", f"'{where}.parameters': {exc}"
-    return None
+        message = f"'{where}.parameters': {exc}"
+        raise ToolError([(f"{where}.parameters", "invalid_schema", message)]) from None
+    return {**function, "parameters": parameters}
 
 
 @lru_cache(maxsize=256)
@@ -209,7 +214,7 @@ def _call(item: Any, where: str, tools: Mapping[str, Tool]) -> ToolCall:
                 )
             ]
         )
-    arguments = parse_arguments(function.get("arguments", {}), f"{where}.function.arguments")
+    arguments = parse_object(function.get("arguments", {}), f"{where}.function.arguments")
     errors = list(_validator(_canonical(tools[name].parameters)).iter_errors(arguments))
     if errors:
         raise ToolError(
@@ -225,11 +230,12 @@ def _call(item: Any, where: str, tools: Mapping[str, Tool]) -> ToolCall:
     return ToolCall(name, _canonical(arguments), call_id)
 
 
-def parse_arguments(value: Any, where: str) -> dict[str, Any]:
-    """A call's arguments as an object: given as one, or as OpenAI's JSON string of one.
+def parse_object(value: Any, where: str, code: str = "invalid_arguments") -> dict[str, Any]:
+    """A JSON object given as one or as JSON text of one (OpenAI's call arguments; gRPC's
+    parameter schemas), at field `where`.
 
     Raises:
-        ToolError: not an object, not JSON, too long or nested too deep.
+        ToolError: `code` when it is not an object, not JSON or nested too deep; too long.
     """
     if isinstance(value, str):
         if len(value) > MAX_ARGUMENTS_CHARS:
@@ -239,17 +245,50 @@ def parse_arguments(value: Any, where: str) -> dict[str, Any]:
         try:
             value = json.loads(value)
         except (json.JSONDecodeError, RecursionError):
-            raise ToolError(
-                [(where, "invalid_arguments", f"'{where}' is not JSON of an object")]
-            ) from None
+            raise ToolError([(where, code, f"'{where}' is not JSON of an object")]) from None
     if not isinstance(value, dict):
-        raise ToolError([(where, "invalid_arguments", f"'{where}' must be a JSON object")])
+        raise ToolError([(where, code, f"'{where}' must be a JSON object")])
+    if _depth(value) > MAX_DEPTH:
+        raise ToolError([(where, "too_deep", f"'{where}': nested deeper than {MAX_DEPTH}")])
     return value
 
 
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in `value` (iteratively: any depth is safe)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            children = node.values() if isinstance(node, dict) else node
+            stack += [(child, depth + 1) for child in children]
+    return deepest
+
+
+CALL_OPEN = "<tool_call>"
+"""What opens a Hermes-style call in generated text (`trainer.templates.CHATML_TOOLS` renders
+calls as `<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>`)."""
 TOOL_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|\Z)", re.DOTALL)
-"""A Hermes-style call in generated text (`trainer.templates.CHATML_TOOLS` asks for them);
-the last one may be cut off by the end of the generation."""
+"""A Hermes-style call in generated text; the last one may be cut off by the end of the
+generation."""
+
+
+def call_schema(tools: Sequence[Tool]) -> dict[str, Any]:
+    """The JSON Schema of one call's `{"name": ..., "arguments": ...}` naming one of `tools`
+    with arguments valid under its parameters: what a forced call decodes under."""
+    options = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": tool.name},
+                "arguments": tool.parameters or {"type": "object"},
+            },
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for tool in tools
+    ]
+    return options[0] if len(options) == 1 else {"anyOf": options}
 
 
 def parse_generated(text: str, tools: Sequence[Tool]) -> tuple[str, tuple[ToolCall, ...]]:

@@ -283,15 +283,19 @@ def _check_base(manifest: dict[str, Any], limits: AdapterLimits) -> str:
     base = manifest.get("base_model")
     if not isinstance(base, dict):
         raise InvalidArgumentError(f"{MANIFEST_FILE}: no base_model object")
-    for key, served in (
-        ("weights_sha256", limits.base.weights_sha256),
-        ("chat_template_sha256", limits.base.chat_template_sha256),
+    for key, served, differs in (
+        ("weights_sha256", limits.base.weights_sha256, "on a different base model"),
+        (
+            "chat_template_sha256",
+            limits.base.chat_template_sha256,
+            "under a different chat template (--chat-template)",
+        ),
     ):
         if base.get(key) != served:
             raise InvalidArgumentError(
                 f"{MANIFEST_FILE}: base_model.{key} is {str(base.get(key))[:12]}..., but the "
                 f"served base model {limits.base_name} has {served[:12]}...: the adapter was "
-                "trained on a different base model"
+                f"trained {differs}"
             )
     return str(base.get("name", ""))
 

@@ -277,7 +277,10 @@ def _sft_row(request: Mapping[str, Any], answer: str) -> dict[str, Any]:
     messages = _messages(request)
     if messages is None:
         return {"prompt": request["prompt"], "completion": answer}
-    return {"messages": [*messages, {"role": "assistant", "content": answer}]}
+    row = {"messages": [*messages, {"role": "assistant", "content": answer}]}
+    # A chat that offered tools trains with them: its answer's raw `<tool_call>` text renders
+    # as the calls did under the tool template.
+    return {"tools": request["tools"], **row} if request.get("tools") else row
 
 
 def export_rows(

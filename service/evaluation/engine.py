@@ -13,6 +13,7 @@ from service.errors import InvalidArgumentError
 from service.inference.engine import EngineState, Sampling
 from service.inference.generation import Generator
 from service.jobs.model import JobFailedError
+from trainer.tools import Tool
 
 READY_WAIT_SECONDS = 600.0
 
@@ -69,16 +70,24 @@ class EvaluationEngine:
         prompt: str | Sequence[dict[str, str]],
         max_tokens: int,
         schema: dict[str, Any] | None = None,
+        tools: Sequence[Tool] = (),
     ) -> tuple[str, float]:
         """The adapter's answer to a one-turn chat (`prompt` a string) or to the last user turn
-        of a conversation, and how long it took.
+        of a conversation, offering `tools`, and how long it took.
 
         Raises:
-            JobFailedError: the prompt does not fit the engine with `max_tokens`.
+            JobFailedError: the prompt does not fit the engine with `max_tokens`; tools on a
+                server whose chat template does not render them.
         """
+        if tools and not self._generator.renders_tools:
+            raise JobFailedError(
+                "evaluation_failed",
+                "tool_calls: the server's chat template does not render tools; its operator "
+                "can serve with --chat-template chatml_tools",
+            )
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         try:
-            ids = self._generator.chat_prompt_ids(list(messages), max_tokens)
+            ids = self._generator.chat_prompt_ids(list(messages), max_tokens, tools)
         except InvalidArgumentError as exc:
             shown = messages[-1]["content"][:80]
             raise JobFailedError("evaluation_failed", f"{exc}: {shown!r}") from None

@@ -180,7 +180,8 @@ class Evaluator:
     ) -> None:
         """The sections that measure one target alone (not win rate and human: pairs)."""
         sections = {"benchmarks": spec.benchmarks, "schema": spec.schema_adherence,
-                    "safety": spec.safety, "rubric": spec.rubric}  # fmt: skip
+                    "tool_calls": spec.tool_calls, "safety": spec.safety,
+                    "rubric": spec.rubric}  # fmt: skip
         for name, section in sections.items():
             if section is not None:
                 await run.section(name, role, ref, section, scores)

@@ -7,7 +7,15 @@ from service.evaluation.scores import Scores
 from service.metrics import AdapterLabels, Metrics
 
 BUNDLED_TASK_NAMES = frozenset(p.stem for p in BUNDLED_TASKS.glob("*.yaml"))
-QUALITY_PREFIXES = ("schema_", "win_rate", "unsafe_rate", "over_refusal_rate", "rubric_", "human_")
+QUALITY_PREFIXES = (
+    "schema_",
+    "tool_call_",
+    "win_rate",
+    "unsafe_rate",
+    "over_refusal_rate",
+    "rubric_",
+    "human_",
+)
 """The quality gauge's metrics: a closed set of keys (safety categories stay in the report)."""
 COMMON_TASK_METRICS = frozenset(
     {"acc", "acc_norm", "exact_match", "f1", "mcc", "bleu", "perplexity", "word_perplexity"}

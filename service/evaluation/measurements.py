@@ -28,9 +28,11 @@ from eval.sources import (
     safety_set,
     schema_set,
     task_configs,
+    tool_set,
     win_rate_set,
 )
 from eval.spec import EvalSpec, HumanSpec, WinRateSpec
+from eval.toolcalls import score_tool_calls
 from eval.winrate import Outcome, Verdict, combine, win_rate
 from service.evaluation.engine import EvaluationEngine
 from service.evaluation.judging import ask_for, judge_for
@@ -106,7 +108,8 @@ class Measurements:
     async def section(
         self, name: str, role: str, adapter: str, spec: BaseModel, scores: Scores
     ) -> None:
-        """Measures one section ("benchmarks", "schema", "safety" or "rubric") of `adapter`,
+        """Measures one section ("benchmarks", "schema", "tool_calls", "safety" or "rubric") of
+        `adapter`,
         or takes it from the cache (never for a section a judge model decides: an alias or a
         remote model may change)."""
         judged = getattr(spec, "judge", "reference") != "reference"
@@ -115,8 +118,8 @@ class Measurements:
         cached = part is not None
         if part is None:
             measure = {
-                "benchmarks": self._benchmarks, "schema": self._schema, "safety": self._safety,
-                "rubric": self._rubric,
+                "benchmarks": self._benchmarks, "schema": self._schema,
+                "tool_calls": self._tool_calls, "safety": self._safety, "rubric": self._rubric,
             }[name]  # fmt: skip
             part = await measure(role, adapter)
             self._cache.put(key, part)
@@ -176,6 +179,23 @@ class Measurements:
             else:
                 part.values["schema_valid_rate_constrained"] = report.valid_rate
         part.details["schema_adherence"] = details
+        return part
+
+    async def _tool_calls(self, role: str, adapter: str) -> Scores:
+        spec = self._spec.tool_calls
+        assert spec is not None
+        prompts = tool_set(spec, self._files)
+        asks = [
+            self._engine.answer(adapter, p.conversation.messages, spec.max_tokens, tools=p.tools)
+            for p in prompts
+        ]
+        replies = await self._gather("tool_calls", role, asks)
+        report = score_tool_calls([text for text, _ in replies], prompts)
+        part = Scores(details={"tool_calls": report.to_json()})
+        part.latencies += [seconds for _, seconds in replies]
+        part.values["tool_call_valid_rate"] = report.rate(report.valid)
+        part.values["tool_call_rate"] = report.rate(report.called)
+        part.values["tool_call_parse_rate"] = report.rate(report.parsed)
         return part
 
     async def _answers(

@@ -1,7 +1,7 @@
 """Conversions between domain objects and adapterd.v1 protobuf messages, in one place."""
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from google.protobuf import json_format
@@ -43,6 +43,7 @@ from service.store.base import UploadRecord
 from service.uploads import UploadKind
 from trainer.hardware import Machine, PrecisionChoice
 from trainer.layout import CheckpointSummary
+from trainer.tools import ToolCall
 
 _ENGINE_STATES = {
     EngineState.STARTING: server_pb2.ENGINE_STATE_STARTING,
@@ -63,6 +64,7 @@ def base_model_to_proto(model: BaseModel) -> common_pb2.BaseModelInfo:
         chat_template_sha256=model.fingerprint.chat_template_sha256,
         parameters=model.fingerprint.parameters,
         architecture=model.fingerprint.architecture,
+        chat_template=model.chat_template,
     )
 
 
@@ -111,6 +113,7 @@ _FINISH_REASONS = {
     "stop": inference_pb2.FINISH_REASON_STOP,
     "length": inference_pb2.FINISH_REASON_LENGTH,
     "abort": inference_pb2.FINISH_REASON_ABORT,
+    "tool_calls": inference_pb2.FINISH_REASON_TOOL_CALLS,
 }
 _ADAPTER_STATES = {
     AdapterState.LOADING: adapters_pb2.ADAPTER_STATE_LOADING,
@@ -139,10 +142,39 @@ def generate_params(request: inference_pb2.GenerateRequest) -> GenerateParams:
     }
     which = request.WhichOneof("input")
     if which == "chat":
-        fields["messages"] = [{"role": m.role, "content": m.content} for m in request.chat.messages]
+        chat = request.chat
+        fields["messages"] = [_message(m) for m in chat.messages]
+        fields["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": t.parameters or {},
+                },
+            }
+            for t in chat.tools
+        ]
+        fields["tool_choice"] = chat.tool_choice or "auto"
     elif which == "prompt":
         fields["prompt"] = request.prompt
     return GenerateParams.parse(fields)
+
+
+def _message(message: inference_pb2.ChatMessage) -> dict[str, Any]:
+    fields: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        fields["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id:
+        fields["tool_call_id"] = message.tool_call_id
+    return fields
+
+
+def _tool_calls(calls: Sequence[ToolCall]) -> list[inference_pb2.ToolCall]:
+    return [inference_pb2.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in calls]
 
 
 def _prompt_tokens(delta: Delta) -> list[inference_pb2.PromptToken]:
@@ -172,6 +204,7 @@ def stream_response(delta: Delta) -> inference_pb2.GenerateStreamResponse:
         adapter_version=delta.adapter_version,
         prompt_tokens=_prompt_tokens(delta),
         capture_id=delta.capture_id,
+        tool_calls=_tool_calls(delta.tool_calls),
     )
 
 
@@ -186,6 +219,7 @@ def generate_response(deltas: list[Delta]) -> inference_pb2.GenerateResponse:
         token_ids=[t for d in deltas for t in d.token_ids],
         prompt_tokens=[p for d in deltas for p in _prompt_tokens(d)],
         capture_id=last.capture_id,
+        tool_calls=_tool_calls(last.tool_calls),
     )
 
 

@@ -66,8 +66,20 @@ class _Request(BaseModel):
 
 
 class _Message(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = None
+    """None (OpenAI's null) only beside tool_calls."""
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The message as GenerateParams reads it."""
+        fields: dict[str, Any] = {"role": self.role, "content": self.content or ""}
+        if self.tool_calls:
+            fields["tool_calls"] = self.tool_calls
+        if self.tool_call_id:
+            fields["tool_call_id"] = self.tool_call_id
+        return fields
 
 
 class ChatRequest(_Request):
@@ -76,6 +88,8 @@ class ChatRequest(_Request):
     messages: list[_Message]
     max_completion_tokens: int | None = Field(None, ge=1)
     response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
 
 class CompletionRequest(_Request):
@@ -141,9 +155,11 @@ def params_of(request: ChatRequest | CompletionRequest, base_model: str) -> Gene
     }
     fields: dict[str, Any] = {"adapter": "" if request.model == base_model else request.model}
     if isinstance(request, ChatRequest):
-        fields["messages"] = [m.model_dump() for m in request.messages]
+        fields["messages"] = [m.fields() for m in request.messages]
         limit = request.max_completion_tokens or request.max_tokens
         fields["json_schema"] = _schema_of(request.response_format)
+        fields["tools"] = request.tools or ()
+        fields["tool_choice"] = _tool_choice(request.tool_choice)
     else:
         fields["prompt"] = request.prompt
         limit = request.max_tokens
@@ -167,6 +183,29 @@ def _schema_of(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
     )
 
 
+def _tool_choice(choice: str | dict[str, Any] | None) -> str:
+    """OpenAI's tool_choice as GenerateParams reads it: a mode or a tool's name."""
+    if choice is None or isinstance(choice, str):
+        return choice or "auto"
+    function = choice.get("function")
+    if choice.get("type") == "function" and isinstance(function, dict):
+        name = function.get("name")
+        if isinstance(name, str):
+            return name
+    raise errors.InvalidArgumentError(
+        "tool_choice: give 'auto', 'none', 'required' or {'type': 'function', 'function': "
+        "{'name': ...}}"
+    )
+
+
+def _message(text: str, delta: Delta) -> dict[str, Any]:
+    """The assistant's message (or a stream's delta of it) in OpenAI's shape."""
+    if not delta.tool_calls:
+        return {"role": "assistant", "content": text}
+    calls = [{"index": i, **call.openai()} for i, call in enumerate(delta.tool_calls)]
+    return {"role": "assistant", "content": text or None, "tool_calls": calls}
+
+
 def _error(exc: errors.AdapterdError) -> JSONResponse:
     status, kind = next(
         (HTTP_STATUS[c] for c in type(exc).__mro__ if c in HTTP_STATUS), (500, "internal_error")
@@ -177,7 +216,8 @@ def _error(exc: errors.AdapterdError) -> JSONResponse:
 
 
 def _finish(delta: Delta) -> str | None:
-    return {"stop": "stop", "length": "length", "abort": "stop", None: None}[delta.finish_reason]
+    reasons = {"stop": "stop", "length": "length", "abort": "stop", "tool_calls": "tool_calls"}
+    return reasons.get(delta.finish_reason) if delta.finish_reason else None
 
 
 class BodyLimit:
@@ -313,7 +353,7 @@ def build_openai_app(
         usage = last.usage
         choice: dict[str, Any] = {"index": 0, "finish_reason": _finish(last)}
         if chat:
-            choice["message"] = {"role": "assistant", "content": text}
+            choice["message"] = _message(text, last)
         else:
             choice["text"] = text
         return JSONResponse(
@@ -378,7 +418,7 @@ async def _events(
     while delta is not None:
         choice: dict[str, Any] = {"index": 0, "finish_reason": _finish(delta)}
         if chat:
-            choice["delta"] = {"role": "assistant", "content": delta.text}
+            choice["delta"] = _message(delta.text, delta)
         else:
             choice["text"] = delta.text
         yield f"data: {json.dumps({**template, 'choices': [choice]})}\n\n"

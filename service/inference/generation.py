@@ -13,7 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -24,7 +24,12 @@ from service.auth import Principal
 from service.authz import qualify_read
 from service.capture.model import Capture, CapturePolicy, new_request_id
 from service.capture.recorder import CaptureRecorder
-from service.errors import AdapterdError, InvalidArgumentError, UnavailableError
+from service.errors import (
+    AdapterdError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    UnavailableError,
+)
 from service.inference.engine import (
     EngineError,
     EngineState,
@@ -33,10 +38,21 @@ from service.inference.engine import (
     PromptLogprob,
     Sampling,
 )
+from service.inference.tool_calls import ToolCallStream
 from service.metrics import Metrics
 from service.quotas import PerTenant
 from trainer.config import describe_validation_error
-from trainer.masking import prompt_token_ids
+from trainer.masking import prompt_token_ids, supports_tools
+from trainer.tools import (
+    CALL_OPEN,
+    MAX_TOOL_CALLS,
+    Tool,
+    ToolCall,
+    ToolError,
+    call_schema,
+    read_tool_calls,
+    read_tools,
+)
 
 MAX_STOP_STRINGS = 8
 MAX_PROMPT_CHARS = 1 << 20
@@ -66,8 +82,16 @@ class SamplingParams(_Strict):
 class ChatMessage(_Strict):
     """One message of a chat."""
 
-    role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=MAX_PROMPT_CHARS)
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = Field("", max_length=MAX_PROMPT_CHARS)
+    tool_calls: tuple[dict[str, Any], ...] = Field((), max_length=MAX_TOOL_CALLS)
+    """An assistant's earlier calls, OpenAI's shape, naming the request's tools."""
+    tool_call_id: str = Field("", max_length=64)
+    """The call a tool message answers (OpenAI's field; the templates do not render it)."""
+
+
+TOOL_CHOICES = ("auto", "none", "required")
+"""`tool_choice` values other than a tool's name."""
 
 
 class GenerateParams(_Strict):
@@ -80,6 +104,22 @@ class GenerateParams(_Strict):
     sampling: SamplingParams = SamplingParams()
     json_schema: dict[str, Any] | None = None
     prompt_logprobs: bool = False
+    tools: tuple[Tool, ...] = ()
+    """Functions the model may call (a chat's only); checked by `trainer.tools`."""
+    tool_choice: str = "auto"
+    """"auto" (text or calls), "none" (text: the tools are not shown), "required" (one call of
+    any tool) or a tool's name (one call of it)."""
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _read_tools(cls, value: Any) -> Any:
+        if not value:
+            return ()
+        tools = read_tools(value, "tools")  # ToolError is a ValueError: a field error
+        reserved = [tool.name for tool in tools if tool.name in TOOL_CHOICES]
+        if reserved:
+            raise ValueError(f"a tool may not be named {reserved[0]!r} (a tool_choice value)")
+        return tools
 
     @field_validator("json_schema", mode="before")
     @classmethod
@@ -109,7 +149,59 @@ class GenerateParams(_Strict):
                 raise ValueError("chat.messages: the last message is the assistant's")
         if self.prompt is not None and not self.prompt:
             raise ValueError("prompt: empty")
+        if self.tools and self.messages is None:
+            raise ValueError("tools: only a chat may offer tools")
+        if self.tools and self.json_schema is not None:
+            raise ValueError("json_schema: give tools or a json_schema, not both")
+        names = {tool.name for tool in self.tools}
+        if self.tool_choice not in TOOL_CHOICES and self.tool_choice not in names:
+            offered = ", ".join(sorted(names)) or "no tools"
+            raise ValueError(
+                f"tool_choice: {self.tool_choice[:80]!r} is not auto, none, required or the "
+                f"name of an offered tool ({offered})"
+            )
+        if self.tool_choice == "required" and not self.tools:
+            raise ValueError("tool_choice: 'required' needs tools")
+        self.template_messages()  # the earlier calls name offered tools with valid arguments
         return self
+
+    @property
+    def uses_tools(self) -> bool:
+        """Whether the chat needs a template that renders tools: it offers some, or earlier
+        messages call them or answer calls."""
+        return bool(self.tools) or any(
+            m.role == "tool" or m.tool_calls for m in self.messages or ()
+        )
+
+    @property
+    def offered(self) -> tuple[Tool, ...]:
+        """The tools the model sees (none with tool_choice "none")."""
+        return () if self.tool_choice == "none" else self.tools
+
+    @property
+    def forced(self) -> tuple[Tool, ...]:
+        """The tools one of which the answer must call (none unless required or named)."""
+        if self.tool_choice == "required":
+            return self.tools
+        return tuple(tool for tool in self.tools if tool.name == self.tool_choice)
+
+    def template_messages(self) -> list[dict[str, Any]]:
+        """The chat as a chat template takes it, earlier calls' arguments as objects.
+
+        Raises:
+            ToolError: an earlier call names a tool not offered or has invalid arguments.
+        """
+        messages: list[dict[str, Any]] = []
+        for index, message in enumerate(self.messages or ()):
+            rendered: dict[str, Any] = {"role": message.role, "content": message.content}
+            if message.tool_calls:
+                where = f"messages[{index}].tool_calls"
+                if message.role != "assistant":
+                    raise ToolError([(where, "wrong_role", f"'{where}': only an assistant calls")])
+                calls = read_tool_calls(list(message.tool_calls), where, self.tools)
+                rendered["tool_calls"] = [call.as_dict() for call in calls]
+            messages.append(rendered)
+        return messages
 
     @classmethod
     def parse(cls, fields: dict[str, Any]) -> "GenerateParams":
@@ -146,6 +238,8 @@ class Delta:
     prompt_logprobs: tuple[PromptLogprob, ...] = ()
     capture_id: str = ""
     """On the last delta of a captured request: the id its feedback names."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """On the last delta of an answer that calls tools (finish_reason "tool_calls")."""
 
 
 @dataclass(frozen=True)
@@ -180,10 +274,16 @@ class Generator:
         self._metrics = metrics
         self._max_model_len = max_model_len
         self._engine_state = engine_state
+        self._renders_tools = supports_tools(tokenizer)
 
     def ready(self) -> bool:
         """Whether the engine is warm and serving."""
         return self._engine_state() is EngineState.READY
+
+    @property
+    def renders_tools(self) -> bool:
+        """Whether the server's chat template renders tools (`--chat-template`)."""
+        return self._renders_tools
 
     def engine_state(self) -> EngineState:
         """The engine's state (FAILED: it will not come back in this process)."""
@@ -191,18 +291,30 @@ class Generator:
 
     def _prompt_ids(self, params: GenerateParams) -> tuple[int, ...]:
         if params.messages is not None:
-            messages = [m.model_dump() for m in params.messages]
-            return self.chat_prompt_ids(messages, params.sampling.max_tokens)
+            return self.chat_prompt_ids(
+                params.template_messages(),
+                params.sampling.max_tokens,
+                params.offered,
+                prefill=f"{CALL_OPEN}\n" if params.forced else "",
+            )
         ids = self._tokenizer(params.prompt, add_special_tokens=False)["input_ids"]
         return self._fitting(ids, params.sampling.max_tokens)
 
-    def chat_prompt_ids(self, messages: list[dict[str, str]], max_tokens: int) -> tuple[int, ...]:
-        """A chat rendered as in training plus the assistant prefix, tokenized.
+    def chat_prompt_ids(
+        self,
+        messages: list[dict[str, Any]],
+        max_tokens: int,
+        tools: Sequence[Tool] = (),
+        prefill: str = "",
+    ) -> tuple[int, ...]:
+        """A chat offering `tools` rendered as in training plus the assistant prefix and
+        `prefill` (the start of the answer), tokenized.
 
         Raises:
             InvalidArgumentError: when it leaves no room for `max_tokens` in the engine.
         """
-        return self._fitting(prompt_token_ids(self._tokenizer, messages), max_tokens)
+        ids = prompt_token_ids(self._tokenizer, messages, tools, prefill)
+        return self._fitting(ids, max_tokens)
 
     def _fitting(self, ids: list[int], max_tokens: int) -> tuple[int, ...]:
         if len(ids) > self._max_model_len - max_tokens:
@@ -229,6 +341,11 @@ class Generator:
         try:
             requested = qualify_read(principal, params.adapter, "adapter") if params.adapter else ""
             label = self._adapters.label(requested)
+            if params.uses_tools and not self.renders_tools:
+                raise FailedPreconditionError(
+                    "tools: the server's chat template does not render tools, tool calls or "
+                    "tool messages; its operator can serve with --chat-template chatml_tools"
+                )
             if not self.ready():
                 raise UnavailableError("the inference engine is not ready; retry shortly")
             capture = self._capturing(principal, requested, params, request_id)
@@ -274,12 +391,13 @@ class Generator:
                 prompt_token_ids=prompt,
                 sampling=Sampling(**params.sampling.model_dump()),
                 adapter=None if adapter is None else adapter.slot,
-                json_schema=params.json_schema,
+                json_schema=call_schema(params.forced) if params.forced else params.json_schema,
                 prompt_logprobs=params.prompt_logprobs,
             )
             version = "" if adapter is None else adapter.ref
+            calls = ToolCallStream(params.tools, bool(params.forced)) if params.offered else None
             async for delta in self._run(request, version, received, label, capture):
-                yield delta
+                yield delta if calls is None else _with_calls(calls, delta)
 
     async def _run(
         self,
@@ -366,6 +484,17 @@ class Generator:
         return Completion("".join(texts), finish, logprobs)
 
 
+def _with_calls(calls: ToolCallStream, delta: Delta) -> Delta:
+    """`delta` with the text `calls` releases now; the last one with the answer's calls."""
+    text = calls.feed(delta.text)
+    if delta.finish_reason is None:
+        return replace(delta, text=text)
+    text += calls.finish()
+    if not calls.calls:
+        return replace(delta, text=text)
+    return replace(delta, text=text, tool_calls=calls.calls, finish_reason="tool_calls")
+
+
 class _Capturing:
     """What a captured request collects while it streams, handed to the recorder at its end."""
 
@@ -388,10 +517,13 @@ class _Capturing:
         """Records the finished request (unredacted: the recorder redacts it)."""
         params, now = self.params, time.time()
         request: dict[str, Any] = (
-            {"messages": [m.model_dump() for m in params.messages]}
+            {"messages": params.template_messages()}
             if params.messages is not None
             else {"prompt": params.prompt}
         )
+        if params.tools:
+            request["tools"] = [tool.as_dict() for tool in params.tools]
+            request["tool_choice"] = params.tool_choice
         request["sampling"] = params.sampling.model_dump(mode="json")
         request["json_schema"] = params.json_schema
         capture = Capture(

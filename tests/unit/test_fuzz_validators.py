@@ -22,7 +22,7 @@ from service.inference.generation import GenerateParams
 from trainer.config import TrainConfigError, load_config
 
 CASES = {
-    "generation": 150, "evaluation": 150, "task_yaml": 150, "json_schema": 100,
+    "generation": 110, "tools": 40, "evaluation": 150, "task_yaml": 150, "json_schema": 100,
     "references": 100, "trainer_config": 100, "http_body": 50,
 }  # fmt: skip
 """Cases per validator: 800 in all, with the 210 over the wire 1,010."""
@@ -52,11 +52,42 @@ def keyed(keys):
 
 @fuzz("generation")
 @given(
-    fields=keyed(["adapter", "messages", "prompt", "sampling", "json_schema", "prompt_logprobs"])
-)
+    fields=keyed(["adapter", "messages", "prompt", "sampling", "json_schema", "prompt_logprobs",
+                  "tools", "tool_choice"])
+)  # fmt: skip
 def test_generation_requests(fields):
     try:
         GenerateParams.parse(fields)
+    except InvalidArgumentError as exc:
+        assert str(exc)
+
+
+names = st.sampled_from(["add", "now", "none", "a b", ""]) | st.text(max_size=8)
+functions = st.fixed_dictionaries(
+    {"name": names}, optional={"parameters": values, "description": values, "strict": values}
+)
+tools = st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": functions})
+                 | values, max_size=3)  # fmt: skip
+calls = st.lists(
+    st.fixed_dictionaries({"function": st.fixed_dictionaries(
+        {"name": names}, optional={"arguments": values | st.text(max_size=20)})}) | values,
+    max_size=3,
+)  # fmt: skip
+messages = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "assistant", "tool", "system"])},
+        optional={"content": st.text(max_size=10), "tool_calls": calls,
+                  "tool_call_id": values},
+    ),
+    min_size=1, max_size=4,
+)  # fmt: skip
+
+
+@fuzz("tools")
+@given(chat=messages, offered=tools, choice=names | values)
+def test_generation_requests_with_tools(chat, offered, choice):
+    try:
+        GenerateParams.parse({"messages": chat, "tools": offered, "tool_choice": choice})
     except InvalidArgumentError as exc:
         assert str(exc)
 
@@ -128,7 +159,7 @@ def test_trainer_configs(config):
 
 @fuzz("http_body")
 @given(body=keyed(["model", "messages", "max_tokens", "temperature", "response_format",
-                   "stop", "seed", "stream"]))  # fmt: skip
+                   "stop", "seed", "stream", "tools", "tool_choice"]))  # fmt: skip
 def test_http_chat_bodies(body):
     try:
         params_of(ChatRequest.model_validate(body), "base")

@@ -28,7 +28,8 @@ def test_a_complete_spec_parses_with_defaults():
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({}, "give at least one of benchmarks, schema_adherence, win_rate, safety, rubric or human"),
+        ({}, "give at least one of benchmarks, schema_adherence, tool_calls, win_rate, safety, "
+             "rubric or human"),
         ({"win_rate": {}, "gates": [gate("human_score")]}, "human_score needs a human section"),
         ({"human": {}, "gates": [{"metric": "human_win_rate", "comparator": ">=", "margin": 0}]},
          "human_win_rate is measured against the baseline: give a threshold"),
@@ -64,7 +65,7 @@ def test_a_complete_spec_parses_with_defaults():
         ({"rubric": {"dimensions": ["helpfulness"]}, "gates": [gate("rubric_formatting")]},
          "rubric_formatting: formatting is not in rubric.dimensions"),
         ({"benchmarks": {"tasks": ["a"]}, "gates": [gate("latency_p50_seconds")]},
-         "needs a schema_adherence or win_rate or safety or rubric or human section"),
+         "needs a schema_adherence or tool_calls or win_rate or safety or rubric or human section"),
         ({"safety": {"categories": ["Weapons"]}}, "categories[0]: 'Weapons' is not 1-32"),
         ({"safety": {"families": "f.jsonl", "families_upload": "safety-1"}},
          "give families (a server path) or families_upload, not both"),
@@ -158,3 +159,14 @@ def test_checkpoints_are_scored_only_in_a_training_jobs_evaluation():
     fields = {"win_rate": {}, "checkpoints": {"select_by": {"metric": "win_rate_lower"}}}
     assert parse_eval_spec(fields, training=True).checkpoints.goal == "auto"
     assert "only a training job's evaluation has checkpoints" in refusal(fields, training=False)
+
+
+def test_a_tool_call_section_defaults_to_the_bundled_set_and_gates_on_its_valid_rate():
+    spec = parse_eval_spec(
+        {"tool_calls": {"limit": 5}, "gates": [gate("tool_call_valid_rate")]}, training=False
+    )
+    assert (spec.tool_calls.set, spec.tool_calls.max_tokens) == ("basic_tools", 128)
+    with pytest.raises(EvalSpecError, match="tool_call_valid_rate needs a tool_calls section"):
+        parse_eval_spec({"win_rate": {}, "gates": [gate("tool_call_valid_rate")]}, training=False)
+    with pytest.raises(EvalSpecError, match="'weather' is not bundled"):
+        parse_eval_spec({"tool_calls": {"set": "weather"}}, training=False)

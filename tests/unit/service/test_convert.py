@@ -1,11 +1,20 @@
-"""Evaluation specs between the proto and the domain: enum names and values, both ways."""
+"""Between the proto and the domain: evaluation specs (enum names and values, both ways),
+jobs, and chats with tools."""
 
 from google.protobuf import json_format
 
-from adapterd.v1 import evaluation_pb2
+from adapterd.v1 import evaluation_pb2, inference_pb2
 from eval.spec import parse_eval_spec
-from service.grpc.convert import evaluation_fields, job_to_proto
+from service.grpc.convert import (
+    evaluation_fields,
+    generate_params,
+    generate_response,
+    job_to_proto,
+    stream_response,
+)
+from service.inference.generation import Delta
 from service.jobs.model import Job, JobKind, JobState
+from trainer.tools import ToolCall
 
 MESSAGE = {
     "win_rate": {"judge": "JUDGE_LLM", "limit": 5},
@@ -65,3 +74,25 @@ def test_a_checkpoint_selection_converts_both_ways():
     back = job_to_proto(queued(JobKind.TRAIN, {"adapter_name": "t/bot", "evaluation": stored}))
     back = back.train.evaluation
     assert json_format.MessageToDict(back, preserving_proto_field_name=True) == message
+
+
+def test_a_chat_with_tools_converts_to_params_and_its_calls_back_to_the_proto():
+    request = inference_pb2.GenerateRequest()
+    request.chat.tools.add(name="add", parameters='{"type": "object", "properties": '
+                           '{"a": {"type": "integer"}}}')  # fmt: skip
+    request.chat.tool_choice = "add"
+    request.chat.messages.add(role="user", content="1 + 1?")
+    call = request.chat.messages.add(role="assistant").tool_calls.add()
+    call.id, call.name, call.arguments = "c1", "add", '{"a": 1}'
+    request.chat.messages.add(role="tool", content="2", tool_call_id="c1")
+    params = generate_params(request)
+    assert [t.name for t in params.forced] == ["add"]
+    assert params.tools[0].parameters["properties"] == {"a": {"type": "integer"}}
+    assert params.template_messages()[1]["tool_calls"][0]["function"]["arguments"] == {"a": 1}
+    delta = Delta("", (1,), "", "tool_calls", tool_calls=(ToolCall("add", '{"a": 2}', "call_0"),))
+    reply = generate_response([delta])
+    assert reply.finish_reason == inference_pb2.FINISH_REASON_TOOL_CALLS
+    assert [(c.id, c.name, c.arguments) for c in reply.tool_calls] == [
+        ("call_0", "add", '{"a": 2}')
+    ]
+    assert list(stream_response(delta).tool_calls) == list(reply.tool_calls)

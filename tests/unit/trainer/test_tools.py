@@ -3,8 +3,16 @@
 import json
 
 import pytest
+from jsonschema import Draft202012Validator
 
-from trainer.tools import ToolCall, ToolError, parse_generated, read_tool_calls, read_tools
+from trainer.tools import (
+    ToolCall,
+    ToolError,
+    call_schema,
+    parse_generated,
+    read_tool_calls,
+    read_tools,
+)
 
 WEATHER = {
     "type": "function",
@@ -142,3 +150,33 @@ def test_a_call_cut_off_by_the_token_limit_still_parses_when_its_json_is_whole()
 )
 def test_text_that_is_not_a_valid_call_stays_content_whole(text):
     assert parse_generated(text, TOOLS) == (text, ())
+
+
+def test_parameters_given_as_json_text_are_read_as_the_object():
+    text = {**WEATHER, "function": {**WEATHER["function"], "parameters": json.dumps(
+        WEATHER["function"]["parameters"])}}  # fmt: skip
+    assert read_tools([text], "tools") == TOOLS
+    broken = {**WEATHER, "function": {**WEATHER["function"], "parameters": "{"}}
+    assert problems(read_tools, [broken], "tools") == [
+        ("tools[0].function.parameters", "invalid_schema")
+    ]
+
+
+def test_arguments_nested_too_deep_are_refused_without_recursing():
+    deep: dict = {}
+    for _ in range(10_000):
+        deep = {"a": deep}
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": deep}}
+    assert problems(read_tool_calls, [call], "calls", TOOLS) == [
+        ("calls[0].function.arguments", "too_deep")
+    ]
+
+
+def test_the_call_schema_accepts_exactly_the_calls_of_the_tools():
+    other = read_tools([{"type": "function", "function": {"name": "now"}}], "tools")
+    for tools in (TOOLS, TOOLS + other):
+        validator = Draft202012Validator(call_schema(tools))
+        assert validator.is_valid({"name": "get_weather", "arguments": {"city": "Oslo"}})
+        assert not validator.is_valid({"name": "get_weather", "arguments": {"days": 2}})
+        assert not validator.is_valid({"name": "other", "arguments": {}})
+        assert validator.is_valid({"name": "now", "arguments": {}}) == (len(tools) == 2)

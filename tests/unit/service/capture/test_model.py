@@ -20,6 +20,7 @@ from service.capture.model import (
     redact_feedback,
 )
 from service.errors import InvalidArgumentError
+from trainer.formats import normalize
 
 POLICIES = {
     ("acme", "acme/bot"): CapturePolicy("acme", "acme/bot", 1.0, 3600.0, 0.0),
@@ -167,3 +168,16 @@ def test_a_request_id_carries_when_it_was_issued():
     assert new_request_id("gen") != new_request_id("gen")
     for other in ("gen-abc", "chatcmpl-" + "z" * 27, "cap-1", ""):
         assert issued_at(other) is None
+
+
+def test_a_chat_that_offered_tools_exports_a_row_that_trains_with_them():
+    add = {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
+    answer = '<tool_call>\n{"name": "add", "arguments": {"a": 2}}\n</tool_call>'
+    chat = {**CHAT, "tools": [add], "tool_choice": "auto"}
+    [row] = export_rows(
+        [captured(chat, answer, Feedback(5, False, "", None, 1.0))], ExportFormat.SFT, 4, True
+    ).rows
+    assert row == {"tools": [add], "messages": [*CHAT["messages"],
+                                                {"role": "assistant", "content": answer}]}  # fmt: skip
+    _, turns, tools = normalize(row, "auto", {})
+    assert [t.name for t in tools] == ["add"] and turns[-1].content == answer
