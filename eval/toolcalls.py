@@ -2,22 +2,30 @@
 
 A prompt set's rows are a one-turn `prompt` or `messages` (read as the rubric's
 conversations) with `tools` (OpenAI's shape, read by `trainer.tools` as in training data and
-requests). An answer is valid when it makes at least one Hermes `<tool_call>` and each call is
-JSON that `trainer.tools.call_schema` accepts: an offered tool's name and arguments valid
-under its parameters. The scoring is the schema scorer's (`eval.schema.judge_output`), with
-the call schema as the schema.
+requests). An answer is valid when it makes at least one Hermes `<tool_call>` and serving
+would return its calls (`trainer.tools.parse_generated`: each an offered tool's name with
+arguments valid under its parameters). Why the others fail is the schema scorer's
+(`eval.schema.judge_output`, with `trainer.tools.call_schema` as the schema).
 """
 
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from eval.prompts import PromptSetError, jsonl_rows
 from eval.rubric import Conversation, read_conversations
 from eval.schema import Failure, add_failure, judge_output, validator_of
-from trainer.tools import TOOL_CALL_BLOCK, Tool, ToolError, call_schema, read_tools
+from trainer.tools import (
+    TOOL_CALL_BLOCK,
+    Tool,
+    ToolError,
+    call_schema,
+    parse_generated,
+    read_tools,
+)
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,9 @@ class ToolCallReport:
 
 
 def score_tool_calls(answers: Sequence[str], prompts: Sequence[ToolPrompt]) -> ToolCallReport:
-    """Scores each answer's calls against the tools its prompt offered."""
+    """Scores each answer's calls against the tools its prompt offered: valid exactly when
+    serving would return them as calls (`trainer.tools.parse_generated`); the schema scorer
+    says why the others are not."""
     report = ToolCallReport()
     for index, (answer, prompt) in enumerate(zip(answers, prompts, strict=True)):
         report.total += 1
@@ -88,16 +98,22 @@ def score_tool_calls(answers: Sequence[str], prompts: Sequence[ToolPrompt]) -> T
             add_failure(report.failures, index, answer, "no <tool_call>")
             continue
         report.called += 1
-        validator = validator_of(call_schema(prompt.tools))
+        validator = _call_validator(prompt.tools)
         judged = [judge_output(validator, block) for block in blocks]
         if any(result is None for result in judged):
             add_failure(report.failures, index, answer, "a call is not JSON")
             continue
         report.parsed += 1
-        errors = [error for result in judged if result is not None for error in result[1]]
-        if not errors:
+        if parse_generated(answer, prompt.tools)[1]:
             report.valid += 1
             continue
+        errors = [error for result in judged if result is not None for error in result[1]]
         report.errors_by_keyword.update(str(e.validator) for e in errors)
-        add_failure(report.failures, index, answer, "; ".join(e.message[:200] for e in errors[:3]))
+        reason = "; ".join(e.message[:200] for e in errors[:3]) or "not a call of an offered tool"
+        add_failure(report.failures, index, answer, reason)
     return report
+
+
+@lru_cache(maxsize=64)
+def _call_validator(tools: tuple[Tool, ...]) -> Any:
+    return validator_of(call_schema(tools))

@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from service.errors import ConfigError
@@ -64,18 +65,24 @@ class BaseModel:
 def linear_layers(path: Path) -> dict[str, tuple[int, int]]:
     """The base model's linear layers that LoRA may target, by module path
     ("model.layers.0.self_attn.q_proj"), with their (out_features, in_features): every linear
-    module but the output head, built on the meta device from config.json alone."""
+    module but the output head, built on the meta device from config.json alone (once per
+    checkpoint and process: the adapter checks and the engine's config both ask)."""
+    return dict(_linear_layers(path))
+
+
+@lru_cache(maxsize=4)
+def _linear_layers(path: Path) -> tuple[tuple[str, tuple[int, int]], ...]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
     head = model.get_output_embeddings()
-    return {
-        name: (module.out_features, module.in_features)
+    return tuple(
+        (name, (module.out_features, module.in_features))
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) and module is not head
-    }
+    )
 
 
 def target_names(layers: Iterable[str]) -> frozenset[str]:

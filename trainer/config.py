@@ -84,7 +84,7 @@ class _Strict(BaseModel):
 DataFormat = Literal["auto", "messages", "prompt_completion", "alpaca", "sharegpt", "preference"]
 Method = Literal["sft", "dpo"]
 """What a job trains with: supervised fine-tuning, or direct preference optimization."""
-PreferenceLoss = Literal["sigmoid", "ipo"]
+PreferenceLoss = Literal["sigmoid", "ipo", "orpo"]
 
 
 class DatasetSpec(_Strict):
@@ -224,8 +224,10 @@ class TrainingSpec(_Strict):
     beta: float = Field(0.1, gt=0, le=10)
     """DPO's beta: how far the policy may move from the reference (TRL's default, 0.1)."""
     preference_loss: PreferenceLoss = "sigmoid"
-    """DPO's loss (TRL's `loss_type`): "sigmoid" (DPO), or "ipo" (IPO: the squared distance
-    of the length-normalized log-ratio margin from 1 / (2 beta); `trainer.objectives`)."""
+    """The preference loss (TRL's `loss_type`): "sigmoid" (DPO), "ipo" (IPO: the squared
+    distance of the length-normalized log-ratio margin from 1 / (2 beta)), or "orpo" (ORPO:
+    the chosen answer's cross-entropy plus beta times the odds-ratio loss, with no reference);
+    `trainer.objectives`."""
     precision: Precision = "auto"
     """Dtype of the frozen base and of the compute (adapter weights stay fp32): "auto" is bf16
     where the device computes it natively and fp32 otherwise (trainer.hardware)."""

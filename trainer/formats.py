@@ -155,6 +155,13 @@ class _Reader:
                 continue
             role, text = item.get(role_key), item.get(text_key)
             calls: tuple[ToolCall, ...] = ()
+            if self.tools is not None and role != "assistant" and item.get("tool_calls"):
+                self.problem(
+                    f"{path}.tool_calls",
+                    "wrong_role",
+                    f"'{path}.tool_calls': only an assistant calls",
+                )
+                continue
             if self.tools is not None and role == "assistant" and item.get("tool_calls"):
                 try:
                     calls = read_tool_calls(item["tool_calls"], f"{path}.tool_calls", self.tools)

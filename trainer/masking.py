@@ -125,10 +125,24 @@ def assistant_spans(
             raise TemplateError(
                 f"the chat template does not render the tool calls at {turn.origin}"
             )
-        eot = _end_of_turn(tokenizer, tail)
-        end = len(before) + len(turn.content) + tail.find(eot) + len(eot)
+        # The end of turn comes after the calls: a special token inside their arguments
+        # (client text) must not end the trained span early.
+        calls_end = _calls_end(tail, turn)
+        eot = _end_of_turn(tokenizer, tail[calls_end:])
+        end = len(before) + len(turn.content) + tail.find(eot, calls_end) + len(eot)
         spans.append((len(before), end))
     return full, spans
+
+
+def _calls_end(tail: str, turn: Turn) -> int:
+    """Where the last of `turn`'s calls ends in `tail` as rendered: after its arguments (as
+    `tojson` renders them, the calls' canonical JSON) where found, else after its name."""
+    if not turn.tool_calls:
+        return 0
+    last = turn.tool_calls[-1]
+    named = tail.rfind(last.name) + len(last.name)
+    arguments = tail.find(last.arguments, named)
+    return named if arguments < 0 else arguments + len(last.arguments)
 
 
 def prompt_token_ids(

@@ -1,7 +1,7 @@
 """What a training step minimizes: supervised fine-tuning's cross-entropy over conversations,
-or DPO's preference loss over pairs. `trainer.recipe` runs either with one loop; an objective
-says how its items become micro-batches, what the step's loss is averaged over (trained tokens,
-or pairs) and what else a step and an evaluation report.
+or a preference loss (DPO, IPO, ORPO) over pairs. `trainer.recipe` runs either with one loop;
+an objective says how its items become micro-batches, what the step's loss is averaged over
+(trained tokens, or pairs) and what else a step and an evaluation report.
 
 DPO (Rafailov et al., 2023; TRL's `loss_type="sigmoid"`): for each pair, with the log-
 probabilities of the chosen and the rejected answer (summed over the answer's trained tokens,
@@ -11,12 +11,20 @@ IPO (Azar et al., 2023; TRL's `loss_type="ipo"`) on the same pairs: with each an
 ratio (policy - reference) divided by its trained tokens, as TRL does,
 loss = ((ratio_chosen - ratio_rejected) - 1 / (2 beta))^2, which pulls the margin towards a
 fixed target instead of pushing it without bound.
-The reference is the adapter the job starts from: its parent for a warm start (so DPO after
-SFT), the base model for a fresh adapter (peft's B = 0 makes the two equal). It is frozen, so
-its log-probabilities are constants: they are measured once, before the first step, with the
-model as it starts (`reference_logps`), and kept in the loop state, so a resumed run never
-needs the starting weights again. Neither a second copy of the base nor of the adapter exists
-while training (TRL's `precompute_ref_log_probs`, without its second model).
+ORPO (Hong et al., 2024; TRL's `ORPOTrainer`) needs no reference: with each answer's mean
+token log-probability l (its log-probability divided by its trained tokens), the log odds of
+an answer are l - log(1 - e^l), and
+loss = nll(chosen) - beta * log sigmoid(log_odds(chosen) - log_odds(rejected)),
+nll(chosen) the chosen answer's mean token cross-entropy (TRL averages it over the batch's
+chosen tokens; the two agree when the answers are as long), so one pass does SFT on the chosen
+answers and pushes the rejected ones down; its implicit rewards are beta * l.
+The reference of DPO and IPO is the adapter the job starts from: its parent for a warm start
+(so DPO after SFT), the base model for a fresh adapter (peft's B = 0 makes the two equal). It
+is frozen, so its log-probabilities are constants: they are measured once, before the first
+step, with the model as it starts (`reference_logps`), and kept in the loop state, so a
+resumed run never needs the starting weights again. Neither a second copy of the base nor of
+the adapter exists while training (TRL's `precompute_ref_log_probs`, without its second
+model).
 """
 
 from collections.abc import Callable, Sequence
@@ -51,7 +59,7 @@ class MicroBatch:
     units: int
     """What its loss sums over: trained tokens (SFT) or pairs (DPO)."""
     reference: torch.Tensor | None = None
-    """DPO: the reference's log-probabilities, [pairs, 2] (chosen, rejected)."""
+    """DPO and IPO: the reference's log-probabilities, [pairs, 2] (chosen, rejected)."""
     answer_tokens: torch.Tensor | None = None
     """DPO: the trained tokens of each answer, [pairs, 2] (chosen, rejected)."""
 
@@ -97,8 +105,8 @@ whether it is above 0."""
 
 @dataclass(frozen=True)
 class Dpo:
-    """DPO's sigmoid or IPO's loss against the reference measured before training (module
-    doc)."""
+    """DPO's sigmoid or IPO's loss against the reference measured before training, or ORPO's
+    without one (module doc)."""
 
     beta: float
     loss_type: PreferenceLoss = "sigmoid"
@@ -107,19 +115,30 @@ class Dpo:
     def length(self, item: Pair) -> int:
         return max(len(item.chosen.input_ids), len(item.rejected.input_ids))
 
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the loss reads the reference's log-probabilities (ORPO's does not)."""
+        return self.loss_type != "orpo"
+
     def make(self, items: list[Pair], batcher: Batcher) -> MicroBatch:
-        if any(p.reference is None for p in items):
+        if self.needs_reference and any(p.reference is None for p in items):
             raise ValueError("a pair without its reference log-probabilities (referenced)")
         batch = pair_batch(items, batcher.make)
         device = batch.input_ids.device
-        reference = torch.tensor([p.reference for p in items], dtype=torch.float32)
+        reference = None
+        if self.needs_reference:
+            measured = torch.tensor([p.reference for p in items], dtype=torch.float32)
+            reference = measured.to(device)
         tokens = [[p.chosen.trained_tokens, p.rejected.trained_tokens] for p in items]
         answer_tokens = torch.tensor(tokens, dtype=torch.float32)
-        return MicroBatch(batch, len(items), reference.to(device), answer_tokens.to(device))
+        return MicroBatch(batch, len(items), reference, answer_tokens.to(device))
 
     def loss(self, model: Any, micro: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        assert micro.reference is not None and micro.answer_tokens is not None
+        assert micro.answer_tokens is not None
         chosen, rejected = pair_logps(model, micro.batch, micro.units)
+        if self.loss_type == "orpo":
+            return orpo_loss(chosen, rejected, micro.answer_tokens, self.beta)
+        assert micro.reference is not None
         if self.loss_type == "ipo":
             return ipo_loss(chosen, rejected, micro.reference, micro.answer_tokens, self.beta)
         return dpo_loss(chosen, rejected, micro.reference, self.beta)
@@ -170,6 +189,22 @@ def ipo_loss(
     rejected_ratio = (rejected - reference[:, 1]) / answer_tokens[:, 1]
     loss = ((chosen_ratio - rejected_ratio - 1 / (2 * beta)) ** 2).sum()
     return loss, _rewards(beta * chosen_ratio, beta * rejected_ratio)
+
+
+def orpo_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, answer_tokens: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """ORPO's loss summed over pairs, and `DPO_METRICS` of beta times each answer's mean token
+    log-probability, from the policy's log-probabilities ([pairs] each) and each answer's
+    trained tokens ([pairs, 2]). Pure."""
+    # A mean log-probability of exactly 0 would make log(1 - e^l) infinite.
+    chosen_mean = (chosen / answer_tokens[:, 0]).clamp(max=-1e-6)
+    rejected_mean = (rejected / answer_tokens[:, 1]).clamp(max=-1e-6)
+    log_odds = (chosen_mean - torch.log(-torch.expm1(chosen_mean))) - (
+        rejected_mean - torch.log(-torch.expm1(rejected_mean))
+    )
+    loss = (-chosen_mean - beta * torch.nn.functional.logsigmoid(log_odds)).sum()
+    return loss, _rewards(beta * chosen_mean, beta * rejected_mean)
 
 
 def _rewards(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, torch.Tensor]:

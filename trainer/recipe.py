@@ -1,5 +1,5 @@
 """The training recipe: setup, train, save, read top to bottom. One loop for both objectives
-(`trainer.objectives`): supervised fine-tuning, and DPO on preference pairs.
+(`trainer.objectives`): supervised fine-tuning, and DPO, IPO or ORPO on preference pairs.
 
 Our own loop rather than TRL's SFTTrainer: measured on these CPUs (bench/train_throughput.py),
 TRL at its defaults (gradient checkpointing, padded batches, full-vocabulary logits and
@@ -200,7 +200,7 @@ def run(config: TrainConfig, events: EventWriter, fence: int = 0, group: Group =
         state = load_checkpoint(latest, model, optimizer, scheduler, group.rank)
         events.emit(TrainerEvent.RESUMED, step=state.step, checkpoint=str(latest))
     reference_seconds = 0.0  # DPO's pass over the training pairs (the eval pairs' is apart)
-    if preference:
+    if isinstance(objective, Dpo) and objective.needs_reference:
         if not state.reference:  # DPO's reference: the model as it starts, before it moves
             reference_started = time.monotonic()
             measured = reference_logps(model, data.train, settings.batch_size, batching)

@@ -64,6 +64,26 @@ def with_template(fp: ModelFingerprint, name: ChatTemplate) -> ModelFingerprint:
     return replace(fp, chat_template_sha256=hashlib.sha256(SHIPPED[name].encode()).hexdigest())
 
 
+HERMES_PROBE = '<tool_call>\n{"name": "adapterd_probe", "arguments": {"a": 1}}\n</tool_call>'
+
+
+def renders_hermes_calls(tokenizer: Any) -> bool:
+    """Whether the tokenizer's template renders tools and an assistant's call as the Hermes
+    block `trainer.tools.parse_generated` reads back (as `CHATML_TOOLS` does): what serving
+    tools needs, beyond a template that renders them some other way (enough for training)."""
+    call = {"type": "function", "function": {"name": "adapterd_probe", "arguments": {"a": 1}}}
+    tool = {"type": "function", "function": {"name": "adapterd_probe", "parameters": {}}}
+    messages = [
+        {"role": "user", "content": "u"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+    ]
+    try:
+        text = tokenizer.apply_chat_template(messages, tools=[tool], tokenize=False)
+    except Exception:  # a template may raise anything on roles or fields it does not know
+        return False
+    return HERMES_PROBE in str(text) and '"adapterd_probe"' in str(text).split(HERMES_PROBE)[0]
+
+
 def load_tokenizer(model_dir: Path, name: ChatTemplate) -> Any:
     """The checkpoint's tokenizer, rendering chats with the template `name` (what the trainer
     and the server both render with).

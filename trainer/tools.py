@@ -149,15 +149,42 @@ def _function(function: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
         message = f"'{where}.description' must be a string of at most {MAX_DESCRIPTION} characters"
         raise ToolError([(f"{where}.description", "wrong_type", message)])
+    if not isinstance(function.get("strict", False), bool):
+        raise ToolError([(f"{where}.strict", "wrong_type", f"'{where}.strict' must be a boolean")])
     parameters = parse_object(
         function.get("parameters", {}), f"{where}.parameters", "invalid_schema"
     )
     try:
+        if referenced := _references(parameters):
+            raise ValueError(f"{referenced} is not supported: write the schema out")
         _validator(_canonical(parameters))
     except ValueError as exc:
         message = f"'{where}.parameters': {exc}"
         raise ToolError([(f"{where}.parameters", "invalid_schema", message)]) from None
     return {**function, "parameters": parameters}
+
+
+REFERENCE_KEYWORDS = frozenset(
+    {"$ref", "$dynamicRef", "$recursiveRef", "$defs", "definitions", "$id", "$anchor",
+     "$dynamicAnchor", "$recursiveAnchor"}
+)  # fmt: skip
+"""What a tool's parameters may not use: a reference may loop (validation recursing without
+end) or fan out exponentially, and it would not resolve once the parameters sit inside
+`call_schema`'s object."""
+
+
+def _references(schema: dict[str, Any]) -> str:
+    """The first reference keyword anywhere in `schema` ("" when none), found iteratively."""
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if found := sorted(REFERENCE_KEYWORDS & node.keys()):
+                return found[0]
+            stack += node.values()
+        elif isinstance(node, list):
+            stack += node
+    return ""
 
 
 @lru_cache(maxsize=256)
@@ -268,9 +295,10 @@ def _depth(value: Any) -> int:
 CALL_OPEN = "<tool_call>"
 """What opens a Hermes-style call in generated text (`trainer.templates.CHATML_TOOLS` renders
 calls as `<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>`)."""
-TOOL_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|\Z)", re.DOTALL)
-"""A Hermes-style call in generated text; the last one may be cut off by the end of the
-generation."""
+TOOL_CALL_BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
+"""A Hermes-style call in generated text (its group: the JSON, with the whitespace around it);
+the last one may be cut off by the end of the generation. Linear: no pattern part that can
+backtrack over whitespace."""
 
 
 def call_schema(tools: Sequence[Tool]) -> dict[str, Any]:
@@ -292,23 +320,26 @@ def call_schema(tools: Sequence[Tool]) -> dict[str, Any]:
 
 
 def parse_generated(text: str, tools: Sequence[Tool]) -> tuple[str, tuple[ToolCall, ...]]:
-    """The content and the calls of a generated answer: `<tool_call>{"name": ..., "arguments":
-    ...}</tool_call>` blocks naming offered tools with valid arguments become calls, numbered
-    `call_<i>`; when any block is not such a call, the whole text stays content (as vLLM's
-    Hermes parser does), so nothing generated is lost.
+    """The content and the calls of a generated answer: when every `<tool_call>{"name": ...,
+    "arguments": ...}</tool_call>` block names an offered tool with valid arguments, the calls
+    (numbered `call_<i>`) and the text before the first block; text between or after the
+    blocks is dropped, as vLLM's Hermes parser does. When any block is not such a call, the
+    whole text is the content and there are no calls, so an answer that fails to call loses
+    nothing.
     """
     blocks = list(TOOL_CALL_BLOCK.finditer(text))
     if not blocks:
         return text, ()
+    by_name = {tool.name: tool for tool in tools}
     calls = []
     for index, block in enumerate(blocks):
         try:
-            value = json.loads(block.group(1))
+            value = json.loads(block.group(1).strip())
             if not isinstance(value, dict):
                 return text, ()
             item = {"function": {"name": value.get("name"), "arguments": value.get("arguments")}}
-            calls.append(_call(item, "call", {t.name: t for t in tools}))
+            call = _call(item, "call", by_name)
         except (json.JSONDecodeError, RecursionError, ToolError):
             return text, ()
-        calls[-1] = ToolCall(calls[-1].name, calls[-1].arguments, f"call_{index}")
+        calls.append(ToolCall(call.name, call.arguments, f"call_{index}"))
     return text[: blocks[0].start()].strip(), tuple(calls)

@@ -82,8 +82,9 @@ class EvaluationEngine:
         if tools and not self._generator.renders_tools:
             raise JobFailedError(
                 "evaluation_failed",
-                "tool_calls: the server's chat template does not render tools; its operator "
-                "can serve with --chat-template chatml_tools",
+                "tool_calls: the server's chat template does not render tools and calls as "
+                "Hermes <tool_call> blocks; its operator can serve with --chat-template "
+                "chatml_tools",
             )
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         try:

@@ -198,11 +198,15 @@ def _tool_choice(choice: str | dict[str, Any] | None) -> str:
     )
 
 
-def _message(text: str, delta: Delta) -> dict[str, Any]:
-    """The assistant's message (or a stream's delta of it) in OpenAI's shape."""
+def _message(text: str, delta: Delta, streamed: bool) -> dict[str, Any]:
+    """The assistant's message, or a stream's delta of it (whose calls carry their index),
+    in OpenAI's shape."""
     if not delta.tool_calls:
         return {"role": "assistant", "content": text}
-    calls = [{"index": i, **call.openai()} for i, call in enumerate(delta.tool_calls)]
+    calls = [
+        {"index": i, **call.openai()} if streamed else call.openai()
+        for i, call in enumerate(delta.tool_calls)
+    ]
     return {"role": "assistant", "content": text or None, "tool_calls": calls}
 
 
@@ -353,7 +357,7 @@ def build_openai_app(
         usage = last.usage
         choice: dict[str, Any] = {"index": 0, "finish_reason": _finish(last)}
         if chat:
-            choice["message"] = _message(text, last)
+            choice["message"] = _message(text, last, streamed=False)
         else:
             choice["text"] = text
         return JSONResponse(
@@ -418,7 +422,7 @@ async def _events(
     while delta is not None:
         choice: dict[str, Any] = {"index": 0, "finish_reason": _finish(delta)}
         if chat:
-            choice["delta"] = _message(delta.text, delta)
+            choice["delta"] = _message(delta.text, delta, streamed=True)
         else:
             choice["text"] = delta.text
         yield f"data: {json.dumps({**template, 'choices': [choice]})}\n\n"

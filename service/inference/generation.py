@@ -42,7 +42,8 @@ from service.inference.tool_calls import ToolCallStream
 from service.metrics import Metrics
 from service.quotas import PerTenant
 from trainer.config import describe_validation_error
-from trainer.masking import prompt_token_ids, supports_tools
+from trainer.masking import prompt_token_ids
+from trainer.templates import renders_hermes_calls
 from trainer.tools import (
     CALL_OPEN,
     MAX_TOOL_CALLS,
@@ -274,7 +275,7 @@ class Generator:
         self._metrics = metrics
         self._max_model_len = max_model_len
         self._engine_state = engine_state
-        self._renders_tools = supports_tools(tokenizer)
+        self._renders_tools = renders_hermes_calls(tokenizer)
 
     def ready(self) -> bool:
         """Whether the engine is warm and serving."""
@@ -282,7 +283,8 @@ class Generator:
 
     @property
     def renders_tools(self) -> bool:
-        """Whether the server's chat template renders tools (`--chat-template`)."""
+        """Whether the server's chat template renders tools and calls as the Hermes blocks the
+        answers are parsed by (`--chat-template chatml_tools`)."""
         return self._renders_tools
 
     def engine_state(self) -> EngineState:
@@ -343,8 +345,9 @@ class Generator:
             label = self._adapters.label(requested)
             if params.uses_tools and not self.renders_tools:
                 raise FailedPreconditionError(
-                    "tools: the server's chat template does not render tools, tool calls or "
-                    "tool messages; its operator can serve with --chat-template chatml_tools"
+                    "tools: the server's chat template does not render tools and calls as "
+                    "Hermes <tool_call> blocks; its operator can serve with --chat-template "
+                    "chatml_tools"
                 )
             if not self.ready():
                 raise UnavailableError("the inference engine is not ready; retry shortly")
@@ -396,6 +399,8 @@ class Generator:
             )
             version = "" if adapter is None else adapter.ref
             calls = ToolCallStream(params.tools, bool(params.forced)) if params.offered else None
+            if capture is not None and params.forced:  # the answer as the model wrote it
+                capture.texts.append(f"{CALL_OPEN}\n")
             async for delta in self._run(request, version, received, label, capture):
                 yield delta if calls is None else _with_calls(calls, delta)
 
@@ -492,7 +497,9 @@ def _with_calls(calls: ToolCallStream, delta: Delta) -> Delta:
     text += calls.finish()
     if not calls.calls:
         return replace(delta, text=text)
-    return replace(delta, text=text, tool_calls=calls.calls, finish_reason="tool_calls")
+    # Cut off by max_tokens after a whole call, the answer still says it was cut.
+    finish = "length" if delta.finish_reason == "length" else "tool_calls"
+    return replace(delta, text=text, tool_calls=calls.calls, finish_reason=finish)
 
 
 class _Capturing:

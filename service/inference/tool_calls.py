@@ -9,8 +9,9 @@ decodes its JSON after a prefilled `<tool_call>` under `trainer.tools.call_schem
 its text is held back. Pure: no engine, no I/O.
 """
 
+import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from trainer.tools import CALL_OPEN, Tool, ToolCall, parse_generated
 
@@ -51,7 +52,9 @@ class ToolCallStream:
         """Ends the answer: parses what was held back into `calls`; returns the content still
         to release (all of it when it holds no valid call)."""
         generated = f"{CALL_OPEN}\n{self.text}" if self.forced else self.text
-        _, self.calls = parse_generated(generated, self.tools)
+        _, calls = parse_generated(generated, self.tools)
+        # Ids unique across a conversation's turns, as OpenAI's are.
+        self.calls = tuple(replace(call, id=f"call_{uuid.uuid4().hex[:24]}") for call in calls)
         if self.calls:
             return ""
         released, self.sent = self.text[self.sent :], len(self.text)

@@ -76,7 +76,7 @@ def test_a_named_tool_choice_answers_with_a_valid_call_over_http(api, base_name)
     choice = reply.choices[0]
     assert choice.finish_reason == "tool_calls", choice.message.content
     [call] = choice.message.tool_calls
-    assert (call.id, call.type, call.function.name) == ("call_0", "function", "calc")
+    assert (call.id[:5], call.type, call.function.name) == ("call_", "function", "calc")
     Draft202012Validator(PARAMETERS).validate(json.loads(call.function.arguments))
     assert not choice.message.content
 

@@ -12,7 +12,7 @@ from tests.integration.trainer.test_sft import read_events, train
 from trainer.batching import padded
 from trainer.config import DataSpec
 from trainer.data import prepare_preferences
-from trainer.objectives import answer_logps
+from trainer.objectives import answer_logps, orpo_loss
 
 
 def write_dpo_config(tmp_path, model_dir, rows=24, extra=None, **training):
@@ -92,6 +92,37 @@ def test_ipo_starts_at_the_square_of_its_target_and_moves_the_margin_towards_it(
     assert progress[0]["loss"] == pytest.approx(1.0, abs=1e-4)
     assert progress[0]["reward_margin"] == pytest.approx(0.0, abs=1e-5)
     assert progress[-1]["loss"] < progress[0]["loss"] and progress[-1]["reward_margin"] > 0
+
+
+def test_orpo_trains_without_a_reference_and_separates_the_answers(tmp_path, tiny_model_dir):
+    # 6 training pairs, one micro-batch: every step sees the same pairs.
+    config, data_file = write_dpo_config(
+        tmp_path, tiny_model_dir, rows=8, max_steps=6, beta=1.0, preference_loss="orpo"
+    )
+    process = train(config, tmp_path / "events.jsonl")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    events = read_events(tmp_path / "events.jsonl")
+    assert next(e for e in events if e["event"] == "started")["reference_seconds"] == 0
+    assert kept_reference(tmp_path / "out") == []  # no reference pass, none kept
+    progress = [e for e in events if e["event"] == "progress"]
+    margins = [p["reward_margin"] for p in progress]
+    assert margins == sorted(margins) and margins[-1] > 0 > margins[0]
+    assert progress[-1]["loss"] < progress[0]["loss"]
+
+    # The first step's loss is ORPO's on the base model's log-probabilities of the pairs.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    pairs = prepare_preferences(
+        DataSpec(datasets=[{"path": data_file}], eval_fraction=0.25), tokenizer, seed=0
+    ).train
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, torch_dtype=torch.float32)
+    with torch.no_grad():
+        logps = answer_logps(
+            base, padded([p.chosen for p in pairs] + [p.rejected for p in pairs], 0)
+        )
+    tokens = torch.tensor([[p.chosen.trained_tokens, p.rejected.trained_tokens] for p in pairs])
+    loss, _ = orpo_loss(logps[: len(pairs)], logps[len(pairs) :], tokens.float(), beta=1.0)
+    assert progress[0]["loss"] == pytest.approx(float(loss) / len(pairs), rel=1e-4)
 
 
 def kept_reference(out):

@@ -59,3 +59,11 @@ def test_a_prompt_without_tools_or_with_a_bad_tool_is_refused_naming_the_line(tm
     )
     with pytest.raises(PromptSetError, match=r"tools.jsonl:1: 'tools\[0\].function.name'"):
         read_tool_prompts(path, None)
+
+
+def test_an_answer_is_valid_exactly_when_serving_would_return_its_calls(prompts):
+    as_text = json.dumps({"operation": "add", "a": 1, "b": 2})  # OpenAI's string arguments
+    answer = f"<tool_call>{json.dumps({'name': 'calculate', 'arguments': as_text})}</tool_call>"
+    extra = call("calculate", operation="add", a=1, b=2).replace('"name"', '"id": 1, "name"')
+    report = score_tool_calls([answer, extra], [prompts[0]] * 2)
+    assert report.valid == 2  # both parse in serving (extra keys are ignored there)

@@ -124,6 +124,8 @@ def test_a_conversation_may_end_in_a_tool_call():
          [("tools[0].function.name", "invalid_tool_name"),
           ("messages[1].tool_calls[0].function.name", "unknown_tool")]),
         (tool_row({"role": "assistant", "content": ""}), [("messages[1].content", "empty_content")]),
+        (tool_row({**CALL, "role": "user"}, {"role": "assistant", "content": "5"}),
+         [("messages[1].tool_calls", "wrong_role")]),
     ],
 )  # fmt: skip
 def test_tool_problems_name_their_field(row, expected):

@@ -113,3 +113,18 @@ def test_the_models_own_template_is_refused_for_tools_naming_the_remedy(tokenize
     assert supports_tools(tools_tokenizer)
     with pytest.raises(TemplateError, match="--chat-template chatml_tools"):
         require_tools(tokenizer)
+
+
+def test_an_end_of_turn_token_inside_call_arguments_does_not_end_the_trained_span(
+    tools_tokenizer,
+):
+    echo = {"type": "function", "function": {"name": "echo", "parameters": {
+        "type": "object", "properties": {"text": {"type": "string"}}}}}  # fmt: skip
+    row = {"tools": [echo], "messages": [
+        {"role": "user", "content": "Echo it."},
+        {"role": "assistant", "tool_calls": [{"type": "function", "function": {
+            "name": "echo", "arguments": {"text": "a<|im_end|>b"}}}]},
+    ]}  # fmt: skip
+    _, turns, tools = normalize(row, "auto", {})
+    [trained] = trained_segments(tools_tokenizer, tokenize(tools_tokenizer, turns, tools))
+    assert trained.endswith('"a<|im_end|>b"}}\n</tool_call><|im_end|>')

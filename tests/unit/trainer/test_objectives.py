@@ -1,4 +1,5 @@
-"""The training objectives: DPO's loss and metrics, and the reference measured once."""
+"""The training objectives: the DPO, IPO and ORPO losses and metrics, and the reference
+measured once."""
 
 import math
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from trainer.masking import Example
-from trainer.objectives import Dpo, dpo_loss, ipo_loss, referenced
+from trainer.objectives import Dpo, dpo_loss, ipo_loss, orpo_loss, referenced
 from trainer.preference import Pair
 
 
@@ -66,3 +67,31 @@ def test_at_the_reference_the_ipo_loss_is_the_square_of_its_target():
     reference = torch.stack([chosen, rejected], dim=1)
     loss, _ = ipo_loss(chosen, rejected, reference, torch.ones(2, 2), beta=0.1)
     assert float(loss) == pytest.approx(2 * 5.0**2)
+
+
+def test_orpo_loss_is_the_chosen_nll_plus_beta_times_the_odds_ratio_loss():
+    chosen = torch.tensor([-2.0, -6.0], requires_grad=True)
+    rejected = torch.tensor([-3.0, -2.0], requires_grad=True)
+    tokens = torch.tensor([[4.0, 2.0], [3.0, 4.0]])
+    loss, metrics = orpo_loss(chosen, rejected, tokens, beta=0.2)
+
+    def log_odds(mean):
+        return mean - math.log(1 - math.exp(mean))
+
+    expected, margins = 0.0, []
+    for c, r, (nc, nr) in zip((-2.0, -6.0), (-3.0, -2.0), tokens.tolist(), strict=True):
+        ratio = log_odds(c / nc) - log_odds(r / nr)
+        expected += -c / nc + 0.2 * math.log1p(math.exp(-ratio))
+        margins.append(0.2 * (c / nc - r / nr))
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    assert float(metrics["reward_margin"]) == pytest.approx(sum(margins))
+    assert float(metrics["reward_accuracy"]) == 1.0  # means -0.5 > -1, then -2 < -0.5
+    loss.backward()
+    assert chosen.grad[0] < 0 < rejected.grad[0]  # descent raises chosen, lowers rejected
+
+
+def test_orpo_needs_no_reference_and_survives_a_certain_answer():
+    assert not Dpo(beta=0.1, loss_type="orpo").needs_reference
+    assert Dpo(beta=0.1).needs_reference and Dpo(beta=0.1, loss_type="ipo").needs_reference
+    loss, _ = orpo_loss(torch.tensor([0.0]), torch.tensor([-1.0]), torch.ones(1, 2), beta=0.1)
+    assert math.isfinite(float(loss))

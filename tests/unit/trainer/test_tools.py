@@ -180,3 +180,24 @@ def test_the_call_schema_accepts_exactly_the_calls_of_the_tools():
         assert not validator.is_valid({"name": "get_weather", "arguments": {"days": 2}})
         assert not validator.is_valid({"name": "other", "arguments": {}})
         assert validator.is_valid({"name": "now", "arguments": {}}) == (len(tools) == 2)
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [{"$ref": "#"}, {"type": "object", "properties": {"a": {"$ref": "#/$defs/x"}},
+                     "$defs": {"x": {"type": "string"}}}],
+)  # fmt: skip
+def test_parameters_with_references_are_refused_before_anything_validates_under_them(parameters):
+    tool = {"type": "function", "function": {"name": "f", "parameters": parameters}}
+    with pytest.raises(ToolError, match=r"\$(ref|defs) is not supported") as caught:
+        read_tools([tool], "tools")
+    assert caught.value.problems[0][:2] == ("tools[0].function.parameters", "invalid_schema")
+
+
+def test_a_call_split_by_a_long_run_of_whitespace_parses_in_linear_time():
+    text = "<tool_call>" + " " * 200_000 + '{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+    assert parse_generated(text, TOOLS)[1][0].arguments == '{"city": "Oslo"}'
+    assert parse_generated("<tool_call>" + " \n" * 100_000, TOOLS) == (
+        "<tool_call>" + " \n" * 100_000,
+        (),
+    )
