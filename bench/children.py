@@ -44,18 +44,25 @@ def run_child(script: str, variant: str, *args: str) -> Any:
     return child_result(variant, start_child(script, variant, *args))
 
 
-def child_arguments(description: str) -> argparse.Namespace:
+def child_arguments(
+    description: str, options: dict[str, tuple[str, ...]] | None = None
+) -> argparse.Namespace:
     """The command line of a benchmark whose children each take the model, a dtype and a
-    thread count (`--child` set: this process is one)."""
+    thread count (`--child` set: this process is one), and the benchmark's own `options`
+    (`--name` with its choices, the first the default)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    for name, choices in (options or {}).items():
+        parser.add_argument(f"--{name}", choices=choices, default=choices[0])
     return parser.parse_args()
 
 
-def measure(script: str, variant: str, model_dir: Path, dtype: str, threads: int) -> Any:
-    """`run_child` of such a benchmark's `variant`."""
-    args = ("--model", str(model_dir), "--dtype", dtype, "--threads", str(threads))
+def measure(
+    script: str, variant: str, model_dir: Path, dtype: str, threads: int, *options: str
+) -> Any:
+    """`run_child` of such a benchmark's `variant`, passing on its `options` flags."""
+    args = ("--model", str(model_dir), "--dtype", dtype, "--threads", str(threads), *options)
     return run_child(script, variant, *args)

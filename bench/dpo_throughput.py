@@ -10,6 +10,10 @@ all-linear, every variant in its own process on the CPUs `available_cpus` counts
              default three to keep the run short (the rate is per second of training);
   adapterd   the trainer's DPO (`training.method: dpo`, beta 0.1, batch 8, one epoch, the
              precision `auto` picks), the reference measured once before the first step.
+With `--loss ipo`, both train IPO (TRL: `DPOConfig(loss_type=["ipo"])`); with `--loss orpo`,
+ORPO against TRL's `trl.experimental.orpo.ORPOTrainer` at `ORPOConfig`'s defaults (batch 8,
+beta 0.1, gradient checkpointing on; no reference model) but the same three, and adapterd's
+`preference_loss: orpo` (no reference pass).
 The rate is pairs trained per second: TRL's `train_runtime`, and adapterd's training loop (the
 last progress event's rate, which leaves out the evaluation after the last step) plus its
 reference pass over the training pairs (the `started` event's `reference_seconds`).
@@ -20,7 +24,7 @@ is the more probable) of the base model and of the trained adapter, measured in 
 process after training. The last line
 is one JSON object with the machine.
 
-    .venv/bin/python bench/dpo_throughput.py
+    .venv/bin/python bench/dpo_throughput.py [--loss sigmoid|ipo|orpo]
 """
 
 import json
@@ -52,7 +56,7 @@ def conversational(pair: dict[str, str]) -> dict[str, list[dict[str, str]]]:
     }
 
 
-def run_reference(model_dir: Path, dtype: str) -> dict[str, float]:
+def run_reference(model_dir: Path, dtype: str, loss: str) -> dict[str, float]:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -63,8 +67,15 @@ def run_reference(model_dir: Path, dtype: str) -> dict[str, float]:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
     lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
     with tempfile.TemporaryDirectory() as out:
-        args = DPOConfig(output_dir=out, bf16=dtype == "bfloat16", use_cpu=True, num_train_epochs=1)
-        trainer = DPOTrainer(
+        kept = {"output_dir": out, "bf16": dtype == "bfloat16", "use_cpu": True,
+                "num_train_epochs": 1}  # fmt: skip
+        if loss == "orpo":
+            from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+            trainer_class, args = ORPOTrainer, ORPOConfig(**kept)
+        else:
+            trainer_class, args = DPOTrainer, DPOConfig(**kept, loss_type=[loss])
+        trainer = trainer_class(
             model,
             args=args,
             train_dataset=dataset,
@@ -76,7 +87,7 @@ def run_reference(model_dir: Path, dtype: str) -> dict[str, float]:
     return {"pairs_per_second": PAIRS / seconds, "seconds": seconds}
 
 
-def run_adapterd(model_dir: Path) -> dict[str, float]:
+def run_adapterd(model_dir: Path, loss: str) -> dict[str, float]:
     from trainer.config import load_config
     from trainer.contract import ExitCode
     from trainer.events import EventWriter
@@ -94,8 +105,8 @@ def run_adapterd(model_dir: Path) -> dict[str, float]:
                 "data": {"datasets": [{"path": str(train)}], "eval_file": str(held_out)},
                 "lora": {"rank": 16, "alpha": 32, "target_modules": "all-linear"},
                 "quantization": {"mode": "none"},
-                "training": {**ADAPTERD_TRAINING, "eval_interval": 10_000,
-                             "checkpoint_interval": 10_000},
+                "training": {**ADAPTERD_TRAINING, "preference_loss": loss,
+                             "eval_interval": 10_000, "checkpoint_interval": 10_000},
             }
         )  # fmt: skip
         events = Path(out) / "events.jsonl"
@@ -151,18 +162,21 @@ def likelihood_accuracy(config: Any, adapter: Path, pairs_file: Path) -> tuple[f
         return before, share_preferring_chosen()
 
 
-def child(variant: str, model_dir: Path, dtype: str, threads: int) -> None:
+def child(variant: str, model_dir: Path, dtype: str, threads: int, loss: str) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    figures = run_reference(model_dir, dtype) if variant == "reference" else run_adapterd(model_dir)
+    if variant == "reference":
+        figures = run_reference(model_dir, dtype, loss)
+    else:
+        figures = run_adapterd(model_dir, loss)
     report_child(figures)
 
 
 def main() -> None:
-    args = child_arguments(__doc__.split("\n\n")[0])
+    args = child_arguments(__doc__.split("\n\n")[0], {"loss": ("sigmoid", "ipo", "orpo")})
     if args.child:
-        child(args.child, Path(args.model), args.dtype, args.threads)
+        child(args.child, Path(args.model), args.dtype, args.threads, args.loss)
         return
 
     from service.basemodel import resolve_base_model
@@ -173,7 +187,8 @@ def main() -> None:
     auto = resolve_precision("auto", "train", threads)
     model = resolve_base_model("smollm2-135m-instruct", ServerSettings().model_cache_dir)
     results = {
-        v: measure(__file__, v, model.path, auto.dtype, threads) for v in ("reference", "adapterd")
+        v: measure(__file__, v, model.path, auto.dtype, threads, "--loss", args.loss)
+        for v in ("reference", "adapterd")
     }
     ours = results["adapterd"]
     figures = {
@@ -190,7 +205,7 @@ def main() -> None:
     }
     ratios = {"vs_reference": ours["pairs_per_second"] / results["reference"]["pairs_per_second"]}
     machine = describe_machine(trainer=auto, trainer_threads=threads)
-    report("dpo_throughput", figures, ratios, machine)
+    report("dpo_throughput", figures, ratios, machine, loss=args.loss)
 
 
 if __name__ == "__main__":
