@@ -64,11 +64,17 @@ def supports_tools(tokenizer: Any) -> bool:
         {"role": "assistant", "content": "", "tool_calls": [call]},
         {"role": "tool", "content": f"{PROBE}_answer"},
     ]
-    try:
-        text = tokenizer.apply_chat_template(messages, tools=[tool], tokenize=False)
-    except Exception:  # a template may raise anything on roles or fields it does not know
-        return False
+    text = render_probe(tokenizer, messages, [tool])
     return all(f"{PROBE}{suffix}" in text for suffix in ("", "_call", "_answer"))
+
+
+def render_probe(tokenizer: Any, messages: Sequence[object], tools: Sequence[object]) -> str:
+    """What the template renders of a probe chat offering `tools` ("" when it raises: a
+    template may raise anything on roles or fields it does not know)."""
+    try:
+        return str(tokenizer.apply_chat_template(messages, tools=tools, tokenize=False))
+    except Exception:
+        return ""
 
 
 def require_tools(tokenizer: Any) -> None:

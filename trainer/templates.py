@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from trainer.fingerprint import ModelFingerprint
+from trainer.masking import render_probe
 
 ChatTemplate = Literal["model", "chatml_tools"]
 MODEL: ChatTemplate = "model"
@@ -77,11 +78,8 @@ def renders_hermes_calls(tokenizer: Any) -> bool:
         {"role": "user", "content": "u"},
         {"role": "assistant", "content": "", "tool_calls": [call]},
     ]
-    try:
-        text = tokenizer.apply_chat_template(messages, tools=[tool], tokenize=False)
-    except Exception:  # a template may raise anything on roles or fields it does not know
-        return False
-    return HERMES_PROBE in str(text) and '"adapterd_probe"' in str(text).split(HERMES_PROBE)[0]
+    text = render_probe(tokenizer, messages, [tool])
+    return HERMES_PROBE in text and '"adapterd_probe"' in text.split(HERMES_PROBE)[0]
 
 
 def load_tokenizer(model_dir: Path, name: ChatTemplate) -> Any:
