@@ -16,7 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from trainer.tools import Tool, ToolCall, ToolError, read_tool_calls, read_tools
+from trainer.tools import (
+    Tool,
+    ToolCall,
+    ToolError,
+    read_tool_calls,
+    read_tools,
+    template_message,
+)
 
 ROLES = ("system", "user", "assistant")
 MESSAGE_ROLES = (*ROLES, "tool")
@@ -53,10 +60,7 @@ class Turn:
 
     def message(self) -> dict[str, Any]:
         """The turn as a chat template takes it."""
-        if not self.tool_calls:
-            return {"role": self.role, "content": self.content}
-        calls = [call.as_dict() for call in self.tool_calls]
-        return {"role": self.role, "content": self.content, "tool_calls": calls}
+        return template_message(self.role, self.content, self.tool_calls)
 
     @property
     def learns(self) -> bool:

@@ -76,6 +76,13 @@ class ToolCall:
         }
 
 
+def template_message(role: str, content: str, calls: Sequence[ToolCall]) -> dict[str, Any]:
+    """A message as a chat template takes it: its calls (if any) with arguments as objects."""
+    if not calls:
+        return {"role": role, "content": content}
+    return {"role": role, "content": content, "tool_calls": [call.as_dict() for call in calls]}
+
+
 class ToolError(ValueError):
     """Invalid tools or calls; `problems` are (field path, code, message)."""
 

@@ -53,6 +53,7 @@ from trainer.tools import (
     call_schema,
     read_tool_calls,
     read_tools,
+    template_message,
 )
 
 MAX_STOP_STRINGS = 8
@@ -194,14 +195,13 @@ class GenerateParams(_Strict):
         """
         messages: list[dict[str, Any]] = []
         for index, message in enumerate(self.messages or ()):
-            rendered: dict[str, Any] = {"role": message.role, "content": message.content}
+            calls: tuple[ToolCall, ...] = ()
             if message.tool_calls:
                 where = f"messages[{index}].tool_calls"
                 if message.role != "assistant":
                     raise ToolError([(where, "wrong_role", f"'{where}': only an assistant calls")])
                 calls = read_tool_calls(list(message.tool_calls), where, self.tools)
-                rendered["tool_calls"] = [call.as_dict() for call in calls]
-            messages.append(rendered)
+            messages.append(template_message(message.role, message.content, calls))
         return messages
 
     @classmethod
